@@ -1,0 +1,102 @@
+"""Partitioners: how a pool of labelled examples is divided among devices.
+
+All functions are pure numpy, deterministic in the `np.random.Generator` passed in, and
+return one index array per part (indices into the pool), disjoint and together covering
+exactly the examples they were asked to place. Every part gets at least one example, so
+no device is silently idle: a skew that would empty a device moves one example to it
+from the largest part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierfl.errors import DataError
+
+
+def split_stratified(labels: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Splits the pool into parts of exactly `sizes`, each with (about) the pool's label mix.
+
+    Used to give plants and lines their share. Classes are first interleaved evenly into
+    one sequence; then every part takes slots spread over the whole sequence (part j's
+    k-th slot sits at position (k + 0.5) / size_j), so each part sees every class in
+    proportion. If `sizes` sum to less than the pool, the rest is left out, stratified too.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    if total > len(labels):
+        raise DataError(f"cannot split {len(labels)} examples into parts totalling {total}")
+    interleaved = _class_interleaved_order(labels, rng)[:total]
+    positions = np.concatenate([(np.arange(n) + 0.5) / n for n in sizes if n > 0] or [np.zeros(0)])
+    owners = np.repeat(np.arange(len(sizes)), sizes)
+    slot_order = np.lexsort((owners, positions))
+    assigned_owner = owners[slot_order]
+    return [np.sort(interleaved[assigned_owner == j]) for j in range(len(sizes))]
+
+
+def _class_interleaved_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of the pool in which classes alternate as evenly as their counts allow."""
+    keys = np.empty(len(labels), dtype=np.float64)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        # Rank within class over class size: each class spreads evenly over [0, 1).
+        keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.argsort(keys, kind="stable")
+
+
+def iid(num_examples: int, num_parts: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffles the pool and cuts it into `num_parts` parts of (almost) equal size."""
+    _check_enough(num_examples, num_parts)
+    return [np.sort(p) for p in np.array_split(rng.permutation(num_examples), num_parts)]
+
+
+def dirichlet(labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Label skew: each class is divided among the parts by proportions ~ Dirichlet(alpha).
+
+    Small `alpha` (0.1) gives parts dominated by one or two classes; large `alpha` (100)
+    approaches IID. Part sizes vary as a consequence (Hsu et al. 2019).
+    """
+    _check_enough(len(labels), num_parts)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_parts)]
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        cuts = (np.cumsum(rng.dirichlet(np.full(num_parts, alpha))) * len(members)).astype(np.int64)[:-1]
+        for part, chunk in zip(parts, np.split(members, cuts)):
+            part.append(chunk)
+    return _ensure_nonempty([np.sort(np.concatenate(p)) for p in parts])
+
+
+def quantity(num_examples: int, num_parts: int, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Quantity skew: part sizes proportional to lognormal(0, sigma) draws, contents IID."""
+    _check_enough(num_examples, num_parts)
+    shares = rng.lognormal(0.0, sigma, size=num_parts)
+    sizes = 1 + _largest_remainder(shares / shares.sum() * (num_examples - num_parts))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    order = rng.permutation(num_examples)
+    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def proportional_sizes(total: int, weights: np.ndarray) -> np.ndarray:
+    """Integer sizes summing to `total`, proportional to `weights` (largest remainder)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return _largest_remainder(weights / weights.sum() * total)
+
+
+def _largest_remainder(quotas: np.ndarray) -> np.ndarray:
+    floors = np.floor(quotas).astype(np.int64)
+    short = int(round(quotas.sum())) - int(floors.sum())
+    floors[np.argsort(-(quotas - floors), kind="stable")[:short]] += 1
+    return floors
+
+
+def _ensure_nonempty(parts: list[np.ndarray]) -> list[np.ndarray]:
+    for i, part in enumerate(parts):
+        if len(part) == 0:
+            donor = max(range(len(parts)), key=lambda j: len(parts[j]))
+            parts[i], parts[donor] = parts[donor][-1:], parts[donor][:-1]
+    return parts
+
+
+def _check_enough(num_examples: int, num_parts: int) -> None:
+    if num_examples < num_parts:
+        raise DataError(f"{num_examples} examples cannot give each of {num_parts} devices at least one")

@@ -1,0 +1,142 @@
+"""From a topology to a Plan: the task's data, divided plant -> line -> device, as arrays.
+
+The plan is everything the simulator and the runtime derive from a topology before the
+first round: which edge each device reports to, and each device's training shard. Data is
+divided top-down: the task gives each plant its train/test pool; a plant's pool is split
+among its lines (stratified; a line with `samples_per_device` takes exactly devices x that
+many, the others share the rest by device count); each line's partitioner (iid,
+dirichlet, quantity) divides the line's pool among its devices. Deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hierfl import partition
+from hierfl.errors import DataError
+from hierfl.tasks import PlantData, PlantRequest, Task, get_task
+from hierfl.topology import DataSpec, Line, Plant, Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceShards:
+    """All devices' training data, padded to a common length.
+
+    x `[D, N, *input_shape]` float32, y `[D, N]` int32; only the first `counts[d]` rows of
+    device d are real (the rest are zeros and never sampled).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSet:
+    """The held-out examples of all plants, with the plant (edge) index of each."""
+
+    x: np.ndarray
+    y: np.ndarray
+    plant: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A topology made concrete: the task, device -> edge map, device shards and test set."""
+
+    topology: Topology
+    task: Task
+    device_edge: np.ndarray
+    shards: DeviceShards
+    test: TestSet
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.topology.plants)
+
+
+def make_plan(topology: Topology) -> Plan:
+    """Builds the plan; raises DataError if the task cannot supply what the topology asks."""
+    task = get_task(topology.federation.task)
+    seed = topology.federation.seed
+    requests = [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
+    plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
+    device_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for index, (plant, data) in enumerate(zip(topology.plants, plant_data)):
+        device_parts.extend(divide_plant(plant, data, np.random.default_rng([seed, 4, index])))
+    device_edge = np.concatenate([np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)])
+    return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(plant_data))
+
+
+def plant_request(plant: Plant, index: int, task: Task) -> PlantRequest:
+    """What a plant needs: exact when every line's samples per device is known, else a fair share."""
+    per_line = [_samples_per_device(line.data, task) for line in plant.lines]
+    exact = None if None in per_line else sum(n * len(line.devices) for n, line in zip(per_line, plant.lines))
+    return PlantRequest(plant.name, index, plant.num_devices, exact, plant.shift)
+
+
+def _samples_per_device(data: DataSpec, task: Task) -> int | None:
+    return data.samples_per_device if data.samples_per_device is not None else task.default_samples_per_device
+
+
+def divide_plant(plant: Plant, data: PlantData, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's (x, y) of the plant, in device order."""
+    sizes = line_sizes(plant, len(data.y_train))
+    devices = []
+    for line, pool in zip(plant.lines, partition.split_stratified(data.y_train, sizes, rng)):
+        for shard in divide_line(line, data.y_train[pool], rng):
+            devices.append((data.x_train[pool[shard]], data.y_train[pool[shard]]))
+    return devices
+
+
+def line_sizes(plant: Plant, pool: int) -> np.ndarray:
+    """How many of the plant's `pool` training examples each line gets."""
+    exact = [line.data.samples_per_device * len(line.devices) if line.data.samples_per_device else None for line in plant.lines]
+    fixed = sum(n for n in exact if n is not None)
+    if fixed > pool:
+        raise DataError(f"plant {plant.name!r}: lines ask for {fixed} training examples, the plant has {pool}")
+    flexible = [i for i, n in enumerate(exact) if n is None]
+    shares = partition.proportional_sizes(pool - fixed, [len(plant.lines[i].devices) for i in flexible]) if flexible else []
+    sizes = np.array([n if n is not None else 0 for n in exact], dtype=np.int64)
+    sizes[flexible] = shares
+    return sizes
+
+
+def divide_line(line: Line, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The line's partitioner applied to its pool: one index array per device."""
+    spec, n = line.data, len(line.devices)
+    if spec.partition == "iid":
+        return partition.iid(len(labels), n, rng)
+    if spec.partition == "dirichlet":
+        return partition.dirichlet(labels, n, spec.alpha, rng)
+    if spec.partition == "quantity":
+        return partition.quantity(len(labels), n, spec.sigma, rng)
+    raise DataError(f"line {line.name!r}: unknown partition {spec.partition!r}")
+
+
+def pad_shards(devices: list[tuple[np.ndarray, np.ndarray]]) -> DeviceShards:
+    """Stacks per-device (x, y) into zero-padded `[D, N_max, ...]` arrays."""
+    counts = np.array([len(y) for _, y in devices], dtype=np.int32)
+    capacity = int(counts.max())
+    sample_shape = devices[0][0].shape[1:]
+    x = np.zeros((len(devices), capacity, *sample_shape), np.float32)
+    y = np.zeros((len(devices), capacity), np.int32)
+    for d, (xd, yd) in enumerate(devices):
+        x[d, : len(yd)] = xd
+        y[d, : len(yd)] = yd
+    return DeviceShards(x, y, counts)
+
+
+def stack_test_sets(plants: list[PlantData]) -> TestSet:
+    """All plants' test examples in one set, tagged with their plant index."""
+    return TestSet(
+        x=np.concatenate([p.x_test for p in plants]).astype(np.float32),
+        y=np.concatenate([p.y_test for p in plants]).astype(np.int32),
+        plant=np.concatenate([np.full(len(p.y_test), i, np.int32) for i, p in enumerate(plants)]),
+    )

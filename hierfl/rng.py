@@ -1,0 +1,33 @@
+"""The key tree: every random number of a run derives from its one seed, by position.
+
+    run = key(seed)
+    ├── fold_in(run, 0)                          model initialisation
+    └── fold_in(run, 1)
+        └── fold_in(., cloud_round)              one cloud round (1-based)
+            └── fold_in(., edge_round)           one edge round (0-based)
+                └── fold_in(., device_index)     one device's local training
+
+Keys are derived by position, not by splitting in sequence, so a device process in the
+runtime computes the very same key as the simulator from (seed, rounds, index) alone.
+Numpy generators for data follow the same idea: `np.random.default_rng([seed, purpose, ...])`.
+"""
+
+from __future__ import annotations
+
+import jax
+
+
+def init_key(seed: int) -> jax.Array:
+    """The key that initialises the global model's parameters."""
+    return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def edge_round_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int) -> jax.Array:
+    """The key of one edge round; devices fold in their index (see `device_key`)."""
+    rounds = jax.random.fold_in(jax.random.key(seed), 1)
+    return jax.random.fold_in(jax.random.fold_in(rounds, cloud_round), edge_round)
+
+
+def device_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int, device_index: jax.Array | int) -> jax.Array:
+    """The key a device trains with in the given cloud round and edge round."""
+    return jax.random.fold_in(edge_round_key(seed, cloud_round, edge_round), device_index)

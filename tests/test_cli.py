@@ -1,0 +1,112 @@
+"""The `hierfl` command as a user runs it: real OS processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HIERFL = Path(sys.executable).parent / "hierfl"
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([str(HIERFL), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def test_console_script_is_installed_and_documents_every_command():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("simulate", "topology", "report"):
+        assert command in result.stdout
+
+
+def test_simulate_demo_end_to_end_reaches_90_percent(tmp_path):
+    """The Quickstart's main job: `hierfl simulate demo` on digits within 20 cloud rounds."""
+    out = tmp_path / "demo-run"
+    result = run("simulate", "demo", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "simulation summary" in result.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 20
+    assert max(r["accuracy"] for r in records) >= 0.90
+    assert records[-1]["accuracy"] >= 0.90
+    assert (out / "model.npz").stat().st_size > 0
+
+    report = run("report", str(out))
+    assert report.returncode == 0, report.stderr
+    for name in ("accuracy.png", "bytes.png", "loss.png", "report.md"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_topology_show_prints_the_tree_with_data_and_addresses():
+    result = run("topology", "show", "demo")
+    assert result.returncode == 0, result.stderr
+    for text in ("plant-a", "plant-b", "line-3", "tcp://127.0.0.1:5550", "tcp://127.0.0.1:5561", "examples/device"):
+        assert text in result.stdout
+    listed = run("topology", "show", "demo", "--devices")
+    assert "plant-a/line-1/dev-003" in listed.stdout
+
+
+def test_invalid_topology_exits_2_naming_each_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        """
+[federation]
+name = "x"
+task = "digits"
+cloud_rounds = 0
+learning_rate = 0.1
+
+[cloud]
+address = "tcp://127.0.0.1:5550"
+
+[[plants]]
+name = "a"
+address = "tcp://127.0.0.1:5550"
+
+[[plants.lines]]
+name = "l"
+devices = 0
+"""
+    )
+    for command in (("topology", "validate"), ("simulate",)):
+        result = run(*command, str(bad))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert "federation.cloud_rounds" in result.stderr
+        assert "plants[0].lines[0].devices" in result.stderr
+        assert "plants[0].address" in result.stderr
+
+
+def test_unknown_task_and_model_are_rejected_at_load_time(tmp_path):
+    text = (Path(__file__).parent / "data" / "tiny.toml").read_text()
+    for old, new, field in (('task = "digits"', 'task = "digitz"', "federation.task"), ('model = "mlp"', 'model = "resnet"', "federation.model")):
+        path = tmp_path / f"{field}.toml"
+        path.write_text(text.replace(old, new))
+        result = run("topology", "validate", str(path))
+        assert result.returncode == 2
+        assert field in result.stderr
+
+
+def test_missing_file_and_missing_run_dir_are_clear_errors(tmp_path):
+    missing = run("simulate", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "nope.toml" in missing.stderr and "demo" in missing.stderr
+    no_run = run("report", str(tmp_path / "no-run"))
+    assert no_run.returncode == 2 and "no-run" in no_run.stderr
+
+
+@pytest.mark.parametrize("args", [("simulate", "demo", "--rounds", "0"), ("simulate", "demo", "--seed", "-1")])
+def test_bad_arguments_are_refused(args):
+    result = run(*args)
+    assert result.returncode == 2 and "must be" in result.stderr
+
+
+def test_python_dash_m_runs_the_same_cli():
+    result = subprocess.run([sys.executable, "-m", "hierfl", "topology", "presets"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "large" in result.stdout and "1040" in result.stdout

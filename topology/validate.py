@@ -1,0 +1,348 @@
+"""Checking a parsed TOML document against the topology format and building the `Topology`.
+
+Every check runs and every problem is collected, each naming its exact place
+(`plants[1].lines[0].devices: must be >= 1, got 0`); then either one `TopologyError`
+lists them all or a complete `Topology` is returned. Nothing is half-built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+from .schema import (
+    DATA_FIELDS,
+    FEDERATION_FIELDS,
+    LINE_DATA_KEYS,
+    NAME,
+    NAME_RULE,
+    NAME_PATTERN,
+    PLANT_SHIFT,
+    REQUIRED,
+    Cloud,
+    DataSpec,
+    Device,
+    Federation,
+    Field,
+    Line,
+    Plant,
+    Topology,
+    TopologyError,
+    check_choices,
+    describe,
+    unknown_key,
+)
+
+TOP_KEYS = ("federation", "data", "cloud", "plants")
+ADDRESS = Field(str)
+CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
+PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
+LINE_FIELDS: Mapping[str, Field] = {"name": NAME}
+MAX_DEVICES_PER_LINE = 1_000_000
+"""Guards against a typo such as `devices = 40000000` allocating millions of devices."""
+
+ADDRESS_FORMS = "tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+_IPV4_LIKE = re.compile(r"[0-9.]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+class _LineDraft(NamedTuple):
+    name: str | None
+    device_names: tuple[str, ...]
+    data: DataSpec | None
+
+
+class _PlantDraft(NamedTuple):
+    name: str | None
+    address: str | None
+    shift: float | None
+    lines: tuple[_LineDraft, ...]
+
+
+def build_topology(
+    document: Mapping[str, Any], source: str, choices: Mapping[str, Collection[str]] | None = None
+) -> Topology:
+    """The `Topology` a parsed TOML document declares; TopologyError listing every problem.
+
+    `choices` maps `federation.<field>` to the values allowed for it (the caller's
+    registries of tasks, models, algorithms).
+    """
+    choices = check_choices(choices)
+    problems: list[str] = [unknown_key(key, key, TOP_KEYS) for key in document if key not in TOP_KEYS]
+    federation = _read_table_fields(document, "federation", FEDERATION_FIELDS, problems, choices=choices)
+    data_values = _read_table_fields(document, "data", DATA_FIELDS, problems, required=False)
+    data = _data_spec(data_values)
+    cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
+    cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
+    drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
+    problems += _address_clashes(
+        [("cloud.address", cloud_address)]
+        + [(f"plants[{i}].address", draft.address) for i, draft in enumerate(drafts)]
+    )
+    if problems:
+        raise TopologyError(problems, source)
+    return Topology(
+        federation=Federation(**federation),
+        cloud=Cloud(address=cloud_address),
+        plants=assemble_plants(drafts),
+        data=data,
+        test_fraction=data_values["test_fraction"],
+        source=source,
+    )
+
+
+def device_names(count: int) -> tuple[str, ...]:
+    """`dev-001`, `dev-002`, ...: names for `count` devices, zero-padded to at least 3 digits."""
+    width = max(3, len(str(count)))
+    return tuple(f"dev-{number:0{width}d}" for number in range(1, count + 1))
+
+
+def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
+    """Plants from checked drafts, numbering devices 0..N-1 in federation order."""
+    plants = []
+    index = 0
+    for draft in drafts:
+        lines = []
+        for line in draft.lines:
+            devices = []
+            for name in line.device_names:
+                devices.append(Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index))
+                index += 1
+            lines.append(Line(line.name, tuple(devices), line.data))
+        plants.append(Plant(draft.name, draft.address, tuple(lines), draft.shift))
+    return tuple(plants)
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not an endpoint we accept, or None: `tcp://HOST:PORT` (HOST a hostname,
+    IPv4, `*` or `[IPv6]`; PORT 1..65535), `ipc://PATH` or `inproc://NAME`."""
+    scheme, separator, rest = address.partition("://")
+    if not separator:
+        return f"malformed address {address!r} (expected {ADDRESS_FORMS})"
+    if scheme == "tcp":
+        return _tcp_problem(address, rest)
+    if scheme in ("ipc", "inproc"):
+        return None if rest else f"empty {'path' if scheme == 'ipc' else 'name'} in address {address!r}"
+    return f"unsupported transport {scheme!r} in address {address!r} (expected {ADDRESS_FORMS})"
+
+
+def _tcp_problem(address: str, rest: str) -> str | None:
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        return f"malformed address {address!r} (expected tcp://HOST:PORT)"
+    if not _PORT.fullmatch(port):
+        return f"invalid port {port!r} in address {address!r} (expected a number in 1..65535)"
+    if not 1 <= int(port) <= 65535:
+        return f"port {int(port)} out of range 1..65535 in address {address!r}"
+    if not _is_host(host):
+        return f"invalid host {host!r} in address {address!r} (expected a hostname, an IPv4 address, '*' or [IPv6])"
+    return None
+
+
+def _is_host(host: str) -> bool:
+    if host == "*":
+        return True
+    if host.startswith("[") and host.endswith("]"):
+        return _parses(ipaddress.IPv6Address, host[1:-1])
+    if _IPV4_LIKE.fullmatch(host):
+        return _parses(ipaddress.IPv4Address, host)
+    return bool(_HOSTNAME.fullmatch(host))
+
+
+def _parses(parse: type, text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_table_fields(
+    document: Mapping[str, Any],
+    key: str,
+    fields: Mapping[str, Field],
+    problems: list[str],
+    *,
+    required: bool = True,
+    choices: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, Any]:
+    """The fields of the top-level table `document[key]`, read with `_read_fields`.
+
+    A missing (if `required`) or mistyped table is one problem; its fields then read as
+    their defaults, or None where required.
+    """
+    table = document.get(key, REQUIRED)
+    if table is REQUIRED and not required:
+        table = {}
+    elif table is REQUIRED:
+        problems.append(f"{key}: missing required table [{key}]")
+        table = None
+    elif not isinstance(table, dict):
+        problems.append(f"{key}: expected a table, got {describe(table)}")
+        table = None
+    if table is None:
+        return {name: None if field.default is REQUIRED else field.default for name, field in fields.items()}
+    return _read_fields(table, key, fields, problems, choices=choices)
+
+
+def _read_fields(
+    table: Mapping[str, Any],
+    path: str,
+    fields: Mapping[str, Field],
+    problems: list[str],
+    *,
+    structural: Collection[str] = (),
+    choices: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, Any]:
+    """Every scalar field of `table` checked against its `Field`: values (None where invalid).
+
+    Appends a problem for each unknown key (keys in `structural` are read by the caller),
+    missing required key and bad value.
+    """
+    allowed = [*fields, *structural]
+    problems += [unknown_key(f"{path}.{key}", key, allowed) for key in table if key not in allowed]
+    values: dict[str, Any] = {}
+    for key, field in fields.items():
+        key_path = f"{path}.{key}"
+        if key not in table:
+            if field.default is REQUIRED:
+                problems.append(f"{key_path}: missing required key")
+            values[key] = None if field.default is REQUIRED else field.default
+            continue
+        values[key], reason = field.check(table[key], (choices or {}).get(key_path))
+        if reason is not None:
+            problems.append(f"{key_path}: {reason}")
+    return values
+
+
+def _data_spec(values: Mapping[str, Any]) -> DataSpec:
+    return DataSpec(**{key: values[key] for key in LINE_DATA_KEYS})
+
+
+def _checked_address(address: str | None, path: str, problems: list[str]) -> str | None:
+    """`address` if it is well-formed, else None (after recording why)."""
+    if address is None:
+        return None
+    reason = address_problem(address)
+    if reason is not None:
+        problems.append(f"{path}: {reason}")
+        return None
+    return address
+
+
+def _array_of_tables(value: Any, path: str, header: str, what: str, problems: list[str]) -> list[Any]:
+    """`value` if it is a non-empty array (of `[[header]]` tables), else [] after a problem."""
+    if value is REQUIRED:
+        problems.append(f"{path}: missing required key (declare at least one {what} with [[{header}]])")
+        return []
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected an array of tables ([[{header}]]), got {describe(value)}")
+        return []
+    if not value:
+        problems.append(f"{path}: must declare at least one {what}")
+    return value
+
+
+def _read_plants(value: Any, data: DataSpec, problems: list[str]) -> tuple[_PlantDraft, ...]:
+    tables = _array_of_tables(value, "plants", "plants", "plant", problems)
+    drafts = tuple(_read_plant(table, f"plants[{i}]", data, problems) for i, table in enumerate(tables))
+    problems += [
+        f"{path}: duplicate plant name {name!r} (also {first})"
+        for path, name, first in _repeats((f"plants[{i}].name", d.name) for i, d in enumerate(drafts))
+    ]
+    return drafts
+
+
+def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _PlantDraft:
+    if not isinstance(table, dict):
+        problems.append(f"{path}: expected a table, got {describe(table)}")
+        return _PlantDraft(None, None, None, ())
+    values = _read_fields(table, path, PLANT_FIELDS, problems, structural=("lines",))
+    address = _checked_address(values["address"], f"{path}.address", problems)
+    tables = _array_of_tables(table.get("lines", REQUIRED), f"{path}.lines", "plants.lines", "line", problems)
+    lines = tuple(_read_line(line, f"{path}.lines[{i}]", data, problems) for i, line in enumerate(tables))
+    problems += [
+        f"{line_path}: duplicate line name {name!r} (also {first})"
+        for line_path, name, first in _repeats((f"{path}.lines[{i}].name", line.name) for i, line in enumerate(lines))
+    ]
+    return _PlantDraft(values["name"], address, values["shift"], lines)
+
+
+def _read_line(table: Any, path: str, defaults: DataSpec, problems: list[str]) -> _LineDraft:
+    if not isinstance(table, dict):
+        problems.append(f"{path}: expected a table, got {describe(table)}")
+        return _LineDraft(None, (), None)
+    values = _read_fields(table, path, LINE_FIELDS, problems, structural=("devices", "data"))
+    names = _read_devices(table.get("devices", REQUIRED), f"{path}.devices", problems)
+    data = _read_line_data(table.get("data", {}), f"{path}.data", defaults, problems)
+    return _LineDraft(values["name"], names, data)
+
+
+def _read_line_data(table: Any, path: str, defaults: DataSpec, problems: list[str]) -> DataSpec:
+    """The line's `DataSpec`: the federation's `[data]` with this line's overrides applied."""
+    if not isinstance(table, dict):
+        problems.append(f"{path}: expected a table, got {describe(table)}")
+        return defaults
+    if "test_fraction" in table:
+        problems.append(
+            f"{path}.test_fraction: unknown key (allowed: {', '.join(sorted(LINE_DATA_KEYS))}); "
+            "the test split is federation-wide, set it in [data]"
+        )
+        table = {key: value for key, value in table.items() if key != "test_fraction"}
+    fields = {key: dataclasses.replace(DATA_FIELDS[key], default=getattr(defaults, key)) for key in LINE_DATA_KEYS}
+    return _data_spec(_read_fields(table, path, fields, problems))
+
+
+def _read_devices(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
+    """Device names from `devices = N` (dev-001..) or `devices = ["a", "b"]`; () if invalid."""
+    if value is REQUIRED:
+        problems.append(f"{path}: missing required key")
+        return ()
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            problems.append(f"{path}: must be >= 1, got {value}")
+            return ()
+        if value > MAX_DEVICES_PER_LINE:
+            problems.append(f"{path}: must be <= {MAX_DEVICES_PER_LINE}, got {value}")
+            return ()
+        return device_names(value)
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected a device count or an array of device names, got {describe(value)}")
+        return ()
+    if not value:
+        problems.append(f"{path}: must list at least one device name")
+        return ()
+    before = len(problems)
+    for i, name in enumerate(value):
+        if not isinstance(name, str):
+            problems.append(f"{path}[{i}]: expected a string, got {describe(name)}")
+        elif not NAME_PATTERN.fullmatch(name):
+            problems.append(f"{path}[{i}]: invalid name {name!r} ({NAME_RULE})")
+    problems += [
+        f"{item_path}: duplicate device name {name!r} (also {first})"
+        for item_path, name, first in _repeats(
+            (f"{path}[{i}]", name) for i, name in enumerate(value) if isinstance(name, str)
+        )
+    ]
+    return tuple(value) if len(problems) == before else ()
+
+
+def _repeats(entries: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, str]]:
+    """`(path, value, first path)` for each entry whose value appeared before (None skipped)."""
+    first: dict[Any, str] = {}
+    for path, value in entries:
+        if value is None:
+            continue
+        if value in first:
+            yield path, value, first[value]
+        else:
+            first[value] = path
+
+
+def _address_clashes(entries: Iterable[tuple[str, str | None]]) -> list[str]:
+    return [f"{path}: {address!r} already used by {first}" for path, address, first in _repeats(entries)]

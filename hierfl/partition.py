@@ -17,21 +17,19 @@ from hierfl.errors import DataError
 def split_stratified(labels: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     """Splits the pool into parts of exactly `sizes`, each with (about) the pool's label mix.
 
-    Used to give plants and lines their share. Classes are first interleaved evenly into
-    one sequence; then every part takes slots spread over the whole sequence (part j's
-    k-th slot sits at position (k + 0.5) / size_j), so each part sees every class in
-    proportion. If `sizes` sum to less than the pool, the rest is left out, stratified too.
+    Used to give plants and lines their share. Classes are first interleaved into one
+    sequence in which every class is spread evenly from start to end; any run of
+    consecutive elements of it then holds each class in proportion (within one example),
+    so part j is simply the j-th run. If `sizes` sum to less than the pool, the rest is
+    left out, stratified too.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     total = int(sizes.sum())
     if total > len(labels):
         raise DataError(f"cannot split {len(labels)} examples into parts totalling {total}")
-    interleaved = _class_interleaved_order(labels, rng)[:total]
-    positions = np.concatenate([(np.arange(n) + 0.5) / n for n in sizes if n > 0] or [np.zeros(0)])
-    owners = np.repeat(np.arange(len(sizes)), sizes)
-    slot_order = np.lexsort((owners, positions))
-    assigned_owner = owners[slot_order]
-    return [np.sort(interleaved[assigned_owner == j]) for j in range(len(sizes))]
+    interleaved = _class_interleaved_order(labels, rng)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [np.sort(interleaved[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _class_interleaved_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -31,7 +31,10 @@ def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed
 
 def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> PlantData:
     train_samples = request.train_samples or DEFAULT_SAMPLES_PER_DEVICE * request.num_devices
-    per_machine = math.ceil(train_samples / (1.0 - test_fraction) / request.num_devices)
+    # Holding out test_fraction of each class rounds per class: generate one spare window
+    # per class so that at least `train_samples` always remain for training.
+    spare = len(bearing_data.CLASSES)
+    per_machine = math.ceil((train_samples / (1.0 - test_fraction) + spare) / request.num_devices)
     x, y, _ = bearing_data.generate_plant(seed, request.index, request.num_devices, per_machine, request.shift, window=WINDOW)
     rng = np.random.default_rng([seed, 3, request.index])
     train, test = stratified_test_split(y, test_fraction, rng)

@@ -63,7 +63,8 @@ def _train_sizes(requests: Sequence[PlantRequest], pool: int) -> np.ndarray:
     """Exact requests are served first; the rest of the pool goes to the others by device count."""
     fixed = sum(r.train_samples for r in requests if r.train_samples is not None)
     if fixed > pool:
-        raise DataError(f"digits: plants ask for {fixed} training examples but the pool has {pool}")
+        asking = ", ".join(f"{r.name!r} {r.train_samples}" for r in requests if r.train_samples is not None)
+        raise DataError(f"digits: plants ask for {fixed} training examples ({asking}) but the pool has {pool}")
     flexible = [r for r in requests if r.train_samples is None]
     shares = proportional_sizes(pool - fixed, [r.num_devices for r in flexible]) if flexible else []
     share_of = dict(zip((r.index for r in flexible), shares))

@@ -31,6 +31,9 @@ examples:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hierfl.parallel import request_cpu_devices
+
+    request_cpu_devices()  # before JAX starts: the simulator shards devices over all cores
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)

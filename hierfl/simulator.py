@@ -20,10 +20,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from hierfl import checkpoint, rng
+from hierfl import __version__, checkpoint, parallel, rng
 from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, build_algorithm, summarize
 from hierfl.evaluation import make_evaluator
+from hierfl.loading import load_topology
 from hierfl.metrics import MetricsWriter, write_run_info
 from hierfl.plan import Plan, make_plan
 from hierfl.progress import RoundProgress
@@ -54,11 +56,18 @@ class SimulationResult:
     run_dir: Path | None
 
 
-def chunk_devices(plan: Plan, chunk_size: int) -> DeviceChunks:
-    """Pads the device axis to a multiple of `chunk_size` and groups it into chunks."""
+def chunk_devices(plan: Plan, chunk_size: int, multiple: int = 1) -> DeviceChunks:
+    """Groups the device axis into equal chunks of about `chunk_size`, padding the last.
+
+    The number of chunks is the fewest that respects `chunk_size`; chunks are then as even
+    as possible and rounded up to a `multiple` (the number of shards), so little padding
+    is trained.
+    """
     shards, num_devices = plan.shards, plan.shards.num_devices
-    chunk = min(chunk_size, num_devices)
-    padded = -(-num_devices // chunk) * chunk
+    num_chunks = -(-num_devices // chunk_size)
+    chunk = -(-num_devices // num_chunks)
+    chunk = -(-chunk // multiple) * multiple
+    padded = num_chunks * chunk
     pad = padded - num_devices
 
     def group(a: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -72,6 +81,12 @@ def chunk_devices(plan: Plan, chunk_size: int) -> DeviceChunks:
         edge=group(plan.device_edge, fill=plan.num_edges),
         index=np.arange(padded, dtype=np.int32).reshape(padded // chunk, chunk),
     )
+
+
+def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks:
+    """The plan's devices, chunked and placed: each chunk split across the mesh's devices."""
+    shards = parallel.shard_count(mesh)
+    return parallel.put_sharded(chunk_devices(plan, chunk_size, multiple=shards), mesh, axis=1)
 
 
 def make_cloud_round(algorithm: Algorithm, num_edges: int, edge_rounds: int, seed: int) -> Callable:
@@ -141,11 +156,10 @@ def simulate(
       rounds: cloud rounds to run (default: the topology's `cloud_rounds`).
       out: run directory for run.json, metrics.jsonl and model.npz (nothing written if None).
       chunk_size: devices trained at once; lower it to bound memory with many devices.
+        Each chunk is split over all local JAX devices (see `hierfl.parallel`).
       progress: show a rich progress bar with the latest accuracy.
       on_round: called with each round's metrics record after it is written.
     """
-    from hierfl.loading import load_topology
-
     if not isinstance(topology, Topology):
         topology = load_topology(topology)
     if rounds is not None:
@@ -156,7 +170,7 @@ def simulate(
     algorithm = build_algorithm(federation.algorithm, model.apply, plan.task, federation)
     cloud_round = make_cloud_round(algorithm, plan.num_edges, federation.edge_rounds, federation.seed)
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
-    chunks = jax.device_put(chunk_devices(plan, chunk_size))
+    chunks = place_chunks(plan, chunk_size, parallel.device_mesh())
     server_state = algorithm.server_init(params)
     param_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     trained_devices = int(np.count_nonzero(plan.shards.counts))
@@ -214,13 +228,7 @@ def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
         "batch_size": federation.batch_size,
         "learning_rate": federation.learning_rate,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hierfl_version": _version(),
+        "hierfl_version": __version__,
     })
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return MetricsWriter(run_dir)
-
-
-def _version() -> str:
-    from hierfl import __version__
-
-    return __version__

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HIERFL = Path(sys.executable).parent / "hierfl"
@@ -110,3 +111,22 @@ def test_python_dash_m_runs_the_same_cli():
     result = subprocess.run([sys.executable, "-m", "hierfl", "topology", "presets"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "large" in result.stdout and "1040" in result.stdout
+
+
+def test_sharding_devices_over_cores_gives_the_same_model(tmp_path):
+    """The CLI splits each chunk of devices over host cores; the model must not depend on it."""
+    topology = Path(__file__).parent / "data" / "tiny.toml"
+    models = {}
+    for cores in (1, 2):
+        out = tmp_path / f"cores-{cores}"
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={cores}"}
+        result = subprocess.run(
+            [str(HIERFL), "simulate", str(topology), "--rounds", "2", "--out", str(out), "--quiet"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        with np.load(out / "model.npz") as data:
+            models[cores] = {k: data[k] for k in data.files if k != "__dtypes__"}
+    assert models[1].keys() == models[2].keys()
+    for name in models[1]:
+        np.testing.assert_allclose(models[2][name], models[1][name], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,53 @@
+"""Spreading the simulator's device axis over the machine's cores or accelerators.
+
+The simulator shards its chunks of federated devices over a one-axis `jax.sharding.Mesh`
+of all local JAX devices (GPUs, or CPU cores exposed as host devices); XLA then trains
+each core's share of the chunk in parallel and sums the per-edge updates across them.
+On one JAX device nothing is sharded. On a CPU, JAX shows one device unless asked for
+more before it starts: `request_cpu_devices()` does that, and the CLI calls it first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "devices"
+_FLAG = "--xla_force_host_platform_device_count"
+T = TypeVar("T")
+
+
+def request_cpu_devices(count: int | None = None) -> None:
+    """Asks XLA for `count` (default: all cores) host devices; no-op if the flag is already set.
+
+    Only effective before JAX initialises its backend (the first computation), so call it
+    at program start. It changes nothing on GPU machines, whose devices are the GPUs.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _FLAG in flags:
+        return
+    count = count or len(os.sched_getaffinity(0))
+    os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={count}".strip()
+
+
+def device_mesh() -> Mesh | None:
+    """A mesh over all local JAX devices, or None when there is only one."""
+    devices = jax.local_devices()
+    return Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
+
+
+def shard_count(mesh: Mesh | None) -> int:
+    """How many ways the device axis is split."""
+    return 1 if mesh is None else mesh.size
+
+
+def put_sharded(tree: T, mesh: Mesh | None, axis: int) -> T:
+    """Places every array of `tree` on the mesh, split along `axis` (replicated elsewhere)."""
+    if mesh is None:
+        return jax.device_put(tree)
+    spec = PartitionSpec(*([None] * axis), AXIS)
+    return jax.device_put(tree, NamedSharding(mesh, spec))

@@ -355,6 +355,8 @@ def scaling_run(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]
         "name": name,
         "devices": topology.num_devices,
         "edge_rounds": federation.edge_rounds,
+        "local_steps": federation.local_steps,
+        "batch_size": federation.batch_size,
         "updates_per_round": updates,
         "device_slots": int(parts.chunks.count.size),
         "chunk_size": chunk_size,
@@ -430,7 +432,11 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
     scaling = result["scaling"]
     if not scaling:
         return
-    table = Table(title="scaling: bearing-fault, cnn1d, edge_rounds 2, 5 steps x batch 16; one fresh process per size")
+    first = scaling[0]
+    table = Table(
+        title=f"scaling: bearing-fault, cnn1d, edge_rounds {first.get('edge_rounds', '?')}, "
+        f"{first.get('local_steps', '?')} steps x batch {first.get('batch_size', '?')}; one fresh process per size"
+    )
     for column in ("run", "devices", "slots", "updates/round", "plan s", "compile s", "round s", "eval s", "ms/update", "updates/s", "peak RSS MB"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for point in scaling:

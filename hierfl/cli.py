@@ -119,6 +119,7 @@ def summary_table(history: list[dict], plant_names: Sequence[str]) -> Table:
     for tier in ("device_to_edge", "edge_to_cloud", "cloud_to_edge"):
         total = sum(r["bytes"][tier] for r in history)
         table.add_row(f"bytes {tier.replace('_to_', ' -> ').replace('_', ' ')}", f"{total / 1e6:,.2f} MB")
+    table.add_row("rejected updates (non-finite)", str(sum(r.get("rejected_updates", 0) for r in history)))
     table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
     return table
 

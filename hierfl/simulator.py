@@ -23,7 +23,16 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hierfl import __version__, checkpoint, parallel, rng
-from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, build_algorithm, summarize
+from hierfl.algorithms import (
+    Algorithm,
+    DeviceData,
+    LocalResult,
+    Summary,
+    apply_summary,
+    build_algorithm,
+    screen_nonfinite,
+    summarize,
+)
 from hierfl.evaluation import make_evaluator
 from hierfl.loading import load_topology
 from hierfl.metrics import MetricsWriter, write_run_info
@@ -43,6 +52,13 @@ class DeviceChunks(NamedTuple):
     count: jax.Array
     edge: jax.Array
     index: jax.Array
+
+
+class RoundStats(NamedTuple):
+    """What one cloud round reports besides the model: mean training loss, rejected updates."""
+
+    train_loss: jax.Array
+    rejected_updates: jax.Array
 
 
 @dataclasses.dataclass
@@ -90,35 +106,40 @@ def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks
 
 
 def make_cloud_round(algorithm: Algorithm, num_edges: int, edge_rounds: int, seed: int) -> Callable:
-    """`cloud_round(global_params, server_state, chunks, round) -> (params, state, train_loss)`, jitted."""
+    """`cloud_round(global_params, server_state, chunks, round) -> (params, state, RoundStats)`, jitted."""
 
     def edge_round(edge_params, chunks: DeviceChunks, cloud_round, e):
         def train_chunk(carry, chunk: DeviceChunks):
-            summary, loss_sum = carry
+            summary, loss_sum, rejected = carry
             start = jax.tree.map(lambda p: p[jnp.minimum(chunk.edge, num_edges - 1)], edge_params)
             keys = jax.vmap(lambda i: rng.device_key(seed, cloud_round, e, i))(chunk.index)
             results = jax.vmap(algorithm.local_update)(start, DeviceData(chunk.x, chunk.y, chunk.count), keys)
+            results, ok = jax.vmap(screen_nonfinite)(results)
             per_edge = algorithm.segment_aggregate(summarize(results), chunk.edge, num_edges)
             summary = jax.tree.map(jnp.add, summary, per_edge)
-            return (summary, loss_sum + jnp.sum(results.loss * results.weight)), None
+            loss_sum = loss_sum + jnp.sum(results.loss * results.weight)
+            return (summary, loss_sum, rejected + jnp.sum(~ok & (chunk.count > 0))), None
 
         empty = Summary(jax.tree.map(jnp.zeros_like, edge_params), jnp.zeros(num_edges, jnp.float32))
-        (summary, loss_sum), _ = jax.lax.scan(train_chunk, (empty, jnp.float32(0)), chunks)
-        return jax.vmap(apply_summary)(edge_params, summary), summary.weight, loss_sum
+        (summary, loss_sum, rejected), _ = jax.lax.scan(train_chunk, (empty, jnp.float32(0), jnp.int32(0)), chunks)
+        return jax.vmap(apply_summary)(edge_params, summary), summary.weight, loss_sum, rejected
 
     def cloud_round(global_params, server_state, chunks: DeviceChunks, cloud_round):
         edge_params = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_edges, *p.shape)), global_params)
 
         def one_edge_round(carry, e):
-            params, loss_sum = carry
-            params, weight, loss = edge_round(params, chunks, cloud_round, e)
-            return (params, loss_sum + loss), weight
+            params, loss_sum, rejected = carry
+            params, weight, loss, bad = edge_round(params, chunks, cloud_round, e)
+            return (params, loss_sum + loss, rejected + bad), weight
 
-        (edge_params, loss_sum), weights = jax.lax.scan(one_edge_round, (edge_params, jnp.float32(0)), jnp.arange(edge_rounds))
+        initial = (edge_params, jnp.float32(0), jnp.int32(0))
+        (edge_params, loss_sum, rejected), weights = jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
+        # An edge's weight is the examples it aggregated, summed over its edge rounds.
+        edge_weight = weights.sum(axis=0)
         edge_delta = jax.tree.map(lambda e, g: e - g, edge_params, global_params)
-        edge_summaries = summarize(LocalResult(edge_delta, weights[-1], jnp.zeros(num_edges)))
+        edge_summaries = summarize(LocalResult(edge_delta, edge_weight, jnp.zeros(num_edges)))
         new_params, new_state = algorithm.server_update(global_params, server_state, algorithm.aggregate(edge_summaries))
-        return new_params, new_state, loss_sum / jnp.maximum(weights.sum(), 1.0)
+        return new_params, new_state, RoundStats(loss_sum / jnp.maximum(weights.sum(), 1.0), rejected)
 
     return jax.jit(cloud_round)
 
@@ -183,12 +204,12 @@ def simulate(
     with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name) as bar:
         for r in range(1, federation.cloud_rounds + 1):
             round_started = time.perf_counter()
-            params, server_state, train_loss = cloud_round(params, server_state, chunks, jnp.int32(r))
+            params, server_state, stats = cloud_round(params, server_state, chunks, jnp.int32(r))
             scores = evaluate(params)
             now = time.perf_counter()
             record = {
                 "round": r,
-                "loss": float(train_loss),
+                "loss": float(stats.train_loss),
                 "test_loss": scores.loss,
                 "accuracy": scores.score,
                 "plant_accuracy": dict(zip(topology.plant_names, scores.per_plant)),
@@ -196,6 +217,7 @@ def simulate(
                 "round_seconds": now - round_started,
                 "elapsed_seconds": now - started,
                 "devices": trained_devices,
+                "rejected_updates": int(stats.rejected_updates),
             }
             history.append(record)
             if writer is not None:

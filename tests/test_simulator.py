@@ -159,3 +159,28 @@ def test_per_plant_accuracy_is_measured_on_each_plants_own_test_set(make_topolog
     for p, name in enumerate(topology.plant_names):
         assert record["plant_accuracy"][name] == pytest.approx(correct[plan.test.plant == p].mean(), abs=1e-6)
     assert record["accuracy"] == pytest.approx(correct.mean(), abs=1e-6)
+
+
+def test_diverging_devices_are_rejected_and_never_corrupt_the_global_model(make_topology):
+    # A learning rate of 1e30 makes every local update overflow to inf/NaN.
+    topology = make_topology(plants=[[3], [2]], edge_rounds=2, cloud_rounds=2, learning_rate=1e30)
+    plan = make_plan(topology)
+    _, initial = init_global_model(plan)
+    result = simulate(topology)
+    assert [r["rejected_updates"] for r in result.history] == [5 * 2, 5 * 2]
+    for got, want in zip(jax.tree.leaves(result.params), jax.tree.leaves(initial)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert all(np.isfinite(r["loss"]) for r in result.history)
+
+
+def test_screen_nonfinite_keeps_finite_results_untouched():
+    from hierfl.algorithms import LocalResult, screen_nonfinite
+
+    good = LocalResult({"w": jnp.array([1.0, -2.0])}, jnp.float32(7.0), jnp.float32(0.3))
+    kept, ok = screen_nonfinite(good)
+    assert bool(ok) and float(kept.weight) == 7.0
+    np.testing.assert_array_equal(np.asarray(kept.delta["w"]), [1.0, -2.0])
+    bad = LocalResult({"w": jnp.array([1.0, jnp.nan])}, jnp.float32(7.0), jnp.float32(0.3))
+    dropped, ok = screen_nonfinite(bad)
+    assert not bool(ok) and float(dropped.weight) == 0.0
+    np.testing.assert_array_equal(np.asarray(dropped.delta["w"]), [0.0, 0.0])

@@ -12,6 +12,7 @@ from hierfl.algorithms.fedavg import (
     fedavg,
     fedsgd,
     mean_delta,
+    screen_nonfinite,
     segment_aggregate,
     summarize,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "fedavg",
     "fedsgd",
     "mean_delta",
+    "screen_nonfinite",
     "segment_aggregate",
     "summarize",
 ]

@@ -73,6 +73,20 @@ def summarize(result: LocalResult) -> Summary:
     return Summary(jax.tree.map(lambda d: d * w.reshape(w.shape + (1,) * (d.ndim - w.ndim)), result.delta), w)
 
 
+def screen_nonfinite(result: LocalResult) -> tuple[LocalResult, jax.Array]:
+    """Neutralises a result whose delta or loss is not finite: `(result, ok)`.
+
+    A NaN or inf update (a diverged device, a corrupted sensor batch) gets weight 0 and a
+    zero delta, so it counts as a device that did not answer and can never reach an
+    aggregate; `ok` says whether it was kept. Works on one result (vmap it for a stack).
+    """
+    ok = jnp.isfinite(result.loss)
+    for leaf in jax.tree.leaves(result.delta):
+        ok = ok & jnp.all(jnp.isfinite(leaf))
+    delta = jax.tree.map(lambda d: jnp.where(ok, d, jnp.zeros_like(d)), result.delta)
+    return LocalResult(delta, jnp.where(ok, result.weight, 0.0), jnp.where(ok, result.loss, 0.0)), ok
+
+
 def aggregate(summaries: Summary) -> Summary:
     """Sums a stack of summaries (leading axis K) into one."""
     ones = jnp.ones_like(summaries.weight)

@@ -26,10 +26,10 @@ from hierfl import __version__, checkpoint, parallel, rng
 from hierfl.algorithms import (
     Algorithm,
     DeviceData,
-    LocalResult,
     Summary,
     apply_summary,
     build_algorithm,
+    edge_summary,
     screen_nonfinite,
     summarize,
 )
@@ -136,8 +136,7 @@ def make_cloud_round(algorithm: Algorithm, num_edges: int, edge_rounds: int, see
         (edge_params, loss_sum, rejected), weights = jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
         # An edge's weight is the examples it aggregated, summed over its edge rounds.
         edge_weight = weights.sum(axis=0)
-        edge_delta = jax.tree.map(lambda e, g: e - g, edge_params, global_params)
-        edge_summaries = summarize(LocalResult(edge_delta, edge_weight, jnp.zeros(num_edges)))
+        edge_summaries = edge_summary(edge_params, global_params, edge_weight)
         new_params, new_state = algorithm.server_update(global_params, server_state, algorithm.aggregate(edge_summaries))
         return new_params, new_state, RoundStats(loss_sum / jnp.maximum(weights.sum(), 1.0), rejected)
 

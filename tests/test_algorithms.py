@@ -141,3 +141,14 @@ def test_server_update_without_answers_keeps_the_model():
     np.testing.assert_array_equal(np.asarray(new["w"]), [1.0, -1.0])
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new_state, state))
     assert isinstance(optax.sgd(1.0).init(params), type(state))
+
+
+def test_edge_summary_is_the_edge_models_change_times_its_examples():
+    from hierfl.algorithms import edge_summary
+
+    global_params = {"w": jnp.array([1.0, 2.0])}
+    edges = {"w": jnp.array([[1.5, 2.0], [0.0, 4.0]])}  # two edges, stacked
+    summary = edge_summary(edges, global_params, jnp.array([10.0, 30.0]))
+    np.testing.assert_allclose(np.asarray(summary.delta_sum["w"]), [[5.0, 0.0], [-30.0, 60.0]])
+    # The cloud's mean: (10 * [0.5, 0] + 30 * [-1, 2]) / 40 = [-0.625, 1.5].
+    np.testing.assert_allclose(np.asarray(mean_delta(aggregate(summary))["w"]), [-0.625, 1.5])

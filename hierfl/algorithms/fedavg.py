@@ -111,6 +111,17 @@ def apply_summary(params: Params, summary: Summary) -> Params:
     return jax.tree.map(jnp.add, params, mean_delta(summary))
 
 
+def edge_summary(edge_params: Params, global_params: Params, weight: jax.Array) -> Summary:
+    """What an edge sends to the cloud after its edge rounds.
+
+    Its model's change since the global model it started from, weighted by the examples
+    it aggregated (`weight`). Works on one edge or a stack of edges (leading axis E,
+    with `global_params` broadcast).
+    """
+    delta = jax.tree.map(jnp.subtract, edge_params, global_params)
+    return summarize(LocalResult(delta, weight, jnp.zeros_like(weight)))
+
+
 def make_local_update(
     apply_fn: ApplyFn,
     example_loss: ExampleLoss,

@@ -66,12 +66,16 @@ def make_plan(topology: Topology) -> Plan:
     task = get_task(topology.federation.task)
     seed = topology.federation.seed
     requests = [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
-    plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
     device_parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for index, (plant, data) in enumerate(zip(topology.plants, plant_data)):
+    test_sets: list[tuple[np.ndarray, np.ndarray]] = []
+    plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
+    # One plant's pool at a time: it is divided into device shards and then released.
+    for index, (plant, data) in enumerate(zip(topology.plants, plant_data, strict=True)):
         device_parts.extend(divide_plant(plant, data, np.random.default_rng([seed, 4, index])))
+        test_sets.append((data.x_test, data.y_test))
+        del data
     device_edge = np.concatenate([np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)])
-    return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(plant_data))
+    return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
 
 
 def plant_request(plant: Plant, index: int, task: Task) -> PlantRequest:
@@ -133,10 +137,10 @@ def pad_shards(devices: list[tuple[np.ndarray, np.ndarray]]) -> DeviceShards:
     return DeviceShards(x, y, counts)
 
 
-def stack_test_sets(plants: list[PlantData]) -> TestSet:
-    """All plants' test examples in one set, tagged with their plant index."""
+def stack_test_sets(plants: list[tuple[np.ndarray, np.ndarray]]) -> TestSet:
+    """All plants' (x_test, y_test) in one set, tagged with their plant index."""
     return TestSet(
-        x=np.concatenate([p.x_test for p in plants]).astype(np.float32),
-        y=np.concatenate([p.y_test for p in plants]).astype(np.int32),
-        plant=np.concatenate([np.full(len(p.y_test), i, np.int32) for i, p in enumerate(plants)]),
+        x=np.concatenate([x for x, _ in plants]).astype(np.float32),
+        y=np.concatenate([y for _, y in plants]).astype(np.int32),
+        plant=np.concatenate([np.full(len(y), i, np.int32) for i, (_, y) in enumerate(plants)]),
     )

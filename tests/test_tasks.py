@@ -221,7 +221,7 @@ def test_digits_test_sets_of_unequal_plants_see_every_class():
 
 
 def test_bearing_honours_train_samples_and_holds_out_test_fraction():
-    plants = BEARING.make_plant_data([request(0, 4, 192), request(1, 2, 50, shift=0.3)], 0.2, 0)
+    plants = list(BEARING.make_plant_data([request(0, 4, 192), request(1, 2, 50, shift=0.3)], 0.2, 0))
     assert [len(p.y_train) for p in plants] == [192, 50]
     # 192 / 0.8 / 4 = 60 windows per machine -> 240, 60 per class, 12 each held out.
     assert len(plants[0].y_test) == 48
@@ -242,9 +242,9 @@ def test_bearing_default_samples_per_device():
 
 def test_bearing_deterministic_in_seed():
     reqs = [request(0, 2, 40), request(1, 1, 20, shift=0.5)]
-    a = BEARING.make_plant_data(reqs, 0.2, 1)
-    b = BEARING.make_plant_data(reqs, 0.2, 1)
-    c = BEARING.make_plant_data(reqs, 0.2, 2)
+    a = list(BEARING.make_plant_data(reqs, 0.2, 1))
+    b = list(BEARING.make_plant_data(reqs, 0.2, 1))
+    c = list(BEARING.make_plant_data(reqs, 0.2, 2))
     for pa, pb in zip(a, b):
         np.testing.assert_array_equal(pa.x_train, pb.x_train)
         np.testing.assert_array_equal(pa.y_train, pb.y_train)

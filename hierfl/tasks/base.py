@@ -9,7 +9,7 @@ generate each plant's own, so plants differ the way real plants do.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +54,16 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
 
 
-MakePlantData = Callable[[Sequence[PlantRequest], float, int], list[PlantData]]
+MakePlantData = Callable[[Sequence[PlantRequest], float, int], Iterable[PlantData]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
     """A learning problem: models by name, data per plant, per-example loss and score.
 
-    `make_plant_data(requests, test_fraction, seed)` must be deterministic in `seed`.
+    `make_plant_data(requests, test_fraction, seed)` yields one `PlantData` per request, in
+    order, deterministic in `seed`; generating tasks yield lazily, so the plan holds one
+    plant's raw pool at a time.
     `example_loss(logits, y)` is minimised; `example_score(logits, y)` (higher is better,
     accuracy for classification) is what evaluation reports.
     `default_samples_per_device` is used by generating tasks when a line sets none;

@@ -11,7 +11,7 @@ window's envelope (`EnvelopeCNN`) learns them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -24,9 +24,10 @@ WINDOW = 2048
 """Samples per window: 171 ms at 12 kHz, several shaft turns, so the fault rate is visible."""
 
 
-def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> list[PlantData]:
-    """Generates each plant's machines and windows; `test_fraction` of each plant is held out."""
-    return [_plant_data(r, test_fraction, seed) for r in requests]
+def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> Iterator[PlantData]:
+    """Generates each plant's machines and windows, one plant at a time; `test_fraction` held out."""
+    for request in requests:
+        yield _plant_data(request, test_fraction, seed)
 
 
 def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> PlantData:

@@ -1,8 +1,21 @@
-"""Aggregation kernels: weighted sums of K stacked updates, whole or per segment (edge).
+"""Aggregation kernels over a stack of K updates `[K, P]` (or `[K, ...]`) with weights `[K]`.
 
-An update stack is an array `[K, ...]`; weights are `[K]`. Sums, not means, are returned:
-a *summary* is a weighted sum plus its total weight, and sums compose across tiers
-(an edge's sum of device sums is the sum over its subtree), while means do not.
+- `weighted_sum`, `segment_weighted_sum`: sums, not means. A *summary* is a weighted sum
+  plus its total weight, and sums compose across tiers (an edge's sum of device sums is
+  the sum over its subtree), while means do not.
+- `weighted_mean`, `segment_weighted_mean`: the same divided by the total weight (zero
+  where a segment has no weight).
+- `coordinate_median`, `trimmed_mean`: the robust statistics, per coordinate.
+
+How weights enter the robust statistics: each update counts as `weights[k]` copies of
+itself (its example count), not as one vote, so a device with 10x the data has 10x the
+say, exactly as in the weighted mean. The weighted median is the value where the
+cumulative weight, in sorted order, crosses half the total (the mean of the two
+neighbours when it lands exactly on half, so equal weights give numpy's median). The
+weighted trimmed mean drops `beta` of the total *weight* from each end (an update may be
+cut partly) and averages the rest. With `weights=None` every update counts once and
+`trimmed_mean` drops `floor(beta * K)` whole updates from each end (scipy's
+`trim_mean` convention). Updates of weight 0 never influence a result.
 """
 
 from __future__ import annotations
@@ -16,6 +29,11 @@ def weighted_sum(stack: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.tensordot(weights.astype(stack.dtype), stack, axes=(0, 0))
 
 
+def weighted_mean(stack: jax.Array, weights: jax.Array) -> jax.Array:
+    """`weighted_sum / sum(weights)`; zeros when the total weight is 0."""
+    return weighted_sum(stack, weights) * _inverse(weights.sum()).astype(stack.dtype)
+
+
 def segment_weighted_sum(stack: jax.Array, weights: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
     """Per-segment weighted sums: out[s] = sum over k with segment_ids[k] == s of weights[k] * stack[k].
 
@@ -23,5 +41,64 @@ def segment_weighted_sum(stack: jax.Array, weights: jax.Array, segment_ids: jax.
     out-of-range ids are dropped (jax.ops.segment_sum semantics), which is how padded
     updates are excluded.
     """
-    weighted = stack * weights.astype(stack.dtype).reshape((-1,) + (1,) * (stack.ndim - 1))
+    weighted = stack * _expand(weights.astype(stack.dtype), stack.ndim)
     return jax.ops.segment_sum(weighted, segment_ids, num_segments=num_segments)
+
+
+def segment_weighted_mean(stack: jax.Array, weights: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """Per-segment weighted means `[num_segments, ...]`; zeros for a segment without weight."""
+    totals = jax.ops.segment_sum(weights, segment_ids, num_segments=num_segments)
+    sums = segment_weighted_sum(stack, weights, segment_ids, num_segments)
+    return sums * _expand(_inverse(totals).astype(stack.dtype), stack.ndim)
+
+
+def coordinate_median(stack: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """The (weighted) median of every coordinate over the K updates, shape `stack.shape[1:]`.
+
+    See the module docstring for how weights count; zeros when the total weight is 0.
+    """
+    if weights is None:
+        return jnp.median(stack, axis=0)
+    values, _, cumulative, total = _sorted_by_value(stack, weights)
+    lower = jnp.argmax(2 * cumulative >= total, axis=0)
+    upper = jnp.argmax(2 * cumulative > total, axis=0)
+    pick = lambda index: jnp.take_along_axis(values, index[None], axis=0)[0]  # noqa: E731
+    median = 0.5 * (pick(lower) + pick(upper))
+    return jnp.where(total > 0, median, jnp.zeros_like(median))
+
+
+def trimmed_mean(stack: jax.Array, beta: float, weights: jax.Array | None = None) -> jax.Array:
+    """The mean of every coordinate after dropping the `beta` smallest and largest share.
+
+    `beta` in [0, 0.5). Unweighted: `floor(beta * K)` updates from each end; weighted:
+    `beta` of the total weight from each end (module docstring). Shape `stack.shape[1:]`.
+    """
+    if not 0 <= beta < 0.5:
+        raise ValueError(f"trimmed_mean: beta must be in [0, 0.5), got {beta}")
+    if weights is None:
+        cut = int(beta * stack.shape[0])
+        return jnp.sort(stack, axis=0)[cut : stack.shape[0] - cut].mean(axis=0)
+    values, sorted_weights, cumulative, total = _sorted_by_value(stack, weights)
+    low, high = beta * total, (1 - beta) * total
+    kept = jnp.clip(jnp.minimum(cumulative, high) - jnp.maximum(cumulative - sorted_weights, low), 0, None)
+    kept_total = kept.sum(axis=0)
+    mean = (values * kept).sum(axis=0) / jnp.where(kept_total > 0, kept_total, 1)
+    return jnp.where(kept_total > 0, mean, jnp.zeros_like(mean))
+
+
+def _sorted_by_value(stack: jax.Array, weights: jax.Array) -> tuple[jax.Array, ...]:
+    """Each coordinate's values sorted over K, their weights, the running sum of those, the total."""
+    broadcast = jnp.broadcast_to(_expand(weights.astype(stack.dtype), stack.ndim), stack.shape)
+    values, sorted_weights = jax.lax.sort((stack, broadcast), dimension=0, num_keys=1)
+    cumulative = jnp.cumsum(sorted_weights, axis=0)
+    return values, sorted_weights, cumulative, cumulative[-1]
+
+
+def _expand(weights: jax.Array, ndim: int) -> jax.Array:
+    """`[K]` weights shaped `[K, 1, ...]` to broadcast against a `[K, ...]` stack."""
+    return weights.reshape(weights.shape + (1,) * (ndim - weights.ndim))
+
+
+def _inverse(total: jax.Array) -> jax.Array:
+    """1 / total, or 0 where total is 0 (nobody contributed)."""
+    return jnp.where(total > 0, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)

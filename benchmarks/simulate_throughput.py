@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from hierfl.parallel import device_mesh, request_cpu_devices
+from hierfl.parallel import request_cpu_devices
 
 request_cpu_devices()  # as the CLI does: before JAX starts, one host device per core
 
@@ -52,13 +52,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from hierfl.algorithms import ALGORITHMS, build_algorithm
+from hierfl.algorithms import ALGORITHMS
 from hierfl.evaluation import make_evaluator
 from hierfl.loading import load_topology
 from hierfl.plan import Plan, make_plan
-from hierfl.simulator import DEFAULT_CHUNK_SIZE, DeviceChunks, init_global_model, make_cloud_round, place_chunks, simulate
+from hierfl.simulator import DEFAULT_CHUNK_SIZE, Simulation, build_simulation, simulate
 from hierfl.tasks import TASKS
-from hierfl.tasks.models import Model, Params
 from hierfl.topology import Topology, parse_topology, preset_path
 
 W1_TOML = """\
@@ -184,37 +183,28 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 class CompiledRound(NamedTuple):
     """The simulator's parts for a plan, with its cloud round compiled ahead of time (as `simulate()` builds them)."""
 
-    model: Model
-    params: Params
-    server_state: Any
-    chunks: DeviceChunks
+    sim: Simulation
     cloud_round: Callable
     compile_s: float
 
 
 def compile_cloud_round(plan: Plan, chunk_size: int) -> CompiledRound:
-    federation = plan.topology.federation
-    model, params = init_global_model(plan)
-    algorithm = build_algorithm(federation.algorithm, model.apply, plan.task, federation)
-    cloud_round = make_cloud_round(algorithm, plan.num_edges, federation.edge_rounds, federation.seed)
-    chunks = place_chunks(plan, chunk_size, device_mesh())
-    server_state = algorithm.server_init(params)
+    sim = build_simulation(plan, chunk_size)
     start = time.perf_counter()
-    compiled = cloud_round.lower(params, server_state, chunks, jnp.int32(1)).compile()
-    return CompiledRound(model, params, server_state, chunks, compiled, time.perf_counter() - start)
+    compiled = sim.cloud_round.lower(sim.initial, sim.chunks, jnp.int32(1)).compile()
+    return CompiledRound(sim, compiled, time.perf_counter() - start)
 
 
 def hierfl_trainer(plan: Plan) -> Trainer:
     """The simulator's jitted cloud round alone: no evaluation, no metrics, nothing else per round."""
     parts = compile_cloud_round(plan, DEFAULT_CHUNK_SIZE)
-    state = {"params": parts.params, "server": parts.server_state}
+    state = {"train": parts.sim.initial}
 
     def run_round(r: int) -> None:
-        out = parts.cloud_round(state["params"], state["server"], parts.chunks, jnp.int32(r))
-        state["params"], state["server"], _ = jax.block_until_ready(out)
+        state["train"], _ = jax.block_until_ready(parts.cloud_round(state["train"], parts.sim.chunks, jnp.int32(r)))
 
     def accuracy() -> float:
-        logits = np.asarray(jax.jit(parts.model.apply)(state["params"], plan.test.x))
+        logits = np.asarray(jax.jit(parts.sim.model.apply)(state["train"].params, plan.test.x))
         return float(np.mean(np.argmax(logits, axis=-1) == plan.test.y))
 
     return Trainer(parts.compile_s, run_round, accuracy)
@@ -339,15 +329,15 @@ def scaling_run(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]
     plan = make_plan(topology)
     plan_s = time.perf_counter() - start
     parts = compile_cloud_round(plan, chunk_size)
-    params, state, seconds = parts.params, parts.server_state, []
+    state, seconds = parts.sim.initial, []
     for r in range(1, timed_rounds + 1):
         start = time.perf_counter()
-        params, state, _ = jax.block_until_ready(parts.cloud_round(params, state, parts.chunks, jnp.int32(r)))
+        state, _ = jax.block_until_ready(parts.cloud_round(state, parts.sim.chunks, jnp.int32(r)))
         seconds.append(time.perf_counter() - start)
-    evaluate = make_evaluator(parts.model, plan.task, plan.test, plan.num_edges)
-    evaluate(params)  # compiles
+    evaluate = make_evaluator(parts.sim.model, plan.task, plan.test, plan.num_edges)
+    evaluate(state.params)  # compiles
     start = time.perf_counter()
-    scores = evaluate(params)
+    scores = evaluate(state.params)
     eval_s = time.perf_counter() - start
     updates = topology.num_devices * federation.edge_rounds
     round_s = statistics.median(seconds)
@@ -358,7 +348,7 @@ def scaling_run(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]
         "local_steps": federation.local_steps,
         "batch_size": federation.batch_size,
         "updates_per_round": updates,
-        "device_slots": int(parts.chunks.count.size),
+        "device_slots": int(parts.sim.chunks.count.size),
         "chunk_size": chunk_size,
         "plan_s": plan_s,
         "compile_s": parts.compile_s,

@@ -45,9 +45,13 @@ def shard_count(mesh: Mesh | None) -> int:
     return 1 if mesh is None else mesh.size
 
 
+def sharding(mesh: Mesh, axis: int) -> NamedSharding:
+    """Arrays split along `axis` over the mesh, replicated along the other axes."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
+
+
 def put_sharded(tree: T, mesh: Mesh | None, axis: int) -> T:
     """Places every array of `tree` on the mesh, split along `axis` (replicated elsewhere)."""
     if mesh is None:
         return jax.device_put(tree)
-    spec = PartitionSpec(*([None] * axis), AXIS)
-    return jax.device_put(tree, NamedSharding(mesh, spec))
+    return jax.device_put(tree, sharding(mesh, axis))

@@ -2,10 +2,15 @@
 
     run = key(seed)
     ├── fold_in(run, 0)                          model initialisation
-    └── fold_in(run, 1)
-        └── fold_in(., cloud_round)              one cloud round (1-based)
-            └── fold_in(., edge_round)           one edge round (0-based)
-                └── fold_in(., device_index)     one device's local training
+    ├── fold_in(run, 1)
+    │   └── fold_in(., cloud_round)              one cloud round (1-based)
+    │       └── fold_in(., edge_round)           one edge round (0-based)
+    │           └── fold_in(., device_index)     one device's local training
+    ├── fold_in(run, 2)                          device -> edge uploads (stochastic rounding)
+    │   └── cloud_round / edge_round / device_index, as above
+    └── fold_in(run, 3)                          edge -> cloud uploads
+        └── fold_in(., cloud_round)
+            └── fold_in(., edge_index)           one edge's summary
 
 Keys are derived by position, not by splitting in sequence, so a device process in the
 runtime computes the very same key as the simulator from (seed, rounds, index) alone.
@@ -22,12 +27,26 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-def edge_round_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int) -> jax.Array:
-    """The key of one edge round; devices fold in their index (see `device_key`)."""
-    rounds = jax.random.fold_in(jax.random.key(seed), 1)
+TRAINING, DEVICE_UPLOAD, EDGE_UPLOAD = 1, 2, 3
+
+
+def edge_round_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int, branch: int = TRAINING) -> jax.Array:
+    """The key of one edge round in `branch`; devices fold in their index (see `device_key`)."""
+    rounds = jax.random.fold_in(jax.random.key(seed), branch)
     return jax.random.fold_in(jax.random.fold_in(rounds, cloud_round), edge_round)
 
 
 def device_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int, device_index: jax.Array | int) -> jax.Array:
     """The key a device trains with in the given cloud round and edge round."""
     return jax.random.fold_in(edge_round_key(seed, cloud_round, edge_round), device_index)
+
+
+def device_upload_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int, device_index: jax.Array | int) -> jax.Array:
+    """The key that encodes a device's update for its edge (e.g. int8 stochastic rounding)."""
+    return jax.random.fold_in(edge_round_key(seed, cloud_round, edge_round, DEVICE_UPLOAD), device_index)
+
+
+def edge_upload_key(seed: int, cloud_round: jax.Array | int, edge_index: jax.Array | int) -> jax.Array:
+    """The key that encodes an edge's summary for the cloud."""
+    uploads = jax.random.fold_in(jax.random.key(seed), EDGE_UPLOAD)
+    return jax.random.fold_in(jax.random.fold_in(uploads, cloud_round), edge_index)

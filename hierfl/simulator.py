@@ -22,17 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl import __version__, checkpoint, parallel, rng
+from hierfl import __version__, checkpoint, links, parallel, rng
 from hierfl.algorithms import (
     Algorithm,
     DeviceData,
     Summary,
     apply_summary,
     build_algorithm,
-    edge_summary,
+    edge_result,
     screen_nonfinite,
     summarize,
 )
+from hierfl.kernels import FlatSpec, flat_spec, ravel, unravel
+from hierfl.links import LinkCodecs
 from hierfl.evaluation import make_evaluator
 from hierfl.loading import load_topology
 from hierfl.metrics import MetricsWriter, write_run_info
@@ -105,52 +107,134 @@ def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks
     return parallel.put_sharded(chunk_devices(plan, chunk_size, multiple=shards), mesh, axis=1)
 
 
-def make_cloud_round(algorithm: Algorithm, num_edges: int, edge_rounds: int, seed: int) -> Callable:
-    """`cloud_round(global_params, server_state, chunks, round) -> (params, state, RoundStats)`, jitted."""
+class Residuals(NamedTuple):
+    """Error-feedback memories the senders keep between rounds (empty `[..., 0]` without one).
 
-    def edge_round(edge_params, chunks: DeviceChunks, cloud_round, e):
-        def train_chunk(carry, chunk: DeviceChunks):
+    `device` is laid out like the chunks, `[num_chunks, chunk, R]`; `edge` is `[num_edges, R]`.
+    """
+
+    device: jax.Array
+    edge: jax.Array
+
+
+class TrainState(NamedTuple):
+    """Everything a cloud round updates: global params, server optimizer state, residuals."""
+
+    params: Params
+    server_state: Any
+    residuals: Residuals
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulation:
+    """The compiled simulator for one plan: its model, the placed devices, the round, the start state.
+
+    `cloud_round(state, chunks, round)` runs one cloud round; `bytes_per_round` is what
+    each tier sends in one (see `hierfl.links.tier_bytes`).
+    """
+
+    model: Model
+    spec: FlatSpec
+    codecs: LinkCodecs
+    chunks: DeviceChunks
+    initial: TrainState
+    cloud_round: Callable[[TrainState, DeviceChunks, jax.Array], tuple[TrainState, RoundStats]]
+    bytes_per_round: dict[str, int]
+    trained_devices: int
+
+
+def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simulation:
+    """Builds the model, algorithm, codecs and jitted cloud round, and places the devices."""
+    federation = plan.topology.federation
+    model, params = init_global_model(plan)
+    algorithm = build_algorithm(federation.algorithm, model.apply, plan.task, federation)
+    spec = flat_spec(params)
+    codecs = links.build_link_codecs(plan.topology.compression, spec.size)
+    mesh = parallel.device_mesh()
+    chunks = place_chunks(plan, chunk_size, mesh)
+    initial = TrainState(params, algorithm.server_init(params), initial_residuals(codecs, chunks, plan.num_edges, mesh))
+    model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+    trained_devices = int(np.count_nonzero(plan.shards.counts))
+    return Simulation(
+        model=model,
+        spec=spec,
+        codecs=codecs,
+        chunks=chunks,
+        initial=initial,
+        cloud_round=make_cloud_round(algorithm, spec, codecs, plan.num_edges, federation.edge_rounds, federation.seed, mesh),
+        bytes_per_round=links.tier_bytes(codecs, model_bytes, trained_devices, plan.num_edges, federation.edge_rounds),
+        trained_devices=trained_devices,
+    )
+
+
+def initial_residuals(codecs: LinkCodecs, chunks: DeviceChunks, num_edges: int, mesh: Mesh | None) -> Residuals:
+    """Zero memories for every device (sharded like the chunks, unless empty) and every edge."""
+    device = links.initial_residuals(codecs.device_to_edge, chunks.count.shape)
+    if codecs.device_to_edge.residual_size:
+        device = parallel.put_sharded(device, mesh, axis=1)
+    return Residuals(device, links.initial_residuals(codecs.edge_to_cloud, (num_edges,)))
+
+
+def make_cloud_round(
+    algorithm: Algorithm, spec: FlatSpec, codecs: LinkCodecs, num_edges: int, edge_rounds: int, seed: int, mesh: Mesh | None = None
+) -> Callable:
+    """`cloud_round(TrainState, chunks, round) -> (TrainState, RoundStats)`, jitted.
+
+    Edge models and every update travel as flat buffers (`spec`), so aggregation and
+    compression are the `hierfl.kernels` array kernels; devices train on the unraveled
+    pytree and the cloud's server optimizer sees the pytree again. The device residuals
+    come back split over `mesh` like the chunks, so round after round reuses one compile.
+    """
+    to_flat = jax.vmap(lambda tree: ravel(spec, tree))
+    from_flat = jax.vmap(lambda buffer: unravel(spec, buffer))
+    def send_up(codec):
+        return jax.vmap(lambda result, residual, key: links.transmit(codec, result, residual, key))
+
+    def edge_round(edge_params, chunks: DeviceChunks, residuals, cloud_round, e):
+        def train_chunk(carry, chunk_and_residual):
+            chunk, residual = chunk_and_residual
             summary, loss_sum, rejected = carry
-            start = jax.tree.map(lambda p: p[jnp.minimum(chunk.edge, num_edges - 1)], edge_params)
+            start = from_flat(edge_params[jnp.minimum(chunk.edge, num_edges - 1)])
             keys = jax.vmap(lambda i: rng.device_key(seed, cloud_round, e, i))(chunk.index)
             results = jax.vmap(algorithm.local_update)(start, DeviceData(chunk.x, chunk.y, chunk.count), keys)
-            results, ok = jax.vmap(screen_nonfinite)(results)
+            results, ok = jax.vmap(screen_nonfinite)(results._replace(delta=to_flat(results.delta)))
+            upload_keys = jax.vmap(lambda i: rng.device_upload_key(seed, cloud_round, e, i))(chunk.index)
+            results, residual = send_up(codecs.device_to_edge)(results, residual, upload_keys)
             per_edge = algorithm.segment_aggregate(summarize(results), chunk.edge, num_edges)
             summary = jax.tree.map(jnp.add, summary, per_edge)
             loss_sum = loss_sum + jnp.sum(results.loss * results.weight)
-            return (summary, loss_sum, rejected + jnp.sum(~ok & (chunk.count > 0))), None
+            return (summary, loss_sum, rejected + jnp.sum(~ok & (chunk.count > 0))), residual
 
-        empty = Summary(jax.tree.map(jnp.zeros_like, edge_params), jnp.zeros(num_edges, jnp.float32))
-        (summary, loss_sum, rejected), _ = jax.lax.scan(train_chunk, (empty, jnp.float32(0), jnp.int32(0)), chunks)
-        return jax.vmap(apply_summary)(edge_params, summary), summary.weight, loss_sum, rejected
+        empty = Summary(jnp.zeros_like(edge_params), jnp.zeros(num_edges, jnp.float32))
+        initial = (empty, jnp.float32(0), jnp.int32(0))
+        (summary, loss_sum, rejected), residuals = jax.lax.scan(train_chunk, initial, (chunks, residuals))
+        return jax.vmap(apply_summary)(edge_params, summary), summary.weight, loss_sum, rejected, residuals
 
-    def cloud_round(global_params, server_state, chunks: DeviceChunks, cloud_round):
-        edge_params = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_edges, *p.shape)), global_params)
+    def cloud_round(state: TrainState, chunks: DeviceChunks, cloud_round):
+        global_params, residuals = state.params, state.residuals
+        global_flat = ravel(spec, global_params)
+        edge_params = jnp.broadcast_to(global_flat, (num_edges, global_flat.shape[0]))
 
         def one_edge_round(carry, e):
-            params, loss_sum, rejected = carry
-            params, weight, loss, bad = edge_round(params, chunks, cloud_round, e)
-            return (params, loss_sum + loss, rejected + bad), weight
+            params, device_residuals, loss_sum, rejected = carry
+            params, weight, loss, bad, device_residuals = edge_round(params, chunks, device_residuals, cloud_round, e)
+            return (params, device_residuals, loss_sum + loss, rejected + bad), weight
 
-        initial = (edge_params, jnp.float32(0), jnp.int32(0))
-        (edge_params, loss_sum, rejected), weights = jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
+        initial = (edge_params, residuals.device, jnp.float32(0), jnp.int32(0))
+        (edge_params, device_residuals, loss_sum, rejected), weights = jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
         # An edge's weight is the examples it aggregated, summed over its edge rounds.
-        edge_weight = weights.sum(axis=0)
-        edge_summaries = edge_summary(edge_params, global_params, edge_weight)
-        new_params, new_state = algorithm.server_update(global_params, server_state, algorithm.aggregate(edge_summaries))
-        return new_params, new_state, RoundStats(loss_sum / jnp.maximum(weights.sum(), 1.0), rejected)
+        uploads = edge_result(edge_params, global_flat, weights.sum(axis=0))
+        upload_keys = jax.vmap(lambda e: rng.edge_upload_key(seed, cloud_round, e))(jnp.arange(num_edges))
+        uploads, edge_residuals = send_up(codecs.edge_to_cloud)(uploads, residuals.edge, upload_keys)
+        total = algorithm.aggregate(summarize(uploads))
+        total = Summary(unravel(spec, total.delta_sum), total.weight)
+        params, server_state = algorithm.server_update(global_params, state.server_state, total)
+        if mesh is not None and codecs.device_to_edge.residual_size:
+            device_residuals = jax.lax.with_sharding_constraint(device_residuals, parallel.sharding(mesh, axis=1))
+        stats = RoundStats(loss_sum / jnp.maximum(weights.sum(), 1.0), rejected)
+        return TrainState(params, server_state, Residuals(device_residuals, edge_residuals)), stats
 
     return jax.jit(cloud_round)
-
-
-def tier_bytes(param_bytes: int, devices: int, edges: int, edge_rounds: int) -> dict[str, int]:
-    """Payload bytes each tier sends in one cloud round (one full model per message)."""
-    return {
-        "device_to_edge": devices * edge_rounds * param_bytes,
-        "edge_to_device": devices * edge_rounds * param_bytes,
-        "edge_to_cloud": edges * param_bytes,
-        "cloud_to_edge": edges * param_bytes,
-    }
 
 
 def init_global_model(plan: Plan) -> tuple[Model, Params]:
@@ -186,15 +270,9 @@ def simulate(
         topology = topology.with_federation(cloud_rounds=rounds)
     federation = topology.federation
     plan = make_plan(topology)
-    model, params = init_global_model(plan)
-    algorithm = build_algorithm(federation.algorithm, model.apply, plan.task, federation)
-    cloud_round = make_cloud_round(algorithm, plan.num_edges, federation.edge_rounds, federation.seed)
+    sim = build_simulation(plan, chunk_size)
+    model, state = sim.model, sim.initial
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
-    chunks = place_chunks(plan, chunk_size, parallel.device_mesh())
-    server_state = algorithm.server_init(params)
-    param_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
-    trained_devices = int(np.count_nonzero(plan.shards.counts))
-    bytes_per_round = tier_bytes(param_bytes, trained_devices, plan.num_edges, federation.edge_rounds)
 
     run_dir = Path(out) if out is not None else None
     writer = _open_run_dir(run_dir, plan, model) if run_dir is not None else None
@@ -203,8 +281,8 @@ def simulate(
     with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name) as bar:
         for r in range(1, federation.cloud_rounds + 1):
             round_started = time.perf_counter()
-            params, server_state, stats = cloud_round(params, server_state, chunks, jnp.int32(r))
-            scores = evaluate(params)
+            state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
+            scores = evaluate(state.params)
             now = time.perf_counter()
             record = {
                 "round": r,
@@ -212,10 +290,10 @@ def simulate(
                 "test_loss": scores.loss,
                 "accuracy": scores.score,
                 "plant_accuracy": dict(zip(topology.plant_names, scores.per_plant)),
-                "bytes": bytes_per_round,
+                "bytes": sim.bytes_per_round,
                 "round_seconds": now - round_started,
                 "elapsed_seconds": now - started,
-                "devices": trained_devices,
+                "devices": sim.trained_devices,
                 "rejected_updates": int(stats.rejected_updates),
             }
             history.append(record)
@@ -226,8 +304,8 @@ def simulate(
                 on_round(record)
     if writer is not None:
         writer.close()
-        checkpoint.save_params(run_dir / "model.npz", params)
-    return SimulationResult(params, history, model, plan, run_dir)
+        checkpoint.save_params(run_dir / "model.npz", state.params)
+    return SimulationResult(state.params, history, model, plan, run_dir)
 
 
 def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
@@ -248,6 +326,7 @@ def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
         "local_steps": federation.local_steps,
         "batch_size": federation.batch_size,
         "learning_rate": federation.learning_rate,
+        "compression": dataclasses.asdict(topology.compression),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hierfl_version": __version__,
     })

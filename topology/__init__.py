@@ -7,14 +7,18 @@ This package depends on nothing else of hierfl.
 """
 
 from .load import load_topology, parse_topology, preset_names, preset_path
-from .schema import Cloud, DataSpec, Device, Federation, Line, Plant, Topology, TopologyError
+from .schema import CODECS, LINKS, Cloud, Compression, DataSpec, Device, Federation, Line, LinkCompression, Plant, Topology, TopologyError
 
 __all__ = [
+    "CODECS",
+    "LINKS",
     "Cloud",
+    "Compression",
     "DataSpec",
     "Device",
     "Federation",
     "Line",
+    "LinkCompression",
     "Plant",
     "Topology",
     "TopologyError",

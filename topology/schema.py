@@ -203,6 +203,22 @@ NAME = Field(str, pattern=NAME_PATTERN)
 PLANT_SHIFT = Field(float, default=0.0, low=0, high=1)
 """A plant's feature-shift severity: 0 = the task's clean data, 1 = the strongest shift."""
 
+LINKS = ("device_to_edge", "edge_to_cloud")
+"""The upward links whose updates can be compressed, as named in `[compression.<link>]`."""
+
+CODECS = ("none", "float16", "bfloat16", "int8", "topk")
+"""Update codecs (implemented by `hierfl.kernels.compression`, which must offer the same names)."""
+
+LINK_FIELDS: Mapping[str, Field] = {
+    "codec": Field(str, default="none", options=CODECS),
+    "block_size": Field(int, default=256, low=1, high=1 << 20),
+    "fraction": Field(float, default=0.01, low=0, high=1, low_open=True),
+}
+"""A `[compression.<link>]` table. `block_size` is for int8, `fraction` for topk."""
+
+CODEC_PARAMETERS: Mapping[str, tuple[str, ...]] = {"int8": ("block_size",), "topk": ("fraction",)}
+"""Which `LINK_FIELDS` besides `codec` each codec takes; setting another one is an error."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -293,6 +309,26 @@ class Federation:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinkCompression:
+    """How updates are encoded on one upward link: a codec of `CODECS` and its parameters.
+
+    `block_size`: parameters per int8 scale; `fraction`: share of parameters topk sends.
+    """
+
+    codec: str = "none"
+    block_size: int = 256
+    fraction: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """The codec of each upward link: device -> edge and edge -> cloud (downlinks send float32)."""
+
+    device_to_edge: LinkCompression = LinkCompression()
+    edge_to_cloud: LinkCompression = LinkCompression()
+
+
+@dataclasses.dataclass(frozen=True)
 class Cloud:
     """The cloud server: where the edges send their summaries."""
 
@@ -305,6 +341,7 @@ class Topology:
 
     `data` is the federation-wide `[data]` defaults (each line carries its merged `DataSpec`);
     `test_fraction` is the share of the task's data held out for the global test set;
+    `compression` is the codec of each upward link;
     `source` says where it was loaded from (for messages).
     """
 
@@ -313,6 +350,7 @@ class Topology:
     plants: tuple[Plant, ...]
     data: DataSpec = DataSpec()
     test_fraction: float = 0.2
+    compression: Compression = Compression()
     source: str = "<string>"
 
     @functools.cached_property

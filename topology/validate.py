@@ -14,20 +14,25 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from .schema import (
+    CODEC_PARAMETERS,
     DATA_FIELDS,
     FEDERATION_FIELDS,
     LINE_DATA_KEYS,
+    LINK_FIELDS,
+    LINKS,
     NAME,
     NAME_RULE,
     NAME_PATTERN,
     PLANT_SHIFT,
     REQUIRED,
     Cloud,
+    Compression,
     DataSpec,
     Device,
     Federation,
     Field,
     Line,
+    LinkCompression,
     Plant,
     Topology,
     TopologyError,
@@ -36,7 +41,7 @@ from .schema import (
     unknown_key,
 )
 
-TOP_KEYS = ("federation", "data", "cloud", "plants")
+TOP_KEYS = ("federation", "data", "compression", "cloud", "plants")
 ADDRESS = Field(str)
 CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
 PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
@@ -77,6 +82,7 @@ def build_topology(
     federation = _read_table_fields(document, "federation", FEDERATION_FIELDS, problems, choices=choices)
     data_values = _read_table_fields(document, "data", DATA_FIELDS, problems, required=False)
     data = _data_spec(data_values)
+    compression = _read_compression(document.get("compression", {}), problems)
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
@@ -92,6 +98,7 @@ def build_topology(
         plants=assemble_plants(drafts),
         data=data,
         test_fraction=data_values["test_fraction"],
+        compression=compression,
         source=source,
     )
 
@@ -218,6 +225,30 @@ def _read_fields(
         if reason is not None:
             problems.append(f"{key_path}: {reason}")
     return values
+
+
+def _read_compression(table: Any, problems: list[str]) -> Compression:
+    """The `[compression]` table: one optional `[compression.<link>]` table per link of `LINKS`."""
+    if not isinstance(table, dict):
+        problems.append(f"compression: expected a table, got {describe(table)}")
+        return Compression()
+    problems += [unknown_key(f"compression.{key}", key, LINKS) for key in table if key not in LINKS]
+    links = {}
+    for link in LINKS:
+        path = f"compression.{link}"
+        link_table = table.get(link, {})
+        if not isinstance(link_table, dict):
+            problems.append(f"{path}: expected a table, got {describe(link_table)}")
+            continue
+        values = _read_fields(link_table, path, LINK_FIELDS, problems)
+        takes = CODEC_PARAMETERS.get(values["codec"], ())
+        for key in LINK_FIELDS:
+            if key != "codec" and key in link_table and key not in takes and values["codec"] is not None:
+                users = [codec for codec, keys in CODEC_PARAMETERS.items() if key in keys]
+                problems.append(f"{path}.{key}: codec {values['codec']!r} takes no {key} (only {', '.join(users)} does)")
+        if None not in values.values():
+            links[link] = LinkCompression(**values)
+    return Compression(**links)
 
 
 def _data_spec(values: Mapping[str, Any]) -> DataSpec:

@@ -111,15 +111,20 @@ def apply_summary(params: Params, summary: Summary) -> Params:
     return jax.tree.map(jnp.add, params, mean_delta(summary))
 
 
-def edge_summary(edge_params: Params, global_params: Params, weight: jax.Array) -> Summary:
-    """What an edge sends to the cloud after its edge rounds.
+def edge_result(edge_params: Params, global_params: Params, weight: jax.Array) -> LocalResult:
+    """What an edge sends to the cloud after its edge rounds, before any encoding.
 
-    Its model's change since the global model it started from, weighted by the examples
-    it aggregated (`weight`). Works on one edge or a stack of edges (leading axis E,
-    with `global_params` broadcast).
+    Its model's change since the global model it started from, with the weight of the
+    examples it aggregated (`weight`). Works on one edge or a stack of edges (leading
+    axis E, with `global_params` broadcast).
     """
     delta = jax.tree.map(jnp.subtract, edge_params, global_params)
-    return summarize(LocalResult(delta, weight, jnp.zeros_like(weight)))
+    return LocalResult(delta, weight, jnp.zeros_like(weight))
+
+
+def edge_summary(edge_params: Params, global_params: Params, weight: jax.Array) -> Summary:
+    """The edge's upward message as a summary: `summarize(edge_result(...))`."""
+    return summarize(edge_result(edge_params, global_params, weight))
 
 
 def make_local_update(

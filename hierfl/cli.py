@@ -1,4 +1,4 @@
-"""The `hierfl` command line: simulate, inspect topologies, and report on runs.
+"""The `hierfl` command line: simulate, inspect topologies, report on runs, export and serve models.
 
 A thin shell: it parses arguments, calls the library, and prints with rich. Every user
 error (bad topology, missing run directory, data the task cannot supply) ends with a
@@ -27,6 +27,9 @@ examples:
   hierfl topology show bearing             print a topology as a tree
   hierfl topology validate my_plants.toml  check a file; every problem is listed
   hierfl report runs/try1                  plots (PNG) and a markdown summary of a run
+  hierfl export runs/try1 --out model.hfl  compile the trained model into one versioned file
+  hierfl serve model.hfl --bind tcp://127.0.0.1:5600      edge inference server
+  hierfl predict tcp://127.0.0.1:5600 --random 4          quick check against a server
 """
 
 
@@ -81,6 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write PNG plots and a markdown summary of a run directory")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=run_report)
+
+    export = commands.add_parser("export", help="compile a run's trained model into a versioned .hfl file (jax.export)")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, help="model file to write (default: RUN_DIR/model.hfl)")
+    export.add_argument("--platforms", type=_platforms, default=("cpu", "cuda"), help="comma-separated jax.export platforms (default: cpu,cuda)")
+    export.set_defaults(handler=run_export)
+
+    serve = commands.add_parser("serve", help="serve a .hfl model over ZeroMQ with dynamic batching and hot swap")
+    serve.add_argument("model", type=Path, help="model file written by `hierfl export`")
+    serve.add_argument("--bind", required=True, help="address to listen on: tcp://HOST:PORT (PORT * for any), ipc://PATH")
+    serve.add_argument("--max-batch", type=_positive_int, default=32, help="most rows per model call and per request (default 32)")
+    serve.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0, help="longest a request waits for others to fill a batch (default 0: batch what arrived while the last batch ran)")
+    serve.add_argument("--subscribe", metavar="ADDR", help="take new versions from a model publisher (`hierfl publish`, the cloud)")
+    serve.add_argument("--watch", type=Path, metavar="DIR", help="take new versions from .hfl files appearing in DIR")
+    serve.add_argument("--keep", type=_positive_int, default=3, help="versions held for rollback, the served one included (default 3)")
+    serve.set_defaults(handler=run_serve)
+
+    predict = commands.add_parser("predict", help="send examples to an inference server and print its answers")
+    predict.add_argument("address", help="the server's address, as given to `hierfl serve --bind`")
+    predict.add_argument("input", nargs="?", type=Path, help=".npy file of examples [n, *input_shape] (or one example)")
+    predict.add_argument("--random", type=_positive_int, metavar="N", help="send N random examples instead of a file")
+    predict.add_argument("--seed", type=_non_negative_int, default=0, help="seed of --random (default 0)")
+    predict.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for each reply (default 10)")
+    predict.set_defaults(handler=run_predict)
+
+    rollback = commands.add_parser("rollback", help="make an inference server serve its previous model version again")
+    rollback.add_argument("address", help="the server's address")
+    rollback.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for the reply (default 10)")
+    rollback.set_defaults(handler=run_rollback)
+
+    publish = commands.add_parser("publish", help="announce a .hfl model to subscribed inference servers (PUB socket)")
+    publish.add_argument("model", type=Path, help="model file to publish")
+    publish.add_argument("--bind", required=True, help="address servers subscribe to (`hierfl serve --subscribe`)")
+    publish.add_argument("--every", type=_positive_float, default=2.0, help="seconds between repeats, for servers that join late (default 2)")
+    publish.add_argument("--count", type=_non_negative_int, default=0, help="publications before exiting; 0 = until interrupted (default)")
+    publish.set_defaults(handler=run_publish)
     return parser
 
 
@@ -192,6 +231,128 @@ def run_report(args: argparse.Namespace) -> int:
     for path in write_report(args.run_dir):
         print(path)
     return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from hierfl.inference.artifact import write_artifact
+    from hierfl.inference.export import export_run
+
+    artifact = export_run(args.run_dir, platforms=args.platforms)
+    path = write_artifact(args.out or args.run_dir / "model.hfl", artifact)
+    meta = artifact.meta
+    accuracy = meta.metrics.get("accuracy")
+    scored = f" (test accuracy {accuracy:.4f})" if isinstance(accuracy, float) else ""
+    print(
+        f"exported {meta.task} {meta.model} version {meta.version}{scored} for {', '.join(meta.platforms)} "
+        f"-> {path} ({path.stat().st_size:,} bytes)"
+    )
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from hierfl.inference.server import InferenceServer, ServerConfig
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger("hierfl.inference")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    config = ServerConfig(
+        bind=args.bind, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        keep_versions=args.keep, subscribe=args.subscribe, watch=args.watch,
+    )
+    server = InferenceServer(args.model, config)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    meta = server.model.meta
+    sources = "".join(f", {name} {value}" for name, value in (("subscribed to", args.subscribe), ("watching", args.watch)) if value)
+    print(
+        f"serving {meta.task} {meta.model} version {meta.version} on {server.endpoint} "
+        f"({server.info()['platform']}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms{sources})",
+        flush=True,
+    )
+    server.serve_forever()
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hierfl.inference.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        info = client.info()
+        if args.input is not None:
+            try:
+                x = np.load(args.input)
+            except (OSError, ValueError) as err:
+                raise HierflError(f"{args.input}: cannot read examples ({err})") from None
+            if x.shape == info.input_shape:
+                x = x[None]
+        elif args.random is not None:
+            x = np.random.default_rng(args.seed).standard_normal((args.random, *info.input_shape))
+        else:
+            raise HierflError("give an .npy file of examples or --random N")
+        x = np.asarray(x, dtype=info.input_dtype)
+        prediction = client.predict(x)
+    console = Console()
+    console.print(f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})", highlight=False)
+    table = Table()
+    table.add_column("example", justify="right")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    probabilities = prediction.probabilities
+    for i, (k, label) in enumerate(zip(prediction.classes, prediction.labels)):
+        table.add_row(str(i), label, f"{probabilities[i, k]:.3f}")
+    console.print(table)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from hierfl.inference.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        info = client.rollback()
+    print(f"{args.address} now serves {info.task} {info.model} version {info.version} (held: {', '.join(map(str, info.versions))})")
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from hierfl.inference.publisher import ModelPublisher
+
+    with ModelPublisher(args.bind) as publisher:
+        sent = 0
+        while True:
+            header = publisher.publish(args.model)
+            sent += 1
+            print(f"published {header['task']} {header['model']} version {header['version']} on {publisher.endpoint}", flush=True)
+            if args.count and sent >= args.count:
+                return 0
+            time.sleep(args.every)
+
+
+def _platforms(text: str) -> tuple[str, ...]:
+    platforms = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
+    if not platforms or unknown:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of cpu, cuda, rocm, tpu; got {text!r}")
+    return platforms
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:

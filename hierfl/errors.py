@@ -20,4 +20,32 @@ class RunDirError(HierflError, ValueError):
     """A run directory is missing, incomplete or from an incompatible version."""
 
 
-__all__ = ["HierflError", "DataError", "RunDirError", "TopologyError"]
+class ArtifactError(HierflError, ValueError):
+    """A model file (.hfl) is corrupt, truncated, of an unknown format version, or cannot run here."""
+
+
+class ProtocolError(HierflError, ValueError):
+    """A message on the wire breaks the protocol (bad header, shape, dtype, size).
+
+    `request_id` is the id the sender gave the message, when it could be read, so an
+    error reply can name the request it answers.
+    """
+
+    def __init__(self, message: str, *, request_id: int | None = None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class InferenceError(HierflError):
+    """An inference server refused a request, did not answer in time, or cannot do what was asked."""
+
+
+__all__ = [
+    "ArtifactError",
+    "DataError",
+    "HierflError",
+    "InferenceError",
+    "ProtocolError",
+    "RunDirError",
+    "TopologyError",
+]

@@ -1,0 +1,215 @@
+"""The inference wire protocol: a msgpack header frame, then one raw frame per array.
+
+A client (ZeroMQ DEALER, or REQ) talks to the server's ROUTER socket. Every message's
+first frame is a msgpack map with `kind`, `protocol` (PROTOCOL_VERSION) and `id` (an
+integer the client chooses; the reply echoes it). Requests:
+
+    predict   {"kind": "predict", "protocol": 1, "id": 7, "shape": [n, *input_shape], "dtype": "float32"}
+              + one frame: the n examples, C order, little-endian
+    info      {"kind": "info", "protocol": 1, "id": 8}
+    rollback  {"kind": "rollback", "protocol": 1, "id": 9}
+
+Replies all carry `version`, the model version (cloud round) that answered, or that is
+served now for `info`, `rollback` and errors:
+
+    prediction  {"kind": "prediction", ..., "version": 20, "shape": [n, classes], "dtype": "float32"} + logits frame
+    info        {"kind": "info", ..., "version": 20, "info": {...}}  (see `InferenceServer.info`)
+    error       {"kind": "error", ..., "version": 20, "error": "why the request was refused"}
+
+The server checks every header field before it looks at a data frame, and a data frame's
+length before it views it as an array (`parse_request`); a bad request gets an error
+reply naming the problem and never reaches the model. The functions here are pure: they
+turn frames into checked values and back, without sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+import numpy as np
+
+from hierfl.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 4096
+"""Longer first frames are refused unread: headers are a few dozen bytes."""
+
+PREDICT, INFO, ROLLBACK = "predict", "info", "rollback"
+REQUEST_KINDS = (PREDICT, INFO, ROLLBACK)
+PREDICTION, ERROR = "prediction", "error"
+
+
+class InputSpec(NamedTuple):
+    """What a server accepts: examples of `shape` and `dtype` (a dtype name), 1 to `max_rows` per request."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    max_rows: int
+
+    def describe(self) -> str:
+        return f"[n, {', '.join(map(str, self.shape))}] {self.dtype} with 1 <= n <= {self.max_rows}"
+
+
+class Request(NamedTuple):
+    """A checked request: `kind` in REQUEST_KINDS; `x` `[n, *shape]` for predict, else None."""
+
+    kind: str
+    id: int
+    x: np.ndarray | None = None
+
+
+class Reply(NamedTuple):
+    """A checked reply: `kind` is 'prediction', 'info' or 'error'; `y` the logits of a prediction."""
+
+    kind: str
+    id: int | None
+    version: int | None
+    header: dict[str, Any]
+    y: np.ndarray | None = None
+
+
+def encode_request(kind: str, request_id: int, x: np.ndarray | None = None) -> list:
+    """Frames of a request; for predict, `x` is sent as-is (its own shape and dtype) without a copy."""
+    header: dict[str, Any] = {"kind": kind, "protocol": PROTOCOL_VERSION, "id": request_id}
+    if x is None:
+        return [msgpack.packb(header)]
+    x = np.ascontiguousarray(x)
+    header.update(shape=list(x.shape), dtype=x.dtype.name)
+    return [msgpack.packb(header), memoryview(x.reshape(-1).view(np.uint8))]
+
+
+def split_envelope(frames: Sequence[Any]) -> tuple[list, list]:
+    """(routing frames, message frames) of what a ROUTER socket received.
+
+    A DEALER peer's message comes as [identity, *message]; a REQ peer's as
+    [identity, b"", *message]. Replies must go back with the same routing frames.
+    """
+    if len(frames) >= 2 and len(frame_view(frames[1])) == 0:
+        return list(frames[:2]), list(frames[2:])
+    return list(frames[:1]), list(frames[1:])
+
+
+def parse_request(frames: Sequence[Any], spec: InputSpec) -> Request:
+    """The request in `frames` (routing frames removed), checked against `spec`.
+
+    Raises `ProtocolError` saying what is wrong (with the request's id when it could be
+    read). The returned `x` is a read-only view of the data frame: no copy.
+    """
+    if not frames:
+        raise ProtocolError("empty message: expected a msgpack header frame")
+    header = _read_header(frames[0])
+    kind = header.get("kind")
+    request_id = header.get("id")
+    if not _is_int(request_id) or request_id < 0:
+        raise ProtocolError(f"header field 'id' must be a non-negative integer, got {request_id!r}")
+    if header.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {header.get('protocol')!r}; this server speaks version {PROTOCOL_VERSION}", request_id=request_id
+        )
+    if kind not in REQUEST_KINDS:
+        raise ProtocolError(f"unknown request kind {kind!r} (expected one of {', '.join(REQUEST_KINDS)})", request_id=request_id)
+    if kind != PREDICT:
+        if len(frames) != 1:
+            raise ProtocolError(f"{kind!r} requests are one header frame, got {len(frames)} frames", request_id=request_id)
+        return Request(kind, request_id)
+    if len(frames) != 2:
+        raise ProtocolError(f"a predict request is [header, data], got {len(frames)} frames", request_id=request_id)
+    try:
+        x = _read_array(header, frames[1], spec)
+    except ProtocolError as err:
+        raise ProtocolError(str(err), request_id=request_id) from None
+    return Request(PREDICT, request_id, x)
+
+
+def encode_prediction(request_id: int, version: int, y: np.ndarray) -> list:
+    """Frames of a prediction reply carrying logits `y` (sent without a copy)."""
+    y = np.ascontiguousarray(y)
+    header = {"kind": PREDICTION, "protocol": PROTOCOL_VERSION, "id": request_id, "version": version,
+              "shape": list(y.shape), "dtype": y.dtype.name}
+    return [msgpack.packb(header), memoryview(y.reshape(-1).view(np.uint8))]
+
+
+def encode_info(request_id: int, version: int, info: dict[str, Any]) -> list:
+    """Frames of an info reply (also the answer to rollback): `info` is a msgpack-able map."""
+    return [msgpack.packb({"kind": INFO, "protocol": PROTOCOL_VERSION, "id": request_id, "version": version, "info": info})]
+
+
+def encode_error(request_id: int | None, version: int, message: str) -> list:
+    """Frames of an error reply; `request_id` is None when the request's id could not be read."""
+    return [msgpack.packb({"kind": ERROR, "protocol": PROTOCOL_VERSION, "id": request_id, "version": version, "error": message})]
+
+
+def parse_reply(frames: Sequence[Any]) -> Reply:
+    """The reply in `frames` (a DEALER's view: no routing frames); `ProtocolError` if malformed."""
+    if not frames:
+        raise ProtocolError("empty reply")
+    header = _read_header(frames[0])
+    kind, version = header.get("kind"), header.get("version")
+    if header.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError(f"reply in protocol version {header.get('protocol')!r}; this client speaks {PROTOCOL_VERSION}")
+    if kind not in (PREDICTION, INFO, ERROR) or not _is_int(version):
+        raise ProtocolError(f"malformed reply header {header!r}")
+    request_id = header.get("id") if _is_int(header.get("id")) else None
+    if kind != PREDICTION:
+        return Reply(kind, request_id, version, header)
+    if len(frames) != 2:
+        raise ProtocolError(f"a prediction reply is [header, logits], got {len(frames)} frames")
+    shape, dtype = header.get("shape"), header.get("dtype")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape) or not isinstance(dtype, str):
+        raise ProtocolError(f"malformed prediction header {header!r}")
+    data = frame_view(frames[1])
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ProtocolError(f"prediction reply has unknown dtype {dtype!r}") from None
+    if len(data) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+        raise ProtocolError(f"prediction reply has {len(data)} bytes of logits for shape {shape} {dtype}")
+    return Reply(kind, request_id, version, header, np.frombuffer(data, dt).reshape(shape))
+
+
+def _read_header(frame: Any) -> dict[str, Any]:
+    raw = frame_view(frame)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header frame is {len(raw)} bytes; at most {MAX_HEADER_BYTES} are accepted")
+    try:
+        header = msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        raise ProtocolError(f"header frame is not msgpack ({type(err).__name__}: {err})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
+    return header
+
+
+def _read_array(header: dict[str, Any], frame: Any, spec: InputSpec) -> np.ndarray:
+    shape, dtype = header.get("shape"), header.get("dtype")
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) for d in shape):
+        raise ProtocolError(f"header field 'shape' must be a list of integers, got {shape!r}")
+    if dtype != spec.dtype:
+        raise ProtocolError(f"dtype {dtype!r}: the model takes {spec.dtype} inputs")
+    if tuple(shape[1:]) != spec.shape:
+        raise ProtocolError(f"wrong input shape {shape}: the model takes {spec.describe()}")
+    rows = shape[0]
+    if not 1 <= rows <= spec.max_rows:
+        raise ProtocolError(f"request has {rows} rows: too large or empty; this server takes {spec.describe()}")
+    data = frame_view(frame)
+    itemsize = np.dtype(spec.dtype).itemsize
+    expected = rows * int(np.prod(spec.shape, dtype=np.int64)) * itemsize
+    if len(data) != expected:
+        raise ProtocolError(f"data frame has {len(data)} bytes; shape {shape} of {spec.dtype} needs {expected}")
+    x = np.frombuffer(data, spec.dtype).reshape(shape)
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise ProtocolError(f"input has {x.size - int(finite.sum())} NaN or infinite values; the model takes finite numbers")
+    return x
+
+
+def frame_view(frame: Any) -> memoryview:
+    """The bytes of a received frame (a `zmq.Frame` or any buffer) as a flat memoryview, without a copy."""
+    buffer = getattr(frame, "buffer", None)  # zmq.Frame: its bytes without a copy
+    return (buffer if buffer is not None else memoryview(frame)).cast("B")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

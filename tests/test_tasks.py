@@ -32,7 +32,7 @@ def held_out(counts, test_fraction):
 
 
 def test_registry():
-    assert set(TASKS) == {"digits", "bearing-fault"}
+    assert set(TASKS) == {"digits", "bearing-fault", "steel-defects"}
     assert get_task("digits") is DIGITS
     with pytest.raises(KeyError, match="bearing-fault, digits"):
         get_task("mnist")

@@ -90,21 +90,39 @@ def _cast_codec(name: str, size: int, dtype: jnp.dtype) -> Codec:
 
 
 def quantize_int8(x: jax.Array, key: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[jax.Array, jax.Array]:
-    """Stochastic int8 quantization of `x` `[P]`: `(q int8 [P], scales float32 [ceil(P / block_size)])`."""
-    size = x.shape[0]
-    blocks = _blocks(x.astype(jnp.float32), block_size)
-    scales = jnp.max(jnp.abs(blocks), axis=1) / INT8_LEVELS
-    safe = jnp.where(scales > 0, scales, 1.0)
-    noise = dither.uniform(key, blocks.shape)
-    q = jnp.clip(jnp.floor(blocks / safe[:, None] + noise), -INT8_LEVELS, INT8_LEVELS)
-    return q.astype(jnp.int8).reshape(-1)[:size], scales
+    """Stochastic int8 quantization of `x` `[P]`: `(q int8 [P], scales float32 [ceil(P / block_size)])`.
+
+    Elementwise against a per-element view of the block scales, so nothing is padded or
+    copied when P is not a multiple of `block_size` (XLA fuses it into one pass).
+    """
+    x = x.astype(jnp.float32)
+    scales = _block_max_abs(x, block_size) / INT8_LEVELS
+    inverse = jnp.where(scales > 0, 1.0 / jnp.where(scales > 0, scales, 1.0), 0.0)
+    noise = dither.uniform(key, x.shape)
+    q = jnp.clip(jnp.floor(x * _per_element(inverse, block_size, x.shape[0]) + noise), -INT8_LEVELS, INT8_LEVELS)
+    return q.astype(jnp.int8), scales
 
 
 def dequantize_int8(q: jax.Array, scales: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
     """The float32 `[P]` update that `quantize_int8(x, key, block_size)` encoded (an unbiased estimate of x)."""
-    size = q.shape[0]
-    blocks = _blocks(q.astype(jnp.float32), block_size)
-    return (blocks * scales[:, None]).reshape(-1)[:size]
+    return q.astype(jnp.float32) * _per_element(scales, block_size, q.shape[0])
+
+
+def _block_max_abs(x: jax.Array, block_size: int) -> jax.Array:
+    """`max |x|` of each block of `block_size` consecutive values (the last may be short)."""
+    size = x.shape[0]
+    whole = size // block_size * block_size
+    magnitude = jnp.abs(x)
+    maxima = magnitude[:whole].reshape(-1, block_size).max(axis=1)
+    if whole == size and size > 0:
+        return maxima
+    tail = magnitude[whole:].max(keepdims=True) if whole < size else jnp.zeros((1,), x.dtype)
+    return jnp.concatenate([maxima, tail])
+
+
+def _per_element(per_block: jax.Array, block_size: int, size: int) -> jax.Array:
+    """Each block's value repeated over its `block_size` elements, `[size]`."""
+    return jnp.broadcast_to(per_block[:, None], (per_block.shape[0], block_size)).reshape(-1)[:size]
 
 
 def _int8_codec(size: int, block_size: int) -> Codec:
@@ -147,9 +165,3 @@ def _topk_codec(size: int, fraction: float) -> Codec:
         return scatter(*payload, size)
 
     return Codec("topk", size, encode, decode, 8 * k, size)
-
-
-def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    """`x` `[P]` zero-padded to whole blocks, `[B, block_size]`."""
-    num_blocks = max(1, math.ceil(x.shape[0] / block_size))
-    return jnp.pad(x, (0, num_blocks * block_size - x.shape[0])).reshape(num_blocks, block_size)

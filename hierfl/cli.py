@@ -30,6 +30,7 @@ examples:
   hierfl export runs/try1 --out model.hfl  compile the trained model into one versioned file
   hierfl serve model.hfl --bind tcp://127.0.0.1:5600      edge inference server
   hierfl predict tcp://127.0.0.1:5600 --random 4          quick check against a server
+  hierfl launch demo --out runs/rt1        the same federation as processes over ZeroMQ
 """
 
 
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--every", type=_positive_float, default=2.0, help="seconds between repeats, for servers that join late (default 2)")
     publish.add_argument("--count", type=_non_negative_int, default=0, help="publications before exiting; 0 = until interrupted (default)")
     publish.set_defaults(handler=run_publish)
+
+    from hierfl.runtime.cli import add_runtime_commands
+
+    add_runtime_commands(commands)
     return parser
 
 

@@ -7,7 +7,7 @@ This package depends on nothing else of hierfl.
 """
 
 from .load import load_topology, parse_topology, preset_names, preset_path
-from .schema import CODECS, LINKS, Cloud, Compression, DataSpec, Device, Federation, Line, LinkCompression, Plant, Topology, TopologyError
+from .schema import CODECS, LINKS, Cloud, Compression, DataSpec, Device, Federation, Line, LinkCompression, Plant, Runtime, Topology, TopologyError
 
 __all__ = [
     "CODECS",
@@ -20,6 +20,7 @@ __all__ = [
     "Line",
     "LinkCompression",
     "Plant",
+    "Runtime",
     "Topology",
     "TopologyError",
     "load_topology",

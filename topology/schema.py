@@ -219,6 +219,21 @@ LINK_FIELDS: Mapping[str, Field] = {
 CODEC_PARAMETERS: Mapping[str, tuple[str, ...]] = {"int8": ("block_size",), "topk": ("fraction",)}
 """Which `LINK_FIELDS` besides `codec` each codec takes; setting another one is an error."""
 
+RUNTIME_FIELDS: Mapping[str, Field] = {
+    "device_deadline": Field(float, default=30.0, low=0, low_open=True),
+    "edge_deadline": Field(float, default=120.0, low=0, low_open=True),
+    "min_device_participation": Field(float, default=0.5, low=0, high=1, low_open=True),
+    "min_edge_participation": Field(float, default=0.5, low=0, high=1, low_open=True),
+    "heartbeat_interval": Field(float, default=1.0, low=0, low_open=True),
+    "heartbeat_timeout": Field(float, default=5.0, low=0, low_open=True),
+    "start_timeout": Field(float, default=120.0, low=0, low_open=True),
+    "max_message_bytes": Field(int, default=1 << 28, low=1024),
+}
+"""The `[runtime]` table: deadlines, participation and liveness of the distributed runtime (see `Runtime`)."""
+
+CURVE_KEY_PATTERN = re.compile(r"[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}")
+"""A CurveZMQ public key in Z85 text: 40 characters (what `hierfl keys generate` writes)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -329,6 +344,40 @@ class Compression:
 
 
 @dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How the distributed runtime (`hierfl launch`, `hierfl cloud|edge|device`) runs rounds.
+
+    `device_deadline`: seconds an edge waits for device updates in one edge round;
+    `edge_deadline`: seconds the cloud waits for edge summaries in one cloud round.
+    A round closes early once every live peer answered; at its deadline it completes with
+    whoever answered if they are at least `min_device_participation` (of the plant's
+    devices) or `min_edge_participation` (of the plants), else it leaves the model
+    unchanged. Peers send a heartbeat every `heartbeat_interval` seconds and count as gone
+    after `heartbeat_timeout` seconds of silence. Before the first round a server waits up
+    to `start_timeout` seconds for all its peers. Messages over `max_message_bytes` are
+    refused. `cloud_key`, `edge_keys` (plant -> key) and `device_keys` are CurveZMQ
+    public keys (Z85); when any is set, links are encrypted and only listed keys connect.
+    """
+
+    device_deadline: float = 30.0
+    edge_deadline: float = 120.0
+    min_device_participation: float = 0.5
+    min_edge_participation: float = 0.5
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    start_timeout: float = 120.0
+    max_message_bytes: int = 1 << 28
+    cloud_key: str | None = None
+    edge_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    device_keys: tuple[str, ...] = ()
+
+    @property
+    def secure(self) -> bool:
+        """Whether links use CurveZMQ (the topology lists public keys)."""
+        return self.cloud_key is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class Cloud:
     """The cloud server: where the edges send their summaries."""
 
@@ -342,6 +391,7 @@ class Topology:
     `data` is the federation-wide `[data]` defaults (each line carries its merged `DataSpec`);
     `test_fraction` is the share of the task's data held out for the global test set;
     `compression` is the codec of each upward link;
+    `runtime` is how the distributed runtime runs rounds (deadlines, participation, keys);
     `source` says where it was loaded from (for messages).
     """
 
@@ -352,6 +402,7 @@ class Topology:
     test_fraction: float = 0.2
     compression: Compression = Compression()
     source: str = "<string>"
+    runtime: Runtime = Runtime()
 
     @functools.cached_property
     def devices(self) -> tuple[Device, ...]:

@@ -25,6 +25,9 @@ from .schema import (
     NAME_PATTERN,
     PLANT_SHIFT,
     REQUIRED,
+    RUNTIME_FIELDS,
+    CURVE_KEY_PATTERN,
+    Runtime,
     Cloud,
     Compression,
     DataSpec,
@@ -41,7 +44,7 @@ from .schema import (
     unknown_key,
 )
 
-TOP_KEYS = ("federation", "data", "compression", "cloud", "plants")
+TOP_KEYS = ("federation", "data", "compression", "cloud", "plants", "runtime")
 ADDRESS = Field(str)
 CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
 PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
@@ -86,6 +89,7 @@ def build_topology(
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
+    runtime = _read_runtime(document.get("runtime", {}), [draft.name for draft in drafts], problems)
     problems += _address_clashes(
         [("cloud.address", cloud_address)]
         + [(f"plants[{i}].address", draft.address) for i, draft in enumerate(drafts)]
@@ -100,6 +104,7 @@ def build_topology(
         test_fraction=data_values["test_fraction"],
         compression=compression,
         source=source,
+        runtime=runtime,
     )
 
 
@@ -249,6 +254,66 @@ def _read_compression(table: Any, problems: list[str]) -> Compression:
         if None not in values.values():
             links[link] = LinkCompression(**values)
     return Compression(**links)
+
+
+RUNTIME_KEY_TABLES = ("cloud", "edges", "devices")
+
+
+def _read_runtime(table: Any, plant_names: list[str | None], problems: list[str]) -> Runtime:
+    """The `[runtime]` table (all optional) and its `[runtime.keys]` CurveZMQ public keys."""
+    if not isinstance(table, dict):
+        problems.append(f"runtime: expected a table, got {describe(table)}")
+        return Runtime()
+    values = _read_fields(table, "runtime", RUNTIME_FIELDS, problems, structural=("keys",))
+    interval, timeout = values["heartbeat_interval"], values["heartbeat_timeout"]
+    if interval is not None and timeout is not None and timeout <= interval:
+        problems.append(f"runtime.heartbeat_timeout: must be greater than heartbeat_interval ({interval}), got {timeout}")
+    keys = _read_runtime_keys(table.get("keys", {}), plant_names, problems)
+    if any(value is None for value in values.values()):
+        return Runtime()
+    return Runtime(**values, **keys)
+
+
+def _read_runtime_keys(table: Any, plant_names: list[str | None], problems: list[str]) -> dict[str, Any]:
+    """`[runtime.keys]`: `cloud` (one key), `edges` (plant -> key, every plant), `devices` (list)."""
+    path = "runtime.keys"
+    if not isinstance(table, dict):
+        problems.append(f"{path}: expected a table, got {describe(table)}")
+        return {}
+    if not table:
+        return {}
+    problems += [unknown_key(f"{path}.{key}", key, RUNTIME_KEY_TABLES) for key in table if key not in RUNTIME_KEY_TABLES]
+    before = len(problems)
+    cloud = table.get("cloud")
+    if cloud is None:
+        problems.append(f"{path}.cloud: missing required key (the cloud's public key; every secure link needs it)")
+    else:
+        _check_curve_key(cloud, f"{path}.cloud", problems)
+    edges = table.get("edges", {})
+    if not isinstance(edges, dict):
+        problems.append(f"{path}.edges: expected a table of plant name -> public key, got {describe(edges)}")
+        edges = {}
+    for name in plant_names:
+        if name is not None and name not in edges:
+            problems.append(f"{path}.edges: missing the public key of plant {name!r}")
+    for name, key in edges.items():
+        if name not in plant_names:
+            problems.append(f"{path}.edges.{name}: no plant of that name")
+        _check_curve_key(key, f"{path}.edges.{name}", problems)
+    devices = table.get("devices", [])
+    if not isinstance(devices, list) or not devices:
+        problems.append(f"{path}.devices: expected a non-empty array of device public keys, got {describe(devices)}")
+        devices = []
+    for i, key in enumerate(devices):
+        _check_curve_key(key, f"{path}.devices[{i}]", problems)
+    if len(problems) > before:
+        return {}
+    return {"cloud_key": cloud, "edge_keys": dict(edges), "device_keys": tuple(devices)}
+
+
+def _check_curve_key(key: Any, path: str, problems: list[str]) -> None:
+    if not isinstance(key, str) or not CURVE_KEY_PATTERN.fullmatch(key):
+        problems.append(f"{path}: expected a 40-character Z85 public key (from `hierfl keys generate`), got {describe(key)}")
 
 
 def _data_spec(values: Mapping[str, Any]) -> DataSpec:

@@ -1,0 +1,172 @@
+"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device` and `hierfl keys generate`.
+
+`add_runtime_commands` adds them to the main parser (`hierfl.cli`); every handler loads
+and checks the topology first, so a bad file exits 2 naming each problem before any
+process or socket starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from hierfl.errors import HierflError
+
+
+def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
+    launch = commands.add_parser("launch", help="run the topology as local processes: cloud, edges, devices (ZeroMQ)")
+    launch.add_argument("topology", help="topology file (TOML) or preset name")
+    launch.add_argument("--out", type=Path, help="run directory: metrics, model, checkpoints, logs/ (default: runs/<name>-<time>)")
+    launch.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
+    launch.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    launch.add_argument("--quiet", action="store_true", help="no progress bar")
+    launch.set_defaults(handler=run_launch)
+
+    cloud = commands.add_parser("cloud", help="run the cloud node of a topology (binds cloud.address)")
+    cloud.add_argument("topology", help="topology file (TOML) or preset name")
+    cloud.add_argument("--out", type=Path, required=True, help="run directory for metrics.jsonl, model.npz, checkpoints")
+    cloud.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
+    cloud.add_argument("--bind", help="address to bind instead of cloud.address (e.g. tcp://*:5550 on a server)")
+    cloud.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    cloud.add_argument("--key", type=Path, help="this node's secret key file (`hierfl keys generate`), for CurveZMQ")
+    cloud.set_defaults(handler=run_cloud)
+
+    edge = commands.add_parser("edge", help="run one plant's edge node (binds the plant's address, dials the cloud)")
+    edge.add_argument("topology", help="topology file (TOML) or preset name")
+    edge.add_argument("--plant", required=True, help="the plant this edge serves")
+    edge.add_argument("--bind", help="address to bind instead of the plant's address (e.g. tcp://*:5560)")
+    edge.add_argument("--state", type=Path, help="directory for the edge's checkpoint (needed for --resume)")
+    edge.add_argument("--resume", action="store_true", help="continue from the checkpoint in --state")
+    edge.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
+    edge.set_defaults(handler=run_edge)
+
+    device = commands.add_parser("device", help="run one device node (dials its plant's edge)")
+    device.add_argument("topology", help="topology file (TOML) or preset name")
+    device.add_argument("--id", required=True, dest="device_id", help="the device's id, plant/line/device")
+    device.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
+    device.set_defaults(handler=run_device)
+
+    keys = commands.add_parser("keys", help="CurveZMQ key pairs for authenticated, encrypted links")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = keys_commands.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
+    generate.add_argument("directory", type=Path)
+    generate.add_argument("names", nargs="+", help="one key pair per name (cloud, plant names, device names)")
+    generate.set_defaults(handler=run_keys_generate)
+
+
+def _load(source: str):
+    from hierfl.loading import load_topology
+
+    return load_topology(source)
+
+
+def _stop_on_signals(node) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    from hierfl.runtime.launch import Launch, LaunchProgress
+
+    topology = _load(args.topology)
+    source = str(Path(args.topology).absolute()) if Path(args.topology).exists() else args.topology
+    if args.resume and args.out is None:
+        raise HierflError("--resume needs --out, the run directory to continue")
+    out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console()
+    console.print(
+        f"[bold]{topology.federation.name}[/]: launching 1 cloud, {len(topology.plants)} edges, "
+        f"{topology.num_devices} devices -> {out} (logs in {out / 'logs'})"
+    )
+    launch = Launch(topology, source, out, rounds=args.rounds, resume=args.resume)
+    launch.start()
+    try:
+        with LaunchProgress(launch.rounds, topology.federation.name, enabled=not args.quiet) as progress:
+            history = launch.wait(progress.update)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted: stopping every node[/]")
+        launch.stop(grace=0)
+        return 130
+    except BaseException:
+        launch.stop(grace=0)
+        raise
+    if history:
+        from hierfl.cli import summary_table
+
+        console.print(summary_table(history, topology.plant_names))
+    console.print(f"run directory: {out}")
+    return 0
+
+
+def _keys(path: Path | None):
+    if path is None:
+        return None
+    from hierfl.runtime.security import load_keys
+
+    return load_keys(path)
+
+
+def run_cloud(args: argparse.Namespace) -> int:
+    from hierfl.runtime.cloud import CloudNode
+
+    topology = _load(args.topology)
+    node = CloudNode(topology, args.out, rounds=args.rounds, bind=args.bind, resume=args.resume, keys=_keys(args.key))
+    _stop_on_signals(node)
+    node.run()
+    return 0
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    from hierfl.runtime.edge import EdgeNode
+
+    topology = _load(args.topology)
+    if args.plant not in topology.plant_names:
+        raise HierflError(f"no plant {args.plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})")
+    if args.resume and args.state is None:
+        raise HierflError("--resume needs --state, the directory holding the edge's checkpoint")
+    node = EdgeNode(topology, args.plant, bind=args.bind, state_dir=args.state, resume=args.resume, keys=_keys(args.key))
+    _stop_on_signals(node)
+    node.run()
+    return 0
+
+
+def run_device(args: argparse.Namespace) -> int:
+    from hierfl.runtime.device import DeviceNode
+
+    topology = _load(args.topology)
+    try:
+        topology.device(args.device_id)
+    except KeyError as err:
+        raise HierflError(err.args[0]) from None
+    node = DeviceNode(topology, args.device_id, keys=_keys(args.key))
+    _stop_on_signals(node)
+    node.run()
+    return 0
+
+
+def run_keys_generate(args: argparse.Namespace) -> int:
+    from hierfl.runtime.security import generate_keys
+
+    for name in args.names:
+        public, secret = generate_keys(args.directory, name)
+        print(f"{name}: public key {_public_text(public)}  ({public}; secret {secret}, keep it private)")
+    return 0
+
+
+def _public_text(path: Path) -> str:
+    from hierfl.runtime.security import load_public_key
+
+    return load_public_key(path)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+

@@ -1,0 +1,281 @@
+"""The cloud node: drives cloud rounds for the edges that dial in to its ROUTER.
+
+Each cloud round it sends the global model to every live edge, collects their summaries
+until all live edges answered or `edge_deadline` passed, aggregates what arrived and
+applies the server optimizer (`rounds.make_cloud_step`). Fewer answers than
+`min_edge_participation` of the plants leave the model unchanged for that round. Then it
+evaluates the model on the held-out test set, checkpoints (orbax), appends the round's
+record to `metrics.jsonl` and, at the end, writes `model.npz` and tells every edge to
+stop. Summaries for a closed round (late, or replayed) are refused and counted.
+
+`--resume` restarts from the last checkpoint: the record of a round is written after its
+checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
+rounds, so no round is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import zmq
+
+from hierfl import checkpoint
+from hierfl.evaluation import make_evaluator
+from hierfl.kernels import ravel
+from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
+from hierfl.plan import make_plan
+from hierfl.runtime import protocol
+from hierfl.runtime.checkpoints import CloudCheckpoints
+from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, recv_router, send_router
+from hierfl.runtime.rounds import make_cloud_step, make_decode
+from hierfl.runtime.security import check_keys, start_authenticator
+from hierfl.topology import Topology
+
+CLOUD = "cloud"
+STARTING, COLLECTING, DONE = "starting", "collecting", "done"
+
+
+class CloudNode:
+    """The cloud of `topology`, writing to `run_dir`. `run()` trains `rounds` cloud rounds (default: the file's)."""
+
+    def __init__(self, topology: Topology, run_dir: Path, *, rounds: int | None = None, bind: str | None = None,
+                 resume: bool = False, keys: CurveKeys | None = None):
+        self.topology = topology
+        self.runtime = runtime = topology.runtime
+        self.rounds = rounds or topology.federation.cloud_rounds
+        self.run_dir = Path(run_dir)
+        self.log = node_logger("cloud")
+        self.net = net = node_model(topology)
+        plan = make_plan(topology)
+        self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
+        self.edges = {name: row for row, name in enumerate(topology.plant_names)}
+        self.cloud_step = make_cloud_step(net.algorithm, net.spec)
+        self.decode = make_decode(net.codecs.edge_to_cloud)
+        self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
+        self.deltas = np.zeros((len(self.edges), net.spec.size), np.float32)
+        self.weights = np.zeros(len(self.edges), np.float32)
+        self.params = net.initial_params
+        self.server_state = net.algorithm.server_init(self.params)
+        self.members = Membership(runtime.heartbeat_timeout)
+        self.counters = Counters()
+        self.late = 0
+        self.round = 1
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = CloudCheckpoints(self.run_dir / "checkpoints" / "cloud")
+        if resume:
+            self._restore()
+        else:
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+            write_run_info_for(self.run_dir, topology, net.model.name)
+        self.writer = MetricsWriter(self.run_dir)
+        self.phase = STARTING
+        self.started = time.monotonic()
+        self.elapsed_before = 0.0
+        self.context = zmq.Context()
+        self.auth = check_keys(runtime, keys) and start_authenticator(self.context, runtime.edge_keys.values())
+        self.socket = bind_router(self.context, bind or topology.cloud.address, max_bytes=runtime.max_message_bytes, keys=keys)
+        self.running = True
+
+    def warm_up(self) -> None:
+        self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
+        self.evaluate(self.params)
+
+    def run(self) -> None:
+        self.warm_up()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.log.info("serving %d edges on %s; rounds %d..%d", len(self.edges), self.socket.LAST_ENDPOINT.decode(), self.round, self.rounds)
+        self.run_started = time.perf_counter()
+        try:
+            while self.running and self.round <= self.rounds:
+                if self.socket.poll(50, zmq.POLLIN):
+                    self._drain()
+                self._advance()
+            if self.round > self.rounds:
+                checkpoint.save_params(self.run_dir / "model.npz", self.params)
+                self.log.info("trained %d cloud rounds; model saved; stopping the edges", self.rounds)
+                self._stop_edges()
+        finally:
+            self.writer.close()
+            self.checkpoints.close()
+            self.socket.close(linger=1000)
+            if self.auth:
+                self.auth.stop()
+            self.context.term()
+            self.log.info("stopped")
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _stop_edges(self) -> None:
+        frames = protocol.encode(protocol.STOP, CLOUD, round=self.rounds)
+        for edge in self.edges:
+            send_router(self.socket, edge, frames)
+        time.sleep(0.2)
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        if self.phase == STARTING:
+            if self.members.alive() >= set(self.edges) or now - self.started >= self.runtime.start_timeout:
+                self._open_round()
+        elif self.phase == COLLECTING:
+            waiting = (self.expected & self.members.alive()) - set(self.summaries)
+            if not waiting or now >= self.deadline:
+                self._close_round()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                peer, frames = recv_router(self.socket)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.parse_message(
+                    frames, senders=self.edges, spec=self.net.spec, layouts=self.layouts,
+                    max_bytes=self.runtime.max_message_bytes, routing_id=peer,
+                )
+                if self.members.seen(message.sender):
+                    self.log.info("edge %s joined", message.sender)
+                self._handle(message)
+            except protocol.MessageRejected as error:
+                self.counters.reject(self.log, peer, error)
+                if error.reason == protocol.STALE_ROUND:
+                    self.late += 1
+                send_router(self.socket, peer, protocol.encode(protocol.REJECTED, CLOUD, round=self.round, reason=error.reason, detail=str(error)))
+
+    def _handle(self, message: protocol.Message) -> None:
+        if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
+            return
+        if message.kind != protocol.SUMMARY:
+            raise protocol.MessageRejected(protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud")
+        if message.round < self.round or (message.round == self.round and self.phase != COLLECTING):
+            raise protocol.MessageRejected(protocol.STALE_ROUND, f"summary for round {message.round}, which is closed (now {self.round})")
+        if message.round > self.round:
+            raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"summary for round {message.round}, not started (now {self.round})")
+        if message.sender in self.summaries:
+            raise protocol.MessageRejected(protocol.DUPLICATE, f"second summary from {message.sender} in round {message.round}")
+        row = self.edges[message.sender]
+        codec = self.net.codecs.edge_to_cloud
+        self.deltas[row] = message.arrays[0] if codec.name == "none" else np.asarray(self.decode(message.arrays))
+        self.weights[row] = message.header["weight"]
+        self.summaries[message.sender] = message.header
+
+    def _open_round(self) -> None:
+        self.phase = COLLECTING
+        self.round_started = time.perf_counter()
+        self.expected = self.members.alive() & set(self.edges)
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.weights[:] = 0
+        self.deadline = time.monotonic() + self.runtime.edge_deadline
+        global_flat = np.asarray(ravel(self.net.spec, self.params))
+        frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
+                                 spec=self.net.spec, codec="none", arrays=[global_flat])
+        for edge in sorted(self.members.alive()):
+            send_router(self.socket, edge, frames)
+        self.sent_to = len(self.members.alive())
+
+    def _close_round(self) -> None:
+        answered, total = len(self.summaries), len(self.edges)
+        required = math.ceil(self.runtime.min_edge_participation * total)
+        if answered >= required and answered > 0:
+            self.params, self.server_state = self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
+        else:
+            self.log.warning("cloud round %d: %d of %d edges answered (need %d); model unchanged", self.round, answered, total, required)
+        record = self._record()
+        self.checkpoints.save(self.round, self.params, self.server_state, record)
+        self.writer.write(record)
+        self.log.info("cloud round %d: %d/%d edges, accuracy %.4f", self.round, answered, total, record["accuracy"])
+        self.round += 1
+        self.phase = COLLECTING
+        if self.round <= self.rounds:
+            self._open_round()
+
+    def _record(self) -> dict[str, Any]:
+        scores = self.evaluate(self.params)
+        now = time.perf_counter()
+        weight = sum(float(h["weight"]) for h in self.summaries.values())
+        loss_sum = sum(float(h["loss"]) for h in self.summaries.values())
+        answered = {name: list(h.get("answered", [])) for name, h in self.summaries.items()}
+        codecs, model_bytes = self.net.codecs, self.net.spec.nbytes
+        device_updates = sum(sum(a) for a in answered.values())
+        return {
+            "round": self.round,
+            "loss": loss_sum / max(weight, 1.0),
+            "test_loss": scores.loss,
+            "accuracy": scores.score,
+            "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant)),
+            "bytes": {
+                "device_to_edge": device_updates * codecs.device_to_edge.payload_bytes,
+                "edge_to_device": device_updates * model_bytes,
+                "edge_to_cloud": len(self.summaries) * codecs.edge_to_cloud.payload_bytes,
+                "cloud_to_edge": self.sent_to * model_bytes,
+            },
+            "round_seconds": now - self.round_started,
+            "elapsed_seconds": self.elapsed_before + now - self.run_started,
+            "devices": sum(max(a, default=0) for a in answered.values()),
+            "edges_answered": sorted(self.summaries),
+            "devices_answered": answered,
+            "devices_expected": {p.name: p.num_devices for p in self.topology.plants},
+            "rejected_messages": {"cloud": self.counters.snapshot(), **{n: h.get("rejected", {}) for n, h in self.summaries.items()}},
+            "late_updates": self.late + sum(int(h.get("late", 0)) for h in self.summaries.values()),
+        }
+
+    def _restore(self) -> None:
+        state = self.checkpoints.latest(self.params, self.server_state)
+        if state is None:
+            self.log.info("no checkpoint in %s; starting at round 1", self.checkpoints.directory)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+            return
+        self.params = jax_tree_asarray(state.params)
+        self.server_state = state.server_state
+        self.round = state.round + 1
+        self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
+        reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
+        self.log.info("resumed from the checkpoint of cloud round %d", state.round)
+
+
+def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any]) -> None:
+    """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last)."""
+    records: dict[int, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the crash
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] < last_round:
+                records[record["round"]] = line + "\n"
+    records[last_round] = encode_record(last_record)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(records[r] for r in sorted(records)), encoding="utf-8")
+    tmp.replace(path)
+
+
+def jax_tree_asarray(tree: Any) -> Any:
+    import jax
+
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def write_run_info_for(run_dir: Path, topology: Topology, model_name: str) -> None:
+    """`run.json` for a runtime run: what `simulate` records, plus `"runtime"` settings."""
+    from hierfl import __version__
+    from hierfl.metrics import write_run_info
+
+    federation = topology.federation
+    runtime = dataclasses.asdict(topology.runtime)
+    write_run_info(run_dir, {
+        "name": federation.name, "task": federation.task, "model": model_name, "algorithm": federation.algorithm,
+        "topology": topology.source, "seed": federation.seed, "num_plants": len(topology.plants),
+        "num_devices": topology.num_devices, "cloud_rounds": federation.cloud_rounds, "edge_rounds": federation.edge_rounds,
+        "local_steps": federation.local_steps, "batch_size": federation.batch_size, "learning_rate": federation.learning_rate,
+        "compression": dataclasses.asdict(topology.compression), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hierfl_version": __version__, "runtime": {k: v for k, v in runtime.items() if not k.endswith("keys") and k != "cloud_key"},
+    })

@@ -1,0 +1,130 @@
+"""A device node: dials its plant's edge, trains on every model it receives, sends the update up.
+
+The device owns its data shard (built deterministically from the topology, as the
+simulator's plan does, so it trains on exactly the same examples) and the
+error-feedback residual of its uplink. It never binds a port: behind a plant firewall it
+only dials out. It greets the edge with `hello`, sends a `heartbeat` every
+`heartbeat_interval` seconds while idle, and answers each `model` message of its edge
+with one `update`. When several models are queued (it was slow), only the newest is
+trained. It exits on `stop`, SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import zmq
+
+from hierfl.algorithms import DeviceData
+from hierfl.plan import make_plan
+from hierfl.runtime import protocol
+from hierfl.runtime.node import CurveKeys, connect_dealer, node_logger, node_model
+from hierfl.runtime.rounds import make_device_step
+from hierfl.runtime.security import check_keys
+from hierfl.topology import Topology
+
+
+class DeviceNode:
+    """One device of `topology`, by id `plant/line/name`. `run()` serves until stopped."""
+
+    def __init__(self, topology: Topology, device_id: str, *, keys: CurveKeys | None = None):
+        self.topology = topology
+        self.device = topology.device(device_id)
+        self.plant = topology.plant(self.device.plant)
+        self.runtime = topology.runtime
+        self.log = node_logger(device_id)
+        self.net = node_model(topology)
+        shards = make_plan(topology).shards
+        i = self.device.index
+        self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]))
+        codec = self.net.codecs.device_to_edge
+        self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
+        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed)
+        self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
+        self.context = zmq.Context()
+        check_keys(self.runtime, keys)
+        server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
+        self.socket = connect_dealer(self.context, self.plant.address, device_id, max_bytes=self.runtime.max_message_bytes,
+                                     keys=keys, server_key=server_key)
+        self.running = True
+        self.model_version = 0
+
+    def warm_up(self) -> None:
+        """Compiles the training step before joining, so the first round is not late."""
+        flat = np.zeros(self.net.spec.size, np.float32)
+        self.step(flat, self.data, self.residual, jnp.int32(0), jnp.int32(0), jnp.int32(self.device.index))
+
+    def run(self) -> None:
+        self.warm_up()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self._send(protocol.HELLO)
+        self.log.info("joined %s at %s (%d examples)", self.plant.name, self.plant.address, int(self.data.count))
+        interval = self.runtime.heartbeat_interval
+        next_beat = time.monotonic() + interval
+        try:
+            while self.running:
+                if self.socket.poll(max(0, int((next_beat - time.monotonic()) * 1000)), zmq.POLLIN):
+                    self._handle_queue()
+                if time.monotonic() >= next_beat:
+                    self._send(protocol.HEARTBEAT)
+                    next_beat = time.monotonic() + interval
+        finally:
+            self.socket.close(linger=200)
+            self.context.term()
+            self.log.info("stopped")
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _handle_queue(self) -> None:
+        """Reads every queued message; trains on the newest model among them."""
+        latest = None
+        while True:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                message = protocol.parse_message(
+                    frames, senders={self.plant.name}, spec=self.net.spec, layouts=self.layouts,
+                    max_bytes=self.runtime.max_message_bytes,
+                )
+            except protocol.MessageRejected as error:
+                self.log.warning("rejected message from the edge: %s: %s", error.reason, error)
+                continue
+            if message.kind == protocol.STOP:
+                self.log.info("the edge says stop")
+                self.running = False
+                return
+            if message.kind == protocol.MODEL:
+                latest = message
+        if latest is not None:
+            self._train(latest)
+
+    def _train(self, message: protocol.Message) -> None:
+        started = time.perf_counter()
+        out = self.step(
+            message.arrays[0], self.data, self.residual,
+            jnp.int32(message.round), jnp.int32(message.edge_round), jnp.int32(self.device.index),
+        )
+        self.residual = out.residual
+        self.model_version = int(message.header["model_version"])
+        if not bool(out.ok):
+            self.log.warning("round %d.%d: local training diverged (non-finite); sending weight 0", message.round, message.edge_round)
+        self._send(
+            protocol.UPDATE, round=message.round, edge_round=message.edge_round,
+            spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[np.asarray(a) for a in out.payload],
+            weight=float(out.weight), loss=float(out.loss),
+        )
+        self.log.info("round %d.%d: trained in %.3f s, loss %.4f", message.round, message.edge_round,
+                      time.perf_counter() - started, float(out.loss))
+
+    def _send(self, kind: str, **fields) -> None:
+        frames = protocol.encode(kind, self.device.id, model_version=self.model_version, **fields)
+        try:
+            self.socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warning("edge not reachable; %s not sent", kind)

@@ -1,0 +1,324 @@
+"""An edge node: one plant's server. Devices dial in to its ROUTER; it dials the cloud.
+
+For every global model the cloud sends (cloud round r), the edge runs `edge_rounds`
+edge rounds: it sends its current model to every live device, collects their updates
+until all of them answered or `device_deadline` passed, and applies the mean of what
+arrived (`rounds.make_edge_step`). A round with fewer answers than
+`min_device_participation` of the plant's devices leaves the model unchanged. After the
+last edge round it sends one summary up (`rounds.make_edge_upload`: its model's change
+since the global model, weighted by the examples aggregated over its edge rounds).
+
+Every incoming message is checked (`protocol.parse_message`) and then against the
+round in progress: updates for a closed round (late or replayed), for a future round,
+or twice from one device are refused. A refused message is logged, counted and
+answered with a `rejected` message naming the reason; the edge keeps running.
+
+Devices join at any time (any valid message admits them; they get the model at the
+next edge round) and count as gone after `heartbeat_timeout` seconds of silence, so a
+crashed device stops holding up rounds. The edge checkpoints its uplink residual and
+last finished cloud round after each summary (`--resume` reads it back).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import zmq
+
+from hierfl.runtime import protocol
+from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, recv_router, send_router
+from hierfl.runtime.rounds import make_decode, make_edge_step, make_edge_upload
+from hierfl.runtime.security import check_keys, start_authenticator
+from hierfl.topology import Topology
+
+IDLE, STARTING, COLLECTING = "idle", "starting", "collecting"
+CLOUD = "cloud"
+
+
+class EdgeNode:
+    """The edge server of plant `plant_name`. `run()` serves until the cloud says stop (or SIGTERM)."""
+
+    def __init__(self, topology: Topology, plant_name: str, *, bind: str | None = None, state_dir: Path | None = None,
+                 resume: bool = False, keys: CurveKeys | None = None):
+        self.topology = topology
+        self.plant = topology.plant(plant_name)
+        self.index = topology.plant_names.index(plant_name)
+        self.runtime = runtime = topology.runtime
+        self.log = node_logger(f"edge {plant_name}")
+        self.net = net = node_model(topology)
+        self.devices = {device.id: row for row, device in enumerate(self.plant.devices)}
+        self.edge_rounds = topology.federation.edge_rounds
+        seed = topology.federation.seed
+        self.edge_step = make_edge_step(net.algorithm)
+        self.decode = make_decode(net.codecs.device_to_edge)
+        self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
+        self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}
+        self.cloud_layouts = {protocol.MODEL: ("none", net.model_layout)}
+        self.deltas = np.zeros((len(self.devices), net.spec.size), np.float32)
+        self.weights = np.zeros(len(self.devices), np.float32)
+        self.losses = np.zeros(len(self.devices), np.float32)
+        self.residual = np.zeros(net.codecs.edge_to_cloud.residual_size, np.float32)
+        self.members = Membership(runtime.heartbeat_timeout)
+        self.counters = Counters()
+        self.late = 0
+        self.state_path = Path(state_dir) / f"edge-{plant_name}.npz" if state_dir is not None else None
+        self.finished_round = 0
+        if resume:
+            self._restore()
+        self.phase = IDLE
+        self.round = 0
+        self.edge_round = 0
+        self.started = time.monotonic()
+        self.context = zmq.Context()
+        self.auth = check_keys(runtime, keys) and start_authenticator(self.context, runtime.device_keys)
+        self.devices_socket = bind_router(self.context, bind or self.plant.address, max_bytes=runtime.max_message_bytes, keys=keys)
+        self.cloud = connect_dealer(self.context, topology.cloud.address, plant_name, max_bytes=runtime.max_message_bytes,
+                                    keys=keys, server_key=runtime.cloud_key.encode() if runtime.cloud_key else None)
+        self.running = True
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Compiles aggregation and upload before the first round."""
+        flat = jnp.zeros(self.net.spec.size, jnp.float32)
+        self.edge_step(flat, self.deltas, self.weights)
+        self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
+        codec = self.net.codecs.device_to_edge
+        if codec.name != "none":
+            self.decode(tuple(np.zeros(shape, dtype) for dtype, shape in self.net.device_layout.frames))
+
+    def run(self) -> None:
+        self.warm_up()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.log.info("serving %d devices on %s; cloud at %s", len(self.devices), self.devices_socket.LAST_ENDPOINT.decode(), self.topology.cloud.address)
+        self._send_cloud(protocol.HELLO)
+        poller = zmq.Poller()
+        poller.register(self.devices_socket, zmq.POLLIN)
+        poller.register(self.cloud, zmq.POLLIN)
+        next_beat = time.monotonic() + self.runtime.heartbeat_interval
+        try:
+            while self.running:
+                wait = min(next_beat - time.monotonic(), 0.05 if self.phase != IDLE else 1.0)
+                events = dict(poller.poll(max(0, int(wait * 1000))))
+                if self.devices_socket in events:
+                    self._drain_devices()
+                if self.cloud in events:
+                    self._drain_cloud()
+                if time.monotonic() >= next_beat:
+                    self._send_cloud(protocol.HEARTBEAT)
+                    next_beat = time.monotonic() + self.runtime.heartbeat_interval
+                self._advance()
+        finally:
+            self.devices_socket.close(linger=500)
+            self.cloud.close(linger=500)
+            if self.auth:
+                self.auth.stop()
+            self.context.term()
+            self.log.info("stopped")
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _advance(self) -> None:
+        """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
+        now = time.monotonic()
+        if self.phase == STARTING:
+            everyone = self.members.alive() >= set(self.devices)
+            if everyone or now - self.started >= self.runtime.start_timeout:
+                self._open_edge_round()
+        elif self.phase == COLLECTING:
+            waiting = (self.expected & self.members.alive()) - self.answered
+            if not waiting or now >= self.deadline:
+                self._close_edge_round()
+
+    # -- messages from devices --------------------------------------------------------------------
+
+    def _drain_devices(self) -> None:
+        while True:
+            try:
+                peer, frames = recv_router(self.devices_socket)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.parse_message(
+                    frames, senders=self.devices, spec=self.net.spec, layouts=self.device_layouts,
+                    max_bytes=self.runtime.max_message_bytes, routing_id=peer,
+                )
+                if self.members.seen(message.sender):
+                    self.log.info("device %s joined", message.sender)
+                self._handle_device(message)
+            except protocol.MessageRejected as error:
+                self.counters.reject(self.log, peer, error)
+                if error.reason == protocol.STALE_ROUND:
+                    self.late += 1
+                send_router(self.devices_socket, peer,
+                            protocol.encode(protocol.REJECTED, self.plant.name, round=self.round, reason=error.reason, detail=str(error)))
+
+    def _handle_device(self, message: protocol.Message) -> None:
+        if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
+            return
+        if message.kind == protocol.STATUS:
+            send_router(self.devices_socket, message.sender, protocol.encode(protocol.STATUS, self.plant.name, round=self.round, **self.status()))
+            return
+        if message.kind != protocol.UPDATE:
+            raise protocol.MessageRejected(protocol.UNEXPECTED, f"devices do not send {message.kind} messages")
+        problem = update_problem((message.round, message.edge_round), (self.round, self.edge_round), self.phase == COLLECTING)
+        if problem is not None:
+            raise protocol.MessageRejected(*problem)
+        if message.sender in self.answered:
+            raise protocol.MessageRejected(protocol.DUPLICATE, f"second update from {message.sender} in round {message.round}.{message.edge_round}")
+        row = self.devices[message.sender]
+        if self.net.codecs.device_to_edge.name == "none":
+            self.deltas[row] = message.arrays[0]
+        else:
+            self.deltas[row] = np.asarray(self.decode(message.arrays))
+        self.weights[row] = message.header["weight"]
+        self.losses[row] = message.header["loss"]
+        self.answered.add(message.sender)
+
+    def status(self) -> dict:
+        """What a `status` request answers: phase, round, live devices, rejected counts."""
+        return {"phase": self.phase, "edge_round_open": self.edge_round, "alive": sorted(self.members.alive()),
+                "rejected": self.counters.snapshot(), "late": self.late, "finished_round": self.finished_round}
+
+    # -- messages from the cloud ------------------------------------------------------------------
+
+    def _drain_cloud(self) -> None:
+        while True:
+            try:
+                frames = self.cloud.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.parse_message(
+                    frames, senders={CLOUD}, spec=self.net.spec, layouts=self.cloud_layouts, max_bytes=self.runtime.max_message_bytes,
+                )
+            except protocol.MessageRejected as error:
+                self.counters.reject(self.log, CLOUD, error)
+                continue
+            if message.kind == protocol.STOP:
+                self.log.info("the cloud says stop")
+                self._broadcast(protocol.encode(protocol.STOP, self.plant.name, round=self.round), everyone=True)
+                self.running = False
+                return
+            if message.kind == protocol.REJECTED:
+                self.log.warning("the cloud rejected our message: %s", message.header.get("detail"))
+            elif message.kind == protocol.MODEL:
+                self._start_cloud_round(message)
+
+    def _start_cloud_round(self, message: protocol.Message) -> None:
+        r = message.round
+        if r < self.round or (r == self.round and self.phase != IDLE):
+            self.log.info("ignoring the cloud's model for round %d (at round %d, %s)", r, self.round, self.phase)
+            return
+        if self.phase != IDLE:
+            self.log.warning("cloud round %d started before this edge finished round %d; abandoning it", r, self.round)
+        self.round, self.edge_round = r, 0
+        self.global_flat = np.array(message.arrays[0])
+        self.edge_flat = self.global_flat
+        self.total_weight, self.loss_sum, self.answered_per_round = 0.0, 0.0, []
+        self.answered = set()
+        first = self.finished_round == 0 and not getattr(self, "_opened_once", False)
+        self.phase = STARTING if first else COLLECTING
+        if not first:
+            self._open_edge_round()
+
+    # -- edge rounds ------------------------------------------------------------------------------
+
+    def _open_edge_round(self) -> None:
+        self._opened_once = True
+        self.phase = COLLECTING
+        self.expected = self.members.alive() & set(self.devices)
+        self.answered = set()
+        self.weights[:] = 0
+        self.deadline = time.monotonic() + self.runtime.device_deadline
+        frames = protocol.encode(
+            protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.round,
+            spec=self.net.spec, codec="none", arrays=[self.edge_flat],
+        )
+        self._broadcast(frames)
+
+    def _close_edge_round(self) -> None:
+        answered, total = len(self.answered), len(self.devices)
+        required = math.ceil(self.runtime.min_device_participation * total)
+        if answered >= required and answered > 0:
+            self.edge_flat = np.asarray(self.edge_step(self.edge_flat, self.deltas, self.weights))
+            self.total_weight += float(self.weights.sum())
+            self.loss_sum += float((self.losses * self.weights).sum())
+        else:
+            self.log.warning("edge round %d.%d: %d of %d devices answered (need %d); model unchanged",
+                             self.round, self.edge_round, answered, total, required)
+        missing = sorted(self.expected - self.answered)
+        self.log.info("edge round %d.%d closed: %d/%d answered%s", self.round, self.edge_round, answered, total,
+                      f", missing {', '.join(missing)}" if missing else "")
+        self.answered_per_round.append(answered)
+        self.edge_round += 1
+        if self.edge_round < self.edge_rounds:
+            self._open_edge_round()
+        else:
+            self._send_summary()
+
+    def _send_summary(self) -> None:
+        payload, residual = self.upload(self.edge_flat, self.global_flat, jnp.float32(self.total_weight), self.residual,
+                                        jnp.int32(self.round), jnp.int32(self.index))
+        self.residual = np.asarray(residual)
+        self._send_cloud(
+            protocol.SUMMARY, round=self.round, edge_round=self.edge_rounds, spec=self.net.spec,
+            codec=self.net.codecs.edge_to_cloud.name, arrays=[np.asarray(a) for a in payload],
+            weight=self.total_weight, loss=self.loss_sum, answered=self.answered_per_round, expected=len(self.devices),
+            rejected=self.counters.snapshot(), late=self.late,
+        )
+        self.phase = IDLE
+        self.finished_round = self.round
+        self._checkpoint()
+        self.log.info("cloud round %d: summary sent (weight %g)", self.round, self.total_weight)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _broadcast(self, frames: list, everyone: bool = False) -> None:
+        targets = self.devices if everyone else sorted(self.members.alive())
+        for device in targets:
+            send_router(self.devices_socket, device, frames)
+
+    def _send_cloud(self, kind: str, **fields) -> None:
+        frames = protocol.encode(kind, self.plant.name, model_version=self.round, **fields)
+        try:
+            self.cloud.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warning("cloud not reachable; %s not sent", kind)
+
+    def _checkpoint(self) -> None:
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, round=self.finished_round, residual=self.residual, late=self.late)
+        tmp.replace(self.state_path)
+
+    def _restore(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            self.log.info("no edge checkpoint to resume from; starting fresh")
+            return
+        with np.load(self.state_path) as state:
+            self.finished_round = int(state["round"])
+            self.residual = np.array(state["residual"], np.float32)
+            self.late = int(state["late"])
+        self.log.info("resumed after cloud round %d", self.finished_round)
+
+
+def update_problem(update: tuple[int, int], current: tuple[int, int], open_: bool) -> tuple[str, str] | None:
+    """Why an update for `(round, edge_round)` is not welcome now, or None: `(reason code, message)`.
+
+    `current` is the edge's (cloud round, edge round); `open_` whether it collects updates.
+    """
+    if update < current or (update == current and not open_):
+        return protocol.STALE_ROUND, f"update for round {update[0]}.{update[1]}, which is closed (now {current[0]}.{current[1]})"
+    if update > current:
+        return protocol.FUTURE_ROUND, f"update for round {update[0]}.{update[1]}, not started (now {current[0]}.{current[1]})"
+    return None

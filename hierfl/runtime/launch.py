@@ -1,0 +1,158 @@
+"""`hierfl launch`: the whole topology as local OS processes, with live progress.
+
+The launcher starts the cloud, one edge per plant and one process per device (each a
+`python -m hierfl cloud|edge|device ...`), sends each one's output to
+`RUN_DIR/logs/<node>.log`, and follows the cloud's `metrics.jsonl` to show progress:
+round, accuracy, devices answered per plant, late updates. It ends when the cloud has
+trained its rounds (the cloud tells the edges to stop, the edges tell the devices); on
+Ctrl-C or an error it stops every process (SIGTERM, then SIGKILL after a grace period).
+Node processes are the same ones a multi-machine deployment runs by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hierfl.errors import HierflError
+from hierfl.metrics import METRICS_FILE
+from hierfl.topology import Topology
+
+GRACE_SECONDS = 10.0
+NODE_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false"}
+"""Node processes are many per machine: one XLA CPU device each, no intra-op thread pool."""
+
+
+class NodeFailure(HierflError):
+    """A runtime node failed (the cloud exited with an error)."""
+
+
+def node_name(device_id: str) -> str:
+    """A file-name-safe node name: `device-plant-a.line-1.dev-001`."""
+    return "device-" + device_id.replace("/", ".")
+
+
+class Launch:
+    """The processes of one launched federation. `start()`, then `wait()`; `stop()` on error or Ctrl-C."""
+
+    def __init__(self, topology: Topology, source: str, run_dir: Path, *, rounds: int | None = None, resume: bool = False):
+        self.topology = topology
+        self.source = source
+        self.run_dir = Path(run_dir)
+        self.rounds = rounds or topology.federation.cloud_rounds
+        self.resume = resume
+        self.logs = self.run_dir / "logs"
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "hierfl", *args]
+
+    def node_commands(self) -> dict[str, list[str]]:
+        """Every node's command line, cloud first, then edges, then devices."""
+        resume = ["--resume"] if self.resume else []
+        state = str(self.run_dir / "checkpoints")
+        commands = {"cloud": self.command("cloud", self.source, "--out", str(self.run_dir), "--rounds", str(self.rounds), *resume)}
+        for plant in self.topology.plants:
+            commands[f"edge-{plant.name}"] = self.command("edge", self.source, "--plant", plant.name, "--state", state, *resume)
+        for device in self.topology.devices:
+            commands[node_name(device.id)] = self.command("device", self.source, "--id", device.id)
+        return commands
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **NODE_ENV}
+        for name, command in self.node_commands().items():
+            self.start_node(name, command, env)
+
+    def start_node(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env or {**os.environ, **NODE_ENV})
+        self.processes[name] = process
+        return process
+
+    def wait(self, on_record: Callable[[dict[str, Any]], None] | None = None, poll: float = 0.2) -> list[dict[str, Any]]:
+        """Follows the run until the cloud exits; returns its records. Raises if the cloud failed."""
+        metrics = self.run_dir / METRICS_FILE
+        seen = 0
+        history: list[dict[str, Any]] = []
+        cloud = self.processes["cloud"]
+        while True:
+            done = cloud.poll() is not None
+            for record in read_new_records(metrics, seen):
+                seen += 1
+                history.append(record)
+                if on_record is not None:
+                    on_record(record)
+            if done:
+                break
+            time.sleep(poll)
+        if cloud.returncode != 0:
+            self.stop()
+            tail = (self.logs / "cloud.log").read_text(errors="replace")[-2000:]
+            raise NodeFailure(f"the cloud exited with status {cloud.returncode}; its log ends:\n{tail}")
+        self.stop(grace=GRACE_SECONDS)
+        return history
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Waits up to `grace` s for the nodes to exit by themselves, then SIGTERM, then SIGKILL."""
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        alive = [p for p in self.processes.values() if p.poll() is None]
+        for process in alive:
+            process.send_signal(signal.SIGTERM)
+        for process in alive:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def read_new_records(path: Path, seen: int) -> list[dict[str, Any]]:
+    """The complete records of `metrics.jsonl` after the first `seen` (a line still being written is left)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
+    return [json.loads(line) for line in lines[seen:] if line.strip()]
+
+
+class LaunchProgress:
+    """Rich live progress of a launched run: rounds, accuracy, devices answered per plant, late updates."""
+
+    def __init__(self, total: int, title: str, enabled: bool = True):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("acc {task.fields[accuracy]}  {task.fields[answered]}  late {task.fields[late]}"),
+            TimeElapsedColumn(), disable=not enabled,
+        )
+        self.task = self.progress.add_task(title, total=total, accuracy="-", answered="waiting for nodes", late=0)
+
+    def __enter__(self) -> LaunchProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def update(self, record: dict[str, Any]) -> None:
+        expected = record.get("devices_expected", {})
+        answered = record.get("devices_answered", {})
+        per_plant = "  ".join(f"{plant} {min(answered.get(plant) or [0])}/{n}" for plant, n in expected.items())
+        self.progress.update(self.task, completed=record["round"], accuracy=f"{record['accuracy']:.4f}",
+                             answered=per_plant, late=record.get("late_updates", 0))

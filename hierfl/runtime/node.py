@@ -1,0 +1,177 @@
+"""What every runtime node shares: the model's layout, the sockets, liveness, logs and counters.
+
+`NodeModel` is everything a node derives from the topology before it talks to anyone:
+the model and its flat spec, the algorithm, the link codecs and the payload layouts it
+checks incoming frames against; it needs no training data. `Membership` tracks which
+peers are alive from the time they were last heard. The socket helpers bind a ROUTER
+(servers: the cloud, an edge) or connect a DEALER whose routing id is the node's name
+(clients: an edge towards the cloud, a device towards its edge), with CurveZMQ when
+the topology lists public keys.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from hierfl import rng
+from hierfl.algorithms import Algorithm, build_algorithm
+from hierfl.kernels import FlatSpec, flat_spec
+from hierfl.links import LinkCodecs, build_link_codecs
+from hierfl.runtime import protocol
+from hierfl.tasks import Task, get_task
+from hierfl.tasks.models import Model, Params, build_model
+from hierfl.topology import Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeModel:
+    """The model every node of a federation agrees on, and how each link encodes it."""
+
+    model: Model
+    initial_params: Params
+    spec: FlatSpec
+    task: Task
+    algorithm: Algorithm
+    codecs: LinkCodecs
+    device_layout: protocol.Layout
+    edge_layout: protocol.Layout
+    model_layout: protocol.Layout
+
+
+def node_model(topology: Topology) -> NodeModel:
+    """Builds the global model (from the run's init key, as the simulator does) and its layouts."""
+    federation = topology.federation
+    task = get_task(federation.task)
+    name = federation.model or task.default_model
+    model, params = build_model(name, task.models[name], rng.init_key(federation.seed))
+    spec = flat_spec(params)
+    codecs = build_link_codecs(topology.compression, spec.size)
+    algorithm = build_algorithm(federation.algorithm, model.apply, task, federation)
+    return NodeModel(
+        model, params, spec, task, algorithm, codecs,
+        protocol.codec_layout(codecs.device_to_edge), protocol.codec_layout(codecs.edge_to_cloud), protocol.model_layout(spec),
+    )
+
+
+class Membership:
+    """The peers heard from recently: `seen(peer)` on every valid message, `alive()` those within `timeout` s."""
+
+    def __init__(self, timeout: float, clock=time.monotonic):
+        self.timeout = timeout
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def seen(self, peer: str) -> bool:
+        """Records `peer` as heard now; True if it was not alive before (it joined or came back)."""
+        now = self._clock()
+        last = self._last.get(peer)
+        self._last[peer] = now
+        return last is None or now - last > self.timeout
+
+    def alive(self) -> set[str]:
+        now = self._clock()
+        return {peer for peer, last in self._last.items() if now - last <= self.timeout}
+
+    def forget(self, peers: Iterable[str]) -> None:
+        for peer in peers:
+            self._last.pop(peer, None)
+
+
+class Counters:
+    """Rejected messages by reason (`protocol` reason codes), for logs and metrics."""
+
+    def __init__(self) -> None:
+        self.rejected: collections.Counter[str] = collections.Counter()
+
+    def reject(self, log: logging.Logger, peer: object, error: protocol.MessageRejected) -> None:
+        self.rejected[error.reason] += 1
+        log.warning("rejected message from %s: %s: %s", _printable(peer), error.reason, error)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.rejected)
+
+
+def node_logger(name: str) -> logging.Logger:
+    """A logger writing `time level message` lines to stderr (the launcher sends them to RUN_DIR/logs)."""
+    log = logging.getLogger(f"hierfl.runtime.{name}")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s " + name + ": %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveKeys:
+    """A node's own CurveZMQ key pair (Z85 bytes) and the public keys it accepts or dials."""
+
+    public: bytes
+    secret: bytes
+
+
+def bind_router(context: zmq.Context, address: str, *, max_bytes: int, keys: CurveKeys | None = None) -> zmq.Socket:
+    """A ROUTER bound at `address` for many dialing peers; a restarted peer takes over its routing id.
+
+    With `keys`, the socket is a CurveZMQ server: traffic is encrypted and clients must
+    pass the context's authenticator (see `hierfl.runtime.security`).
+    """
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes)  # a hard guard; the exact limit is checked per message
+    socket.setsockopt(zmq.LINGER, 500)
+    if keys is not None:
+        socket.curve_secretkey = keys.secret
+        socket.curve_publickey = keys.public
+        socket.curve_server = True
+    socket.bind(address)
+    return socket
+
+
+def connect_dealer(context: zmq.Context, address: str, identity: str, *, max_bytes: int,
+                   keys: CurveKeys | None = None, server_key: bytes | None = None) -> zmq.Socket:
+    """A DEALER with routing id `identity`, dialing `address` (reconnecting by itself when the server restarts)."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.ROUTING_ID, identity.encode())
+    socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes)
+    socket.setsockopt(zmq.LINGER, 500)
+    socket.setsockopt(zmq.RECONNECT_IVL, 100)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if keys is not None:
+        socket.curve_secretkey = keys.secret
+        socket.curve_publickey = keys.public
+        socket.curve_serverkey = server_key
+    socket.connect(address)
+    return socket
+
+
+def recv_router(socket: zmq.Socket) -> tuple[bytes, list[Any]]:
+    """One message from a ROUTER, without copying large frames: `(routing id, frames)`."""
+    frames = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+    return frames[0].bytes, frames[1:]
+
+
+def send_router(socket: zmq.Socket, peer: str | bytes, frames: list[Any]) -> None:
+    """Sends to `peer` through a ROUTER; a peer that is gone is silently skipped (heartbeats tell)."""
+    try:
+        socket.send_multipart([peer if isinstance(peer, bytes) else peer.encode(), *frames], copy=False, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
+def _printable(peer: object) -> str:
+    if isinstance(peer, bytes):
+        try:
+            return repr(peer.decode())
+        except UnicodeDecodeError:
+            return repr(peer[:40])
+    return repr(peer)

@@ -1,0 +1,240 @@
+"""The runtime's wire protocol: a msgpack header frame, then one raw frame per array.
+
+Edges dial out to the cloud and devices dial out to their edge (a DEALER socket whose
+routing id is the sender's name); the server side is a ROUTER socket, so one server
+serves any number of peers and always knows who sent what. Every message's first frame
+(after the routing id a ROUTER adds) is a msgpack map:
+
+    {"protocol": 1, "kind": "update", "sender": "plant-a/line-1/dev-001",
+     "round": 3, "edge_round": 1, "model_version": 2}
+
+`round` is the cloud round (1-based), `edge_round` the edge round inside it (0-based),
+`model_version` the cloud round whose global model the sender last received. Messages
+that carry arrays (`model`, `update`, `summary`) add
+
+    "spec":  the model's FlatSpec header (leaf names, shapes, dtypes): both ends must agree,
+    "codec": the link's codec name, whose payload frames follow (one per array, raw bytes),
+
+and `update`/`summary` add `weight` (examples aggregated) and `loss` (an update's mean
+training loss; a summary's sum of loss x weight). A summary also reports its edge's
+round statistics (`answered`, `expected`, `rejected`, `late`).
+
+`parse_message` checks everything a message says about itself before any array is
+viewed: header size and type, protocol version, kind, field types, a known sender (the
+routing id, when there is one, must be the sender), the array spec, the codec, every
+frame's exact length, finiteness and index ranges. It raises `MessageRejected` with a
+short `reason` code (counted in the metrics) and a message naming the problem. Whether
+a checked message is expected *now* (round, duplicates) is the receiving node's call.
+Arrays are views of the received frames: nothing is copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import msgpack
+import numpy as np
+import zmq
+
+from hierfl.errors import ProtocolError
+from hierfl.kernels import Codec, FlatSpec
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+"""Headers are a few hundred bytes plus the spec (about 50 bytes a leaf); longer ones are refused unread."""
+
+HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS = (
+    "hello", "heartbeat", "model", "update", "summary", "stop", "rejected", "status",
+)
+KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS)
+ARRAY_KINDS = (MODEL, UPDATE, SUMMARY)
+
+# Reason codes: the keys of the `rejected` counters in logs and metrics.
+MALFORMED = "malformed"          # not a msgpack map of the protocol, wrong field types, wrong frame count
+UNKNOWN_SENDER = "unknown-sender"
+WRONG_SPEC = "wrong-spec"        # array spec or codec differ from this node's model and link
+OVERSIZED = "oversized"          # a frame or the whole message over its size
+NON_FINITE = "non-finite"        # NaN/inf values, weight or loss; indices out of range
+UNEXPECTED = "unexpected"        # a kind this node does not take from that peer
+STALE_ROUND = "stale-round"      # an update or summary for a round that is closed (late or replayed)
+FUTURE_ROUND = "future-round"
+DUPLICATE = "duplicate"
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "protocol": (int,),
+    "kind": (str,),
+    "sender": (str,),
+    "round": (int,),
+    "edge_round": (int,),
+    "model_version": (int,),
+}
+
+
+class MessageRejected(ProtocolError):
+    """An incoming message was refused; `reason` is one of the reason codes above."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Layout(NamedTuple):
+    """The frames a link's codec sends for one flat buffer: `(dtype name, shape)` per frame."""
+
+    frames: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(jnp.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in self.frames)
+
+
+def codec_layout(codec: Codec) -> Layout:
+    """The payload frames `codec.encode` produces for a `[codec.size]` float32 buffer."""
+    payload, _ = jax.eval_shape(
+        codec.encode,
+        jax.ShapeDtypeStruct((codec.size,), jnp.float32),
+        jax.ShapeDtypeStruct((codec.residual_size,), jnp.float32),
+        jax.random.key(0),
+    )
+    return Layout(tuple((jnp.dtype(leaf.dtype).name, tuple(leaf.shape)) for leaf in payload))
+
+
+def model_layout(spec: FlatSpec) -> Layout:
+    """The frames of a model message: the float32 flat buffer `[P]`."""
+    return Layout((("float32", (spec.size,)),))
+
+
+class Message(NamedTuple):
+    """A checked message: its header and its arrays (views of the received frames)."""
+
+    kind: str
+    sender: str
+    round: int
+    edge_round: int
+    header: dict[str, Any]
+    arrays: tuple[np.ndarray, ...] = ()
+
+
+def encode(kind: str, sender: str, *, round: int = 0, edge_round: int = 0, model_version: int = 0,
+           spec: FlatSpec | None = None, codec: str | None = None, arrays: Sequence[Any] = (), **fields: Any) -> list:
+    """The frames of one message; `arrays` (numpy or JAX, C-contiguous) are sent without a copy."""
+    header: dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION, "kind": kind, "sender": sender,
+        "round": int(round), "edge_round": int(edge_round), "model_version": int(model_version), **fields,
+    }
+    if spec is not None:
+        header["spec"] = spec.header()
+        header["codec"] = codec
+    buffers = [np.ascontiguousarray(np.asarray(a)) for a in arrays]
+    return [msgpack.packb(header), *(memoryview(b.reshape(-1).view(np.uint8)) for b in buffers)]
+
+
+def frame_bytes(frame: Any) -> memoryview:
+    """A received frame (zmq.Frame or bytes) as a flat byte view, without copying."""
+    view = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def parse_header(frame: Any) -> dict[str, Any]:
+    """The checked header map of a message's first frame; MessageRejected(MALFORMED) otherwise."""
+    data = frame_bytes(frame)
+    if len(data) > MAX_HEADER_BYTES:
+        raise MessageRejected(OVERSIZED, f"header is {len(data)} bytes, at most {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as err:  # msgpack raises many types (ValueError, ExtraData, FormatError, ...)
+        raise MessageRejected(MALFORMED, f"header is not msgpack ({type(err).__name__})") from None
+    if not isinstance(header, dict):
+        raise MessageRejected(MALFORMED, f"header must be a map, got {type(header).__name__}")
+    for name, types in _FIELD_TYPES.items():
+        value = header.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise MessageRejected(MALFORMED, f"header field {name!r} must be {types[0].__name__}, got {_short(value)}")
+    if header["protocol"] != PROTOCOL_VERSION:
+        raise MessageRejected(MALFORMED, f"protocol version {header['protocol']}, this node speaks {PROTOCOL_VERSION}")
+    if header["kind"] not in KINDS:
+        raise MessageRejected(MALFORMED, f"unknown kind {_short(header['kind'])}")
+    if header["round"] < 0 or header["edge_round"] < 0:
+        raise MessageRejected(MALFORMED, "round and edge_round must be >= 0")
+    return header
+
+
+def parse_message(
+    frames: Sequence[Any],
+    *,
+    senders: Collection[str],
+    spec: FlatSpec,
+    layouts: dict[str, tuple[str, Layout]],
+    max_bytes: int,
+    routing_id: bytes | None = None,
+) -> Message:
+    """Checks one received message (without the ROUTER's routing id frame) completely.
+
+    `senders`: who may send to this node; `routing_id`: the peer's id as the ROUTER saw
+    it (the header's sender must match it). `layouts` maps each array kind this node
+    accepts to `(codec name, Layout)`; messages of other array kinds are UNEXPECTED.
+    Raises MessageRejected naming the first problem found.
+    """
+    if not frames:
+        raise MessageRejected(MALFORMED, "empty message")
+    total = sum(len(frame_bytes(f)) for f in frames)
+    if total > max_bytes:
+        raise MessageRejected(OVERSIZED, f"message is {total} bytes, the limit is {max_bytes}")
+    header = parse_header(frames[0])
+    kind, sender = header["kind"], header["sender"]
+    if routing_id is not None and routing_id != sender.encode():
+        raise MessageRejected(UNKNOWN_SENDER, f"header says sender {_short(sender)} but the connection is {_short(routing_id)}")
+    if sender not in senders:
+        raise MessageRejected(UNKNOWN_SENDER, f"unknown sender {_short(sender)}")
+    if kind not in ARRAY_KINDS:
+        if len(frames) != 1:
+            raise MessageRejected(MALFORMED, f"a {kind} message has 1 frame, got {len(frames)}")
+        return Message(kind, sender, header["round"], header["edge_round"], header)
+    if kind not in layouts:
+        raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
+    codec, layout = layouts[kind]
+    problem = spec.check_header(header.get("spec"))
+    if problem is not None:
+        raise MessageRejected(WRONG_SPEC, problem)
+    if header.get("codec") != codec:
+        raise MessageRejected(WRONG_SPEC, f"codec {_short(header.get('codec'))}, this link uses {codec!r}")
+    if kind in (UPDATE, SUMMARY):
+        for name in ("weight", "loss"):
+            value = header.get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise MessageRejected(MALFORMED, f"header field {name!r} must be a number, got {_short(value)}")
+            if not math.isfinite(value):
+                raise MessageRejected(NON_FINITE, f"{name} is {value}")
+        if header["weight"] < 0:
+            raise MessageRejected(MALFORMED, f"weight must be >= 0, got {header['weight']}")
+    payload = frames[1:]
+    if len(payload) != len(layout.frames):
+        raise MessageRejected(MALFORMED, f"{kind} with codec {codec!r} has {len(layout.frames)} array frames, got {len(payload)}")
+    arrays = []
+    for i, (frame, (dtype, shape)) in enumerate(zip(payload, layout.frames)):
+        data = frame_bytes(frame)
+        expected = jnp.dtype(dtype).itemsize * math.prod(shape)
+        if len(data) != expected:
+            reason = OVERSIZED if len(data) > expected else MALFORMED
+            raise MessageRejected(reason, f"array frame {i} is {len(data)} bytes, expected {expected} ({dtype} {list(shape)})")
+        arrays.append(np.frombuffer(data, dtype=jnp.dtype(dtype)).reshape(shape))
+    _check_values(arrays, spec.size)
+    return Message(kind, sender, header["round"], header["edge_round"], header, tuple(arrays))
+
+
+def _check_values(arrays: list[np.ndarray], size: int) -> None:
+    for i, array in enumerate(arrays):
+        if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
+            if not np.isfinite(array.astype(np.float32, copy=False)).all():
+                raise MessageRejected(NON_FINITE, f"array frame {i} has non-finite values")
+        elif array.dtype.kind == "i" and array.dtype.itemsize == 4 and array.size and (array.min() < 0 or array.max() >= size):
+            raise MessageRejected(NON_FINITE, f"array frame {i}: indices outside [0, {size})")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

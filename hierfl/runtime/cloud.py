@@ -34,7 +34,7 @@ from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.plan import make_plan
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
-from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, recv_router, send_router
+from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, recv_router, send_router, start_waiting_over
 from hierfl.runtime.rounds import make_cloud_step, make_decode
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
@@ -68,6 +68,7 @@ class CloudNode:
         self.counters = Counters()
         self.late = 0
         self.round = 1
+        self.resumed = resume
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CloudCheckpoints(self.run_dir / "checkpoints" / "cloud")
         if resume:
@@ -123,7 +124,10 @@ class CloudNode:
     def _advance(self) -> None:
         now = time.monotonic()
         if self.phase == STARTING:
-            if self.members.alive() >= set(self.edges) or now - self.started >= self.runtime.start_timeout:
+            alive = len(self.members.alive() & set(self.edges))
+            required = math.ceil(self.runtime.min_edge_participation * len(self.edges))
+            if start_waiting_over(alive, len(self.edges), required, now - self.started, start_timeout=self.runtime.start_timeout,
+                                  grace=self.runtime.heartbeat_timeout, resumed=self.resumed):
                 self._open_round()
         elif self.phase == COLLECTING:
             waiting = (self.expected & self.members.alive()) - set(self.summaries)

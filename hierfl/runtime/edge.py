@@ -31,7 +31,7 @@ import numpy as np
 import zmq
 
 from hierfl.runtime import protocol
-from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, recv_router, send_router
+from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, recv_router, send_router, start_waiting_over
 from hierfl.runtime.rounds import make_decode, make_edge_step, make_edge_upload
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
@@ -68,6 +68,8 @@ class EdgeNode:
         self.late = 0
         self.state_path = Path(state_dir) / f"edge-{plant_name}.npz" if state_dir is not None else None
         self.finished_round = 0
+        self.opened_once = False
+        self.resumed = resume
         if resume:
             self._restore()
         self.phase = IDLE
@@ -128,8 +130,10 @@ class EdgeNode:
         """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
         now = time.monotonic()
         if self.phase == STARTING:
-            everyone = self.members.alive() >= set(self.devices)
-            if everyone or now - self.started >= self.runtime.start_timeout:
+            alive = len(self.members.alive() & set(self.devices))
+            required = math.ceil(self.runtime.min_device_participation * len(self.devices))
+            if start_waiting_over(alive, len(self.devices), required, now - self.started, start_timeout=self.runtime.start_timeout,
+                                  grace=self.runtime.heartbeat_timeout, resumed=self.resumed):
                 self._open_edge_round()
         elif self.phase == COLLECTING:
             waiting = (self.expected & self.members.alive()) - self.answered
@@ -223,15 +227,14 @@ class EdgeNode:
         self.edge_flat = self.global_flat
         self.total_weight, self.loss_sum, self.answered_per_round = 0.0, 0.0, []
         self.answered = set()
-        first = self.finished_round == 0 and not getattr(self, "_opened_once", False)
-        self.phase = STARTING if first else COLLECTING
-        if not first:
+        self.phase = STARTING if not self.opened_once else COLLECTING
+        if self.opened_once:
             self._open_edge_round()
 
     # -- edge rounds ------------------------------------------------------------------------------
 
     def _open_edge_round(self) -> None:
-        self._opened_once = True
+        self.opened_once = True
         self.phase = COLLECTING
         self.expected = self.members.alive() & set(self.devices)
         self.answered = set()

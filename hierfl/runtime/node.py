@@ -175,3 +175,16 @@ def _printable(peer: object) -> str:
         except UnicodeDecodeError:
             return repr(peer[:40])
     return repr(peer)
+
+
+def start_waiting_over(alive: int, total: int, required: int, elapsed: float, *, start_timeout: float,
+                       grace: float, resumed: bool) -> bool:
+    """Whether a server stops waiting for peers before its first round.
+
+    It waits for all `total` peers up to `start_timeout` s; a resumed server (whose peers
+    are mostly running already) starts once `required` of them are back after `grace` s,
+    rather than holding every round for a peer that may be gone.
+    """
+    if alive >= total or elapsed >= start_timeout:
+        return True
+    return resumed and elapsed >= grace and alive >= required

@@ -1,0 +1,220 @@
+"""A live `hierfl edge` process against a fake cloud and fake devices (real sockets, ipc://).
+
+Every bad input the protocol names is sent to the running edge, which must refuse it
+with the right reason, count it, and keep serving; then the round completes with the
+valid updates and the summary the edge sends up is checked against a numpy
+computation. Hypothesis then throws garbage frames at the same live edge.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hierfl.kernels import flat_spec, ravel
+from hierfl.loading import load_topology
+from hierfl.runtime import protocol
+from hierfl.runtime.node import node_model
+
+HIERFL = Path(sys.executable).parent / "hierfl"
+TIMEOUT_MS = 60_000
+DEV1, DEV2 = "plant-a/line-1/dev-001", "plant-a/line-1/dev-002"
+
+TOPOLOGY = """
+[federation]
+name = "edge-under-test"
+task = "digits"
+model = "mlp"
+cloud_rounds = 5
+edge_rounds = 1
+learning_rate = 0.1
+
+[cloud]
+address = "ipc://{dir}/cloud.ipc"
+
+[runtime]
+device_deadline = 600.0
+heartbeat_interval = 0.5
+heartbeat_timeout = 600.0
+start_timeout = 600.0
+max_message_bytes = 1000000
+
+[[plants]]
+name = "plant-a"
+address = "ipc://{dir}/edge.ipc"
+
+[[plants.lines]]
+name = "line-1"
+devices = 2
+"""
+
+
+class Peer:
+    """A fake device (DEALER named `identity`) talking to the edge."""
+
+    def __init__(self, context: zmq.Context, address: str, identity: str):
+        self.identity = identity
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.ROUTING_ID, identity.encode())
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(address)
+
+    def send(self, frames) -> None:
+        self.socket.send_multipart([bytes(f) for f in frames])
+
+    def send_kind(self, kind: str, **fields) -> None:
+        self.send(protocol.encode(kind, self.identity, **fields))
+
+    def recv(self, kind: str | None = None, timeout_ms: int = TIMEOUT_MS) -> tuple[dict, list[bytes]]:
+        """The next message (of `kind`, skipping others); fails the test if none comes in time."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            left = int((deadline - time.monotonic()) * 1000)
+            assert left > 0 and self.socket.poll(left), f"{self.identity}: no {kind or 'message'} from the edge"
+            frames = self.socket.recv_multipart()
+            header = msgpack.unpackb(frames[0])
+            if kind is None or header["kind"] == kind:
+                return header, frames[1:]
+
+    def status(self) -> dict:
+        self.send_kind(protocol.STATUS)
+        return self.recv(protocol.STATUS)[0]
+
+
+@pytest.fixture(scope="module")
+def edge():
+    folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
+    topology_file = folder / "edge.toml"
+    topology_file.write_text(TOPOLOGY.format(dir=folder))
+    topology = load_topology(topology_file)
+    context = zmq.Context()
+    cloud = context.socket(zmq.ROUTER)
+    cloud.setsockopt(zmq.LINGER, 0)
+    cloud.bind(f"ipc://{folder}/cloud.ipc")
+    log = folder / "edge.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(HIERFL), "edge", str(topology_file), "--plant", "plant-a"], stdout=out, stderr=subprocess.STDOUT)
+    devices = {name: Peer(context, f"ipc://{folder}/edge.ipc", name) for name in (DEV1, DEV2)}
+    try:
+        assert cloud.poll(TIMEOUT_MS), f"the edge never said hello to the cloud:\n{log.read_text()}"
+        yield {"process": process, "cloud": cloud, "devices": devices, "topology": topology, "context": context, "log": log,
+               "net": node_model(topology), "address": f"ipc://{folder}/edge.ipc"}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        for device in devices.values():
+            device.socket.close()
+        cloud.close()
+        context.term()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cloud_recv(cloud: zmq.Socket, kind: str) -> tuple[dict, list[bytes]]:
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        assert cloud.poll(int((deadline - time.monotonic()) * 1000)), f"no {kind} reached the cloud"
+        _, header, *frames = cloud.recv_multipart()
+        header = msgpack.unpackb(header)
+        if header["kind"] == kind:
+            return header, frames
+
+
+def test_bad_inputs_are_refused_with_their_reason_and_the_round_still_completes(edge):
+    net, spec, cloud = edge["net"], edge["net"].spec, edge["cloud"]
+    dev1, dev2 = edge["devices"][DEV1], edge["devices"][DEV2]
+    for device in (dev1, dev2):
+        device.send_kind(protocol.HELLO)
+    global_flat = np.asarray(ravel(spec, net.initial_params))
+    cloud.send_multipart([b"plant-a", *protocol.encode(protocol.MODEL, "cloud", round=1, spec=spec, codec="none", arrays=[global_flat])])
+    for device in (dev1, dev2):
+        header, frames = device.recv(protocol.MODEL)
+        assert (header["round"], header["edge_round"]) == (1, 0)
+        np.testing.assert_array_equal(np.frombuffer(frames[0], np.float32), global_flat)
+
+    rng = np.random.default_rng(0)
+    delta1 = rng.normal(size=spec.size).astype(np.float32) * 0.01
+    delta2 = rng.normal(size=spec.size).astype(np.float32) * 0.01
+
+    def upd(sender=DEV1, delta=delta1, round=1, spec=spec, weight=30.0):
+        return protocol.encode(protocol.UPDATE, sender, round=round, spec=spec, codec="none", arrays=[delta], weight=weight, loss=0.7)
+
+    nan = delta1.copy()
+    nan[7] = np.nan
+    header, frame = upd()
+    wrong_spec = flat_spec({"w": np.zeros(spec.size, np.float32)})
+    stranger = Peer(edge["context"], edge["address"], "plant-a/line-1/dev-999")
+    cases = [
+        (dev1, [b"\x92\xa3not a header"], protocol.MALFORMED),
+        (dev1, upd(spec=wrong_spec), protocol.WRONG_SPEC),
+        (dev1, upd(delta=nan), protocol.NON_FINITE),
+        (dev1, [header, bytes(frame) + bytes(4096)], protocol.OVERSIZED),
+        (dev1, [header, bytes(2_000_000)], protocol.OVERSIZED),
+        (stranger, upd(sender="plant-a/line-1/dev-999"), protocol.UNKNOWN_SENDER),
+        (dev1, upd(sender=DEV2), protocol.UNKNOWN_SENDER),
+        (dev1, upd(round=0), protocol.STALE_ROUND),
+        (dev1, upd(round=2), protocol.FUTURE_ROUND),
+    ]
+    for peer, frames, reason in cases:
+        peer.send(frames)
+        reply, _ = peer.recv(protocol.REJECTED)
+        assert reply["reason"] == reason, (reason, reply)
+        assert edge["process"].poll() is None
+    status = dev1.status()
+    assert status["phase"] == "collecting"
+    expected = {protocol.MALFORMED: 1, protocol.WRONG_SPEC: 1, protocol.NON_FINITE: 1, protocol.OVERSIZED: 2,
+                protocol.UNKNOWN_SENDER: 2, protocol.STALE_ROUND: 1, protocol.FUTURE_ROUND: 1}
+    assert status["rejected"] == expected
+    log = edge["log"].read_text()
+    assert "rejected message from 'plant-a/line-1/dev-999': unknown-sender" in log
+    assert "non-finite" in log
+
+    dev1.send(upd())
+    dev1.send(upd())  # the same update twice
+    assert dev1.recv(protocol.REJECTED)[0]["reason"] == protocol.DUPLICATE
+    dev2.send(upd(sender=DEV2, delta=delta2, weight=10.0))
+    summary, frames = cloud_recv(cloud, protocol.SUMMARY)
+    assert summary["round"] == 1 and summary["weight"] == 40.0 and summary["answered"] == [2]
+    assert math.isclose(summary["loss"], 0.7 * 40.0, rel_tol=1e-6)
+    mean = (30.0 * delta1.astype(np.float64) + 10.0 * delta2) / 40.0
+    np.testing.assert_allclose(np.frombuffer(frames[0], np.float32), mean, atol=1e-6)
+
+    dev2.send(upd(sender=DEV2, delta=delta2, weight=10.0))  # replayed after the round closed
+    assert dev2.recv(protocol.REJECTED)[0]["reason"] == protocol.STALE_ROUND
+    assert dev2.status()["late"] == 2
+    stranger.socket.close()
+
+
+frame_bytes = st.binary(min_size=0, max_size=300)
+header_values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=20),
+                          st.binary(max_size=20), st.lists(st.integers(-2**31, 2**31), max_size=3))
+header_maps = st.dictionaries(
+    st.sampled_from(["protocol", "kind", "sender", "round", "edge_round", "model_version", "spec", "codec", "weight", "loss", "x"]),
+    header_values, max_size=11,
+).map(msgpack.packb)
+garbage = st.lists(st.one_of(frame_bytes, header_maps), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=garbage)
+def test_garbage_frames_never_kill_the_edge(edge, frames):
+    dev1 = edge["devices"][DEV1]
+    before = sum(dev1.status()["rejected"].values())
+    dev1.send(frames)
+    after = sum(dev1.status()["rejected"].values())
+    assert after == before + 1
+    assert edge["process"].poll() is None

@@ -1,0 +1,130 @@
+"""The runtime's wire format and its checks, without sockets: each rejection names its reason."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from hierfl.kernels import flat_spec, make_codec
+from hierfl.runtime import protocol
+from hierfl.runtime.edge import update_problem
+from hierfl.runtime.node import Membership
+
+PARAMS = {"dense": {"kernel": np.zeros((3, 2), np.float32), "bias": np.zeros(2, np.float32)}}
+SPEC = flat_spec(PARAMS)
+SENDERS = {"plant-a/line-1/dev-001"}
+NONE = protocol.codec_layout(make_codec("none", SPEC.size))
+LAYOUTS = {protocol.UPDATE: ("none", NONE)}
+
+
+def update(delta=None, *, sender="plant-a/line-1/dev-001", spec=SPEC, codec="none", weight=5.0, loss=0.5, **fields):
+    delta = np.arange(SPEC.size, dtype=np.float32) if delta is None else delta
+    return protocol.encode(protocol.UPDATE, sender, round=1, spec=spec, codec=codec, arrays=[delta], weight=weight, loss=loss, **fields)
+
+
+def parse(frames, routing_id=b"plant-a/line-1/dev-001", max_bytes=1 << 20):
+    frames = [bytes(f) for f in frames]
+    return protocol.parse_message(frames, senders=SENDERS, spec=SPEC, layouts=LAYOUTS, max_bytes=max_bytes, routing_id=routing_id)
+
+
+def rejected(frames, **kwargs) -> str:
+    with pytest.raises(protocol.MessageRejected) as info:
+        parse(frames, **kwargs)
+    return info.value.reason
+
+
+def test_a_valid_update_round_trips_as_a_view_of_its_frame():
+    message = parse(update())
+    assert (message.kind, message.sender, message.round) == ("update", "plant-a/line-1/dev-001", 1)
+    np.testing.assert_array_equal(message.arrays[0], np.arange(SPEC.size, dtype=np.float32))
+    assert message.header["weight"] == 5.0
+
+
+def test_codec_layouts_match_what_the_codecs_send():
+    assert NONE.frames == (("float32", (SPEC.size,)),)
+    int8 = protocol.codec_layout(make_codec("int8", 1000, block_size=256))
+    assert int8.frames == (("int8", (1000,)), ("float32", (4,)))
+    assert int8.nbytes == make_codec("int8", 1000, block_size=256).payload_bytes
+    topk = protocol.codec_layout(make_codec("topk", 1000, fraction=0.01))
+    assert topk.frames == (("float32", (10,)), ("int32", (10,)))
+
+
+@pytest.mark.parametrize(
+    "frames, reason",
+    [
+        ([b"\xc1not msgpack"], protocol.MALFORMED),
+        ([msgpack.packb([1, 2, 3])], protocol.MALFORMED),
+        ([msgpack.packb({"protocol": 1, "kind": "update"})], protocol.MALFORMED),
+        ([msgpack.packb({"protocol": 2, "kind": "hello", "sender": "plant-a/line-1/dev-001", "round": 0, "edge_round": 0, "model_version": 0})], protocol.MALFORMED),
+        ([msgpack.packb({"protocol": 1, "kind": "dance", "sender": "plant-a/line-1/dev-001", "round": 0, "edge_round": 0, "model_version": 0})], protocol.MALFORMED),
+        ([msgpack.packb({"protocol": 1, "kind": "hello", "sender": "plant-a/line-1/dev-001", "round": True, "edge_round": 0, "model_version": 0})], protocol.MALFORMED),
+        ([], protocol.MALFORMED),
+    ],
+)
+def test_malformed_headers_are_rejected(frames, reason):
+    assert rejected(frames) == reason
+
+
+def test_wrong_spec_and_wrong_codec_are_rejected():
+    other = flat_spec({"dense": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(2, np.float32)}})
+    assert rejected(update(spec=other)) == protocol.WRONG_SPEC
+    assert rejected(update(codec="int8")) == protocol.WRONG_SPEC
+
+
+def test_non_finite_values_weight_and_loss_are_rejected():
+    delta = np.zeros(SPEC.size, np.float32)
+    delta[3] = np.nan
+    assert rejected(update(delta)) == protocol.NON_FINITE
+    assert rejected(update(weight=float("inf"))) == protocol.NON_FINITE
+    assert rejected(update(loss=float("nan"))) == protocol.NON_FINITE
+    assert rejected(update(weight=-1.0)) == protocol.MALFORMED
+
+
+def test_frames_of_the_wrong_length_and_oversized_messages_are_rejected():
+    header, frame = update()
+    assert rejected([header, bytes(frame) + b"\0" * 4]) == protocol.OVERSIZED
+    assert rejected([header, bytes(frame)[:-4]]) == protocol.MALFORMED
+    assert rejected([header]) == protocol.MALFORMED
+    assert rejected(update(), max_bytes=64) == protocol.OVERSIZED
+
+
+def test_senders_must_be_known_and_match_their_connection():
+    assert rejected(update(sender="plant-a/line-1/dev-999"), routing_id=b"plant-a/line-1/dev-999") == protocol.UNKNOWN_SENDER
+    assert rejected(update(), routing_id=b"plant-a/line-1/dev-002") == protocol.UNKNOWN_SENDER
+
+
+def test_topk_indices_must_be_in_range():
+    codec = make_codec("topk", SPEC.size, fraction=0.5)
+    layouts = {protocol.UPDATE: ("topk", protocol.codec_layout(codec))}
+    values, indices = np.ones(4, np.float32), np.array([0, 1, 2, SPEC.size], np.int32)
+    frames = protocol.encode(protocol.UPDATE, "plant-a/line-1/dev-001", round=1, spec=SPEC, codec="topk", arrays=[values, indices], weight=1.0, loss=0.0)
+    with pytest.raises(protocol.MessageRejected) as info:
+        protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=layouts, max_bytes=1 << 20)
+    assert info.value.reason == protocol.NON_FINITE
+
+
+def test_kinds_this_node_does_not_take_are_unexpected():
+    frames = protocol.encode(protocol.SUMMARY, "plant-a/line-1/dev-001", spec=SPEC, codec="none", arrays=[np.zeros(SPEC.size, np.float32)], weight=1.0, loss=0.0)
+    assert rejected(frames) == protocol.UNEXPECTED
+
+
+def test_update_rounds_closed_future_and_current():
+    assert update_problem((1, 0), (1, 1), True)[0] == protocol.STALE_ROUND
+    assert update_problem((1, 1), (1, 1), False)[0] == protocol.STALE_ROUND
+    assert update_problem((0, 5), (1, 0), True)[0] == protocol.STALE_ROUND
+    assert update_problem((2, 0), (1, 1), True)[0] == protocol.FUTURE_ROUND
+    assert update_problem((1, 1), (1, 1), True) is None
+
+
+def test_membership_forgets_silent_peers_and_readmits_them():
+    now = [0.0]
+    members = Membership(timeout=2.0, clock=lambda: now[0])
+    assert members.seen("a") and members.seen("b")
+    assert not members.seen("a")
+    now[0] = 1.5
+    members.seen("a")
+    now[0] = 3.0
+    assert members.alive() == {"a"}
+    assert members.seen("b")  # back after silence: a re-admission
+    assert members.alive() == {"a", "b"}

@@ -183,3 +183,26 @@ def test_devices_edges_and_the_cloud_die_and_come_back(folder):
     assert history[-1]["accuracy"] > 0.5
     assert all(p.poll() is not None for p in launch.processes.values())
     assert (out / "model.npz").exists()
+
+
+def test_ctrl_c_stops_every_node(folder):
+    topology = write_topology(folder, name="interrupted", rounds=100000, devices_a=1)
+    out = folder / "run"
+    launcher = subprocess.Popen([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not read_new_records(out / "metrics.jsonl", 0):
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130
+    assert "stopping every node" in stderr
+    logs = sorted((out / "logs").glob("*.log"))
+    assert len(logs) == 1 + 2 + 3
+    for log in logs:
+        assert log.read_text().rstrip().endswith("stopped"), log.name

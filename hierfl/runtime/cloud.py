@@ -35,7 +35,7 @@ from hierfl.plan import make_plan
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, recv_router, send_router, start_waiting_over
-from hierfl.runtime.rounds import make_cloud_step, make_decode
+from hierfl.runtime.rounds import aligned_zeros, make_cloud_step, make_decode
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
 
@@ -50,6 +50,7 @@ class CloudNode:
                  resume: bool = False, keys: CurveKeys | None = None):
         self.topology = topology
         self.runtime = runtime = topology.runtime
+        secure = check_keys(runtime, keys)
         self.rounds = rounds or topology.federation.cloud_rounds
         self.run_dir = Path(run_dir)
         self.log = node_logger("cloud")
@@ -60,7 +61,7 @@ class CloudNode:
         self.cloud_step = make_cloud_step(net.algorithm, net.spec)
         self.decode = make_decode(net.codecs.edge_to_cloud)
         self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
-        self.deltas = np.zeros((len(self.edges), net.spec.size), np.float32)
+        self.deltas = aligned_zeros((len(self.edges), net.spec.size))
         self.weights = np.zeros(len(self.edges), np.float32)
         self.params = net.initial_params
         self.server_state = net.algorithm.server_init(self.params)
@@ -81,7 +82,7 @@ class CloudNode:
         self.started = time.monotonic()
         self.elapsed_before = 0.0
         self.context = zmq.Context()
-        self.auth = check_keys(runtime, keys) and start_authenticator(self.context, runtime.edge_keys.values())
+        self.auth = start_authenticator(self.context, runtime.edge_keys.values()) if secure else None
         self.socket = bind_router(self.context, bind or topology.cloud.address, max_bytes=runtime.max_message_bytes, keys=keys)
         self.running = True
 

@@ -35,6 +35,7 @@ class DeviceNode:
         self.device = topology.device(device_id)
         self.plant = topology.plant(self.device.plant)
         self.runtime = topology.runtime
+        check_keys(self.runtime, keys)
         self.log = node_logger(device_id)
         self.net = node_model(topology)
         shards = make_plan(topology).shards
@@ -45,7 +46,6 @@ class DeviceNode:
         self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
         self.context = zmq.Context()
-        check_keys(self.runtime, keys)
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
         self.socket = connect_dealer(self.context, self.plant.address, device_id, max_bytes=self.runtime.max_message_bytes,
                                      keys=keys, server_key=server_key)

@@ -32,7 +32,7 @@ import zmq
 
 from hierfl.runtime import protocol
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, recv_router, send_router, start_waiting_over
-from hierfl.runtime.rounds import make_decode, make_edge_step, make_edge_upload
+from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_upload
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
 
@@ -49,6 +49,7 @@ class EdgeNode:
         self.plant = topology.plant(plant_name)
         self.index = topology.plant_names.index(plant_name)
         self.runtime = runtime = topology.runtime
+        secure = check_keys(runtime, keys)
         self.log = node_logger(f"edge {plant_name}")
         self.net = net = node_model(topology)
         self.devices = {device.id: row for row, device in enumerate(self.plant.devices)}
@@ -59,7 +60,7 @@ class EdgeNode:
         self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
         self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}
         self.cloud_layouts = {protocol.MODEL: ("none", net.model_layout)}
-        self.deltas = np.zeros((len(self.devices), net.spec.size), np.float32)
+        self.deltas = aligned_zeros((len(self.devices), net.spec.size))
         self.weights = np.zeros(len(self.devices), np.float32)
         self.losses = np.zeros(len(self.devices), np.float32)
         self.residual = np.zeros(net.codecs.edge_to_cloud.residual_size, np.float32)
@@ -77,7 +78,7 @@ class EdgeNode:
         self.edge_round = 0
         self.started = time.monotonic()
         self.context = zmq.Context()
-        self.auth = check_keys(runtime, keys) and start_authenticator(self.context, runtime.device_keys)
+        self.auth = start_authenticator(self.context, runtime.device_keys) if secure else None
         self.devices_socket = bind_router(self.context, bind or self.plant.address, max_bytes=runtime.max_message_bytes, keys=keys)
         self.cloud = connect_dealer(self.context, topology.cloud.address, plant_name, max_bytes=runtime.max_message_bytes,
                                     keys=keys, server_key=runtime.cloud_key.encode() if runtime.cloud_key else None)

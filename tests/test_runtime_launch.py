@@ -20,8 +20,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import zmq
 
 from hierfl.checkpoint import load_params
+from hierfl.inference.artifact import decode_artifact
+from hierfl.inference.publisher import decode_publication, subscribe
 from hierfl.loading import load_topology
 from hierfl.runtime.launch import Launch, node_name, read_new_records
 from hierfl.simulator import simulate
@@ -185,21 +188,28 @@ def test_devices_edges_and_the_cloud_die_and_come_back(folder):
     assert (out / "model.npz").exists()
 
 
-def test_ctrl_c_stops_every_node(folder):
+def test_the_cloud_publishes_each_model_and_ctrl_c_stops_every_node(folder):
     topology = write_topology(folder, name="interrupted", rounds=100000, devices_a=1)
     out = folder / "run"
-    launcher = subprocess.Popen([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
+    address = f"ipc://{folder}/models.ipc"
+    context = zmq.Context()
+    subscriber = subscribe(context, address)
+    launcher = subprocess.Popen([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet", "--publish", address],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while not read_new_records(out / "metrics.jsonl", 0):
-            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
-            time.sleep(0.2)
+        assert subscriber.poll(180_000), "no model published"
+        publication = decode_publication(subscriber.recv_multipart(copy=False))
+        artifact = decode_artifact(publication.data)
+        assert publication.header["version"] >= 1 and artifact.meta.task == "digits"
+        record = next(r for r in read_new_records(out / "metrics.jsonl", 0) if r["round"] == artifact.meta.version)
+        assert artifact.meta.metrics["accuracy"] == record["accuracy"]
         launcher.send_signal(signal.SIGINT)
         _, stderr = launcher.communicate(timeout=60)
     finally:
         if launcher.poll() is None:
             launcher.kill()
+        subscriber.close()
+        context.term()
     assert launcher.returncode == 130
     assert "stopping every node" in stderr
     logs = sorted((out / "logs").glob("*.log"))

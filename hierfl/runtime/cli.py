@@ -23,6 +23,7 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     launch.add_argument("--out", type=Path, help="run directory: metrics, model, checkpoints, logs/ (default: runs/<name>-<time>)")
     launch.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
     launch.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    launch.add_argument("--publish", metavar="ADDR", help="publish every new global model to inference servers at ADDR (PUB socket)")
     launch.add_argument("--quiet", action="store_true", help="no progress bar")
     launch.set_defaults(handler=run_launch)
 
@@ -33,6 +34,7 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     cloud.add_argument("--bind", help="address to bind instead of cloud.address (e.g. tcp://*:5550 on a server)")
     cloud.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     cloud.add_argument("--key", type=Path, help="this node's secret key file (`hierfl keys generate`), for CurveZMQ")
+    cloud.add_argument("--publish", metavar="ADDR", help="publish every new global model to inference servers at ADDR (PUB socket)")
     cloud.set_defaults(handler=run_cloud)
 
     edge = commands.add_parser("edge", help="run one plant's edge node (binds the plant's address, dials the cloud)")
@@ -82,7 +84,7 @@ def run_launch(args: argparse.Namespace) -> int:
         f"[bold]{topology.federation.name}[/]: launching 1 cloud, {len(topology.plants)} edges, "
         f"{topology.num_devices} devices -> {out} (logs in {out / 'logs'})"
     )
-    launch = Launch(topology, source, out, rounds=args.rounds, resume=args.resume)
+    launch = Launch(topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish)
     launch.start()
     try:
         with LaunchProgress(launch.rounds, topology.federation.name, enabled=not args.quiet) as progress:
@@ -114,7 +116,8 @@ def run_cloud(args: argparse.Namespace) -> int:
     from hierfl.runtime.cloud import CloudNode
 
     topology = _load(args.topology)
-    node = CloudNode(topology, args.out, rounds=args.rounds, bind=args.bind, resume=args.resume, keys=_keys(args.key))
+    node = CloudNode(topology, args.out, rounds=args.rounds, bind=args.bind, resume=args.resume, keys=_keys(args.key),
+                     publish=args.publish)
     _stop_on_signals(node)
     node.run()
     return 0

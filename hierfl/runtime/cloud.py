@@ -6,7 +6,10 @@ applies the server optimizer (`rounds.make_cloud_step`). Fewer answers than
 `min_edge_participation` of the plants leave the model unchanged for that round. Then it
 evaluates the model on the held-out test set, checkpoints (orbax), appends the round's
 record to `metrics.jsonl` and, at the end, writes `model.npz` and tells every edge to
-stop. Summaries for a closed round (late, or replayed) are refused and counted.
+stop. Summaries for a closed round (late, or replayed) are refused and counted. With
+`publish`, every new global model also goes out as a versioned inference artifact
+(version = cloud round) through a `ModelPublisher`, so edge inference servers
+(`hierfl serve --subscribe`) hot-swap to it.
 
 `--resume` restarts from the last checkpoint: the record of a round is written after its
 checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
@@ -47,7 +50,7 @@ class CloudNode:
     """The cloud of `topology`, writing to `run_dir`. `run()` trains `rounds` cloud rounds (default: the file's)."""
 
     def __init__(self, topology: Topology, run_dir: Path, *, rounds: int | None = None, bind: str | None = None,
-                 resume: bool = False, keys: CurveKeys | None = None):
+                 resume: bool = False, keys: CurveKeys | None = None, publish: str | None = None):
         self.topology = topology
         self.runtime = runtime = topology.runtime
         secure = check_keys(runtime, keys)
@@ -84,6 +87,7 @@ class CloudNode:
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.edge_keys.values()) if secure else None
         self.socket = bind_router(self.context, bind or topology.cloud.address, max_bytes=runtime.max_message_bytes, keys=keys)
+        self.publisher = RoundPublisher(publish, net, topology) if publish else None
         self.running = True
 
     def warm_up(self) -> None:
@@ -107,6 +111,8 @@ class CloudNode:
         finally:
             self.writer.close()
             self.checkpoints.close()
+            if self.publisher is not None:
+                self.publisher.close()
             self.socket.close(linger=1000)
             if self.auth:
                 self.auth.stop()
@@ -196,6 +202,8 @@ class CloudNode:
         record = self._record()
         self.checkpoints.save(self.round, self.params, self.server_state, record)
         self.writer.write(record)
+        if self.publisher is not None:
+            self.publisher.publish(self.round, self.params, record)
         self.log.info("cloud round %d: %d/%d edges, accuracy %.4f", self.round, answered, total, record["accuracy"])
         self.round += 1
         self.phase = COLLECTING
@@ -244,6 +252,30 @@ class CloudNode:
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
         reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
         self.log.info("resumed from the checkpoint of cloud round %d", state.round)
+
+
+class RoundPublisher:
+    """Publishes each round's global model as an inference artifact (see `hierfl.inference.publisher`).
+
+    The model's inference function is exported once (`jax.export`; the params are its
+    arguments), so each round only packs new params with a new version number.
+    """
+
+    def __init__(self, address: str, net, topology: Topology):
+        from hierfl.inference.export import export_model
+        from hierfl.inference.publisher import ModelPublisher
+
+        self.template = export_model(net.model, net.initial_params, net.task, version=0, run={"name": topology.federation.name})
+        self.publisher = ModelPublisher(address)
+
+    def publish(self, round: int, params: Any, record: dict[str, Any]) -> None:
+        from hierfl.checkpoint import flatten_params
+
+        meta = dataclasses.replace(self.template.meta, version=round, metrics={"accuracy": record["accuracy"], "round": round})
+        self.publisher.publish(dataclasses.replace(self.template, meta=meta, params=flatten_params(params)))
+
+    def close(self) -> None:
+        self.publisher.close()
 
 
 def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any]) -> None:

@@ -44,12 +44,14 @@ def node_name(device_id: str) -> str:
 class Launch:
     """The processes of one launched federation. `start()`, then `wait()`; `stop()` on error or Ctrl-C."""
 
-    def __init__(self, topology: Topology, source: str, run_dir: Path, *, rounds: int | None = None, resume: bool = False):
+    def __init__(self, topology: Topology, source: str, run_dir: Path, *, rounds: int | None = None, resume: bool = False,
+                 publish: str | None = None):
         self.topology = topology
         self.source = source
         self.run_dir = Path(run_dir)
         self.rounds = rounds or topology.federation.cloud_rounds
         self.resume = resume
+        self.publish = publish
         self.logs = self.run_dir / "logs"
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -59,8 +61,9 @@ class Launch:
     def node_commands(self) -> dict[str, list[str]]:
         """Every node's command line, cloud first, then edges, then devices."""
         resume = ["--resume"] if self.resume else []
+        publish = ["--publish", self.publish] if self.publish else []
         state = str(self.run_dir / "checkpoints")
-        commands = {"cloud": self.command("cloud", self.source, "--out", str(self.run_dir), "--rounds", str(self.rounds), *resume)}
+        commands = {"cloud": self.command("cloud", self.source, "--out", str(self.run_dir), "--rounds", str(self.rounds), *resume, *publish)}
         for plant in self.topology.plants:
             commands[f"edge-{plant.name}"] = self.command("edge", self.source, "--plant", plant.name, "--state", state, *resume)
         for device in self.topology.devices:

@@ -50,7 +50,7 @@ address = "ipc://{dir}/cloud.ipc"
 device_deadline = {device_deadline}
 edge_deadline = 60.0
 heartbeat_interval = 0.3
-heartbeat_timeout = 2.0
+heartbeat_timeout = {heartbeat_timeout}
 start_timeout = 120.0
 {extra}
 
@@ -89,16 +89,20 @@ def folder():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_deadline=60.0, extra="", codecs="") -> Path:
+def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_deadline=60.0, heartbeat_timeout=2.0, extra="",
+                   codecs="") -> Path:
+    """A 2-plant digits topology on ipc:// sockets in `folder`; plant-b has 2 devices."""
     path = folder / f"{name}.toml"
-    text = TOPOLOGY.format(name=name, rounds=rounds, dir=folder, devices_a=devices_a, device_deadline=device_deadline, extra=extra)
+    text = TOPOLOGY.format(name=name, rounds=rounds, dir=folder, devices_a=devices_a, device_deadline=device_deadline,
+                           heartbeat_timeout=heartbeat_timeout, extra=extra)
     path.write_text(text + codecs)
     return path
 
 
 @pytest.mark.parametrize("codecs", ["", CODECS], ids=["float32", "int8-topk"])
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
-    topology = write_topology(folder, codecs=codecs)
+    # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
+    topology = write_topology(folder, codecs=codecs, heartbeat_timeout=30.0)
     out = folder / "run"
     result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
@@ -181,6 +185,12 @@ def test_devices_edges_and_the_cloud_die_and_come_back(folder):
         launch.stop(grace=0)
     rounds = [r["round"] for r in history]
     assert rounds == list(range(1, final + 1)), "every round exactly once"
+    # While the cloud was down the edges trained offline; that progress came back as stale summaries.
+    resumed = history[last]
+    assert sorted(resumed["stale_summaries"]) == ["plant-a", "plant-b"], resumed
+    assert all(s["weight"] > 0 and s["edge_rounds"] >= 1 for s in resumed["stale_summaries"].values())
+    for name in ("plant-a", "plant-b"):
+        assert "sent 2 offline edge rounds" in (out / "logs" / f"edge-{name}.log").read_text()
     assert "resumed from the checkpoint of cloud round" in (out / "logs" / "cloud.log").read_text()
     assert history[-1]["accuracy"] >= before[-1]["accuracy"] - 0.05
     assert history[-1]["accuracy"] > 0.5

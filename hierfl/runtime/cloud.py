@@ -14,6 +14,14 @@ stop. Summaries for a closed round (late, or replayed) are refused and counted. 
 `--resume` restarts from the last checkpoint: the record of a round is written after its
 checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
 rounds, so no round is lost or counted twice.
+
+The cloud answers every edge heartbeat, so an edge notices when the cloud is gone and
+keeps training offline (see `edge.py`). A *stale* summary (an edge's offline progress,
+sent when the cloud is back) joins the aggregate of the round it arrives in with its
+weight multiplied by `1 / (1 + staleness)`, staleness being how many global models
+were made since the one the edge started from (`round - 1 - base_version`, at least 0;
+the polynomial discount of FedAsync, Xie et al. 2019): progress made on an old model
+counts, but less the older it is.
 """
 
 from __future__ import annotations
@@ -64,8 +72,9 @@ class CloudNode:
         self.cloud_step = make_cloud_step(net.algorithm, net.spec)
         self.decode = make_decode(net.codecs.edge_to_cloud)
         self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
-        self.deltas = aligned_zeros((len(self.edges), net.spec.size))
-        self.weights = np.zeros(len(self.edges), np.float32)
+        # Rows 0..E-1 hold this round's summaries, rows E..2E-1 stale summaries (offline progress).
+        self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
+        self.weights = np.zeros(2 * len(self.edges), np.float32)
         self.params = net.initial_params
         self.server_state = net.algorithm.server_init(self.params)
         self.members = Membership(runtime.heartbeat_timeout)
@@ -163,6 +172,7 @@ class CloudNode:
 
     def _handle(self, message: protocol.Message) -> None:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
+            send_router(self.socket, message.sender, protocol.encode(protocol.HEARTBEAT, CLOUD, round=self.round))
             return
         if message.kind != protocol.SUMMARY:
             raise protocol.MessageRejected(protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud")
@@ -170,19 +180,30 @@ class CloudNode:
             raise protocol.MessageRejected(protocol.STALE_ROUND, f"summary for round {message.round}, which is closed (now {self.round})")
         if message.round > self.round:
             raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"summary for round {message.round}, not started (now {self.round})")
-        if message.sender in self.summaries:
-            raise protocol.MessageRejected(protocol.DUPLICATE, f"second summary from {message.sender} in round {message.round}")
-        row = self.edges[message.sender]
+        stale = message.header.get("stale") is True
+        received = self.stale if stale else self.summaries
+        if message.sender in received:
+            raise protocol.MessageRejected(protocol.DUPLICATE, f"second {'stale ' if stale else ''}summary from {message.sender} in round {message.round}")
+        base = message.header.get("base_version", 0)
+        if stale and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
+            raise protocol.MessageRejected(protocol.MALFORMED, f"a stale summary needs base_version >= 0, got {base!r}")
+        row = self.edges[message.sender] + (len(self.edges) if stale else 0)
         codec = self.net.codecs.edge_to_cloud
         self.deltas[row] = message.arrays[0] if codec.name == "none" else np.asarray(self.decode(message.arrays))
-        self.weights[row] = message.header["weight"]
-        self.summaries[message.sender] = message.header
+        weight = float(message.header["weight"])
+        if stale:
+            staleness = max(0, self.round - 1 - base)
+            weight *= staleness_discount(staleness)
+            message.header["staleness"] = staleness
+        self.weights[row] = weight
+        received[message.sender] = message.header
 
     def _open_round(self) -> None:
         self.phase = COLLECTING
         self.round_started = time.perf_counter()
         self.expected = self.members.alive() & set(self.edges)
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.stale: dict[str, dict[str, Any]] = {}
         self.weights[:] = 0
         self.deadline = time.monotonic() + self.runtime.edge_deadline
         global_flat = np.asarray(ravel(self.net.spec, self.params))
@@ -238,6 +259,8 @@ class CloudNode:
             "devices_expected": {p.name: p.num_devices for p in self.topology.plants},
             "rejected_messages": {"cloud": self.counters.snapshot(), **{n: h.get("rejected", {}) for n, h in self.summaries.items()}},
             "late_updates": self.late + sum(int(h.get("late", 0)) for h in self.summaries.values()),
+            "stale_summaries": {name: {"weight": h["weight"], "staleness": h["staleness"], "edge_rounds": h["edge_round"]}
+                                for name, h in self.stale.items()},
         }
 
     def _restore(self) -> None:
@@ -252,6 +275,11 @@ class CloudNode:
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
         reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
         self.log.info("resumed from the checkpoint of cloud round %d", state.round)
+
+
+def staleness_discount(staleness: int) -> float:
+    """The factor on a stale summary's weight: 1 / (1 + staleness) (1 for a summary of the current model)."""
+    return 1.0 / (1.0 + staleness)
 
 
 class RoundPublisher:

@@ -13,6 +13,14 @@ round in progress: updates for a closed round (late or replayed), for a future r
 or twice from one device are refused. A refused message is logged, counted and
 answered with a `rejected` message naming the reason; the edge keeps running.
 
+If the cloud goes silent (no answer to the edge's heartbeats for `heartbeat_timeout`
+seconds) after a summary, the edge keeps training its plant: it runs up to `edge_rounds`
+*offline* edge rounds from its own model. When the cloud is back and sends a model, the
+edge first sends that offline progress as a *stale* summary (its model's change since
+its last summary, weighted by the examples of the offline rounds, tagged with the model
+version it started from); the cloud discounts it by its staleness (see `cloud.py`). Then
+the edge starts the new round from the new global model.
+
 Devices join at any time (any valid message admits them; they get the model at the
 next edge round) and count as gone after `heartbeat_timeout` seconds of silence, so a
 crashed device stops holding up rounds. The edge checkpoints its uplink residual and
@@ -71,6 +79,11 @@ class EdgeNode:
         self.finished_round = 0
         self.opened_once = False
         self.resumed = resume
+        self.offline = False
+        self.offline_rounds = 0
+        self.pending_weight, self.pending_loss = 0.0, 0.0
+        self.summary_base: np.ndarray | None = None
+        self.cloud_seen = time.monotonic()
         if resume:
             self._restore()
         self.phase = IDLE
@@ -130,7 +143,10 @@ class EdgeNode:
     def _advance(self) -> None:
         """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
         now = time.monotonic()
-        if self.phase == STARTING:
+        if self.phase == IDLE and self.opened_once and self.offline_rounds < self.edge_rounds \
+                and now - self.cloud_seen > self.runtime.heartbeat_timeout:
+            self._open_offline_round()
+        elif self.phase == STARTING:
             alive = len(self.members.alive() & set(self.devices))
             required = math.ceil(self.runtime.min_device_participation * len(self.devices))
             if start_waiting_over(alive, len(self.devices), required, now - self.started, start_timeout=self.runtime.start_timeout,
@@ -206,6 +222,7 @@ class EdgeNode:
             except protocol.MessageRejected as error:
                 self.counters.reject(self.log, CLOUD, error)
                 continue
+            self.cloud_seen = time.monotonic()
             if message.kind == protocol.STOP:
                 self.log.info("the cloud says stop")
                 self._broadcast(protocol.encode(protocol.STOP, self.plant.name, round=self.round), everyone=True)
@@ -218,7 +235,9 @@ class EdgeNode:
 
     def _start_cloud_round(self, message: protocol.Message) -> None:
         r = message.round
-        if r < self.round or (r == self.round and self.phase != IDLE):
+        if self.offline:
+            self._send_stale_summary(r)
+        elif r < self.round or (r == self.round and self.phase != IDLE):
             self.log.info("ignoring the cloud's model for round %d (at round %d, %s)", r, self.round, self.phase)
             return
         if self.phase != IDLE:
@@ -247,21 +266,38 @@ class EdgeNode:
         )
         self._broadcast(frames)
 
+    def _open_offline_round(self) -> None:
+        """An edge round while the cloud is silent: numbered as the next cloud round, from the edge's own model."""
+        if not self.offline:
+            self.log.warning("the cloud is silent; running offline edge rounds from the plant model")
+            self.offline = True
+            self.round, self.edge_round = self.finished_round + 1, 0
+        self._open_edge_round()
+
     def _close_edge_round(self) -> None:
         answered, total = len(self.answered), len(self.devices)
         required = math.ceil(self.runtime.min_device_participation * total)
         if answered >= required and answered > 0:
             self.edge_flat = np.asarray(self.edge_step(self.edge_flat, self.deltas, self.weights))
-            self.total_weight += float(self.weights.sum())
-            self.loss_sum += float((self.losses * self.weights).sum())
+            weight, loss = float(self.weights.sum()), float((self.losses * self.weights).sum())
+            if self.offline:
+                self.pending_weight += weight
+                self.pending_loss += loss
+            else:
+                self.total_weight += weight
+                self.loss_sum += loss
         else:
             self.log.warning("edge round %d.%d: %d of %d devices answered (need %d); model unchanged",
                              self.round, self.edge_round, answered, total, required)
         missing = sorted(self.expected - self.answered)
         self.log.info("edge round %d.%d closed: %d/%d answered%s", self.round, self.edge_round, answered, total,
                       f", missing {', '.join(missing)}" if missing else "")
-        self.answered_per_round.append(answered)
         self.edge_round += 1
+        if self.offline:
+            self.offline_rounds += 1
+            self.phase = IDLE
+            return
+        self.answered_per_round.append(answered)
         if self.edge_round < self.edge_rounds:
             self._open_edge_round()
         else:
@@ -279,8 +315,28 @@ class EdgeNode:
         )
         self.phase = IDLE
         self.finished_round = self.round
+        self.summary_base = self.edge_flat
+        self.offline_rounds = 0
         self._checkpoint()
         self.log.info("cloud round %d: summary sent (weight %g)", self.round, self.total_weight)
+
+    def _send_stale_summary(self, cloud_round: int) -> None:
+        """Sends the offline rounds' progress (since the last summary) as a stale summary for `cloud_round`."""
+        if self.pending_weight > 0:
+            key_index = len(self.topology.plants) + self.index  # a key apart from this round's own summary
+            payload, residual = self.upload(self.edge_flat, self.summary_base, jnp.float32(self.pending_weight), self.residual,
+                                            jnp.int32(cloud_round), jnp.int32(key_index))
+            self.residual = np.asarray(residual)
+            self._send_cloud(
+                protocol.SUMMARY, round=cloud_round, edge_round=self.offline_rounds, spec=self.net.spec,
+                codec=self.net.codecs.edge_to_cloud.name, arrays=[np.asarray(a) for a in payload],
+                weight=self.pending_weight, loss=self.pending_loss, stale=True, base_version=self.finished_round,
+            )
+            self.log.info("the cloud is back: sent %d offline edge rounds (weight %g, from version %d) as a stale summary",
+                          self.offline_rounds, self.pending_weight, self.finished_round)
+        self.offline, self.offline_rounds = False, 0
+        self.pending_weight, self.pending_loss = 0.0, 0.0
+        self.phase = IDLE
 
     # -- plumbing ---------------------------------------------------------------------------------
 

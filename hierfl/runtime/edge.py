@@ -89,6 +89,7 @@ class EdgeNode:
         self.phase = IDLE
         self.round = 0
         self.edge_round = 0
+        self.model_version = 0
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.device_keys) if secure else None
@@ -243,6 +244,7 @@ class EdgeNode:
         if self.phase != IDLE:
             self.log.warning("cloud round %d started before this edge finished round %d; abandoning it", r, self.round)
         self.round, self.edge_round = r, 0
+        self.model_version = int(message.header["model_version"])
         self.global_flat = np.array(message.arrays[0])
         self.edge_flat = self.global_flat
         self.total_weight, self.loss_sum, self.answered_per_round = 0.0, 0.0, []
@@ -261,7 +263,7 @@ class EdgeNode:
         self.weights[:] = 0
         self.deadline = time.monotonic() + self.runtime.device_deadline
         frames = protocol.encode(
-            protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.round,
+            protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.model_version,
             spec=self.net.spec, codec="none", arrays=[self.edge_flat],
         )
         self._broadcast(frames)
@@ -346,7 +348,7 @@ class EdgeNode:
             send_router(self.devices_socket, device, frames)
 
     def _send_cloud(self, kind: str, **fields) -> None:
-        frames = protocol.encode(kind, self.plant.name, model_version=self.round, **fields)
+        frames = protocol.encode(kind, self.plant.name, model_version=self.model_version, **fields)
         try:
             self.cloud.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:

@@ -1,0 +1,10 @@
+"""The distributed runtime: cloud, edge and device nodes as processes talking over ZeroMQ.
+
+- `protocol`: the wire format (msgpack header + raw array frames) and its checks.
+- `rounds`: each node's share of a cloud round as pure jitted functions, the same math
+  as `hierfl.simulator` (so `hierfl launch` and `hierfl simulate` agree).
+- `node`: what nodes share: the model's layout, membership, sockets, counters.
+- `device`, `edge`, `cloud`: the node shells (sockets, timers, files).
+- `checkpoints`: the cloud's orbax checkpoints; `security`: CurveZMQ keys.
+- `launch`: every node of a topology as local processes; `cli`: the commands.
+"""

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from hierfl.errors import HierflError
 
@@ -100,8 +101,30 @@ def run_launch(args: argparse.Namespace) -> int:
         from hierfl.cli import summary_table
 
         console.print(summary_table(history, topology.plant_names))
+        console.print(runtime_table(history))
     console.print(f"run directory: {out}")
     return 0
+
+
+def runtime_table(history: list[dict]) -> Table:
+    """What the runtime adds to the summary: answers, refused messages, late updates, stale summaries."""
+    last = history[-1]
+    table = Table(title="runtime", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for plant, expected in last.get("devices_expected", {}).items():
+        answered = [min(r["devices_answered"].get(plant) or [0]) for r in history]
+        table.add_row(f"devices answered {plant} (min / mean per round)", f"{min(answered)} / {sum(answered) / len(answered):.1f} of {expected}")
+    full = sum(len(r.get("edges_answered", [])) == len(r.get("devices_expected", {})) for r in history)
+    table.add_row("rounds with every edge", f"{full} of {len(history)}")
+    refused: dict[str, int] = {}
+    for node, reasons in last.get("rejected_messages", {}).items():
+        for reason, count in reasons.items():
+            refused[reason] = refused.get(reason, 0) + count
+    table.add_row("refused messages (last counts)", ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "0")
+    table.add_row("late updates", str(last.get("late_updates", 0)))
+    table.add_row("stale summaries", str(sum(len(r.get("stale_summaries", {})) for r in history)))
+    return table
 
 
 def _keys(path: Path | None):

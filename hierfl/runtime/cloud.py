@@ -91,6 +91,7 @@ class CloudNode:
             write_run_info_for(self.run_dir, topology, net.model.name)
         self.writer = MetricsWriter(self.run_dir)
         self.phase = STARTING
+        self.first_round = True
         self.started = time.monotonic()
         self.elapsed_before = 0.0
         self.context = zmq.Context()
@@ -205,7 +206,9 @@ class CloudNode:
         self.summaries: dict[str, dict[str, Any]] = {}
         self.stale: dict[str, dict[str, Any]] = {}
         self.weights[:] = 0
-        self.deadline = time.monotonic() + self.runtime.edge_deadline
+        # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
+        self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
+        self.first_round = False
         global_flat = np.asarray(ravel(self.net.spec, self.params))
         frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
                                  spec=self.net.spec, codec="none", arrays=[global_flat])

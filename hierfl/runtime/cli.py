@@ -67,6 +67,15 @@ def _load(source: str):
     return load_topology(source)
 
 
+def _node_setup(source: str):
+    """The topology, checked, and the shared compilation cache every node process uses."""
+    from hierfl.runtime.node import enable_compilation_cache
+
+    topology = _load(source)
+    enable_compilation_cache()
+    return topology
+
+
 def _stop_on_signals(node) -> None:
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
@@ -138,7 +147,7 @@ def _keys(path: Path | None):
 def run_cloud(args: argparse.Namespace) -> int:
     from hierfl.runtime.cloud import CloudNode
 
-    topology = _load(args.topology)
+    topology = _node_setup(args.topology)
     node = CloudNode(topology, args.out, rounds=args.rounds, bind=args.bind, resume=args.resume, keys=_keys(args.key),
                      publish=args.publish)
     _stop_on_signals(node)
@@ -149,7 +158,7 @@ def run_cloud(args: argparse.Namespace) -> int:
 def run_edge(args: argparse.Namespace) -> int:
     from hierfl.runtime.edge import EdgeNode
 
-    topology = _load(args.topology)
+    topology = _node_setup(args.topology)
     if args.plant not in topology.plant_names:
         raise HierflError(f"no plant {args.plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})")
     if args.resume and args.state is None:
@@ -163,7 +172,7 @@ def run_edge(args: argparse.Namespace) -> int:
 def run_device(args: argparse.Namespace) -> int:
     from hierfl.runtime.device import DeviceNode
 
-    topology = _load(args.topology)
+    topology = _node_setup(args.topology)
     try:
         topology.device(args.device_id)
     except KeyError as err:

@@ -27,7 +27,7 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-TRAINING, DEVICE_UPLOAD, EDGE_UPLOAD = 1, 2, 3
+TRAINING, DEVICE_UPLOAD, EDGE_UPLOAD, ATTACK = 1, 2, 3, 4
 
 
 def edge_round_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int, branch: int = TRAINING) -> jax.Array:
@@ -50,3 +50,8 @@ def edge_upload_key(seed: int, cloud_round: jax.Array | int, edge_index: jax.Arr
     """The key that encodes an edge's summary for the cloud."""
     uploads = jax.random.fold_in(jax.random.key(seed), EDGE_UPLOAD)
     return jax.random.fold_in(jax.random.fold_in(uploads, cloud_round), edge_index)
+
+
+def attack_key(seed: int, cloud_round: jax.Array | int, edge_round: jax.Array | int, device_index: jax.Array | int) -> jax.Array:
+    """The key a simulated faulty device draws its garbage update with (`hierfl.attack`)."""
+    return jax.random.fold_in(edge_round_key(seed, cloud_round, edge_round, ATTACK), device_index)

@@ -447,6 +447,9 @@ def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
         "batch_size": federation.batch_size,
         "learning_rate": federation.learning_rate,
         "compression": dataclasses.asdict(topology.compression),
+        "aggregation": dataclasses.asdict(topology.aggregation),
+        "attack": dataclasses.asdict(topology.attack),
+        "mu": federation.mu,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hierfl_version": __version__,
     })

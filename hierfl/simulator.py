@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl import __version__, aggregation, checkpoint, links, parallel, rng
+from hierfl import __version__, aggregation, checkpoint, links, parallel, privacy, rng
 from hierfl.algorithms import (
     Algorithm,
     DeviceData,
@@ -47,7 +47,8 @@ from hierfl.metrics import MetricsWriter, write_run_info
 from hierfl.plan import Plan, make_plan
 from hierfl.progress import RoundProgress
 from hierfl.tasks.models import Model, Params, build_model
-from hierfl.topology import Attack, TierRule, Topology
+from hierfl.topology import Attack, Privacy, TierRule, Topology
+from hierfl.topology.schema import quantile_noise
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -142,12 +143,42 @@ class Variates(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """Everything a cloud round updates: global params, server optimizer state, residuals, variates."""
+    """Everything a cloud round updates: global params, server optimizer state, residuals,
+    variates, and the DP clip norm (adaptive clipping moves it; otherwise constant)."""
 
     params: Params
     server_state: Any
     residuals: Residuals
     variates: Variates
+    clip_norm: jax.Array = jnp.float32(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DpConfig:
+    """The `[privacy]` settings the jitted round needs, resolved for the topology."""
+
+    place: str
+    noise_multiplier: float
+    sample_rate: float
+    clip_quantile: float | None
+    clip_learning_rate: float
+    quantile_noise: float
+
+    @classmethod
+    def of(cls, topology: Topology) -> DpConfig:
+        settings: Privacy = topology.privacy
+        return cls(
+            settings.dp,
+            privacy.update_noise_multiplier(settings, topology),
+            settings.sample_rate,
+            settings.clip_quantile,
+            settings.clip_learning_rate,
+            quantile_noise(settings, topology),
+        )
+
+    @property
+    def central(self) -> bool:
+        return self.place in ("edge", "cloud")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +188,12 @@ class Tiers:
     edge: tuple[TierRule, ...]
     cloud: TierRule = TierRule()
     attack: Attack = Attack()
+    dp: DpConfig | None = None
 
     @classmethod
     def of(cls, topology: Topology) -> Tiers:
-        return cls(tuple(topology.edge_rule(plant) for plant in topology.plants), topology.aggregation.cloud, topology.attack)
+        dp = DpConfig.of(topology) if topology.privacy.enabled else None
+        return cls(tuple(topology.edge_rule(plant) for plant in topology.plants), topology.aggregation.cloud, topology.attack, dp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +230,7 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         algorithm.server_init(params),
         initial_residuals(codecs, chunks, plan.num_edges, mesh),
         initial_variates(variate_size, chunks, plan.num_edges, mesh),
+        jnp.float32(topology.privacy.clip_norm),
     )
     model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     trained_devices = int(np.count_nonzero(plan.shards.counts))
@@ -255,11 +289,27 @@ def make_cloud_round(
     clip_norms = jnp.array([rule.clip_norm or jnp.inf for rule in tiers.edge] + [jnp.inf], jnp.float32)
     clipping = any(rule.clip_norm is not None for rule in tiers.edge)
     scaffold = algorithm.control_variates
+    dp = tiers.dp
 
     def send_up(codec):
         return jax.vmap(lambda result, residual, key: links.transmit(codec, result, residual, key))
 
-    def train_devices(edge_params, chunk: DeviceChunks, variate, cloud_variate, cloud_round, e):
+    def privatize_devices(results, chunk: DeviceChunks, clip_norm, cloud_round, e):
+        """DP on the devices' side: Poisson participation, one vote each, clipping, local noise.
+
+        The returned loss slot carries whether each update was inside the clip (for adaptive clipping).
+        """
+        taking_part = results.weight > 0
+        if dp.sample_rate < 1:
+            draws = jax.vmap(lambda i: jax.random.uniform(rng.sampling_key(seed, cloud_round, e, i)))(chunk.index)
+            taking_part = taking_part & (draws < dp.sample_rate)
+        keys = jax.vmap(lambda i: rng.privacy_key(seed, cloud_round, e, i))(chunk.index)
+        noise_std = dp.noise_multiplier * clip_norm if dp.place == "device" else jnp.float32(0)
+        deltas, norms = jax.vmap(privacy.privatize_update, in_axes=(0, 0, None, None))(results.delta, keys, clip_norm, noise_std)
+        deltas = jnp.where(taking_part[:, None], deltas, 0.0)
+        return results._replace(delta=deltas, weight=taking_part.astype(jnp.float32)), taking_part & (norms <= clip_norm)
+
+    def train_devices(edge_params, chunk: DeviceChunks, variate, cloud_variate, clip_norm, cloud_round, e):
         """A chunk's local updates (flat, attacked, screened) and its devices' variate changes."""
         start = from_flat(edge_params[jnp.minimum(chunk.edge, num_edges - 1)])
         keys = jax.vmap(lambda i: rng.device_key(seed, cloud_round, e, i))(chunk.index)
@@ -272,17 +322,22 @@ def make_cloud_round(
         attack_keys = jax.vmap(lambda i: rng.attack_key(seed, cloud_round, e, i))(chunk.index)
         deltas = apply_attack(tiers.attack, to_flat(results.delta), chunk.attacker, attack_keys)
         results, ok = jax.vmap(screen_nonfinite)(results._replace(delta=deltas))
+        if dp is not None:
+            results, unclipped = privatize_devices(results, chunk, clip_norm, cloud_round, e)
+            return results, ok, unclipped
         if not scaffold:
             return results, ok, variate
         changes = jax.vmap(algorithm.variate_delta, in_axes=(0, 0, None))(results.delta, chunk.steps, cloud_variate)
         changes = jnp.where((results.weight > 0)[:, None], changes, 0.0)
         return results, ok, changes
 
-    def edge_round(edge_params, chunks: DeviceChunks, residuals, device_variates, cloud_variate, cloud_round, e):
+    def edge_round(edge_params, chunks: DeviceChunks, residuals, device_variates, cloud_variate, clip_norm, cloud_round, e):
         def train_chunk(carry, chunk_and_memories):
             chunk, residual, variate = chunk_and_memories
-            summary, variate_sum, loss_sum, rejected = carry
-            results, ok, changes = train_devices(edge_params, chunk, variate, cloud_variate, cloud_round, e)
+            summary, variate_sum, loss_sum, rejected, unclipped = carry
+            results, ok, changes = train_devices(edge_params, chunk, variate, cloud_variate, clip_norm, cloud_round, e)
+            if dp is not None:
+                unclipped = unclipped + jax.ops.segment_sum(changes.astype(jnp.float32), chunk.edge, num_edges)
             if scaffold:
                 variate_sum = variate_sum + segment_weighted_sum(changes, results.weight, chunk.edge, num_edges)
                 variate = variate + changes
@@ -295,18 +350,39 @@ def make_cloud_round(
             summary = jax.tree.map(jnp.add, summary, per_edge)
             loss_sum = loss_sum + jnp.sum(results.loss * results.weight)
             received = (results.delta, results.weight) if robust_edges else None
-            return (summary, variate_sum, loss_sum, rejected + jnp.sum(~ok & (chunk.count > 0))), (residual, variate, received)
+            carry = (summary, variate_sum, loss_sum, rejected + jnp.sum(~ok & (chunk.count > 0)), unclipped)
+            return carry, (residual, variate, received)
 
         empty = Summary(jnp.zeros_like(edge_params), jnp.zeros(num_edges, jnp.float32))
         no_variates = jnp.zeros((num_edges, device_variates.shape[-1]), jnp.float32)
-        initial = (empty, no_variates, jnp.float32(0), jnp.int32(0))
-        (summary, variate_sum, loss_sum, rejected), (residuals, device_variates, received) = jax.lax.scan(
+        initial = (empty, no_variates, jnp.float32(0), jnp.int32(0), jnp.zeros(num_edges, jnp.float32))
+        (summary, variate_sum, loss_sum, rejected, unclipped), (residuals, device_variates, received) = jax.lax.scan(
             train_chunk, initial, (chunks, residuals, device_variates)
         )
+        if dp is not None and dp.central:
+            summary, unclipped = central_dp_edge(summary, unclipped, chunks, clip_norm, cloud_round, e)
         new_params = jax.vmap(apply_summary)(edge_params, summary)
         if robust_edges:
             new_params = robust_edge_params(edge_params, new_params, received, chunks.edge.reshape(-1))
-        return new_params, summary.weight, loss_sum, rejected, residuals, device_variates, variate_sum
+        return new_params, summary.weight, loss_sum, rejected, residuals, device_variates, variate_sum, unclipped.sum()
+
+    def central_dp_edge(summary: Summary, unclipped, chunks: DeviceChunks, clip_norm, cloud_round, e):
+        """A trusted edge's DP release: noise on its sum (dp = 'edge'), the expected count as its weight.
+
+        Dividing by the expected number of devices (not the actual, private one) keeps the
+        sensitivity of the edge's mean at one clipped update; with dp = 'cloud' the noise
+        waits for the cloud's sum. Adaptive clipping noises the count of unclipped updates.
+        """
+        nodes = jnp.arange(num_edges)
+        if dp.place == "edge":
+            keys = jax.vmap(lambda n: rng.sum_noise_key(seed, cloud_round, e, n))(nodes)
+            noised = jax.vmap(privacy.privatize_sum, in_axes=(0, 0, None))(summary.delta_sum, keys, dp.noise_multiplier * clip_norm)
+            summary = summary._replace(delta_sum=noised)
+        if dp.clip_quantile is not None:
+            keys = jax.vmap(lambda n: rng.count_noise_key(seed, cloud_round, e, n))(nodes)
+            unclipped = unclipped + dp.quantile_noise * jax.vmap(lambda k: jax.random.normal(k))(keys)
+        devices = jax.ops.segment_sum((chunks.count.reshape(-1) > 0).astype(jnp.float32), chunks.edge.reshape(-1), num_edges)
+        return summary._replace(weight=dp.sample_rate * devices), unclipped
 
     def robust_edge_params(edge_params, new_params, received, edge_ids):
         """Edges with a robust rule replace their mean with the rule over all their devices' updates."""
@@ -325,22 +401,29 @@ def make_cloud_round(
 
         def one_edge_round(carry, e):
             params, device_residuals, device_variates, edge_variates, loss_sum, rejected = carry
-            params, weight, loss, bad, device_residuals, device_variates, variate_sum = edge_round(
-                params, chunks, device_residuals, device_variates, variates.cloud, cloud_round, e
+            params, weight, loss, bad, device_residuals, device_variates, variate_sum, unclipped = edge_round(
+                params, chunks, device_residuals, device_variates, variates.cloud, state.clip_norm, cloud_round, e
             )
             edge_variates = edge_variates + variate_sum / jnp.maximum(edge_examples, 1.0)[:, None]
             carry = (params, device_residuals, device_variates, edge_variates, loss_sum + loss, rejected + bad)
-            return carry, (weight, variate_sum)
+            return carry, (weight, variate_sum, unclipped)
 
         initial = (edge_params, residuals.device, variates.device, variates.edge, jnp.float32(0), jnp.int32(0))
-        (edge_params, device_residuals, device_variates, edge_variates, loss_sum, rejected), (weights, variate_sums) = jax.lax.scan(
-            one_edge_round, initial, jnp.arange(edge_rounds)
+        (edge_params, device_residuals, device_variates, edge_variates, loss_sum, rejected), (weights, variate_sums, unclipped) = (
+            jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
         )
         # An edge's weight is the examples it aggregated, summed over its edge rounds.
         uploads = edge_result(edge_params, global_flat, weights.sum(axis=0))
         upload_keys = jax.vmap(lambda e: rng.edge_upload_key(seed, cloud_round, e))(jnp.arange(num_edges))
         uploads, edge_residuals = send_up(codecs.edge_to_cloud)(uploads, residuals.edge, upload_keys)
         total = aggregation.reduce(tiers.cloud, uploads.delta, uploads.weight)
+        clip_norm = state.clip_norm
+        if dp is not None and dp.place == "cloud":
+            key = rng.sum_noise_key(seed, cloud_round, 0, num_edges)
+            total = total._replace(delta_sum=privacy.privatize_sum(total.delta_sum, key, dp.noise_multiplier * clip_norm))
+        if dp is not None and dp.clip_quantile is not None:
+            expected = edge_rounds * weights[0].sum()
+            clip_norm = privacy.adapt_clip_norm(clip_norm, unclipped.sum(), expected, dp.clip_quantile, dp.clip_learning_rate)
         total = Summary(unravel(spec, total.delta_sum), total.weight)
         params, server_state = algorithm.server_update(global_params, state.server_state, total)
         cloud_variate = variates.cloud + variate_sums.sum(axis=(0, 1)) / jnp.maximum(edge_examples.sum(), 1.0)
@@ -350,7 +433,11 @@ def make_cloud_round(
             device_variates = jax.lax.with_sharding_constraint(device_variates, parallel.sharding(mesh, axis=1))
         stats = RoundStats(loss_sum / jnp.maximum(weights.sum(), 1.0), rejected)
         new_state = TrainState(
-            params, server_state, Residuals(device_residuals, edge_residuals), Variates(device_variates, edge_variates, cloud_variate)
+            params,
+            server_state,
+            Residuals(device_residuals, edge_residuals),
+            Variates(device_variates, edge_variates, cloud_variate),
+            clip_norm,
         )
         return new_state, stats
 
@@ -398,8 +485,9 @@ def simulate(
     writer = _open_run_dir(run_dir, plan, model) if run_dir is not None else None
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
+    budget = _rounds_within_privacy_budget(topology)
     with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name) as bar:
-        for r in range(1, federation.cloud_rounds + 1):
+        for r in range(1, budget + 1):
             round_started = time.perf_counter()
             state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
             scores = evaluate(state.params)
@@ -416,6 +504,7 @@ def simulate(
                 "devices": sim.trained_devices,
                 "rejected_updates": int(stats.rejected_updates),
             }
+            record.update(_privacy_record(topology, r, state))
             history.append(record)
             if writer is not None:
                 writer.write(record)
@@ -426,6 +515,23 @@ def simulate(
         writer.close()
         checkpoint.save_params(run_dir / "model.npz", state.params)
     return SimulationResult(state.params, history, model, plan, run_dir)
+
+
+def _rounds_within_privacy_budget(topology: Topology) -> int:
+    """The cloud rounds to run: all of them, or as many as `privacy.target_epsilon` allows."""
+    settings, federation = topology.privacy, topology.federation
+    if not settings.enabled:
+        return federation.cloud_rounds
+    return privacy.rounds_within_budget(settings, federation.edge_rounds, federation.cloud_rounds)
+
+
+def _privacy_record(topology: Topology, rounds: int, state: TrainState) -> dict[str, Any]:
+    """epsilon spent after `rounds` cloud rounds, at the configured delta, and the clip norm in use."""
+    settings = topology.privacy
+    if not settings.enabled:
+        return {}
+    spent = privacy.epsilon(settings, topology.federation.edge_rounds, rounds)
+    return {"epsilon": spent, "delta": settings.delta, "clip_norm": float(state.clip_norm)}
 
 
 def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
@@ -449,6 +555,7 @@ def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
         "compression": dataclasses.asdict(topology.compression),
         "aggregation": dataclasses.asdict(topology.aggregation),
         "attack": dataclasses.asdict(topology.attack),
+        "privacy": dataclasses.asdict(topology.privacy),
         "mu": federation.mu,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hierfl_version": __version__,

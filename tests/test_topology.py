@@ -250,7 +250,7 @@ BAD = [
     (("[cloud]", "[data]\ntest_fraction = 1\n[cloud]"), "data.test_fraction: must be in (0, 1), got 1.0"),
     (("[cloud]", "[data]\ntest_fraction = 0.0\n[cloud]"), "data.test_fraction: must be in (0, 1), got 0.0"),
     (("[federation]", "data = 3\n[federation]"), "data: expected a table, got int 3"),
-    (("[cloud]", "[extra]\n[cloud]"), "extra: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants)"),
+    (("[cloud]", "[extra]\n[cloud]"), "extra: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy)"),
     (("[cloud]\naddress = \"tcp://127.0.0.1:5550\"", ""), "cloud: missing required table [cloud]"),
     (('address = "tcp://127.0.0.1:5550"', ""), "cloud.address: missing required key"),
     (
@@ -429,7 +429,7 @@ lines = []
 def test_missing_federation_table_is_one_problem():
     text = MINIMAL.replace("[federation]", "[federatoin]")
     problems = problems_of(text)
-    assert problems[0].startswith("federatoin: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants); did you mean 'federation'?")
+    assert problems[0].startswith("federatoin: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy); did you mean 'federation'?")
     # the misplaced keys belong to the unknown table: only the missing table itself is reported
     assert problems[1:] == ("federation: missing required table [federation]",)
 

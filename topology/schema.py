@@ -280,6 +280,26 @@ ATTACK_FIELDS: Mapping[str, Field] = {
 }
 """The `[attack]` table: which share of each plant's devices misbehaves, and how (simulator only)."""
 
+DP_PLACES = ("none", "device", "edge", "cloud")
+"""Where differential-privacy noise is added: nowhere, on each device (local DP), at the
+plant's edge (central DP, edge trusted) or at the cloud (central DP, edges and cloud trusted)."""
+
+ACCOUNTANTS = ("rdp", "pld")
+
+PRIVACY_FIELDS: Mapping[str, Field] = {
+    "dp": Field(str, default="none", options=DP_PLACES),
+    "clip_norm": Field(float, default=1.0, low=0, low_open=True),
+    "noise_multiplier": Field(float, default=1.0, low=0),
+    "sample_rate": Field(float, default=1.0, low=0, high=1, low_open=True),
+    "delta": Field(float, default=1e-5, low=0, high=1, low_open=True, high_open=True),
+    "target_epsilon": Field(float, default=None, low=0, low_open=True),
+    "accountant": Field(str, default="rdp", options=ACCOUNTANTS),
+    "clip_quantile": Field(float, default=None, low=0, high=1, low_open=True, high_open=True),
+    "clip_learning_rate": Field(float, default=0.2, low=0, low_open=True),
+    "quantile_noise": Field(float, default=None, low=0, low_open=True),
+}
+"""The `[privacy]` table (see `Privacy`)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -383,6 +403,36 @@ class Attack:
 
 
 @dataclasses.dataclass(frozen=True)
+class Privacy:
+    """Differential privacy of device updates (`[privacy]`); the privacy unit is one device's data.
+
+    `dp` is where noise is added (`DP_PLACES`). Every device update is clipped to L2 norm
+    `clip_norm` and Gaussian noise of std `noise_multiplier * clip_norm` is added per
+    device (`device`), to each edge round's sum (`edge`) or to each cloud round's sum
+    (`cloud`). Each device takes part in an edge round with probability `sample_rate`
+    (Poisson sampling). epsilon at `delta` is tracked by the `accountant`; with
+    `target_epsilon`, training stops before a round would exceed it. `clip_quantile`
+    turns on adaptive clipping (the clip norm follows that quantile of the update norms,
+    with step `clip_learning_rate` and count noise `quantile_noise`, default devices/20).
+    """
+
+    dp: str = "none"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    sample_rate: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
+    clip_quantile: float | None = None
+    clip_learning_rate: float = 0.2
+    quantile_noise: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp != "none"
+
+
+@dataclasses.dataclass(frozen=True)
 class Plant:
     """A plant: one edge server at `address`, aggregating the devices of its lines.
 
@@ -476,6 +526,7 @@ class Topology:
     compression: Compression = Compression()
     aggregation: Aggregation = Aggregation()
     attack: Attack = Attack()
+    privacy: Privacy = Privacy()
     source: str = "<string>"
 
     def edge_rule(self, plant: Plant) -> TierRule:
@@ -617,6 +668,7 @@ def combination_problems(topology: Topology) -> list[str]:
         takers = [name for name, keys in ALGORITHM_PARAMETERS.items() if key in keys]
         if getattr(federation, key) is not None and federation.algorithm not in takers:
             problems.append(f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)")
+    problems += _privacy_problems(topology)
     if federation.algorithm == "fedsgd":
         for i, plant in enumerate(topology.plants):
             for j, line in enumerate(plant.lines):
@@ -626,6 +678,45 @@ def combination_problems(topology: Topology) -> list[str]:
                         "per edge round; use fedavg or fednova for per-line compute budgets"
                     )
     return list(dict.fromkeys(problems))
+
+
+def _privacy_problems(topology: Topology) -> list[str]:
+    """DP needs the plain mean (its sensitivity is one clipped update), no variates, and for
+    noise at the cloud one edge round per cloud round (so the cloud sees sums of clipped updates)."""
+    privacy = topology.privacy
+    if not privacy.enabled:
+        return []
+    problems = []
+    rules = [("aggregation.cloud", topology.aggregation.cloud)] + [
+        (f"plants[{i}].aggregation" if p.aggregation else "aggregation.edge", topology.edge_rule(p)) for i, p in enumerate(topology.plants)
+    ]
+    for path, rule in rules:
+        if rule.rule != "mean" or rule.clip_norm is not None:
+            what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
+            problems.append(f"{path}: {what} cannot be combined with privacy.dp = {privacy.dp!r} (DP clips with privacy.clip_norm and needs the mean)")
+    if topology.federation.algorithm == "scaffold":
+        problems.append(f"privacy.dp: {privacy.dp!r} cannot be combined with algorithm 'scaffold' (its control variates are not privatized)")
+    if privacy.dp == "cloud" and topology.federation.edge_rounds != 1:
+        problems.append(
+            "privacy.dp: 'cloud' needs federation.edge_rounds = 1 (with more edge rounds the edge's summary is not a sum of "
+            f"clipped device updates, so its sensitivity is unbounded), got {topology.federation.edge_rounds}; use 'edge'"
+        )
+    if privacy.clip_quantile is not None:
+        if privacy.dp == "device":
+            problems.append("privacy.clip_quantile: adaptive clipping needs a trusted aggregator (dp = 'edge' or 'cloud'), not 'device'")
+        elif privacy.noise_multiplier > 0 and 2 * quantile_noise(privacy, topology) <= privacy.noise_multiplier:
+            problems.append(
+                f"privacy.quantile_noise: must be > noise_multiplier / 2 = {privacy.noise_multiplier / 2:g} "
+                f"for adaptive clipping (got {quantile_noise(privacy, topology):g})"
+            )
+    return problems
+
+
+def quantile_noise(privacy: Privacy, topology: Topology) -> float:
+    """The std of the noise on the count of clipped updates: as set, or expected devices per round / 20."""
+    if privacy.quantile_noise is not None:
+        return privacy.quantile_noise
+    return privacy.sample_rate * topology.num_devices / 20
 
 
 def _rule_problems(path: str, rule: TierRule, senders: int, what: str) -> list[str]:

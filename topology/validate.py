@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from .schema import (
     ALGORITHM_PARAMETERS,
     ATTACK_FIELDS,
+    PRIVACY_FIELDS,
     CODEC_PARAMETERS,
     OPTIMIZER_FIELDS,
     OPTIMIZER_PARAMETERS,
@@ -43,6 +44,7 @@ from .schema import (
     Line,
     LinkCompression,
     Plant,
+    Privacy,
     ServerOptimizer,
     TierRule,
     Topology,
@@ -53,7 +55,7 @@ from .schema import (
     unknown_key,
 )
 
-TOP_KEYS = ("federation", "data", "compression", "aggregation", "attack", "cloud", "plants")
+TOP_KEYS = ("federation", "data", "compression", "aggregation", "attack", "privacy", "cloud", "plants")
 ADDRESS = Field(str)
 CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
 PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
@@ -100,6 +102,7 @@ def build_topology(
     compression = _read_compression(document.get("compression", {}), problems)
     aggregation = _read_aggregation(document.get("aggregation", {}), problems)
     attack = Attack(**_read_table_fields(document, "attack", ATTACK_FIELDS, problems, required=False))
+    privacy = Privacy(**_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False))
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
@@ -118,6 +121,7 @@ def build_topology(
         compression=compression,
         aggregation=aggregation,
         attack=attack,
+        privacy=privacy,
         source=source,
     )
     problems = combination_problems(topology)

@@ -106,7 +106,6 @@ def raw_throughput(senders: int, messages: int) -> float:
 
 
 def edge_throughput(senders: int, messages: int) -> float:
-    from hierfl.algorithms import fedavg
     from hierfl.kernels import flat_spec, make_codec
     from hierfl.runtime import protocol
     from hierfl.runtime.node import recv_router
@@ -114,8 +113,9 @@ def edge_throughput(senders: int, messages: int) -> float:
 
     spec = flat_spec({"w": np.zeros(PARAMS, np.float32)})
     layouts = {protocol.UPDATE: ("none", protocol.codec_layout(make_codec("none", spec.size)))}
-    algorithm = fedavg(None, None, local_steps=1, batch_size=1, learning_rate=0.1)
-    edge_step = make_edge_step(algorithm)
+    from hierfl.topology import TierRule
+
+    edge_step = make_edge_step(TierRule())  # the weighted mean
     ids = [f"plant-a/line-1/dev-{i:03d}" for i in range(senders)]
     rows = {name: i for i, name in enumerate(ids)}
     deltas = aligned_zeros((senders, spec.size))

@@ -78,6 +78,13 @@ block_size = 64
 [compression.edge_to_cloud]
 codec = "topk"
 fraction = 0.1
+
+[aggregation.edge]
+rule = "mean"
+clip_norm = 0.05
+
+[aggregation.cloud]
+optimizer = "adam"
 """
 
 
@@ -99,7 +106,7 @@ def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_dea
     return path
 
 
-@pytest.mark.parametrize("codecs", ["", CODECS], ids=["float32", "int8-topk"])
+@pytest.mark.parametrize("codecs", ["", CODECS], ids=["float32-fedavg", "int8-topk-clipped-adam"])
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
     topology = write_topology(folder, codecs=codecs, heartbeat_timeout=30.0)
@@ -122,6 +129,15 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), reference.params, launched))
     assert max(differences) <= 1e-5
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
+
+
+def test_simulator_only_features_are_refused_before_any_process_starts(folder):
+    topology = write_topology(folder, name="scaffold", extra="")
+    topology.write_text(topology.read_text().replace('seed = 7', 'seed = 7\nalgorithm = "scaffold"'))
+    result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(folder / "run")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "simulator-only" in result.stderr and "scaffold" in result.stderr
+    assert not (folder / "run").exists()
 
 
 def wait_for_record(run_dir: Path, condition, what: str, launch: Launch, timeout: float = 120.0) -> dict:

@@ -183,8 +183,12 @@ FEDERATION_FIELDS: Mapping[str, Field] = {
     "learning_rate": Field(float, low=0, low_open=True),
     "server_learning_rate": Field(float, default=1.0, low=0, low_open=True),
     "seed": Field(int, default=0, low=0),
+    "mu": Field(float, default=None, low=0),
 }
-"""The `[federation]` table: the task and the training plan."""
+"""The `[federation]` table: the task, the device algorithm and the training plan."""
+
+ALGORITHM_PARAMETERS: Mapping[str, Mapping[str, Any]] = {"fedprox": {"mu": 0.01}}
+"""Which `[federation]` fields only some algorithms take, with their defaults there."""
 
 DATA_FIELDS: Mapping[str, Field] = {
     "partition": Field(str, default="iid", options=PARTITIONS),
@@ -218,6 +222,83 @@ LINK_FIELDS: Mapping[str, Field] = {
 
 CODEC_PARAMETERS: Mapping[str, tuple[str, ...]] = {"int8": ("block_size",), "topk": ("fraction",)}
 """Which `LINK_FIELDS` besides `codec` each codec takes; setting another one is an error."""
+
+TIERS = ("edge", "cloud")
+"""The aggregating tiers, as named in `[aggregation.<tier>]`."""
+
+RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
+"""How a tier combines the updates it receives (implemented by `hierfl.aggregation`)."""
+
+ROBUST_RULES = ("median", "trimmed_mean", "krum", "multi_krum")
+
+RULE_FIELDS: Mapping[str, Field] = {
+    "rule": Field(str, default="mean", options=RULES),
+    "beta": Field(float, default=0.1, low=0, high=0.5, high_open=True),
+    "byzantine": Field(int, default=1, low=0),
+    "select": Field(int, default=None, low=1),
+    "clip_norm": Field(float, default=None, low=0, low_open=True),
+    "weighting": Field(str, default="examples", options=("examples", "uniform")),
+}
+"""An `[aggregation.edge]`, `[aggregation.cloud]` or `[plants.aggregation]` table's rule fields."""
+
+RULE_PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "mean": (),
+    "median": ("weighting",),
+    "trimmed_mean": ("beta", "weighting"),
+    "krum": ("byzantine",),
+    "multi_krum": ("byzantine", "select", "weighting"),
+}
+"""Which `RULE_FIELDS` besides `rule` and `clip_norm` (any rule) each rule takes."""
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
+"""The cloud's server optimizer: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad (FedOpt)."""
+
+OPTIMIZER_FIELDS: Mapping[str, Field] = {
+    "optimizer": Field(str, default="sgd", options=OPTIMIZERS),
+    "momentum": Field(float, default=0.9, low=0, high=1, high_open=True),
+    "beta1": Field(float, default=0.9, low=0, high=1, high_open=True),
+    "beta2": Field(float, default=0.99, low=0, high=1, high_open=True),
+    "tau": Field(float, default=1e-3, low=0, low_open=True),
+}
+"""The cloud table's optimizer fields (its learning rate is `federation.server_learning_rate`)."""
+
+OPTIMIZER_PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "sgd": (),
+    "momentum": ("momentum",),
+    "adam": ("beta1", "beta2", "tau"),
+    "yogi": ("beta1", "beta2", "tau"),
+    "adagrad": ("tau",),
+}
+
+ATTACKS = ("none", "sign_flip", "gaussian")
+"""Simulated misbehaving devices: none, updates negated and scaled, or pure Gaussian noise."""
+
+ATTACK_FIELDS: Mapping[str, Field] = {
+    "kind": Field(str, default="none", options=ATTACKS),
+    "fraction": Field(float, default=0.0, low=0, high=1, high_open=True),
+    "scale": Field(float, default=10.0, low=0, low_open=True),
+}
+"""The `[attack]` table: which share of each plant's devices misbehaves, and how (simulator only)."""
+
+DP_PLACES = ("none", "device", "edge", "cloud")
+"""Where differential-privacy noise is added: nowhere, on each device (local DP), at the
+plant's edge (central DP, edge trusted) or at the cloud (central DP, edges and cloud trusted)."""
+
+ACCOUNTANTS = ("rdp", "pld")
+
+PRIVACY_FIELDS: Mapping[str, Field] = {
+    "dp": Field(str, default="none", options=DP_PLACES),
+    "clip_norm": Field(float, default=1.0, low=0, low_open=True),
+    "noise_multiplier": Field(float, default=1.0, low=0),
+    "sample_rate": Field(float, default=1.0, low=0, high=1, low_open=True),
+    "delta": Field(float, default=1e-5, low=0, high=1, low_open=True, high_open=True),
+    "target_epsilon": Field(float, default=None, low=0, low_open=True),
+    "accountant": Field(str, default="rdp", options=ACCOUNTANTS),
+    "clip_quantile": Field(float, default=None, low=0, high=1, low_open=True, high_open=True),
+    "clip_learning_rate": Field(float, default=0.2, low=0, low_open=True),
+    "quantile_noise": Field(float, default=None, low=0, low_open=True),
+}
+"""The `[privacy]` table (see `Privacy`)."""
 
 RUNTIME_FIELDS: Mapping[str, Field] = {
     "device_deadline": Field(float, default=30.0, low=0, low_open=True),
@@ -266,12 +347,14 @@ class Device:
 
 @dataclasses.dataclass(frozen=True)
 class Line:
-    """A production line: its devices and how its data is assigned (the federation's `[data]`
-    defaults merged with the line's own overrides)."""
+    """A production line: its devices, how its data is assigned (the federation's `[data]`
+    defaults merged with the line's own overrides) and its devices' compute budget:
+    `local_steps` per edge round, or None for the federation's `local_steps`."""
 
     name: str
     devices: tuple[Device, ...]
     data: DataSpec
+    local_steps: int | None = None
 
     @property
     def num_devices(self) -> int:
@@ -279,17 +362,105 @@ class Line:
 
 
 @dataclasses.dataclass(frozen=True)
+class TierRule:
+    """How an aggregating tier combines what it receives (see `RULE_FIELDS`).
+
+    `rule` is one of `RULES`; `beta` is the share trimmed from each end (trimmed_mean);
+    `byzantine` the number of faulty senders tolerated and `select` how many updates are
+    averaged (krum, multi_krum; `select` None = all but `byzantine`); `clip_norm` clips
+    every received update's L2 norm first (any rule); `weighting` says whether example
+    counts weigh in ("examples") or each sender counts once ("uniform").
+    """
+
+    rule: str = "mean"
+    beta: float = 0.1
+    byzantine: int = 1
+    select: int | None = None
+    clip_norm: float | None = None
+    weighting: str = "examples"
+
+    @property
+    def robust(self) -> bool:
+        return self.rule in ROBUST_RULES
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptimizer:
+    """The cloud's optax step on the aggregated update (`OPTIMIZERS`; see `OPTIMIZER_FIELDS`)."""
+
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregation:
+    """The rule of each tier and the cloud's optimizer: `[aggregation.edge]`, `[aggregation.cloud]`.
+
+    A plant's own `[plants.aggregation]` table replaces `edge` for that plant's edge.
+    """
+
+    edge: TierRule = TierRule()
+    cloud: TierRule = TierRule()
+    optimizer: ServerOptimizer = ServerOptimizer()
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """Simulated faulty devices: in every plant, `floor(fraction * devices)` of them (chosen by
+    the seed) send `-scale * update` (sign_flip) or Gaussian noise of std `scale` (gaussian)."""
+
+    kind: str = "none"
+    fraction: float = 0.0
+    scale: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Privacy:
+    """Differential privacy of device updates (`[privacy]`); the privacy unit is one device's data.
+
+    `dp` is where noise is added (`DP_PLACES`). Every device update is clipped to L2 norm
+    `clip_norm` and Gaussian noise of std `noise_multiplier * clip_norm` is added per
+    device (`device`), to each edge round's sum (`edge`) or to each cloud round's sum
+    (`cloud`). Each device takes part in an edge round with probability `sample_rate`
+    (Poisson sampling). epsilon at `delta` is tracked by the `accountant`; with
+    `target_epsilon`, training stops before a round would exceed it. `clip_quantile`
+    turns on adaptive clipping (the clip norm follows that quantile of the update norms,
+    with step `clip_learning_rate` and count noise `quantile_noise`, default devices/20).
+    """
+
+    dp: str = "none"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    sample_rate: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
+    clip_quantile: float | None = None
+    clip_learning_rate: float = 0.2
+    quantile_noise: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp != "none"
+
+
+@dataclasses.dataclass(frozen=True)
 class Plant:
     """A plant: one edge server at `address`, aggregating the devices of its lines.
 
     `shift` (in [0, 1]) is the severity of the feature shift applied to this plant's data,
-    modelling different machines, sensors or lighting between sites.
+    modelling different machines, sensors or lighting between sites. `aggregation` is the
+    plant's own edge rule, or None for the federation's `[aggregation.edge]`.
     """
 
     name: str
     address: str
     lines: tuple[Line, ...]
     shift: float = 0.0
+    aggregation: TierRule | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -321,6 +492,7 @@ class Federation:
     learning_rate: float
     server_learning_rate: float
     seed: int
+    mu: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +562,8 @@ class Topology:
 
     `data` is the federation-wide `[data]` defaults (each line carries its merged `DataSpec`);
     `test_fraction` is the share of the task's data held out for the global test set;
-    `compression` is the codec of each upward link;
+    `compression` is the codec of each upward link; `aggregation` the rule of each tier
+    and the cloud's optimizer; `attack` the simulated faulty devices;
     `runtime` is how the distributed runtime runs rounds (deadlines, participation, keys);
     `source` says where it was loaded from (for messages).
     """
@@ -401,8 +574,23 @@ class Topology:
     data: DataSpec = DataSpec()
     test_fraction: float = 0.2
     compression: Compression = Compression()
+    aggregation: Aggregation = Aggregation()
+    attack: Attack = Attack()
+    privacy: Privacy = Privacy()
     source: str = "<string>"
     runtime: Runtime = Runtime()
+
+    def edge_rule(self, plant: Plant) -> TierRule:
+        """The rule `plant`'s edge aggregates its devices with: its own, or `[aggregation.edge]`."""
+        return plant.aggregation or self.aggregation.edge
+
+    @functools.cached_property
+    def device_steps(self) -> tuple[int, ...]:
+        """Each device's local steps per edge round (its line's, or the federation's), in device order."""
+        default = self.federation.local_steps
+        return tuple(
+            line.local_steps or default for plant in self.plants for line in plant.lines for _ in line.devices
+        )
 
     @functools.cached_property
     def devices(self) -> tuple[Device, ...]:
@@ -455,4 +643,146 @@ class Topology:
                 problems.append(f"{path}: {reason}")
         if problems:
             raise TopologyError(problems, self.source)
-        return dataclasses.replace(self, federation=dataclasses.replace(self.federation, **values))
+        federation = dataclasses.replace(self.federation, **values)
+        if "algorithm" in overrides and "mu" not in overrides:
+            federation = dataclasses.replace(federation, mu=ALGORITHM_PARAMETERS.get(federation.algorithm, {}).get("mu"))
+        return self._checked(dataclasses.replace(self, federation=federation))
+
+    def with_aggregation(
+        self, *, edge: TierRule | None = None, cloud: TierRule | None = None, optimizer: ServerOptimizer | None = None
+    ) -> Topology:
+        """A copy with some tiers' rules or the cloud optimizer replaced, checked like a loaded file.
+
+        E.g. `with_aggregation(edge=TierRule("trimmed_mean", beta=0.2))`. Field values are
+        checked with `RULE_FIELDS`/`OPTIMIZER_FIELDS` and the combination with the rest of
+        the topology with `combination_problems`; TopologyError lists what is wrong.
+        """
+        problems: list[str] = []
+        for path, value, fields in (
+            ("aggregation.edge", edge, RULE_FIELDS),
+            ("aggregation.cloud", cloud, RULE_FIELDS),
+            ("aggregation.cloud", optimizer, OPTIMIZER_FIELDS),
+        ):
+            if value is not None:
+                problems += field_problems(path, dataclasses.asdict(value), fields)
+        if problems:
+            raise TopologyError(problems, self.source)
+        aggregation = Aggregation(
+            edge=edge or self.aggregation.edge,
+            cloud=cloud or self.aggregation.cloud,
+            optimizer=optimizer or self.aggregation.optimizer,
+        )
+        return self._checked(dataclasses.replace(self, aggregation=aggregation))
+
+    def _checked(self, topology: Topology) -> Topology:
+        problems = combination_problems(topology)
+        if problems:
+            raise TopologyError(problems, self.source)
+        return topology
+
+
+def field_problems(path: str, values: Mapping[str, Any], fields: Mapping[str, Field]) -> list[str]:
+    """`<path>.<key>: <why>` for each value that its `Field` rejects (keys without a Field ignored)."""
+    problems = []
+    for key, value in values.items():
+        if key in fields:
+            _, reason = fields[key].check(value)
+            if reason is not None:
+                problems.append(f"{path}.{key}: {reason}")
+    return problems
+
+
+def combination_problems(topology: Topology) -> list[str]:
+    """What is meaningless about how the algorithm, the tier rules and the tree combine.
+
+    Field values are already valid one by one; this checks them against each other and
+    against the tree: a robust rule needs enough senders to be robust (median and trimmed
+    mean at least 3, (multi-)Krum with f byzantine senders at least 2f + 3), multi-Krum
+    cannot select more than the senders it trusts, SCAFFOLD's control variates are
+    weighted means of a subtree and so need the mean rule at every tier, FedSGD takes
+    exactly one full-batch step so lines cannot set their own `local_steps`.
+    """
+    problems: list[str] = []
+    federation = topology.federation
+    senders = [("aggregation.cloud", topology.aggregation.cloud, len(topology.plants), "plants")]
+    for i, plant in enumerate(topology.plants):
+        path = f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
+        senders.append((path, topology.edge_rule(plant), plant.num_devices, f"devices in plant {plant.name!r}"))
+    for path, rule, count, what in senders:
+        problems += _rule_problems(path, rule, count, what)
+        if rule.robust and federation.algorithm == "scaffold":
+            problems.append(
+                f"{path}.rule: {rule.rule!r} cannot be combined with algorithm 'scaffold' (its control variates "
+                "are weighted means over each subtree, so every tier must use 'mean')"
+            )
+    for key in ("mu",):
+        takers = [name for name, keys in ALGORITHM_PARAMETERS.items() if key in keys]
+        if getattr(federation, key) is not None and federation.algorithm not in takers:
+            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)")
+    problems += _privacy_problems(topology)
+    if federation.algorithm == "fedsgd":
+        for i, plant in enumerate(topology.plants):
+            for j, line in enumerate(plant.lines):
+                if line.local_steps is not None:
+                    problems.append(
+                        f"plants[{i}].lines[{j}].local_steps: algorithm 'fedsgd' takes exactly one full-batch step "
+                        "per edge round; use fedavg or fednova for per-line compute budgets"
+                    )
+    return list(dict.fromkeys(problems))
+
+
+def _privacy_problems(topology: Topology) -> list[str]:
+    """DP needs the plain mean (its sensitivity is one clipped update), no variates, and for
+    noise at the cloud one edge round per cloud round (so the cloud sees sums of clipped updates)."""
+    privacy = topology.privacy
+    if not privacy.enabled:
+        return []
+    problems = []
+    rules = [("aggregation.cloud", topology.aggregation.cloud)] + [
+        (f"plants[{i}].aggregation" if p.aggregation else "aggregation.edge", topology.edge_rule(p)) for i, p in enumerate(topology.plants)
+    ]
+    for path, rule in rules:
+        if rule.rule != "mean" or rule.clip_norm is not None:
+            what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
+            problems.append(f"{path}: {what} cannot be combined with privacy.dp = {privacy.dp!r} (DP clips with privacy.clip_norm and needs the mean)")
+    if topology.federation.algorithm == "scaffold":
+        problems.append(f"privacy.dp: {privacy.dp!r} cannot be combined with algorithm 'scaffold' (its control variates are not privatized)")
+    if privacy.dp == "cloud" and topology.federation.edge_rounds != 1:
+        problems.append(
+            "privacy.dp: 'cloud' needs federation.edge_rounds = 1 (with more edge rounds the edge's summary is not a sum of "
+            f"clipped device updates, so its sensitivity is unbounded), got {topology.federation.edge_rounds}; use 'edge'"
+        )
+    if privacy.clip_quantile is not None:
+        if privacy.dp == "device":
+            problems.append("privacy.clip_quantile: adaptive clipping needs a trusted aggregator (dp = 'edge' or 'cloud'), not 'device'")
+        elif privacy.noise_multiplier > 0 and 2 * quantile_noise(privacy, topology) <= privacy.noise_multiplier:
+            problems.append(
+                f"privacy.quantile_noise: must be > noise_multiplier / 2 = {privacy.noise_multiplier / 2:g} "
+                f"for adaptive clipping (got {quantile_noise(privacy, topology):g})"
+            )
+    return problems
+
+
+def quantile_noise(privacy: Privacy, topology: Topology) -> float:
+    """The std of the noise on the count of clipped updates: as set, or expected devices per round / 20."""
+    if privacy.quantile_noise is not None:
+        return privacy.quantile_noise
+    return privacy.sample_rate * topology.num_devices / 20
+
+
+def _rule_problems(path: str, rule: TierRule, senders: int, what: str) -> list[str]:
+    if rule.rule in ("median", "trimmed_mean") and senders < 3:
+        return [f"{path}.rule: {rule.rule!r} over {senders} {what} is meaningless (needs at least 3)"]
+    if rule.rule in ("krum", "multi_krum"):
+        needed = 2 * rule.byzantine + 3
+        if senders < needed:
+            return [
+                f"{path}.byzantine: {rule.rule} tolerating {rule.byzantine} byzantine senders needs at least "
+                f"2 * {rule.byzantine} + 3 = {needed}, but there are {senders} {what}"
+            ]
+        if rule.rule == "multi_krum" and rule.select is not None and rule.select > senders - rule.byzantine:
+            return [
+                f"{path}.select: multi_krum can average at most {senders} - {rule.byzantine} = "
+                f"{senders - rule.byzantine} updates, got select = {rule.select} ({senders} {what})"
+            ]
+    return []

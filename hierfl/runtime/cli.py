@@ -63,8 +63,13 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
 
 def _load(source: str):
     from hierfl.loading import load_topology
+    from hierfl.runtime.node import runtime_problems
 
-    return load_topology(source)
+    topology = load_topology(source)
+    problems = runtime_problems(topology)
+    if problems:
+        raise HierflError(f"{topology.source}: cannot run in the distributed runtime:\n" + "\n".join(f"  - {p}" for p in problems))
+    return topology
 
 
 def _node_setup(source: str):

@@ -69,7 +69,7 @@ class CloudNode:
         plan = make_plan(topology)
         self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
         self.edges = {name: row for row, name in enumerate(topology.plant_names)}
-        self.cloud_step = make_cloud_step(net.algorithm, net.spec)
+        self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud)
         self.decode = make_decode(net.codecs.edge_to_cloud)
         self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
         # Rows 0..E-1 hold this round's summaries, rows E..2E-1 stale summaries (offline progress).

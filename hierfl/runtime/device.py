@@ -40,7 +40,8 @@ class DeviceNode:
         self.net = node_model(topology)
         shards = make_plan(topology).shards
         i = self.device.index
-        self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]))
+        steps = jnp.int32(topology.device_steps[i])
+        self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps)
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed)

@@ -63,7 +63,7 @@ class EdgeNode:
         self.devices = {device.id: row for row, device in enumerate(self.plant.devices)}
         self.edge_rounds = topology.federation.edge_rounds
         seed = topology.federation.seed
-        self.edge_step = make_edge_step(net.algorithm)
+        self.edge_step = make_edge_step(topology.edge_rule(self.plant))
         self.decode = make_decode(net.codecs.device_to_edge)
         self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
         self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from hierfl import rng
@@ -82,11 +83,33 @@ def node_model(topology: Topology) -> NodeModel:
     model, params = build_model(name, task.models[name], rng.init_key(federation.seed))
     spec = flat_spec(params)
     codecs = build_link_codecs(topology.compression, spec.size)
-    algorithm = build_algorithm(federation.algorithm, model.apply, task, federation)
+    # Example counts matter only to FedNova, which the runtime does not run yet (`runtime_problems`).
+    algorithm = build_algorithm(model.apply, task, topology, np.ones(topology.num_devices, np.int32))
     return NodeModel(
         model, params, spec, task, algorithm, codecs,
         protocol.codec_layout(codecs.device_to_edge), protocol.codec_layout(codecs.edge_to_cloud), protocol.model_layout(spec),
     )
+
+
+RUNTIME_ALGORITHMS = ("fedavg", "fedsgd", "fedprox")
+
+
+def runtime_problems(topology: Topology) -> list[str]:
+    """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
+
+    Tier rules, server optimizers, per-line local steps and every codec work; control
+    variates (SCAFFOLD), FedNova's normalisation, simulated attacks and differential
+    privacy are simulator-only for now.
+    """
+    problems = []
+    algorithm = topology.federation.algorithm
+    if algorithm not in RUNTIME_ALGORITHMS:
+        problems.append(f"federation.algorithm: the runtime runs {', '.join(RUNTIME_ALGORITHMS)}; {algorithm!r} is simulator-only for now")
+    if topology.attack.kind != "none":
+        problems.append("attack: simulated attacks are simulator-only (`hierfl simulate`)")
+    if topology.privacy.enabled:
+        problems.append("privacy: differential privacy is simulator-only for now (`hierfl simulate`)")
+    return problems
 
 
 class Membership:

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierfl import rng
-from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, edge_result, screen_nonfinite, summarize
+from hierfl import aggregation, rng
+from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, edge_result, screen_nonfinite
 from hierfl.kernels import Codec, FlatSpec, ravel, unravel
 from hierfl.tasks.models import Params
+from hierfl.topology import TierRule
 
 
 ALIGNMENT = 64
@@ -84,12 +85,15 @@ def make_decode(codec: Codec) -> Callable[[tuple[jax.Array, ...]], jax.Array]:
     return jax.jit(lambda payload: codec.decode(tuple(payload)))
 
 
-def make_edge_step(algorithm: Algorithm) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """`edge_step(edge_flat [P], deltas [K, P], weights [K]) -> edge_flat`, jitted: one edge round's aggregation."""
+def make_edge_step(rule: TierRule) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """`edge_step(edge_flat [P], deltas [K, P], weights [K]) -> edge_flat`, jitted: one edge round's aggregation.
+
+    The plant's rule (`topology.edge_rule(plant)`: the weighted mean, or a robust rule,
+    with optional clipping) combines the decoded updates, as the simulator's edges do.
+    """
 
     def edge_step(edge_flat, deltas, weights):
-        summary = algorithm.aggregate(summarize(LocalResult(deltas, weights, jnp.zeros_like(weights))))
-        return apply_summary(edge_flat, summary)
+        return apply_summary(edge_flat, aggregation.reduce(rule, deltas, weights))
 
     return jax.jit(edge_step)
 
@@ -104,11 +108,15 @@ def make_edge_upload(codec: Codec, seed: int) -> Callable[..., tuple[tuple[jax.A
     return jax.jit(edge_upload)
 
 
-def make_cloud_step(algorithm: Algorithm, spec: FlatSpec) -> Callable[[Params, Any, jax.Array, jax.Array], tuple[Params, Any]]:
-    """`cloud_step(params, server_state, deltas [E, P], weights [E]) -> (params, server_state)`, jitted."""
+def make_cloud_step(algorithm: Algorithm, spec: FlatSpec, rule: TierRule) -> Callable[[Params, Any, jax.Array, jax.Array], tuple[Params, Any]]:
+    """`cloud_step(params, server_state, deltas [E, P], weights [E]) -> (params, server_state)`, jitted.
+
+    The cloud's rule (`[aggregation.cloud]`) combines the decoded summaries; the
+    algorithm's server optimizer (FedOpt) applies the result.
+    """
 
     def cloud_step(params, server_state, deltas, weights):
-        total = algorithm.aggregate(summarize(LocalResult(deltas, weights, jnp.zeros_like(weights))))
+        total = aggregation.reduce(rule, deltas, weights)
         return algorithm.server_update(params, server_state, Summary(unravel(spec, total.delta_sum), total.weight))
 
     return jax.jit(cloud_step)

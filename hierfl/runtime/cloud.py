@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import zmq
@@ -70,6 +71,7 @@ class CloudNode:
         self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
         self.edges = {name: row for row, name in enumerate(topology.plant_names)}
         self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud)
+        self.ravel = jax.jit(lambda params: ravel(net.spec, params))
         self.decode = make_decode(net.codecs.edge_to_cloud)
         self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
         # Rows 0..E-1 hold this round's summaries, rows E..2E-1 stale summaries (offline progress).
@@ -101,6 +103,8 @@ class CloudNode:
         self.running = True
 
     def warm_up(self) -> None:
+        """Compiles every step of a round before serving, so no round stalls on a compile."""
+        self.ravel(self.params)
         self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
         self.evaluate(self.params)
 
@@ -164,6 +168,7 @@ class CloudNode:
                 )
                 if self.members.seen(message.sender):
                     self.log.info("edge %s joined", message.sender)
+                    self._send_open_round(message.sender)
                 self._handle(message)
             except protocol.MessageRejected as error:
                 self.counters.reject(self.log, peer, error)
@@ -199,6 +204,16 @@ class CloudNode:
         self.weights[row] = weight
         received[message.sender] = message.header
 
+    def _send_open_round(self, edge: str) -> None:
+        """Gives an edge that joins, or comes back (restarted, or silent too long), the open round's model.
+
+        An edge that already works on the round ignores the repeat; one that restarted needs it.
+        """
+        if self.phase == COLLECTING and edge not in self.summaries:
+            self.expected.add(edge)
+            self.sent_to += 1
+            send_router(self.socket, edge, self.model_frames)
+
     def _open_round(self) -> None:
         self.phase = COLLECTING
         self.round_started = time.perf_counter()
@@ -209,12 +224,13 @@ class CloudNode:
         # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
         self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
         self.first_round = False
-        global_flat = np.asarray(ravel(self.net.spec, self.params))
-        frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
-                                 spec=self.net.spec, codec="none", arrays=[global_flat])
-        for edge in sorted(self.members.alive()):
-            send_router(self.socket, edge, frames)
-        self.sent_to = len(self.members.alive())
+        self.model_frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
+                                            spec=self.net.spec, codec="none", arrays=[np.asarray(self.ravel(self.params))])
+        # To the edges alive when the round opened (re-asking the live set now could miss them all
+        # if this process was stalled); an edge that joins later gets the model when it does.
+        for edge in sorted(self.expected):
+            send_router(self.socket, edge, self.model_frames)
+        self.sent_to = len(self.expected)
 
     def _close_round(self) -> None:
         answered, total = len(self.summaries), len(self.edges)

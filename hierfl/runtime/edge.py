@@ -226,7 +226,7 @@ class EdgeNode:
             self.cloud_seen = time.monotonic()
             if message.kind == protocol.STOP:
                 self.log.info("the cloud says stop")
-                self._broadcast(protocol.encode(protocol.STOP, self.plant.name, round=self.round), everyone=True)
+                self._broadcast(protocol.encode(protocol.STOP, self.plant.name, round=self.round))
                 self.running = False
                 return
             if message.kind == protocol.REJECTED:
@@ -266,7 +266,8 @@ class EdgeNode:
             protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.model_version,
             spec=self.net.spec, codec="none", arrays=[self.edge_flat],
         )
-        self._broadcast(frames)
+        for device in sorted(self.expected):
+            send_router(self.devices_socket, device, frames)
 
     def _open_offline_round(self) -> None:
         """An edge round while the cloud is silent: numbered as the next cloud round, from the edge's own model."""
@@ -342,9 +343,9 @@ class EdgeNode:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _broadcast(self, frames: list, everyone: bool = False) -> None:
-        targets = self.devices if everyone else sorted(self.members.alive())
-        for device in targets:
+    def _broadcast(self, frames: list) -> None:
+        """Sends to every device of the plant (those not connected are skipped by ZeroMQ)."""
+        for device in self.devices:
             send_router(self.devices_socket, device, frames)
 
     def _send_cloud(self, kind: str, **fields) -> None:

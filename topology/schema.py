@@ -203,6 +203,10 @@ NAME = Field(str, pattern=NAME_PATTERN)
 PLANT_SHIFT = Field(float, default=0.0, low=0, high=1)
 """A plant's feature-shift severity: 0 = the task's clean data, 1 = the strongest shift."""
 
+PLANT_CLASS = Field(str)
+"""One entry of a plant's `classes` list: a class (or fault type) name of the task, which
+the plan checks against the task (the topology does not know the task's names)."""
+
 LINKS = ("device_to_edge", "edge_to_cloud")
 """The upward links whose updates can be compressed, as named in `[compression.<link>]`."""
 
@@ -268,13 +272,16 @@ class Plant:
     """A plant: one edge server at `address`, aggregating the devices of its lines.
 
     `shift` (in [0, 1]) is the severity of the feature shift applied to this plant's data,
-    modelling different machines, sensors or lighting between sites.
+    modelling different machines, sensors or lighting between sites. `classes` limits the
+    plant's data to some of the task's classes (e.g. the fault types its machines develop),
+    None for all of them.
     """
 
     name: str
     address: str
     lines: tuple[Line, ...]
     shift: float = 0.0
+    classes: tuple[str, ...] | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:

@@ -15,6 +15,8 @@ processed, and against edge->cloud bytes). Scores are the task's metrics
 (`hierfl.scoring`): accuracy for classification, e.g. RMSE (lower is better) for
 regression; every label follows the metric. `Words` name the example's devices, plants
 and examples ("cameras", "mills", "images") so the text reads as the use case.
+`write_results` writes the three files; `run_problems` is a whole example (one comparison
+per topology file, its hierarchical run kept for `hierfl export`).
 """
 
 from __future__ import annotations
@@ -233,8 +235,8 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
     metric = results_metric(results)
     fed = results["federation"]
     plants = list(fed["plants"])
-    extra = [name for name in results["hierarchical"] if name not in (metric.name, metric.plant_key)
-             and not name.startswith("plant_") and name not in ("edge_to_cloud_bytes", "curve")]
+    # The task's other metrics (MAE beside RMSE), each stored with its per-plant values.
+    extra = [key.removeprefix("plant_") for key in results["hierarchical"] if key.startswith("plant_") and key != metric.plant_key]
 
     def show(value: float) -> str:
         return metric.format(value)
@@ -254,11 +256,12 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
         row("centralized (upper bound)", central, f"{format_bytes(raw)} of raw {words.examples}"),
     ]
     all_plants = f"all {words.plants}"
+    show_shift = any(fed["plants"][p]["shift"] for p in plants)
     header = [
         "method",
         f"{metric.title}, {all_plants}",
         *(f"{e.upper()}, {all_plants}" for e in extra),
-        *(f"{p} ({_plant_note(fed['plants'][p])})" for p in plants),
+        *(f"{p} ({_plant_note(fed['plants'][p], show_shift)})" for p in plants),
         "edge → cloud",
     ]
     uplink = results["uplink_at_equal_accuracy"]
@@ -293,9 +296,13 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
     ]) + "\n"
 
 
-def _plant_note(plant: dict[str, Any]) -> str:
-    note = f"shift {plant['shift']:g}"
-    return f"{note}; {', '.join(plant['classes'])}" if plant.get("classes") else note
+def _plant_note(plant: dict[str, Any], show_shift: bool) -> str:
+    """A plant's column note: its shift (where plants differ by one) and its classes (three at most by name)."""
+    notes = [f"shift {plant['shift']:g}"] if show_shift or not plant.get("classes") else []
+    classes = plant.get("classes") or []
+    if classes:
+        notes.append(", ".join(classes) if len(classes) <= 3 else f"{len(classes)} classes")
+    return "; ".join(notes)
 
 
 # --- figure ------------------------------------------------------------------------------
@@ -358,6 +365,14 @@ def write_results(out: Path, stem: str, results: dict[str, Any], words: Words = 
     return markdown
 
 
+def predict_rows(plan: Plan, count: int) -> np.ndarray:
+    """`count` test examples to show a served model, all different: the first test example
+    of each stratum (each class, or each bin of a regression target), in test-set order."""
+    strata = plan.task.strata(plan.test.y)
+    firsts = sorted(int(np.flatnonzero(strata == s)[0]) for s in np.unique(strata))
+    return np.array(firsts[:count], dtype=np.int64)
+
+
 def run_problems(
     problems: dict[str, Path],
     *,
@@ -375,8 +390,9 @@ def run_problems(
     `write_results(out, "results_<name>", ...)`.
 
     With `run_root`, problem p's hierarchical run is kept in `run_root/<federation name>`
-    with `predict.npy`: the first `predict_examples` test examples of the last plant, what
-    an example's README sends to `hierfl predict`. Returns {name: results}.
+    with `predict.npy`: `predict_examples` test examples (`predict_rows`), what an example's
+    README sends to `hierfl predict`, and `predict_truth.npy`, their labels or targets.
+    Returns {name: results}.
     """
     from hierfl.loading import load_topology
 
@@ -391,9 +407,9 @@ def run_problems(
         announce = (lambda title: console.rule(title)) if console is not None else (lambda title: None)
         comparison = compare(topology, progress=progress, announce=announce, run_dir=run_dir)
         if run_dir is not None:
-            test = comparison.plan.test
-            rows = np.flatnonzero(test.plant == comparison.plan.num_edges - 1)[:predict_examples]
-            np.save(run_dir / "predict.npy", test.x[rows].astype(np.float32))
+            rows = predict_rows(comparison.plan, predict_examples)
+            np.save(run_dir / "predict.npy", comparison.plan.test.x[rows].astype(np.float32))
+            np.save(run_dir / "predict_truth.npy", comparison.plan.test.y[rows])
         label = path.relative_to(relative_to) if relative_to is not None and path.is_relative_to(relative_to) else path
         results = collect_results(command, str(label), comparison, words)
         markdown = write_results(out, f"results_{name}", results, words)

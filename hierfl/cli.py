@@ -239,12 +239,15 @@ def run_report(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from hierfl.inference.artifact import write_artifact
     from hierfl.inference.export import export_run
+    from hierfl.metrics import read_run_info
+    from hierfl.scoring import run_metric
 
     artifact = export_run(args.run_dir, platforms=args.platforms)
     path = write_artifact(args.out or args.run_dir / "model.hfl", artifact)
     meta = artifact.meta
-    metric = next((m for m in ("accuracy", "rmse", "mae") if isinstance(meta.metrics.get(m), float)), None)
-    scored = f" (test {metric} {meta.metrics[metric]:.4f})" if metric else ""
+    metric = run_metric(read_run_info(args.run_dir)).name  # accuracy, or the task's deciding metric
+    value = meta.metrics.get(metric)
+    scored = f" (test {metric} {value:.4f})" if isinstance(value, float) else ""
     print(
         f"exported {meta.task} {meta.model} version {meta.version}{scored} for {', '.join(meta.platforms)} "
         f"-> {path} ({path.stat().st_size:,} bytes)"

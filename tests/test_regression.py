@@ -210,3 +210,48 @@ def test_bearing_plant_limited_to_its_classes_is_balanced_over_them():
     plan = make_plan(parse_topology(PLANT.format(classes='classes = ["outer", "inner"]'), "t.toml"))
     trained = np.concatenate([plan.shards.y[d, :n] for d, n in enumerate(plan.shards.counts)])
     assert set(np.unique(plan.test.y)) == {1, 2} and set(np.unique(trained)) == {1, 2}
+
+
+def test_a_served_regression_model_answers_values_by_name(tmp_path):
+    # energy-forecast's MLP (no data needed to export it): the artifact names its outputs,
+    # `hierfl serve` serves them, `hierfl predict` prints one column per forecast hour.
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import jax
+
+    from hierfl.inference.artifact import read_artifact, write_artifact
+    from hierfl.inference.client import Client
+    from hierfl.inference.export import export_model
+    from hierfl.tasks.models import build_model
+    from test_inference_server import HIERFL, start, stop, wait_until_serving
+
+    task = tasks.TASKS["energy-forecast"]
+    model, params = build_model("mlp", task.models["mlp"], jax.random.key(0))
+    path = write_artifact(tmp_path / "forecast.hfl", export_model(model, params, task, version=3, platforms=("cpu",)))
+    meta = read_artifact(path).meta
+    assert meta.class_names == () and meta.output_names == ("hour_21", "hour_22", "hour_23", "hour_24")
+    assert meta.output_shape == (4,)
+    x = np.random.default_rng(0).normal(size=(2, 20)).astype(np.float32)
+    expected = np.asarray(model.apply(params, jnp.asarray(x)))
+    np.save(tmp_path / "days.npy", x)
+
+    folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
+    address, log = f"ipc://{folder}/serve.ipc", folder / "server.log"
+    process = start("serve", str(path), "--bind", address, log=log)
+    try:
+        wait_until_serving(process, address, log)
+        with Client(address, timeout=60) as client:
+            assert client.info().output_names == meta.output_names
+            np.testing.assert_allclose(client.predict(x).logits, expected, rtol=1e-5, atol=1e-6)
+        shown = subprocess.run([str(HIERFL), "predict", address, str(tmp_path / "days.npy")], capture_output=True,
+                               text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    finally:
+        stop(process)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "hour_21" in shown.stdout and "hour_24" in shown.stdout and "probability" not in shown.stdout
+    assert f"{expected[1, 3]:.4g}" in shown.stdout

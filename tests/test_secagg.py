@@ -70,6 +70,23 @@ def test_fixed_point_scale_keeps_the_sum_of_summands_in_int32():
         np.testing.assert_array_equal(codec.decode(total), sign * 100.0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    clip=st.floats(1e-3, 1e3),
+    summands=st.integers(1, 10_000),
+    data=st.data(),
+)
+def test_fixed_point_sums_decode_exactly_to_the_sum_of_rounded_values(clip, summands, data):
+    codec = FixedPoint(clip, summands)
+    count = data.draw(st.integers(1, min(summands, 50)))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    values = np.random.default_rng(seed).uniform(-clip, clip, (count, 16))
+    total = np.sum([codec.encode(v) for v in values], axis=0, dtype=np.uint32)
+    rounded = np.rint(values * codec.scale).sum(axis=0)  # exact integers, never wrapped
+    np.testing.assert_array_equal(total.view(np.int32), rounded)
+    np.testing.assert_allclose(codec.decode(total), values.sum(axis=0), atol=count * codec.step / 2 + 1e-6 * count * clip)
+
+
 def test_fixed_point_round_trip_rounds_to_the_step_and_clips():
     codec = FixedPoint(clip=2.0, summands=10)
     values = np.array([0.0, 1e-9, -0.3, 1.999, 5.0, -7.0], dtype=np.float32)
@@ -105,7 +122,7 @@ def test_shamir_rejects_bad_input():
 def test_one_share_of_a_two_of_n_sharing_is_uniform_whatever_the_secret():
     # x = 1: y = s + a with a uniform, so y mod 256 is uniform for a fixed secret.
     low_bytes = [shamir.split(12345, 3, 2)[0][1] % 256 for _ in range(4000)]
-    assert stats.chisquare(np.bincount(low_bytes, minlength=256)).pvalue > 1e-4
+    assert stats.chisquare(np.bincount(low_bytes, minlength=256)).pvalue > 1e-6
 
 
 # --- the protocol ------------------------------------------------------------------------
@@ -140,7 +157,7 @@ def test_a_masked_update_is_indistinguishable_from_uniform_noise():
     run = Round(words, threshold=3)
     run.run()
     for masked in run.masked.values():
-        assert uniformity_pvalue(masked) > 1e-4
+        assert uniformity_pvalue(masked) > 1e-6  # fresh OS randomness: a false alarm about once in 10^5 runs
 
 
 def test_dropouts_above_the_threshold_leave_the_survivors_sum():
@@ -154,6 +171,9 @@ def test_dropouts_above_the_threshold_leave_the_survivors_sum():
     np.testing.assert_array_equal(total, np.sum([words[d] for d in counted], axis=0, dtype=np.uint32))
     plain = np.sum([updates[d].astype(np.float64) for d in counted], axis=0)
     np.testing.assert_allclose(codec.decode(total), plain, atol=5 * codec.step / 2 + 1e-7)
+    # The in-process reference run (fresh keys, same dropouts) gives the same sum.
+    reference = secagg.run_round(words, 4, drop_after_shares=ids[:3], drop_after_masked=[ids[3]])
+    np.testing.assert_array_equal(reference, total)
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ NONCE_BYTES = 12
 PLAINTEXT_SHARE_BYTES = 2 * shamir.SHARE_BYTES
 WORD = np.dtype("<u4")
 
-__all__ = ["DeviceSession", "EdgeSession", "expand", "secagg_threshold"]
+__all__ = ["DeviceSession", "EdgeSession", "expand", "run_round", "secagg_threshold"]
 
 
 def expand(seed: bytes, words: int) -> np.ndarray:

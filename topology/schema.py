@@ -633,8 +633,11 @@ class Topology:
         if problems:
             raise TopologyError(problems, self.source)
         federation = dataclasses.replace(self.federation, **values)
-        if "algorithm" in overrides and "mu" not in overrides:
-            federation = dataclasses.replace(federation, mu=ALGORITHM_PARAMETERS.get(federation.algorithm, {}).get("mu"))
+        if federation.algorithm != self.federation.algorithm:
+            # A new algorithm gets its own parameters' defaults, unless they are given too.
+            defaults = {k: v for k, v in ALGORITHM_PARAMETERS.get(federation.algorithm, {}).items() if k not in overrides}
+            dropped = {k: None for keys in ALGORITHM_PARAMETERS.values() for k in keys if k not in overrides and k not in defaults}
+            federation = dataclasses.replace(federation, **dropped, **defaults)
         return self._checked(dataclasses.replace(self, federation=federation))
 
     def with_aggregation(
@@ -708,6 +711,8 @@ def combination_problems(topology: Topology) -> list[str]:
         takers = [name for name, keys in ALGORITHM_PARAMETERS.items() if key in keys]
         if getattr(federation, key) is not None and federation.algorithm not in takers:
             problems.append(f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)")
+        if getattr(federation, key) is None and federation.algorithm in takers:
+            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} needs {key} (a number)")
     problems += _privacy_problems(topology)
     problems += _crypto_problems(topology)
     if federation.algorithm == "fedsgd":

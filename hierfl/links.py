@@ -56,15 +56,20 @@ def initial_residuals(codec: Codec, leading: tuple[int, ...]) -> jax.Array:
     return jnp.zeros((*leading, codec.residual_size), jnp.float32)
 
 
-def tier_bytes(codecs: LinkCodecs, model_bytes: int, devices: int, edges: int, edge_rounds: int) -> dict[str, int]:
+def tier_bytes(
+    codecs: LinkCodecs, model_bytes: int, devices: int, edges: int, edge_rounds: int, *, variates: bool = False
+) -> dict[str, int]:
     """Bytes of update payload each tier sends in one cloud round.
 
     Uplinks send one encoded update per device per edge round and one per edge per cloud
-    round (`payload_bytes` of the link's codec); downlinks send the float32 model.
+    round (`payload_bytes` of the link's codec); downlinks send the float32 model. With
+    control `variates` (SCAFFOLD), every uplink message also carries a float32 variate
+    change, and the cloud's variate goes down once per cloud round to every edge and device.
     """
+    variate = model_bytes if variates else 0
     return {
-        "device_to_edge": devices * edge_rounds * codecs.device_to_edge.payload_bytes,
-        "edge_to_device": devices * edge_rounds * model_bytes,
-        "edge_to_cloud": edges * codecs.edge_to_cloud.payload_bytes,
-        "cloud_to_edge": edges * model_bytes,
+        "device_to_edge": devices * edge_rounds * (codecs.device_to_edge.payload_bytes + variate),
+        "edge_to_device": devices * (edge_rounds * model_bytes + variate),
+        "edge_to_cloud": edges * (codecs.edge_to_cloud.payload_bytes + variate),
+        "cloud_to_edge": edges * (model_bytes + variate),
     }

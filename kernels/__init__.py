@@ -2,7 +2,7 @@
 
 Kernels take flat update buffers (`flat`: a params pytree as one float32 vector `[P]`,
 stacked `[K, P]`) and return arrays: aggregation (weighted and per-segment sums and means,
-coordinate median, trimmed mean), compression per link (`compression`: int8, top-k with
+coordinate median, trimmed mean, Krum), compression per link (`compression`: int8, top-k with
 error feedback, float16/bfloat16 casts), and privacy building blocks (`privacy`: L2
 clipping, Gaussian noise). They do no I/O and know nothing of topologies, so the
 simulator and the runtime call the same code, on CPU or GPU through XLA.
@@ -10,6 +10,8 @@ simulator and the runtime call the same code, on CPU or GPU through XLA.
 
 from hierfl.kernels.aggregation import (
     coordinate_median,
+    krum_scores,
+    multi_krum,
     segment_weighted_mean,
     segment_weighted_sum,
     trimmed_mean,
@@ -28,8 +30,10 @@ __all__ = [
     "clip_by_l2",
     "coordinate_median",
     "flat_spec",
+    "krum_scores",
     "l2_norms",
     "make_codec",
+    "multi_krum",
     "ravel",
     "roundtrip",
     "segment_weighted_mean",

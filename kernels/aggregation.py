@@ -6,6 +6,7 @@
 - `weighted_mean`, `segment_weighted_mean`: the same divided by the total weight (zero
   where a segment has no weight).
 - `coordinate_median`, `trimmed_mean`: the robust statistics, per coordinate.
+- `krum_scores`, `multi_krum`: Krum's distance scores and the mean of the best-scored updates.
 
 How weights enter the robust statistics: each update counts as `weights[k]` copies of
 itself (its example count), not as one vote, so a device with 10x the data has 10x the
@@ -96,6 +97,43 @@ def trimmed_mean(stack: jax.Array, beta: float, weights: jax.Array | None = None
     kept_total = kept.sum(axis=0)
     mean = (values * kept).sum(axis=0) / jnp.where(kept_total > 0, kept_total, 1)
     return jnp.where(kept_total > 0, mean, jnp.zeros_like(mean))
+
+
+def krum_scores(stack: jax.Array, present: jax.Array, byzantine: int) -> jax.Array:
+    """Krum's score of every update `[K]`: the sum of squared L2 distances to its nearest neighbours.
+
+    With `n` updates present, each present update sums its `max(n - byzantine - 2, 1)`
+    smallest squared distances to the other present updates (Blanchard et al. 2017);
+    absent updates (`present` False: padding, rejected) score +inf and are nobody's
+    neighbour. A lone present update scores the largest float, so it still ranks first.
+    `stack` is `[K, P]`; the distances come from one Gram matrix at full float32 precision.
+    """
+    norms = jnp.sum(stack * stack, axis=1)
+    gram = jnp.matmul(stack, stack.T, precision=EXACT)
+    distances = jnp.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0)
+    k = stack.shape[0]
+    neighbour = present[None, :] & ~jnp.eye(k, dtype=bool)
+    distances = jnp.sort(jnp.where(neighbour, distances, jnp.inf), axis=1)
+    count = jnp.maximum(present.sum() - byzantine - 2, 1)
+    nearest = jnp.where(jnp.arange(k)[None, :] < count, distances, 0).sum(axis=1)
+    nearest = jnp.where(jnp.isfinite(nearest), nearest, jnp.finfo(stack.dtype).max)
+    return jnp.where(present, nearest, jnp.inf)
+
+
+def multi_krum(stack: jax.Array, weights: jax.Array, byzantine: int, select: int | None = None) -> jax.Array:
+    """The weighted mean of the `select` updates with the best Krum scores (shape `[P]`).
+
+    Updates of weight 0 are absent. `select` None averages `n - byzantine` of the `n`
+    present ones; `select=1` is Krum itself (the single best update). Scores count every
+    present update once, whatever its weight; the weights only weigh the chosen ones.
+    Zeros when no update is present.
+    """
+    present = weights > 0
+    scores = krum_scores(stack, present, byzantine)
+    rank = jnp.argsort(jnp.argsort(scores))
+    count = present.sum() - byzantine if select is None else jnp.minimum(select, present.sum())
+    chosen = present & (rank < jnp.maximum(count, 1))
+    return weighted_mean(stack, jnp.where(chosen, weights, 0))
 
 
 def _sorted_by_value(stack: jax.Array, weights: jax.Array) -> tuple[jax.Array, ...]:

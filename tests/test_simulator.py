@@ -25,7 +25,7 @@ def reference_hierfavg(topology, rounds):
     plan = make_plan(topology)
     model, params = init_global_model(plan)
     federation = topology.federation
-    algorithm = build_algorithm(federation.algorithm, model.apply, plan.task, federation)
+    algorithm = build_algorithm(model.apply, plan.task, topology, plan.shards.counts)
     local_update = jax.jit(algorithm.local_update)
     shards = plan.shards
     to64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)  # noqa: E731
@@ -63,7 +63,7 @@ def reference_flat_fedavg(topology, rounds):
     plan = make_plan(topology)
     model, params = init_global_model(plan)
     federation = topology.federation
-    local_update = jax.jit(build_algorithm(federation.algorithm, model.apply, plan.task, federation).local_update)
+    local_update = jax.jit(build_algorithm(model.apply, plan.task, topology, plan.shards.counts).local_update)
     shards = plan.shards
     global_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     for r in range(1, rounds + 1):

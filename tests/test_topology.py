@@ -241,7 +241,7 @@ BAD = [
     (
         ("cloud_rounds = 3", "cloud_rounds = 3\ncloud_round = 3"),
         "federation.cloud_round: unknown key (allowed: algorithm, batch_size, cloud_rounds, edge_rounds, "
-        "learning_rate, local_steps, model, name, seed, server_learning_rate, task); did you mean 'cloud_rounds'?",
+        "learning_rate, local_steps, model, mu, name, seed, server_learning_rate, task); did you mean 'cloud_rounds'?",
     ),
     (("[cloud]", "[data]\npartition = 'zipf'\n[cloud]"), "data.partition: unknown value 'zipf' (choose from: dirichlet, iid, quantity)"),
     (("[cloud]", "[data]\nalpha = 0.0\n[cloud]"), "data.alpha: must be > 0, got 0.0"),
@@ -250,7 +250,7 @@ BAD = [
     (("[cloud]", "[data]\ntest_fraction = 1\n[cloud]"), "data.test_fraction: must be in (0, 1), got 1.0"),
     (("[cloud]", "[data]\ntest_fraction = 0.0\n[cloud]"), "data.test_fraction: must be in (0, 1), got 0.0"),
     (("[federation]", "data = 3\n[federation]"), "data: expected a table, got int 3"),
-    (("[cloud]", "[extra]\n[cloud]"), "extra: unknown key (allowed: cloud, compression, data, federation, plants)"),
+    (("[cloud]", "[extra]\n[cloud]"), "extra: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy)"),
     (("[cloud]\naddress = \"tcp://127.0.0.1:5550\"", ""), "cloud: missing required table [cloud]"),
     (('address = "tcp://127.0.0.1:5550"', ""), "cloud.address: missing required key"),
     (
@@ -301,9 +301,9 @@ BAD = [
     (('name = "plant-a"', 'name = "plant-a"\nshift = 1.5'), "plants[0].shift: must be in [0, 1], got 1.5"),
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
-        "plants[0].colour: unknown key (allowed: address, classes, lines, name, shift)",
+        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift)",
     ),
-    (('name = "line-1"', 'name = "line-1"\ncolour = "red"'), "plants[0].lines[0].colour: unknown key (allowed: data, devices, name)"),
+    (('name = "line-1"', 'name = "line-1"\ncolour = "red"'), "plants[0].lines[0].colour: unknown key (allowed: data, devices, local_steps, name)"),
     (('name = "line-1"\n', ""), "plants[0].lines[0].name: missing required key"),
     (("devices = 2", "devices = 0"), "plants[0].lines[0].devices: must be >= 1, got 0"),
     (("devices = 2", "devices = true"), "plants[0].lines[0].devices: expected a device count or an array of device names, got bool True"),
@@ -429,7 +429,7 @@ lines = []
 def test_missing_federation_table_is_one_problem():
     text = MINIMAL.replace("[federation]", "[federatoin]")
     problems = problems_of(text)
-    assert problems[0].startswith("federatoin: unknown key (allowed: cloud, compression, data, federation, plants); did you mean 'federation'?")
+    assert problems[0].startswith("federatoin: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy); did you mean 'federation'?")
     # the misplaced keys belong to the unknown table: only the missing table itself is reported
     assert problems[1:] == ("federation: missing required table [federation]",)
 

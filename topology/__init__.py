@@ -7,11 +7,35 @@ This package depends on nothing else of hierfl.
 """
 
 from .load import load_topology, parse_topology, preset_names, preset_path
-from .schema import CODECS, LINKS, Cloud, Compression, DataSpec, Device, Federation, Line, LinkCompression, Plant, Topology, TopologyError
+from .schema import (
+    CODECS,
+    LINKS,
+    OPTIMIZERS,
+    RULES,
+    Aggregation,
+    Attack,
+    Cloud,
+    Compression,
+    DataSpec,
+    Device,
+    Federation,
+    Line,
+    LinkCompression,
+    Plant,
+    Privacy,
+    ServerOptimizer,
+    TierRule,
+    Topology,
+    TopologyError,
+)
 
 __all__ = [
     "CODECS",
     "LINKS",
+    "OPTIMIZERS",
+    "RULES",
+    "Aggregation",
+    "Attack",
     "Cloud",
     "Compression",
     "DataSpec",
@@ -20,6 +44,9 @@ __all__ = [
     "Line",
     "LinkCompression",
     "Plant",
+    "Privacy",
+    "ServerOptimizer",
+    "TierRule",
     "Topology",
     "TopologyError",
     "load_topology",

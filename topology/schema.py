@@ -104,7 +104,7 @@ def check_choices(choices: Mapping[str, Collection[str]] | None) -> Mapping[str,
 class Field:
     """The rule for one scalar field: its type, its default and the values it may take.
 
-    `kind` is `str`, `int` or `float`. Booleans are never accepted as numbers; a `float`
+    `kind` is `str`, `int`, `float` or `bool`. Booleans are never accepted as numbers; a `float`
     field accepts an int and converts it. `default` is `REQUIRED` or the value used when the
     key is absent (`None` makes the field optional). `low`/`high` bound numbers (inclusive
     unless `*_open`); `options` and `pattern` restrict strings.
@@ -126,6 +126,8 @@ class Field:
         """
         if value is None and self.default is None:
             return None, None
+        if self.kind is bool:
+            return (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {describe(value)}")
         if self.kind is str:
             return self._check_string(value, choices)
         return self._check_number(value)
@@ -183,8 +185,12 @@ FEDERATION_FIELDS: Mapping[str, Field] = {
     "learning_rate": Field(float, low=0, low_open=True),
     "server_learning_rate": Field(float, default=1.0, low=0, low_open=True),
     "seed": Field(int, default=0, low=0),
+    "mu": Field(float, default=None, low=0),
 }
-"""The `[federation]` table: the task and the training plan."""
+"""The `[federation]` table: the task, the device algorithm and the training plan."""
+
+ALGORITHM_PARAMETERS: Mapping[str, Mapping[str, Any]] = {"fedprox": {"mu": 0.01}}
+"""Which `[federation]` fields only some algorithms take, with their defaults there."""
 
 DATA_FIELDS: Mapping[str, Field] = {
     "partition": Field(str, default="iid", options=PARTITIONS),
@@ -223,6 +229,107 @@ LINK_FIELDS: Mapping[str, Field] = {
 CODEC_PARAMETERS: Mapping[str, tuple[str, ...]] = {"int8": ("block_size",), "topk": ("fraction",)}
 """Which `LINK_FIELDS` besides `codec` each codec takes; setting another one is an error."""
 
+TIERS = ("edge", "cloud")
+"""The aggregating tiers, as named in `[aggregation.<tier>]`."""
+
+RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
+"""How a tier combines the updates it receives (implemented by `hierfl.aggregation`)."""
+
+ROBUST_RULES = ("median", "trimmed_mean", "krum", "multi_krum")
+
+RULE_FIELDS: Mapping[str, Field] = {
+    "rule": Field(str, default="mean", options=RULES),
+    "beta": Field(float, default=0.1, low=0, high=0.5, high_open=True),
+    "byzantine": Field(int, default=1, low=0),
+    "select": Field(int, default=None, low=1),
+    "clip_norm": Field(float, default=None, low=0, low_open=True),
+    "weighting": Field(str, default="examples", options=("examples", "uniform")),
+}
+"""An `[aggregation.edge]`, `[aggregation.cloud]` or `[plants.aggregation]` table's rule fields."""
+
+RULE_PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "mean": (),
+    "median": ("weighting",),
+    "trimmed_mean": ("beta", "weighting"),
+    "krum": ("byzantine",),
+    "multi_krum": ("byzantine", "select", "weighting"),
+}
+"""Which `RULE_FIELDS` besides `rule` and `clip_norm` (any rule) each rule takes."""
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
+"""The cloud's server optimizer: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad (FedOpt)."""
+
+OPTIMIZER_FIELDS: Mapping[str, Field] = {
+    "optimizer": Field(str, default="sgd", options=OPTIMIZERS),
+    "momentum": Field(float, default=0.9, low=0, high=1, high_open=True),
+    "beta1": Field(float, default=0.9, low=0, high=1, high_open=True),
+    "beta2": Field(float, default=0.99, low=0, high=1, high_open=True),
+    "tau": Field(float, default=1e-3, low=0, low_open=True),
+}
+"""The cloud table's optimizer fields (its learning rate is `federation.server_learning_rate`)."""
+
+OPTIMIZER_PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "sgd": (),
+    "momentum": ("momentum",),
+    "adam": ("beta1", "beta2", "tau"),
+    "yogi": ("beta1", "beta2", "tau"),
+    "adagrad": ("tau",),
+}
+
+ATTACKS = ("none", "sign_flip", "gaussian")
+"""Simulated misbehaving devices: none, updates negated and scaled, or pure Gaussian noise."""
+
+ATTACK_FIELDS: Mapping[str, Field] = {
+    "kind": Field(str, default="none", options=ATTACKS),
+    "fraction": Field(float, default=0.0, low=0, high=1, high_open=True),
+    "scale": Field(float, default=10.0, low=0, low_open=True),
+}
+"""The `[attack]` table: which share of each plant's devices misbehaves, and how (simulator only)."""
+
+DP_PLACES = ("none", "device", "edge", "cloud")
+"""Where differential-privacy noise is added: nowhere, on each device (local DP), at the
+plant's edge (central DP, edge trusted) or at the cloud (central DP, edges and cloud trusted)."""
+
+ACCOUNTANTS = ("rdp", "pld")
+
+PRIVACY_FIELDS: Mapping[str, Field] = {
+    "dp": Field(str, default="none", options=DP_PLACES),
+    "clip_norm": Field(float, default=1.0, low=0, low_open=True),
+    "noise_multiplier": Field(float, default=1.0, low=0),
+    "sample_rate": Field(float, default=1.0, low=0, high=1, low_open=True),
+    "delta": Field(float, default=1e-5, low=0, high=1, low_open=True, high_open=True),
+    "target_epsilon": Field(float, default=None, low=0, low_open=True),
+    "accountant": Field(str, default="rdp", options=ACCOUNTANTS),
+    "clip_quantile": Field(float, default=None, low=0, high=1, low_open=True, high_open=True),
+    "clip_learning_rate": Field(float, default=0.2, low=0, low_open=True),
+    "quantile_noise": Field(float, default=None, low=0, low_open=True),
+    "secure_aggregation": Field(bool, default=False),
+    "secagg_threshold": Field(float, default=0.6, low=0.5, high=1, low_open=True),
+    "secagg_clip": Field(float, default=1.0, low=0, low_open=True),
+    "homomorphic": Field(bool, default=False),
+    "he_poly_modulus_degree": Field(int, default=8192, low=4096, high=32768),
+    "he_scale_bits": Field(int, default=40, low=20, high=40),
+}
+"""The `[privacy]` table (see `Privacy`)."""
+
+HE_MAX_COEFF_BITS: Mapping[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
+"""The largest total coefficient modulus (bits) SEAL allows per CKKS polynomial degree at 128-bit security."""
+
+
+def he_coeff_mod_bit_sizes(privacy: Privacy) -> tuple[int, int, int]:
+    """The CKKS coefficient moduli: a special prime, one level for the plaintext-weight product, the base prime.
+
+    `(scale + 20, scale, scale + 20)` bits: one rescale after multiplying by the weights,
+    and 20 bits above the scale for the integer part of the values (|x| < 2^19).
+    """
+    bits = privacy.he_scale_bits
+    return (bits + 20, bits, bits + 20)
+
+
+def secagg_threshold(privacy: Privacy, devices: int) -> int:
+    """`t` for a plant of `devices` devices: `ceil(secagg_threshold * devices)` (float noise ignored)."""
+    return math.ceil(round(privacy.secagg_threshold * devices, 9))
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -255,12 +362,14 @@ class Device:
 
 @dataclasses.dataclass(frozen=True)
 class Line:
-    """A production line: its devices and how its data is assigned (the federation's `[data]`
-    defaults merged with the line's own overrides)."""
+    """A production line: its devices, how its data is assigned (the federation's `[data]`
+    defaults merged with the line's own overrides) and its devices' compute budget:
+    `local_steps` per edge round, or None for the federation's `local_steps`."""
 
     name: str
     devices: tuple[Device, ...]
     data: DataSpec
+    local_steps: int | None = None
 
     @property
     def num_devices(self) -> int:
@@ -268,19 +377,121 @@ class Line:
 
 
 @dataclasses.dataclass(frozen=True)
+class TierRule:
+    """How an aggregating tier combines what it receives (see `RULE_FIELDS`).
+
+    `rule` is one of `RULES`; `beta` is the share trimmed from each end (trimmed_mean);
+    `byzantine` the number of faulty senders tolerated and `select` how many updates are
+    averaged (krum, multi_krum; `select` None = all but `byzantine`); `clip_norm` clips
+    every received update's L2 norm first (any rule); `weighting` says whether example
+    counts weigh in ("examples") or each sender counts once ("uniform").
+    """
+
+    rule: str = "mean"
+    beta: float = 0.1
+    byzantine: int = 1
+    select: int | None = None
+    clip_norm: float | None = None
+    weighting: str = "examples"
+
+    @property
+    def robust(self) -> bool:
+        return self.rule in ROBUST_RULES
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptimizer:
+    """The cloud's optax step on the aggregated update (`OPTIMIZERS`; see `OPTIMIZER_FIELDS`)."""
+
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregation:
+    """The rule of each tier and the cloud's optimizer: `[aggregation.edge]`, `[aggregation.cloud]`.
+
+    A plant's own `[plants.aggregation]` table replaces `edge` for that plant's edge.
+    """
+
+    edge: TierRule = TierRule()
+    cloud: TierRule = TierRule()
+    optimizer: ServerOptimizer = ServerOptimizer()
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """Simulated faulty devices: in every plant, `floor(fraction * devices)` of them (chosen by
+    the seed) send `-scale * update` (sign_flip) or Gaussian noise of std `scale` (gaussian)."""
+
+    kind: str = "none"
+    fraction: float = 0.0
+    scale: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Privacy:
+    """Differential privacy of device updates (`[privacy]`); the privacy unit is one device's data.
+
+    `dp` is where noise is added (`DP_PLACES`). Every device update is clipped to L2 norm
+    `clip_norm` and Gaussian noise of std `noise_multiplier * clip_norm` is added per
+    device (`device`), to each edge round's sum (`edge`) or to each cloud round's sum
+    (`cloud`). Each device takes part in an edge round with probability `sample_rate`
+    (Poisson sampling). epsilon at `delta` is tracked by the `accountant`; with
+    `target_epsilon`, training stops before a round would exceed it. `clip_quantile`
+    turns on adaptive clipping (the clip norm follows that quantile of the update norms,
+    with step `clip_learning_rate` and count noise `quantile_noise`, default devices/20).
+
+    `secure_aggregation` masks device updates so each edge learns only their sum
+    (`hierfl.privacy.secagg`): a round survives dropouts while `t = ceil(secagg_threshold *
+    devices in the plant)` devices remain; each coordinate a device sends is clipped to
+    `[-secagg_clip, secagg_clip]` and fixed-point encoded mod 2^32. `homomorphic` encrypts
+    each edge summary with CKKS (`hierfl.privacy.homomorphic`) so the cloud adds
+    ciphertexts it cannot read; `he_poly_modulus_degree` and `he_scale_bits` set the
+    ring and the scale (coefficient moduli from `he_coeff_mod_bit_sizes`).
+    """
+
+    dp: str = "none"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    sample_rate: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
+    clip_quantile: float | None = None
+    clip_learning_rate: float = 0.2
+    quantile_noise: float | None = None
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
+    secagg_clip: float = 1.0
+    homomorphic: bool = False
+    he_poly_modulus_degree: int = 8192
+    he_scale_bits: int = 40
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp != "none"
+
+
+@dataclasses.dataclass(frozen=True)
 class Plant:
     """A plant: one edge server at `address`, aggregating the devices of its lines.
 
     `shift` (in [0, 1]) is the severity of the feature shift applied to this plant's data,
-    modelling different machines, sensors or lighting between sites. `classes` limits the
-    plant's data to some of the task's classes (e.g. the fault types its machines develop),
-    None for all of them.
+    modelling different machines, sensors or lighting between sites. `aggregation` is the
+    plant's own edge rule, or None for the federation's `[aggregation.edge]`. `classes` limits
+    the plant's data to some of the task's classes (e.g. the fault types its machines
+    develop), None for all of them.
     """
 
     name: str
     address: str
     lines: tuple[Line, ...]
     shift: float = 0.0
+    aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
 
     @property
@@ -313,6 +524,7 @@ class Federation:
     learning_rate: float
     server_learning_rate: float
     seed: int
+    mu: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,7 +560,8 @@ class Topology:
 
     `data` is the federation-wide `[data]` defaults (each line carries its merged `DataSpec`);
     `test_fraction` is the share of the task's data held out for the global test set;
-    `compression` is the codec of each upward link;
+    `compression` is the codec of each upward link; `aggregation` the rule of each tier
+    and the cloud's optimizer; `attack` the simulated faulty devices;
     `source` says where it was loaded from (for messages).
     """
 
@@ -358,7 +571,22 @@ class Topology:
     data: DataSpec = DataSpec()
     test_fraction: float = 0.2
     compression: Compression = Compression()
+    aggregation: Aggregation = Aggregation()
+    attack: Attack = Attack()
+    privacy: Privacy = Privacy()
     source: str = "<string>"
+
+    def edge_rule(self, plant: Plant) -> TierRule:
+        """The rule `plant`'s edge aggregates its devices with: its own, or `[aggregation.edge]`."""
+        return plant.aggregation or self.aggregation.edge
+
+    @functools.cached_property
+    def device_steps(self) -> tuple[int, ...]:
+        """Each device's local steps per edge round (its line's, or the federation's), in device order."""
+        default = self.federation.local_steps
+        return tuple(
+            line.local_steps or default for plant in self.plants for line in plant.lines for _ in line.devices
+        )
 
     @functools.cached_property
     def devices(self) -> tuple[Device, ...]:
@@ -411,4 +639,226 @@ class Topology:
                 problems.append(f"{path}: {reason}")
         if problems:
             raise TopologyError(problems, self.source)
-        return dataclasses.replace(self, federation=dataclasses.replace(self.federation, **values))
+        federation = dataclasses.replace(self.federation, **values)
+        if federation.algorithm != self.federation.algorithm:
+            # A new algorithm gets its own parameters' defaults, unless they are given too.
+            defaults = {k: v for k, v in ALGORITHM_PARAMETERS.get(federation.algorithm, {}).items() if k not in overrides}
+            dropped = {k: None for keys in ALGORITHM_PARAMETERS.values() for k in keys if k not in overrides and k not in defaults}
+            federation = dataclasses.replace(federation, **dropped, **defaults)
+        return self._checked(dataclasses.replace(self, federation=federation))
+
+    def with_aggregation(
+        self, *, edge: TierRule | None = None, cloud: TierRule | None = None, optimizer: ServerOptimizer | None = None
+    ) -> Topology:
+        """A copy with some tiers' rules or the cloud optimizer replaced, checked like a loaded file.
+
+        E.g. `with_aggregation(edge=TierRule("trimmed_mean", beta=0.2))`. Field values are
+        checked with `RULE_FIELDS`/`OPTIMIZER_FIELDS` and the combination with the rest of
+        the topology with `combination_problems`; TopologyError lists what is wrong.
+        """
+        problems: list[str] = []
+        for path, value, fields in (
+            ("aggregation.edge", edge, RULE_FIELDS),
+            ("aggregation.cloud", cloud, RULE_FIELDS),
+            ("aggregation.cloud", optimizer, OPTIMIZER_FIELDS),
+        ):
+            if value is not None:
+                problems += field_problems(path, dataclasses.asdict(value), fields)
+        if problems:
+            raise TopologyError(problems, self.source)
+        aggregation = Aggregation(
+            edge=edge or self.aggregation.edge,
+            cloud=cloud or self.aggregation.cloud,
+            optimizer=optimizer or self.aggregation.optimizer,
+        )
+        return self._checked(dataclasses.replace(self, aggregation=aggregation))
+
+    def _checked(self, topology: Topology) -> Topology:
+        problems = combination_problems(topology)
+        if problems:
+            raise TopologyError(problems, self.source)
+        return topology
+
+
+def field_problems(path: str, values: Mapping[str, Any], fields: Mapping[str, Field]) -> list[str]:
+    """`<path>.<key>: <why>` for each value that its `Field` rejects (keys without a Field ignored)."""
+    problems = []
+    for key, value in values.items():
+        if key in fields:
+            _, reason = fields[key].check(value)
+            if reason is not None:
+                problems.append(f"{path}.{key}: {reason}")
+    return problems
+
+
+def combination_problems(topology: Topology) -> list[str]:
+    """What is meaningless about how the algorithm, the tier rules and the tree combine.
+
+    Field values are already valid one by one; this checks them against each other and
+    against the tree: a robust rule needs enough senders to be robust (median and trimmed
+    mean at least 3, (multi-)Krum with f byzantine senders at least 2f + 3), multi-Krum
+    cannot select more than the senders it trusts, SCAFFOLD's control variates are
+    weighted means of a subtree and so need the mean rule at every tier, FedSGD takes
+    exactly one full-batch step so lines cannot set their own `local_steps`.
+    """
+    problems: list[str] = []
+    federation = topology.federation
+    senders = [("aggregation.cloud", topology.aggregation.cloud, len(topology.plants), "plants")]
+    for i, plant in enumerate(topology.plants):
+        path = f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
+        senders.append((path, topology.edge_rule(plant), plant.num_devices, f"devices in plant {plant.name!r}"))
+    for path, rule, count, what in senders:
+        problems += _rule_problems(path, rule, count, what)
+        if rule.robust and federation.algorithm == "scaffold":
+            problems.append(
+                f"{path}.rule: {rule.rule!r} cannot be combined with algorithm 'scaffold' (its control variates "
+                "are weighted means over each subtree, so every tier must use 'mean')"
+            )
+    for key in ("mu",):
+        takers = [name for name, keys in ALGORITHM_PARAMETERS.items() if key in keys]
+        if getattr(federation, key) is not None and federation.algorithm not in takers:
+            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)")
+        if getattr(federation, key) is None and federation.algorithm in takers:
+            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} needs {key} (a number)")
+    problems += _privacy_problems(topology)
+    problems += _crypto_problems(topology)
+    if federation.algorithm == "fedsgd":
+        for i, plant in enumerate(topology.plants):
+            for j, line in enumerate(plant.lines):
+                if line.local_steps is not None:
+                    problems.append(
+                        f"plants[{i}].lines[{j}].local_steps: algorithm 'fedsgd' takes exactly one full-batch step "
+                        "per edge round; use fedavg or fednova for per-line compute budgets"
+                    )
+    return list(dict.fromkeys(problems))
+
+
+def _privacy_problems(topology: Topology) -> list[str]:
+    """DP needs the plain mean (its sensitivity is one clipped update), no variates, and for
+    noise at the cloud one edge round per cloud round (so the cloud sees sums of clipped updates)."""
+    privacy = topology.privacy
+    if not privacy.enabled:
+        return []
+    problems = []
+    rules = [("aggregation.cloud", topology.aggregation.cloud)] + [
+        (f"plants[{i}].aggregation" if p.aggregation else "aggregation.edge", topology.edge_rule(p)) for i, p in enumerate(topology.plants)
+    ]
+    for path, rule in rules:
+        if rule.rule != "mean" or rule.clip_norm is not None:
+            what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
+            problems.append(f"{path}: {what} cannot be combined with privacy.dp = {privacy.dp!r} (DP clips with privacy.clip_norm and needs the mean)")
+    if topology.federation.algorithm == "scaffold":
+        problems.append(f"privacy.dp: {privacy.dp!r} cannot be combined with algorithm 'scaffold' (its control variates are not privatized)")
+    if privacy.dp == "cloud" and topology.federation.edge_rounds != 1:
+        problems.append(
+            "privacy.dp: 'cloud' needs federation.edge_rounds = 1 (with more edge rounds the edge's summary is not a sum of "
+            f"clipped device updates, so its sensitivity is unbounded), got {topology.federation.edge_rounds}; use 'edge'"
+        )
+    if privacy.clip_quantile is not None:
+        if privacy.dp == "device":
+            problems.append("privacy.clip_quantile: adaptive clipping needs a trusted aggregator (dp = 'edge' or 'cloud'), not 'device'")
+        elif privacy.noise_multiplier > 0 and 2 * quantile_noise(privacy, topology) <= privacy.noise_multiplier:
+            problems.append(
+                f"privacy.quantile_noise: must be > noise_multiplier / 2 = {privacy.noise_multiplier / 2:g} "
+                f"for adaptive clipping (got {quantile_noise(privacy, topology):g})"
+            )
+    return problems
+
+
+def _crypto_problems(topology: Topology) -> list[str]:
+    """Secure aggregation leaves the edge only the sum of its devices' words, and CKKS leaves
+    the cloud only ciphertexts it can add and scale by plaintext weights: whatever needs a
+    single update (robust rules, per-update clipping, lossy codecs) or a nonlinear function
+    of the aggregate (server optimizers with state) cannot run in that tier."""
+    privacy = topology.privacy
+    problems = []
+    if privacy.secure_aggregation:
+        for i, plant in enumerate(topology.plants):
+            path = f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
+            rule = topology.edge_rule(plant)
+            if rule.rule != "mean" or rule.clip_norm is not None:
+                what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
+                problems.append(
+                    f"{path}: {what} cannot be combined with privacy.secure_aggregation (the edge sees only the sum "
+                    "of its devices' masked updates, never one update; use 'mean', and clip on the devices with [privacy] dp)"
+                )
+            t = secagg_threshold(privacy, plant.num_devices)
+            if t < 2:
+                problems.append(
+                    f"privacy.secagg_threshold: plant {plant.name!r} has {plant.num_devices} device, so t = ceil("
+                    f"{privacy.secagg_threshold:g} * {plant.num_devices}) = {t}; secure aggregation needs t >= 2 "
+                    "(with one device the sum is the update)"
+                )
+        codec = topology.compression.device_to_edge.codec
+        if codec != "none":
+            problems.append(
+                f"compression.device_to_edge.codec: {codec!r} cannot be combined with privacy.secure_aggregation "
+                "(masked words are uniform 32-bit integers that a lossy codec would corrupt; the fixed-point "
+                "encoding (secagg_clip) sets the precision instead)"
+            )
+    if privacy.homomorphic:
+        cloud = topology.aggregation.cloud
+        if cloud.rule != "mean" or cloud.clip_norm is not None:
+            what = f"rule {cloud.rule!r}" if cloud.rule != "mean" else "clip_norm"
+            problems.append(
+                f"aggregation.cloud: {what} cannot be combined with privacy.homomorphic (the cloud only adds "
+                "ciphertexts weighted by plaintext scalars; it cannot compare or measure summaries)"
+            )
+        optimizer = topology.aggregation.optimizer.optimizer
+        if optimizer != "sgd":
+            problems.append(
+                f"aggregation.cloud.optimizer: {optimizer!r} cannot be combined with privacy.homomorphic (its state "
+                "is a nonlinear function of the plaintext aggregate, which only the plants can decrypt; use 'sgd' "
+                "with federation.server_learning_rate)"
+            )
+        codec = topology.compression.edge_to_cloud.codec
+        if codec != "none":
+            problems.append(
+                f"compression.edge_to_cloud.codec: {codec!r} cannot be combined with privacy.homomorphic "
+                "(a CKKS ciphertext cannot be quantized or sparsified)"
+            )
+        if privacy.dp == "cloud" and privacy.clip_quantile is not None:
+            problems.append(
+                "privacy.clip_quantile: adaptive clipping at the cloud needs each plant's count of clipped updates "
+                "in the clear, which privacy.homomorphic withholds from the cloud"
+            )
+        degree, bits = privacy.he_poly_modulus_degree, sum(he_coeff_mod_bit_sizes(privacy))
+        if degree not in HE_MAX_COEFF_BITS:
+            problems.append(f"privacy.he_poly_modulus_degree: must be one of {', '.join(map(str, HE_MAX_COEFF_BITS))}, got {degree}")
+        elif bits > HE_MAX_COEFF_BITS[degree]:
+            problems.append(
+                f"privacy.he_scale_bits: {privacy.he_scale_bits} needs coefficient moduli {list(he_coeff_mod_bit_sizes(privacy))} "
+                f"= {bits} bits, above the {HE_MAX_COEFF_BITS[degree]} bits degree {degree} allows at 128-bit security"
+            )
+    if (privacy.secure_aggregation or privacy.homomorphic) and topology.federation.algorithm == "scaffold":
+        which = "secure_aggregation" if privacy.secure_aggregation else "homomorphic"
+        problems.append(
+            f"privacy.{which}: cannot be combined with algorithm 'scaffold' (its control variates would cross the "
+            "protected link in the clear; masking or encrypting them is not built)"
+        )
+    return problems
+
+
+def quantile_noise(privacy: Privacy, topology: Topology) -> float:
+    """The std of the noise on the count of clipped updates: as set, or expected devices per round / 20."""
+    if privacy.quantile_noise is not None:
+        return privacy.quantile_noise
+    return privacy.sample_rate * topology.num_devices / 20
+
+
+def _rule_problems(path: str, rule: TierRule, senders: int, what: str) -> list[str]:
+    if rule.rule in ("median", "trimmed_mean") and senders < 3:
+        return [f"{path}.rule: {rule.rule!r} over {senders} {what} is meaningless (needs at least 3)"]
+    if rule.rule in ("krum", "multi_krum"):
+        needed = 2 * rule.byzantine + 3
+        if senders < needed:
+            return [
+                f"{path}.byzantine: {rule.rule} tolerating {rule.byzantine} byzantine senders needs at least "
+                f"2 * {rule.byzantine} + 3 = {needed}, but there are {senders} {what}"
+            ]
+        if rule.rule == "multi_krum" and rule.select is not None and rule.select > senders - rule.byzantine:
+            return [
+                f"{path}.select: multi_krum can average at most {senders} - {rule.byzantine} = "
+                f"{senders - rule.byzantine} updates, got select = {rule.select} ({senders} {what})"
+            ]
+    return []

@@ -14,7 +14,15 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from .schema import (
+    ALGORITHM_PARAMETERS,
+    ATTACK_FIELDS,
+    PRIVACY_FIELDS,
     CODEC_PARAMETERS,
+    OPTIMIZER_FIELDS,
+    OPTIMIZER_PARAMETERS,
+    RULE_FIELDS,
+    RULE_PARAMETERS,
+    TIERS,
     DATA_FIELDS,
     FEDERATION_FIELDS,
     LINE_DATA_KEYS,
@@ -26,6 +34,8 @@ from .schema import (
     PLANT_CLASS,
     PLANT_SHIFT,
     REQUIRED,
+    Aggregation,
+    Attack,
     Cloud,
     Compression,
     DataSpec,
@@ -35,18 +45,22 @@ from .schema import (
     Line,
     LinkCompression,
     Plant,
+    Privacy,
+    ServerOptimizer,
+    TierRule,
     Topology,
     TopologyError,
     check_choices,
+    combination_problems,
     describe,
     unknown_key,
 )
 
-TOP_KEYS = ("federation", "data", "compression", "cloud", "plants")
+TOP_KEYS = ("federation", "data", "compression", "aggregation", "attack", "privacy", "cloud", "plants")
 ADDRESS = Field(str)
 CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
 PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
-LINE_FIELDS: Mapping[str, Field] = {"name": NAME}
+LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
 """Guards against a typo such as `devices = 40000000` allocating millions of devices."""
 
@@ -61,6 +75,7 @@ class _LineDraft(NamedTuple):
     name: str | None
     device_names: tuple[str, ...]
     data: DataSpec | None
+    local_steps: int | None = None
 
 
 class _PlantDraft(NamedTuple):
@@ -68,6 +83,7 @@ class _PlantDraft(NamedTuple):
     address: str | None
     shift: float | None
     lines: tuple[_LineDraft, ...]
+    aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
 
 
@@ -82,9 +98,13 @@ def build_topology(
     choices = check_choices(choices)
     problems: list[str] = [unknown_key(key, key, TOP_KEYS) for key in document if key not in TOP_KEYS]
     federation = _read_table_fields(document, "federation", FEDERATION_FIELDS, problems, choices=choices)
+    _apply_algorithm_parameters(federation, document.get("federation"), problems)
     data_values = _read_table_fields(document, "data", DATA_FIELDS, problems, required=False)
     data = _data_spec(data_values)
     compression = _read_compression(document.get("compression", {}), problems)
+    aggregation = _read_aggregation(document.get("aggregation", {}), problems)
+    attack = Attack(**_read_table_fields(document, "attack", ATTACK_FIELDS, problems, required=False))
+    privacy = Privacy(**_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False))
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
@@ -94,15 +114,22 @@ def build_topology(
     )
     if problems:
         raise TopologyError(problems, source)
-    return Topology(
+    topology = Topology(
         federation=Federation(**federation),
         cloud=Cloud(address=cloud_address),
         plants=assemble_plants(drafts),
         data=data,
         test_fraction=data_values["test_fraction"],
         compression=compression,
+        aggregation=aggregation,
+        attack=attack,
+        privacy=privacy,
         source=source,
     )
+    problems = combination_problems(topology)
+    if problems:
+        raise TopologyError(problems, source)
+    return topology
 
 
 def device_names(count: int) -> tuple[str, ...]:
@@ -122,8 +149,8 @@ def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
             for name in line.device_names:
                 devices.append(Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index))
                 index += 1
-            lines.append(Line(line.name, tuple(devices), line.data))
-        plants.append(Plant(draft.name, draft.address, tuple(lines), draft.shift, draft.classes))
+            lines.append(Line(line.name, tuple(devices), line.data, line.local_steps))
+        plants.append(Plant(draft.name, draft.address, tuple(lines), draft.shift, aggregation=draft.aggregation, classes=draft.classes))
     return tuple(plants)
 
 
@@ -243,14 +270,71 @@ def _read_compression(table: Any, problems: list[str]) -> Compression:
             problems.append(f"{path}: expected a table, got {describe(link_table)}")
             continue
         values = _read_fields(link_table, path, LINK_FIELDS, problems)
-        takes = CODEC_PARAMETERS.get(values["codec"], ())
-        for key in LINK_FIELDS:
-            if key != "codec" and key in link_table and key not in takes and values["codec"] is not None:
-                users = [codec for codec, keys in CODEC_PARAMETERS.items() if key in keys]
-                problems.append(f"{path}.{key}: codec {values['codec']!r} takes no {key} (only {', '.join(users)} does)")
+        _reject_unused(path, link_table, "codec", values["codec"], CODEC_PARAMETERS, problems)
         if None not in values.values():
             links[link] = LinkCompression(**values)
     return Compression(**links)
+
+
+def _apply_algorithm_parameters(federation: dict[str, Any], table: Any, problems: list[str]) -> None:
+    """Fills the defaults of the chosen algorithm's own fields (e.g. fedprox's `mu`).
+
+    A field set for an algorithm that does not take it is reported by
+    `combination_problems` once the topology is assembled.
+    """
+    for key, default in ALGORITHM_PARAMETERS.get(federation.get("algorithm"), {}).items():
+        if federation.get(key) is None and not (isinstance(table, dict) and key in table):
+            federation[key] = default
+
+
+def _read_aggregation(table: Any, problems: list[str]) -> Aggregation:
+    """The `[aggregation]` table: an optional `[aggregation.<tier>]` table per tier of `TIERS`."""
+    if not isinstance(table, dict):
+        problems.append(f"aggregation: expected a table, got {describe(table)}")
+        return Aggregation()
+    problems += [unknown_key(f"aggregation.{key}", key, TIERS) for key in table if key not in TIERS]
+    edge = _read_rule(table.get("edge", {}), "aggregation.edge", problems)
+    cloud_table = table.get("cloud", {})
+    cloud = _read_rule(cloud_table, "aggregation.cloud", problems, structural=tuple(OPTIMIZER_FIELDS))
+    optimizer = ServerOptimizer()
+    if isinstance(cloud_table, dict):
+        values = _read_fields(cloud_table, "aggregation.cloud", OPTIMIZER_FIELDS, problems, structural=tuple(RULE_FIELDS))
+        _reject_unused("aggregation.cloud", cloud_table, "optimizer", values["optimizer"], OPTIMIZER_PARAMETERS, problems)
+        if None not in values.values():
+            optimizer = ServerOptimizer(**values)
+    return Aggregation(edge or TierRule(), cloud or TierRule(), optimizer)
+
+
+def _read_rule(table: Any, path: str, problems: list[str], structural: tuple[str, ...] = ()) -> TierRule | None:
+    """One tier's rule (`RULE_FIELDS`), or None if the table is invalid (after recording why)."""
+    if not isinstance(table, dict):
+        problems.append(f"{path}: expected a table, got {describe(table)}")
+        return None
+    values = _read_fields(table, path, RULE_FIELDS, problems, structural=structural)
+    _reject_unused(path, table, "rule", values["rule"], RULE_PARAMETERS, problems, always=("clip_norm",))
+    optional = ("select", "clip_norm")
+    if any(values[key] is None for key in RULE_FIELDS if key not in optional):
+        return None
+    return TierRule(**values)
+
+
+def _reject_unused(
+    path: str,
+    table: Mapping[str, Any],
+    selector: str,
+    choice: str | None,
+    parameters: Mapping[str, tuple[str, ...]],
+    problems: list[str],
+    always: tuple[str, ...] = (),
+) -> None:
+    """A problem for each parameter in `table` that the chosen `selector` value does not take."""
+    if choice is None:
+        return
+    takes = (*parameters.get(choice, ()), *always)
+    for key in {key for keys in parameters.values() for key in keys}:
+        if key in table and key not in takes:
+            users = [name for name, keys in parameters.items() if key in keys]
+            problems.append(f"{path}.{key}: {selector} {choice!r} takes no {key} (only {', '.join(users)} does)")
 
 
 def _data_spec(values: Mapping[str, Any]) -> DataSpec:
@@ -295,16 +379,17 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
     if not isinstance(table, dict):
         problems.append(f"{path}: expected a table, got {describe(table)}")
         return _PlantDraft(None, None, None, ())
-    values = _read_fields(table, path, PLANT_FIELDS, problems, structural=("lines", "classes"))
+    values = _read_fields(table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation", "classes"))
     classes = _read_plant_classes(table.get("classes"), f"{path}.classes", problems)
     address = _checked_address(values["address"], f"{path}.address", problems)
+    aggregation = _read_rule(table["aggregation"], f"{path}.aggregation", problems) if "aggregation" in table else None
     tables = _array_of_tables(table.get("lines", REQUIRED), f"{path}.lines", "plants.lines", "line", problems)
     lines = tuple(_read_line(line, f"{path}.lines[{i}]", data, problems) for i, line in enumerate(tables))
     problems += [
         f"{line_path}: duplicate line name {name!r} (also {first})"
         for line_path, name, first in _repeats((f"{path}.lines[{i}].name", line.name) for i, line in enumerate(lines))
     ]
-    return _PlantDraft(values["name"], address, values["shift"], lines, classes)
+    return _PlantDraft(values["name"], address, values["shift"], lines, aggregation, classes)
 
 
 def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:
@@ -333,7 +418,7 @@ def _read_line(table: Any, path: str, defaults: DataSpec, problems: list[str]) -
     values = _read_fields(table, path, LINE_FIELDS, problems, structural=("devices", "data"))
     names = _read_devices(table.get("devices", REQUIRED), f"{path}.devices", problems)
     data = _read_line_data(table.get("data", {}), f"{path}.data", defaults, problems)
-    return _LineDraft(values["name"], names, data)
+    return _LineDraft(values["name"], names, data, values["local_steps"])
 
 
 def _read_line_data(table: Any, path: str, defaults: DataSpec, problems: list[str]) -> DataSpec:

@@ -1,6 +1,15 @@
-"""Federated algorithms by name: what `federation.algorithm` in a topology file selects."""
+"""Federated algorithms by name: what `federation.algorithm` in a topology file selects.
+
+Device-side algorithms (`ALGORITHMS`): fedavg, fedsgd, fedprox, fednova, scaffold. The
+cloud's optimizer (FedOpt: `hierfl.algorithms.server`) and each tier's aggregation rule
+(`hierfl.aggregation`) are chosen separately in `[aggregation.*]`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
 
 from hierfl.algorithms.fedavg import (
     Algorithm,
@@ -18,20 +27,39 @@ from hierfl.algorithms.fedavg import (
     segment_aggregate,
     summarize,
 )
+from hierfl.algorithms.fednova import effective_steps, fednova
+from hierfl.algorithms.fedprox import fedprox
+from hierfl.algorithms.scaffold import scaffold
+from hierfl.algorithms.server import server_optimizer
 from hierfl.tasks.base import Task
+from hierfl.topology import Topology
 
-ALGORITHMS = {"fedavg": fedavg, "fedsgd": fedsgd}
+ALGORITHMS = {"fedavg": fedavg, "fedsgd": fedsgd, "fedprox": fedprox, "fednova": fednova, "scaffold": scaffold}
 
 
-def build_algorithm(name: str, apply_fn, task: Task, federation) -> Algorithm:
-    """The algorithm `name` with the topology's hyperparameters bound; the loss is the task's."""
+def build_algorithm(apply_fn, task: Task, topology: Topology, counts: Sequence[int] | np.ndarray) -> Algorithm:
+    """The topology's algorithm with every hyperparameter bound; the loss is the task's.
+
+    `counts` are the devices' training examples in device order (the plan's), which
+    FedNova needs for its effective step count. The device with the most `local_steps`
+    sets the length of the local loop; the others stop at their own budget.
+    """
+    federation = topology.federation
+    steps = topology.device_steps
+    name = federation.algorithm
+    extras = {}
+    if name == "fedprox":
+        extras["mu"] = federation.mu
+    if name == "fednova":
+        extras["effective_steps"] = effective_steps(steps, counts)
     return ALGORITHMS[name](
         apply_fn,
         task.example_loss,
-        local_steps=federation.local_steps,
+        local_steps=max(steps),
         batch_size=federation.batch_size,
         learning_rate=federation.learning_rate,
-        server_learning_rate=federation.server_learning_rate,
+        server_tx=server_optimizer(topology.aggregation.optimizer, federation.server_learning_rate),
+        **extras,
     )
 
 
@@ -46,11 +74,15 @@ __all__ = [
     "build_algorithm",
     "edge_result",
     "edge_summary",
+    "effective_steps",
     "fedavg",
+    "fednova",
+    "fedprox",
     "fedsgd",
     "mean_delta",
+    "scaffold",
     "screen_nonfinite",
     "segment_aggregate",
+    "server_optimizer",
     "summarize",
 ]
-

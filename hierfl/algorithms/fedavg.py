@@ -1,10 +1,12 @@
-"""FedAvg / HierFAVG and FedSGD as pure functions over params pytrees.
+"""FedAvg / HierFAVG and FedSGD as pure functions over params pytrees, and the local
+training loop every device algorithm shares.
 
 The three functions DESIGN.md names, shared by the simulator and the runtime:
 
-- `local_update(params, data, key) -> LocalResult`: a device trains `local_steps` SGD
-  steps from `params` and returns its delta (new - old), its weight (example count) and
-  its mean training loss.
+- `local_update(params, data, key, correction=None) -> LocalResult`: a device trains its
+  local steps of SGD from `params` and returns its delta (new - old), its weight (example
+  count) and its mean training loss. `correction` is a pytree added to every gradient
+  (SCAFFOLD's `c - c_i`; None for the others).
 - `aggregate(summaries) -> Summary`: sums a stack of summaries. A summary is a weighted
   sum of deltas and the total weight, so device results, edge summaries and the cloud's
   aggregate all have one form and aggregation composes to any depth.
@@ -31,11 +33,16 @@ ExampleLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class DeviceData(NamedTuple):
-    """One device's training data, padded: x `[N, ...]`, y `[N]`, the first `count` real."""
+    """One device's training data, padded: x `[N, ...]`, y `[N]`, the first `count` real.
+
+    `steps` is the device's compute budget, the local steps it runs per edge round (at
+    most the algorithm's `local_steps`); None runs all `local_steps`.
+    """
 
     x: jax.Array
     y: jax.Array
     count: jax.Array
+    steps: jax.Array | None = None
 
 
 class LocalResult(NamedTuple):
@@ -54,14 +61,23 @@ class Summary(NamedTuple):
 
 
 class Algorithm(NamedTuple):
-    """A federated algorithm: the pure functions every tier calls, with hyperparameters bound."""
+    """A federated algorithm: the pure functions every tier calls, with hyperparameters bound.
+
+    `variate_delta(delta, steps, cloud_variate) -> change of the device's variate` is set
+    only for algorithms with control variates (SCAFFOLD); see `hierfl.algorithms.scaffold`.
+    """
 
     name: str
-    local_update: Callable[[Params, DeviceData, jax.Array], LocalResult]
+    local_update: Callable[..., LocalResult]
     aggregate: Callable[[Summary], Summary]
     segment_aggregate: Callable[[Summary, jax.Array, int], Summary]
     server_init: Callable[[Params], optax.OptState]
     server_update: Callable[[Params, optax.OptState, Summary], tuple[Params, optax.OptState]]
+    variate_delta: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
+
+    @property
+    def control_variates(self) -> bool:
+        return self.variate_delta is not None
 
 
 def summarize(result: LocalResult) -> Summary:
@@ -135,12 +151,21 @@ def make_local_update(
     batch_size: int,
     learning_rate: float,
     full_batch: bool = False,
-) -> Callable[[Params, DeviceData, jax.Array], LocalResult]:
-    """Local SGD on one device.
+    proximal_mu: float = 0.0,
+    normalize_to: float | None = None,
+) -> Callable[..., LocalResult]:
+    """Local SGD on one device: `local_update(params, data, key, correction=None)`.
 
     Mini-batches walk a fresh random permutation of the device's `count` examples
     (epoch-style, wrapping around), so every example is seen before any repeats. With
-    `full_batch`, each step uses all `count` examples (padding masked out).
+    `full_batch`, each step uses all `count` examples (padding masked out). The device
+    runs `data.steps` of the `local_steps` steps (all of them when None); the rest leave
+    its parameters alone.
+
+    Every gradient gets `proximal_mu * (w - params)` added (FedProx's proximal term
+    `mu/2 ||w - params||^2`) and `correction` (SCAFFOLD's control-variate correction).
+    With `normalize_to`, the delta is rescaled to `normalize_to / steps` of itself
+    (FedNova: every device's update counts as if it ran `normalize_to` steps).
     """
     tx = optax.sgd(learning_rate)
 
@@ -148,9 +173,10 @@ def make_local_update(
         losses = example_loss(apply_fn(params, x), y)
         return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-    def local_update(params: Params, data: DeviceData, key: jax.Array) -> LocalResult:
+    def local_update(params: Params, data: DeviceData, key: jax.Array, correction: Params | None = None) -> LocalResult:
         capacity = data.y.shape[0]
         valid = jnp.arange(capacity) < data.count
+        steps = jnp.int32(local_steps) if data.steps is None else jnp.minimum(data.steps, local_steps)
         if full_batch:
             batches = jnp.broadcast_to(jnp.arange(capacity), (local_steps, capacity))
             mask = valid.astype(jnp.float32)
@@ -160,15 +186,27 @@ def make_local_update(
             batches = order[positions % jnp.maximum(data.count, 1)]
             mask = jnp.ones((batch_size,), jnp.float32)
 
-        def step(carry, batch):
+        def step(carry, step_and_batch):
             p, opt_state = carry
+            index, batch = step_and_batch
             loss, grads = jax.value_and_grad(batch_loss)(p, data.x[batch], data.y[batch], mask)
-            updates, opt_state = tx.update(grads, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state), loss
+            if proximal_mu:
+                grads = jax.tree.map(lambda g, w, w0: g + proximal_mu * (w - w0), grads, p, params)
+            if correction is not None:
+                grads = jax.tree.map(jnp.add, grads, correction)
+            updates, new_state = tx.update(grads, opt_state, p)
+            active = index < steps
+            keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
+            new_p = jax.tree.map(keep, optax.apply_updates(p, updates), p)
+            return (new_p, jax.tree.map(keep, new_state, opt_state)), jnp.where(active, loss, 0.0)
 
-        (trained, _), losses = jax.lax.scan(step, (params, tx.init(params)), batches)
+        (trained, _), losses = jax.lax.scan(step, (params, tx.init(params)), (jnp.arange(local_steps), batches))
         delta = jax.tree.map(jnp.subtract, trained, params)
-        return LocalResult(delta, data.count.astype(jnp.float32), losses.mean())
+        if normalize_to is not None:
+            scale = normalize_to / jnp.maximum(steps, 1).astype(jnp.float32)
+            delta = jax.tree.map(lambda d: d * scale.astype(d.dtype), delta)
+        loss = losses.sum() / jnp.maximum(steps, 1).astype(jnp.float32)
+        return LocalResult(delta, data.count.astype(jnp.float32), loss)
 
     return local_update
 
@@ -195,11 +233,20 @@ def fedavg(
     batch_size: int,
     learning_rate: float,
     server_learning_rate: float = 1.0,
+    server_tx: optax.GradientTransformation | None = None,
     full_batch: bool = False,
+    proximal_mu: float = 0.0,
+    normalize_to: float | None = None,
+    variate_delta: Callable | None = None,
     name: str = "fedavg",
 ) -> Algorithm:
-    """FedAvg (HierFAVG in a tree): local SGD, example-weighted averaging, SGD at the cloud."""
-    server_tx = optax.sgd(server_learning_rate)
+    """FedAvg (HierFAVG in a tree): local SGD, example-weighted averaging, SGD at the cloud.
+
+    `server_tx` replaces the cloud's `optax.sgd(server_learning_rate)` (FedOpt); the
+    other keywords are the local-training variants of `make_local_update`, which FedProx,
+    FedNova and SCAFFOLD set.
+    """
+    server_tx = server_tx or optax.sgd(server_learning_rate)
     return Algorithm(
         name=name,
         local_update=make_local_update(
@@ -209,15 +256,18 @@ def fedavg(
             batch_size=batch_size,
             learning_rate=learning_rate,
             full_batch=full_batch,
+            proximal_mu=proximal_mu,
+            normalize_to=normalize_to,
         ),
         aggregate=aggregate,
         segment_aggregate=segment_aggregate,
         server_init=server_tx.init,
         server_update=make_server_update(server_tx),
+        variate_delta=variate_delta,
     )
 
 
-def fedsgd(apply_fn: ApplyFn, example_loss: ExampleLoss, *, learning_rate: float, server_learning_rate: float = 1.0, **_: Any) -> Algorithm:
+def fedsgd(apply_fn: ApplyFn, example_loss: ExampleLoss, *, learning_rate: float, server_learning_rate: float = 1.0, server_tx=None, **_: Any) -> Algorithm:
     """FedSGD: one full-batch gradient step per device per edge round, then FedAvg's averaging."""
     return fedavg(
         apply_fn,
@@ -226,6 +276,7 @@ def fedsgd(apply_fn: ApplyFn, example_loss: ExampleLoss, *, learning_rate: float
         batch_size=1,
         learning_rate=learning_rate,
         server_learning_rate=server_learning_rate,
+        server_tx=server_tx,
         full_batch=True,
         name="fedsgd",
     )

@@ -192,7 +192,7 @@ def test_equipment_failure_runs_end_to_end(tmp_path):
     out = tmp_path / "out"
     run = load_example("equipment_failure")
     results = run.main(["--only", "rul", "--rul-topology", str(rul), "--out", str(out),
-                        "--run-dir", str(tmp_path / "runs"), "--quiet"])
+                        "--run-dir", str(tmp_path / "runs"), "--algorithms", "none", "--quiet"])
 
     assert list(results) == ["rul"]
     assert json.loads((out / "results_rul.json").read_text()) == results["rul"]
@@ -239,7 +239,7 @@ def test_energy_forecast_runs_end_to_end(tmp_path):
     out = tmp_path / "out"
     run = load_example("energy_forecast")
     results = run.main(["--topology", str(forecast), "--appliances-topology", str(appliances), "--out", str(out),
-                        "--run-dir", str(tmp_path / "runs"), "--quiet"])
+                        "--run-dir", str(tmp_path / "runs"), "--algorithms", "fedprox,fedadam", "--quiet"])
 
     check_common(results["forecast"], {"w", "s"}, 4, FORECAST_MLP_BYTES)
     check_common(results["appliances"], {"o", "h"}, 2, SERIES_CNN_BYTES)
@@ -252,6 +252,15 @@ def test_energy_forecast_runs_end_to_end(tmp_path):
     for problem in ("forecast", "appliances"):
         assert json.loads((out / f"results_{problem}.json").read_text()) == results[problem]
     assert np.load(tmp_path / "runs" / "energy-forecast-smoke" / "predict.npy").shape[1:] == (20,)
+    # The hierarchy trained again with each algorithm asked for; a best one is named only if it beats FedAvg.
+    for problem in ("forecast", "appliances"):
+        algorithms = results[problem]["algorithms"]
+        assert list(algorithms["runs"]) == ["FedProx (mu = 0.001)", "FedAdam (server lr 0.1)"]
+        assert all(len(r["curve"]["examples"]) == 2 for r in algorithms["runs"].values())
+        assert algorithms["best"] in (None, *algorithms["runs"])
+        assert "Other algorithms on the same hierarchy" in (out / f"results_{problem}.md").read_text()
+    assert "algorithms" not in run.main(["--only", "forecast", "--topology", str(forecast), "--out", str(tmp_path / "none"),
+                                         "--run-dir", str(tmp_path / "runs"), "--algorithms", "none", "--quiet"])["forecast"]
 
 
 @pytest.mark.parametrize("folder, problems", [("equipment_failure", ("fault", "rul")), ("energy_forecast", ("forecast", "appliances"))])

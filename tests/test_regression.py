@@ -255,3 +255,13 @@ def test_a_served_regression_model_answers_values_by_name(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "hour_21" in shown.stdout and "hour_24" in shown.stdout and "probability" not in shown.stdout
     assert f"{expected[1, 3]:.4g}" in shown.stdout
+
+
+def test_example_algorithm_names_parse():
+    from hierfl.comparison import ALTERNATIVES, parse_alternatives
+
+    assert parse_alternatives("fedprox,fednova,scaffold,fedadam") == ALTERNATIVES
+    assert parse_alternatives("none") == ()
+    assert [a.algorithm for a in parse_alternatives(" fedadam ")] == ["fedavg"]  # FedAdam: FedAvg with an Adam cloud step
+    with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'"):
+        parse_alternatives("fedprox,fedsgd")

@@ -13,7 +13,8 @@ package (`hierfl.tasks.energy_data`), each on its own federation:
   `appliance-id`, `appliances.toml`), accuracy; the sites have different appliances.
 
 Each trains hierarchical FL, flat FedAvg, local-only and centralized with the same model and
-budget (`hierfl.comparison`) and writes into the output folder (default: this one)
+budget (`hierfl.comparison`), and the hierarchy again with each of `--algorithms` (default:
+FedProx, FedNova, SCAFFOLD, FedAdam), and writes into the output folder (default: this one)
 `results_<problem>.md`, `.json` and `.png`. The hierarchical runs are kept in
 `--run-dir`/<federation name> (default `runs/`) with `predict.npy` for `hierfl export`,
 `hierfl serve` and `hierfl predict` (see README.md). `--rounds`, `--topology`,
@@ -43,13 +44,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the results (default: this example's)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
+    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam",
+                        help="other algorithms to train the hierarchy with (comma-separated, or none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Words, run_problems
+    from hierfl.comparison import Words, parse_alternatives, run_problems
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -70,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             progress=not args.quiet,
             console=Console(quiet=args.quiet),
             relative_to=HERE,
+        alternatives=parse_alternatives(args.algorithms),
         )
     return results
 

@@ -11,7 +11,8 @@ runs two problems on the vibration sensors of spindle bearings, each on its own 
 
 In both, each plant's machines develop only some fault types, so no plant alone sees them
 all. Each problem trains hierarchical FL, flat FedAvg, local-only and centralized with the
-same model and budget (`hierfl.comparison`) and writes into the output folder (default:
+same model and budget (`hierfl.comparison`), and the hierarchy again with each of `--algorithms` (default:
+FedProx, FedNova, SCAFFOLD, FedAdam), and writes into the output folder (default:
 this one) `results_<problem>.md` (the tables), `results_<problem>.json` (every number and
 curve) and `results_<problem>.png` (the score against examples processed and against
 edge->cloud bytes). The hierarchical run of each is kept in `--run-dir`/<federation name>
@@ -43,13 +44,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the results (default: this example's)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
+    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam",
+                        help="other algorithms to train the hierarchy with (comma-separated, or none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Words, run_problems
+    from hierfl.comparison import Words, parse_alternatives, run_problems
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -64,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         progress=not args.quiet,
         console=Console(quiet=args.quiet),
         relative_to=HERE,
+        alternatives=parse_alternatives(args.algorithms),
     )
 
 

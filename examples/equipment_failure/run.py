@@ -44,15 +44,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the results (default: this example's)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
-    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam",
+    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam", type=algorithms,
                         help="other algorithms to train the hierarchy with (comma-separated, or none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
+def algorithms(text: str):
+    """`--algorithms`: the `hierfl.comparison.ALTERNATIVES` named, or none."""
+    from hierfl.comparison import parse_alternatives
+
+    try:
+        return parse_alternatives(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Words, parse_alternatives, run_problems
+    from hierfl.comparison import Words, run_problems
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -67,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         progress=not args.quiet,
         console=Console(quiet=args.quiet),
         relative_to=HERE,
-        alternatives=parse_alternatives(args.algorithms),
+        alternatives=args.algorithms,
     )
 
 

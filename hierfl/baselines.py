@@ -41,6 +41,14 @@ device does in a one-device federation. One round of a pool is one jitted call, 
 once for every pool of a plan (pools are padded to the plan's total training examples and
 the segment count is an argument). Baselines always train with mini-batch SGD; they are
 meant for ``fedavg`` federations.
+
+Scores
+------
+Records carry the task's metrics under their own names (`hierfl.evaluation.metric_fields`):
+``accuracy`` and ``plant_accuracy`` for classification, e.g. ``rmse``/``plant_rmse`` and
+``mae``/``plant_mae`` for regression. Functions that compare scores take the task's
+deciding ``metric`` (accuracy by default), so "reaching a target" means an error at most
+the target for a lower-is-better metric.
 """
 
 from __future__ import annotations
@@ -55,9 +63,10 @@ import numpy as np
 
 from hierfl import rng
 from hierfl.algorithms import DeviceData, fedavg
-from hierfl.evaluation import Scores, make_evaluator
+from hierfl.evaluation import Scores, make_evaluator, metric_fields
 from hierfl.plan import Plan
 from hierfl.progress import RoundProgress
+from hierfl.scoring import ACCURACY, Metric
 from hierfl.simulator import init_global_model
 from hierfl.tasks.models import Model, Params
 from hierfl.topology import Federation, Topology
@@ -117,7 +126,7 @@ class BaselineResult:
     (cumulative), ``loss`` (mean training loss of the round's steps), ``test_loss``,
     ``accuracy`` (on the test data of all plants) and ``plant_accuracy`` (plant name ->
     accuracy on that plant's test data), the keys of `hierfl.simulate`'s records where
-    they mean the same.
+    they mean the same (a regression task's metrics instead of accuracy: ``rmse``, ...).
     """
 
     name: str
@@ -158,9 +167,10 @@ def train_local_only(plan: Plan, *, progress: bool = False) -> tuple[BaselineRes
     return _local_only(_PoolTrainer.build(plan), progress)
 
 
-def mean_final_accuracy(results: Sequence[BaselineResult]) -> float:
-    """The mean over models of their final accuracy on all plants' test data (local-only's summary)."""
-    return float(np.mean([result.final["accuracy"] for result in results]))
+def mean_final_accuracy(results: Sequence[BaselineResult], metric: str = "accuracy") -> float:
+    """The mean over models of their final accuracy (or ``metric``) on all plants' test data
+    (local-only's summary)."""
+    return float(np.mean([result.final[metric] for result in results]))
 
 
 def pool_shards(plan: Plan, plants: Sequence[int], capacity: int) -> tuple[DeviceData, int]:
@@ -175,7 +185,7 @@ def pool_shards(plan: Plan, plants: Sequence[int], capacity: int) -> tuple[Devic
     y = np.concatenate([shards.y[d, : shards.counts[d]] for d in devices])
     count = len(y)
     x = np.concatenate([x, np.zeros((capacity - count, *x.shape[1:]), x.dtype)])
-    y = np.concatenate([y, np.zeros(capacity - count, y.dtype)])
+    y = np.concatenate([y, np.zeros((capacity - count, *y.shape[1:]), y.dtype)])
     return DeviceData(x, y, np.int32(count)), len(devices)
 
 
@@ -231,7 +241,8 @@ def flat_uplink_bytes(record: Record, message_bytes: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class UplinkAtAccuracy:
-    """Edge->cloud bytes each run sent until its test accuracy first reached ``target``.
+    """Edge->cloud bytes each run sent until its test score first reached ``target``
+    (accuracy at least, or an error at most, the target).
 
     A run that never reached it has ``None`` for its round and bytes (and ``saving`` is None).
     """
@@ -255,8 +266,9 @@ def uplink_at_equal_accuracy(
     flat: Sequence[Record],
     message_bytes: int,
     target: float | None = None,
+    metric: Metric = ACCURACY,
 ) -> UplinkAtAccuracy:
-    """Compares the edge->cloud bytes of two `hierfl.simulate` histories at one accuracy.
+    """Compares the edge->cloud bytes of two `hierfl.simulate` histories at one score.
 
     Args:
       hierarchical: the hierarchical run's records; its per-round ``bytes.edge_to_cloud``
@@ -264,15 +276,18 @@ def uplink_at_equal_accuracy(
       flat: the flat FedAvg run's records (from `flat_fedavg`); each round costs
         `flat_uplink_bytes`.
       message_bytes: bytes of one model update (`model_bytes`).
-      target: the accuracy both runs are compared at; by default the highest accuracy both
-        reach (the smaller of the two runs' best), so both rounds exist.
+      target: the score both runs are compared at; by default the best score both reach
+        (the worse of the two runs' best), so both rounds exist.
+      metric: the task's deciding metric (``task.metric``): which record key, which direction.
     """
+    name = metric.name
     if target is None:
-        target = min(max(r["accuracy"] for r in hierarchical), max(r["accuracy"] for r in flat))
+        best = [run[metric.best_index([r[name] for r in run])][name] for run in (hierarchical, flat)]
+        target = metric.worst_of(best)
     hier_sent = np.cumsum([int(r["bytes"]["edge_to_cloud"]) for r in hierarchical])
     flat_sent = np.cumsum([flat_uplink_bytes(r, message_bytes) for r in flat])
-    hier_at = _first_reaching(hierarchical, target)
-    flat_at = _first_reaching(flat, target)
+    hier_at = _first_reaching(hierarchical, target, metric)
+    flat_at = _first_reaching(flat, target, metric)
     return UplinkAtAccuracy(
         target=float(target),
         hierarchical_round=None if hier_at is None else int(hierarchical[hier_at]["round"]),
@@ -282,10 +297,10 @@ def uplink_at_equal_accuracy(
     )
 
 
-def _first_reaching(history: Sequence[Record], target: float) -> int | None:
-    """Index of the first record with accuracy >= target, or None."""
+def _first_reaching(history: Sequence[Record], target: float, metric: Metric) -> int | None:
+    """Index of the first record whose score reaches target, or None."""
     for i, record in enumerate(history):
-        if record["accuracy"] >= target:
+        if metric.reaches(record[metric.name], target):
             return i
     return None
 
@@ -339,7 +354,7 @@ def _train_pool(trainer: _PoolTrainer, name: str, plants: Sequence[int], progres
     segments = jnp.int32(budget.segments_per_round)
     params = trainer.init_params
     history: list[Record] = []
-    with RoundProgress(budget.rounds, enabled=progress, title=name) as bar:
+    with RoundProgress(budget.rounds, enabled=progress, title=name, metric=plan.task.metric) as bar:
         for r in range(1, budget.rounds + 1):
             params, loss = trainer.pool_round(params, pool, jnp.int32(r), segments)
             scores = trainer.evaluate(params)
@@ -349,8 +364,7 @@ def _train_pool(trainer: _PoolTrainer, name: str, plants: Sequence[int], progres
                 "examples_seen": r * budget.steps_per_round * budget.batch_size,
                 "loss": float(loss),
                 "test_loss": scores.loss,
-                "accuracy": scores.score,
-                "plant_accuracy": dict(zip(topology.plant_names, scores.per_plant)),
+                **metric_fields(plan.task, scores, topology.plant_names),
             }
             history.append(record)
             bar.update(record)

@@ -19,6 +19,7 @@ from rich.tree import Tree
 
 from hierfl import __version__
 from hierfl.errors import HierflError, TopologyError
+from hierfl.scoring import ACCURACY, Metric
 
 EPILOG = """\
 examples:
@@ -142,24 +143,26 @@ def run_simulate(args: argparse.Namespace) -> int:
         f"{len(topology.plants)} plants, {topology.num_devices} devices -> {out}"
     )
     result = simulate(topology, rounds=args.rounds, out=out, chunk_size=args.chunk_size, progress=not args.quiet)
-    console.print(summary_table(result.history, topology.plant_names))
+    console.print(summary_table(result.history, topology.plant_names, result.plan.task.metric))
     console.print(f"run directory: {out}   (plots: hierfl report {out})")
     return 0
 
 
-def summary_table(history: list[dict], plant_names: Sequence[str]) -> Table:
-    """The end-of-run table: final and best accuracy, per-plant accuracy, bytes per tier, time."""
+def summary_table(history: list[dict], plant_names: Sequence[str], metric: Metric = ACCURACY) -> Table:
+    """The end-of-run table: final and best score (accuracy, or the task's metric), per-plant
+    score, bytes per tier, time."""
     last = history[-1]
-    best = max(history, key=lambda r: r["accuracy"])
+    best = history[metric.best_index([r[metric.name] for r in history])]
+    name = metric.name if metric.name == "accuracy" else metric.title
     table = Table(title="simulation summary", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("cloud rounds", str(last["round"]))
-    table.add_row("final test accuracy", f"{last['accuracy']:.4f}")
-    table.add_row("best test accuracy", f"{best['accuracy']:.4f} (round {best['round']})")
+    table.add_row(f"final test {name}", f"{last[metric.name]:.4f}")
+    table.add_row(f"best test {name}", f"{best[metric.name]:.4f} (round {best['round']})")
     table.add_row("final train / test loss", f"{last['loss']:.4f} / {last['test_loss']:.4f}")
     for plant in plant_names:
-        table.add_row(f"  accuracy {plant}", f"{last['plant_accuracy'][plant]:.4f}")
+        table.add_row(f"  {metric.name} {plant}", f"{last[metric.plant_key][plant]:.4f}")
     for tier in ("device_to_edge", "edge_to_cloud", "cloud_to_edge"):
         total = sum(r["bytes"][tier] for r in history)
         table.add_row(f"bytes {tier.replace('_to_', ' -> ').replace('_', ' ')}", f"{total / 1e6:,.2f} MB")
@@ -241,12 +244,15 @@ def run_report(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from hierfl.inference.artifact import write_artifact
     from hierfl.inference.export import export_run
+    from hierfl.metrics import read_run_info
+    from hierfl.scoring import run_metric
 
     artifact = export_run(args.run_dir, platforms=args.platforms)
     path = write_artifact(args.out or args.run_dir / "model.hfl", artifact)
     meta = artifact.meta
-    accuracy = meta.metrics.get("accuracy")
-    scored = f" (test accuracy {accuracy:.4f})" if isinstance(accuracy, float) else ""
+    metric = run_metric(read_run_info(args.run_dir)).name  # accuracy, or the task's deciding metric
+    value = meta.metrics.get(metric)
+    scored = f" (test {metric} {value:.4f})" if isinstance(value, float) else ""
     print(
         f"exported {meta.task} {meta.model} version {meta.version}{scored} for {', '.join(meta.platforms)} "
         f"-> {path} ({path.stat().st_size:,} bytes)"
@@ -306,6 +312,14 @@ def run_predict(args: argparse.Namespace) -> int:
     console.print(f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})", highlight=False)
     table = Table()
     table.add_column("example", justify="right")
+    if not info.class_names:  # a regression model: print its outputs, named if the model names them
+        names = info.output_names or tuple(f"output {j}" for j in range(prediction.logits.shape[-1]))
+        for name in names:
+            table.add_column(name, justify="right")
+        for i, row in enumerate(prediction.logits.reshape(len(prediction.logits), -1)):
+            table.add_row(str(i), *(f"{v:.4g}" for v in row))
+        console.print(table)
+        return 0
     table.add_column("class")
     table.add_column("probability", justify="right")
     probabilities = prediction.probabilities

@@ -40,12 +40,45 @@ class InferenceError(HierflError):
     """An inference server refused a request, did not answer in time, or cannot do what was asked."""
 
 
+class SecAggError(HierflError):
+    """A secure-aggregation round cannot go on safely (inconsistent request, bad reconstruction)."""
+
+
+class ThresholdError(SecAggError):
+    """Fewer than `threshold` devices answered a secure-aggregation step, so it cannot finish.
+
+    `stage` names the step, `received` how many usable answers came, `threshold` how many
+    were needed. Nothing about any single device's update has been revealed.
+    """
+
+    def __init__(self, stage: str, received: int, threshold: int, detail: str = ""):
+        message = f"secure aggregation failed at {stage}: {received} usable answers, below the threshold t = {threshold}"
+        super().__init__(message + (f" ({detail})" if detail else ""))
+        self.stage, self.received, self.threshold = stage, received, threshold
+
+
+class ShareTamperedError(SecAggError):
+    """An encrypted Shamir share failed authentication (altered, misrouted or replayed); `sender` sent it."""
+
+    def __init__(self, message: str, *, sender: str):
+        super().__init__(message)
+        self.sender = sender
+
+
+class HomomorphicError(HierflError):
+    """A homomorphic-encryption step got the wrong key material or mismatched ciphertexts."""
+
+
 __all__ = [
     "ArtifactError",
     "DataError",
     "HierflError",
+    "HomomorphicError",
     "InferenceError",
     "ProtocolError",
     "RunDirError",
+    "SecAggError",
+    "ShareTamperedError",
+    "ThresholdError",
     "TopologyError",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,37 +19,62 @@ EVAL_BATCH = 1024
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """Mean test loss, mean score (accuracy) overall, and the score of each plant's test set."""
+    """Mean test loss and the task's metrics, overall and on each plant's test set.
+
+    `score` and `per_plant` are the deciding metric's (`task.metric`: accuracy for
+    classification); `metrics` and `plant_metrics` hold every metric of the task by name.
+    """
 
     loss: float
     score: float
     per_plant: tuple[float, ...]
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    plant_metrics: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 def make_evaluator(model: Model, task: Task, test: TestSet, num_plants: int, batch: int = EVAL_BATCH) -> Callable[[Params], Scores]:
     """`evaluate(params) -> Scores` over `test`, in fixed-size padded batches (one compile)."""
+    metrics = task.metrics
 
     @jax.jit
     def per_example(params, x, y):
-        logits = model.apply(params, x)
-        return task.example_loss(logits, y), task.example_score(logits, y)
+        outputs = model.apply(params, x)
+        return task.example_loss(outputs, y), tuple(m.example_value(outputs, y) for m in metrics)
 
     size = len(test.y)
     batch = min(batch, size)
     padded = -(-size // batch) * batch
     x = np.concatenate([test.x, np.zeros((padded - size, *test.x.shape[1:]), test.x.dtype)])
-    y = np.concatenate([test.y, np.zeros(padded - size, test.y.dtype)])
-    plant_counts = np.bincount(test.plant, minlength=num_plants)
+    y = np.concatenate([test.y, np.zeros((padded - size, *test.y.shape[1:]), test.y.dtype)])
+    plant_counts = np.maximum(np.bincount(test.plant, minlength=num_plants), 1)
 
     def evaluate(params: Params) -> Scores:
-        losses, scores = [], []
+        losses, values = [], []
         for start in range(0, padded, batch):
-            loss, score = per_example(params, jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch]))
+            loss, value = per_example(params, jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch]))
             losses.append(np.asarray(loss))
-            scores.append(np.asarray(score))
+            values.append([np.asarray(v) for v in value])
         loss = np.concatenate(losses)[:size].astype(np.float64)
-        score = np.concatenate(scores)[:size].astype(np.float64)
-        per_plant = np.bincount(test.plant, weights=score, minlength=num_plants) / np.maximum(plant_counts, 1)
-        return Scores(float(loss.mean()), float(score.mean()), tuple(float(s) for s in per_plant))
+        overall, per_plant = {}, {}
+        for k, metric in enumerate(metrics):
+            value = np.concatenate([v[k] for v in values])[:size].astype(np.float64)
+            overall[metric.name] = metric.reduce(float(value.mean()))
+            plant_means = np.bincount(test.plant, weights=value, minlength=num_plants) / plant_counts
+            per_plant[metric.name] = tuple(metric.reduce(float(m)) for m in plant_means)
+        first = metrics[0].name
+        return Scores(float(loss.mean()), overall[first], per_plant[first], overall, per_plant)
 
     return evaluate
+
+
+def metric_fields(task: Task, scores: Scores, plant_names: Sequence[str]) -> dict[str, Any]:
+    """The round record's metric entries: each metric by name, then per plant as `plant_<name>`.
+
+    For a classification task that is `{"accuracy": ..., "plant_accuracy": {plant: ...}}`.
+    """
+    fields: dict[str, Any] = {}
+    for metric in task.metrics:
+        fields[metric.name] = scores.metrics[metric.name]
+    for metric in task.metrics:
+        fields[metric.plant_key] = dict(zip(plant_names, scores.plant_metrics[metric.name]))
+    return fields

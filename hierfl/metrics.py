@@ -12,6 +12,10 @@ A run directory holds
   round, not cumulative), ``round_seconds``, ``elapsed_seconds`` and ``devices`` (devices
   that trained that round). Extra fields are kept and ignored.
 
+  ``accuracy`` and ``plant_accuracy`` are the fields of a classification task. A task scored
+  otherwise (a regression task: ``rmse``) has its deciding metric's fields instead, named
+  by ``run.json``'s ``metric`` (see ``hierfl.scoring``), e.g. ``rmse`` and ``plant_rmse``.
+
 This module owns the format: the simulator writes through ``MetricsWriter`` and
 ``write_run_info``; the report and anything else read through ``read_run_info`` and
 ``read_metrics``, which check each record once so readers can trust it.
@@ -131,10 +135,11 @@ def read_run_info(run_dir: Path | str) -> dict[str, Any]:
     return info
 
 
-def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path | str, metric: str | None = None) -> list[dict[str, Any]]:
     """Returns the round records of ``RUN_DIR/metrics.jsonl``, in file order.
 
-    Blank lines are skipped. Raises ``MetricsError`` if the file is missing (the run has
+    Each record must carry ``metric`` (by default the one ``run.json`` names, else
+    ``accuracy``) and its per-plant field. Blank lines are skipped. Raises ``MetricsError`` if the file is missing (the run has
     no metrics yet) or a line is malformed, naming the file, the 1-based line number and
     what is wrong, e.g. ``runs/x/metrics.jsonl:3: not valid JSON (...)``.
     """
@@ -145,22 +150,39 @@ def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
         raise MetricsError(
             f"{path}: no such file; the run has no metrics yet (it writes one line per finished cloud round)"
         ) from None
+    if metric is None:
+        metric = _run_metric_name(Path(run_dir))
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            records.append(parse_record(line))
+            records.append(parse_record(line, metric))
         except MetricsError as error:
             raise MetricsError(f"{path}:{number}: {error}") from None
     return records
 
 
-def parse_record(line: str) -> dict[str, Any]:
+def _run_metric_name(run_dir: Path) -> str:
+    """The deciding metric ``run.json`` names; ``accuracy`` if it names none or is unreadable."""
+    try:
+        info = json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8"))
+        return str(info["metric"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "accuracy"
+
+
+def round_fields(metric: str = "accuracy") -> tuple[str, ...]:
+    """``ROUND_FIELDS`` for a run scored by ``metric``: its fields replace accuracy's."""
+    rename = {"accuracy": metric, "plant_accuracy": f"plant_{metric}"}
+    return tuple(rename.get(field, field) for field in ROUND_FIELDS)
+
+
+def parse_record(line: str, metric: str = "accuracy") -> dict[str, Any]:
     """Returns the round record on one ``metrics.jsonl`` line.
 
     Raises ``MetricsError`` (without a location; the caller adds it) if the line is not
-    a JSON object, lacks a field of ``ROUND_FIELDS``, or ``bytes`` lacks a tier of
+    a JSON object, lacks a field of ``round_fields(metric)``, or ``bytes`` lacks a tier of
     ``BYTE_TIERS``.
     """
     try:
@@ -169,11 +191,11 @@ def parse_record(line: str) -> dict[str, Any]:
         raise MetricsError(f"not valid JSON ({error})") from None
     if not isinstance(record, dict):
         raise MetricsError(f"expected a JSON object, got {type(record).__name__}")
-    missing = [field for field in ROUND_FIELDS if field not in record]
+    missing = [field for field in round_fields(metric) if field not in record]
     if missing:
         raise MetricsError(f"record lacks field(s) {', '.join(missing)}")
-    if not isinstance(record["plant_accuracy"], dict):
-        raise MetricsError("'plant_accuracy' must be an object mapping plant name to accuracy")
+    if not isinstance(record[f"plant_{metric}"], dict):
+        raise MetricsError(f"'plant_{metric}' must be an object mapping plant name to {metric}")
     if not isinstance(record["bytes"], dict):
         raise MetricsError("'bytes' must be an object mapping tier to bytes sent")
     missing = [tier for tier in BYTE_TIERS if tier not in record["bytes"]]

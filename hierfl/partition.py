@@ -80,6 +80,23 @@ def proportional_sizes(total: int, weights: np.ndarray) -> np.ndarray:
     return _largest_remainder(weights / weights.sum() * total)
 
 
+def quantile_bins(values: np.ndarray, num_bins: int) -> np.ndarray:
+    """Integer strata `[N]` in [0, num_bins): each value's quantile bin among `values`.
+
+    Stratifies a continuous target (a regression task's) so that stratified splits and
+    Dirichlet skew can work on it as on class labels: bin k holds the values between the
+    k/num_bins and (k+1)/num_bins quantiles, so bins are (about) equally full. Ties fall in
+    one bin; with fewer distinct values than bins some bins stay empty.
+    """
+    values = np.asarray(values, np.float64)
+    if num_bins < 1:
+        raise DataError(f"num_bins must be >= 1, got {num_bins}")
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    edges = np.quantile(values, np.linspace(0, 1, num_bins + 1)[1:-1])
+    return np.searchsorted(edges, values, side="right").astype(np.int64)
+
+
 def _largest_remainder(quotas: np.ndarray) -> np.ndarray:
     floors = np.floor(quotas).astype(np.int64)
     short = int(round(quotas.sum())) - int(floors.sum())

@@ -11,6 +11,7 @@ dirichlet, quantity) divides the line's pool among its devices. Deterministic in
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,8 +25,9 @@ from hierfl.topology import DataSpec, Line, Plant, Topology
 class DeviceShards:
     """All devices' training data, padded to a common length.
 
-    x `[D, N, *input_shape]` float32, y `[D, N]` int32; only the first `counts[d]` rows of
-    device d are real (the rest are zeros and never sampled).
+    x `[D, N, *input_shape]` float32, y `[D, N]` int32 (labels) or `[D, N, H]` float32
+    (regression targets); only the first `counts[d]` rows of device d are real (the rest
+    are zeros and never sampled).
     """
 
     x: np.ndarray
@@ -65,36 +67,53 @@ def make_plan(topology: Topology) -> Plan:
     """Builds the plan; raises DataError if the task cannot supply what the topology asks."""
     task = get_task(topology.federation.task)
     seed = topology.federation.seed
+    check_plant_classes(topology, task)
     requests = [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
     device_parts: list[tuple[np.ndarray, np.ndarray]] = []
     test_sets: list[tuple[np.ndarray, np.ndarray]] = []
     plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
     # One plant's pool at a time: it is divided into device shards and then released.
     for index, (plant, data) in enumerate(zip(topology.plants, plant_data, strict=True)):
-        device_parts.extend(divide_plant(plant, data, np.random.default_rng([seed, 4, index])))
+        device_parts.extend(divide_plant(plant, data, np.random.default_rng([seed, 4, index]), task.strata))
         test_sets.append((data.x_test, data.y_test))
         del data
     device_edge = np.concatenate([np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)])
     return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
 
 
+def check_plant_classes(topology: Topology, task: Task) -> None:
+    """DataError naming the plant if its `classes` are not all the task's."""
+    for i, plant in enumerate(topology.plants):
+        unknown = [c for c in plant.classes or () if c not in task.plant_classes]
+        if unknown:
+            known = ", ".join(task.plant_classes) or "none: the task cannot limit a plant's classes"
+            raise DataError(f"{topology.source}: plants[{i}].classes: task {task.name!r} has no class {unknown[0]!r} (classes: {known})")
+
+
 def plant_request(plant: Plant, index: int, task: Task) -> PlantRequest:
     """What a plant needs: exact when every line's samples per device is known, else a fair share."""
     per_line = [_samples_per_device(line.data, task) for line in plant.lines]
     exact = None if None in per_line else sum(n * len(line.devices) for n, line in zip(per_line, plant.lines))
-    return PlantRequest(plant.name, index, plant.num_devices, exact, plant.shift)
+    return PlantRequest(plant.name, index, plant.num_devices, exact, plant.shift, plant.classes)
 
 
 def _samples_per_device(data: DataSpec, task: Task) -> int | None:
     return data.samples_per_device if data.samples_per_device is not None else task.default_samples_per_device
 
 
-def divide_plant(plant: Plant, data: PlantData, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each device's (x, y) of the plant, in device order."""
+def divide_plant(
+    plant: Plant, data: PlantData, rng: np.random.Generator, strata: Callable[[np.ndarray], np.ndarray] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's (x, y) of the plant, in device order.
+
+    Lines are stratified and lines' partitioners skewed by `strata(y)` (the task's: class
+    labels, or bins of a regression target); by default `y` itself (class labels).
+    """
+    groups = data.y_train if strata is None else strata(data.y_train)
     sizes = line_sizes(plant, len(data.y_train))
     devices = []
-    for line, pool in zip(plant.lines, partition.split_stratified(data.y_train, sizes, rng)):
-        for shard in divide_line(line, data.y_train[pool], rng):
+    for line, pool in zip(plant.lines, partition.split_stratified(groups, sizes, rng)):
+        for shard in divide_line(line, groups[pool], rng):
             devices.append((data.x_train[pool[shard]], data.y_train[pool[shard]]))
     return devices
 
@@ -130,7 +149,7 @@ def pad_shards(devices: list[tuple[np.ndarray, np.ndarray]]) -> DeviceShards:
     capacity = int(counts.max())
     sample_shape = devices[0][0].shape[1:]
     x = np.zeros((len(devices), capacity, *sample_shape), np.float32)
-    y = np.zeros((len(devices), capacity), np.int32)
+    y = np.zeros((len(devices), capacity, *devices[0][1].shape[1:]), _target_dtype(devices[0][1]))
     for d, (xd, yd) in enumerate(devices):
         x[d, : len(yd)] = xd
         y[d, : len(yd)] = yd
@@ -141,6 +160,11 @@ def stack_test_sets(plants: list[tuple[np.ndarray, np.ndarray]]) -> TestSet:
     """All plants' (x_test, y_test) in one set, tagged with their plant index."""
     return TestSet(
         x=np.concatenate([x for x, _ in plants]).astype(np.float32),
-        y=np.concatenate([y for _, y in plants]).astype(np.int32),
+        y=np.concatenate([y for _, y in plants]).astype(_target_dtype(plants[0][1])),
         plant=np.concatenate([np.full(len(y), i, np.int32) for i, (_, y) in enumerate(plants)]),
     )
+
+
+def _target_dtype(y: np.ndarray) -> type:
+    """int32 for class labels, float32 for regression targets."""
+    return np.int32 if np.issubdtype(np.asarray(y).dtype, np.integer) else np.float32

@@ -3,7 +3,8 @@
 ``write_report(run_dir)`` reads ``run.json`` and ``metrics.jsonl`` (see ``hierfl.metrics``)
 and writes, into the same directory,
 
-* ``accuracy.png`` -- global test accuracy per cloud round (bold) and one line per plant;
+* ``accuracy.png`` -- global test accuracy per cloud round (bold) and one line per plant
+  (for a task scored otherwise, ``<metric>.png``, e.g. ``rmse.png``: see ``hierfl.scoring``);
 * ``bytes.png`` -- cumulative bytes sent per tier over the cloud rounds;
 * ``loss.png`` -- training loss and test loss per cloud round;
 * ``report.md`` -- run settings, final and best accuracy, per-plant final accuracy, total
@@ -28,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
 from hierfl.metrics import BYTE_TIERS, METRICS_FILE, MetricsError, read_metrics, read_run_info
+from hierfl.scoring import ACCURACY, Metric, run_metric
 
 Record = Mapping[str, Any]
 
@@ -113,32 +115,29 @@ def edge_to_cloud_ratio(totals: Mapping[str, int]) -> float | None:
     return totals["edge_to_cloud"] / totals["device_to_edge"]
 
 
-def best_round(records: Sequence[Record]) -> tuple[int, float]:
-    """Returns ``(round, accuracy)`` of the record with the highest global test accuracy;
-    the earliest such round on ties. NaN accuracies never win unless all are NaN.
-    ``records`` must not be empty."""
-    def score(record: Record) -> float:
-        accuracy = float(record["accuracy"])
-        return -math.inf if math.isnan(accuracy) else accuracy
-
-    best = max(records, key=score)  # max keeps the first of equal keys
-    return int(best["round"]), float(best["accuracy"])
+def best_round(records: Sequence[Record], metric: Metric = ACCURACY) -> tuple[int, float]:
+    """Returns ``(round, score)`` of the record with the best global test score (the highest
+    accuracy, or the lowest error for a lower-is-better ``metric``); the earliest such round
+    on ties. NaN scores never win unless all are NaN. ``records`` must not be empty."""
+    best = records[metric.best_index([float(record[metric.name]) for record in records])]
+    return int(best["round"]), float(best[metric.name])
 
 
-def plant_accuracy_series(records: Sequence[Record]) -> dict[str, list[float]]:
-    """Returns, per plant (sorted by name), its accuracy at each record, NaN where a
-    record has no entry for that plant."""
-    plants = sorted({plant for record in records for plant in record["plant_accuracy"]})
+def plant_accuracy_series(records: Sequence[Record], metric: Metric = ACCURACY) -> dict[str, list[float]]:
+    """Returns, per plant (sorted by name), its accuracy (or ``metric``) at each record,
+    NaN where a record has no entry for that plant."""
+    key = metric.plant_key
+    plants = sorted({plant for record in records for plant in record[key]})
     return {
-        plant: [float(record["plant_accuracy"].get(plant, math.nan)) for record in records]
+        plant: [float(record[key].get(plant, math.nan)) for record in records]
         for plant in plants
     }
 
 
-def final_plant_accuracy(records: Sequence[Record]) -> dict[str, float]:
-    """Returns each plant's accuracy in the last record, sorted by plant name.
-    ``records`` must not be empty."""
-    last = records[-1]["plant_accuracy"]
+def final_plant_accuracy(records: Sequence[Record], metric: Metric = ACCURACY) -> dict[str, float]:
+    """Returns each plant's accuracy (or ``metric``) in the last record, sorted by plant
+    name. ``records`` must not be empty."""
+    last = records[-1][metric.plant_key]
     return {plant: float(last[plant]) for plant in sorted(last)}
 
 
@@ -218,15 +217,19 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
     """Returns the text of ``report.md`` for a run with settings ``info`` and round
     ``records`` (not empty). Links the plots by their file names, relative to the run
     directory."""
+    metric = run_metric(info)
     last = records[-1]
-    best, best_accuracy = best_round(records)
+    best, best_score = best_round(records, metric)
     totals = total_bytes(records)
     ratio = edge_to_cloud_ratio(totals)
     planned = info.get("cloud_rounds")
     of_planned = f" of {planned} planned" if planned is not None else ""
     round_seconds = [float(record["round_seconds"]) for record in records]
 
-    plant_rows = [(plant, format_accuracy(a)) for plant, a in final_plant_accuracy(records).items()]
+    def show(value: float) -> str:
+        return format_accuracy(value) if metric.percent else metric.format(value)
+
+    plant_rows = [(plant, show(a)) for plant, a in final_plant_accuracy(records, metric).items()]
     byte_rows = [
         (TIER_LABELS[tier], format_bytes(totals[tier]), f"{totals[tier]:,}") for tier in BYTE_TIERS
     ]
@@ -239,14 +242,14 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
     sections = [
         f"# {run_title(info)}",
         markdown_table(("setting", "value"), run_info_rows(info)),
-        "## Accuracy",
-        f"Final global test accuracy **{format_accuracy(float(last['accuracy']))}** "
+        f"## {metric.title[:1].upper()}{metric.title[1:]}",
+        f"Final global test {metric.title} **{show(float(last[metric.name]))}** "
         f"after cloud round {last['round']} ({len(records)} rounds recorded{of_planned}). "
-        f"Best **{format_accuracy(best_accuracy)}**, reached in round {best}.",
-        markdown_table(("plant", "final accuracy"), plant_rows)
+        f"Best **{show(best_score)}**, reached in round {best}.",
+        markdown_table(("plant", f"final {metric.title}"), plant_rows)
         if plant_rows
-        else "No per-plant accuracy recorded.",
-        f"![Test accuracy per cloud round]({ACCURACY_PLOT})",
+        else f"No per-plant {metric.title} recorded.",
+        f"![Test {metric.title} per cloud round]({score_plot(metric)})",
         "## Communication",
         markdown_table(("tier", "total", "bytes"), byte_rows),
         f"Edge → cloud / device → edge bytes: {ratio_text}.",
@@ -282,20 +285,26 @@ def _marker(records: Sequence[Record]) -> str | None:
     return "o" if len(records) <= 30 else None
 
 
+def score_plot(metric: Metric) -> str:
+    """The file name of the score plot: ``accuracy.png``, or ``<metric>.png`` (``rmse.png``)."""
+    return ACCURACY_PLOT if metric.name == "accuracy" else f"{metric.name}.png"
+
+
 def accuracy_figure(info: Mapping[str, Any], records: Sequence[Record]) -> Figure:
-    """Returns a figure of global test accuracy per cloud round (bold, black) and each
-    plant's accuracy (thin, one colour per plant), with a legend."""
+    """Returns a figure of global test accuracy (or the run's metric, see ``hierfl.scoring``)
+    per cloud round (bold, black) and each plant's (thin, one colour per plant), with a legend."""
+    metric = run_metric(info)
     figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = _round_axes(figure, f"Test accuracy — {run_title(info)}", "test accuracy")
+    axes = _round_axes(figure, f"Test {metric.title} — {run_title(info)}", f"test {metric.title}")
     x = rounds(records)
-    plants = plant_accuracy_series(records)
+    plants = plant_accuracy_series(records, metric)
     colours = matplotlib.colormaps["tab10" if len(plants) <= 10 else "tab20"]
     for index, (plant, accuracy) in enumerate(plants.items()):
         colour = colours(index % colours.N)
         axes.plot(x, accuracy, linewidth=1.2, alpha=0.85, color=colour, label=plant)
     axes.plot(
         x,
-        [float(record["accuracy"]) for record in records],
+        [float(record[metric.name]) for record in records],
         color="black",
         linewidth=2.8,
         marker=_marker(records),
@@ -303,7 +312,8 @@ def accuracy_figure(info: Mapping[str, Any], records: Sequence[Record]) -> Figur
         label="global",
         zorder=3,
     )
-    axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    if metric.percent:
+        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     axes.legend(loc="best", fontsize="small", ncols=1 + len(plants) // 12)
     return figure
 
@@ -351,7 +361,7 @@ def loss_figure(info: Mapping[str, Any], records: Sequence[Record]) -> Figure:
 
 
 def write_report(run_dir: Path | str) -> list[Path]:
-    """Writes ``accuracy.png``, ``bytes.png``, ``loss.png`` and ``report.md`` into
+    """Writes ``accuracy.png`` (``<metric>.png``), ``bytes.png``, ``loss.png`` and ``report.md`` into
     ``run_dir`` from its ``run.json`` and ``metrics.jsonl``; returns the paths written,
     in that order.
 
@@ -366,7 +376,7 @@ def write_report(run_dir: Path | str) -> list[Path]:
 
     written = []
     for name, build in (
-        (ACCURACY_PLOT, accuracy_figure),
+        (score_plot(run_metric(info)), accuracy_figure),
         (BYTES_PLOT, bytes_figure),
         (LOSS_PLOT, loss_figure),
     ):

@@ -41,7 +41,7 @@ from hierfl.algorithms import (
 from hierfl.attack import apply_attack, attacker_mask
 from hierfl.kernels import FlatSpec, clip_by_l2, flat_spec, ravel, segment_weighted_sum, unravel
 from hierfl.links import LinkCodecs
-from hierfl.evaluation import make_evaluator
+from hierfl.evaluation import make_evaluator, metric_fields
 from hierfl.loading import load_topology
 from hierfl.metrics import MetricsWriter, write_run_info
 from hierfl.plan import Plan, make_plan
@@ -468,7 +468,7 @@ def simulate(
       out: run directory for run.json, metrics.jsonl and model.npz (nothing written if None).
       chunk_size: devices trained at once; lower it to bound memory with many devices.
         Each chunk is split over all local JAX devices (see `hierfl.parallel`).
-      progress: show a rich progress bar with the latest accuracy.
+      progress: show a rich progress bar with the latest score (the task's metric).
       on_round: called with each round's metrics record after it is written.
     """
     if not isinstance(topology, Topology):
@@ -486,7 +486,7 @@ def simulate(
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     budget = _rounds_within_privacy_budget(topology)
-    with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name) as bar:
+    with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name, metric=plan.task.metric) as bar:
         for r in range(1, budget + 1):
             round_started = time.perf_counter()
             state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
@@ -496,8 +496,7 @@ def simulate(
                 "round": r,
                 "loss": float(stats.train_loss),
                 "test_loss": scores.loss,
-                "accuracy": scores.score,
-                "plant_accuracy": dict(zip(topology.plant_names, scores.per_plant)),
+                **metric_fields(plan.task, scores, topology.plant_names),
                 "bytes": sim.bytes_per_round,
                 "round_seconds": now - round_started,
                 "elapsed_seconds": now - started,
@@ -553,6 +552,7 @@ def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
         "batch_size": federation.batch_size,
         "learning_rate": federation.learning_rate,
         "compression": dataclasses.asdict(topology.compression),
+        "metric": plan.task.metric.describe(),
         "aggregation": dataclasses.asdict(topology.aggregation),
         "attack": dataclasses.asdict(topology.attack),
         "privacy": dataclasses.asdict(topology.privacy),

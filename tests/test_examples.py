@@ -11,9 +11,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hierfl.loading import load_topology
+from hierfl.tasks import TASKS
+
+needs_aeon = pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"')
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SURFACE_CNN_BYTES = 4 * ((9 * 8 + 8) + (72 * 16 + 16) + (144 * 32 + 32) + (64 * 7 + 7))  # 6,343 float32
@@ -123,3 +127,151 @@ def test_defect_detection_readme_quotes_the_committed_results():
         assert line in readme, line
     for figure in ("results.png", "samples.png"):
         assert (folder / figure).exists() and f"]({figure})" in readme
+
+
+# --- equipment failure ---------------------------------------------------------------------
+
+ENVELOPE_CNN_ONE_OUTPUT_BYTES = 4 * ((7 * 16 + 16) + (7 * 16 * 32 + 32) + 2 * (7 * 32 * 32 + 32) + (64 * 1 + 1))
+
+
+def reduced(task: str, model: str, plants: list[tuple[str, list[int], str]], samples: int, port: int) -> str:
+    """A two-round topology: `plants` are (name, devices per line, classes TOML array)."""
+    text = f"""
+[federation]
+name = "{task}-smoke"
+task = "{task}"
+model = "{model}"
+cloud_rounds = 2
+edge_rounds = 2
+local_steps = 2
+batch_size = 4
+learning_rate = 0.05
+seed = 0
+
+[data]
+partition = "iid"
+{f"samples_per_device = {samples}" if samples else ""}
+test_fraction = 0.25
+
+[cloud]
+address = "tcp://127.0.0.1:{port}"
+"""
+    for i, (name, lines, classes) in enumerate(plants):
+        text += f'\n[[plants]]\nname = "{name}"\naddress = "tcp://127.0.0.1:{port + 1 + i}"\nclasses = {classes}\n'
+        for j, devices in enumerate(lines):
+            text += f'\n[[plants.lines]]\nname = "line-{j}"\ndevices = {devices}\n'
+    return text
+
+
+def check_common(results: dict, plants: set[str], devices: int, model_bytes: int) -> None:
+    """What every problem's results hold, counted from the reduced topology (2 rounds x 2 x 2 steps of 4)."""
+    metric = results["metric"]["name"]
+    assert results["federation"]["model_bytes"] == model_bytes
+    assert results["budget"]["examples"] == devices * 2 * 2 * 2 * 4
+    assert results["hierarchical"]["edge_to_cloud_bytes"] == 2 * len(plants) * model_bytes
+    assert results["flat_fedavg"]["edge_to_cloud_bytes"] == 4 * devices * model_bytes
+    for method in ("hierarchical", "flat_fedavg", "centralized", "local_only"):
+        assert set(results[method][f"plant_{metric}"]) == plants, method
+
+
+def test_equipment_failure_topologies_are_three_plants_with_unshared_faults():
+    for name, task in (("topology.toml", "bearing-fault"), ("rul.toml", "bearing-rul")):
+        topology = load_topology(EXAMPLES / "equipment_failure" / name)
+        assert topology.federation.task == task and len(topology.plants) == 3
+        assert len({plant.shift for plant in topology.plants}) == 3
+        seen = [set(plant.classes) for plant in topology.plants]
+        assert any(kind not in other for plant in seen for kind in plant for other in seen)  # some plant lacks a fault
+
+
+def test_equipment_failure_runs_end_to_end(tmp_path):
+    # The RUL problem only: the fault problem is the classification path the defect and
+    # appliance smoke tests run (its plant classes are tested in test_regression.py), and
+    # each bearing problem costs about 30 s of compiling on 2 cores.
+    rul = tmp_path / "rul.toml"
+    rul.write_text(reduced("bearing-rul", "cnn1d", [("a", [2], '["outer"]'), ("b", [1], '["inner", "ball"]')], 10, 7420))
+    out = tmp_path / "out"
+    run = load_example("equipment_failure")
+    results = run.main(["--only", "rul", "--rul-topology", str(rul), "--out", str(out),
+                        "--run-dir", str(tmp_path / "runs"), "--algorithms", "none", "--quiet"])
+
+    assert list(results) == ["rul"]
+    assert json.loads((out / "results_rul.json").read_text()) == results["rul"]
+    assert (out / "results_rul.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_common(results["rul"], {"a", "b"}, 3, ENVELOPE_CNN_ONE_OUTPUT_BYTES)
+    rul_results = results["rul"]
+    assert rul_results["metric"] == {"name": "rmse", "higher_is_better": False, "label": "RMSE of RUL (h)",
+                                     "percent": False, "unit": "h", "root": True}
+    for method in ("hierarchical", "flat_fedavg", "centralized", "local_only"):
+        assert 0 < rul_results[method]["mae"] <= rul_results[method]["rmse"] < 150, method
+    uplink = rul_results["uplink_at_equal_accuracy"]
+    assert uplink["hierarchical_bytes"] % (2 * ENVELOPE_CNN_ONE_OUTPUT_BYTES) == 0
+    text = (out / "results_rul.md").read_text()
+    assert "| RMSE of RUL (h), all plants | MAE, all plants |" in text and "equal RMSE" in text and "%" not in text
+    assert "](results_rul.png)" in text
+    # The hierarchical run is kept for `hierfl export`, with windows to send to the server.
+    run_dir = tmp_path / "runs" / "bearing-rul-smoke"
+    assert {"run.json", "metrics.jsonl", "model.npz", "predict.npy"} <= {p.name for p in run_dir.iterdir()}
+    assert np.load(run_dir / "predict.npy").shape[1:] == (2048, 1)
+
+
+# --- energy forecasting --------------------------------------------------------------------
+
+FORECAST_MLP_BYTES = 4 * ((20 * 64 + 64) + (64 * 64 + 64) + (64 * 4 + 4))
+SERIES_CNN_BYTES = 4 * ((7 * 16 + 16) + (7 * 16 * 32 + 32) + 2 * (7 * 32 * 32 + 32) + (64 * 10 + 10))
+
+
+def test_energy_forecast_topologies_split_seasons_and_appliances():
+    forecast = load_topology(EXAMPLES / "energy_forecast" / "topology.toml")
+    assert forecast.federation.task == "energy-forecast"
+    assert [plant.classes for plant in forecast.plants] == [("winter",), ("summer",), ("winter", "summer")]
+    appliances = load_topology(EXAMPLES / "energy_forecast" / "appliances.toml")
+    kinds = [set(plant.classes) for plant in appliances.plants]
+    assert set().union(*kinds) == set(TASKS["appliance-id"].class_names)  # together they know all ten
+    assert all(len(k) < 10 for k in kinds)  # alone, none does
+
+
+@needs_aeon
+def test_energy_forecast_runs_end_to_end(tmp_path):
+    forecast = tmp_path / "forecast.toml"
+    forecast.write_text(reduced("energy-forecast", "mlp", [("w", [2], '["winter"]'), ("s", [1, 1], '["summer"]')], 0, 7440))
+    appliances = tmp_path / "appliances.toml"
+    appliances.write_text(reduced("appliance-id", "cnn1d", [("o", [1], '["laptop", "lamp"]'), ("h", [1], '["lamp", "microwave"]')], 0, 7460))
+    out = tmp_path / "out"
+    run = load_example("energy_forecast")
+    results = run.main(["--topology", str(forecast), "--appliances-topology", str(appliances), "--out", str(out),
+                        "--run-dir", str(tmp_path / "runs"), "--algorithms", "fedprox,fedadam", "--quiet"])
+
+    check_common(results["forecast"], {"w", "s"}, 4, FORECAST_MLP_BYTES)
+    check_common(results["appliances"], {"o", "h"}, 2, SERIES_CNN_BYTES)
+    fed = results["forecast"]["federation"]
+    # The winter site holds out a quarter of its share of the 1,096 days' winter half, no more.
+    assert fed["train_examples"] + sum(fed["test_examples"].values()) == 1096
+    assert results["forecast"]["metric"]["name"] == "rmse" and "mae" in results["forecast"]["hierarchical"]
+    assert results["appliances"]["metric"]["name"] == "accuracy"
+    assert "| RMSE of standardised load, all sites | MAE, all sites |" in (out / "results_forecast.md").read_text()
+    for problem in ("forecast", "appliances"):
+        assert json.loads((out / f"results_{problem}.json").read_text()) == results[problem]
+    assert np.load(tmp_path / "runs" / "energy-forecast-smoke" / "predict.npy").shape[1:] == (20,)
+    # The hierarchy trained again with each algorithm asked for; a best one is named only if it beats FedAvg.
+    for problem in ("forecast", "appliances"):
+        algorithms = results[problem]["algorithms"]
+        assert list(algorithms["runs"]) == ["FedProx (mu = 0.001)", "FedAdam (server lr 0.1)"]
+        assert all(len(r["curve"]["examples"]) == 2 for r in algorithms["runs"].values())
+        assert algorithms["best"] in (None, *algorithms["runs"])
+        assert "Other algorithms on the same hierarchy" in (out / f"results_{problem}.md").read_text()
+    assert "algorithms" not in run.main(["--only", "forecast", "--topology", str(forecast), "--out", str(tmp_path / "none"),
+                                         "--run-dir", str(tmp_path / "runs"), "--algorithms", "none", "--quiet"])["forecast"]
+
+
+@pytest.mark.parametrize("folder, problems", [("equipment_failure", ("fault", "rul")), ("energy_forecast", ("forecast", "appliances"))])
+def test_readmes_quote_the_committed_results(folder, problems):
+    readme = (EXAMPLES / folder / "README.md").read_text(encoding="utf-8")
+    for problem in problems:
+        committed = (EXAMPLES / folder / f"results_{problem}.md").read_text(encoding="utf-8")
+        table = [line for line in committed.splitlines() if line.startswith("|")]
+        assert len(table) > 8
+        for line in table:
+            assert line in readme, line
+        assert f"](results_{problem}.png)" in readme and (EXAMPLES / folder / f"results_{problem}.png").exists()
+    top = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    assert f"](examples/{folder}/)" in top

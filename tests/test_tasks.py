@@ -32,9 +32,9 @@ def held_out(counts, test_fraction):
 
 
 def test_registry():
-    assert set(TASKS) == {"digits", "bearing-fault", "steel-defects"}
+    assert set(TASKS) == {"digits", "bearing-fault", "bearing-rul", "steel-defects", "energy-forecast", "appliance-id"}
     assert get_task("digits") is DIGITS
-    with pytest.raises(KeyError, match="bearing-fault, digits"):
+    with pytest.raises(KeyError, match="bearing-fault, bearing-rul, digits, energy-forecast"):
         get_task("mnist")
     assert DIGITS.input_shape == (8, 8, 1) and DIGITS.num_classes == 10
     assert BEARING.input_shape == (2048, 1) and BEARING.num_classes == 4
@@ -46,11 +46,12 @@ def test_registry():
     [(t.name, m) for t in TASKS.values() for m in t.models],
 )
 def test_models_give_logits_per_class(task, model):
+    # Classifiers give one logit per class; regression models one value per target.
     task = TASKS[task]
     net, params = build_model(model, task.models[model], jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3, *task.input_shape)), jnp.float32)
     logits = jax.jit(net.apply)(params, x)
-    assert logits.shape == (3, task.num_classes)
+    assert logits.shape == (3, len(task.target_names) if task.target_names else task.num_classes)
     assert logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
     assert not np.allclose(logits[0], logits[1])  # the input reaches the output

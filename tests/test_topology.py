@@ -301,7 +301,7 @@ BAD = [
     (('name = "plant-a"', 'name = "plant-a"\nshift = 1.5'), "plants[0].shift: must be in [0, 1], got 1.5"),
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
-        "plants[0].colour: unknown key (allowed: address, aggregation, lines, name, shift)",
+        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift)",
     ),
     (('name = "line-1"', 'name = "line-1"\ncolour = "red"'), "plants[0].lines[0].colour: unknown key (allowed: data, devices, local_steps, name)"),
     (('name = "line-1"\n', ""), "plants[0].lines[0].name: missing required key"),

@@ -139,6 +139,13 @@ def test_python_api_checks_like_the_loader():
     assert topology.with_federation(algorithm="fedprox", mu=0.3).federation.mu == 0.3
     with pytest.raises(TopologyError, match="takes no mu"):
         topology.with_federation(mu=0.3)
+    with pytest.raises(TopologyError, match="algorithm 'fedprox' needs mu"):
+        topology.with_federation(algorithm="fedprox", mu=None)
+    # Restating the algorithm keeps its parameters; switching away drops them.
+    prox = topology.with_federation(algorithm="fedprox", mu=0.3)
+    assert prox.with_federation(algorithm="fedprox").federation.mu == 0.3
+    assert prox.with_federation(cloud_rounds=7).federation.mu == 0.3
+    assert prox.with_federation(algorithm="fedavg").federation.mu is None
 
 
 def test_the_demo_preset_still_loads():

@@ -104,7 +104,7 @@ def check_choices(choices: Mapping[str, Collection[str]] | None) -> Mapping[str,
 class Field:
     """The rule for one scalar field: its type, its default and the values it may take.
 
-    `kind` is `str`, `int` or `float`. Booleans are never accepted as numbers; a `float`
+    `kind` is `str`, `int`, `float` or `bool`. Booleans are never accepted as numbers; a `float`
     field accepts an int and converts it. `default` is `REQUIRED` or the value used when the
     key is absent (`None` makes the field optional). `low`/`high` bound numbers (inclusive
     unless `*_open`); `options` and `pattern` restrict strings.
@@ -126,6 +126,8 @@ class Field:
         """
         if value is None and self.default is None:
             return None, None
+        if self.kind is bool:
+            return (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {describe(value)}")
         if self.kind is str:
             return self._check_string(value, choices)
         return self._check_number(value)
@@ -206,6 +208,10 @@ NAME = Field(str, pattern=NAME_PATTERN)
 
 PLANT_SHIFT = Field(float, default=0.0, low=0, high=1)
 """A plant's feature-shift severity: 0 = the task's clean data, 1 = the strongest shift."""
+
+PLANT_CLASS = Field(str)
+"""One entry of a plant's `classes` list: a class (or fault type) name of the task, which
+the plan checks against the task (the topology does not know the task's names)."""
 
 LINKS = ("device_to_edge", "edge_to_cloud")
 """The upward links whose updates can be compressed, as named in `[compression.<link>]`."""
@@ -297,8 +303,33 @@ PRIVACY_FIELDS: Mapping[str, Field] = {
     "clip_quantile": Field(float, default=None, low=0, high=1, low_open=True, high_open=True),
     "clip_learning_rate": Field(float, default=0.2, low=0, low_open=True),
     "quantile_noise": Field(float, default=None, low=0, low_open=True),
+    "secure_aggregation": Field(bool, default=False),
+    "secagg_threshold": Field(float, default=0.6, low=0.5, high=1, low_open=True),
+    "secagg_clip": Field(float, default=1.0, low=0, low_open=True),
+    "homomorphic": Field(bool, default=False),
+    "he_poly_modulus_degree": Field(int, default=8192, low=4096, high=32768),
+    "he_scale_bits": Field(int, default=40, low=20, high=40),
 }
 """The `[privacy]` table (see `Privacy`)."""
+
+HE_MAX_COEFF_BITS: Mapping[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
+"""The largest total coefficient modulus (bits) SEAL allows per CKKS polynomial degree at 128-bit security."""
+
+
+def he_coeff_mod_bit_sizes(privacy: Privacy) -> tuple[int, int, int]:
+    """The CKKS coefficient moduli: a special prime, one level for the plaintext-weight product, the base prime.
+
+    `(scale + 20, scale, scale + 20)` bits: one rescale after multiplying by the weights,
+    and 20 bits above the scale for the integer part of the values (|x| < 2^19).
+    """
+    bits = privacy.he_scale_bits
+    return (bits + 20, bits, bits + 20)
+
+
+def secagg_threshold(privacy: Privacy, devices: int) -> int:
+    """`t` for a plant of `devices` devices: `ceil(secagg_threshold * devices)` (float noise ignored)."""
+    return math.ceil(round(privacy.secagg_threshold * devices, 9))
+
 
 RUNTIME_FIELDS: Mapping[str, Field] = {
     "device_deadline": Field(float, default=30.0, low=0, low_open=True),
@@ -429,6 +460,14 @@ class Privacy:
     `target_epsilon`, training stops before a round would exceed it. `clip_quantile`
     turns on adaptive clipping (the clip norm follows that quantile of the update norms,
     with step `clip_learning_rate` and count noise `quantile_noise`, default devices/20).
+
+    `secure_aggregation` masks device updates so each edge learns only their sum
+    (`hierfl.privacy.secagg`): a round survives dropouts while `t = ceil(secagg_threshold *
+    devices in the plant)` devices remain; each coordinate a device sends is clipped to
+    `[-secagg_clip, secagg_clip]` and fixed-point encoded mod 2^32. `homomorphic` encrypts
+    each edge summary with CKKS (`hierfl.privacy.homomorphic`) so the cloud adds
+    ciphertexts it cannot read; `he_poly_modulus_degree` and `he_scale_bits` set the
+    ring and the scale (coefficient moduli from `he_coeff_mod_bit_sizes`).
     """
 
     dp: str = "none"
@@ -441,6 +480,12 @@ class Privacy:
     clip_quantile: float | None = None
     clip_learning_rate: float = 0.2
     quantile_noise: float | None = None
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
+    secagg_clip: float = 1.0
+    homomorphic: bool = False
+    he_poly_modulus_degree: int = 8192
+    he_scale_bits: int = 40
 
     @property
     def enabled(self) -> bool:
@@ -453,7 +498,9 @@ class Plant:
 
     `shift` (in [0, 1]) is the severity of the feature shift applied to this plant's data,
     modelling different machines, sensors or lighting between sites. `aggregation` is the
-    plant's own edge rule, or None for the federation's `[aggregation.edge]`.
+    plant's own edge rule, or None for the federation's `[aggregation.edge]`. `classes` limits
+    the plant's data to some of the task's classes (e.g. the fault types its machines
+    develop), None for all of them.
     """
 
     name: str
@@ -461,6 +508,7 @@ class Plant:
     lines: tuple[Line, ...]
     shift: float = 0.0
     aggregation: TierRule | None = None
+    classes: tuple[str, ...] | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -644,8 +692,11 @@ class Topology:
         if problems:
             raise TopologyError(problems, self.source)
         federation = dataclasses.replace(self.federation, **values)
-        if "algorithm" in overrides and "mu" not in overrides:
-            federation = dataclasses.replace(federation, mu=ALGORITHM_PARAMETERS.get(federation.algorithm, {}).get("mu"))
+        if federation.algorithm != self.federation.algorithm:
+            # A new algorithm gets its own parameters' defaults, unless they are given too.
+            defaults = {k: v for k, v in ALGORITHM_PARAMETERS.get(federation.algorithm, {}).items() if k not in overrides}
+            dropped = {k: None for keys in ALGORITHM_PARAMETERS.values() for k in keys if k not in overrides and k not in defaults}
+            federation = dataclasses.replace(federation, **dropped, **defaults)
         return self._checked(dataclasses.replace(self, federation=federation))
 
     def with_aggregation(
@@ -719,7 +770,10 @@ def combination_problems(topology: Topology) -> list[str]:
         takers = [name for name, keys in ALGORITHM_PARAMETERS.items() if key in keys]
         if getattr(federation, key) is not None and federation.algorithm not in takers:
             problems.append(f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)")
+        if getattr(federation, key) is None and federation.algorithm in takers:
+            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} needs {key} (a number)")
     problems += _privacy_problems(topology)
+    problems += _crypto_problems(topology)
     if federation.algorithm == "fedsgd":
         for i, plant in enumerate(topology.plants):
             for j, line in enumerate(plant.lines):
@@ -760,6 +814,80 @@ def _privacy_problems(topology: Topology) -> list[str]:
                 f"privacy.quantile_noise: must be > noise_multiplier / 2 = {privacy.noise_multiplier / 2:g} "
                 f"for adaptive clipping (got {quantile_noise(privacy, topology):g})"
             )
+    return problems
+
+
+def _crypto_problems(topology: Topology) -> list[str]:
+    """Secure aggregation leaves the edge only the sum of its devices' words, and CKKS leaves
+    the cloud only ciphertexts it can add and scale by plaintext weights: whatever needs a
+    single update (robust rules, per-update clipping, lossy codecs) or a nonlinear function
+    of the aggregate (server optimizers with state) cannot run in that tier."""
+    privacy = topology.privacy
+    problems = []
+    if privacy.secure_aggregation:
+        for i, plant in enumerate(topology.plants):
+            path = f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
+            rule = topology.edge_rule(plant)
+            if rule.rule != "mean" or rule.clip_norm is not None:
+                what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
+                problems.append(
+                    f"{path}: {what} cannot be combined with privacy.secure_aggregation (the edge sees only the sum "
+                    "of its devices' masked updates, never one update; use 'mean', and clip on the devices with [privacy] dp)"
+                )
+            t = secagg_threshold(privacy, plant.num_devices)
+            if t < 2:
+                problems.append(
+                    f"privacy.secagg_threshold: plant {plant.name!r} has {plant.num_devices} device, so t = ceil("
+                    f"{privacy.secagg_threshold:g} * {plant.num_devices}) = {t}; secure aggregation needs t >= 2 "
+                    "(with one device the sum is the update)"
+                )
+        codec = topology.compression.device_to_edge.codec
+        if codec != "none":
+            problems.append(
+                f"compression.device_to_edge.codec: {codec!r} cannot be combined with privacy.secure_aggregation "
+                "(masked words are uniform 32-bit integers that a lossy codec would corrupt; the fixed-point "
+                "encoding (secagg_clip) sets the precision instead)"
+            )
+    if privacy.homomorphic:
+        cloud = topology.aggregation.cloud
+        if cloud.rule != "mean" or cloud.clip_norm is not None:
+            what = f"rule {cloud.rule!r}" if cloud.rule != "mean" else "clip_norm"
+            problems.append(
+                f"aggregation.cloud: {what} cannot be combined with privacy.homomorphic (the cloud only adds "
+                "ciphertexts weighted by plaintext scalars; it cannot compare or measure summaries)"
+            )
+        optimizer = topology.aggregation.optimizer.optimizer
+        if optimizer != "sgd":
+            problems.append(
+                f"aggregation.cloud.optimizer: {optimizer!r} cannot be combined with privacy.homomorphic (its state "
+                "is a nonlinear function of the plaintext aggregate, which only the plants can decrypt; use 'sgd' "
+                "with federation.server_learning_rate)"
+            )
+        codec = topology.compression.edge_to_cloud.codec
+        if codec != "none":
+            problems.append(
+                f"compression.edge_to_cloud.codec: {codec!r} cannot be combined with privacy.homomorphic "
+                "(a CKKS ciphertext cannot be quantized or sparsified)"
+            )
+        if privacy.dp == "cloud" and privacy.clip_quantile is not None:
+            problems.append(
+                "privacy.clip_quantile: adaptive clipping at the cloud needs each plant's count of clipped updates "
+                "in the clear, which privacy.homomorphic withholds from the cloud"
+            )
+        degree, bits = privacy.he_poly_modulus_degree, sum(he_coeff_mod_bit_sizes(privacy))
+        if degree not in HE_MAX_COEFF_BITS:
+            problems.append(f"privacy.he_poly_modulus_degree: must be one of {', '.join(map(str, HE_MAX_COEFF_BITS))}, got {degree}")
+        elif bits > HE_MAX_COEFF_BITS[degree]:
+            problems.append(
+                f"privacy.he_scale_bits: {privacy.he_scale_bits} needs coefficient moduli {list(he_coeff_mod_bit_sizes(privacy))} "
+                f"= {bits} bits, above the {HE_MAX_COEFF_BITS[degree]} bits degree {degree} allows at 128-bit security"
+            )
+    if (privacy.secure_aggregation or privacy.homomorphic) and topology.federation.algorithm == "scaffold":
+        which = "secure_aggregation" if privacy.secure_aggregation else "homomorphic"
+        problems.append(
+            f"privacy.{which}: cannot be combined with algorithm 'scaffold' (its control variates would cross the "
+            "protected link in the clear; masking or encrypting them is not built)"
+        )
     return problems
 
 

@@ -31,6 +31,7 @@ from .schema import (
     NAME,
     NAME_RULE,
     NAME_PATTERN,
+    PLANT_CLASS,
     PLANT_SHIFT,
     REQUIRED,
     Aggregation,
@@ -86,6 +87,7 @@ class _PlantDraft(NamedTuple):
     shift: float | None
     lines: tuple[_LineDraft, ...]
     aggregation: TierRule | None = None
+    classes: tuple[str, ...] | None = None
 
 
 def build_topology(
@@ -153,7 +155,7 @@ def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
                 devices.append(Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index))
                 index += 1
             lines.append(Line(line.name, tuple(devices), line.data, line.local_steps))
-        plants.append(Plant(draft.name, draft.address, tuple(lines), draft.shift, draft.aggregation))
+        plants.append(Plant(draft.name, draft.address, tuple(lines), draft.shift, aggregation=draft.aggregation, classes=draft.classes))
     return tuple(plants)
 
 
@@ -440,7 +442,8 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
     if not isinstance(table, dict):
         problems.append(f"{path}: expected a table, got {describe(table)}")
         return _PlantDraft(None, None, None, ())
-    values = _read_fields(table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation"))
+    values = _read_fields(table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation", "classes"))
+    classes = _read_plant_classes(table.get("classes"), f"{path}.classes", problems)
     address = _checked_address(values["address"], f"{path}.address", problems)
     aggregation = _read_rule(table["aggregation"], f"{path}.aggregation", problems) if "aggregation" in table else None
     tables = _array_of_tables(table.get("lines", REQUIRED), f"{path}.lines", "plants.lines", "line", problems)
@@ -449,7 +452,26 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         f"{line_path}: duplicate line name {name!r} (also {first})"
         for line_path, name, first in _repeats((f"{path}.lines[{i}].name", line.name) for i, line in enumerate(lines))
     ]
-    return _PlantDraft(values["name"], address, values["shift"], lines, aggregation)
+    return _PlantDraft(values["name"], address, values["shift"], lines, aggregation, classes)
+
+
+def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:
+    """A plant's `classes = ["healthy", "outer"]`: a non-empty list of distinct names, or None if absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        problems.append(f"{path}: expected a non-empty array of class names, got {describe(value)}")
+        return None
+    before = len(problems)
+    for i, name in enumerate(value):
+        _, reason = PLANT_CLASS.check(name)
+        if reason is not None:
+            problems.append(f"{path}[{i}]: {reason}")
+    problems += [
+        f"{item_path}: duplicate class {name!r} (also {first})"
+        for item_path, name, first in _repeats((f"{path}[{i}]", n) for i, n in enumerate(value) if isinstance(n, str))
+    ]
+    return tuple(value) if len(problems) == before else None
 
 
 def _read_line(table: Any, path: str, defaults: DataSpec, problems: list[str]) -> _LineDraft:

@@ -60,7 +60,8 @@ class ArtifactMeta:
     """What a model file says about its model.
 
     `input_shape` is one example's shape (the batch axis, symbolic in the exported
-    function, is left out); `output_shape` likewise (`(num_classes,)`: logits).
+    function, is left out); `output_shape` likewise (`(num_classes,)`: logits). A regression
+    model has no `class_names`; it outputs values `(H,)` named by `output_names`.
     `platforms` are the `jax.export` platforms the function was lowered for ('cpu',
     'cuda'). `version` is the cloud round that produced the parameters; `metrics` is that
     round's record from `metrics.jsonl`; `run` says which training run it came from.
@@ -75,6 +76,7 @@ class ArtifactMeta:
     output_shape: tuple[int, ...]
     platforms: tuple[str, ...]
     preprocessing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    output_names: tuple[str, ...] = ()
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     run: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     created: str = ""
@@ -219,7 +221,11 @@ def _header_of(artifact: Artifact, spans: list[tuple[int, int]]) -> dict[str, An
         "version": meta.version,
         "class_names": list(meta.class_names),
         "input": {"shape": [None, *meta.input_shape], "dtype": meta.input_dtype},
-        "output": {"shape": [None, *meta.output_shape], "kind": "logits"},
+        "output": {
+            "shape": [None, *meta.output_shape],
+            "kind": "logits" if meta.class_names else "values",
+            **({"names": list(meta.output_names)} if meta.output_names else {}),
+        },
         "platforms": list(meta.platforms),
         "preprocessing": dict(meta.preprocessing),
         "metrics": dict(meta.metrics),
@@ -261,6 +267,7 @@ def _meta_of(header: dict[str, Any], source: str) -> ArtifactMeta:
         output_shape=tuple(out_shape[1:]),
         platforms=tuple(str(p) for p in platforms),
         preprocessing=header.get("preprocessing") or {},
+        output_names=tuple(str(n) for n in output.get("names") or ()),
         metrics=header.get("metrics") or {},
         run=header.get("run") or {},
         created=str(header.get("created", "")),

@@ -25,7 +25,10 @@ from hierfl.inference.protocol import ERROR, INFO, PREDICT, ROLLBACK, Reply, enc
 
 
 class Prediction(NamedTuple):
-    """Logits `[n, classes]` and the `version` of the model that computed them."""
+    """Logits `[n, classes]` and the `version` of the model that computed them.
+
+    A regression model's `logits` are its predicted values `[n, H]` (`class_names` empty).
+    """
 
     logits: np.ndarray
     version: int
@@ -65,6 +68,7 @@ class ServerInfo(NamedTuple):
     metrics: dict[str, Any]
     stats: dict[str, int]
     checksum: str
+    output_names: tuple[str, ...] = ()
 
     @classmethod
     def from_reply(cls, info: dict[str, Any]) -> ServerInfo:
@@ -74,7 +78,7 @@ class ServerInfo(NamedTuple):
                 class_names=tuple(info["class_names"]), input_shape=tuple(info["input_shape"]),
                 input_dtype=info["input_dtype"], platform=info["platform"], max_batch=info["max_batch"],
                 max_wait_ms=info["max_wait_ms"], metrics=info.get("metrics") or {}, stats=info.get("stats") or {},
-                checksum=info.get("checksum", ""),
+                checksum=info.get("checksum", ""), output_names=tuple(info.get("output_names") or ()),
             )
         except (KeyError, TypeError) as err:
             raise InferenceError(f"malformed info reply (missing {err})") from None

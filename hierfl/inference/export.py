@@ -68,7 +68,7 @@ def export_model(
     """Lowers `model.apply(params, x)` for `platforms` and packs it with the params as an `Artifact`.
 
     `x` is `[batch, *task.input_shape]` float32 with a symbolic `batch`; the function
-    returns logits `[batch, task.num_classes]`. Raises `ArtifactError` if the function
+    returns logits `[batch, task.num_classes]` (a regression task's values `[batch, H]`). Raises `ArtifactError` if the function
     cannot be lowered for one of `platforms`.
     """
     flat = flatten_params(params)
@@ -95,6 +95,7 @@ def export_model(
         model=model.name,
         version=int(version),
         class_names=tuple(task.class_names),
+        output_names=tuple(task.target_names),
         input_shape=tuple(task.input_shape),
         input_dtype=INPUT_DTYPE,
         output_shape=tuple(int(d) for d in out_aval.shape[1:]),

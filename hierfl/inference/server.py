@@ -159,6 +159,7 @@ class InferenceServer:
             "input_shape": list(meta.input_shape),
             "input_dtype": meta.input_dtype,
             "output_shape": list(meta.output_shape),
+            "output_names": list(meta.output_names),
             "metrics": _plain(meta.metrics),
             "platform": self._platform,
             "max_batch": self.config.max_batch,

@@ -1,8 +1,12 @@
-"""Privacy across tiers: differential privacy of device updates with a proper accountant.
+"""Privacy across tiers: differential privacy with a proper accountant, and two cryptographic protections.
 
 `accounting` turns a topology's `[privacy]` table into epsilon (at its delta) after any
 number of cloud rounds, with Google's `dp-accounting` (RDP or PLD); `dp` holds the pure
 functions the simulator applies at the configured place (device, edge or cloud).
+
+`secagg` (with `fixed_point` and `shamir`) is secure aggregation at the edge, and
+`homomorphic` is CKKS encryption of edge summaries; both are imported explicitly (they
+pull in `cryptography` and TenSEAL), e.g. `from hierfl.privacy import secagg`.
 """
 
 from hierfl.privacy.accounting import epsilon, mechanism_events, rounds_within_budget, update_noise_multiplier

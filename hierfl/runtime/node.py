@@ -98,8 +98,8 @@ def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
     Tier rules, server optimizers, per-line local steps and every codec work; control
-    variates (SCAFFOLD), FedNova's normalisation, simulated attacks and differential
-    privacy are simulator-only for now.
+    variates (SCAFFOLD), FedNova's normalisation, simulated attacks, differential privacy,
+    secure aggregation and CKKS summaries are not in the runtime yet.
     """
     problems = []
     algorithm = topology.federation.algorithm
@@ -109,6 +109,10 @@ def runtime_problems(topology: Topology) -> list[str]:
         problems.append("attack: simulated attacks are simulator-only (`hierfl simulate`)")
     if topology.privacy.enabled:
         problems.append("privacy: differential privacy is simulator-only for now (`hierfl simulate`)")
+    if getattr(topology.privacy, "secure_aggregation", False):
+        problems.append("privacy.secure_aggregation: not wired into the runtime yet; its links would carry plain updates")
+    if getattr(topology.privacy, "homomorphic", False):
+        problems.append("privacy.homomorphic: not wired into the runtime yet; its links would carry plain summaries")
     return problems
 
 

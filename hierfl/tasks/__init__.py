@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from hierfl.tasks import bearing, digits, steel_defects
+from hierfl.tasks import bearing, bearing_rul, digits, energy, steel_defects
 from hierfl.tasks.base import PlantData, PlantRequest, Task
 
-TASKS: dict[str, Task] = {t.name: t for t in (digits.TASK, bearing.TASK, steel_defects.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (digits.TASK, bearing.TASK, bearing_rul.TASK, steel_defects.TASK, energy.FORECAST, energy.APPLIANCES)}
 
 
 def get_task(name: str) -> Task:

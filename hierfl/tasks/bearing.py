@@ -2,7 +2,8 @@
 
 Each device is a machine with its own operating conditions (speed, load, sensor noise,
 housing resonance) drawn from its plant's distribution; `shift` moves that distribution
-(faster machines, noisier sensors), so plants are naturally non-IID. The windows come
+(faster machines, noisier sensors), so plants are naturally non-IID. A plant's `classes`
+(topology) limits it to the faults its machines develop. The windows come
 from the physical model in `hierfl.tasks.bearing_data` (generated offline, deterministic
 in the seed). Classes: healthy, outer-race, inner-race and ball fault; a 1D CNN on the
 window's envelope (`EnvelopeCNN`) learns them.
@@ -34,9 +35,12 @@ def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> Plant
     train_samples = request.train_samples or DEFAULT_SAMPLES_PER_DEVICE * request.num_devices
     # Holding out test_fraction of each class rounds per class: generate one spare window
     # per class so that at least `train_samples` always remain for training.
+    classes = None if request.classes is None else tuple(bearing_data.CLASSES.index(c) for c in request.classes)
     spare = len(bearing_data.CLASSES)
     per_machine = math.ceil((train_samples / (1.0 - test_fraction) + spare) / request.num_devices)
-    x, y, _ = bearing_data.generate_plant(seed, request.index, request.num_devices, per_machine, request.shift, window=WINDOW)
+    x, y, _ = bearing_data.generate_plant(
+        seed, request.index, request.num_devices, per_machine, request.shift, window=WINDOW, classes=classes
+    )
     rng = np.random.default_rng([seed, 3, request.index])
     train, test = stratified_test_split(y, test_fraction, rng)
     train = rng.permutation(train)[:train_samples]

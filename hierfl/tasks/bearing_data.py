@@ -195,6 +195,7 @@ def generate_windows(
     window: int = WINDOW,
     geometry: BearingGeometry = BearingGeometry(),
     model: VibrationModel = VibrationModel(),
+    severity: np.ndarray | None = None,
 ) -> np.ndarray:
     """Simulates one vibration window per label (the signal model of the module docstring).
 
@@ -206,6 +207,8 @@ def generate_windows(
       window: samples per window, at ``FS_HZ``.
       geometry: the bearing, for the fault frequencies.
       model: the signal model's constants.
+      severity: optional float array [N] multiplying each window's impact amplitudes ``A_k``
+        (a growing defect strikes harder: see ``hierfl.tasks.bearing_rul_data``); None is 1.
 
     Returns:
       float32 array [N, window] of acceleration in g.
@@ -226,6 +229,7 @@ def generate_windows(
     )
     if n == 0:
         return np.zeros((0, window), np.float32)
+    severity = np.ones(n) if severity is None else np.broadcast_to(np.asarray(severity, np.float64), (n,))
     # One ring-down length (and so one FFT size) for the whole call: 6 tau of the slowest decay.
     tau_max = 1 / (2 * np.pi * model.damping_ratio * per_window.resonance_hz.min())
     ring = int(math.ceil(6 * tau_max * FS_HZ))
@@ -233,7 +237,7 @@ def generate_windows(
     for start in range(0, n, _CHUNK):
         batch = slice(start, start + _CHUNK)
         x[batch] = _simulate(
-            rng, per_window.take(batch), labels[batch], window, ring, geometry, model
+            rng, per_window.take(batch), labels[batch], window, ring, geometry, model, severity[batch]
         )
     return x
 
@@ -246,11 +250,13 @@ def _simulate(
     ring: int,
     geometry: BearingGeometry,
     model: VibrationModel,
+    severity: np.ndarray,
 ) -> np.ndarray:
     """``generate_windows`` for a batch of n windows (fields float64 [n]); ``ring`` in samples."""
     n = labels.shape[0]
     shaft_hz = conditions.rpm / 60
     impulses = _impulse_trains(rng, conditions, labels, shaft_hz, window + ring, geometry, model)
+    impulses *= severity[:, None]
 
     # Every impulse rings the resonance: a linear convolution, done as an FFT product. The
     # first `ring` samples are lead-in, so impacts just before the window ring into it.
@@ -319,13 +325,16 @@ def generate_plant(
     windows_per_machine: int,
     shift: float,
     window: int = WINDOW,
+    classes: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The labelled vibration windows of one plant's machines.
 
     Each machine draws its conditions from the plant's distribution (``plant_conditions`` with
     ``shift``), then records ``windows_per_machine`` windows whose classes are balanced within
     the machine (counts differ by at most one, and the plant as a whole is balanced) and
-    shuffled. The result depends only on ``(seed, plant_index)`` and the sizes: the plant's
+    shuffled. ``classes`` (indices into ``CLASSES``, default all) limits the plant to the
+    conditions its machines develop: a plant whose bearings never fail at the inner race
+    has no inner-race windows. The result depends only on ``(seed, plant_index)`` and the sizes: the plant's
     stream is ``np.random.default_rng([seed, plant_index])``, independent of how many plants
     exist.
 
@@ -342,11 +351,14 @@ def generate_plant(
         )
     if not 0.0 <= shift <= 1.0:
         raise DataError(f"shift is a plant's severity in [0, 1], got {shift}")
+    kinds = np.arange(len(CLASSES)) if classes is None else np.asarray(classes, np.int64)
+    if kinds.size == 0 or kinds.min() < 0 or kinds.max() >= len(CLASSES) or len(np.unique(kinds)) != kinds.size:
+        raise DataError(f"classes must be distinct indices into {CLASSES}, got {classes}")
     rng = np.random.default_rng([seed, plant_index])
     machines = plant_conditions(rng, num_machines, shift)
     total = num_machines * windows_per_machine
     # Consecutive classes per machine, continuing across machines, balance both levels.
-    y = (np.arange(total) % len(CLASSES)).reshape(num_machines, windows_per_machine)
+    y = kinds[np.arange(total) % len(kinds)].reshape(num_machines, windows_per_machine)
     y = rng.permuted(y, axis=1).reshape(total).astype(np.int32)
     machine = np.repeat(np.arange(num_machines, dtype=np.int32), windows_per_machine)
     x = generate_windows(rng, machines.take(machine), y, window)

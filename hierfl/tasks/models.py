@@ -161,3 +161,38 @@ def build_model(name: str, make: Callable[[nnx.Rngs], nnx.Module], key: jax.Arra
     if state_paths != param_paths:  # flax changed how State flattens: fail loudly, not wrongly
         raise RuntimeError(f"model {name!r}: state and params flatten in different orders")
     return Model(name, graphdef, jax.tree.structure(state)), params
+
+
+class ScaledOutput(nnx.Module):
+    """`scale * inner(x)`: a regression model whose outputs are in the target's unit.
+
+    The inner network works at unit scale (its head starts near 0 and learns values near
+    1), while what it outputs, and what an exported model serves, is in hours, kW...
+    """
+
+    def __init__(self, inner: nnx.Module, scale: float):
+        self.inner = inner
+        self.scale = scale
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.scale * self.inner(x)
+
+
+class SeriesCNN(nnx.Module):
+    """A 1D CNN over a time series `[B, L, 1]`: strided convolutions, mean and max over time.
+
+    For signatures whose shape matters more than their level (appliance power curves):
+    each series is standardised first (zero mean, unit spread), inside the model, so the
+    exported model takes raw series.
+    """
+
+    def __init__(self, num_classes: int, *, channels: Sequence[int] = (16, 32, 32, 32), kernel: int = 7, rngs: nnx.Rngs):
+        widths = [1, *channels]
+        self.convs = nnx.List([PatchConv(a, b, (kernel,), (2,), rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.head = nnx.Linear(2 * widths[-1], num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-3)
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        return self.head(jnp.concatenate([x.mean(axis=1), x.max(axis=1)], axis=-1))

@@ -112,6 +112,16 @@ def parse_alternatives(text: str) -> tuple[Alternative, ...]:
     return tuple(ALTERNATIVE_NAMES[name] for name in names)
 
 
+def alternatives_argument(text: str) -> tuple[Alternative, ...]:
+    """`parse_alternatives` as an argparse `type=`: an unknown name is a usage error, not a traceback."""
+    import argparse
+
+    try:
+        return parse_alternatives(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """The four trainings of one topology and the bytes comparison."""

@@ -150,7 +150,7 @@ class TrainState(NamedTuple):
     server_state: Any
     residuals: Residuals
     variates: Variates
-    clip_norm: jax.Array = jnp.float32(0)
+    clip_norm: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)

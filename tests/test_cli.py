@@ -130,3 +130,19 @@ def test_sharding_devices_over_cores_gives_the_same_model(tmp_path):
     assert models[1].keys() == models[2].keys()
     for name in models[1]:
         np.testing.assert_allclose(models[2][name], models[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_importing_hierfl_leaves_jax_unstarted_so_every_core_can_be_requested():
+    # Programs import hierfl modules and only then ask XLA for one host device per core; a
+    # module that makes an array at import time starts JAX's backend and pins it to one.
+    code = (
+        "import hierfl, hierfl.simulator, hierfl.comparison, hierfl.baselines, hierfl.cli\n"
+        "from hierfl.parallel import request_cpu_devices\n"
+        "request_cpu_devices(2)\n"
+        "import jax\n"
+        "print(len(jax.devices()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "2"

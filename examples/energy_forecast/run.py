@@ -51,13 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def algorithms(text: str):
-    """`--algorithms`: the `hierfl.comparison.ALTERNATIVES` named, or none."""
-    from hierfl.comparison import parse_alternatives
+    """`--algorithms` (imports hierfl lazily: JAX must not start before `request_cpu_devices`)."""
+    from hierfl.comparison import alternatives_argument
 
-    try:
-        return parse_alternatives(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return alternatives_argument(text)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

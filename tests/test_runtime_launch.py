@@ -106,10 +106,14 @@ def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_dea
     return path
 
 
-@pytest.mark.parametrize("codecs", ["", CODECS], ids=["float32-fedavg", "int8-topk-clipped-adam"])
+@pytest.mark.parametrize("codecs", ["", CODECS], ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam"])
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
     topology = write_topology(folder, codecs=codecs, heartbeat_timeout=30.0)
+    if codecs:
+        # FedNova with plant-b's line at 1 local step against plant-a's 3.
+        head, line_b, tail = topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "fednova"\n').rpartition("devices = 2\n")
+        topology.write_text(head + line_b + "local_steps = 1\n" + tail)
     out = folder / "run"
     result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})

@@ -37,8 +37,8 @@ class DeviceNode:
         self.runtime = topology.runtime
         check_keys(self.runtime, keys)
         self.log = node_logger(device_id)
-        self.net = node_model(topology)
         shards = make_plan(topology).shards
+        self.net = node_model(topology, shards.counts)
         i = self.device.index
         steps = jnp.int32(topology.device_steps[i])
         self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps)

@@ -75,30 +75,35 @@ class NodeModel:
     model_layout: protocol.Layout
 
 
-def node_model(topology: Topology) -> NodeModel:
-    """Builds the global model (from the run's init key, as the simulator does) and its layouts."""
+def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeModel:
+    """Builds the global model (from the run's init key, as the simulator does) and its layouts.
+
+    `counts` are the devices' example counts (the plan's): a device passes them, since
+    FedNova's local update rescales by the federation's effective steps; the edge and
+    the cloud never run a local update, so they need none.
+    """
     federation = topology.federation
     task = get_task(federation.task)
     name = federation.model or task.default_model
     model, params = build_model(name, task.models[name], rng.init_key(federation.seed))
     spec = flat_spec(params)
     codecs = build_link_codecs(topology.compression, spec.size)
-    # Example counts matter only to FedNova, which the runtime does not run yet (`runtime_problems`).
-    algorithm = build_algorithm(model.apply, task, topology, np.ones(topology.num_devices, np.int32))
+    counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
+    algorithm = build_algorithm(model.apply, task, topology, counts)
     return NodeModel(
         model, params, spec, task, algorithm, codecs,
         protocol.codec_layout(codecs.device_to_edge), protocol.codec_layout(codecs.edge_to_cloud), protocol.model_layout(spec),
     )
 
 
-RUNTIME_ALGORITHMS = ("fedavg", "fedsgd", "fedprox")
+RUNTIME_ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fednova")
 
 
 def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
     Tier rules, server optimizers, per-line local steps and every codec work; control
-    variates (SCAFFOLD), FedNova's normalisation, simulated attacks, differential privacy,
+    variates (SCAFFOLD), simulated attacks, differential privacy,
     secure aggregation and CKKS summaries are not in the runtime yet.
     """
     problems = []

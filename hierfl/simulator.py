@@ -295,19 +295,13 @@ def make_cloud_round(
         return jax.vmap(lambda result, residual, key: links.transmit(codec, result, residual, key))
 
     def privatize_devices(results, chunk: DeviceChunks, clip_norm, cloud_round, e):
-        """DP on the devices' side: Poisson participation, one vote each, clipping, local noise.
-
-        The returned loss slot carries whether each update was inside the clip (for adaptive clipping).
-        """
-        taking_part = results.weight > 0
-        if dp.sample_rate < 1:
-            draws = jax.vmap(lambda i: jax.random.uniform(rng.sampling_key(seed, cloud_round, e, i)))(chunk.index)
-            taking_part = taking_part & (draws < dp.sample_rate)
-        keys = jax.vmap(lambda i: rng.privacy_key(seed, cloud_round, e, i))(chunk.index)
+        """DP on the devices' side (`privacy.device_release`): participation, one vote each, clipping, local noise."""
+        sampling = jax.vmap(lambda i: rng.sampling_key(seed, cloud_round, e, i))(chunk.index)
+        noise = jax.vmap(lambda i: rng.privacy_key(seed, cloud_round, e, i))(chunk.index)
         noise_std = dp.noise_multiplier * clip_norm if dp.place == "device" else jnp.float32(0)
-        deltas, norms = jax.vmap(privacy.privatize_update, in_axes=(0, 0, None, None))(results.delta, keys, clip_norm, noise_std)
-        deltas = jnp.where(taking_part[:, None], deltas, 0.0)
-        return results._replace(delta=deltas, weight=taking_part.astype(jnp.float32)), taking_part & (norms <= clip_norm)
+        release = jax.vmap(privacy.device_release, in_axes=(0, 0, 0, 0, None, None, None))
+        deltas, weights, unclipped = release(results.delta, results.weight, sampling, noise, clip_norm, noise_std, dp.sample_rate)
+        return results._replace(delta=deltas, weight=weights), unclipped
 
     def train_devices(edge_params, chunk: DeviceChunks, variate, cloud_variate, clip_norm, cloud_round, e):
         """A chunk's local updates (flat, attacked, screened) and its devices' variate changes."""
@@ -503,7 +497,7 @@ def simulate(
                 "devices": sim.trained_devices,
                 "rejected_updates": int(stats.rejected_updates),
             }
-            record.update(_privacy_record(topology, r, state))
+            record.update(privacy.privacy_record(topology, r, float(state.clip_norm)))
             history.append(record)
             if writer is not None:
                 writer.write(record)
@@ -522,15 +516,6 @@ def _rounds_within_privacy_budget(topology: Topology) -> int:
     if not settings.enabled:
         return federation.cloud_rounds
     return privacy.rounds_within_budget(settings, federation.edge_rounds, federation.cloud_rounds)
-
-
-def _privacy_record(topology: Topology, rounds: int, state: TrainState) -> dict[str, Any]:
-    """epsilon spent after `rounds` cloud rounds, at the configured delta, and the clip norm in use."""
-    settings = topology.privacy
-    if not settings.enabled:
-        return {}
-    spent = privacy.epsilon(settings, topology.federation.edge_rounds, rounds)
-    return {"epsilon": spent, "delta": settings.delta, "clip_norm": float(state.clip_norm)}
 
 
 def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:

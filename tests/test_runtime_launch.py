@@ -106,11 +106,22 @@ def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_dea
     return path
 
 
-@pytest.mark.parametrize("codecs", ["", CODECS], ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam"])
+LOCAL_DP = """
+[privacy]
+dp = "device"
+clip_norm = 0.5
+noise_multiplier = 0.3
+sample_rate = 0.7
+"""
+
+
+@pytest.mark.parametrize(
+    "codecs", ["", CODECS, LOCAL_DP], ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam", "local-dp-sampled"]
+)
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
     topology = write_topology(folder, codecs=codecs, heartbeat_timeout=30.0)
-    if codecs:
+    if codecs == CODECS:
         # FedNova with plant-b's line at 1 local step against plant-a's 3.
         head, line_b, tail = topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "fednova"\n').rpartition("devices = 2\n")
         topology.write_text(head + line_b + "local_steps = 1\n" + tail)
@@ -133,6 +144,8 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), reference.params, launched))
     assert max(differences) <= 1e-5
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
+    if codecs == LOCAL_DP:
+        assert [r["epsilon"] for r in records] == [h["epsilon"] for h in reference.history]
 
 
 def test_simulator_only_features_are_refused_before_any_process_starts(folder):

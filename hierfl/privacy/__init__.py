@@ -9,14 +9,16 @@ functions the simulator applies at the configured place (device, edge or cloud).
 pull in `cryptography` and TenSEAL), e.g. `from hierfl.privacy import secagg`.
 """
 
-from hierfl.privacy.accounting import epsilon, mechanism_events, rounds_within_budget, update_noise_multiplier
-from hierfl.privacy.dp import adapt_clip_norm, privatize_sum, privatize_update
+from hierfl.privacy.accounting import epsilon, mechanism_events, privacy_record, rounds_within_budget, update_noise_multiplier
+from hierfl.privacy.dp import adapt_clip_norm, device_release, privatize_sum, privatize_update
 
 __all__ = [
     "adapt_clip_norm",
+    "device_release",
     "epsilon",
     "mechanism_events",
     "privatize_sum",
+    "privacy_record",
     "privatize_update",
     "rounds_within_budget",
     "update_noise_multiplier",

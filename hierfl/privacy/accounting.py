@@ -84,3 +84,12 @@ def rounds_within_budget(privacy: Privacy, edge_rounds: int, limit: int) -> int:
         else:
             high = middle - 1
     return low
+
+
+def privacy_record(topology: Topology, rounds: int, clip_norm: float) -> dict[str, float]:
+    """The metrics of a round under DP: epsilon spent after `rounds` cloud rounds, delta, the clip norm in use."""
+    settings = topology.privacy
+    if not settings.enabled:
+        return {}
+    spent = epsilon(settings, topology.federation.edge_rounds, rounds)
+    return {"epsilon": spent, "delta": settings.delta, "clip_norm": float(clip_norm)}

@@ -37,3 +37,29 @@ def adapt_clip_norm(clip_norm: jax.Array, noised_unclipped: jax.Array, expected:
     """
     fraction = noised_unclipped / jnp.maximum(expected, 1.0)
     return clip_norm * jnp.exp(-learning_rate * (fraction - quantile))
+
+
+def device_release(
+    delta: jax.Array,
+    weight: jax.Array,
+    sampling_key: jax.Array,
+    noise_key: jax.Array,
+    clip_norm: jax.Array,
+    noise_std: jax.Array,
+    sample_rate: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What one device sends under DP: `(update, weight, unclipped)`.
+
+    The device takes part with probability `sample_rate` (Poisson sampling, drawn from
+    `sampling_key`) if it has an update at all (`weight > 0`); then it counts once
+    (weight 1), its update is clipped to `clip_norm` and gets N(0, noise_std^2) (local
+    DP; 0 when an aggregator adds the noise). A device that does not take part sends a
+    zero update of weight 0. `unclipped` says whether it took part with a norm inside
+    the clip (adaptive clipping counts those). The simulator vmaps this; a runtime
+    device calls it on its own update.
+    """
+    taking_part = weight > 0
+    if sample_rate < 1:
+        taking_part = taking_part & (jax.random.uniform(sampling_key) < sample_rate)
+    released, norm = privatize_update(delta, noise_key, clip_norm, noise_std)
+    return jnp.where(taking_part, released, 0.0), taking_part.astype(jnp.float32), taking_part & (norm <= clip_norm)

@@ -44,6 +44,7 @@ from hierfl.evaluation import make_evaluator
 from hierfl.kernels import ravel
 from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.plan import make_plan
+from hierfl.privacy import privacy_record
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, recv_router, send_router, start_waiting_over
@@ -280,6 +281,7 @@ class CloudNode:
             "late_updates": self.late + sum(int(h.get("late", 0)) for h in self.summaries.values()),
             "stale_summaries": {name: {"weight": h["weight"], "staleness": h["staleness"], "edge_rounds": h["edge_round"]}
                                 for name, h in self.stale.items()},
+            **privacy_record(self.topology, self.round, self.topology.privacy.clip_norm),
         }
 
     def _restore(self) -> None:

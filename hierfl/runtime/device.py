@@ -44,7 +44,8 @@ class DeviceNode:
         self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps)
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
-        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed)
+        local_dp = topology.privacy if topology.privacy.dp == "device" else None
+        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, local_dp)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
         self.context = zmq.Context()
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None

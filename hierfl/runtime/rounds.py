@@ -28,7 +28,8 @@ from hierfl import aggregation, rng
 from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, edge_result, screen_nonfinite
 from hierfl.kernels import Codec, FlatSpec, ravel, unravel
 from hierfl.tasks.models import Params
-from hierfl.topology import TierRule
+from hierfl.privacy import dp
+from hierfl.topology import Privacy, TierRule
 
 
 ALIGNMENT = 64
@@ -66,13 +67,28 @@ def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key:
     return payload, jnp.where(result.weight > 0, new_residual, residual)
 
 
-def make_device_step(algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int) -> Callable[..., DeviceOutput]:
-    """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index) -> DeviceOutput`, jitted."""
+def make_device_step(
+    algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, privacy: Privacy | None = None
+) -> Callable[..., DeviceOutput]:
+    """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index) -> DeviceOutput`, jitted.
+
+    With local differential privacy (`privacy.dp == "device"`), the device releases its
+    update through `hierfl.privacy.device_release` (sampling, one vote, clip, noise) before
+    encoding it, with the simulator's keys.
+    """
 
     def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index):
         key = rng.device_key(seed, cloud_round, edge_round, device_index)
         result = algorithm.local_update(unravel(spec, edge_flat), data, key)
         result, ok = screen_nonfinite(result._replace(delta=ravel(spec, result.delta)))
+        if privacy is not None:
+            delta, weight, _ = dp.device_release(
+                result.delta, result.weight,
+                rng.sampling_key(seed, cloud_round, edge_round, device_index),
+                rng.privacy_key(seed, cloud_round, edge_round, device_index),
+                jnp.float32(privacy.clip_norm), jnp.float32(privacy.noise_multiplier * privacy.clip_norm), privacy.sample_rate,
+            )
+            result = result._replace(delta=delta, weight=weight)
         upload_key = rng.device_upload_key(seed, cloud_round, edge_round, device_index)
         payload, residual = encode_for_link(codec, result, residual, upload_key)
         return DeviceOutput(payload, result.weight, result.loss, residual, ok)

@@ -168,6 +168,18 @@ def wait_for_record(run_dir: Path, condition, what: str, launch: Launch, timeout
     raise AssertionError(f"gave up waiting for {what}:\n" + (run_dir / "logs" / "cloud.log").read_text()[-3000:])
 
 
+def wait_for_offline_rounds(run_dir: Path, edges: list[str], offsets: dict[str, int], timeout: float = 120.0) -> None:
+    """Waits until every edge's log, past `offsets`, says it went offline and closed an offline edge round."""
+    marker = "the cloud is silent; running offline edge rounds"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = {edge: (run_dir / "logs" / f"{edge}.log").read_text()[offsets[edge]:] for edge in edges}
+        if all(marker in text and "closed" in text.split(marker, 1)[1] for text in logs.values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError("gave up waiting for offline edge rounds:\n" + "\n".join(f"--- {e}\n{t[-1500:]}" for e, t in logs.items()))
+
+
 def kill9(process: subprocess.Popen) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -205,7 +217,11 @@ def test_devices_edges_and_the_cloud_die_and_come_back(folder):
         assert "resumed after cloud round" in (out / "logs" / "edge-plant-b.log").read_text()
 
         # 3. The cloud dies; restarted with --resume it continues from its last checkpoint.
+        edges = ["edge-plant-a", "edge-plant-b"]
+        offsets = {edge: len((out / "logs" / f"{edge}.log").read_text()) for edge in edges}
         kill9(launch.processes["cloud"])
+        # Both edges notice the silence and train offline before the cloud comes back.
+        wait_for_offline_rounds(out, edges, offsets)
         before = read_new_records(out / "metrics.jsonl", 0)
         last = before[-1]["round"]
         assert last >= rejoined["round"]

@@ -192,16 +192,11 @@ def base_topology(setting: TaskSetting, partition: Partition, edge_rounds: int =
 
 
 def with_method(topology, method: Method, seed: int, rounds: int):
-    """`topology` running `method` with `seed` for `rounds` cloud rounds."""
-    from hierfl.algorithms import ALGORITHMS
-    from hierfl.topology import ServerOptimizer
+    """`topology` running `method` with `seed` for `rounds` cloud rounds (`hierfl.comparison.Alternative.apply`)."""
+    from hierfl.comparison import Alternative
 
-    overrides: dict[str, Any] = {"algorithm": method.algorithm, "seed": seed, "cloud_rounds": rounds,
-                                 "server_learning_rate": method.server_learning_rate}
-    if method.mu is not None:
-        overrides["mu"] = method.mu
-    topology = topology.with_federation(choices={"federation.algorithm": ALGORITHMS}, **overrides)
-    return topology.with_aggregation(optimizer=ServerOptimizer(method.optimizer))
+    alternative = Alternative(method.name, method.algorithm, method.mu, method.optimizer, method.server_learning_rate)
+    return alternative.apply(topology.with_federation(seed=seed, cloud_rounds=rounds))
 
 
 def device_steps(topology) -> int:

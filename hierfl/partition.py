@@ -14,6 +14,18 @@ import numpy as np
 from hierfl.errors import DataError
 
 
+def class_indices(labels, num_classes: int) -> np.ndarray:
+    """`labels` as a 1-D integer array of class indices in [0, num_classes); DataError saying what is wrong otherwise."""
+    labels = np.asarray(labels)
+    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
+            or (labels.size and (labels.min() < 0 or labels.max() >= num_classes))):
+        raise DataError(
+            f"labels must be a 1-D integer array of class indices in [0, {num_classes}), "
+            f"got shape {labels.shape}, dtype {labels.dtype}, values {np.unique(labels)[:8]}"
+        )
+    return labels
+
+
 def split_stratified(labels: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     """Splits the pool into parts of exactly `sizes`, each with (about) the pool's label mix.
 

@@ -47,7 +47,7 @@ from hierfl.plan import make_plan
 from hierfl.privacy import privacy_record
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
-from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, recv_router, send_router, start_waiting_over
+from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, drain_router, send_router, start_waiting_over
 from hierfl.runtime.rounds import aligned_zeros, make_cloud_step, make_decode
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
@@ -157,25 +157,23 @@ class CloudNode:
                 self._close_round()
 
     def _drain(self) -> None:
-        while True:
-            try:
-                peer, frames = recv_router(self.socket)
-            except zmq.Again:
-                return
-            try:
-                message = protocol.parse_message(
-                    frames, senders=self.edges, spec=self.net.spec, layouts=self.layouts,
-                    max_bytes=self.runtime.max_message_bytes, routing_id=peer,
-                )
-                if self.members.seen(message.sender):
-                    self.log.info("edge %s joined", message.sender)
-                    self._send_open_round(message.sender)
-                self._handle(message)
-            except protocol.MessageRejected as error:
-                self.counters.reject(self.log, peer, error)
-                if error.reason == protocol.STALE_ROUND:
-                    self.late += 1
-                send_router(self.socket, peer, protocol.encode(protocol.REJECTED, CLOUD, round=self.round, reason=error.reason, detail=str(error)))
+        drain_router(self.socket, self._receive, self._refuse)
+
+    def _receive(self, peer: bytes, frames: list) -> None:
+        message = protocol.parse_message(
+            frames, senders=self.edges, spec=self.net.spec, layouts=self.layouts,
+            max_bytes=self.runtime.max_message_bytes, routing_id=peer,
+        )
+        if self.members.seen(message.sender):
+            self.log.info("edge %s joined", message.sender)
+            self._send_open_round(message.sender)
+        self._handle(message)
+
+    def _refuse(self, peer: bytes, error: protocol.MessageRejected) -> None:
+        self.counters.reject(self.log, peer, error)
+        if error.reason == protocol.STALE_ROUND:
+            self.late += 1
+        send_router(self.socket, peer, protocol.encode(protocol.REJECTED, CLOUD, round=self.round, reason=error.reason, detail=str(error)))
 
     def _handle(self, message: protocol.Message) -> None:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):

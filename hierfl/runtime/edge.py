@@ -39,7 +39,7 @@ import numpy as np
 import zmq
 
 from hierfl.runtime import protocol
-from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, recv_router, send_router, start_waiting_over
+from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, drain_router, send_router, start_waiting_over
 from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_upload
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
@@ -161,25 +161,23 @@ class EdgeNode:
     # -- messages from devices --------------------------------------------------------------------
 
     def _drain_devices(self) -> None:
-        while True:
-            try:
-                peer, frames = recv_router(self.devices_socket)
-            except zmq.Again:
-                return
-            try:
-                message = protocol.parse_message(
-                    frames, senders=self.devices, spec=self.net.spec, layouts=self.device_layouts,
-                    max_bytes=self.runtime.max_message_bytes, routing_id=peer,
-                )
-                if self.members.seen(message.sender):
-                    self.log.info("device %s joined", message.sender)
-                self._handle_device(message)
-            except protocol.MessageRejected as error:
-                self.counters.reject(self.log, peer, error)
-                if error.reason == protocol.STALE_ROUND:
-                    self.late += 1
-                send_router(self.devices_socket, peer,
-                            protocol.encode(protocol.REJECTED, self.plant.name, round=self.round, reason=error.reason, detail=str(error)))
+        drain_router(self.devices_socket, self._receive_device, self._refuse_device)
+
+    def _receive_device(self, peer: bytes, frames: list) -> None:
+        message = protocol.parse_message(
+            frames, senders=self.devices, spec=self.net.spec, layouts=self.device_layouts,
+            max_bytes=self.runtime.max_message_bytes, routing_id=peer,
+        )
+        if self.members.seen(message.sender):
+            self.log.info("device %s joined", message.sender)
+        self._handle_device(message)
+
+    def _refuse_device(self, peer: bytes, error: protocol.MessageRejected) -> None:
+        self.counters.reject(self.log, peer, error)
+        if error.reason == protocol.STALE_ROUND:
+            self.late += 1
+        send_router(self.devices_socket, peer,
+                    protocol.encode(protocol.REJECTED, self.plant.name, round=self.round, reason=error.reason, detail=str(error)))
 
     def _handle_device(self, message: protocol.Message) -> None:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,21 @@ def recv_router(socket: zmq.Socket) -> tuple[bytes, list[Any]]:
     """One message from a ROUTER, without copying large frames: `(routing id, frames)`."""
     frames = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
     return frames[0].bytes, frames[1:]
+
+
+def drain_router(socket: zmq.Socket, handle: Callable[[bytes, list[Any]], None], refuse: Callable[[bytes, Exception], None]) -> None:
+    """Reads every message queued on a server's ROUTER: `handle(peer, frames)` each, and hands a
+    `protocol.MessageRejected` that handling raises to `refuse(peer, error)`, so a bad message
+    is answered and counted and the server keeps going."""
+    while True:
+        try:
+            peer, frames = recv_router(socket)
+        except zmq.Again:
+            return
+        try:
+            handle(peer, frames)
+        except protocol.MessageRejected as error:
+            refuse(peer, error)
 
 
 def send_router(socket: zmq.Socket, peer: str | bytes, frames: list[Any]) -> None:

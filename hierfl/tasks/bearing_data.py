@@ -67,6 +67,7 @@ import math
 import numpy as np
 
 from hierfl.errors import DataError
+from hierfl.partition import class_indices
 
 FS_HZ = 12_000
 WINDOW = 512
@@ -213,13 +214,7 @@ def generate_windows(
     Returns:
       float32 array [N, window] of acceleration in g.
     """
-    labels = np.asarray(labels)
-    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
-            or (labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)))):
-        raise DataError(
-            f"labels must be a 1-D integer array of class indices in [0, {len(CLASSES)}), "
-            f"got shape {labels.shape}, dtype {labels.dtype}, values {np.unique(labels)[:8]}"
-        )
+    labels = class_indices(labels, len(CLASSES))
     if window < 1:
         raise DataError(f"window must be a positive number of samples, got {window}")
     n = labels.shape[0]

@@ -94,6 +94,7 @@ import math
 import numpy as np
 
 from hierfl.errors import DataError
+from hierfl.partition import class_indices
 
 SIZE = 32
 CLASSES = (
@@ -158,13 +159,7 @@ def render_images(rng: np.random.Generator, labels: np.ndarray, camera: Camera =
     Returns:
       float32 array [N, size, size] of gray levels in [0, 1].
     """
-    labels = np.asarray(labels)
-    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
-            or (labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)))):
-        raise DataError(
-            f"labels must be a 1-D integer array of class indices in [0, {len(CLASSES)}), "
-            f"got shape {labels.shape}, dtype {labels.dtype}, values {np.unique(labels)[:8]}"
-        )
+    labels = class_indices(labels, len(CLASSES))
     if size < 8:
         raise DataError(f"images need at least 8 x 8 pixels to hold a defect, got size {size}")
     surface = _background(rng, len(labels), camera, size)

@@ -124,3 +124,13 @@ def test_meaningless_homomorphic_settings_are_rejected(privacy, extra, expected)
 def test_homomorphic_accepts_the_small_ring_with_a_small_scale():
     privacy = he_topology("homomorphic = true\nhe_poly_modulus_degree = 4096\nhe_scale_bits = 23").privacy
     assert sum(he.CkksParameters.of(privacy).coeff_mod_bit_sizes) == 109
+
+
+def test_without_tenseal_the_error_names_the_extra():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['tenseal'] = None\nimport hierfl.privacy.homomorphic"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'HomomorphicError: CKKS summaries need TenSEAL: pip install "hierfl[he]"' in result.stderr

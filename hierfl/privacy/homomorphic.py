@@ -38,9 +38,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import tenseal as ts
 
 from hierfl.errors import HomomorphicError
+
+try:
+    import tenseal as ts
+except ImportError as error:  # an optional dependency: the `he` extra
+    raise HomomorphicError('CKKS summaries need TenSEAL: pip install "hierfl[he]"') from error
 from hierfl.topology import Privacy
 from hierfl.topology.schema import he_coeff_mod_bit_sizes
 

@@ -45,10 +45,10 @@ from hierfl.evaluation import make_evaluator, metric_fields
 from hierfl.loading import load_topology
 from hierfl.metrics import MetricsWriter, write_run_info
 from hierfl.plan import Plan, make_plan
+from hierfl.privacy.config import DpConfig, rounds_to_run
 from hierfl.progress import RoundProgress
 from hierfl.tasks.models import Model, Params, build_model
-from hierfl.topology import Attack, Privacy, TierRule, Topology
-from hierfl.topology.schema import quantile_noise
+from hierfl.topology import Attack, TierRule, Topology
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -154,34 +154,6 @@ class TrainState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class DpConfig:
-    """The `[privacy]` settings the jitted round needs, resolved for the topology."""
-
-    place: str
-    noise_multiplier: float
-    sample_rate: float
-    clip_quantile: float | None
-    clip_learning_rate: float
-    quantile_noise: float
-
-    @classmethod
-    def of(cls, topology: Topology) -> DpConfig:
-        settings: Privacy = topology.privacy
-        return cls(
-            settings.dp,
-            privacy.update_noise_multiplier(settings, topology),
-            settings.sample_rate,
-            settings.clip_quantile,
-            settings.clip_learning_rate,
-            quantile_noise(settings, topology),
-        )
-
-    @property
-    def central(self) -> bool:
-        return self.place in ("edge", "cloud")
-
-
-@dataclasses.dataclass(frozen=True)
 class Tiers:
     """What each tier does besides the algorithm: every edge's rule (in plant order), the cloud's, the attack."""
 
@@ -192,8 +164,7 @@ class Tiers:
 
     @classmethod
     def of(cls, topology: Topology) -> Tiers:
-        dp = DpConfig.of(topology) if topology.privacy.enabled else None
-        return cls(tuple(topology.edge_rule(plant) for plant in topology.plants), topology.aggregation.cloud, topology.attack, dp)
+        return cls(tuple(topology.edge_rule(plant) for plant in topology.plants), topology.aggregation.cloud, topology.attack, DpConfig.of(topology))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +450,7 @@ def simulate(
     writer = _open_run_dir(run_dir, plan, model) if run_dir is not None else None
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
-    budget = _rounds_within_privacy_budget(topology)
+    budget = rounds_to_run(topology, federation.cloud_rounds)
     with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name, metric=plan.task.metric) as bar:
         for r in range(1, budget + 1):
             round_started = time.perf_counter()
@@ -508,14 +479,6 @@ def simulate(
         writer.close()
         checkpoint.save_params(run_dir / "model.npz", state.params)
     return SimulationResult(state.params, history, model, plan, run_dir)
-
-
-def _rounds_within_privacy_budget(topology: Topology) -> int:
-    """The cloud rounds to run: all of them, or as many as `privacy.target_epsilon` allows."""
-    settings, federation = topology.privacy, topology.federation
-    if not settings.enabled:
-        return federation.cloud_rounds
-    return privacy.rounds_within_budget(settings, federation.edge_rounds, federation.cloud_rounds)
 
 
 def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:

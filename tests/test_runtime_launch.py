@@ -114,9 +114,29 @@ noise_multiplier = 0.3
 sample_rate = 0.7
 """
 
+EDGE_DP = """
+[privacy]
+dp = "edge"
+clip_norm = 0.5
+noise_multiplier = 0.3
+sample_rate = 0.8
+clip_quantile = 0.5
+quantile_noise = 0.5
+"""
+
+CLOUD_DP = """
+[privacy]
+dp = "cloud"
+clip_norm = 0.5
+noise_multiplier = 0.5
+"""
+
+PRIVATE = (LOCAL_DP, EDGE_DP, CLOUD_DP)
+
 
 @pytest.mark.parametrize(
-    "codecs", ["", CODECS, LOCAL_DP], ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam", "local-dp-sampled"]
+    "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP],
+    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam", "local-dp-sampled", "edge-dp-adaptive-clip", "cloud-dp"],
 )
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
@@ -125,6 +145,8 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
         # FedNova with plant-b's line at 1 local step against plant-a's 3.
         head, line_b, tail = topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "fednova"\n').rpartition("devices = 2\n")
         topology.write_text(head + line_b + "local_steps = 1\n" + tail)
+    edge_rounds = 1 if codecs == CLOUD_DP else 2  # the cloud's noise bounds one edge round's updates
+    topology.write_text(topology.read_text().replace("edge_rounds = 2", f"edge_rounds = {edge_rounds}"))
     out = folder / "run"
     result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
@@ -133,7 +155,7 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     assert "simulation summary" in result.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
-    assert all(r["devices_answered"] == {"plant-a": [2, 2], "plant-b": [2, 2]} for r in records)
+    assert all(r["devices_answered"] == {"plant-a": [2] * edge_rounds, "plant-b": [2] * edge_rounds} for r in records)
     assert all(r["rejected_messages"] == {"cloud": {}, "plant-a": {}, "plant-b": {}} for r in records)
     assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(
         ["cloud.log", "edge-plant-a.log", "edge-plant-b.log"] + [f"device-plant-{p}.line-1.dev-00{i}.log" for p in "ab" for i in (1, 2)]
@@ -144,8 +166,11 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), reference.params, launched))
     assert max(differences) <= 1e-5
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
-    if codecs == LOCAL_DP:
+    if codecs in PRIVATE:
         assert [r["epsilon"] for r in records] == [h["epsilon"] for h in reference.history]
+        assert [r["clip_norm"] for r in records] == pytest.approx([h["clip_norm"] for h in reference.history], rel=1e-6)
+    if codecs == EDGE_DP:  # adaptive clipping moved the clip norm, the same way in both
+        assert records[-1]["clip_norm"] != 0.5
 
 
 def test_simulator_only_features_are_refused_before_any_process_starts(folder):

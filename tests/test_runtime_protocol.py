@@ -81,6 +81,25 @@ def test_non_finite_values_weight_and_loss_are_rejected():
     assert rejected(update(weight=-1.0)) == protocol.MALFORMED
 
 
+def test_dp_fields_are_checked_before_use():
+    assert protocol.header_flag(parse(update(unclipped=True)).header, "unclipped") is True
+    assert protocol.header_flag(parse(update()).header, "unclipped") is False
+    assert rejected(update(unclipped=1)) == protocol.MALFORMED
+    model_layouts = {protocol.MODEL: ("none", protocol.model_layout(SPEC))}
+
+    def model(**fields):
+        frames = protocol.encode(protocol.MODEL, "plant-a/line-1/dev-001", round=1, spec=SPEC, codec="none",
+                                 arrays=[np.zeros(SPEC.size, np.float32)], **fields)
+        return protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=model_layouts, max_bytes=1 << 20)
+
+    assert protocol.header_number(model(clip_norm=0.25).header, "clip_norm", 1.0) == 0.25
+    assert protocol.header_number(model().header, "clip_norm", 1.0) == 1.0
+    for bad, reason in ((0.0, protocol.MALFORMED), ("big", protocol.MALFORMED), (float("nan"), protocol.NON_FINITE)):
+        with pytest.raises(protocol.MessageRejected) as info:
+            model(clip_norm=bad)
+        assert info.value.reason == reason
+
+
 def test_frames_of_the_wrong_length_and_oversized_messages_are_rejected():
     header, frame = update()
     assert rejected([header, bytes(frame) + b"\0" * 4]) == protocol.OVERSIZED

@@ -9,17 +9,31 @@ functions the simulator applies at the configured place (device, edge or cloud).
 pull in `cryptography` and TenSEAL), e.g. `from hierfl.privacy import secagg`.
 """
 
-from hierfl.privacy.accounting import epsilon, mechanism_events, privacy_record, rounds_within_budget, update_noise_multiplier
-from hierfl.privacy.dp import adapt_clip_norm, device_release, privatize_sum, privatize_update
+from hierfl.privacy.accounting import (
+    epsilon,
+    mechanism_events,
+    privacy_record,
+    rounds_within_budget,
+    update_noise_multiplier,
+)
+from hierfl.privacy.config import DpConfig, rounds_to_run
+from hierfl.privacy.dp import (
+    adapt_clip_norm,
+    device_release,
+    privatize_sum,
+    privatize_update,
+)
 
 __all__ = [
+    "DpConfig",
     "adapt_clip_norm",
     "device_release",
     "epsilon",
     "mechanism_events",
-    "privatize_sum",
     "privacy_record",
+    "privatize_sum",
     "privatize_update",
+    "rounds_to_run",
     "rounds_within_budget",
     "update_noise_multiplier",
 ]

@@ -11,6 +11,12 @@ stop. Summaries for a closed round (late, or replayed) are refused and counted. 
 (version = cloud round) through a `ModelPublisher`, so edge inference servers
 (`hierfl serve --subscribe`) hot-swap to it.
 
+Under differential privacy the cloud sends the clip norm in force with each model and
+records epsilon every round; it trains no more rounds than `target_epsilon` allows. A
+trusted cloud (`dp = "cloud"`) noises the sum of the summaries; with adaptive clipping
+it moves the clip norm from the edges' noised counts (`_adapted_clip_norm`), and the
+checkpointed record carries it across a restart.
+
 `--resume` restarts from the last checkpoint: the record of a round is written after its
 checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
 rounds, so no round is lost or counted twice.
@@ -44,7 +50,8 @@ from hierfl.evaluation import make_evaluator
 from hierfl.kernels import ravel
 from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.plan import make_plan
-from hierfl.privacy import privacy_record
+from hierfl.privacy import adapt_clip_norm, privacy_record
+from hierfl.privacy.config import DpConfig, rounds_to_run
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, drain_router, send_router, start_waiting_over
@@ -64,14 +71,20 @@ class CloudNode:
         self.topology = topology
         self.runtime = runtime = topology.runtime
         secure = check_keys(runtime, keys)
-        self.rounds = rounds or topology.federation.cloud_rounds
+        self.dp = DpConfig.of(topology)
+        requested = rounds or topology.federation.cloud_rounds
+        self.rounds = rounds_to_run(topology, requested)
+        self.clip_norm = np.float32(topology.privacy.clip_norm)
         self.run_dir = Path(run_dir)
         self.log = node_logger("cloud")
+        if self.rounds < requested:
+            self.log.warning("privacy.target_epsilon %g allows %d of %d rounds", topology.privacy.target_epsilon, self.rounds, requested)
         self.net = net = node_model(topology)
         plan = make_plan(topology)
         self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
         self.edges = {name: row for row, name in enumerate(topology.plant_names)}
-        self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud)
+        self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud, self.dp,
+                                          topology.federation.seed, len(self.edges))
         self.ravel = jax.jit(lambda params: ravel(net.spec, params))
         self.decode = make_decode(net.codecs.edge_to_cloud)
         self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
@@ -106,7 +119,7 @@ class CloudNode:
     def warm_up(self) -> None:
         """Compiles every step of a round before serving, so no round stalls on a compile."""
         self.ravel(self.params)
-        self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
+        self.cloud_step(self.params, self.server_state, self.deltas, self.weights, jnp.int32(1), self.clip_norm)
         self.evaluate(self.params)
 
     def run(self) -> None:
@@ -224,7 +237,8 @@ class CloudNode:
         self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
         self.first_round = False
         self.model_frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
-                                            spec=self.net.spec, codec="none", arrays=[np.asarray(self.ravel(self.params))])
+                                            spec=self.net.spec, codec="none", arrays=[np.asarray(self.ravel(self.params))],
+                                            **({"clip_norm": float(self.clip_norm)} if self.dp else {}))
         # To the edges alive when the round opened (re-asking the live set now could miss them all
         # if this process was stalled); an edge that joins later gets the model when it does.
         for edge in sorted(self.expected):
@@ -235,7 +249,10 @@ class CloudNode:
         answered, total = len(self.summaries), len(self.edges)
         required = math.ceil(self.runtime.min_edge_participation * total)
         if answered >= required and answered > 0:
-            self.params, self.server_state = self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
+            self.params, self.server_state = self.cloud_step(self.params, self.server_state, self.deltas, self.weights,
+                                                             jnp.int32(self.round), self.clip_norm)
+            if self.dp is not None and self.dp.adaptive:
+                self.clip_norm = self._adapted_clip_norm()
         else:
             self.log.warning("cloud round %d: %d of %d edges answered (need %d); model unchanged", self.round, answered, total, required)
         record = self._record()
@@ -248,6 +265,18 @@ class CloudNode:
         self.phase = COLLECTING
         if self.round <= self.rounds:
             self._open_round()
+
+    def _adapted_clip_norm(self) -> np.float32:
+        """Adaptive clipping's next clip norm from the edges' noised counts of unclipped updates.
+
+        The expected count is every device's (`sample_rate` x devices x edge rounds), as
+        in the simulator: the actual number that answered is private.
+        """
+        counted = sum(protocol.header_number(h, "unclipped", 0.0) for h in self.summaries.values())
+        expected = self.topology.federation.edge_rounds * self.dp.sample_rate * self.topology.num_devices
+        adapted = adapt_clip_norm(jnp.float32(self.clip_norm), jnp.float32(counted), jnp.float32(expected),
+                                  self.dp.clip_quantile, self.dp.clip_learning_rate)
+        return np.float32(adapted)
 
     def _record(self) -> dict[str, Any]:
         scores = self.evaluate(self.params)
@@ -279,7 +308,7 @@ class CloudNode:
             "late_updates": self.late + sum(int(h.get("late", 0)) for h in self.summaries.values()),
             "stale_summaries": {name: {"weight": h["weight"], "staleness": h["staleness"], "edge_rounds": h["edge_round"]}
                                 for name, h in self.stale.items()},
-            **privacy_record(self.topology, self.round, self.topology.privacy.clip_norm),
+            **privacy_record(self.topology, self.round, float(self.clip_norm)),
         }
 
     def _restore(self) -> None:
@@ -291,6 +320,7 @@ class CloudNode:
         self.params = jax_tree_asarray(state.params)
         self.server_state = state.server_state
         self.round = state.round + 1
+        self.clip_norm = np.float32(state.record.get("clip_norm", self.clip_norm))
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
         reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
         self.log.info("resumed from the checkpoint of cloud round %d", state.round)

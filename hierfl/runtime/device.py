@@ -20,6 +20,7 @@ import zmq
 
 from hierfl.algorithms import DeviceData
 from hierfl.plan import make_plan
+from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import CurveKeys, connect_dealer, node_logger, node_model
 from hierfl.runtime.rounds import make_device_step
@@ -44,8 +45,8 @@ class DeviceNode:
         self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps)
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
-        local_dp = topology.privacy if topology.privacy.dp == "device" else None
-        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, local_dp)
+        self.dp = DpConfig.of(topology)
+        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, self.dp)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
         self.context = zmq.Context()
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
@@ -57,7 +58,7 @@ class DeviceNode:
     def warm_up(self) -> None:
         """Compiles the training step before joining, so the first round is not late."""
         flat = np.zeros(self.net.spec.size, np.float32)
-        self.step(flat, self.data, self.residual, jnp.int32(0), jnp.int32(0), jnp.int32(self.device.index))
+        self.step(flat, self.data, self.residual, jnp.int32(0), jnp.int32(0), jnp.int32(self.device.index), self._clip_norm({}))
 
     def run(self) -> None:
         self.warm_up()
@@ -110,7 +111,7 @@ class DeviceNode:
         started = time.perf_counter()
         out = self.step(
             message.arrays[0], self.data, self.residual,
-            jnp.int32(message.round), jnp.int32(message.edge_round), jnp.int32(self.device.index),
+            jnp.int32(message.round), jnp.int32(message.edge_round), jnp.int32(self.device.index), self._clip_norm(message.header),
         )
         self.residual = out.residual
         self.model_version = int(message.header["model_version"])
@@ -119,10 +120,14 @@ class DeviceNode:
         self._send(
             protocol.UPDATE, round=message.round, edge_round=message.edge_round,
             spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[np.asarray(a) for a in out.payload],
-            weight=float(out.weight), loss=float(out.loss),
+            weight=float(out.weight), loss=float(out.loss), **({"unclipped": bool(out.unclipped)} if self.dp else {}),
         )
         self.log.info("round %d.%d: trained in %.3f s, loss %.4f", message.round, message.edge_round,
                       time.perf_counter() - started, float(out.loss))
+
+    def _clip_norm(self, header: dict) -> np.float32:
+        """The DP clip norm the edge's model message carries (adaptive clipping moves it), else the file's."""
+        return np.float32(protocol.header_number(header, "clip_norm", self.topology.privacy.clip_norm))
 
     def _send(self, kind: str, **fields) -> None:
         frames = protocol.encode(kind, self.device.id, model_version=self.model_version, **fields)

@@ -19,7 +19,15 @@ seconds) after a summary, the edge keeps training its plant: it runs up to `edge
 edge first sends that offline progress as a *stale* summary (its model's change since
 its last summary, weighted by the examples of the offline rounds, tagged with the model
 version it started from); the cloud discounts it by its staleness (see `cloud.py`). Then
-the edge starts the new round from the new global model.
+the edge starts the new round from the new global model. Under differential privacy the
+edge does not train offline: those rounds would release updates the accountant does not
+count.
+
+Under central DP (`[privacy] dp = "edge"` or `"cloud"`) the devices clip (to the clip norm
+the cloud sends with each model, which adaptive clipping moves) and the edge divides the
+sum by the expected number of devices; a trusted edge also noises the sum and, with
+adaptive clipping, its count of unclipped updates, which goes up in the summary
+(`rounds.make_edge_step`).
 
 Devices join at any time (any valid message admits them; they get the model at the
 next edge round) and count as gone after `heartbeat_timeout` seconds of silence, so a
@@ -38,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
+from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, drain_router, send_router, start_waiting_over
 from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_upload
@@ -63,7 +72,9 @@ class EdgeNode:
         self.devices = {device.id: row for row, device in enumerate(self.plant.devices)}
         self.edge_rounds = topology.federation.edge_rounds
         seed = topology.federation.seed
-        self.edge_step = make_edge_step(topology.edge_rule(self.plant))
+        self.dp = DpConfig.of(topology)
+        self.edge_step = make_edge_step(topology.edge_rule(self.plant), self.dp, seed)
+        self.clip_norm = np.float32(topology.privacy.clip_norm)
         self.decode = make_decode(net.codecs.device_to_edge)
         self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
         self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}
@@ -71,6 +82,7 @@ class EdgeNode:
         self.deltas = aligned_zeros((len(self.devices), net.spec.size))
         self.weights = np.zeros(len(self.devices), np.float32)
         self.losses = np.zeros(len(self.devices), np.float32)
+        self.unclipped = np.zeros(len(self.devices), np.float32)
         self.residual = np.zeros(net.codecs.edge_to_cloud.residual_size, np.float32)
         self.members = Membership(runtime.heartbeat_timeout)
         self.counters = Counters()
@@ -103,7 +115,7 @@ class EdgeNode:
     def warm_up(self) -> None:
         """Compiles aggregation and upload before the first round."""
         flat = jnp.zeros(self.net.spec.size, jnp.float32)
-        self.edge_step(flat, self.deltas, self.weights)
+        self.edge_step(flat, self.deltas, self.weights, self.unclipped, jnp.int32(0), jnp.int32(0), jnp.int32(self.index), self.clip_norm)
         self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
         codec = self.net.codecs.device_to_edge
         if codec.name != "none":
@@ -144,7 +156,7 @@ class EdgeNode:
     def _advance(self) -> None:
         """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
         now = time.monotonic()
-        if self.phase == IDLE and self.opened_once and self.offline_rounds < self.edge_rounds \
+        if self.phase == IDLE and self.opened_once and self.offline_rounds < self.edge_rounds and self.dp is None \
                 and now - self.cloud_seen > self.runtime.heartbeat_timeout:
             self._open_offline_round()
         elif self.phase == STARTING:
@@ -199,6 +211,7 @@ class EdgeNode:
             self.deltas[row] = np.asarray(self.decode(message.arrays))
         self.weights[row] = message.header["weight"]
         self.losses[row] = message.header["loss"]
+        self.unclipped[row] = protocol.header_flag(message.header, "unclipped")
         self.answered.add(message.sender)
 
     def status(self) -> dict:
@@ -243,9 +256,10 @@ class EdgeNode:
             self.log.warning("cloud round %d started before this edge finished round %d; abandoning it", r, self.round)
         self.round, self.edge_round = r, 0
         self.model_version = int(message.header["model_version"])
+        self.clip_norm = np.float32(protocol.header_number(message.header, "clip_norm", self.topology.privacy.clip_norm))
         self.global_flat = np.array(message.arrays[0])
         self.edge_flat = self.global_flat
-        self.total_weight, self.loss_sum, self.answered_per_round = 0.0, 0.0, []
+        self.total_weight, self.loss_sum, self.unclipped_sum, self.answered_per_round = 0.0, 0.0, 0.0, []
         self.answered = set()
         self.phase = STARTING if not self.opened_once else COLLECTING
         if self.opened_once:
@@ -259,10 +273,11 @@ class EdgeNode:
         self.expected = self.members.alive() & set(self.devices)
         self.answered = set()
         self.weights[:] = 0
+        self.unclipped[:] = 0
         self.deadline = time.monotonic() + self.runtime.device_deadline
         frames = protocol.encode(
             protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.model_version,
-            spec=self.net.spec, codec="none", arrays=[self.edge_flat],
+            spec=self.net.spec, codec="none", arrays=[self.edge_flat], clip_norm=float(self.clip_norm),
         )
         for device in sorted(self.expected):
             send_router(self.devices_socket, device, frames)
@@ -279,8 +294,11 @@ class EdgeNode:
         answered, total = len(self.answered), len(self.devices)
         required = math.ceil(self.runtime.min_device_participation * total)
         if answered >= required and answered > 0:
-            self.edge_flat = np.asarray(self.edge_step(self.edge_flat, self.deltas, self.weights))
-            weight, loss = float(self.weights.sum()), float((self.losses * self.weights).sum())
+            outcome = self.edge_step(self.edge_flat, self.deltas, self.weights, self.unclipped, jnp.int32(self.round),
+                                     jnp.int32(self.edge_round), jnp.int32(self.index), self.clip_norm)
+            self.edge_flat = np.asarray(outcome.edge_flat)
+            weight, loss = float(outcome.weight), float((self.losses * self.weights).sum())
+            self.unclipped_sum += float(outcome.unclipped)
             if self.offline:
                 self.pending_weight += weight
                 self.pending_loss += loss
@@ -312,7 +330,7 @@ class EdgeNode:
             protocol.SUMMARY, round=self.round, edge_round=self.edge_rounds, spec=self.net.spec,
             codec=self.net.codecs.edge_to_cloud.name, arrays=[np.asarray(a) for a in payload],
             weight=self.total_weight, loss=self.loss_sum, answered=self.answered_per_round, expected=len(self.devices),
-            rejected=self.counters.snapshot(), late=self.late,
+            rejected=self.counters.snapshot(), late=self.late, unclipped=self.unclipped_sum,
         )
         self.phase = IDLE
         self.finished_round = self.round

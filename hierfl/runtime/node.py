@@ -102,9 +102,9 @@ RUNTIME_ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fednova")
 def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
-    Tier rules, server optimizers, per-line local steps and every codec work; control
-    variates (SCAFFOLD), simulated attacks, central differential privacy,
-    secure aggregation and CKKS summaries are not in the runtime yet.
+    Tier rules, server optimizers, per-line local steps, every codec and differential
+    privacy at any tier work; control variates (SCAFFOLD), simulated attacks, secure
+    aggregation and CKKS summaries are not in the runtime yet.
     """
     problems = []
     algorithm = topology.federation.algorithm
@@ -112,11 +112,6 @@ def runtime_problems(topology: Topology) -> list[str]:
         problems.append(f"federation.algorithm: the runtime runs {', '.join(RUNTIME_ALGORITHMS)}; {algorithm!r} is simulator-only for now")
     if topology.attack.kind != "none":
         problems.append("attack: simulated attacks are simulator-only (`hierfl simulate`)")
-    if topology.privacy.dp in ("edge", "cloud"):
-        problems.append(
-            f"privacy.dp: {topology.privacy.dp!r} (central DP) is simulator-only for now (`hierfl simulate`); "
-            "the runtime runs local DP (dp = 'device')"
-        )
     if getattr(topology.privacy, "secure_aggregation", False):
         problems.append("privacy.secure_aggregation: not wired into the runtime yet; its links would carry plain updates")
     if getattr(topology.privacy, "homomorphic", False):

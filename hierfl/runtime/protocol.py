@@ -17,7 +17,9 @@ that carry arrays (`model`, `update`, `summary`) add
 
 and `update`/`summary` add `weight` (examples aggregated) and `loss` (an update's mean
 training loss; a summary's sum of loss x weight). A summary also reports its edge's
-round statistics (`answered`, `expected`, `rejected`, `late`).
+round statistics (`answered`, `expected`, `rejected`, `late`). Under differential privacy
+a `model` carries the `clip_norm` in force, an `update` whether it was `unclipped`, and
+a summary its edge's (noised) count of `unclipped` updates, for adaptive clipping.
 
 `parse_message` checks everything a message says about itself before any array is
 viewed: header size and type, protocol version, kind, field types, a known sender (the
@@ -211,6 +213,7 @@ def parse_message(
                 raise MessageRejected(NON_FINITE, f"{name} is {value}")
         if header["weight"] < 0:
             raise MessageRejected(MALFORMED, f"weight must be >= 0, got {header['weight']}")
+    _check_optional_fields(kind, header)
     payload = frames[1:]
     if len(payload) != len(layout.frames):
         raise MessageRejected(MALFORMED, f"{kind} with codec {codec!r} has {len(layout.frames)} array frames, got {len(payload)}")
@@ -224,6 +227,38 @@ def parse_message(
         arrays.append(np.frombuffer(data, dtype=jnp.dtype(dtype)).reshape(shape))
     _check_values(arrays, spec.size)
     return Message(kind, sender, header["round"], header["edge_round"], header, tuple(arrays))
+
+
+_OPTIONAL_NUMBERS = {MODEL: ("clip_norm",), SUMMARY: ("unclipped",)}
+"""Numbers some messages carry under differential privacy: the clip norm in force, a noised count."""
+_OPTIONAL_FLAGS = {UPDATE: ("unclipped",)}
+
+
+def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:
+    for name in _OPTIONAL_NUMBERS.get(kind, ()):
+        value = header.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise MessageRejected(MALFORMED, f"header field {name!r} must be a number, got {_short(value)}")
+        if not math.isfinite(value):
+            raise MessageRejected(NON_FINITE, f"{name} is {value}")
+        if name == "clip_norm" and value <= 0:
+            raise MessageRejected(MALFORMED, f"clip_norm must be > 0, got {value}")
+    for name in _OPTIONAL_FLAGS.get(kind, ()):
+        if not isinstance(header.get(name, False), bool):
+            raise MessageRejected(MALFORMED, f"header field {name!r} must be true or false, got {_short(header.get(name))}")
+
+
+def header_number(header: dict[str, Any], name: str, default: float) -> float:
+    """An optional number of a checked header (`parse_message` validated it), or `default`."""
+    value = header.get(name)
+    return default if value is None else float(value)
+
+
+def header_flag(header: dict[str, Any], name: str) -> bool:
+    """An optional flag of a checked header, False when absent."""
+    return header.get(name) is True
 
 
 def _check_values(arrays: list[np.ndarray], size: int) -> None:

@@ -29,7 +29,8 @@ from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply
 from hierfl.kernels import Codec, FlatSpec, ravel, unravel
 from hierfl.tasks.models import Params
 from hierfl.privacy import dp
-from hierfl.topology import Privacy, TierRule
+from hierfl.privacy.config import DpConfig
+from hierfl.topology import TierRule
 
 
 ALIGNMENT = 64
@@ -49,13 +50,18 @@ def aligned_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
 
 
 class DeviceOutput(NamedTuple):
-    """What a device sends for one edge round: the encoded delta, its weight and loss; and its new residual."""
+    """What a device sends for one edge round: the encoded delta, its weight and loss; and its new residual.
+
+    `unclipped` (under DP) says whether the device took part with an update inside the
+    clip norm: a trusted aggregator counts those for adaptive clipping.
+    """
 
     payload: tuple[jax.Array, ...]
     weight: jax.Array
     loss: jax.Array
     residual: jax.Array
     ok: jax.Array
+    unclipped: jax.Array
 
 
 def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
@@ -68,30 +74,34 @@ def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key:
 
 
 def make_device_step(
-    algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, privacy: Privacy | None = None
+    algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, dp_config: DpConfig | None = None
 ) -> Callable[..., DeviceOutput]:
-    """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index) -> DeviceOutput`, jitted.
+    """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index, clip_norm) -> DeviceOutput`, jitted.
 
-    With local differential privacy (`privacy.dp == "device"`), the device releases its
-    update through `hierfl.privacy.device_release` (sampling, one vote, clip, noise) before
-    encoding it, with the simulator's keys.
+    Under differential privacy the device releases its update through
+    `hierfl.privacy.device_release` (sampling, one vote, clipping to `clip_norm`) before
+    encoding it, with the simulator's keys; it adds the noise itself only under local DP
+    (`dp = "device"`): a trusted edge or cloud noises the sum instead (`make_edge_step`,
+    `make_cloud_step`).
     """
 
-    def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index):
+    def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index, clip_norm):
         key = rng.device_key(seed, cloud_round, edge_round, device_index)
         result = algorithm.local_update(unravel(spec, edge_flat), data, key)
         result, ok = screen_nonfinite(result._replace(delta=ravel(spec, result.delta)))
-        if privacy is not None:
-            delta, weight, _ = dp.device_release(
+        unclipped = jnp.bool_(False)
+        if dp_config is not None:
+            noise_std = dp_config.noise_multiplier * clip_norm if dp_config.place == "device" else jnp.float32(0)
+            delta, weight, unclipped = dp.device_release(
                 result.delta, result.weight,
                 rng.sampling_key(seed, cloud_round, edge_round, device_index),
                 rng.privacy_key(seed, cloud_round, edge_round, device_index),
-                jnp.float32(privacy.clip_norm), jnp.float32(privacy.noise_multiplier * privacy.clip_norm), privacy.sample_rate,
+                clip_norm, noise_std, dp_config.sample_rate,
             )
             result = result._replace(delta=delta, weight=weight)
         upload_key = rng.device_upload_key(seed, cloud_round, edge_round, device_index)
         payload, residual = encode_for_link(codec, result, residual, upload_key)
-        return DeviceOutput(payload, result.weight, result.loss, residual, ok)
+        return DeviceOutput(payload, result.weight, result.loss, residual, ok, unclipped)
 
     return jax.jit(device_step)
 
@@ -101,15 +111,38 @@ def make_decode(codec: Codec) -> Callable[[tuple[jax.Array, ...]], jax.Array]:
     return jax.jit(lambda payload: codec.decode(tuple(payload)))
 
 
-def make_edge_step(rule: TierRule) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """`edge_step(edge_flat [P], deltas [K, P], weights [K]) -> edge_flat`, jitted: one edge round's aggregation.
+class EdgeRound(NamedTuple):
+    """An edge round's outcome: the edge's new model, the weight it counts, and (adaptive clipping) its noised count."""
 
-    The plant's rule (`topology.edge_rule(plant)`: the weighted mean, or a robust rule,
-    with optional clipping) combines the decoded updates, as the simulator's edges do.
+    edge_flat: jax.Array
+    weight: jax.Array
+    unclipped: jax.Array
+
+
+def make_edge_step(rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0) -> Callable[..., EdgeRound]:
+    """`edge_step(edge_flat [P], deltas [K, P], weights [K], unclipped [K], cloud_round, edge_round, edge_index, clip_norm)`, jitted.
+
+    One edge round's aggregation: the plant's rule (`topology.edge_rule(plant)`: the
+    weighted mean, or a robust rule, with optional clipping) combines the decoded
+    updates, as the simulator's edges do. Under central DP the edge divides by the
+    *expected* number of devices (`sample_rate * K`), not the actual, private one, and a
+    trusted edge (`dp = "edge"`) adds N(0, (z C)^2) to the sum with the simulator's key
+    (`rng.sum_noise_key`); with adaptive clipping it also noises its count of unclipped
+    updates (`rng.count_noise_key`). Rows of devices that did not answer are zeros.
     """
 
-    def edge_step(edge_flat, deltas, weights):
-        return apply_summary(edge_flat, aggregation.reduce(rule, deltas, weights))
+    def edge_step(edge_flat, deltas, weights, unclipped, cloud_round, edge_round, edge_index, clip_norm):
+        summary = aggregation.reduce(rule, deltas, weights)
+        count = jnp.sum(unclipped.astype(jnp.float32))
+        if dp_config is not None and dp_config.central:
+            if dp_config.place == "edge":
+                key = rng.sum_noise_key(seed, cloud_round, edge_round, edge_index)
+                summary = summary._replace(delta_sum=dp.privatize_sum(summary.delta_sum, key, dp_config.noise_multiplier * clip_norm))
+            if dp_config.adaptive:
+                key = rng.count_noise_key(seed, cloud_round, edge_round, edge_index)
+                count = count + dp_config.quantile_noise * jax.random.normal(key)
+            summary = summary._replace(weight=jnp.float32(dp_config.sample_rate * deltas.shape[0]))
+        return EdgeRound(apply_summary(edge_flat, summary), summary.weight, count)
 
     return jax.jit(edge_step)
 
@@ -124,15 +157,22 @@ def make_edge_upload(codec: Codec, seed: int) -> Callable[..., tuple[tuple[jax.A
     return jax.jit(edge_upload)
 
 
-def make_cloud_step(algorithm: Algorithm, spec: FlatSpec, rule: TierRule) -> Callable[[Params, Any, jax.Array, jax.Array], tuple[Params, Any]]:
-    """`cloud_step(params, server_state, deltas [E, P], weights [E]) -> (params, server_state)`, jitted.
+def make_cloud_step(
+    algorithm: Algorithm, spec: FlatSpec, rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0, num_edges: int = 0
+) -> Callable[..., tuple[Params, Any]]:
+    """`cloud_step(params, server_state, deltas [E', P], weights [E'], cloud_round, clip_norm) -> (params, server_state)`, jitted.
 
-    The cloud's rule (`[aggregation.cloud]`) combines the decoded summaries; the
-    algorithm's server optimizer (FedOpt) applies the result.
+    The cloud's rule (`[aggregation.cloud]`) combines the decoded summaries; a trusted
+    cloud (`dp = "cloud"`) adds N(0, (z C)^2) to their sum with the simulator's key
+    (`rng.sum_noise_key(seed, round, 0, num_edges)`); the algorithm's server optimizer
+    (FedOpt) applies the result.
     """
 
-    def cloud_step(params, server_state, deltas, weights):
+    def cloud_step(params, server_state, deltas, weights, cloud_round, clip_norm):
         total = aggregation.reduce(rule, deltas, weights)
+        if dp_config is not None and dp_config.place == "cloud":
+            key = rng.sum_noise_key(seed, cloud_round, 0, num_edges)
+            total = total._replace(delta_sum=dp.privatize_sum(total.delta_sum, key, dp_config.noise_multiplier * clip_norm))
         return algorithm.server_update(params, server_state, Summary(unravel(spec, total.delta_sum), total.weight))
 
     return jax.jit(cloud_step)

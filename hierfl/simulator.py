@@ -267,8 +267,8 @@ def make_cloud_round(
 
     def privatize_devices(results, chunk: DeviceChunks, clip_norm, cloud_round, e):
         """DP on the devices' side (`privacy.device_release`): participation, one vote each, clipping, local noise."""
-        sampling = jax.vmap(lambda i: rng.sampling_key(seed, cloud_round, e, i))(chunk.index)
-        noise = jax.vmap(lambda i: rng.privacy_key(seed, cloud_round, e, i))(chunk.index)
+        sampling = jax.vmap(lambda i: dp.key(rng.sampling_key(seed, cloud_round, e, i)))(chunk.index)
+        noise = jax.vmap(lambda i: dp.key(rng.privacy_key(seed, cloud_round, e, i)))(chunk.index)
         noise_std = dp.noise_multiplier * clip_norm if dp.place == "device" else jnp.float32(0)
         release = jax.vmap(privacy.device_release, in_axes=(0, 0, 0, 0, None, None, None))
         deltas, weights, unclipped = release(results.delta, results.weight, sampling, noise, clip_norm, noise_std, dp.sample_rate)
@@ -340,11 +340,11 @@ def make_cloud_round(
         """
         nodes = jnp.arange(num_edges)
         if dp.place == "edge":
-            keys = jax.vmap(lambda n: rng.sum_noise_key(seed, cloud_round, e, n))(nodes)
+            keys = jax.vmap(lambda n: dp.key(rng.sum_noise_key(seed, cloud_round, e, n)))(nodes)
             noised = jax.vmap(privacy.privatize_sum, in_axes=(0, 0, None))(summary.delta_sum, keys, dp.noise_multiplier * clip_norm)
             summary = summary._replace(delta_sum=noised)
         if dp.clip_quantile is not None:
-            keys = jax.vmap(lambda n: rng.count_noise_key(seed, cloud_round, e, n))(nodes)
+            keys = jax.vmap(lambda n: dp.key(rng.count_noise_key(seed, cloud_round, e, n)))(nodes)
             unclipped = unclipped + dp.quantile_noise * jax.vmap(lambda k: jax.random.normal(k))(keys)
         devices = jax.ops.segment_sum((chunks.count.reshape(-1) > 0).astype(jnp.float32), chunks.edge.reshape(-1), num_edges)
         return summary._replace(weight=dp.sample_rate * devices), unclipped
@@ -384,7 +384,7 @@ def make_cloud_round(
         total = aggregation.reduce(tiers.cloud, uploads.delta, uploads.weight)
         clip_norm = state.clip_norm
         if dp is not None and dp.place == "cloud":
-            key = rng.sum_noise_key(seed, cloud_round, 0, num_edges)
+            key = dp.key(rng.sum_noise_key(seed, cloud_round, 0, num_edges))
             total = total._replace(delta_sum=privacy.privatize_sum(total.delta_sum, key, dp.noise_multiplier * clip_norm))
         if dp is not None and dp.clip_quantile is not None:
             expected = edge_rounds * weights[0].sum()

@@ -108,6 +108,13 @@ def test_dp_training_is_noisy_deterministic_and_reports_epsilon():
     assert first.history[-1]["delta"] == 1e-5
 
 
+def test_os_noise_is_secret_so_runs_differ():
+    settings = 'dp = "edge"\nnoise_multiplier = 0.5\nclip_norm = 1.0\nnoise_source = "os"'
+    first, second = simulate(dp_topology(settings, cloud_rounds=1)), simulate(dp_topology(settings, cloud_rounds=1))
+    assert any(not np.allclose(a, b) for a, b in zip(leaves(first.params), leaves(second.params)))
+    assert first.history[-1]["epsilon"] == second.history[-1]["epsilon"]
+
+
 def test_target_epsilon_stops_training():
     privacy = Privacy(dp="edge", noise_multiplier=1.0)
     target = (epsilon(privacy, 2, 2) + epsilon(privacy, 2, 3)) / 2

@@ -292,6 +292,9 @@ plant's edge (central DP, edge trusted) or at the cloud (central DP, edges and c
 
 ACCOUNTANTS = ("rdp", "pld")
 
+NOISE_SOURCES = ("seed", "os")
+"""Where DP randomness comes from: the federation seed (reproducible) or each node's OS (secret)."""
+
 PRIVACY_FIELDS: Mapping[str, Field] = {
     "dp": Field(str, default="none", options=DP_PLACES),
     "clip_norm": Field(float, default=1.0, low=0, low_open=True),
@@ -300,6 +303,7 @@ PRIVACY_FIELDS: Mapping[str, Field] = {
     "delta": Field(float, default=1e-5, low=0, high=1, low_open=True, high_open=True),
     "target_epsilon": Field(float, default=None, low=0, low_open=True),
     "accountant": Field(str, default="rdp", options=ACCOUNTANTS),
+    "noise_source": Field(str, default="seed", options=NOISE_SOURCES),
     "clip_quantile": Field(float, default=None, low=0, high=1, low_open=True, high_open=True),
     "clip_learning_rate": Field(float, default=0.2, low=0, low_open=True),
     "quantile_noise": Field(float, default=None, low=0, low_open=True),
@@ -460,6 +464,10 @@ class Privacy:
     `target_epsilon`, training stops before a round would exceed it. `clip_quantile`
     turns on adaptive clipping (the clip norm follows that quantile of the update norms,
     with step `clip_learning_rate` and count noise `quantile_noise`, default devices/20).
+    `noise_source = "seed"` derives the noise and the sampling from the federation seed, so
+    a run is reproducible (the simulator and the runtime add the same noise); `"os"` salts
+    them with a secret each process draws from the OS, as a deployment whose seed is not
+    secret needs (whoever knows the seed could otherwise subtract the noise).
 
     `secure_aggregation` masks device updates so each edge learns only their sum
     (`hierfl.privacy.secagg`): a round survives dropouts while `t = ceil(secagg_threshold *
@@ -477,6 +485,7 @@ class Privacy:
     delta: float = 1e-5
     target_epsilon: float | None = None
     accountant: str = "rdp"
+    noise_source: str = "seed"
     clip_quantile: float | None = None
     clip_learning_rate: float = 0.2
     quantile_noise: float | None = None

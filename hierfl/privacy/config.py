@@ -2,12 +2,17 @@
 
 The simulator's jitted round and the runtime's nodes read the same `DpConfig`, so both
 add the same noise with the same multipliers (the update noise is `z_update`, not `z`,
-when adaptive clipping takes its share of the budget) and stop at the same round.
+when adaptive clipping takes its share of the budget) and the same keys, and stop at the
+same round. With `noise_source = "os"` each process salts its DP keys with a secret from
+the OS: runs are then no longer reproducible, which is the point.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+
+import jax
 
 from hierfl.privacy.accounting import rounds_within_budget, update_noise_multiplier
 from hierfl.topology import Privacy, Topology
@@ -24,6 +29,7 @@ class DpConfig:
     clip_quantile: float | None
     clip_learning_rate: float
     quantile_noise: float
+    salt: int | None = None
 
     @classmethod
     def of(cls, topology: Topology) -> DpConfig | None:
@@ -38,12 +44,17 @@ class DpConfig:
             settings.clip_quantile,
             settings.clip_learning_rate,
             quantile_noise(settings, topology),
+            int.from_bytes(os.urandom(4), "little") if settings.noise_source == "os" else None,
         )
 
     @property
     def central(self) -> bool:
         """Whether a trusted aggregator (edge or cloud) adds the noise, rather than each device."""
         return self.place in ("edge", "cloud")
+
+    def key(self, key: jax.Array) -> jax.Array:
+        """A DP noise or sampling key as used: the seed's key, salted with this process's secret if any."""
+        return key if self.salt is None else jax.random.fold_in(key, self.salt)
 
     @property
     def adaptive(self) -> bool:

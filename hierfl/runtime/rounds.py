@@ -94,8 +94,8 @@ def make_device_step(
             noise_std = dp_config.noise_multiplier * clip_norm if dp_config.place == "device" else jnp.float32(0)
             delta, weight, unclipped = dp.device_release(
                 result.delta, result.weight,
-                rng.sampling_key(seed, cloud_round, edge_round, device_index),
-                rng.privacy_key(seed, cloud_round, edge_round, device_index),
+                dp_config.key(rng.sampling_key(seed, cloud_round, edge_round, device_index)),
+                dp_config.key(rng.privacy_key(seed, cloud_round, edge_round, device_index)),
                 clip_norm, noise_std, dp_config.sample_rate,
             )
             result = result._replace(delta=delta, weight=weight)
@@ -136,10 +136,10 @@ def make_edge_step(rule: TierRule, dp_config: DpConfig | None = None, seed: int 
         count = jnp.sum(unclipped.astype(jnp.float32))
         if dp_config is not None and dp_config.central:
             if dp_config.place == "edge":
-                key = rng.sum_noise_key(seed, cloud_round, edge_round, edge_index)
+                key = dp_config.key(rng.sum_noise_key(seed, cloud_round, edge_round, edge_index))
                 summary = summary._replace(delta_sum=dp.privatize_sum(summary.delta_sum, key, dp_config.noise_multiplier * clip_norm))
             if dp_config.adaptive:
-                key = rng.count_noise_key(seed, cloud_round, edge_round, edge_index)
+                key = dp_config.key(rng.count_noise_key(seed, cloud_round, edge_round, edge_index))
                 count = count + dp_config.quantile_noise * jax.random.normal(key)
             summary = summary._replace(weight=jnp.float32(dp_config.sample_rate * deltas.shape[0]))
         return EdgeRound(apply_summary(edge_flat, summary), summary.weight, count)
@@ -171,7 +171,7 @@ def make_cloud_step(
     def cloud_step(params, server_state, deltas, weights, cloud_round, clip_norm):
         total = aggregation.reduce(rule, deltas, weights)
         if dp_config is not None and dp_config.place == "cloud":
-            key = rng.sum_noise_key(seed, cloud_round, 0, num_edges)
+            key = dp_config.key(rng.sum_noise_key(seed, cloud_round, 0, num_edges))
             total = total._replace(delta_sum=dp.privatize_sum(total.delta_sum, key, dp_config.noise_multiplier * clip_norm))
         return algorithm.server_update(params, server_state, Summary(unravel(spec, total.delta_sum), total.weight))
 

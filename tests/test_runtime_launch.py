@@ -85,6 +85,11 @@ clip_norm = 0.05
 
 [aggregation.cloud]
 optimizer = "adam"
+
+[attack]
+kind = "gaussian"
+fraction = 0.5
+scale = 0.01
 """
 
 
@@ -136,7 +141,7 @@ PRIVATE = (LOCAL_DP, EDGE_DP, CLOUD_DP)
 
 @pytest.mark.parametrize(
     "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP],
-    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam", "local-dp-sampled", "edge-dp-adaptive-clip", "cloud-dp"],
+    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam-gaussian-attack", "local-dp-sampled", "edge-dp-adaptive-clip", "cloud-dp"],
 )
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).

@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from hierfl.algorithms import DeviceData
+from hierfl.attack import attacker_mask
 from hierfl.plan import make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
@@ -46,7 +47,8 @@ class DeviceNode:
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.dp = DpConfig.of(topology)
-        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, self.dp)
+        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, self.dp,
+                                     topology.attack, attacker_mask(topology))
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
         self.context = zmq.Context()
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None

@@ -103,15 +103,13 @@ def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
     Tier rules, server optimizers, per-line local steps, every codec and differential
-    privacy at any tier work; control variates (SCAFFOLD), simulated attacks, secure
+    privacy at any tier and simulated attacks work; control variates (SCAFFOLD), secure
     aggregation and CKKS summaries are not in the runtime yet.
     """
     problems = []
     algorithm = topology.federation.algorithm
     if algorithm not in RUNTIME_ALGORITHMS:
         problems.append(f"federation.algorithm: the runtime runs {', '.join(RUNTIME_ALGORITHMS)}; {algorithm!r} is simulator-only for now")
-    if topology.attack.kind != "none":
-        problems.append("attack: simulated attacks are simulator-only (`hierfl simulate`)")
     if getattr(topology.privacy, "secure_aggregation", False):
         problems.append("privacy.secure_aggregation: not wired into the runtime yet; its links would carry plain updates")
     if getattr(topology.privacy, "homomorphic", False):

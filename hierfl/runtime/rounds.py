@@ -25,12 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierfl import aggregation, rng
+from hierfl.attack import apply_attack
 from hierfl.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, edge_result, screen_nonfinite
 from hierfl.kernels import Codec, FlatSpec, ravel, unravel
 from hierfl.tasks.models import Params
 from hierfl.privacy import dp
 from hierfl.privacy.config import DpConfig
-from hierfl.topology import TierRule
+from hierfl.topology import Attack, TierRule
 
 
 ALIGNMENT = 64
@@ -74,7 +75,8 @@ def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key:
 
 
 def make_device_step(
-    algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, dp_config: DpConfig | None = None
+    algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, dp_config: DpConfig | None = None,
+    attack: Attack = Attack(), attackers: np.ndarray | None = None,
 ) -> Callable[..., DeviceOutput]:
     """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index, clip_norm) -> DeviceOutput`, jitted.
 
@@ -83,12 +85,21 @@ def make_device_step(
     encoding it, with the simulator's keys; it adds the noise itself only under local DP
     (`dp = "device"`): a trusted edge or cloud noises the sum instead (`make_edge_step`,
     `make_cloud_step`).
+
+    Under a simulated `attack`, devices marked in `attackers` (`hierfl.attack.attacker_mask`,
+    indexed by device index) send what a faulty device sends, as in the simulator: a
+    red-team run of a deployment's robust rules.
     """
+    marked = jnp.asarray(attackers if attackers is not None else np.zeros(0, bool))
 
     def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index, clip_norm):
         key = rng.device_key(seed, cloud_round, edge_round, device_index)
         result = algorithm.local_update(unravel(spec, edge_flat), data, key)
-        result, ok = screen_nonfinite(result._replace(delta=ravel(spec, result.delta)))
+        delta = ravel(spec, result.delta)
+        if attack.kind != "none":
+            attack_key = rng.attack_key(seed, cloud_round, edge_round, device_index)
+            delta = apply_attack(attack, delta[None], marked[device_index][None], attack_key[None])[0]
+        result, ok = screen_nonfinite(result._replace(delta=delta))
         unclipped = jnp.bool_(False)
         if dp_config is not None:
             noise_std = dp_config.noise_multiplier * clip_norm if dp_config.place == "device" else jnp.float32(0)

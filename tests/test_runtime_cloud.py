@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.cloud import reconcile_metrics, staleness_discount
@@ -40,18 +41,21 @@ def test_servers_wait_for_everyone_unless_resumed_with_enough_back():
     assert not start_waiting_over(1, 4, 2, 6.0, resumed=True, **wait)
 
 
-def test_cloud_checkpoints_restore_params_server_state_and_record(tmp_path):
+@pytest.mark.parametrize("size", [0, 4], ids=["no-variate", "scaffold-variate"])
+def test_cloud_checkpoints_restore_params_server_state_variate_and_record(tmp_path, size):
     params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
     server_state = (np.float32(0.5), {"momentum": np.ones(3, np.float32)})
+    variate = np.zeros(size, np.float32)
     checkpoints = CloudCheckpoints(tmp_path / "ck")
-    assert checkpoints.latest(params, server_state) is None
+    assert checkpoints.latest(params, server_state, variate) is None
     for r in (1, 2, 3):
-        checkpoints.save(r, {k: v + r for k, v in params.items()}, server_state, {"round": r})
+        checkpoints.save(r, {k: v + r for k, v in params.items()}, server_state, {"round": r}, variate - r)
     checkpoints.close()
-    state = CloudCheckpoints(tmp_path / "ck").latest(params, server_state)
+    state = CloudCheckpoints(tmp_path / "ck").latest(params, server_state, variate)
     assert state.round == 3 and state.record == {"round": 3}
     np.testing.assert_array_equal(state.params["w"], params["w"] + 3)
     np.testing.assert_array_equal(state.server_state[1]["momentum"], np.ones(3))
+    np.testing.assert_array_equal(state.variate, variate - 3)
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["2", "3"]
 
 

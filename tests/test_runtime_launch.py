@@ -138,10 +138,13 @@ noise_multiplier = 0.5
 
 PRIVATE = (LOCAL_DP, EDGE_DP, CLOUD_DP)
 
+SCAFFOLD = "\n# scaffold\n"  # a marker: the test switches the algorithm
+
 
 @pytest.mark.parametrize(
-    "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP],
-    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam-gaussian-attack", "local-dp-sampled", "edge-dp-adaptive-clip", "cloud-dp"],
+    "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP, SCAFFOLD],
+    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam-gaussian-attack", "local-dp-sampled", "edge-dp-adaptive-clip",
+         "cloud-dp", "scaffold"],
 )
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
@@ -150,6 +153,8 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
         # FedNova with plant-b's line at 1 local step against plant-a's 3.
         head, line_b, tail = topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "fednova"\n').rpartition("devices = 2\n")
         topology.write_text(head + line_b + "local_steps = 1\n" + tail)
+    if codecs == SCAFFOLD:
+        topology.write_text(topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "scaffold"\n'))
     edge_rounds = 1 if codecs == CLOUD_DP else 2  # the cloud's noise bounds one edge round's updates
     topology.write_text(topology.read_text().replace("edge_rounds = 2", f"edge_rounds = {edge_rounds}"))
     out = folder / "run"
@@ -179,11 +184,11 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
 
 
 def test_simulator_only_features_are_refused_before_any_process_starts(folder):
-    topology = write_topology(folder, name="scaffold", extra="")
-    topology.write_text(topology.read_text().replace('seed = 7', 'seed = 7\nalgorithm = "scaffold"'))
+    topology = write_topology(folder, name="secagg", extra="")
+    topology.write_text(topology.read_text() + "\n[privacy]\nsecure_aggregation = true\n")
     result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(folder / "run")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "simulator-only" in result.stderr and "scaffold" in result.stderr
+    assert "secure_aggregation" in result.stderr
     assert not (folder / "run").exists()
 
 

@@ -1,7 +1,8 @@
 """The cloud's checkpoints: one orbax checkpoint per finished cloud round.
 
 A checkpoint holds the global params, the server optimizer's state (its leaves, rebuilt
-on restore with the structure of a fresh `server_init`) and that round's metrics record.
+on restore with the structure of a fresh `server_init`), SCAFFOLD's cloud variate (empty
+for other algorithms) and that round's metrics record.
 The round number is the checkpoint's step; every random key of the next round derives
 from (seed, round) alone (`hierfl.rng`), so it is all the RNG state there is. Orbax
 writes a step to a temporary directory and renames it when complete, so a cloud killed
@@ -31,10 +32,11 @@ class CloudState(NamedTuple):
     params: Any
     server_state: Any
     record: dict[str, Any]
+    variate: np.ndarray
 
 
 class CloudCheckpoints:
-    """`save(round, params, server_state, record)` after each round; `latest(params, server_state)` to resume."""
+    """`save(round, params, server_state, record, variate)` after each round; `latest(params, server_state, variate)` to resume."""
 
     def __init__(self, directory: Path):
         import orbax.checkpoint as ocp
@@ -44,19 +46,19 @@ class CloudCheckpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, round: int, params: Any, server_state: Any, record: dict[str, Any]) -> None:
+    def save(self, round: int, params: Any, server_state: Any, record: dict[str, Any], variate: np.ndarray) -> None:
         ocp = self._ocp
-        state = {"params": _numpy(params), "server_state": _leaves(server_state)}
+        state = _state(params, server_state, variate)
         self._manager.save(round, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
         self._manager.wait_until_finished()
 
-    def latest(self, params: Any, server_state: Any) -> CloudState | None:
-        """The newest checkpoint, restored into the structure of `params` and `server_state`; None if there is none."""
+    def latest(self, params: Any, server_state: Any, variate: np.ndarray) -> CloudState | None:
+        """The newest checkpoint, restored into the structure of `params`, `server_state` and `variate`; None if there is none."""
         step = self._manager.latest_step()
         if step is None:
             return None
         ocp = self._ocp
-        template = {"params": _numpy(params), "server_state": _leaves(server_state)}
+        template = _state(params, server_state, variate)
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), record=ocp.args.JsonRestore())
@@ -65,10 +67,19 @@ class CloudCheckpoints:
             raise RunDirError(f"{self.directory}: cannot restore cloud checkpoint {step} ({err})") from err
         leaves = [restored.state["server_state"][key] for key in sorted(restored.state["server_state"], key=int)]
         server = jax.tree.unflatten(jax.tree.structure(server_state), leaves)
-        return CloudState(int(step), restored.state["params"], server, dict(restored.record))
+        return CloudState(int(step), restored.state["params"], server, dict(restored.record),
+                          restored.state.get("variate", np.zeros(0, np.float32)))
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _state(params: Any, server_state: Any, variate: np.ndarray) -> dict[str, Any]:
+    """What a checkpoint stores as arrays; an empty variate is left out (orbax refuses zero-size arrays)."""
+    state = {"params": _numpy(params), "server_state": _leaves(server_state)}
+    if np.size(variate):
+        state["variate"] = np.asarray(variate)
+    return state
 
 
 def _numpy(tree: Any) -> Any:

@@ -51,6 +51,8 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     device.add_argument("topology", help="topology file (TOML) or preset name")
     device.add_argument("--id", required=True, dest="device_id", help="the device's id, plant/line/device")
     device.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
+    device.add_argument("--state", type=Path, help="directory for the device's state (SCAFFOLD's control variate)")
+    device.add_argument("--resume", action="store_true", help="continue with the state in --state")
     device.set_defaults(handler=run_device)
 
     keys = commands.add_parser("keys", help="CurveZMQ key pairs for authenticated, encrypted links")
@@ -182,7 +184,9 @@ def run_device(args: argparse.Namespace) -> int:
         topology.device(args.device_id)
     except KeyError as err:
         raise HierflError(err.args[0]) from None
-    node = DeviceNode(topology, args.device_id, keys=_keys(args.key))
+    if args.resume and args.state is None:
+        raise HierflError("--resume needs --state, the directory holding the device's state")
+    node = DeviceNode(topology, args.device_id, keys=_keys(args.key), state_dir=args.state, resume=args.resume)
     _stop_on_signals(node)
     node.run()
     return 0

@@ -18,7 +18,7 @@ it moves the clip norm from the edges' noised counts (`_adapted_clip_norm`), and
 checkpointed record carries it across a restart.
 
 `--resume` restarts from the last checkpoint: the record of a round is written after its
-checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
+checkpoint (with SCAFFOLD's cloud variate), and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
 rounds, so no round is lost or counted twice.
 
 The cloud answers every edge heartbeat, so an edge notices when the cloud is gone and
@@ -92,6 +92,10 @@ class CloudNode:
         self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
         self.weights = np.zeros(2 * len(self.edges), np.float32)
         self.params = net.initial_params
+        # SCAFFOLD: the cloud's variate c, this round's variate sums (rows as deltas) and the federation's examples.
+        self.variate = np.zeros(net.spec.size if net.variates else 0, np.float32)
+        self.variate_sums = aligned_zeros((2 * len(self.edges), self.variate.size))
+        self.examples = np.float32(plan.shards.counts.sum())
         self.server_state = net.algorithm.server_init(self.params)
         self.members = Membership(runtime.heartbeat_timeout)
         self.counters = Counters()
@@ -207,7 +211,9 @@ class CloudNode:
             raise protocol.MessageRejected(protocol.MALFORMED, f"a stale summary needs base_version >= 0, got {base!r}")
         row = self.edges[message.sender] + (len(self.edges) if stale else 0)
         codec = self.net.codecs.edge_to_cloud
-        self.deltas[row] = message.arrays[0] if codec.name == "none" else np.asarray(self.decode(message.arrays))
+        self.deltas[row] = message.arrays[0] if codec.name == "none" else np.asarray(self.decode(self.net.payload(message.arrays)))
+        if self.net.variates:
+            self.variate_sums[row] = message.arrays[-1]
         weight = float(message.header["weight"])
         if stale:
             staleness = max(0, self.round - 1 - base)
@@ -233,11 +239,13 @@ class CloudNode:
         self.summaries: dict[str, dict[str, Any]] = {}
         self.stale: dict[str, dict[str, Any]] = {}
         self.weights[:] = 0
+        self.variate_sums[:] = 0
         # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
         self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
         self.first_round = False
         self.model_frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
-                                            spec=self.net.spec, codec="none", arrays=[np.asarray(self.ravel(self.params))],
+                                            spec=self.net.spec, codec="none",
+                                            arrays=[np.asarray(self.ravel(self.params)), *([self.variate] if self.net.variates else [])],
                                             **({"clip_norm": float(self.clip_norm)} if self.dp else {}))
         # To the edges alive when the round opened (re-asking the live set now could miss them all
         # if this process was stalled); an edge that joins later gets the model when it does.
@@ -255,8 +263,10 @@ class CloudNode:
                 self.clip_norm = self._adapted_clip_norm()
         else:
             self.log.warning("cloud round %d: %d of %d edges answered (need %d); model unchanged", self.round, answered, total, required)
+        if self.net.variates:  # the devices have moved their variates, whatever happened to the model
+            self.variate = self.variate + self.variate_sums.sum(axis=0) / max(self.examples, np.float32(1))
         record = self._record()
-        self.checkpoints.save(self.round, self.params, self.server_state, record)
+        self.checkpoints.save(self.round, self.params, self.server_state, record, self.variate)
         self.writer.write(record)
         if self.publisher is not None:
             self.publisher.publish(self.round, self.params, record)
@@ -312,13 +322,14 @@ class CloudNode:
         }
 
     def _restore(self) -> None:
-        state = self.checkpoints.latest(self.params, self.server_state)
+        state = self.checkpoints.latest(self.params, self.server_state, self.variate)
         if state is None:
             self.log.info("no checkpoint in %s; starting at round 1", self.checkpoints.directory)
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
             return
         self.params = jax_tree_asarray(state.params)
         self.server_state = state.server_state
+        self.variate = np.asarray(state.variate, np.float32)
         self.round = state.round + 1
         self.clip_norm = np.float32(state.record.get("clip_norm", self.clip_norm))
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))

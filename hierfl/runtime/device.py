@@ -7,23 +7,33 @@ only dials out. It greets the edge with `hello`, sends a `heartbeat` every
 `heartbeat_interval` seconds while idle, and answers each `model` message of its edge
 with one `update`. When several models are queued (it was slow), only the newest is
 trained. It exits on `stop`, SIGTERM or Ctrl-C.
+
+With SCAFFOLD the device also owns its control variate `c_i`: it trains with the cloud's
+`c` that comes with each model, sends the change of `c_i` with its update, and keeps
+`c_i` in `--state DIR` (written after every update), so a device restarted with
+`--resume` goes on with its variate rather than a zero one, which would break the tiers'
+means. An update the
+edge drops (late) has still moved `c_i`: the edge's and cloud's variates then lag that
+device's until SCAFFOLD's next rounds pull them together.
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import zmq
 
 from hierfl.algorithms import DeviceData
+from hierfl.errors import RunDirError
 from hierfl.attack import attacker_mask
 from hierfl.plan import make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
-from hierfl.runtime.node import CurveKeys, connect_dealer, node_logger, node_model
+from hierfl.runtime.node import CurveKeys, connect_dealer, node_logger, node_name, node_model
 from hierfl.runtime.rounds import make_device_step
 from hierfl.runtime.security import check_keys
 from hierfl.topology import Topology
@@ -32,7 +42,8 @@ from hierfl.topology import Topology
 class DeviceNode:
     """One device of `topology`, by id `plant/line/name`. `run()` serves until stopped."""
 
-    def __init__(self, topology: Topology, device_id: str, *, keys: CurveKeys | None = None):
+    def __init__(self, topology: Topology, device_id: str, *, keys: CurveKeys | None = None, state_dir: Path | None = None,
+                 resume: bool = False):
         self.topology = topology
         self.device = topology.device(device_id)
         self.plant = topology.plant(self.device.plant)
@@ -50,6 +61,8 @@ class DeviceNode:
         self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, self.dp,
                                      topology.attack, attacker_mask(topology))
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
+        self.state_path = Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir is not None else None
+        self.variate = self._restore_variate(resume) if self.net.variates else None
         self.context = zmq.Context()
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
         self.socket = connect_dealer(self.context, self.plant.address, device_id, max_bytes=self.runtime.max_message_bytes,
@@ -60,7 +73,8 @@ class DeviceNode:
     def warm_up(self) -> None:
         """Compiles the training step before joining, so the first round is not late."""
         flat = np.zeros(self.net.spec.size, np.float32)
-        self.step(flat, self.data, self.residual, jnp.int32(0), jnp.int32(0), jnp.int32(self.device.index), self._clip_norm({}))
+        self.step(flat, self.data, self.residual, jnp.int32(0), jnp.int32(0), jnp.int32(self.device.index), self._clip_norm({}),
+                  self.variate, flat if self.net.variates else None)
 
     def run(self) -> None:
         self.warm_up()
@@ -114,18 +128,44 @@ class DeviceNode:
         out = self.step(
             message.arrays[0], self.data, self.residual,
             jnp.int32(message.round), jnp.int32(message.edge_round), jnp.int32(self.device.index), self._clip_norm(message.header),
+            self.variate, message.arrays[1] if self.net.variates else None,
         )
         self.residual = out.residual
+        variate = []
+        if self.net.variates:
+            self.variate = np.asarray(self.variate + out.variate_change)
+            self._save_variate()
+            variate = [np.asarray(out.variate_change)]
         self.model_version = int(message.header["model_version"])
         if not bool(out.ok):
             self.log.warning("round %d.%d: local training diverged (non-finite); sending weight 0", message.round, message.edge_round)
         self._send(
             protocol.UPDATE, round=message.round, edge_round=message.edge_round,
-            spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[np.asarray(a) for a in out.payload],
+            spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[*(np.asarray(a) for a in out.payload), *variate],
             weight=float(out.weight), loss=float(out.loss), **({"unclipped": bool(out.unclipped)} if self.dp else {}),
         )
         self.log.info("round %d.%d: trained in %.3f s, loss %.4f", message.round, message.edge_round,
                       time.perf_counter() - started, float(out.loss))
+
+    def _restore_variate(self, resume: bool) -> np.ndarray:
+        """SCAFFOLD's `c_i`: from `--state` when resuming, else (or if there is none yet) zeros."""
+        size = self.net.spec.size
+        if not resume or self.state_path is None or not self.state_path.exists():
+            return np.zeros(size, np.float32)
+        variate = np.load(self.state_path)
+        if variate.shape != (size,) or variate.dtype != np.float32:
+            raise RunDirError(f"{self.state_path}: a control variate of {variate.dtype} {list(variate.shape)}, the model needs float32 [{size}]")
+        self.log.info("restored its control variate from %s", self.state_path)
+        return variate
+
+    def _save_variate(self) -> None:
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, self.variate)
+        tmp.replace(self.state_path)
 
     def _clip_norm(self, header: dict) -> np.float32:
         """The DP clip norm the edge's model message carries (adaptive clipping moves it), else the file's."""

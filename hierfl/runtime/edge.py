@@ -23,6 +23,11 @@ the edge starts the new round from the new global model. Under differential priv
 edge does not train offline: those rounds would release updates the accountant does not
 count.
 
+With SCAFFOLD the edge forwards the cloud's variate `c` with every model, adds up its
+devices' variate changes weighted by their examples (`sum_i n_i delta_c_i`, every edge
+round, whether or not the round changed the model: the devices have moved their `c_i`)
+and sends that sum up with its summary (offline rounds' with the stale summary).
+
 Under central DP (`[privacy] dp = "edge"` or `"cloud"`) the devices clip (to the clip norm
 the cloud sends with each model, which adaptive clipping moves) and the edge divides the
 sum by the expected number of devices; a trusted edge also noises the sum and, with
@@ -83,6 +88,9 @@ class EdgeNode:
         self.weights = np.zeros(len(self.devices), np.float32)
         self.losses = np.zeros(len(self.devices), np.float32)
         self.unclipped = np.zeros(len(self.devices), np.float32)
+        # SCAFFOLD: the devices' variate changes of this edge round, and their weighted sums to send up.
+        self.variate_changes = aligned_zeros((len(self.devices), net.spec.size)) if net.variates else None
+        self.variate_sum = self.pending_variate_sum = np.zeros(net.spec.size if net.variates else 0, np.float32)
         self.residual = np.zeros(net.codecs.edge_to_cloud.residual_size, np.float32)
         self.members = Membership(runtime.heartbeat_timeout)
         self.counters = Counters()
@@ -119,7 +127,7 @@ class EdgeNode:
         self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
         codec = self.net.codecs.device_to_edge
         if codec.name != "none":
-            self.decode(tuple(np.zeros(shape, dtype) for dtype, shape in self.net.device_layout.frames))
+            self.decode(self.net.payload(tuple(np.zeros(shape, dtype) for dtype, shape in self.net.device_layout.frames)))
 
     def run(self) -> None:
         self.warm_up()
@@ -208,7 +216,9 @@ class EdgeNode:
         if self.net.codecs.device_to_edge.name == "none":
             self.deltas[row] = message.arrays[0]
         else:
-            self.deltas[row] = np.asarray(self.decode(message.arrays))
+            self.deltas[row] = np.asarray(self.decode(self.net.payload(message.arrays)))
+        if self.net.variates:
+            self.variate_changes[row] = message.arrays[-1]
         self.weights[row] = message.header["weight"]
         self.losses[row] = message.header["loss"]
         self.unclipped[row] = protocol.header_flag(message.header, "unclipped")
@@ -258,6 +268,8 @@ class EdgeNode:
         self.model_version = int(message.header["model_version"])
         self.clip_norm = np.float32(protocol.header_number(message.header, "clip_norm", self.topology.privacy.clip_norm))
         self.global_flat = np.array(message.arrays[0])
+        self.cloud_variate = np.array(message.arrays[1]) if self.net.variates else None
+        self.variate_sum = np.zeros_like(self.variate_sum)
         self.edge_flat = self.global_flat
         self.total_weight, self.loss_sum, self.unclipped_sum, self.answered_per_round = 0.0, 0.0, 0.0, []
         self.answered = set()
@@ -277,7 +289,7 @@ class EdgeNode:
         self.deadline = time.monotonic() + self.runtime.device_deadline
         frames = protocol.encode(
             protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.model_version,
-            spec=self.net.spec, codec="none", arrays=[self.edge_flat], clip_norm=float(self.clip_norm),
+            spec=self.net.spec, codec="none", arrays=[self.edge_flat, *self._cloud_variate()], clip_norm=float(self.clip_norm),
         )
         for device in sorted(self.expected):
             send_router(self.devices_socket, device, frames)
@@ -293,6 +305,12 @@ class EdgeNode:
     def _close_edge_round(self) -> None:
         answered, total = len(self.answered), len(self.devices)
         required = math.ceil(self.runtime.min_device_participation * total)
+        if self.net.variates:  # devices that answered have moved their variates, whatever happens to the model
+            round_sum = self.weights @ self.variate_changes
+            if self.offline:
+                self.pending_variate_sum = self.pending_variate_sum + round_sum
+            else:
+                self.variate_sum = self.variate_sum + round_sum
         if answered >= required and answered > 0:
             outcome = self.edge_step(self.edge_flat, self.deltas, self.weights, self.unclipped, jnp.int32(self.round),
                                      jnp.int32(self.edge_round), jnp.int32(self.index), self.clip_norm)
@@ -328,7 +346,7 @@ class EdgeNode:
         self.residual = np.asarray(residual)
         self._send_cloud(
             protocol.SUMMARY, round=self.round, edge_round=self.edge_rounds, spec=self.net.spec,
-            codec=self.net.codecs.edge_to_cloud.name, arrays=[np.asarray(a) for a in payload],
+            codec=self.net.codecs.edge_to_cloud.name, arrays=[*(np.asarray(a) for a in payload), *self._variate_frames(self.variate_sum)],
             weight=self.total_weight, loss=self.loss_sum, answered=self.answered_per_round, expected=len(self.devices),
             rejected=self.counters.snapshot(), late=self.late, unclipped=self.unclipped_sum,
         )
@@ -348,13 +366,15 @@ class EdgeNode:
             self.residual = np.asarray(residual)
             self._send_cloud(
                 protocol.SUMMARY, round=cloud_round, edge_round=self.offline_rounds, spec=self.net.spec,
-                codec=self.net.codecs.edge_to_cloud.name, arrays=[np.asarray(a) for a in payload],
+                codec=self.net.codecs.edge_to_cloud.name,
+                arrays=[*(np.asarray(a) for a in payload), *self._variate_frames(self.pending_variate_sum)],
                 weight=self.pending_weight, loss=self.pending_loss, stale=True, base_version=self.finished_round,
             )
             self.log.info("the cloud is back: sent %d offline edge rounds (weight %g, from version %d) as a stale summary",
                           self.offline_rounds, self.pending_weight, self.finished_round)
         self.offline, self.offline_rounds = False, 0
         self.pending_weight, self.pending_loss = 0.0, 0.0
+        self.pending_variate_sum = np.zeros_like(self.pending_variate_sum)
         self.phase = IDLE
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -363,6 +383,14 @@ class EdgeNode:
         """Sends to every device of the plant (those not connected are skipped by ZeroMQ)."""
         for device in self.devices:
             send_router(self.devices_socket, device, frames)
+
+    def _cloud_variate(self) -> list[np.ndarray]:
+        """The frames a model message adds under SCAFFOLD: the cloud's variate `c` (none otherwise)."""
+        return [self.cloud_variate] if self.net.variates else []
+
+    def _variate_frames(self, variate_sum: np.ndarray) -> list[np.ndarray]:
+        """The frames a summary adds under SCAFFOLD: `sum_i n_i delta_c_i` over its edge rounds (none otherwise)."""
+        return [variate_sum] if self.net.variates else []
 
     def _send_cloud(self, kind: str, **fields) -> None:
         frames = protocol.encode(kind, self.plant.name, model_version=self.model_version, **fields)

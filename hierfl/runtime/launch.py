@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hierfl.errors import HierflError
 from hierfl.metrics import METRICS_FILE
+from hierfl.runtime.node import node_name
 from hierfl.topology import Topology
 
 GRACE_SECONDS = 10.0
@@ -34,11 +35,6 @@ NODE_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_mul
 
 class NodeFailure(HierflError):
     """A runtime node failed (the cloud exited with an error)."""
-
-
-def node_name(device_id: str) -> str:
-    """A file-name-safe node name: `device-plant-a.line-1.dev-001`."""
-    return "device-" + device_id.replace("/", ".")
 
 
 class Launch:
@@ -67,7 +63,7 @@ class Launch:
         for plant in self.topology.plants:
             commands[f"edge-{plant.name}"] = self.command("edge", self.source, "--plant", plant.name, "--state", state, *resume)
         for device in self.topology.devices:
-            commands[node_name(device.id)] = self.command("device", self.source, "--id", device.id)
+            commands[node_name(device.id)] = self.command("device", self.source, "--id", device.id, "--state", state, *resume)
         return commands
 
     def start(self) -> None:

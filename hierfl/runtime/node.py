@@ -62,7 +62,12 @@ def enable_compilation_cache() -> Path | None:
 
 @dataclasses.dataclass(frozen=True)
 class NodeModel:
-    """The model every node of a federation agrees on, and how each link encodes it."""
+    """The model every node of a federation agrees on, and how each link encodes it.
+
+    With control variates (SCAFFOLD) every message that carries arrays carries one more,
+    last: a float32 `[P]` variate (the cloud's `c` with a model, a device's change of `c_i`
+    with an update, an edge's weighted sum of those with a summary).
+    """
 
     model: Model
     initial_params: Params
@@ -73,6 +78,14 @@ class NodeModel:
     device_layout: protocol.Layout
     edge_layout: protocol.Layout
     model_layout: protocol.Layout
+
+    @property
+    def variates(self) -> bool:
+        return self.algorithm.control_variates
+
+    def payload(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """A checked update's or summary's codec frames, without the variate frame."""
+        return arrays[:-1] if self.variates else arrays
 
 
 def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeModel:
@@ -90,26 +103,22 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     codecs = build_link_codecs(topology.compression, spec.size)
     counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
     algorithm = build_algorithm(model.apply, task, topology, counts)
+    variate = protocol.model_layout(spec) if algorithm.control_variates else protocol.Layout(())
     return NodeModel(
         model, params, spec, task, algorithm, codecs,
-        protocol.codec_layout(codecs.device_to_edge), protocol.codec_layout(codecs.edge_to_cloud), protocol.model_layout(spec),
+        protocol.codec_layout(codecs.device_to_edge) + variate, protocol.codec_layout(codecs.edge_to_cloud) + variate,
+        protocol.model_layout(spec) + variate,
     )
-
-
-RUNTIME_ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fednova")
 
 
 def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
-    Tier rules, server optimizers, per-line local steps, every codec and differential
-    privacy at any tier and simulated attacks work; control variates (SCAFFOLD), secure
+    Every algorithm (SCAFFOLD included), tier rule, server optimizer, per-line local
+    steps, codec, differential privacy at any tier and simulated attacks work; secure
     aggregation and CKKS summaries are not in the runtime yet.
     """
     problems = []
-    algorithm = topology.federation.algorithm
-    if algorithm not in RUNTIME_ALGORITHMS:
-        problems.append(f"federation.algorithm: the runtime runs {', '.join(RUNTIME_ALGORITHMS)}; {algorithm!r} is simulator-only for now")
     if getattr(topology.privacy, "secure_aggregation", False):
         problems.append("privacy.secure_aggregation: not wired into the runtime yet; its links would carry plain updates")
     if getattr(topology.privacy, "homomorphic", False):
@@ -153,6 +162,11 @@ class Counters:
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.rejected)
+
+
+def node_name(device_id: str) -> str:
+    """A file-name-safe node name: `device-plant-a.line-1.dev-001`."""
+    return "device-" + device_id.replace("/", ".")
 
 
 def node_logger(name: str) -> logging.Logger:

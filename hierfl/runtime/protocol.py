@@ -93,6 +93,10 @@ class Layout(NamedTuple):
     def nbytes(self) -> int:
         return sum(jnp.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in self.frames)
 
+    def __add__(self, other: Layout) -> Layout:
+        """The frames of `self` followed by those of `other`."""
+        return Layout(self.frames + other.frames)
+
 
 def codec_layout(codec: Codec) -> Layout:
     """The payload frames `codec.encode` produces for a `[codec.size]` float32 buffer."""

@@ -54,7 +54,8 @@ class DeviceOutput(NamedTuple):
     """What a device sends for one edge round: the encoded delta, its weight and loss; and its new residual.
 
     `unclipped` (under DP) says whether the device took part with an update inside the
-    clip norm: a trusted aggregator counts those for adaptive clipping.
+    clip norm: a trusted aggregator counts those for adaptive clipping. `variate_change`
+    (SCAFFOLD) is the change of the device's control variate, None otherwise.
     """
 
     payload: tuple[jax.Array, ...]
@@ -63,6 +64,7 @@ class DeviceOutput(NamedTuple):
     residual: jax.Array
     ok: jax.Array
     unclipped: jax.Array
+    variate_change: jax.Array | None = None
 
 
 def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
@@ -78,7 +80,8 @@ def make_device_step(
     algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, dp_config: DpConfig | None = None,
     attack: Attack = Attack(), attackers: np.ndarray | None = None,
 ) -> Callable[..., DeviceOutput]:
-    """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index, clip_norm) -> DeviceOutput`, jitted.
+    """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index, clip_norm, variate=None,
+    cloud_variate=None) -> DeviceOutput`, jitted.
 
     Under differential privacy the device releases its update through
     `hierfl.privacy.device_release` (sampling, one vote, clipping to `clip_norm`) before
@@ -89,12 +92,20 @@ def make_device_step(
     Under a simulated `attack`, devices marked in `attackers` (`hierfl.attack.attacker_mask`,
     indexed by device index) send what a faulty device sends, as in the simulator: a
     red-team run of a deployment's robust rules.
+
+    With control variates (SCAFFOLD) the device corrects its gradients by
+    `cloud_variate - variate` (the cloud's `c` and its own `c_i`, flat) and returns the
+    change of `c_i`, zero when it has no update (`hierfl.algorithms.scaffold`).
     """
     marked = jnp.asarray(attackers if attackers is not None else np.zeros(0, bool))
 
-    def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index, clip_norm):
+    def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index, clip_norm,
+                    variate=None, cloud_variate=None):
         key = rng.device_key(seed, cloud_round, edge_round, device_index)
-        result = algorithm.local_update(unravel(spec, edge_flat), data, key)
+        if algorithm.control_variates:
+            result = algorithm.local_update(unravel(spec, edge_flat), data, key, unravel(spec, cloud_variate - variate))
+        else:
+            result = algorithm.local_update(unravel(spec, edge_flat), data, key)
         delta = ravel(spec, result.delta)
         if attack.kind != "none":
             attack_key = rng.attack_key(seed, cloud_round, edge_round, device_index)
@@ -110,9 +121,12 @@ def make_device_step(
                 clip_norm, noise_std, dp_config.sample_rate,
             )
             result = result._replace(delta=delta, weight=weight)
+        change = None
+        if algorithm.control_variates:
+            change = jnp.where(result.weight > 0, algorithm.variate_delta(result.delta, data.steps, cloud_variate), 0.0)
         upload_key = rng.device_upload_key(seed, cloud_round, edge_round, device_index)
         payload, residual = encode_for_link(codec, result, residual, upload_key)
-        return DeviceOutput(payload, result.weight, result.loss, residual, ok, unclipped)
+        return DeviceOutput(payload, result.weight, result.loss, residual, ok, unclipped, change)
 
     return jax.jit(device_step)
 

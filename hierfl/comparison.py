@@ -16,7 +16,8 @@ processed, and against edge->cloud bytes). Scores are the task's metrics
 regression; every label follows the metric. `Words` name the example's devices, plants
 and examples ("cameras", "mills", "images") so the text reads as the use case.
 `write_results` writes the three files; `run_problems` is a whole example (one comparison
-per topology file, its hierarchical run kept for `hierfl export`).
+per topology file, its hierarchical run kept for `hierfl export`), and `run_example` its
+command line (`examples/*/run.py` only name their problems).
 
 Given `alternatives` (`ALTERNATIVES`: the algorithms suite's FedProx, FedNova, SCAFFOLD and
 FedAdam, with the settings `benchmarks/heterogeneity.py` tuned), `compare` also trains the
@@ -31,7 +32,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -522,3 +523,48 @@ def run_problems(
             console.print(f"wrote results_{name}.md, .json, .png to {out}" + (f"; hierarchical run in {run_dir}" if run_dir else ""))
         every[name] = results
     return every
+
+
+class Problem(NamedTuple):
+    """One problem of an example: its topology file (in the example's folder), what it is, its words."""
+
+    topology: str
+    description: str
+    words: Words = Words()
+
+
+def run_example(argv: Sequence[str], *, description: str, here: Path, command: str,
+                problems: dict[str, Problem]) -> dict[str, dict[str, Any]]:
+    """An example's command line and run: `run_problems` for the chosen problems.
+
+    The first problem's topology is `--topology`, each other's `--<name>-topology`;
+    `--only NAME` runs one; `--rounds`, `--out`, `--run-dir`, `--algorithms` and
+    `--quiet` as in every example. Returns {problem: what results_<problem>.json holds}.
+    """
+    import argparse
+
+    from rich.console import Console
+
+    argv = list(argv)
+    names = list(problems)
+    parser = argparse.ArgumentParser(description=description)
+    options = {name: "--topology" if i == 0 else f"--{name}-topology" for i, name in enumerate(names)}
+    for name, option in options.items():
+        parser.add_argument(option, type=Path, default=here / problems[name].topology, dest=f"topology_{name}", metavar="FILE",
+                            help=f"{problems[name].description} federation (default: {problems[name].topology})")
+    parser.add_argument("--only", choices=names, help="run one problem (default: all)")
+    parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
+    parser.add_argument("--out", type=Path, default=here, help="folder for the results (default: this example's)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
+    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam", type=alternatives_argument,
+                        help="other algorithms to train the hierarchy with (comma-separated, or none)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    results: dict[str, dict[str, Any]] = {}
+    for name in (args.only,) if args.only else names:
+        results |= run_problems(
+            {name: getattr(args, f"topology_{name}")}, command=" ".join([command, *argv]), out=args.out,
+            words=problems[name].words, rounds=args.rounds, run_root=args.run_dir, progress=not args.quiet,
+            console=Console(quiet=args.quiet), relative_to=here, alternatives=args.algorithms,
+        )
+    return results

@@ -23,66 +23,27 @@ FedProx, FedNova, SCAFFOLD, FedAdam), and writes into the output folder (default
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 HERE = Path(__file__).resolve().parent
-COMMAND = "python examples/energy_forecast/run.py"
-PROBLEMS = ("forecast", "appliances")
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topology", type=Path, default=HERE / "topology.toml", help="load-forecasting federation")
-    parser.add_argument("--appliances-topology", type=Path, default=HERE / "appliances.toml", help="appliance-identification federation")
-    parser.add_argument("--only", choices=PROBLEMS, help="run one problem (default: both)")
-    parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for the results (default: this example's)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
-    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam", type=algorithms,
-                        help="other algorithms to train the hierarchy with (comma-separated, or none)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
-
-
-def algorithms(text: str):
-    """`--algorithms` (imports hierfl lazily: JAX must not start before `request_cpu_devices`)."""
-    from hierfl.comparison import alternatives_argument
-
-    return alternatives_argument(text)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Words, run_problems
+    from hierfl.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    paths = {"forecast": args.topology, "appliances": args.appliances_topology}
-    words = {
-        "forecast": Words("meter", "meters", "site", "sites", "day", "days"),
-        "appliances": Words("plug", "plugs", "site", "sites", "signature", "signatures"),
-    }
-    results: dict[str, Any] = {}
-    for problem in (args.only,) if args.only else PROBLEMS:
-        results |= run_problems(
-            {problem: paths[problem]},
-            command=" ".join([COMMAND, *argv]),
-            out=args.out,
-            words=words[problem],
-            rounds=args.rounds,
-            run_root=args.run_dir,
-            progress=not args.quiet,
-            console=Console(quiet=args.quiet),
-            relative_to=HERE,
-        alternatives=args.algorithms,
-        )
-    return results
+    return run_example(
+        sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0], here=HERE,
+        command="python examples/energy_forecast/run.py",
+        problems={
+            "forecast": Problem("topology.toml", "load-forecasting", Words("meter", "meters", "site", "sites", "day", "days")),
+            "appliances": Problem("appliances.toml", "appliance-identification",
+                                  Words("plug", "plugs", "site", "sites", "signature", "signatures")),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,58 +23,26 @@ edge->cloud bytes). The hierarchical run of each is kept in `--run-dir`/<federat
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 HERE = Path(__file__).resolve().parent
-COMMAND = "python examples/equipment_failure/run.py"
-PROBLEMS = ("fault", "rul")
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topology", type=Path, default=HERE / "topology.toml", help="fault-classification federation")
-    parser.add_argument("--rul-topology", type=Path, default=HERE / "rul.toml", help="remaining-useful-life federation")
-    parser.add_argument("--only", choices=PROBLEMS, help="run one problem (default: both)")
-    parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for the results (default: this example's)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
-    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam", type=algorithms,
-                        help="other algorithms to train the hierarchy with (comma-separated, or none)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
-
-
-def algorithms(text: str):
-    """`--algorithms` (imports hierfl lazily: JAX must not start before `request_cpu_devices`)."""
-    from hierfl.comparison import alternatives_argument
-
-    return alternatives_argument(text)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Words, run_problems
+    from hierfl.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    paths = {"fault": args.topology, "rul": args.rul_topology}
-    return run_problems(
-        {p: paths[p] for p in ((args.only,) if args.only else PROBLEMS)},
-        command=" ".join([COMMAND, *argv]),
-        out=args.out,
-        words=Words("sensor", "sensors", "plant", "plants", "window", "windows"),
-        rounds=args.rounds,
-        run_root=args.run_dir,
-        progress=not args.quiet,
-        console=Console(quiet=args.quiet),
-        relative_to=HERE,
-        alternatives=args.algorithms,
+    return run_example(
+        sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0], here=HERE,
+        command="python examples/equipment_failure/run.py",
+        problems={
+            name: Problem(topology, description, Words("sensor", "sensors", "plant", "plants", "window", "windows"))
+            for name, topology, description in (("fault", "topology.toml", "fault-classification"),
+                                                ("rul", "rul.toml", "remaining-useful-life"))
+        },
     )
 
 

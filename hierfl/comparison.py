@@ -462,11 +462,22 @@ def write_results(out: Path, stem: str, results: dict[str, Any], words: Words = 
     """Writes `<stem>.json` (the results), `<stem>.md` (the tables) and `<stem>.png` (the
     plot, linked from the tables) into `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (out / f"{stem}.json").write_text(json.dumps(finite_or_null(results), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     markdown = results_markdown(results, words).replace("](results.png)", f"]({stem}.png)")
     (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
     results_figure(results, words).savefig(out / f"{stem}.png", dpi=120)
     return markdown
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float (a diverged run's scores) made None: strict JSON has no Infinity."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def predict_rows(plan: Plan, count: int) -> np.ndarray:

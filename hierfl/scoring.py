@@ -82,9 +82,12 @@ class Metric:
         return min(values) if self.higher_is_better else max(values)
 
     def format(self, value: float, digits: int = 1) -> str:
-        """``"79.2%"`` for a percentage, ``"12.3 h"`` (three significant digits) otherwise."""
+        """``"79.2%"`` for a percentage, ``"12.3 h"`` (three significant digits) otherwise; a
+        missing score is ``"n/a"``, an infinite one (training diverged) ``"diverged"``."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "n/a"
+        if math.isinf(value):
+            return "diverged"
         if self.percent:
             return f"{100 * value:.{digits}f}%"
         text = f"{value:.3g}" if abs(value) >= 0.01 else f"{value:.2g}"

@@ -139,6 +139,7 @@ def test_metric_direction_format_and_description():
     assert ACCURACY.better(0.9, 0.8) and error.reaches(1.0, 1.0) and not error.reaches(1.1, 1.0)
     assert error.best_index([3.0, 1.0, 1.0, 2.0]) == 1 and ACCURACY.best_index([0.1, 0.5, 0.5]) == 1
     assert error.format(12.345) == "12.3 h" and ACCURACY.format(0.7921) == "79.2%"
+    assert error.format(float("inf")) == "diverged" and error.format(None) == "n/a"
     assert from_description(error.describe()) == error
     assert from_description(None) == ACCURACY  # run.json written before metrics were named
 
@@ -265,3 +266,11 @@ def test_example_algorithm_names_parse():
     assert [a.algorithm for a in parse_alternatives(" fedadam ")] == ["fedavg"]  # FedAdam: FedAvg with an Adam cloud step
     with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'"):
         parse_alternatives("fedprox,fedsgd")
+
+
+def test_results_json_is_strict_a_diverged_score_becomes_null(tmp_path):
+    from hierfl.comparison import finite_or_null
+
+    results = {"rmse": float("inf"), "curve": [0.5, float("nan")], "plant": {"a": 1.0}, "name": "x", "rounds": 3}
+    assert finite_or_null(results) == {"rmse": None, "curve": [0.5, None], "plant": {"a": 1.0}, "name": "x", "rounds": 3}
+    json.dumps(finite_or_null(results), allow_nan=False)  # would raise on Infinity

@@ -1,7 +1,8 @@
 """The runtime end to end: every node a real OS process on loopback (ipc://).
 
 `hierfl launch` must train the same global model as `hierfl simulate` (all devices
-answering), with and without update compression; and training must survive kill -9 of
+answering), with and without update compression, under local DP and under secure
+aggregation (where the edges apply the unmasked sum); and training must survive kill -9 of
 devices, of an edge and of the cloud, each restarted (`--resume`) and rejoining.
 """
 
@@ -115,8 +116,15 @@ sample_rate = 0.7
 """
 
 
+SECURE_AGGREGATION = """
+[privacy]
+secure_aggregation = true
+"""
+
+
 @pytest.mark.parametrize(
-    "codecs", ["", CODECS, LOCAL_DP], ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam", "local-dp-sampled"]
+    "codecs", ["", CODECS, LOCAL_DP, SECURE_AGGREGATION],
+    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam", "local-dp-sampled", "secure-aggregation"],
 )
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
@@ -142,6 +150,7 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     reference = simulate(topology)
     launched = load_params(out / "model.npz")
     differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), reference.params, launched))
+    print(f"max |launch - simulate| = {max(differences):.3g}")
     assert max(differences) <= 1e-5
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
     if codecs == LOCAL_DP:

@@ -47,7 +47,14 @@ from hierfl.errors import SecAggError
 from hierfl.kernels import FlatSpec
 from hierfl.privacy import shamir
 from hierfl.privacy.fixed_point import FixedPoint
-from hierfl.privacy.secagg import KEY_BYTES, NONCE_BYTES, PLAINTEXT_SHARE_BYTES, WORD, DeviceSession, EdgeSession
+from hierfl.privacy.secagg import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    PLAINTEXT_SHARE_BYTES,
+    WORD,
+    DeviceSession,
+    EdgeSession,
+)
 from hierfl.runtime import protocol
 from hierfl.topology import Plant, Topology
 from hierfl.topology.schema import secagg_threshold

@@ -162,7 +162,7 @@ class DeviceNode:
                              message.round, message.edge_round, message.kind)
             return
         try:
-            reply = self.secure_round.answer(message)
+            reply = session.answer(message)
         except SecAggError as error:
             self.log.warning("round %d.%d: secure aggregation: %s; sitting this round out", message.round, message.edge_round, error)
             self.secure_round = None

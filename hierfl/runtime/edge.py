@@ -205,7 +205,9 @@ class EdgeNode:
         if message.kind == protocol.STATUS:
             send_router(self.devices_socket, message.sender, protocol.encode(protocol.STATUS, self.plant.name, round=self.round, **self.status()))
             return
-        if message.kind in protocol.SECAGG_FROM_DEVICE and self.secure is not None:
+        if message.kind in protocol.SECAGG_FROM_DEVICE:
+            if self.secure is None:
+                raise protocol.MessageRejected(protocol.UNEXPECTED, f"{message.kind}: this plant runs no secure aggregation")
             problem = update_problem((message.round, message.edge_round), (self.round, self.edge_round), self.phase == COLLECTING, message.kind)
             if problem is not None:
                 raise protocol.MessageRejected(*problem)
@@ -213,8 +215,7 @@ class EdgeNode:
             self.answered.add(message.sender)
             return
         if message.kind != protocol.UPDATE:
-            why = "" if self.secure is not None or message.kind not in protocol.SECAGG_FROM_DEVICE else " (this plant runs no secure aggregation)"
-            raise protocol.MessageRejected(protocol.UNEXPECTED, f"devices do not send {message.kind} messages{why}")
+            raise protocol.MessageRejected(protocol.UNEXPECTED, f"devices do not send {message.kind} messages")
         problem = update_problem((message.round, message.edge_round), (self.round, self.edge_round), self.phase == COLLECTING)
         if problem is not None:
             raise protocol.MessageRejected(*problem)

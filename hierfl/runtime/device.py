@@ -157,7 +157,7 @@ class DeviceNode:
     def _answer_secagg(self, message: protocol.Message) -> None:
         """Answers the edge's roster, inbox or unmasking request of the session in progress."""
         session = self.secure_round
-        if session is None or (message.round, message.edge_round) != (session.round, session.edge_round):
+        if session is None or not session.matches(message):
             self.log.warning("round %d.%d: %s outside this device's secure-aggregation session; ignored",
                              message.round, message.edge_round, message.kind)
             return

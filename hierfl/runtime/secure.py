@@ -190,10 +190,12 @@ class DeviceRound:
     def advertise(self) -> dict[str, Any]:
         return self.session.advertise()
 
+    def matches(self, message: protocol.Message) -> bool:
+        """Whether `message` is for this session's edge round (a late request of an older one is not)."""
+        return (message.round, message.edge_round) == (self.round, self.edge_round)
+
     def answer(self, message: protocol.Message) -> dict[str, Any]:
-        """The reply to a checked `secagg_roster`, `secagg_inbox` or `secagg_unmask` of this round."""
-        if (message.round, message.edge_round) != (self.round, self.edge_round):
-            raise SecAggError(f"{message.kind} for edge round {message.round}.{message.edge_round}, this session is {self.round}.{self.edge_round}")
+        """The reply to a checked `secagg_roster`, `secagg_inbox` or `secagg_unmask` this session `matches`."""
         request = session_message(message)
         if message.kind == protocol.SECAGG_ROSTER:
             if not all(len(key) == KEY_BYTES for pair in request["keys"].values() for key in pair):

@@ -8,6 +8,7 @@ computation. Hypothesis then throws garbage frames at the same live edge.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import subprocess
@@ -93,11 +94,12 @@ class Peer:
         return self.recv(protocol.STATUS)[0]
 
 
-@pytest.fixture(scope="module")
-def edge():
+@contextlib.contextmanager
+def running_edge(topology_text: str, devices: tuple[str, ...] = (DEV1, DEV2)):
+    """A live `hierfl edge` for plant-a of `topology_text` (a template with `{dir}`), a fake cloud and fake devices."""
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
     topology_file = folder / "edge.toml"
-    topology_file.write_text(TOPOLOGY.format(dir=folder))
+    topology_file.write_text(topology_text.format(dir=folder))
     topology = load_topology(topology_file)
     context = zmq.Context()
     cloud = context.socket(zmq.ROUTER)
@@ -106,10 +108,10 @@ def edge():
     log = folder / "edge.log"
     with open(log, "w") as out:
         process = subprocess.Popen([str(HIERFL), "edge", str(topology_file), "--plant", "plant-a"], stdout=out, stderr=subprocess.STDOUT)
-    devices = {name: Peer(context, f"ipc://{folder}/edge.ipc", name) for name in (DEV1, DEV2)}
+    peers = {name: Peer(context, f"ipc://{folder}/edge.ipc", name) for name in devices}
     try:
         assert cloud.poll(TIMEOUT_MS), f"the edge never said hello to the cloud:\n{log.read_text()}"
-        yield {"process": process, "cloud": cloud, "devices": devices, "topology": topology, "context": context, "log": log,
+        yield {"process": process, "cloud": cloud, "devices": peers, "topology": topology, "context": context, "log": log,
                "net": node_model(topology), "address": f"ipc://{folder}/edge.ipc"}
     finally:
         process.terminate()
@@ -117,11 +119,17 @@ def edge():
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-        for device in devices.values():
+        for device in peers.values():
             device.socket.close()
         cloud.close()
         context.term()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def edge():
+    with running_edge(TOPOLOGY) as running:
+        yield running
 
 
 def cloud_recv(cloud: zmq.Socket, kind: str) -> tuple[dict, list[bytes]]:

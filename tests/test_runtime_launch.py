@@ -1,7 +1,8 @@
 """The runtime end to end: every node a real OS process on loopback (ipc://).
 
 `hierfl launch` must train the same global model as `hierfl simulate` (all devices
-answering), with and without update compression; and training must survive kill -9 of
+answering), with and without update compression, under local DP and under secure
+aggregation (where the edges apply the unmasked sum); and training must survive kill -9 of
 devices, of an edge and of the cloud, each restarted (`--resume`) and rejoining.
 """
 
@@ -136,15 +137,24 @@ clip_norm = 0.5
 noise_multiplier = 0.5
 """
 
-PRIVATE = (LOCAL_DP, EDGE_DP, CLOUD_DP)
+SECURE_EDGE_DP = """
+[privacy]
+secure_aggregation = true
+dp = "edge"
+clip_norm = 0.5
+noise_multiplier = 0.3
+sample_rate = 0.8
+"""
+
+PRIVATE = (LOCAL_DP, EDGE_DP, CLOUD_DP, SECURE_EDGE_DP)
 
 SCAFFOLD = "\n# scaffold\n"  # a marker: the test switches the algorithm
 
 
 @pytest.mark.parametrize(
-    "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP, SCAFFOLD],
+    "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP, SCAFFOLD, SECURE_EDGE_DP],
     ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam-gaussian-attack", "local-dp-sampled", "edge-dp-adaptive-clip",
-         "cloud-dp", "scaffold"],
+         "cloud-dp", "scaffold", "secure-aggregation-edge-dp-sampled"],
 )
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
@@ -174,6 +184,7 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     reference = simulate(topology)
     launched = load_params(out / "model.npz")
     differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), reference.params, launched))
+    print(f"max |launch - simulate| = {max(differences):.3g}")
     assert max(differences) <= 1e-5
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
     if codecs in PRIVATE:
@@ -184,11 +195,11 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
 
 
 def test_simulator_only_features_are_refused_before_any_process_starts(folder):
-    topology = write_topology(folder, name="secagg", extra="")
-    topology.write_text(topology.read_text() + "\n[privacy]\nsecure_aggregation = true\n")
+    topology = write_topology(folder, name="he", extra="")
+    topology.write_text(topology.read_text() + "\n[privacy]\nhomomorphic = true\n")
     result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(folder / "run")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "secure_aggregation" in result.stderr
+    assert "homomorphic" in result.stderr
     assert not (folder / "run").exists()
 
 

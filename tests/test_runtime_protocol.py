@@ -147,3 +147,51 @@ def test_membership_forgets_silent_peers_and_readmits_them():
     assert members.alive() == {"a"}
     assert members.seen("b")  # back after silence: a re-admission
     assert members.alive() == {"a", "b"}
+
+
+DEV1 = "plant-a/line-1/dev-001"
+
+
+@pytest.mark.parametrize(
+    "kind, fields, valid",
+    [
+        (protocol.SECAGG_KEYS, {"c_pk": bytes(32), "s_pk": bytes(32)}, True),
+        (protocol.SECAGG_KEYS, {"c_pk": "text", "s_pk": bytes(32)}, False),
+        (protocol.SECAGG_KEYS, {"s_pk": bytes(32)}, False),
+        (protocol.SECAGG_ROSTER, {"threshold": 2, "keys": {DEV1: [bytes(32), bytes(32)]}}, True),
+        (protocol.SECAGG_ROSTER, {"threshold": 2, "keys": {DEV1: [bytes(32)]}}, False),
+        (protocol.SECAGG_ROSTER, {"threshold": True, "keys": {}}, False),
+        (protocol.SECAGG_SHARES, {"b_hash": bytes(32), "shares": {DEV1: b"sealed"}}, True),
+        (protocol.SECAGG_SHARES, {"b_hash": bytes(32), "shares": [b"sealed"]}, False),
+        (protocol.SECAGG_INBOX, {"shares": {DEV1: 7}}, False),
+        (protocol.SECAGG_UNMASK, {"survivors": [DEV1], "dropped": []}, True),
+        (protocol.SECAGG_UNMASK, {"survivors": DEV1, "dropped": []}, False),
+        (protocol.SECAGG_REVEAL, {"mask_key_shares": {}, "self_mask_shares": {DEV1: bytes(66)}}, True),
+        (protocol.SECAGG_REVEAL, {"mask_key_shares": {}, "self_mask_shares": {1: bytes(66)}}, False),
+    ],
+)
+def test_secagg_fields_are_type_checked(kind, fields, valid):
+    frames = protocol.encode(kind, DEV1, round=1, **fields)
+    if valid:
+        assert parse(frames).header | fields == parse(frames).header
+    else:
+        assert rejected(frames) == protocol.MALFORMED
+
+
+def test_a_masked_input_is_one_raw_uint32_frame_of_its_layout():
+    layouts = {protocol.SECAGG_MASKED: (protocol.MASKED_CODEC, protocol.masked_layout(SPEC.size + 2))}
+    words = np.arange(SPEC.size + 2, dtype=np.uint32) * np.uint32(2**27)
+
+    def masked(arrays, codec=protocol.MASKED_CODEC):
+        frames = protocol.encode(protocol.SECAGG_MASKED, DEV1, round=1, spec=SPEC, codec=codec, arrays=arrays)
+        return protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=layouts, max_bytes=1 << 20)
+
+    np.testing.assert_array_equal(masked([words]).arrays[0], words)
+    for arrays, codec, reason in [
+        ([words[:-1]], protocol.MASKED_CODEC, protocol.MALFORMED),
+        ([np.concatenate([words, words[:1]])], protocol.MASKED_CODEC, protocol.OVERSIZED),
+        ([words], "none", protocol.WRONG_SPEC),
+    ]:
+        with pytest.raises(protocol.MessageRejected) as info:
+            masked(arrays, codec)
+        assert info.value.reason == reason

@@ -279,6 +279,8 @@ def test_secure_aggregation_fields_load_and_give_the_threshold():
         ("secure_aggregation = true\nsecagg_threshold = 0.5", "", ([4], [3]), "privacy.secagg_threshold: must be in (0.5, 1]"),
         ("secure_aggregation = 1", "", ([4], [3]), "privacy.secure_aggregation: expected true or false, got int 1"),
         ("secure_aggregation = true", '[compression.device_to_edge]\ncodec = "int8"', ([4], [3]), "compression.device_to_edge.codec: 'int8' cannot be combined"),
+        ('secure_aggregation = true\ndp = "edge"\nclip_quantile = 0.5\nquantile_noise = 1.0', "", ([4], [3]),
+         "privacy.clip_quantile: adaptive clipping cannot be combined with privacy.secure_aggregation"),
     ],
 )
 def test_meaningless_secure_aggregation_settings_are_rejected(privacy, extra, plants, expected):

@@ -850,6 +850,11 @@ def _crypto_problems(topology: Topology) -> list[str]:
                     f"{privacy.secagg_threshold:g} * {plant.num_devices}) = {t}; secure aggregation needs t >= 2 "
                     "(with one device the sum is the update)"
                 )
+        if privacy.clip_quantile is not None:
+            problems.append(
+                "privacy.clip_quantile: adaptive clipping cannot be combined with privacy.secure_aggregation (it counts "
+                "which devices' updates were clipped, and the edge sees no single device's update)"
+            )
         codec = topology.compression.device_to_edge.codec
         if codec != "none":
             problems.append(

@@ -23,7 +23,7 @@ topology's `plant/line/device` ids; a fresh session (fresh keys) is used every r
 |---|---|---|
 | 0 advertise keys | `DeviceSession.advertise()`: `{"kind": "secagg_keys", "round", "device", "c_pk", "s_pk"}` | `EdgeSession.collect_keys(msgs)`: `{"kind": "secagg_roster", "round", "threshold", "keys": {id: [c_pk, s_pk]}}` to every device listed |
 | 1 share keys | `share_keys(roster)`: `{"kind": "secagg_shares", "round", "device", "b_hash", "shares": {v: ciphertext}}` | `route_shares(msgs)`: per device `v`, `{"kind": "secagg_inbox", "round", "shares": {u: ciphertext for v}}` |
-| 2 masked input | `masked_input(inbox, words)`: `{"kind": "secagg_masked", "round", "device", "masked": P uint32 LE bytes}` | `collect_masked(msgs)`: `{"kind": "secagg_unmask", "round", "survivors": [ids], "dropped": [ids]}` to each survivor |
+| 2 masked input | `masked_input(inbox, words)`: `{"kind": "secagg_masked", "round", "device", "masked": P uint32 LE bytes}` (the edge also takes a uint32 `[P]` array, e.g. a view of a received frame) | `collect_masked(msgs)`: `{"kind": "secagg_unmask", "round", "survivors": [ids], "dropped": [ids]}` to each survivor |
 | 3 unmasking | `unmask(request)`: `{"kind": "secagg_reveal", "round", "device", "mask_key_shares": {u: bytes}, "self_mask_shares": {u: bytes}}` | `finish(msgs)` -> the sum of the survivors' words, uint32 `[P]` |
 
 Each edge step needs at least `t` usable messages, else `ThresholdError` says where, how
@@ -264,10 +264,12 @@ class EdgeSession:
         """Step 2: the masked inputs; returns the unmasking request for every survivor."""
         for message, device in self._accepted(messages, "secagg_masked", self._sharers):
             masked = message.get("masked")
-            if not isinstance(masked, bytes) or len(masked) != 4 * self.words:
+            if isinstance(masked, bytes):
+                masked = np.frombuffer(masked, dtype=WORD)
+            if not isinstance(masked, np.ndarray) or masked.dtype != WORD or masked.shape != (self.words,):
                 self._reject(device, f"masked input must be {4 * self.words} bytes ({self.words} uint32 words)")
                 continue
-            self._masked[device] = np.frombuffer(masked, dtype=WORD)
+            self._masked[device] = masked
         self.survivors = sorted(self._masked)
         self.dropped = sorted(set(self._sharers) - set(self._masked))
         self._require("masked input", len(self.survivors), f"devices sent masked inputs, {len(self.dropped)} dropped")

@@ -15,6 +15,13 @@ With SCAFFOLD the device also owns its control variate `c_i`: it trains with the
 means. An update the
 edge drops (late) has still moved `c_i`: the edge's and cloud's variates then lag that
 device's until SCAFFOLD's next rounds pull them together.
+
+Under `[privacy] secure_aggregation` the device sends no `update`: it encodes its result
+as fixed-point words and runs the four secure-aggregation steps with its edge
+(`hierfl.runtime.secure.DeviceRound`, a fresh session per edge round), answering the
+edge's roster, inbox and unmasking request as they come. A request it cannot answer
+safely (a forged share, an inconsistent unmasking request) is logged and the device
+sits that round out.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ import numpy as np
 import zmq
 
 from hierfl.algorithms import DeviceData
-from hierfl.errors import RunDirError
 from hierfl.attack import attacker_mask
+from hierfl.errors import RunDirError, SecAggError
 from hierfl.plan import make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import CurveKeys, connect_dealer, node_logger, node_name, node_model
 from hierfl.runtime.rounds import make_device_step
+from hierfl.runtime.secure import DeviceRound, encode_message, plant_secure_aggregation
 from hierfl.runtime.security import check_keys
 from hierfl.topology import Topology
 
@@ -63,6 +71,8 @@ class DeviceNode:
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
         self.state_path = Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir is not None else None
         self.variate = self._restore_variate(resume) if self.net.variates else None
+        self.secure = plant_secure_aggregation(topology, self.plant, shards.counts, self.net.spec) if topology.privacy.secure_aggregation else None
+        self.secure_round: DeviceRound | None = None
         self.context = zmq.Context()
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
         self.socket = connect_dealer(self.context, self.plant.address, device_id, max_bytes=self.runtime.max_message_bytes,
@@ -120,6 +130,8 @@ class DeviceNode:
                 return
             if message.kind == protocol.MODEL:
                 latest = message
+            elif message.kind in protocol.SECAGG_FROM_EDGE:
+                self._answer_secagg(message)
         if latest is not None:
             self._train(latest)
 
@@ -139,11 +151,14 @@ class DeviceNode:
         self.model_version = int(message.header["model_version"])
         if not bool(out.ok):
             self.log.warning("round %d.%d: local training diverged (non-finite); sending weight 0", message.round, message.edge_round)
-        self._send(
-            protocol.UPDATE, round=message.round, edge_round=message.edge_round,
-            spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[*(np.asarray(a) for a in out.payload), *variate],
-            weight=float(out.weight), loss=float(out.loss), **({"unclipped": bool(out.unclipped)} if self.dp else {}),
-        )
+        if self.secure is not None:
+            self._start_secagg(message, np.asarray(out.payload[0]), float(out.weight), float(out.loss))
+        else:
+            self._send(
+                protocol.UPDATE, round=message.round, edge_round=message.edge_round,
+                spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[*(np.asarray(a) for a in out.payload), *variate],
+                weight=float(out.weight), loss=float(out.loss), **({"unclipped": bool(out.unclipped)} if self.dp else {}),
+            )
         self.log.info("round %d.%d: trained in %.3f s, loss %.4f", message.round, message.edge_round,
                       time.perf_counter() - started, float(out.loss))
 
@@ -170,6 +185,43 @@ class DeviceNode:
     def _clip_norm(self, header: dict) -> np.float32:
         """The DP clip norm the edge's model message carries (adaptive clipping moves it), else the file's."""
         return np.float32(protocol.header_number(header, "clip_norm", self.topology.privacy.clip_norm))
+
+    def _start_secagg(self, message: protocol.Message, delta: np.ndarray, weight: float, loss: float) -> None:
+        """Encodes the result as fixed-point words and advertises this round's keys (no plain update leaves)."""
+        encoding = self.secure.encoding
+        clipped = encoding.delta.clipped(encoding.scaled(delta, weight))
+        if clipped:
+            self.log.warning("round %d.%d: %d coordinates of the update clipped to secagg_clip = %g",
+                             message.round, message.edge_round, clipped, encoding.delta.clip)
+        if weight > encoding.normalizer:
+            self.log.warning("round %d.%d: weight %g above the plant's normalizer %g; clipped", message.round, message.edge_round,
+                             weight, encoding.normalizer)
+        words = encoding.encode(delta, weight, loss)
+        self.secure_round = DeviceRound(self.device.id, message.round, message.edge_round, self.secure.threshold, words)
+        self._send_secagg(self.secure_round.advertise(), message)
+
+    def _answer_secagg(self, message: protocol.Message) -> None:
+        """Answers the edge's roster, inbox or unmasking request of the session in progress."""
+        session = self.secure_round
+        if session is None or not session.matches(message):
+            self.log.warning("round %d.%d: %s outside this device's secure-aggregation session; ignored",
+                             message.round, message.edge_round, message.kind)
+            return
+        try:
+            reply = session.answer(message)
+        except SecAggError as error:
+            self.log.warning("round %d.%d: secure aggregation: %s; sitting this round out", message.round, message.edge_round, error)
+            self.secure_round = None
+            return
+        self._send_secagg(reply, message)
+
+    def _send_secagg(self, reply: dict, message: protocol.Message) -> None:
+        frames = encode_message(reply, self.device.id, round=message.round, edge_round=message.edge_round,
+                                model_version=self.model_version, spec=self.net.spec)
+        try:
+            self.socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warning("edge not reachable; %s not sent", reply["kind"])
 
     def _send(self, kind: str, **fields) -> None:
         frames = protocol.encode(kind, self.device.id, model_version=self.model_version, **fields)

@@ -34,6 +34,12 @@ sum by the expected number of devices; a trusted edge also noises the sum and, w
 adaptive clipping, its count of unclipped updates, which goes up in the summary
 (`rounds.make_edge_step`).
 
+With `[privacy] secure_aggregation`, an edge round runs the four steps of secure
+aggregation as phases (keys, shares, masked, unmasking; `hierfl.runtime.secure`): the
+edge never sees one device's update, only the weighted sum of the survivors', which it
+applies as a mean-rule round. Too few devices in any phase fail the round safely (model
+unchanged, a warning naming the phase; the round counts 0 devices answered).
+
 Devices join at any time (any valid message admits them; they get the model at the
 next edge round) and count as gone after `heartbeat_timeout` seconds of silence, so a
 crashed device stops holding up rounds. The edge checkpoints its uplink residual and
@@ -52,9 +58,12 @@ import numpy as np
 import zmq
 
 from hierfl.privacy.config import DpConfig
+from hierfl.errors import SecAggError
+from hierfl.plan import make_plan
 from hierfl.runtime import protocol
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, drain_router, send_router, start_waiting_over
-from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_upload
+from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_sum_step, make_edge_upload
+from hierfl.runtime.secure import EdgeRound, plant_secure_aggregation
 from hierfl.runtime.security import check_keys, start_authenticator
 from hierfl.topology import Topology
 
@@ -83,6 +92,14 @@ class EdgeNode:
         self.decode = make_decode(net.codecs.device_to_edge)
         self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
         self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}
+        self.secure = None
+        if topology.privacy.secure_aggregation:  # the normalizer needs the plan's example counts
+            self.secure = plant_secure_aggregation(topology, self.plant, make_plan(topology).shards.counts, net.spec)
+            self.device_layouts = {protocol.SECAGG_MASKED: (protocol.MASKED_CODEC, protocol.masked_layout(self.secure.encoding.words))}
+        self.secure_round: EdgeRound | None = None
+        self.sum_step = make_edge_sum_step(self.dp, seed, len(self.devices))
+        self.secagg_failed = 0
+        self.device_bytes = [0, 0]  # received from / sent to devices since the edge round opened
         self.cloud_layouts = {protocol.MODEL: ("none", net.model_layout)}
         self.deltas = aligned_zeros((len(self.devices), net.spec.size))
         self.weights = np.zeros(len(self.devices), np.float32)
@@ -125,6 +142,8 @@ class EdgeNode:
         flat = jnp.zeros(self.net.spec.size, jnp.float32)
         self.edge_step(flat, self.deltas, self.weights, self.unclipped, jnp.int32(0), jnp.int32(0), jnp.int32(self.index), self.clip_norm)
         self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
+        if self.secure is not None:
+            self.sum_step(flat, flat, jnp.float32(1), jnp.int32(0), jnp.int32(0), jnp.int32(self.index), self.clip_norm)
         codec = self.net.codecs.device_to_edge
         if codec.name != "none":
             self.decode(self.net.payload(tuple(np.zeros(shape, dtype) for dtype, shape in self.net.device_layout.frames)))
@@ -184,6 +203,7 @@ class EdgeNode:
         drain_router(self.devices_socket, self._receive_device, self._refuse_device)
 
     def _receive_device(self, peer: bytes, frames: list) -> None:
+        self.device_bytes[0] += sum(len(protocol.frame_bytes(f)) for f in frames)
         message = protocol.parse_message(
             frames, senders=self.devices, spec=self.net.spec, layouts=self.device_layouts,
             max_bytes=self.runtime.max_message_bytes, routing_id=peer,
@@ -204,6 +224,15 @@ class EdgeNode:
             return
         if message.kind == protocol.STATUS:
             send_router(self.devices_socket, message.sender, protocol.encode(protocol.STATUS, self.plant.name, round=self.round, **self.status()))
+            return
+        if message.kind in protocol.SECAGG_FROM_DEVICE:
+            if self.secure is None:
+                raise protocol.MessageRejected(protocol.UNEXPECTED, f"{message.kind}: this plant runs no secure aggregation")
+            problem = update_problem((message.round, message.edge_round), (self.round, self.edge_round), self.phase == COLLECTING, message.kind)
+            if problem is not None:
+                raise protocol.MessageRejected(*problem)
+            self.secure_round.receive(message)
+            self.answered.add(message.sender)
             return
         if message.kind != protocol.UPDATE:
             raise protocol.MessageRejected(protocol.UNEXPECTED, f"devices do not send {message.kind} messages")
@@ -226,8 +255,12 @@ class EdgeNode:
 
     def status(self) -> dict:
         """What a `status` request answers: phase, round, live devices, rejected counts."""
-        return {"phase": self.phase, "edge_round_open": self.edge_round, "alive": sorted(self.members.alive()),
-                "rejected": self.counters.snapshot(), "late": self.late, "finished_round": self.finished_round}
+        status = {"phase": self.phase, "edge_round_open": self.edge_round, "alive": sorted(self.members.alive()),
+                  "rejected": self.counters.snapshot(), "late": self.late, "finished_round": self.finished_round}
+        if self.secure is not None:
+            status["secagg_phase"] = self.secure_round.phase if self.secure_round is not None and self.phase == COLLECTING else None
+            status["secagg_failed"] = self.secagg_failed
+        return status
 
     # -- messages from the cloud ------------------------------------------------------------------
 
@@ -287,12 +320,14 @@ class EdgeNode:
         self.weights[:] = 0
         self.unclipped[:] = 0
         self.deadline = time.monotonic() + self.runtime.device_deadline
+        self.device_bytes = [0, 0]
+        if self.secure is not None:
+            self.secure_round = EdgeRound(self.plant.name, self.round, self.edge_round, self.model_version, self.secure, self.expected)
         frames = protocol.encode(
             protocol.MODEL, self.plant.name, round=self.round, edge_round=self.edge_round, model_version=self.model_version,
             spec=self.net.spec, codec="none", arrays=[self.edge_flat, *self._cloud_variate()], clip_norm=float(self.clip_norm),
         )
-        for device in sorted(self.expected):
-            send_router(self.devices_socket, device, frames)
+        self._send_devices({device: frames for device in sorted(self.expected)})
 
     def _open_offline_round(self) -> None:
         """An edge round while the cloud is silent: numbered as the next cloud round, from the edge's own model."""
@@ -303,6 +338,8 @@ class EdgeNode:
         self._open_edge_round()
 
     def _close_edge_round(self) -> None:
+        if self.secure_round is not None and not self._close_secure_phase():
+            return
         answered, total = len(self.answered), len(self.devices)
         required = math.ceil(self.runtime.min_device_participation * total)
         if self.net.variates:  # devices that answered have moved their variates, whatever happens to the model
@@ -312,10 +349,16 @@ class EdgeNode:
             else:
                 self.variate_sum = self.variate_sum + round_sum
         if answered >= required and answered > 0:
-            outcome = self.edge_step(self.edge_flat, self.deltas, self.weights, self.unclipped, jnp.int32(self.round),
-                                     jnp.int32(self.edge_round), jnp.int32(self.index), self.clip_norm)
+            if self.secure_round is not None:
+                delta_sum, weight, loss = self.secure.encoding.decode(self.secure_round.total)
+                outcome = self.sum_step(self.edge_flat, delta_sum, np.float32(weight), jnp.int32(self.round),
+                                        jnp.int32(self.edge_round), jnp.int32(self.index), self.clip_norm)
+            else:
+                outcome = self.edge_step(self.edge_flat, self.deltas, self.weights, self.unclipped, jnp.int32(self.round),
+                                         jnp.int32(self.edge_round), jnp.int32(self.index), self.clip_norm)
+                loss = float((self.losses * self.weights).sum())
             self.edge_flat = np.asarray(outcome.edge_flat)
-            weight, loss = float(outcome.weight), float((self.losses * self.weights).sum())
+            weight = float(outcome.weight)
             self.unclipped_sum += float(outcome.unclipped)
             if self.offline:
                 self.pending_weight += weight
@@ -327,8 +370,9 @@ class EdgeNode:
             self.log.warning("edge round %d.%d: %d of %d devices answered (need %d); model unchanged",
                              self.round, self.edge_round, answered, total, required)
         missing = sorted(self.expected - self.answered)
-        self.log.info("edge round %d.%d closed: %d/%d answered%s", self.round, self.edge_round, answered, total,
-                      f", missing {', '.join(missing)}" if missing else "")
+        self.log.info("edge round %d.%d closed: %d/%d answered%s; %d bytes from devices, %d to them", self.round, self.edge_round,
+                      answered, total, f", missing {', '.join(missing)}" if missing else "", *self.device_bytes)
+        self.secure_round = None
         self.edge_round += 1
         if self.offline:
             self.offline_rounds += 1
@@ -339,6 +383,35 @@ class EdgeNode:
             self._open_edge_round()
         else:
             self._send_summary()
+
+    def _close_secure_phase(self) -> bool:
+        """Ends the secure-aggregation phase in progress; True when the edge round is over.
+
+        Opens the next phase (its requests out, a fresh deadline) and returns False; after
+        the last phase leaves `answered` = the devices in the sum, after a failed phase none.
+        """
+        round_ = self.secure_round
+        try:
+            frames = round_.close()
+        except SecAggError as error:
+            self.secagg_failed += 1
+            self.log.warning("edge round %d.%d: %s; model unchanged", self.round, self.edge_round, error)
+            frames = None
+        for rejection in round_.rejections():
+            self.counters.reject(self.log, "secure aggregation", protocol.MessageRejected(protocol.MALFORMED, rejection))
+        if frames is None or round_.total is not None:
+            self.expected, self.answered = set(round_.invited), set(round_.survivors)
+            return True
+        self._send_devices(frames)
+        self.expected, self.answered = set(frames), set()
+        self.deadline = time.monotonic() + self.secure.phase_deadline
+        return False
+
+    def _send_devices(self, frames: dict[str, list]) -> None:
+        """Sends each device its frames, counting the bytes."""
+        for device, message in frames.items():
+            self.device_bytes[1] += sum(len(protocol.frame_bytes(f)) for f in message)
+            send_router(self.devices_socket, device, message)
 
     def _send_summary(self) -> None:
         payload, residual = self.upload(self.edge_flat, self.global_flat, jnp.float32(self.total_weight), self.residual,
@@ -419,13 +492,14 @@ class EdgeNode:
         self.log.info("resumed after cloud round %d", self.finished_round)
 
 
-def update_problem(update: tuple[int, int], current: tuple[int, int], open_: bool) -> tuple[str, str] | None:
-    """Why an update for `(round, edge_round)` is not welcome now, or None: `(reason code, message)`.
+def update_problem(update: tuple[int, int], current: tuple[int, int], open_: bool, kind: str = protocol.UPDATE) -> tuple[str, str] | None:
+    """Why an update (or another device message of `kind`) for `(round, edge_round)` is not welcome now, or None.
 
-    `current` is the edge's (cloud round, edge round); `open_` whether it collects updates.
+    Returns `(reason code, message)`. `current` is the edge's (cloud round, edge round);
+    `open_` whether it collects updates.
     """
     if update < current or (update == current and not open_):
-        return protocol.STALE_ROUND, f"update for round {update[0]}.{update[1]}, which is closed (now {current[0]}.{current[1]})"
+        return protocol.STALE_ROUND, f"{kind} for round {update[0]}.{update[1]}, which is closed (now {current[0]}.{current[1]})"
     if update > current:
-        return protocol.FUTURE_ROUND, f"update for round {update[0]}.{update[1]}, not started (now {current[0]}.{current[1]})"
+        return protocol.FUTURE_ROUND, f"{kind} for round {update[0]}.{update[1]}, not started (now {current[0]}.{current[1]})"
     return None

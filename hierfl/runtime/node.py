@@ -115,12 +115,10 @@ def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
     Every algorithm (SCAFFOLD included), tier rule, server optimizer, per-line local
-    steps, codec, differential privacy at any tier and simulated attacks work; secure
-    aggregation and CKKS summaries are not in the runtime yet.
+    steps, codec, differential privacy at any tier, simulated attacks and secure
+    aggregation work; CKKS summaries are not in the runtime yet.
     """
     problems = []
-    if getattr(topology.privacy, "secure_aggregation", False):
-        problems.append("privacy.secure_aggregation: not wired into the runtime yet; its links would carry plain updates")
     if getattr(topology.privacy, "homomorphic", False):
         problems.append("privacy.homomorphic: not wired into the runtime yet; its links would carry plain summaries")
     return problems

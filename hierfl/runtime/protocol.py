@@ -21,6 +21,14 @@ round statistics (`answered`, `expected`, `rejected`, `late`). Under differentia
 a `model` carries the `clip_norm` in force, an `update` whether it was `unclipped`, and
 a summary its edge's (noised) count of `unclipped` updates, for adaptive clipping.
 
+Under secure aggregation (`[privacy] secure_aggregation`) a device sends no `update`:
+it runs the four steps of `hierfl.privacy.secagg` with its edge, one kind per message
+(`secagg_keys`, `secagg_roster`, `secagg_shares`, `secagg_inbox`, `secagg_masked`,
+`secagg_unmask`, `secagg_reveal`; `SECAGG_FIELDS` lists the header fields each adds).
+The masked input travels as one raw uint32 frame (`masked_layout`), with the model's
+spec and the codec name `fixed-point`, not inside msgpack. `hierfl.runtime.secure`
+turns these messages into the secagg dicts and back.
+
 `parse_message` checks everything a message says about itself before any array is
 viewed: header size and type, protocol version, kind, field types, a known sender (the
 routing id, when there is one, must be the sender), the array spec, the codec, every
@@ -52,8 +60,16 @@ MAX_HEADER_BYTES = 1 << 20
 HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS = (
     "hello", "heartbeat", "model", "update", "summary", "stop", "rejected", "status",
 )
-KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS)
-ARRAY_KINDS = (MODEL, UPDATE, SUMMARY)
+SECAGG_KEYS, SECAGG_ROSTER, SECAGG_SHARES, SECAGG_INBOX, SECAGG_MASKED, SECAGG_UNMASK, SECAGG_REVEAL = (
+    "secagg_keys", "secagg_roster", "secagg_shares", "secagg_inbox", "secagg_masked", "secagg_unmask", "secagg_reveal",
+)
+SECAGG_FROM_DEVICE = (SECAGG_KEYS, SECAGG_SHARES, SECAGG_MASKED, SECAGG_REVEAL)
+"""The secure-aggregation steps in order, as a device sends them (the edge answers each but the last)."""
+SECAGG_FROM_EDGE = (SECAGG_ROSTER, SECAGG_INBOX, SECAGG_UNMASK)
+KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS, *SECAGG_FROM_DEVICE, *SECAGG_FROM_EDGE)
+ARRAY_KINDS = (MODEL, UPDATE, SUMMARY, SECAGG_MASKED)
+MASKED_CODEC = "fixed-point"
+"""The codec name a `secagg_masked` message carries: its frame is uint32 words, fixed point mod 2^32."""
 
 # Reason codes: the keys of the `rejected` counters in logs and metrics.
 MALFORMED = "malformed"          # not a msgpack map of the protocol, wrong field types, wrong frame count
@@ -74,6 +90,45 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "edge_round": (int,),
     "model_version": (int,),
 }
+
+
+def _is_bytes(value: Any) -> bool:
+    return isinstance(value, bytes)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_bytes_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, bytes) for k, v in value.items())
+
+
+def _is_key_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(isinstance(b, bytes) for b in v) for k, v in value.items()
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_BYTES = ("bytes", _is_bytes)
+_BYTES_MAP = ("a map of device id -> bytes", _is_bytes_map)
+SECAGG_FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
+    SECAGG_KEYS: {"c_pk": _BYTES, "s_pk": _BYTES},
+    SECAGG_ROSTER: {"threshold": ("an int >= 0", _is_count), "keys": ("a map of device id -> [c_pk, s_pk] bytes", _is_key_map)},
+    SECAGG_SHARES: {"b_hash": _BYTES, "shares": _BYTES_MAP},
+    SECAGG_INBOX: {"shares": _BYTES_MAP},
+    SECAGG_MASKED: {},
+    SECAGG_UNMASK: {"survivors": ("a list of device ids", _is_str_list), "dropped": ("a list of device ids", _is_str_list)},
+    SECAGG_REVEAL: {"mask_key_shares": _BYTES_MAP, "self_mask_shares": _BYTES_MAP},
+}
+"""The header fields of each secure-aggregation kind (beyond the common ones): `(what it must be, check)`.
+
+Exact lengths and which device ids may appear depend on the round's roster; the
+receiving node checks those (`hierfl.runtime.secure`)."""
 
 
 class MessageRejected(ProtocolError):
@@ -112,6 +167,11 @@ def codec_layout(codec: Codec) -> Layout:
 def model_layout(spec: FlatSpec) -> Layout:
     """The frames of a model message: the float32 flat buffer `[P]`."""
     return Layout((("float32", (spec.size,)),))
+
+
+def masked_layout(words: int) -> Layout:
+    """The frame of a `secagg_masked` message: `words` uint32 (the update's P values and its weight and loss)."""
+    return Layout((("uint32", (words,)),))
 
 
 class Message(NamedTuple):
@@ -196,6 +256,8 @@ def parse_message(
         raise MessageRejected(UNKNOWN_SENDER, f"header says sender {_short(sender)} but the connection is {_short(routing_id)}")
     if sender not in senders:
         raise MessageRejected(UNKNOWN_SENDER, f"unknown sender {_short(sender)}")
+    if kind in SECAGG_FIELDS:
+        _check_fields(kind, header)
     if kind not in ARRAY_KINDS:
         if len(frames) != 1:
             raise MessageRejected(MALFORMED, f"a {kind} message has 1 frame, got {len(frames)}")
@@ -263,6 +325,12 @@ def header_number(header: dict[str, Any], name: str, default: float) -> float:
 def header_flag(header: dict[str, Any], name: str) -> bool:
     """An optional flag of a checked header, False when absent."""
     return header.get(name) is True
+
+
+def _check_fields(kind: str, header: dict[str, Any]) -> None:
+    for name, (what, valid) in SECAGG_FIELDS[kind].items():
+        if not valid(header.get(name)):
+            raise MessageRejected(MALFORMED, f"{kind}: header field {name!r} must be {what}, got {_short(header.get(name))}")
 
 
 def _check_values(arrays: list[np.ndarray], size: int) -> None:

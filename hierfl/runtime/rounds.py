@@ -136,7 +136,7 @@ def make_decode(codec: Codec) -> Callable[[tuple[jax.Array, ...]], jax.Array]:
     return jax.jit(lambda payload: codec.decode(tuple(payload)))
 
 
-class EdgeRound(NamedTuple):
+class EdgeOutcome(NamedTuple):
     """An edge round's outcome: the edge's new model, the weight it counts, and (adaptive clipping) its noised count."""
 
     edge_flat: jax.Array
@@ -144,32 +144,58 @@ class EdgeRound(NamedTuple):
     unclipped: jax.Array
 
 
-def make_edge_step(rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0) -> Callable[..., EdgeRound]:
+def central_release(dp_config: DpConfig | None, seed: int, summary: Summary, count: jax.Array, devices: int,
+                    cloud_round, edge_round, edge_index, clip_norm) -> tuple[Summary, jax.Array]:
+    """An edge round's sum as the edge releases it under central DP (unchanged otherwise).
+
+    The edge divides by the *expected* number of devices (`sample_rate * devices`), not
+    the actual, private one; a trusted edge (`dp = "edge"`) adds N(0, (z C)^2) to the sum
+    with the simulator's key (`rng.sum_noise_key`) and, with adaptive clipping, noise to
+    its `count` of unclipped updates (`rng.count_noise_key`).
+    """
+    if dp_config is None or not dp_config.central:
+        return summary, count
+    if dp_config.place == "edge":
+        key = dp_config.key(rng.sum_noise_key(seed, cloud_round, edge_round, edge_index))
+        summary = summary._replace(delta_sum=dp.privatize_sum(summary.delta_sum, key, dp_config.noise_multiplier * clip_norm))
+    if dp_config.adaptive:
+        key = dp_config.key(rng.count_noise_key(seed, cloud_round, edge_round, edge_index))
+        count = count + dp_config.quantile_noise * jax.random.normal(key)
+    return summary._replace(weight=jnp.float32(dp_config.sample_rate * devices)), count
+
+
+def make_edge_step(rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0) -> Callable[..., EdgeOutcome]:
     """`edge_step(edge_flat [P], deltas [K, P], weights [K], unclipped [K], cloud_round, edge_round, edge_index, clip_norm)`, jitted.
 
     One edge round's aggregation: the plant's rule (`topology.edge_rule(plant)`: the
     weighted mean, or a robust rule, with optional clipping) combines the decoded
-    updates, as the simulator's edges do. Under central DP the edge divides by the
-    *expected* number of devices (`sample_rate * K`), not the actual, private one, and a
-    trusted edge (`dp = "edge"`) adds N(0, (z C)^2) to the sum with the simulator's key
-    (`rng.sum_noise_key`); with adaptive clipping it also noises its count of unclipped
-    updates (`rng.count_noise_key`). Rows of devices that did not answer are zeros.
+    updates of its K devices, as the simulator's edges do, and `central_release` applies
+    central DP. Rows of devices that did not answer are zeros.
     """
 
     def edge_step(edge_flat, deltas, weights, unclipped, cloud_round, edge_round, edge_index, clip_norm):
         summary = aggregation.reduce(rule, deltas, weights)
         count = jnp.sum(unclipped.astype(jnp.float32))
-        if dp_config is not None and dp_config.central:
-            if dp_config.place == "edge":
-                key = dp_config.key(rng.sum_noise_key(seed, cloud_round, edge_round, edge_index))
-                summary = summary._replace(delta_sum=dp.privatize_sum(summary.delta_sum, key, dp_config.noise_multiplier * clip_norm))
-            if dp_config.adaptive:
-                key = dp_config.key(rng.count_noise_key(seed, cloud_round, edge_round, edge_index))
-                count = count + dp_config.quantile_noise * jax.random.normal(key)
-            summary = summary._replace(weight=jnp.float32(dp_config.sample_rate * deltas.shape[0]))
-        return EdgeRound(apply_summary(edge_flat, summary), summary.weight, count)
+        summary, count = central_release(dp_config, seed, summary, count, deltas.shape[0], cloud_round, edge_round, edge_index, clip_norm)
+        return EdgeOutcome(apply_summary(edge_flat, summary), summary.weight, count)
 
     return jax.jit(edge_step)
+
+
+def make_edge_sum_step(dp_config: DpConfig | None, seed: int, devices: int) -> Callable[..., EdgeOutcome]:
+    """`sum_step(edge_flat [P], delta_sum [P], weight, cloud_round, edge_round, edge_index, clip_norm)`, jitted.
+
+    A mean-rule edge round from the sum of its `devices` devices' weighted updates alone:
+    what an edge has under secure aggregation. Central DP applies as in `make_edge_step`
+    (without adaptive clipping, whose count needs each device's flag).
+    """
+
+    def sum_step(edge_flat, delta_sum, weight, cloud_round, edge_round, edge_index, clip_norm):
+        summary, count = central_release(dp_config, seed, Summary(delta_sum, weight), jnp.float32(0), devices,
+                                         cloud_round, edge_round, edge_index, clip_norm)
+        return EdgeOutcome(apply_summary(edge_flat, summary), summary.weight, count)
+
+    return jax.jit(sum_step)
 
 
 def make_edge_upload(codec: Codec, seed: int) -> Callable[..., tuple[tuple[jax.Array, ...], jax.Array]]:

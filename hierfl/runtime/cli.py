@@ -1,4 +1,4 @@
-"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device` and `hierfl keys generate`.
+"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device|devices` and `hierfl keys generate`.
 
 `add_runtime_commands` adds them to the main parser (`hierfl.cli`); every handler loads
 and checks the topology first, so a bad file exits 2 naming each problem before any
@@ -53,6 +53,14 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     device.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
     device.set_defaults(handler=run_device)
 
+    devices = commands.add_parser("devices", help="run many devices of one plant in one process (a device host)")
+    devices.add_argument("topology", help="topology file (TOML) or preset name")
+    devices.add_argument("--plant", required=True, help="the plant whose devices this process runs (all of them by default)")
+    devices.add_argument("--line", help="only the devices of this line of the plant")
+    devices.add_argument("--ids", nargs="+", metavar="ID", help="only these devices, by id plant/line/device")
+    devices.add_argument("--key", type=Path, help="the host's secret key file, for CurveZMQ (all its devices use it)")
+    devices.set_defaults(handler=run_devices)
+
     keys = commands.add_parser("keys", help="CurveZMQ key pairs for authenticated, encrypted links")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = keys_commands.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
@@ -87,7 +95,7 @@ def _stop_on_signals(node) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
-    from hierfl.runtime.launch import Launch, LaunchProgress
+    from hierfl.runtime.launch import Launch, LaunchProgress, device_groups
 
     topology = _load(args.topology)
     source = str(Path(args.topology).absolute()) if Path(args.topology).exists() else args.topology
@@ -97,7 +105,7 @@ def run_launch(args: argparse.Namespace) -> int:
     console = Console()
     console.print(
         f"[bold]{topology.federation.name}[/]: launching 1 cloud, {len(topology.plants)} edges, "
-        f"{topology.num_devices} devices -> {out} (logs in {out / 'logs'})"
+        f"{topology.num_devices} devices in {len(device_groups(topology))} processes -> {out} (logs in {out / 'logs'})"
     )
     launch = Launch(topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish)
     launch.start()
@@ -183,6 +191,17 @@ def run_device(args: argparse.Namespace) -> int:
     except KeyError as err:
         raise HierflError(err.args[0]) from None
     node = DeviceNode(topology, args.device_id, keys=_keys(args.key))
+    _stop_on_signals(node)
+    node.run()
+    return 0
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from hierfl.runtime.host import DeviceHost, hosted_devices
+
+    topology = _node_setup(args.topology)
+    devices = hosted_devices(topology, args.plant, args.line, args.ids or ())
+    node = DeviceHost(topology, devices, keys=_keys(args.key))
     _stop_on_signals(node)
     node.run()
     return 0

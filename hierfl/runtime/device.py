@@ -51,6 +51,7 @@ class DeviceSetup:
 
 
 def device_setup(topology: Topology) -> DeviceSetup:
+    """Builds the plan, the model and the training step (traced on its first call, compiled once)."""
     shards = make_plan(topology).shards
     net = node_model(topology, shards.counts)
     local_dp = topology.privacy if topology.privacy.dp == "device" else None

@@ -585,7 +585,8 @@ class Runtime:
     integer N (up to N devices of one plant share a device host; 1 = a process per
     device), "line" or "plant" (a host per line or per plant), or "auto" (a process per
     device for small federations, a host per plant above that; see
-    `hierfl.runtime.launch.device_groups`). It changes memory and start-up, never results.
+    `hierfl.runtime.launch.device_groups`). It changes memory, start-up and how fast a
+    plant's devices train, not what they compute.
     """
 
     device_deadline: float = 30.0

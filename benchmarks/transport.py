@@ -1,7 +1,7 @@
 """Runtime transport: an edge's ingest against raw pyzmq, and `hierfl launch` against `simulate`.
 
     python benchmarks/transport.py                         # 4 senders, 2 plants x 50 devices for the round timing
-    python benchmarks/transport.py --devices-per-plant 8   # what fits a small machine (each device is a process)
+    python benchmarks/transport.py --devices-per-plant 8   # a smaller federation
     python benchmarks/transport.py --json out.json
 
 Two tables, each with its baseline measured in the same run:
@@ -15,10 +15,13 @@ Two tables, each with its baseline measured in the same run:
    Senders block at a high-water mark of 4 messages, so both sides are paced by the
    receiver. Timing starts once every sender has started, imported and connected;
    GB/s counts the payload bytes received.
-2. Seconds per cloud round of `hierfl launch` (every node an OS process, loopback ipc)
-   and of `hierfl simulate` on the same topology: digits, mlp, 2 plants x
-   `--devices-per-plant`, one edge round of 5 local steps. The median over rounds 2..R
-   (the first round includes compiling); the launch's process start-up is reported apart.
+2. The runtime's overhead per round: seconds per cloud round of `hierfl launch` (every
+   node an OS process, loopback ipc) against `hierfl simulate` (the baseline) on the same
+   topology: digits, mlp (a tiny model), 2 plants x `--devices-per-plant`, one edge round
+   of 5 local steps. The median over rounds 2..R (the first round includes compiling);
+   the launch's process start-up is reported apart. The launch groups devices as
+   `[runtime] devices_per_process` says (`--devices-per-process`, default "auto": for 2 x
+   50 devices one device host per plant, 5 processes in all).
 
 The last line of stdout is the whole result as one JSON object.
 """
@@ -168,6 +171,7 @@ learning_rate = 0.1
 address = "ipc://{dir}/cloud.ipc"
 
 [runtime]
+devices_per_process = {grouping}
 device_deadline = 300.0
 edge_deadline = 600.0
 heartbeat_interval = 1.0
@@ -190,7 +194,7 @@ devices = {devices}
 """
 
 
-def round_seconds(devices_per_plant: int, rounds: int) -> dict[str, float]:
+def round_seconds(devices_per_plant: int, rounds: int, grouping: str) -> dict[str, float]:
     from hierfl.loading import load_topology
     from hierfl.runtime.launch import Launch
     from hierfl.simulator import simulate
@@ -198,7 +202,8 @@ def round_seconds(devices_per_plant: int, rounds: int) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="hfl-bench-", dir="/tmp"))
     try:
         path = folder / "bench.toml"
-        path.write_text(ROUND_TOPOLOGY.format(rounds=rounds, dir=folder, devices=devices_per_plant))
+        value = grouping if grouping.isdigit() else f'"{grouping}"'
+        path.write_text(ROUND_TOPOLOGY.format(rounds=rounds, dir=folder, devices=devices_per_plant, grouping=value))
         topology = load_topology(path)
         simulated = simulate(topology)
         sim = statistics.median(r["round_seconds"] for r in simulated.history[1:])
@@ -212,8 +217,9 @@ def round_seconds(devices_per_plant: int, rounds: int) -> dict[str, float]:
         total = time.perf_counter() - started
         launched = statistics.median(r["round_seconds"] for r in history[1:])
         startup = total - sum(r["round_seconds"] for r in history)
-        return {"simulate_s_per_round": sim, "launch_s_per_round": launched, "launch_startup_s": startup,
-                "devices": 2 * devices_per_plant, "rounds": rounds}
+        return {"simulate_s_per_round": sim, "launch_s_per_round": launched, "launch_vs_simulate": launched / sim,
+                "launch_startup_s": startup, "devices": 2 * devices_per_plant, "launch_processes": len(launch.processes),
+                "devices_per_process": grouping, "rounds": rounds}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -224,6 +230,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=40, help="messages per sender (default 40)")
     parser.add_argument("--devices-per-plant", type=int, default=50, help="devices per plant in the round timing (default 50)")
     parser.add_argument("--rounds", type=int, default=6, help="cloud rounds in the round timing (default 6)")
+    parser.add_argument("--devices-per-process", default="auto",
+                        help='the launch\'s [runtime] devices_per_process: "auto", "plant", "line" or N (default auto)')
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 
@@ -242,12 +250,14 @@ def main() -> None:
     print(f"{'edge: ROUTER recv + validate + stack + aggregate':<60} {result['edge_ingest_gb_s']:>8.2f} {result['edge_vs_raw']:>7.2f}")
     sys.stdout.flush()
 
-    rounds = round_seconds(args.devices_per_plant, args.rounds)
+    rounds = round_seconds(args.devices_per_plant, args.rounds, args.devices_per_process)
     result.update(rounds)
     print(f"\nseconds per cloud round, digits mlp, 2 plants x {args.devices_per_plant} devices (median of rounds 2..{args.rounds})")
-    print(f"{'hierfl simulate':<60} {rounds['simulate_s_per_round']:>8.3f}")
-    print(f"{'hierfl launch (' + str(rounds['devices'] + 3) + ' processes)':<60} {rounds['launch_s_per_round']:>8.3f}"
-          f"   ({rounds['launch_s_per_round'] / rounds['simulate_s_per_round']:.1f}x simulate; start-up {rounds['launch_startup_s']:.0f} s)")
+    print(f"{'':<60} {'s/round':>8} {'x simulate':>10}")
+    print(f"{'hierfl simulate (one process)':<60} {rounds['simulate_s_per_round']:>8.3f} {1.0:>10.1f}")
+    launched = f"hierfl launch ({rounds['launch_processes']} processes, devices_per_process {args.devices_per_process})"
+    print(f"{launched:<60} {rounds['launch_s_per_round']:>8.3f} {rounds['launch_vs_simulate']:>10.1f}"
+          f"   (start-up {rounds['launch_startup_s']:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

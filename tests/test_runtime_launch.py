@@ -112,6 +112,21 @@ def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_dea
     return path
 
 
+def launch_to_the_end(topology: Path, out: Path) -> list[dict]:
+    """Runs `hierfl launch` on `topology` into `out`; its metrics records. On failure, shows every node's log tail."""
+    result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
+    logs = "".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((out / "logs").glob("*.log"))) if (out / "logs").exists() else ""
+    assert result.returncode == 0, result.stderr + logs
+    assert "simulation summary" in result.stdout
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_difference(params, other) -> float:
+    """The largest absolute difference between two parameter trees."""
+    return max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), params, other)))
+
+
 LOCAL_DP = """
 [privacy]
 dp = "device"
@@ -168,12 +183,7 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     edge_rounds = 1 if codecs == CLOUD_DP else 2  # the cloud's noise bounds one edge round's updates
     topology.write_text(topology.read_text().replace("edge_rounds = 2", f"edge_rounds = {edge_rounds}"))
     out = folder / "run"
-    result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
-    logs = "".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((out / "logs").glob("*.log"))) if (out / "logs").exists() else ""
-    assert result.returncode == 0, result.stderr + logs
-    assert "simulation summary" in result.stdout
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = launch_to_the_end(topology, out)
     assert [r["round"] for r in records] == [1, 2]
     assert all(r["devices_answered"] == {"plant-a": [2] * edge_rounds, "plant-b": [2] * edge_rounds} for r in records)
     assert all(r["rejected_messages"] == {"cloud": {}, "plant-a": {}, "plant-b": {}} for r in records)
@@ -182,10 +192,9 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     )
 
     reference = simulate(topology)
-    launched = load_params(out / "model.npz")
-    differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), reference.params, launched))
-    print(f"max |launch - simulate| = {max(differences):.3g}")
-    assert max(differences) <= 1e-5
+    difference = max_difference(reference.params, load_params(out / "model.npz"))
+    print(f"max |launch - simulate| = {difference:.3g}")
+    assert difference <= 1e-5
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
     if codecs in PRIVATE:
         assert [r["epsilon"] for r in records] == [h["epsilon"] for h in reference.history]

@@ -35,6 +35,15 @@ def test_values_are_read_and_checked():
     assert any(p.startswith("runtime.deadline: unknown key") for p in found)
 
 
+def test_devices_per_process_is_a_grouping_or_a_positive_integer():
+    assert parse_topology(TINY).runtime.devices_per_process == "auto"
+    assert parse_topology(TINY + '\n[runtime]\ndevices_per_process = "line"\n').runtime.devices_per_process == "line"
+    assert parse_topology(TINY + "\n[runtime]\ndevices_per_process = 8\n").runtime.devices_per_process == 8
+    for value, shown in (("0", "int 0"), ('"lines"', "str 'lines'"), ("true", "bool True"), ("1.5", "float 1.5")):
+        assert problems(f"\n[runtime]\ndevices_per_process = {value}\n") == [
+            f'runtime.devices_per_process: expected "auto", "line", "plant" or an integer >= 1, got {shown}']
+
+
 def test_keys_make_the_runtime_secure_and_must_cover_every_plant():
     runtime = parse_topology(TINY + f'\n[runtime.keys]\ncloud = "{KEY}"\nedges = {{ plant-a = "{KEY}" }}\ndevices = ["{KEY}"]\n').runtime
     assert runtime.secure and runtime.edge_keys == {"plant-a": KEY} and runtime.device_keys == (KEY,)

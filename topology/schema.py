@@ -347,6 +347,9 @@ RUNTIME_FIELDS: Mapping[str, Field] = {
 }
 """The `[runtime]` table: deadlines, participation and liveness of the distributed runtime (see `Runtime`)."""
 
+DEVICE_GROUPINGS = ("auto", "line", "plant")
+"""The named values of `[runtime] devices_per_process`; the other kind is an integer >= 1."""
+
 CURVE_KEY_PATTERN = re.compile(r"[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}")
 """A CurveZMQ public key in Z85 text: 40 characters (what `hierfl keys generate` writes)."""
 
@@ -586,6 +589,13 @@ class Runtime:
     to `start_timeout` seconds for all its peers. Messages over `max_message_bytes` are
     refused. `cloud_key`, `edge_keys` (plant -> key) and `device_keys` are CurveZMQ
     public keys (Z85); when any is set, links are encrypted and only listed keys connect.
+
+    `devices_per_process` is how `hierfl launch` groups devices into OS processes: an
+    integer N (up to N devices of one plant share a device host; 1 = a process per
+    device), "line" or "plant" (a host per line or per plant), or "auto" (a process per
+    device for small federations, a host per plant above that; see
+    `hierfl.runtime.launch.device_groups`). It changes memory, start-up and how fast a
+    plant's devices train, not what they compute.
     """
 
     device_deadline: float = 30.0
@@ -599,6 +609,7 @@ class Runtime:
     cloud_key: str | None = None
     edge_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
     device_keys: tuple[str, ...] = ()
+    devices_per_process: str | int = "auto"
 
     @property
     def secure(self) -> bool:

@@ -37,6 +37,7 @@ from .schema import (
     Aggregation,
     Attack,
     RUNTIME_FIELDS,
+    DEVICE_GROUPINGS,
     CURVE_KEY_PATTERN,
     Runtime,
     Cloud,
@@ -348,14 +349,25 @@ def _read_runtime(table: Any, plant_names: list[str | None], problems: list[str]
     if not isinstance(table, dict):
         problems.append(f"runtime: expected a table, got {describe(table)}")
         return Runtime()
-    values = _read_fields(table, "runtime", RUNTIME_FIELDS, problems, structural=("keys",))
+    values = _read_fields(table, "runtime", RUNTIME_FIELDS, problems, structural=("keys", "devices_per_process"))
     interval, timeout = values["heartbeat_interval"], values["heartbeat_timeout"]
     if interval is not None and timeout is not None and timeout <= interval:
         problems.append(f"runtime.heartbeat_timeout: must be greater than heartbeat_interval ({interval}), got {timeout}")
+    grouping = table.get("devices_per_process", Runtime.devices_per_process)
+    if not _is_device_grouping(grouping):
+        choices = ", ".join(f'"{name}"' for name in DEVICE_GROUPINGS)
+        problems.append(f"runtime.devices_per_process: expected {choices} or an integer >= 1, got {describe(grouping)}")
     keys = _read_runtime_keys(table.get("keys", {}), plant_names, problems)
     if any(value is None for value in values.values()):
         return Runtime()
-    return Runtime(**values, **keys)
+    return Runtime(**values, **keys, devices_per_process=grouping)
+
+
+def _is_device_grouping(value: object) -> bool:
+    """A named grouping of `DEVICE_GROUPINGS` or a positive integer (not a bool)."""
+    if isinstance(value, str):
+        return value in DEVICE_GROUPINGS
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _read_runtime_keys(table: Any, plant_names: list[str | None], problems: list[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device` and `hierfl keys generate`.
+"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device|devices` and `hierfl keys generate`.
 
 `add_runtime_commands` adds them to the main parser (`hierfl.cli`); every handler loads
 and checks the topology first, so a bad file exits 2 naming each problem before any
@@ -55,6 +55,16 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     device.add_argument("--resume", action="store_true", help="continue with the state in --state")
     device.set_defaults(handler=run_device)
 
+    devices = commands.add_parser("devices", help="run many devices of one plant in one process (a device host)")
+    devices.add_argument("topology", help="topology file (TOML) or preset name")
+    devices.add_argument("--plant", required=True, help="the plant whose devices this process runs (all of them by default)")
+    devices.add_argument("--line", help="only the devices of this line of the plant")
+    devices.add_argument("--ids", nargs="+", metavar="ID", help="only these devices, by id plant/line/device")
+    devices.add_argument("--key", type=Path, help="the host's secret key file, for CurveZMQ (all its devices use it)")
+    devices.add_argument("--state", type=Path, help="directory for the devices' state (SCAFFOLD's control variates)")
+    devices.add_argument("--resume", action="store_true", help="continue with the state in --state")
+    devices.set_defaults(handler=run_devices)
+
     keys = commands.add_parser("keys", help="CurveZMQ key pairs for authenticated, encrypted links")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = keys_commands.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
@@ -89,7 +99,7 @@ def _stop_on_signals(node) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
-    from hierfl.runtime.launch import Launch, LaunchProgress
+    from hierfl.runtime.launch import Launch, LaunchProgress, device_groups
 
     topology = _load(args.topology)
     source = str(Path(args.topology).absolute()) if Path(args.topology).exists() else args.topology
@@ -99,7 +109,7 @@ def run_launch(args: argparse.Namespace) -> int:
     console = Console()
     console.print(
         f"[bold]{topology.federation.name}[/]: launching 1 cloud, {len(topology.plants)} edges, "
-        f"{topology.num_devices} devices -> {out} (logs in {out / 'logs'})"
+        f"{topology.num_devices} devices in {len(device_groups(topology))} processes -> {out} (logs in {out / 'logs'})"
     )
     launch = Launch(topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish)
     launch.start()
@@ -187,6 +197,19 @@ def run_device(args: argparse.Namespace) -> int:
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the device's state")
     node = DeviceNode(topology, args.device_id, keys=_keys(args.key), state_dir=args.state, resume=args.resume)
+    _stop_on_signals(node)
+    node.run()
+    return 0
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from hierfl.runtime.host import DeviceHost, hosted_devices
+
+    topology = _node_setup(args.topology)
+    devices = hosted_devices(topology, args.plant, args.line, args.ids or ())
+    if args.resume and args.state is None:
+        raise HierflError("--resume needs --state, the directory holding the devices' state")
+    node = DeviceHost(topology, devices, keys=_keys(args.key), state_dir=args.state, resume=args.resume)
     _stop_on_signals(node)
     node.run()
     return 0

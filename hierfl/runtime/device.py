@@ -22,12 +22,20 @@ as fixed-point words and runs the four secure-aggregation steps with its edge
 edge's roster, inbox and unmasking request as they come. A request it cannot answer
 safely (a forged share, an inconsistent unmasking request) is logged and the device
 sits that round out.
+
+A `DeviceNode` needs no process of its own: `serve` runs any number of them from one
+thread, one poll over all their sockets, and a device host (`hierfl.runtime.host`) runs
+many devices of a plant that way, sharing one `DeviceSetup` (the plan and the compiled
+step) and one ZeroMQ context. Each keeps its own socket and routing id, so its edge sees
+the same device either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -37,43 +45,72 @@ import zmq
 from hierfl.algorithms import DeviceData
 from hierfl.attack import attacker_mask
 from hierfl.errors import RunDirError, SecAggError
-from hierfl.plan import make_plan
+from hierfl.plan import DeviceShards, make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
-from hierfl.runtime.node import CurveKeys, connect_dealer, node_logger, node_name, node_model
-from hierfl.runtime.rounds import make_device_step
+from hierfl.runtime.node import CurveKeys, NodeModel, connect_dealer, node_logger, node_model, node_name
+from hierfl.runtime.rounds import DeviceOutput, make_device_step
 from hierfl.runtime.secure import DeviceRound, encode_message, plant_secure_aggregation
 from hierfl.runtime.security import check_keys
 from hierfl.topology import Topology
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceSetup:
+    """What every device of a federation derives alike from the topology.
+
+    `shards` are the plan's data shards (all devices', as the simulator builds them),
+    `net` the model and its layouts, `step` the jitted `rounds.make_device_step`. A
+    device host builds one and shares it among its devices, so they hold one plan and
+    compile one training step between them.
+    """
+
+    shards: DeviceShards
+    net: NodeModel
+    step: Callable[..., DeviceOutput]
+    dp: DpConfig | None
+
+
+def device_setup(topology: Topology) -> DeviceSetup:
+    """Builds the plan, the model and the training step (traced on its first call, compiled once)."""
+    shards = make_plan(topology).shards
+    net = node_model(topology, shards.counts)
+    dp = DpConfig.of(topology)
+    step = make_device_step(net.algorithm, net.spec, net.codecs.device_to_edge, topology.federation.seed, dp,
+                            topology.attack, attacker_mask(topology))
+    return DeviceSetup(shards, net, step, dp)
+
+
 class DeviceNode:
-    """One device of `topology`, by id `plant/line/name`. `run()` serves until stopped."""
+    """One device of `topology`, by id `plant/line/name`. `run()` serves until stopped.
+
+    `setup` (default: built here) and `context` (default: a context of its own) let a
+    device host share both among its devices. `state_dir` holds its SCAFFOLD variate
+    (read back with `resume`).
+    """
 
     def __init__(self, topology: Topology, device_id: str, *, keys: CurveKeys | None = None, state_dir: Path | None = None,
-                 resume: bool = False):
+                 resume: bool = False, setup: DeviceSetup | None = None, context: zmq.Context | None = None):
         self.topology = topology
         self.device = topology.device(device_id)
         self.plant = topology.plant(self.device.plant)
         self.runtime = topology.runtime
         check_keys(self.runtime, keys)
         self.log = node_logger(device_id)
-        shards = make_plan(topology).shards
-        self.net = node_model(topology, shards.counts)
+        setup = setup or device_setup(topology)
+        shards, self.net, self.step, self.dp = setup.shards, setup.net, setup.step, setup.dp
         i = self.device.index
         steps = jnp.int32(topology.device_steps[i])
         self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps)
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
-        self.dp = DpConfig.of(topology)
-        self.step = make_device_step(self.net.algorithm, self.net.spec, codec, topology.federation.seed, self.dp,
-                                     topology.attack, attacker_mask(topology))
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
         self.state_path = Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir is not None else None
         self.variate = self._restore_variate(resume) if self.net.variates else None
         self.secure = plant_secure_aggregation(topology, self.plant, shards.counts, self.net.spec) if topology.privacy.secure_aggregation else None
         self.secure_round: DeviceRound | None = None
-        self.context = zmq.Context()
+        self.owns_context = context is None
+        self.context = zmq.Context() if context is None else context
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
         self.socket = connect_dealer(self.context, self.plant.address, device_id, max_bytes=self.runtime.max_message_bytes,
                                      keys=keys, server_key=server_key)
@@ -89,24 +126,28 @@ class DeviceNode:
     def run(self) -> None:
         self.warm_up()
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        self._send(protocol.HELLO)
-        self.log.info("joined %s at %s (%d examples)", self.plant.name, self.plant.address, int(self.data.count))
-        interval = self.runtime.heartbeat_interval
-        next_beat = time.monotonic() + interval
-        try:
-            while self.running:
-                if self.socket.poll(max(0, int((next_beat - time.monotonic()) * 1000)), zmq.POLLIN):
-                    self._handle_queue()
-                if time.monotonic() >= next_beat:
-                    self._send(protocol.HEARTBEAT)
-                    next_beat = time.monotonic() + interval
-        finally:
-            self.socket.close(linger=200)
-            self.context.term()
-            self.log.info("stopped")
+        serve([self])
 
     def stop(self) -> None:
         self.running = False
+
+    def join(self) -> None:
+        """Greets the edge; it sends this device the model from the next edge round on."""
+        self._send(protocol.HELLO)
+        self.log.info("joined %s at %s (%d examples)", self.plant.name, self.plant.address, int(self.data.count))
+
+    def heartbeat(self) -> None:
+        self._send(protocol.HEARTBEAT)
+
+    def handle_messages(self) -> None:
+        """Handles what is queued on the socket (call it when the socket polls readable)."""
+        self._handle_queue()
+
+    def close(self) -> None:
+        self.socket.close(linger=200)
+        if self.owns_context:
+            self.context.term()
+        self.log.info("stopped")
 
     def _handle_queue(self) -> None:
         """Reads every queued message; trains on the newest model among them."""
@@ -229,3 +270,41 @@ class DeviceNode:
             self.socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.log.warning("edge not reachable; %s not sent", kind)
+
+
+def serve(nodes: Sequence[DeviceNode]) -> None:
+    """Serves `nodes` from this thread until each has stopped (its edge said stop, or `stop()`).
+
+    One poll over all their sockets: a readable device handles its queue (training on the
+    newest model), one device after the other, since they share this process's CPU. Every
+    `heartbeat_interval` each live device sends a heartbeat, also between two devices'
+    training, so devices waiting their turn behind many others are not taken for gone.
+    Closes each device's socket once it stopped, and all that are left on the way out.
+    """
+    live = {node.socket: node for node in nodes}
+    poller = zmq.Poller()
+    for node in nodes:
+        node.join()
+        poller.register(node.socket, zmq.POLLIN)
+    interval = min(node.runtime.heartbeat_interval for node in nodes)
+    next_beat = time.monotonic() + interval
+
+    def beat_if_due() -> None:
+        nonlocal next_beat
+        if time.monotonic() >= next_beat:
+            for node in live.values():
+                node.heartbeat()
+            next_beat = time.monotonic() + interval
+
+    try:
+        while live:
+            for socket, _ in poller.poll(max(0, int((next_beat - time.monotonic()) * 1000))):
+                live[socket].handle_messages()
+                beat_if_due()
+            beat_if_due()
+            for socket in [s for s, node in live.items() if not node.running]:
+                poller.unregister(socket)
+                live.pop(socket).close()
+    finally:
+        for node in live.values():
+            node.close()

@@ -22,6 +22,12 @@ weight multiplied by `1 / (1 + staleness)`, staleness being how many global mode
 were made since the one the edge started from (`round - 1 - base_version`, at least 0;
 the polynomial discount of FedAsync, Xie et al. 2019): progress made on an old model
 counts, but less the older it is.
+
+With `[privacy] homomorphic = true` the cloud holds no plaintext model at all: it opens
+each round with the *encrypted* aggregate of the previous one, adds the edges' encrypted
+summaries under plaintext weights, checkpoints the round and its encrypted aggregate, and
+writes each round's record from the scores the edges report after decrypting it; the
+final model is written by the edges (see `hierfl.runtime.encrypted`).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from hierfl.kernels import ravel
 from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.plan import make_plan
 from hierfl.privacy import privacy_record
+from hierfl.errors import HierflError, HomomorphicError
+from hierfl.evaluation import Scores, combine_plant_sums
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, drain_router, send_router, start_waiting_over
@@ -60,7 +68,7 @@ class CloudNode:
     """The cloud of `topology`, writing to `run_dir`. `run()` trains `rounds` cloud rounds (default: the file's)."""
 
     def __init__(self, topology: Topology, run_dir: Path, *, rounds: int | None = None, bind: str | None = None,
-                 resume: bool = False, keys: CurveKeys | None = None, publish: str | None = None):
+                 resume: bool = False, keys: CurveKeys | None = None, publish: str | None = None, he_context: Path | None = None):
         self.topology = topology
         self.runtime = runtime = topology.runtime
         secure = check_keys(runtime, keys)
@@ -68,25 +76,32 @@ class CloudNode:
         self.run_dir = Path(run_dir)
         self.log = node_logger("cloud")
         self.net = net = node_model(topology)
-        plan = make_plan(topology)
-        self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
         self.edges = {name: row for row, name in enumerate(topology.plant_names)}
-        self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud)
-        self.ravel = jax.jit(lambda params: ravel(net.spec, params))
-        self.decode = make_decode(net.codecs.edge_to_cloud)
-        self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
         # Rows 0..E-1 hold this round's summaries, rows E..2E-1 stale summaries (offline progress).
-        self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
         self.weights = np.zeros(2 * len(self.edges), np.float32)
-        self.params = net.initial_params
-        self.server_state = net.algorithm.server_init(self.params)
+        self.elapsed_before = 0.0
+        self.cipher = None
+        if topology.privacy.homomorphic:
+            self._setup_encrypted(he_context, publish)
+        else:
+            if he_context is not None:
+                raise HomomorphicError("--he-context is for topologies with [privacy] homomorphic = true")
+            plan = make_plan(topology)
+            self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
+            self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud)
+            self.ravel = jax.jit(lambda params: ravel(net.spec, params))
+            self.decode = make_decode(net.codecs.edge_to_cloud)
+            self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
+            self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
+            self.params = net.initial_params
+            self.server_state = net.algorithm.server_init(self.params)
+            self.checkpoints = CloudCheckpoints(self.run_dir / "checkpoints" / "cloud")
         self.members = Membership(runtime.heartbeat_timeout)
         self.counters = Counters()
         self.late = 0
         self.round = 1
         self.resumed = resume
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = CloudCheckpoints(self.run_dir / "checkpoints" / "cloud")
         if resume:
             self._restore()
         else:
@@ -96,15 +111,40 @@ class CloudNode:
         self.phase = STARTING
         self.first_round = True
         self.started = time.monotonic()
-        self.elapsed_before = 0.0
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.edge_keys.values()) if secure else None
         self.socket = bind_router(self.context, bind or topology.cloud.address, max_bytes=runtime.max_message_bytes, keys=keys)
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
         self.running = True
 
+    def _setup_encrypted(self, he_context: Path | None, publish: str | None) -> None:
+        """The cloud's state under homomorphic encryption: the public CKKS context, no model, no evaluator."""
+        from hierfl.runtime import encrypted
+
+        if he_context is None:
+            raise HomomorphicError("privacy.homomorphic: the cloud needs the plants' public CKKS context: --he-context ckks-public.bin (`hierfl keys ckks`)")
+        if publish:
+            raise HierflError("--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it")
+        self.encrypted = encrypted
+        parameters = encrypted.he.CkksParameters.of(self.topology.privacy)
+        problem = encrypted.layout_problem(self.topology, self.net.spec, self.runtime.max_message_bytes)
+        if problem:
+            raise HomomorphicError(problem)
+        self.cipher = encrypted.CloudCipher(encrypted.load_cloud_context(he_context, self.topology), self.net.spec, parameters,
+                                            self.topology.federation.server_learning_rate)
+        self.layouts = {protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(self.net.spec, parameters))}
+        self.chunks: dict[int, tuple[bytes, ...]] = {}
+        self.aggregate = encrypted.Aggregate(0)
+        self.pending: dict[int, dict[str, Any]] = {}  # records waiting for the edges' evaluations, by model version
+        self.plant_sums: dict[int, dict[str, Any]] = {}
+        self.bytes_up = 0
+        self.checkpoints = encrypted.EncryptedCheckpoints(self.run_dir / "checkpoints" / "cloud-he")
+        self.log.info("homomorphic encryption: CKKS key %s (public context only); the edges hold the global model", self.cipher.key_id)
+
     def warm_up(self) -> None:
         """Compiles every step of a round before serving, so no round stalls on a compile."""
+        if self.cipher is not None:
+            return
         self.ravel(self.params)
         self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
         self.evaluate(self.params)
@@ -120,12 +160,17 @@ class CloudNode:
                     self._drain()
                 self._advance()
             if self.round > self.rounds:
-                checkpoint.save_params(self.run_dir / "model.npz", self.params)
-                self.log.info("trained %d cloud rounds; model saved; stopping the edges", self.rounds)
+                if self.cipher is None:
+                    checkpoint.save_params(self.run_dir / "model.npz", self.params)
+                    self.log.info("trained %d cloud rounds; model saved; stopping the edges", self.rounds)
+                else:
+                    self._finish_encrypted()
+                    self.log.info("trained %d cloud rounds; the plants hold the final model (the cloud has none); stopping the edges", self.rounds)
                 self._stop_edges()
         finally:
             self.writer.close()
-            self.checkpoints.close()
+            if self.cipher is None:
+                self.checkpoints.close()
             if self.publisher is not None:
                 self.publisher.close()
             self.socket.close(linger=1000)
@@ -179,7 +224,10 @@ class CloudNode:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
             send_router(self.socket, message.sender, protocol.encode(protocol.HEARTBEAT, CLOUD, round=self.round))
             return
-        if message.kind != protocol.SUMMARY:
+        if message.kind == protocol.EVALUATION and self.cipher is not None:
+            self._take_evaluation(message)
+            return
+        if message.kind != (protocol.SUMMARY if self.cipher is None else protocol.HE_SUMMARY):
             raise protocol.MessageRejected(protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud")
         if message.round < self.round or (message.round == self.round and self.phase != COLLECTING):
             raise protocol.MessageRejected(protocol.STALE_ROUND, f"summary for round {message.round}, which is closed (now {self.round})")
@@ -193,8 +241,13 @@ class CloudNode:
         if stale and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
             raise protocol.MessageRejected(protocol.MALFORMED, f"a stale summary needs base_version >= 0, got {base!r}")
         row = self.edges[message.sender] + (len(self.edges) if stale else 0)
-        codec = self.net.codecs.edge_to_cloud
-        self.deltas[row] = message.arrays[0] if codec.name == "none" else np.asarray(self.decode(message.arrays))
+        if self.cipher is not None:
+            self.chunks[row] = self.cipher.summary_chunks(message)
+            self.bytes_up += sum(len(c) for c in self.chunks[row])
+        elif self.net.codecs.edge_to_cloud.name == "none":
+            self.deltas[row] = message.arrays[0]
+        else:
+            self.deltas[row] = np.asarray(self.decode(message.arrays))
         weight = float(message.header["weight"])
         if stale:
             staleness = max(0, self.round - 1 - base)
@@ -223,8 +276,12 @@ class CloudNode:
         # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
         self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
         self.first_round = False
-        self.model_frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
-                                            spec=self.net.spec, codec="none", arrays=[np.asarray(self.ravel(self.params))])
+        if self.cipher is not None:
+            self.chunks, self.bytes_up = {}, 0
+            self.model_frames = self.cipher.aggregate_frames(self.aggregate, self.round)
+        else:
+            self.model_frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
+                                                spec=self.net.spec, codec="none", arrays=[np.asarray(self.ravel(self.params))])
         # To the edges alive when the round opened (re-asking the live set now could miss them all
         # if this process was stalled); an edge that joins later gets the model when it does.
         for edge in sorted(self.expected):
@@ -234,23 +291,98 @@ class CloudNode:
     def _close_round(self) -> None:
         answered, total = len(self.summaries), len(self.edges)
         required = math.ceil(self.runtime.min_edge_participation * total)
+        if self.cipher is not None:
+            self._close_encrypted_round(answered >= required and answered > 0)
+            return
         if answered >= required and answered > 0:
             self.params, self.server_state = self.cloud_step(self.params, self.server_state, self.deltas, self.weights)
         else:
             self.log.warning("cloud round %d: %d of %d edges answered (need %d); model unchanged", self.round, answered, total, required)
-        record = self._record()
+        record = self._record(self.evaluate(self.params))
         self.checkpoints.save(self.round, self.params, self.server_state, record)
         self.writer.write(record)
         if self.publisher is not None:
             self.publisher.publish(self.round, self.params, record)
         self.log.info("cloud round %d: %d/%d edges, accuracy %.4f", self.round, answered, total, record["accuracy"])
+        self._next_round()
+
+    def _next_round(self) -> None:
         self.round += 1
         self.phase = COLLECTING
         if self.round <= self.rounds:
             self._open_round()
 
-    def _record(self) -> dict[str, Any]:
-        scores = self.evaluate(self.params)
+    # -- homomorphic encryption: the cloud adds ciphertexts, the edges evaluate ----------------------
+
+    def _close_encrypted_round(self, enough: bool) -> None:
+        """A_round from the encrypted summaries; the round's record waits for the edges' evaluations of it."""
+        down_bytes = sum(len(protocol.frame_bytes(frame)) for frame in self.model_frames[1:])
+        aggregate = self.encrypted.Aggregate(self.round)
+        if enough:
+            names = {row: name for name, row in self.edges.items()}
+            summaries = {f"{names[row % len(self.edges)]}{':stale' if row >= len(self.edges) else ''}": chunks for row, chunks in self.chunks.items()}
+            weights = {key: float(self.weights[row]) for key, row in zip(summaries, self.chunks)}
+            try:
+                aggregate = self.cipher.aggregate(self.round, summaries, weights)
+            except HomomorphicError as error:  # summaries are checked on receipt; this is a last guard
+                self.log.error("cloud round %d: cannot add the encrypted summaries (%s); model unchanged", self.round, error)
+        else:
+            self.log.warning("cloud round %d: %d of %d edges answered; model unchanged", self.round, len(self.summaries), len(self.edges))
+        self.aggregate = aggregate
+        record = self._record(None)
+        record["bytes"]["edge_to_cloud"] = self.bytes_up
+        record["bytes"]["cloud_to_edge"] = self.sent_to * down_bytes
+        self.checkpoints.save(self.round, aggregate, record)
+        self._complete_records(force_before=self.round)
+        self.pending[self.round] = record
+        self.plant_sums.setdefault(self.round, {})
+        self.log.info("cloud round %d: %d/%d edges, encrypted aggregate %d bytes (coefficients %s)", self.round, len(self.summaries),
+                      len(self.edges), aggregate.nbytes, {k: round(v, 4) for k, v in aggregate.coefficients.items()})
+        self._next_round()
+
+    def _take_evaluation(self, message: protocol.Message) -> None:
+        """An edge's test sums of global model `message.round` (it re-sends them when it gets an aggregate twice)."""
+        version = message.round
+        if version > self.round:
+            raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"evaluation of model version {version}, not made yet (now round {self.round})")
+        if version in self.pending:
+            self.plant_sums[version][message.sender] = self.encrypted.evaluation_sums(message.header)
+            self._complete_records()
+
+    def _complete_records(self, force_before: int = 0) -> None:
+        """Writes, in round order, the pending records every live edge has evaluated (all before `force_before`, with what came)."""
+        for version in sorted(self.pending):
+            reported = self.plant_sums.get(version, {})
+            waiting = (self.members.alive() & set(self.edges)) - set(reported)
+            if version >= force_before and (waiting or not reported):
+                return
+            sums = [reported.get(name) for name in self.topology.plant_names]
+            record = self.pending.pop(version)
+            self.plant_sums.pop(version, None)
+            record.update(self._score_fields(combine_plant_sums(self.net.task, sums)))
+            self.writer.write(record)
+            self.log.info("cloud round %d: accuracy %.4f (evaluated by %s)", version, record["accuracy"], ", ".join(sorted(reported)) or "no plant")
+
+    def _finish_encrypted(self) -> None:
+        """Sends the last aggregate (`final`): the edges apply it, evaluate, and write the final model; waits for their scores."""
+        self.phase = DONE
+        frames = self.cipher.aggregate_frames(self.aggregate, self.round, final=True)
+        for edge in sorted(self.members.alive() & set(self.edges)):
+            send_router(self.socket, edge, frames)
+        deadline = time.monotonic() + self.runtime.edge_deadline
+        while self.running and self.pending and time.monotonic() < deadline:
+            if self.socket.poll(50, zmq.POLLIN):
+                self._drain()
+            self._complete_records()
+        self._complete_records(force_before=self.round)
+
+    def _score_fields(self, scores: Scores | None) -> dict[str, Any]:
+        """The record's test scores (NaN until the edges report them, under homomorphic encryption)."""
+        if scores is None:
+            return {"test_loss": math.nan, "accuracy": math.nan, "plant_accuracy": {name: math.nan for name in self.topology.plant_names}}
+        return {"test_loss": scores.loss, "accuracy": scores.score, "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant))}
+
+    def _record(self, scores: Scores | None) -> dict[str, Any]:
         now = time.perf_counter()
         weight = sum(float(h["weight"]) for h in self.summaries.values())
         loss_sum = sum(float(h["loss"]) for h in self.summaries.values())
@@ -260,9 +392,7 @@ class CloudNode:
         return {
             "round": self.round,
             "loss": loss_sum / max(weight, 1.0),
-            "test_loss": scores.loss,
-            "accuracy": scores.score,
-            "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant)),
+            **self._score_fields(scores),
             "bytes": {
                 "device_to_edge": device_updates * codecs.device_to_edge.payload_bytes,
                 "edge_to_device": device_updates * model_bytes,
@@ -283,6 +413,9 @@ class CloudNode:
         }
 
     def _restore(self) -> None:
+        if self.cipher is not None:
+            self._restore_encrypted()
+            return
         state = self.checkpoints.latest(self.params, self.server_state)
         if state is None:
             self.log.info("no checkpoint in %s; starting at round 1", self.checkpoints.directory)
@@ -294,6 +427,21 @@ class CloudNode:
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
         reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
         self.log.info("resumed from the checkpoint of cloud round %d", state.round)
+
+    def _restore_encrypted(self) -> None:
+        """Round and encrypted aggregate from the last checkpoint; its record is pending unless `metrics.jsonl` has it."""
+        state = self.checkpoints.latest()
+        if state is None:
+            self.log.info("no checkpoint in %s; starting at round 1", self.checkpoints.directory)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+            return
+        self.round = state.round + 1
+        self.aggregate = state.aggregate
+        self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
+        if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):
+            self.pending[state.round] = state.record
+            self.plant_sums[state.round] = {}
+        self.log.info("resumed from the checkpoint of cloud round %d (its encrypted aggregate)", state.round)
 
 
 def staleness_discount(staleness: int) -> float:
@@ -325,8 +473,13 @@ class RoundPublisher:
         self.publisher.close()
 
 
-def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any]) -> None:
-    """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last)."""
+def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] | None) -> bool:
+    """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last).
+
+    With `last_record` None (homomorphic encryption: the checkpoint's record has no scores
+    yet) the file's own record of `last_round` is kept if it has one. Returns whether the
+    file now holds `last_round`.
+    """
     records: dict[int, str] = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -334,12 +487,15 @@ def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any]) 
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the crash
-            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] < last_round:
-                records[record["round"]] = line + "\n"
-    records[last_round] = encode_record(last_record)
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] <= last_round:
+                if record["round"] < last_round or last_record is None:
+                    records[record["round"]] = line + "\n"
+    if last_record is not None:
+        records[last_round] = encode_record(last_record)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(records[r] for r in sorted(records)), encoding="utf-8")
     tmp.replace(path)
+    return last_round in records
 
 
 def jax_tree_asarray(tree: Any) -> Any:

@@ -102,9 +102,9 @@ RUNTIME_ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fednova")
 def runtime_problems(topology: Topology) -> list[str]:
     """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
 
-    Tier rules, server optimizers, per-line local steps and every codec work; control
-    variates (SCAFFOLD), simulated attacks, central differential privacy,
-    secure aggregation and CKKS summaries are not in the runtime yet.
+    Tier rules, server optimizers, per-line local steps, every codec, local DP and CKKS
+    summaries (`hierfl.runtime.encrypted`) work; control variates (SCAFFOLD), simulated
+    attacks, central differential privacy and secure aggregation are not in the runtime yet.
     """
     problems = []
     algorithm = topology.federation.algorithm
@@ -119,8 +119,6 @@ def runtime_problems(topology: Topology) -> list[str]:
         )
     if getattr(topology.privacy, "secure_aggregation", False):
         problems.append("privacy.secure_aggregation: not wired into the runtime yet; its links would carry plain updates")
-    if getattr(topology.privacy, "homomorphic", False):
-        problems.append("privacy.homomorphic: not wired into the runtime yet; its links would carry plain summaries")
     return problems
 
 

@@ -19,6 +19,14 @@ and `update`/`summary` add `weight` (examples aggregated) and `loss` (an update'
 training loss; a summary's sum of loss x weight). A summary also reports its edge's
 round statistics (`answered`, `expected`, `rejected`, `late`).
 
+With `[privacy] homomorphic = true` (see `hierfl.runtime.encrypted`) the cloud link
+carries ciphertexts instead: `he_summary` (edge -> cloud, the fields of a summary) and
+`he_aggregate` (cloud -> edge, the encrypted aggregate that makes global model
+`model_version`) add `"codec": "ckks"`, the spec and `"key_id"`, and their frames after
+the header are the CKKS ciphertexts, one raw frame per chunk of `slots` values (never
+inside the header). `evaluation` (edge -> cloud, no frames) reports the plant's test
+scores of a global model as plaintext scalars: `count`, `loss_sum`, `metric_sums`.
+
 `parse_message` checks everything a message says about itself before any array is
 viewed: header size and type, protocol version, kind, field types, a known sender (the
 routing id, when there is one, must be the sender), the array spec, the codec, every
@@ -50,8 +58,12 @@ MAX_HEADER_BYTES = 1 << 20
 HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS = (
     "hello", "heartbeat", "model", "update", "summary", "stop", "rejected", "status",
 )
-KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS)
+HE_SUMMARY, HE_AGGREGATE, EVALUATION = "he_summary", "he_aggregate", "evaluation"
+KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS, HE_SUMMARY, HE_AGGREGATE, EVALUATION)
 ARRAY_KINDS = (MODEL, UPDATE, SUMMARY)
+CIPHER_KINDS = (HE_SUMMARY, HE_AGGREGATE)
+MAX_METRICS = 16
+"""An evaluation names at most this many metrics (tasks have one to three)."""
 
 # Reason codes: the keys of the `rejected` counters in logs and metrics.
 MALFORMED = "malformed"          # not a msgpack map of the protocol, wrong field types, wrong frame count
@@ -101,6 +113,18 @@ def codec_layout(codec: Codec) -> Layout:
         jax.random.key(0),
     )
     return Layout(tuple((jnp.dtype(leaf.dtype).name, tuple(leaf.shape)) for leaf in payload))
+
+
+class CipherLayout(NamedTuple):
+    """The frames of a ciphertext message: `chunks` CKKS ciphertexts of at most `max_chunk_bytes` each.
+
+    `allow_empty`: the message may carry no chunk at all (an aggregate of a round nobody
+    answered, or the first round's, which leaves the model as it is).
+    """
+
+    chunks: int
+    max_chunk_bytes: int
+    allow_empty: bool = False
 
 
 def model_layout(spec: FlatSpec) -> Layout:
@@ -168,7 +192,7 @@ def parse_message(
     *,
     senders: Collection[str],
     spec: FlatSpec,
-    layouts: dict[str, tuple[str, Layout]],
+    layouts: dict[str, tuple[str, Layout | CipherLayout]],
     max_bytes: int,
     routing_id: bytes | None = None,
 ) -> Message:
@@ -176,7 +200,10 @@ def parse_message(
 
     `senders`: who may send to this node; `routing_id`: the peer's id as the ROUTER saw
     it (the header's sender must match it). `layouts` maps each array kind this node
-    accepts to `(codec name, Layout)`; messages of other array kinds are UNEXPECTED.
+    accepts to `(codec name, Layout)`, and each ciphertext kind to `("ckks", CipherLayout)`;
+    messages of other array or ciphertext kinds are UNEXPECTED. Ciphertext frames are
+    returned as uint8 views; only their count and size are checked here (whether they
+    decode under the node's CKKS context is `hierfl.runtime.encrypted`'s check).
     Raises MessageRejected naming the first problem found.
     """
     if not frames:
@@ -190,9 +217,11 @@ def parse_message(
         raise MessageRejected(UNKNOWN_SENDER, f"header says sender {_short(sender)} but the connection is {_short(routing_id)}")
     if sender not in senders:
         raise MessageRejected(UNKNOWN_SENDER, f"unknown sender {_short(sender)}")
-    if kind not in ARRAY_KINDS:
+    if kind not in ARRAY_KINDS + CIPHER_KINDS:
         if len(frames) != 1:
             raise MessageRejected(MALFORMED, f"a {kind} message has 1 frame, got {len(frames)}")
+        if kind == EVALUATION:
+            _check_evaluation(header)
         return Message(kind, sender, header["round"], header["edge_round"], header)
     if kind not in layouts:
         raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
@@ -202,7 +231,7 @@ def parse_message(
         raise MessageRejected(WRONG_SPEC, problem)
     if header.get("codec") != codec:
         raise MessageRejected(WRONG_SPEC, f"codec {_short(header.get('codec'))}, this link uses {codec!r}")
-    if kind in (UPDATE, SUMMARY):
+    if kind in (UPDATE, SUMMARY, HE_SUMMARY):
         for name in ("weight", "loss"):
             value = header.get(name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -212,6 +241,8 @@ def parse_message(
         if header["weight"] < 0:
             raise MessageRejected(MALFORMED, f"weight must be >= 0, got {header['weight']}")
     payload = frames[1:]
+    if kind in CIPHER_KINDS:
+        return Message(kind, sender, header["round"], header["edge_round"], header, _ciphertexts(kind, header, payload, layout))
     if len(payload) != len(layout.frames):
         raise MessageRejected(MALFORMED, f"{kind} with codec {codec!r} has {len(layout.frames)} array frames, got {len(payload)}")
     arrays = []
@@ -224,6 +255,42 @@ def parse_message(
         arrays.append(np.frombuffer(data, dtype=jnp.dtype(dtype)).reshape(shape))
     _check_values(arrays, spec.size)
     return Message(kind, sender, header["round"], header["edge_round"], header, tuple(arrays))
+
+
+def _ciphertexts(kind: str, header: dict[str, Any], payload: Sequence[Any], layout: CipherLayout) -> tuple[np.ndarray, ...]:
+    """The ciphertext frames of a checked header, as uint8 views: their count, the header's count and each size."""
+    counts = (0, layout.chunks) if layout.allow_empty else (layout.chunks,)
+    if len(payload) not in counts:
+        raise MessageRejected(MALFORMED, f"{kind} has {len(payload)} ciphertext frames, expected {' or '.join(map(str, counts))}")
+    if header.get("chunks") != len(payload) or isinstance(header.get("chunks"), bool):
+        raise MessageRejected(MALFORMED, f"header field 'chunks' says {_short(header.get('chunks'))}, the message has {len(payload)} ciphertext frames")
+    key_id = header.get("key_id")
+    if not isinstance(key_id, str) or not 0 < len(key_id) <= 64:
+        raise MessageRejected(MALFORMED, f"header field 'key_id' must be a short string, got {_short(key_id)}")
+    chunks = []
+    for i, frame in enumerate(payload):
+        data = frame_bytes(frame)
+        if len(data) > layout.max_chunk_bytes:
+            raise MessageRejected(OVERSIZED, f"ciphertext frame {i} is {len(data)} bytes, at most {layout.max_chunk_bytes}")
+        if not len(data):
+            raise MessageRejected(MALFORMED, f"ciphertext frame {i} is empty")
+        chunks.append(np.frombuffer(data, dtype=np.uint8))
+    return tuple(chunks)
+
+
+def _check_evaluation(header: dict[str, Any]) -> None:
+    """An evaluation's scalars: `count` examples (int >= 0), `loss_sum`, `metric_sums` {name: sum}, all finite."""
+    count = header.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise MessageRejected(MALFORMED, f"header field 'count' must be an int >= 0, got {_short(count)}")
+    sums = header.get("metric_sums")
+    if not isinstance(sums, dict) or len(sums) > MAX_METRICS or not all(isinstance(k, str) for k in sums):
+        raise MessageRejected(MALFORMED, f"header field 'metric_sums' must map at most {MAX_METRICS} names to numbers, got {_short(sums)}")
+    for name, value in [("loss_sum", header.get("loss_sum")), *sums.items()]:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise MessageRejected(MALFORMED, f"evaluation value {name!r} must be a number, got {_short(value)}")
+        if not math.isfinite(value):
+            raise MessageRejected(NON_FINITE, f"evaluation value {name!r} is {value}")
 
 
 def _check_values(arrays: list[np.ndarray], size: int) -> None:

@@ -349,6 +349,7 @@ class EdgeNode:
         """Decrypts the cloud's aggregate onto the global model (once per version), reports its scores, then starts the round."""
         version = int(message.header["model_version"])
         try:
+            self.cipher.check_key(message)
             if self.encrypted.catch_up(self.global_version, version).apply:
                 self.global_flat = self.global_flat + self.cipher.decrypt(message)
                 self.global_version = version

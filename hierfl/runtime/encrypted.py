@@ -171,13 +171,17 @@ class PlantCipher:
         chunks = he.encrypt_summary(self.context, delta, weight, round)["chunks"]
         return cipher_fields(self.spec, self.key_id, chunks)
 
-    def decrypt(self, message: protocol.Message) -> np.ndarray:
-        """The aggregate an `he_aggregate` carries, float32 `[P]` (zeros when it has no chunk)."""
+    def check_key(self, message: protocol.Message) -> None:
+        """HomomorphicError unless the cloud's `he_aggregate` is under this plant's key (the plants' shared one)."""
         if message.header["key_id"] != self.key_id:
             raise HomomorphicError(
                 f"the cloud's aggregate is encrypted under CKKS key {message.header['key_id']}, this plant's context is key "
                 f"{self.key_id}: this edge's --he-context is not the plants' shared secret context, or the cloud's is not its public part"
             )
+
+    def decrypt(self, message: protocol.Message) -> np.ndarray:
+        """The aggregate a checked `he_aggregate` carries, float32 `[P]` (zeros when it has no chunk)."""
+        self.check_key(message)
         if not message.arrays:
             return np.zeros(self.spec.size, np.float32)
         values = he.decrypt_aggregate(self.context, {"size": self.spec.size, "chunks": [a.tobytes() for a in message.arrays]})

@@ -34,11 +34,11 @@ from hierfl.plan import make_plan  # noqa: E402
 from hierfl.privacy import homomorphic as he  # noqa: E402
 from hierfl.runtime import encrypted, protocol  # noqa: E402
 from hierfl.runtime.cloud import reconcile_metrics  # noqa: E402
-from hierfl.runtime.launch import Launch  # noqa: E402
+from hierfl.runtime.launch import Launch, read_new_records  # noqa: E402
 from hierfl.runtime.node import node_model  # noqa: E402
 from hierfl.simulator import simulate  # noqa: E402
 from test_runtime_edge import Peer  # noqa: E402
-from test_runtime_launch import HIERFL, folder, write_topology  # noqa: E402, F401
+from test_runtime_launch import HIERFL, folder, kill9, wait_for_record, write_topology  # noqa: E402, F401
 
 HOMOMORPHIC = "\n[privacy]\nhomomorphic = true\n"
 TOLERANCE = 1e-4
@@ -201,6 +201,42 @@ def test_the_cloud_receives_only_ciphertexts(folder):
     assert holds_values(b"xyz" + plaintext.astype(np.float32).tobytes(), plaintext)
 
 
+def test_an_edge_down_for_rounds_catches_up_and_a_resumed_cloud_goes_on(folder):
+    """kill -9 plant-b's edge for two rounds, restart it with --resume; then kill -9 the cloud and resume it."""
+    topology_file = write_topology(folder, name="hefaults", rounds=1000, codecs=HOMOMORPHIC, extra="min_edge_participation = 0.5")
+    topology = load_topology(topology_file)
+    out = folder / "run"
+    launch = Launch(topology, str(topology_file), out)
+    commands = launch.node_commands()
+    launch.start()
+    try:
+        wait_for_record(out, lambda r: r["round"] >= 2, "round 2", launch)
+        kill9(launch.processes["edge-plant-b"])
+        first = wait_for_record(out, lambda r: r["edges_answered"] == ["plant-a"], "a round without plant-b", launch)
+        wait_for_record(out, lambda r: r["round"] > first["round"] and r["edges_answered"] == ["plant-a"], "another one", launch)
+        launch.start_node("edge-plant-b", commands["edge-plant-b"] + ["--resume"])
+        back = wait_for_record(out, lambda r: r["round"] > first["round"] + 1 and r["edges_answered"] == ["plant-a", "plant-b"],
+                               "plant-b back", launch)
+        assert back["plant_accuracy"]["plant-b"] == back["plant_accuracy"]["plant-b"], "plant-b evaluates again"  # not NaN
+        edge_log = (out / "logs" / "edge-plant-b.log").read_text()
+        assert "resumed after cloud round" in edge_log and "caught up to global model version" in edge_log, edge_log[-3000:]
+
+        kill9(launch.processes["cloud"])
+        last = read_new_records(out / "metrics.jsonl", 0)[-1]["round"]
+        final = last + 3
+        cloud = list(commands["cloud"])
+        cloud[cloud.index("--rounds") + 1] = str(final)
+        launch.start_node("cloud", cloud + ["--resume"])
+        history = launch.wait()
+    finally:
+        launch.stop(grace=0)
+    assert [r["round"] for r in history] == list(range(1, final + 1)), "every round exactly once"
+    assert "resumed from the checkpoint of cloud round" in (out / "logs" / "cloud.log").read_text()
+    assert history[-1]["edges_answered"] == ["plant-a", "plant-b"] and history[-1]["accuracy"] > 0.5
+    models = [load_params(out / f"model-{plant}.npz") for plant in ("plant-a", "plant-b")]
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), *models))), "plant-b caught up exactly"
+
+
 # -- live nodes against fake peers ----------------------------------------------------------------
 
 
@@ -218,7 +254,7 @@ def test_a_cloud_with_the_secret_context_or_none_refuses_to_start(folder):
     assert result.returncode == 2 and "an edge needs the plants' secret context" in unwrapped(result.stderr), result.stderr
 
 
-def test_an_edge_with_another_key_says_so_and_does_not_train(folder):
+def test_an_edge_with_another_key_says_so_and_stops(folder):
     topology_file = he_topology(folder, name="wrongkey")
     topology = load_topology(topology_file)
     _, cloud_public = encrypted.write_key_files(folder / "federation", he.CkksParameters())
@@ -235,11 +271,9 @@ def test_an_edge_with_another_key_says_so_and_does_not_train(folder):
         assert cloud.poll(120_000), f"the edge never said hello:\n{log.read_text()}"
         cipher = encrypted.CloudCipher(he.load_context(cloud_public.read_bytes()), node_model(topology).spec, he.CkksParameters(), 1.0)
         cloud.send_multipart([b"plant-a", *cipher.aggregate_frames(encrypted.Aggregate(0), 1)])
-        deadline = time.monotonic() + 60
-        while "not the plants' shared secret context" not in log.read_text():
-            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
-            time.sleep(0.1)
-        assert "cannot use the cloud's aggregate for round 1" in log.read_text()
+        assert process.wait(timeout=60) == 2, log.read_text()  # it stops rather than hold up the rounds
+        text = unwrapped(log.read_text())
+        assert "plant plant-a: cannot use the cloud's aggregate for round 1" in text and "not the plants' shared secret context" in text
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -318,6 +352,13 @@ def test_an_edge_catches_up_by_one_aggregate_and_names_a_larger_gap():
         encrypted.catch_up(1, 4)
     with pytest.raises(HomomorphicError, match="ahead of the cloud's version 2"):
         encrypted.catch_up(3, 2)
+
+
+def test_the_cloud_keeps_the_newest_aggregates_within_its_budget():
+    history = {v: encrypted.Aggregate(v, (b"x" * 10,)) for v in range(1, 6)}
+    assert encrypted.newest_within(history, 30) == [3, 4, 5]
+    assert encrypted.newest_within(history, 5) == [5]
+    assert encrypted.newest_within({}, 5) == []
 
 
 def test_coefficients_are_the_mean_rule_then_sgd():

@@ -103,6 +103,8 @@ def run_launch(args: argparse.Namespace) -> int:
     source = str(Path(args.topology).absolute()) if Path(args.topology).exists() else args.topology
     if args.resume and args.out is None:
         raise HierflError("--resume needs --out, the run directory to continue")
+    if args.publish and topology.privacy.homomorphic:
+        raise HierflError("--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it")
     out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console()
     console.print(

@@ -135,6 +135,7 @@ class CloudNode:
         self.layouts = {protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(self.net.spec, parameters))}
         self.chunks: dict[int, tuple[bytes, ...]] = {}
         self.aggregate = encrypted.Aggregate(0)
+        self.history: dict[int, Any] = {}  # the newest aggregates (CATCH_UP_BYTES), by version, for edges that fell behind
         self.pending: dict[int, dict[str, Any]] = {}  # records waiting for the edges' evaluations, by model version
         self.plant_sums: dict[int, dict[str, Any]] = {}
         self.bytes_up = 0
@@ -209,8 +210,14 @@ class CloudNode:
             frames, senders=self.edges, spec=self.net.spec, layouts=self.layouts,
             max_bytes=self.runtime.max_message_bytes, routing_id=peer,
         )
-        if self.members.seen(message.sender):
+        joined = self.members.seen(message.sender)
+        if joined:
             self.log.info("edge %s joined", message.sender)
+        # Under HE an edge (re)starting says hello with the global model version it holds: first the aggregates it misses.
+        started = self.cipher is not None and message.kind == protocol.HELLO
+        if started:
+            self._send_catch_up(message.sender, message.header["model_version"])
+        if joined or started:
             self._send_open_round(message.sender)
         self._handle(message)
 
@@ -329,16 +336,36 @@ class CloudNode:
         else:
             self.log.warning("cloud round %d: %d of %d edges answered; model unchanged", self.round, len(self.summaries), len(self.edges))
         self.aggregate = aggregate
+        self.history[aggregate.version] = aggregate
+        kept = self.encrypted.newest_within(self.history, self.encrypted.CATCH_UP_BYTES)
+        self.history = {version: self.history[version] for version in kept}
         record = self._record(None)
         record["bytes"]["edge_to_cloud"] = self.bytes_up
         record["bytes"]["cloud_to_edge"] = self.sent_to * down_bytes
+        self._complete_records(force_before=self.round)  # before the checkpoint: a resume keeps every earlier record
         self.checkpoints.save(self.round, aggregate, record)
-        self._complete_records(force_before=self.round)
         self.pending[self.round] = record
         self.plant_sums.setdefault(self.round, {})
         self.log.info("cloud round %d: %d/%d edges, encrypted aggregate %d bytes (coefficients %s)", self.round, len(self.summaries),
                       len(self.edges), aggregate.nbytes, {k: round(v, 4) for k, v in aggregate.coefficients.items()})
         self._next_round()
+
+    def _send_catch_up(self, edge: str, held: int) -> None:
+        """Sends an edge holding global model `held` the aggregates after it, up to the one the open round carries.
+
+        Only as far back as `history` reaches (`encrypted.CATCH_UP_BYTES`; after a resume,
+        the checkpointed aggregate alone); an edge further behind gets nothing here and
+        logs the gap when the round's aggregate arrives (`encrypted.catch_up`).
+        """
+        missing = range(held + 1, self.aggregate.version + (1 if self.phase == DONE else 0))
+        if not missing or any(version not in self.history for version in missing):
+            if missing:
+                self.log.warning("edge %s holds global model version %d; the aggregates since are not all kept here (%s)",
+                                 edge, held, ", ".join(map(str, sorted(self.history))) or "none")
+            return
+        for version in missing:
+            send_router(self.socket, edge, self.cipher.aggregate_frames(self.history[version], self.round, catch_up=True))
+        self.log.info("edge %s holds global model version %d: sent the aggregates of versions %d..%d", edge, held, missing[0], missing[-1])
 
     def _take_evaluation(self, message: protocol.Message) -> None:
         """An edge's test sums of global model `message.round` (it re-sends them when it gets an aggregate twice)."""
@@ -437,6 +464,7 @@ class CloudNode:
             return
         self.round = state.round + 1
         self.aggregate = state.aggregate
+        self.history = {state.aggregate.version: state.aggregate}
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
         if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):
             self.pending[state.round] = state.record

@@ -102,7 +102,7 @@ class EdgeNode:
         self.phase = IDLE
         self.round = 0
         self.edge_round = 0
-        self.model_version = 0
+        self.model_version = self.global_version if self.cipher is not None else 0  # what hello tells the cloud
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.device_keys) if secure else None
@@ -346,17 +346,27 @@ class EdgeNode:
         self.log.info("homomorphic encryption: CKKS key %s; summaries leave encrypted", self.cipher.key_id)
 
     def _take_aggregate(self, message: protocol.Message) -> None:
-        """Decrypts the cloud's aggregate onto the global model (once per version), reports its scores, then starts the round."""
+        """Decrypts the cloud's aggregate onto the global model (once per version), reports its scores, then starts the round.
+
+        An aggregate under another key, or one this edge cannot catch up to, ends the edge
+        with HomomorphicError: it could never contribute again, and an edge that keeps
+        sending heartbeats would hold up every cloud round until its deadline.
+        """
         version = int(message.header["model_version"])
+        catching_up = message.header.get("catch_up") is True
         try:
             self.cipher.check_key(message)
             if self.encrypted.catch_up(self.global_version, version).apply:
                 self.global_flat = self.global_flat + self.cipher.decrypt(message)
                 self.global_version = version
-                self.evaluation = (version, self.encrypted.release_evaluation(self.plant_evaluate(unravel(self.net.spec, self.global_flat))))
+                if not catching_up:
+                    self.evaluation = (version, self.encrypted.release_evaluation(self.plant_evaluate(unravel(self.net.spec, self.global_flat))))
                 self._checkpoint()
-        except HomomorphicError as error:
+        except HomomorphicError as error:  # this edge can never take part again: it stops, naming why (exit status 2)
             self.log.error("cannot use the cloud's aggregate for round %d: %s", message.round, error)
+            raise HomomorphicError(f"plant {self.plant.name}: cannot use the cloud's aggregate for round {message.round}: {error}") from None
+        if catching_up:
+            self.log.info("caught up to global model version %d", version)
             return
         if self.evaluation is not None and self.evaluation[0] == version:
             self._send_cloud(protocol.EVALUATION, round=version, **self.evaluation[1])

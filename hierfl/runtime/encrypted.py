@@ -33,11 +33,16 @@ and join the weighted sum with their discounted weight. Checkpoints and resume:
 - the cloud saves, after each round, the round number, the encrypted aggregate A_r and
   the round's record so far (`EncryptedCheckpoints`); a resumed cloud reopens round r + 1
   with A_r and completes record r from the evaluations the edges (re)send;
-- an edge saves its decrypted global model and its version (`edge-<plant>.npz`); a
-  resumed edge holding version v catches up from the aggregate of version v + 1 (one
-  round). An edge further behind (or ahead, after the cloud lost its checkpoints) cannot
-  rebuild the model from one aggregate: it logs an error and stays out of the rounds
-  (`catch_up`); copy the state file of another plant (same global model) to rejoin.
+- an edge saves its decrypted global model and its version (`edge-<plant>.npz`) and says
+  `hello` with that version when it (re)starts. The cloud keeps the newest aggregates in
+  memory, up to `CATCH_UP_BYTES`, and sends an edge that is behind the ones it misses
+  (`catch_up: true`: applied in order, no round started) before the open round's; so an
+  edge down for a while rejoins with `--resume` (for a 10k-parameter model, some 650
+  rounds; for 1M parameters, 8). A resumed cloud has only its checkpointed aggregate: an
+  edge catches up by one round then. An edge further behind (or ahead, after the cloud
+  lost its checkpoints) cannot rebuild the model: it stops with an error naming the gap
+  (`catch_up`; exit status 2, so it does not hold up rounds); copy the state file of
+  another plant (same global model) to rejoin.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ CODEC = "ckks"
 EVALUATION_DIGITS = 4
 """Significant digits of the evaluation scalars an edge reports (exact up to 9999 test examples a plant)."""
 KEEP = 2
+CATCH_UP_BYTES = 1 << 28
+"""Memory for the aggregates the cloud keeps for edges that fell behind (each about 8x the model's float32 bytes)."""
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -254,6 +261,17 @@ class Aggregate(NamedTuple):
         return sum(len(c) for c in self.chunks)
 
 
+def newest_within(history: Mapping[int, Aggregate], budget: int) -> list[int]:
+    """The versions of the newest aggregates whose bytes add up to at most `budget` (always the newest one)."""
+    kept, total = [], 0
+    for version in sorted(history, reverse=True):
+        total += history[version].nbytes
+        if kept and total > budget:
+            break
+        kept.append(version)
+    return sorted(kept)
+
+
 def coefficients(weights: Sequence[float], learning_rate: float) -> list[float]:
     """The plaintext factor of each summary: `learning_rate * w / sum(w)` (the mean rule, then `sgd`); zeros if sum(w) = 0."""
     total = float(np.sum(np.asarray(weights, np.float64)))
@@ -299,10 +317,10 @@ class CloudCipher:
         total = he.weighted_sum(self.context, messages, factors)
         return Aggregate(version, tuple(total["chunks"]), dict(zip(names, factors)))
 
-    def aggregate_frames(self, aggregate: Aggregate, round: int, *, final: bool = False) -> list:
-        """The `he_aggregate` frames that open `round` (or, `final`, end the run) with `aggregate`."""
+    def aggregate_frames(self, aggregate: Aggregate, round: int, *, final: bool = False, catch_up: bool = False) -> list:
+        """The `he_aggregate` frames that open `round` (or, `final`, end the run; `catch_up`, only bring an edge forward)."""
         return protocol.encode(
-            protocol.HE_AGGREGATE, "cloud", round=round, model_version=aggregate.version, final=final,
+            protocol.HE_AGGREGATE, "cloud", round=round, model_version=aggregate.version, final=final, catch_up=catch_up,
             coefficients=dict(aggregate.coefficients), **cipher_fields(self.spec, self.key_id, aggregate.chunks),
         )
 

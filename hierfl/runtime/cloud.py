@@ -46,13 +46,12 @@ import numpy as np
 import zmq
 
 from hierfl import checkpoint
-from hierfl.evaluation import make_evaluator
+from hierfl.errors import HierflError, HomomorphicError
+from hierfl.evaluation import Scores, combine_plant_sums, make_evaluator
 from hierfl.kernels import ravel
 from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.plan import make_plan
 from hierfl.privacy import privacy_record
-from hierfl.errors import HierflError, HomomorphicError
-from hierfl.evaluation import Scores, combine_plant_sums
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, drain_router, send_router, start_waiting_over
@@ -326,9 +325,9 @@ class CloudNode:
         down_bytes = sum(len(protocol.frame_bytes(frame)) for frame in self.model_frames[1:])
         aggregate = self.encrypted.Aggregate(self.round)
         if enough:
-            names = {row: name for name, row in self.edges.items()}
-            summaries = {f"{names[row % len(self.edges)]}{':stale' if row >= len(self.edges) else ''}": chunks for row, chunks in self.chunks.items()}
-            weights = {key: float(self.weights[row]) for key, row in zip(summaries, self.chunks)}
+            labels = self.encrypted.row_labels(self.topology.plant_names)
+            summaries = {labels[row]: chunks for row, chunks in self.chunks.items()}
+            weights = {labels[row]: float(self.weights[row]) for row in self.chunks}
             try:
                 aggregate = self.cipher.aggregate(self.round, summaries, weights)
             except HomomorphicError as error:  # summaries are checked on receipt; this is a last guard
@@ -370,7 +369,7 @@ class CloudNode:
     def _take_evaluation(self, message: protocol.Message) -> None:
         """An edge's test sums of global model `message.round` (it re-sends them when it gets an aggregate twice)."""
         version = message.round
-        if version > self.round:
+        if version >= self.round:
             raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"evaluation of model version {version}, not made yet (now round {self.round})")
         if version in self.pending:
             self.plant_sums[version][message.sender] = self.encrypted.evaluation_sums(message.header)
@@ -515,9 +514,10 @@ def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] |
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the crash
-            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] <= last_round:
-                if record["round"] < last_round or last_record is None:
-                    records[record["round"]] = line + "\n"
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and (
+                record["round"] < last_round or (record["round"] == last_round and last_record is None)
+            ):
+                records[record["round"]] = line + "\n"
     if last_record is not None:
         records[last_round] = encode_record(last_record)
     tmp = path.with_name(path.name + ".tmp")

@@ -272,6 +272,11 @@ def newest_within(history: Mapping[int, Aggregate], budget: int) -> list[int]:
     return sorted(kept)
 
 
+def row_labels(plants: Sequence[str]) -> list[str]:
+    """The name of each row of the cloud's summary stack: one per plant, then each plant's stale summary (`plant:stale`)."""
+    return [*plants, *(f"{plant}:stale" for plant in plants)]
+
+
 def coefficients(weights: Sequence[float], learning_rate: float) -> list[float]:
     """The plaintext factor of each summary: `learning_rate * w / sum(w)` (the mean rule, then `sgd`); zeros if sum(w) = 0."""
     total = float(np.sum(np.asarray(weights, np.float64)))

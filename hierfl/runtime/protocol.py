@@ -22,10 +22,13 @@ round statistics (`answered`, `expected`, `rejected`, `late`).
 With `[privacy] homomorphic = true` (see `hierfl.runtime.encrypted`) the cloud link
 carries ciphertexts instead: `he_summary` (edge -> cloud, the fields of a summary) and
 `he_aggregate` (cloud -> edge, the encrypted aggregate that makes global model
-`model_version`) add `"codec": "ckks"`, the spec and `"key_id"`, and their frames after
-the header are the CKKS ciphertexts, one raw frame per chunk of `slots` values (never
-inside the header). `evaluation` (edge -> cloud, no frames) reports the plant's test
-scores of a global model as plaintext scalars: `count`, `loss_sum`, `metric_sums`.
+`model_version`, with the plaintext `coefficients` it used and the flags `final`, the
+last one, and `catch_up`, one an edge that fell behind applies without starting a round)
+add `"codec": "ckks"`, the spec, `"key_id"` (the public key's fingerprint) and
+`"chunks"` (their count); their frames after the header are the CKKS ciphertexts, one raw
+frame per chunk of `slots` values (never inside the header). `evaluation` (edge -> cloud,
+no frames; `round` is the model version evaluated) reports the plant's test scores of a
+global model as plaintext scalars: `count`, `loss_sum`, `metric_sums`.
 
 `parse_message` checks everything a message says about itself before any array is
 viewed: header size and type, protocol version, kind, field types, a known sender (the

@@ -342,6 +342,38 @@ def test_the_cloud_refuses_bad_ciphertexts_and_keeps_serving(folder):
     assert record["test_loss"] == 0.5 and record["rejected_messages"]["cloud"] == {"malformed": 3, "wrong-spec": 1, "unexpected": 1}
 
 
+def test_hierfl_keys_ckks_writes_the_plants_and_the_clouds_contexts(folder, capsys, monkeypatch):
+    from hierfl.cli import main
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main() sets XLA's device count for this process
+
+    topology = he_topology(folder, name="keyfiles")
+    assert main(["keys", "ckks", str(folder / "keys"), "--topology", str(topology)]) == 0
+    assert "never to the cloud" in capsys.readouterr().out
+    secret, public = folder / "keys" / encrypted.SECRET_FILE, folder / "keys" / encrypted.PUBLIC_FILE
+    assert secret.stat().st_mode & 0o777 == 0o600
+    plant, cloud = (encrypted.load_plant_context(secret, load_topology(topology)), encrypted.load_cloud_context(public, load_topology(topology)))
+    assert encrypted.key_id(plant) == encrypted.key_id(cloud) and not cloud.has_secret_key()
+    # hierfl launch refuses what the cloud cannot do under HE before starting anything.
+    assert main(["launch", str(topology), "--out", str(folder / "run"), "--publish", f"ipc://{folder}/m.ipc"]) == 2
+    assert "holds no plaintext model to publish" in unwrapped(capsys.readouterr().err) and not (folder / "run").exists()
+
+
+def test_contexts_must_match_the_topology_and_fit_its_message_limit(folder):
+    topology = load_topology(he_topology(folder, name="params"))
+    secret, _ = encrypted.write_key_files(folder / "big", he.CkksParameters(16384, 40))
+    with pytest.raises(HomomorphicError, match="CKKS context of degree 16384, the topology sets privacy.he_poly_modulus_degree = 8192"):
+        encrypted.load_plant_context(secret, topology)
+    secret, _ = encrypted.write_key_files(folder / "scale", he.CkksParameters(8192, 30))
+    with pytest.raises(HomomorphicError, match="scale 2\\^30, the topology sets privacy.he_scale_bits = 40"):
+        encrypted.load_plant_context(secret, topology)
+    spec = node_model(topology).spec
+    assert encrypted.layout_problem(topology, spec, topology.runtime.max_message_bytes) is None
+    assert "runtime.max_message_bytes: 1000000 is below what an encrypted summary of this model may take (3 CKKS ciphertexts" in (
+        encrypted.layout_problem(topology, spec, 1_000_000)
+    )
+
+
 # -- the pure parts -------------------------------------------------------------------------------
 
 

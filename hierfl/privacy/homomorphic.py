@@ -14,6 +14,9 @@ Each round (one message per edge each way, plain msgpack-able dicts):
 | cloud -> edges | `weighted_sum(public_ctx, messages, weights)`: `{"kind": "he_aggregate", "round", "size": P, "chunks": [...]}` |
 | edge | `decrypt_aggregate(ctx, message)` -> float32 `[P]`, `sum_i weights[i] * summary_i` |
 
+The distributed runtime (`hierfl.runtime.encrypted`) sends the same steps with each
+ciphertext chunk as a raw ZeroMQ frame after a msgpack header, not inside a dict.
+
 A flat float32 summary of P values is split into `ceil(P / slots)` ciphertexts of
 `slots = poly_modulus_degree / 2` values. The weights are plaintext scalars chosen by the
 cloud (e.g. `weight_i / sum(weight)`, from the plaintext `weight` each edge reports).

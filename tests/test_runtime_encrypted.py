@@ -38,7 +38,7 @@ from hierfl.runtime.launch import Launch, read_new_records  # noqa: E402
 from hierfl.runtime.node import node_model  # noqa: E402
 from hierfl.simulator import simulate  # noqa: E402
 from test_runtime_edge import Peer  # noqa: E402
-from test_runtime_launch import HIERFL, folder, kill9, wait_for_record, write_topology  # noqa: E402, F401
+from test_runtime_launch import HIERFL, folder, kill9, wait_for_offline_rounds, wait_for_record, write_topology  # noqa: E402, F401
 
 HOMOMORPHIC = "\n[privacy]\nhomomorphic = true\n"
 TOLERANCE = 1e-4
@@ -221,7 +221,10 @@ def test_an_edge_down_for_rounds_catches_up_and_a_resumed_cloud_goes_on(folder):
         edge_log = (out / "logs" / "edge-plant-b.log").read_text()
         assert "resumed after cloud round" in edge_log and "caught up to global model version" in edge_log, edge_log[-3000:]
 
+        edges = ["edge-plant-a", "edge-plant-b"]
+        offsets = {edge: len((out / "logs" / f"{edge}.log").read_text()) for edge in edges}
         kill9(launch.processes["cloud"])
+        wait_for_offline_rounds(out, edges, offsets)  # their progress comes back as encrypted stale summaries
         last = read_new_records(out / "metrics.jsonl", 0)[-1]["round"]
         final = last + 3
         cloud = list(commands["cloud"])
@@ -232,6 +235,8 @@ def test_an_edge_down_for_rounds_catches_up_and_a_resumed_cloud_goes_on(folder):
         launch.stop(grace=0)
     assert [r["round"] for r in history] == list(range(1, final + 1)), "every round exactly once"
     assert "resumed from the checkpoint of cloud round" in (out / "logs" / "cloud.log").read_text()
+    stale = {name for r in history[last - 1 :] for name in r["stale_summaries"]}
+    assert stale == {"plant-a", "plant-b"}, [r["stale_summaries"] for r in history[last - 1 :]]
     assert history[-1]["edges_answered"] == ["plant-a", "plant-b"] and history[-1]["accuracy"] > 0.5
     models = [load_params(out / f"model-{plant}.npz") for plant in ("plant-a", "plant-b")]
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), *models))), "plant-b caught up exactly"

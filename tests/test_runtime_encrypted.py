@@ -359,6 +359,8 @@ def test_hierfl_keys_ckks_writes_the_plants_and_the_clouds_contexts(folder, caps
     assert secret.stat().st_mode & 0o777 == 0o600
     plant, cloud = (encrypted.load_plant_context(secret, load_topology(topology)), encrypted.load_cloud_context(public, load_topology(topology)))
     assert encrypted.key_id(plant) == encrypted.key_id(cloud) and not cloud.has_secret_key()
+    assert main(["keys", "ckks", str(folder / "keys")]) == 2  # never silently replaces the federation's key
+    assert "already exist" in unwrapped(capsys.readouterr().err) and encrypted.key_id(encrypted.load_plant_context(secret, load_topology(topology))) == encrypted.key_id(plant)
     # hierfl launch refuses what the cloud cannot do under HE before starting anything.
     assert main(["launch", str(topology), "--out", str(folder / "run"), "--publish", f"ipc://{folder}/m.ipc"]) == 2
     assert "holds no plaintext model to publish" in unwrapped(capsys.readouterr().err) and not (folder / "run").exists()

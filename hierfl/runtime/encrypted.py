@@ -75,12 +75,20 @@ CATCH_UP_BYTES = 1 << 28
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def write_key_files(directory: Path, parameters: he.CkksParameters) -> tuple[Path, Path]:
-    """A fresh key pair: `DIR/ckks-secret.bin` (for every plant, mode 0600) and `DIR/ckks-public.bin` (for the cloud)."""
+def write_key_files(directory: Path, parameters: he.CkksParameters, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """A fresh key pair: `DIR/ckks-secret.bin` (for every plant, mode 0600) and `DIR/ckks-public.bin` (for the cloud).
+
+    Existing key files are kept (HomomorphicError) unless `overwrite`: new keys would cut
+    off every plant that still holds the old secret context.
+    """
     directory = Path(directory)
+    secret_path, public_path = directory / SECRET_FILE, directory / PUBLIC_FILE
+    existing = [str(p) for p in (secret_path, public_path) if p.exists()]
+    if existing and not overwrite:
+        raise HomomorphicError(f"{', '.join(existing)} already exist; the federation's plants may hold that key: remove the files to make new ones")
     directory.mkdir(parents=True, exist_ok=True)
     secret = he.generate_keys(parameters)
-    secret_path, public_path = directory / SECRET_FILE, directory / PUBLIC_FILE
+    secret_path.unlink(missing_ok=True)  # so the new file is created with mode 0600
     descriptor = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as f:
         f.write(secret)

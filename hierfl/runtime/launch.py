@@ -103,7 +103,7 @@ class Launch:
             from hierfl.privacy.homomorphic import CkksParameters
             from hierfl.runtime.encrypted import write_key_files
 
-            write_key_files(self.keys, CkksParameters.of(self.topology.privacy))
+            write_key_files(self.keys, CkksParameters.of(self.topology.privacy), overwrite=True)  # a new run, a new key
         env = {**os.environ, **NODE_ENV}
         for name, command in self.node_commands().items():
             self.start_node(name, command, env)

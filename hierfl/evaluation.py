@@ -1,8 +1,15 @@
-"""Evaluation of a global model on the held-out test set: overall and per plant."""
+"""Evaluation of a global model on the held-out test set: overall and per plant.
+
+The cloud evaluates the whole test set (`make_evaluator`). Where the cloud holds no
+plaintext model (homomorphic encryption, `hierfl.runtime.encrypted`), each plant's edge
+evaluates the global model on its own test examples (`make_plant_evaluator`) and
+reports sums, which `combine_plant_sums` turns into the same `Scores`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +72,50 @@ def make_evaluator(model: Model, task: Task, test: TestSet, num_plants: int, bat
         return Scores(float(loss.mean()), overall[first], per_plant[first], overall, per_plant)
 
     return evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantSums:
+    """One plant's test examples scored: `count`, the sum of example losses, and the sum of each metric's example values."""
+
+    count: int
+    loss_sum: float
+    metric_sums: Mapping[str, float]
+
+
+def make_plant_evaluator(model: Model, task: Task, test: TestSet, plant: int, batch: int = EVAL_BATCH) -> Callable[[Params], PlantSums]:
+    """`evaluate(params) -> PlantSums` over the test examples of plant index `plant` (one compile)."""
+    mine = test.plant == plant
+    if not mine.any():
+        return lambda params: PlantSums(0, 0.0, {m.name: 0.0 for m in task.metrics})
+    evaluate = make_evaluator(model, task, TestSet(test.x[mine], test.y[mine], np.zeros(int(mine.sum()), np.int32)), 1, batch)
+    count = int(mine.sum())
+
+    def plant_sums(params: Params) -> PlantSums:
+        scores = evaluate(params)
+        # `make_evaluator` reports means (square-rooted for RMSE); undo that to get sums.
+        sums = {m.name: count * (scores.metrics[m.name] ** 2 if m.root else scores.metrics[m.name]) for m in task.metrics}
+        return PlantSums(count, count * scores.loss, sums)
+
+    return plant_sums
+
+
+def combine_plant_sums(task: Task, sums: Sequence[PlantSums | None]) -> Scores:
+    """The `Scores` of the whole test set from each plant's sums (None: that plant did not report).
+
+    Overall values are over the plants that reported; a missing plant's per-plant value is NaN.
+    """
+    reported = [s for s in sums if s is not None and s.count > 0]
+    total = sum(s.count for s in reported)
+    overall, per_plant = {}, {}
+    for metric in task.metrics:
+        overall[metric.name] = metric.reduce(sum(s.metric_sums[metric.name] for s in reported) / total) if total else math.nan
+        per_plant[metric.name] = tuple(
+            metric.reduce(s.metric_sums[metric.name] / s.count) if s is not None and s.count > 0 else math.nan for s in sums
+        )
+    loss = sum(s.loss_sum for s in reported) / total if total else math.nan
+    first = task.metrics[0].name
+    return Scores(loss, overall[first], per_plant[first], overall, per_plant)
 
 
 def metric_fields(task: Task, scores: Scores, plant_names: Sequence[str]) -> dict[str, Any]:

@@ -203,15 +203,6 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
         assert records[-1]["clip_norm"] != 0.5
 
 
-def test_simulator_only_features_are_refused_before_any_process_starts(folder):
-    topology = write_topology(folder, name="he", extra="")
-    topology.write_text(topology.read_text() + "\n[privacy]\nhomomorphic = true\n")
-    result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(folder / "run")], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "homomorphic" in result.stderr
-    assert not (folder / "run").exists()
-
-
 def wait_for_record(run_dir: Path, condition, what: str, launch: Launch, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

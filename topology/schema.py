@@ -894,7 +894,12 @@ def _crypto_problems(topology: Topology) -> list[str]:
                 f"compression.edge_to_cloud.codec: {codec!r} cannot be combined with privacy.homomorphic "
                 "(a CKKS ciphertext cannot be quantized or sparsified)"
             )
-        if privacy.dp == "cloud" and privacy.clip_quantile is not None:
+        if privacy.dp == "cloud":
+            problems.append(
+                "privacy.dp: 'cloud' cannot be combined with privacy.homomorphic (the cloud adds ciphertexts and never "
+                "holds the sum it would noise; use dp = 'edge', each plant noising its own summary, or 'device')"
+            )
+        if privacy.clip_quantile is not None:
             problems.append(
                 "privacy.clip_quantile: adaptive clipping at the cloud needs each plant's count of clipped updates "
                 "in the clear, which privacy.homomorphic withholds from the cloud"

@@ -130,6 +130,10 @@ def export_run(run_dir: str | os.PathLike, *, platforms: Sequence[str] = DEFAULT
         raise RunDirError(f"{run_dir / 'run.json'}: task {task_name!r} has no model {model_name!r} (known: {', '.join(sorted(task.models))})")
     model_path = run_dir / "model.npz"
     if not model_path.exists():
+        plants = sorted(p.name for p in run_dir.glob("model-*.npz"))
+        if plants:  # a run with homomorphic encryption: the plants hold the model, the cloud none
+            raise RunDirError(f"{model_path}: no such file; this run's plants wrote the final model ({', '.join(plants)}): "
+                              "copy one of them to model.npz to export it")
         raise RunDirError(f"{model_path}: no such file; the run did not finish (model.npz is written after the last cloud round)")
     model, template = build_model(model_name, task.models[model_name], jax.random.key(0))
     params = load_params(model_path)

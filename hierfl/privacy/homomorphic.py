@@ -14,6 +14,9 @@ Each round (one message per edge each way, plain msgpack-able dicts):
 | cloud -> edges | `weighted_sum(public_ctx, messages, weights)`: `{"kind": "he_aggregate", "round", "size": P, "chunks": [...]}` |
 | edge | `decrypt_aggregate(ctx, message)` -> float32 `[P]`, `sum_i weights[i] * summary_i` |
 
+The distributed runtime (`hierfl.runtime.encrypted`) sends the same steps with each
+ciphertext chunk as a raw ZeroMQ frame after a msgpack header, not inside a dict.
+
 A flat float32 summary of P values is split into `ceil(P / slots)` ciphertexts of
 `slots = poly_modulus_degree / 2` values. The weights are plaintext scalars chosen by the
 cloud (e.g. `weight_i / sum(weight)`, from the plaintext `weight` each edge reports).
@@ -48,7 +51,7 @@ except ImportError as error:  # an optional dependency: the `he` extra
 from hierfl.topology import Privacy
 from hierfl.topology.schema import he_coeff_mod_bit_sizes
 
-__all__ = ["CkksParameters", "decrypt_aggregate", "encrypt_summary", "generate_keys", "load_context", "public_context", "weighted_sum"]
+__all__ = ["CkksParameters", "check_ciphertext", "decrypt_aggregate", "encrypt_summary", "generate_keys", "load_context", "public_context", "weighted_sum"]
 
 
 class CkksParameters(NamedTuple):
@@ -137,6 +140,20 @@ def decrypt_aggregate(context: ts.Context, message: Mapping[str, Any]) -> np.nda
     if len(values) != size:
         raise HomomorphicError(f"the aggregate holds {len(values)} values, expected {size}")
     return values.astype(np.float32)
+
+
+def check_ciphertext(context: ts.Context, data: bytes, size: int) -> None:
+    """HomomorphicError unless `data` is a CKKS ciphertext of `size` values under `context` (a fresh one, at the top level)."""
+    vector = _vector(context, data)
+    if vector.size() != size:
+        raise HomomorphicError(f"a ciphertext of {vector.size()} values where {size} were expected")
+    (ciphertext,) = vector.data.ciphertext()
+    fresh = context.seal_context().data.first_context_data().chain_index() + 1  # moduli below the special prime
+    if (ciphertext.size(), ciphertext.coeff_modulus_size(), ciphertext.scale) != (2, fresh, context.global_scale):
+        raise HomomorphicError(
+            f"not a freshly encrypted ciphertext ({ciphertext.size()} polynomials, {ciphertext.coeff_modulus_size()} moduli, scale "
+            f"2^{math.log2(max(ciphertext.scale, 1.0)):g}; a fresh one has 2, {fresh}, 2^{math.log2(context.global_scale):g})"
+        )
 
 
 def chunk_count(size: int, parameters: CkksParameters) -> int:

@@ -1,4 +1,4 @@
-"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device|devices` and `hierfl keys generate`.
+"""The runtime's commands: `hierfl launch`, `hierfl cloud|edge|device|devices` and `hierfl keys generate|ckks`.
 
 `add_runtime_commands` adds them to the main parser (`hierfl.cli`); every handler loads
 and checks the topology first, so a bad file exits 2 naming each problem before any
@@ -36,6 +36,8 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     cloud.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     cloud.add_argument("--key", type=Path, help="this node's secret key file (`hierfl keys generate`), for CurveZMQ")
     cloud.add_argument("--publish", metavar="ADDR", help="publish every new global model to inference servers at ADDR (PUB socket)")
+    cloud.add_argument("--he-context", type=Path, metavar="FILE",
+                       help="with [privacy] homomorphic: the plants' public CKKS context (ckks-public.bin, `hierfl keys ckks`)")
     cloud.set_defaults(handler=run_cloud)
 
     edge = commands.add_parser("edge", help="run one plant's edge node (binds the plant's address, dials the cloud)")
@@ -45,6 +47,10 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     edge.add_argument("--state", type=Path, help="directory for the edge's checkpoint (needed for --resume)")
     edge.add_argument("--resume", action="store_true", help="continue from the checkpoint in --state")
     edge.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
+    edge.add_argument("--he-context", type=Path, metavar="FILE",
+                      help="with [privacy] homomorphic: the plants' secret CKKS context (ckks-secret.bin; never give it to the cloud)")
+    edge.add_argument("--model-out", type=Path, metavar="FILE",
+                      help="with [privacy] homomorphic: where this edge writes the final global model (.npz; the cloud holds none)")
     edge.set_defaults(handler=run_edge)
 
     device = commands.add_parser("device", help="run one device node (dials its plant's edge)")
@@ -65,23 +71,22 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     devices.add_argument("--resume", action="store_true", help="continue with the state in --state")
     devices.set_defaults(handler=run_devices)
 
-    keys = commands.add_parser("keys", help="CurveZMQ key pairs for authenticated, encrypted links")
+    keys = commands.add_parser("keys", help="CurveZMQ key pairs for encrypted links; CKKS keys for homomorphic summaries")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = keys_commands.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
     generate.add_argument("directory", type=Path)
     generate.add_argument("names", nargs="+", help="one key pair per name (cloud, plant names, device names)")
     generate.set_defaults(handler=run_keys_generate)
+    ckks = keys_commands.add_parser("ckks", help="write ckks-secret.bin (every plant's edge) and ckks-public.bin (the cloud) into DIR")
+    ckks.add_argument("directory", type=Path)
+    ckks.add_argument("--topology", help="take he_poly_modulus_degree and he_scale_bits from this topology's [privacy] (default 8192, 40)")
+    ckks.set_defaults(handler=run_keys_ckks)
 
 
 def _load(source: str):
     from hierfl.loading import load_topology
-    from hierfl.runtime.node import runtime_problems
 
-    topology = load_topology(source)
-    problems = runtime_problems(topology)
-    if problems:
-        raise HierflError(f"{topology.source}: cannot run in the distributed runtime:\n" + "\n".join(f"  - {p}" for p in problems))
-    return topology
+    return load_topology(source)
 
 
 def _node_setup(source: str):
@@ -105,6 +110,8 @@ def run_launch(args: argparse.Namespace) -> int:
     source = str(Path(args.topology).absolute()) if Path(args.topology).exists() else args.topology
     if args.resume and args.out is None:
         raise HierflError("--resume needs --out, the run directory to continue")
+    if args.publish and topology.privacy.homomorphic:
+        raise HierflError("--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it")
     out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console()
     console.print(
@@ -128,6 +135,9 @@ def run_launch(args: argparse.Namespace) -> int:
 
         console.print(summary_table(history, topology.plant_names))
         console.print(runtime_table(history))
+    note = " (decrypted at its plant; the cloud holds none)" if topology.privacy.homomorphic else ""
+    for model in launch.final_models():
+        console.print(f"final model{note}: {model}")
     console.print(f"run directory: {out}")
     return 0
 
@@ -166,7 +176,7 @@ def run_cloud(args: argparse.Namespace) -> int:
 
     topology = _node_setup(args.topology)
     node = CloudNode(topology, args.out, rounds=args.rounds, bind=args.bind, resume=args.resume, keys=_keys(args.key),
-                     publish=args.publish)
+                     publish=args.publish, he_context=args.he_context)
     _stop_on_signals(node)
     node.run()
     return 0
@@ -180,7 +190,8 @@ def run_edge(args: argparse.Namespace) -> int:
         raise HierflError(f"no plant {args.plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})")
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the edge's checkpoint")
-    node = EdgeNode(topology, args.plant, bind=args.bind, state_dir=args.state, resume=args.resume, keys=_keys(args.key))
+    node = EdgeNode(topology, args.plant, bind=args.bind, state_dir=args.state, resume=args.resume, keys=_keys(args.key),
+                    he_context=args.he_context, model_out=args.model_out)
     _stop_on_signals(node)
     node.run()
     return 0
@@ -221,6 +232,18 @@ def run_keys_generate(args: argparse.Namespace) -> int:
     for name in args.names:
         public, secret = generate_keys(args.directory, name)
         print(f"{name}: public key {_public_text(public)}  ({public}; secret {secret}, keep it private)")
+    return 0
+
+
+def run_keys_ckks(args: argparse.Namespace) -> int:
+    from hierfl.privacy.homomorphic import CkksParameters
+    from hierfl.runtime.encrypted import write_key_files
+
+    parameters = CkksParameters.of(_load(args.topology).privacy) if args.topology else CkksParameters()
+    secret, public = write_key_files(args.directory, parameters)
+    print(f"CKKS degree {parameters.poly_modulus_degree}, scale 2^{parameters.scale_bits}:")
+    print(f"  {secret}: the plants' secret context; copy it to every plant's edge (--he-context) out of band, never to the cloud")
+    print(f"  {public}: the public context; give it to the cloud (--he-context)")
     return 0
 
 

@@ -15,10 +15,12 @@ Under differential privacy the cloud sends the clip norm in force with each mode
 records epsilon every round; it trains no more rounds than `target_epsilon` allows. A
 trusted cloud (`dp = "cloud"`) noises the sum of the summaries; with adaptive clipping
 it moves the clip norm from the edges' noised counts (`_adapted_clip_norm`), and the
-checkpointed record carries it across a restart.
+checkpointed record carries it across a restart. With SCAFFOLD it keeps the variate `c`,
+sends it with every model, adds the edges' variate sums divided by the federation's
+examples and checkpoints it.
 
 `--resume` restarts from the last checkpoint: the record of a round is written after its
-checkpoint (with SCAFFOLD's cloud variate), and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
+checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
 rounds, so no round is lost or counted twice.
 
 The cloud answers every edge heartbeat, so an edge notices when the cloud is gone and
@@ -28,6 +30,12 @@ weight multiplied by `1 / (1 + staleness)`, staleness being how many global mode
 were made since the one the edge started from (`round - 1 - base_version`, at least 0;
 the polynomial discount of FedAsync, Xie et al. 2019): progress made on an old model
 counts, but less the older it is.
+
+With `[privacy] homomorphic = true` the cloud holds no plaintext model at all: it opens
+each round with the *encrypted* aggregate of the previous one, adds the edges' encrypted
+summaries under plaintext weights, checkpoints the round and its encrypted aggregate, and
+writes each round's record from the scores the edges report after decrypting it; the
+final model is written by the edges (see `hierfl.runtime.encrypted`).
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ import numpy as np
 import zmq
 
 from hierfl import checkpoint
-from hierfl.evaluation import make_evaluator
+from hierfl.errors import HierflError, HomomorphicError
+from hierfl.evaluation import Scores, combine_plant_sums, make_evaluator
 from hierfl.kernels import ravel
 from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.plan import make_plan
@@ -67,7 +76,7 @@ class CloudNode:
     """The cloud of `topology`, writing to `run_dir`. `run()` trains `rounds` cloud rounds (default: the file's)."""
 
     def __init__(self, topology: Topology, run_dir: Path, *, rounds: int | None = None, bind: str | None = None,
-                 resume: bool = False, keys: CurveKeys | None = None, publish: str | None = None):
+                 resume: bool = False, keys: CurveKeys | None = None, publish: str | None = None, he_context: Path | None = None):
         self.topology = topology
         self.runtime = runtime = topology.runtime
         secure = check_keys(runtime, keys)
@@ -80,30 +89,37 @@ class CloudNode:
         if self.rounds < requested:
             self.log.warning("privacy.target_epsilon %g allows %d of %d rounds", topology.privacy.target_epsilon, self.rounds, requested)
         self.net = net = node_model(topology)
-        plan = make_plan(topology)
-        self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
         self.edges = {name: row for row, name in enumerate(topology.plant_names)}
-        self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud, self.dp,
-                                          topology.federation.seed, len(self.edges))
-        self.ravel = jax.jit(lambda params: ravel(net.spec, params))
-        self.decode = make_decode(net.codecs.edge_to_cloud)
-        self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
         # Rows 0..E-1 hold this round's summaries, rows E..2E-1 stale summaries (offline progress).
-        self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
         self.weights = np.zeros(2 * len(self.edges), np.float32)
-        self.params = net.initial_params
-        # SCAFFOLD: the cloud's variate c, this round's variate sums (rows as deltas) and the federation's examples.
-        self.variate = np.zeros(net.spec.size if net.variates else 0, np.float32)
-        self.variate_sums = aligned_zeros((2 * len(self.edges), self.variate.size))
-        self.examples = np.float32(plan.shards.counts.sum())
-        self.server_state = net.algorithm.server_init(self.params)
+        self.elapsed_before = 0.0
+        self.cipher = None
+        if topology.privacy.homomorphic:
+            self._setup_encrypted(he_context, publish)
+        else:
+            if he_context is not None:
+                raise HomomorphicError("--he-context is for topologies with [privacy] homomorphic = true")
+            plan = make_plan(topology)
+            self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
+            self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud, self.dp,
+                                              topology.federation.seed, len(self.edges))
+            self.ravel = jax.jit(lambda params: ravel(net.spec, params))
+            self.decode = make_decode(net.codecs.edge_to_cloud)
+            self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
+            self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
+            self.params = net.initial_params
+            self.server_state = net.algorithm.server_init(self.params)
+            # SCAFFOLD: the cloud's variate c, this round's variate sums (rows as deltas) and the federation's examples.
+            self.variate = np.zeros(net.spec.size if net.variates else 0, np.float32)
+            self.variate_sums = aligned_zeros((2 * len(self.edges), self.variate.size))
+            self.examples = np.float32(plan.shards.counts.sum())
+            self.checkpoints = CloudCheckpoints(self.run_dir / "checkpoints" / "cloud")
         self.members = Membership(runtime.heartbeat_timeout)
         self.counters = Counters()
         self.late = 0
         self.round = 1
         self.resumed = resume
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = CloudCheckpoints(self.run_dir / "checkpoints" / "cloud")
         if resume:
             self._restore()
         else:
@@ -113,15 +129,41 @@ class CloudNode:
         self.phase = STARTING
         self.first_round = True
         self.started = time.monotonic()
-        self.elapsed_before = 0.0
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.edge_keys.values()) if secure else None
         self.socket = bind_router(self.context, bind or topology.cloud.address, max_bytes=runtime.max_message_bytes, keys=keys)
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
         self.running = True
 
+    def _setup_encrypted(self, he_context: Path | None, publish: str | None) -> None:
+        """The cloud's state under homomorphic encryption: the public CKKS context, no model, no evaluator."""
+        from hierfl.runtime import encrypted
+
+        if he_context is None:
+            raise HomomorphicError("privacy.homomorphic: the cloud needs the plants' public CKKS context: --he-context ckks-public.bin (`hierfl keys ckks`)")
+        if publish:
+            raise HierflError("--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it")
+        self.encrypted = encrypted
+        parameters = encrypted.he.CkksParameters.of(self.topology.privacy)
+        problem = encrypted.layout_problem(self.topology, self.net.spec, self.runtime.max_message_bytes)
+        if problem:
+            raise HomomorphicError(problem)
+        self.cipher = encrypted.CloudCipher(encrypted.load_cloud_context(he_context, self.topology), self.net.spec, parameters,
+                                            self.topology.federation.server_learning_rate)
+        self.layouts = {protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(self.net.spec, parameters))}
+        self.chunks: dict[int, tuple[bytes, ...]] = {}
+        self.aggregate = encrypted.Aggregate(0)
+        self.history: dict[int, Any] = {}  # the newest aggregates (CATCH_UP_BYTES), by version, for edges that fell behind
+        self.pending: dict[int, dict[str, Any]] = {}  # records waiting for the edges' evaluations, by model version
+        self.plant_sums: dict[int, dict[str, Any]] = {}
+        self.bytes_up = 0
+        self.checkpoints = encrypted.EncryptedCheckpoints(self.run_dir / "checkpoints" / "cloud-he")
+        self.log.info("homomorphic encryption: CKKS key %s (public context only); the edges hold the global model", self.cipher.key_id)
+
     def warm_up(self) -> None:
         """Compiles every step of a round before serving, so no round stalls on a compile."""
+        if self.cipher is not None:
+            return
         self.ravel(self.params)
         self.cloud_step(self.params, self.server_state, self.deltas, self.weights, jnp.int32(1), self.clip_norm)
         self.evaluate(self.params)
@@ -137,12 +179,17 @@ class CloudNode:
                     self._drain()
                 self._advance()
             if self.round > self.rounds:
-                checkpoint.save_params(self.run_dir / "model.npz", self.params)
-                self.log.info("trained %d cloud rounds; model saved; stopping the edges", self.rounds)
+                if self.cipher is None:
+                    checkpoint.save_params(self.run_dir / "model.npz", self.params)
+                    self.log.info("trained %d cloud rounds; model saved; stopping the edges", self.rounds)
+                else:
+                    self._finish_encrypted()
+                    self.log.info("trained %d cloud rounds; the plants hold the final model (the cloud has none); stopping the edges", self.rounds)
                 self._stop_edges()
         finally:
             self.writer.close()
-            self.checkpoints.close()
+            if self.cipher is None:
+                self.checkpoints.close()
             if self.publisher is not None:
                 self.publisher.close()
             self.socket.close(linger=1000)
@@ -181,8 +228,14 @@ class CloudNode:
             frames, senders=self.edges, spec=self.net.spec, layouts=self.layouts,
             max_bytes=self.runtime.max_message_bytes, routing_id=peer,
         )
-        if self.members.seen(message.sender):
+        joined = self.members.seen(message.sender)
+        if joined:
             self.log.info("edge %s joined", message.sender)
+        # Under HE an edge (re)starting says hello with the global model version it holds: first the aggregates it misses.
+        started = self.cipher is not None and message.kind == protocol.HELLO
+        if started:
+            self._send_catch_up(message.sender, message.header["model_version"])
+        if joined or started:
             self._send_open_round(message.sender)
         self._handle(message)
 
@@ -196,7 +249,10 @@ class CloudNode:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
             send_router(self.socket, message.sender, protocol.encode(protocol.HEARTBEAT, CLOUD, round=self.round))
             return
-        if message.kind != protocol.SUMMARY:
+        if message.kind == protocol.EVALUATION and self.cipher is not None:
+            self._take_evaluation(message)
+            return
+        if message.kind != (protocol.SUMMARY if self.cipher is None else protocol.HE_SUMMARY):
             raise protocol.MessageRejected(protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud")
         if message.round < self.round or (message.round == self.round and self.phase != COLLECTING):
             raise protocol.MessageRejected(protocol.STALE_ROUND, f"summary for round {message.round}, which is closed (now {self.round})")
@@ -210,9 +266,14 @@ class CloudNode:
         if stale and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
             raise protocol.MessageRejected(protocol.MALFORMED, f"a stale summary needs base_version >= 0, got {base!r}")
         row = self.edges[message.sender] + (len(self.edges) if stale else 0)
-        codec = self.net.codecs.edge_to_cloud
-        self.deltas[row] = message.arrays[0] if codec.name == "none" else np.asarray(self.decode(self.net.payload(message.arrays)))
-        if self.net.variates:
+        if self.cipher is not None:
+            self.chunks[row] = self.cipher.summary_chunks(message)
+            self.bytes_up += sum(len(c) for c in self.chunks[row])
+        elif self.net.codecs.edge_to_cloud.name == "none":
+            self.deltas[row] = message.arrays[0]
+        else:
+            self.deltas[row] = np.asarray(self.decode(self.net.payload(message.arrays)))
+        if self.cipher is None and self.net.variates:
             self.variate_sums[row] = message.arrays[-1]
         weight = float(message.header["weight"])
         if stale:
@@ -239,14 +300,20 @@ class CloudNode:
         self.summaries: dict[str, dict[str, Any]] = {}
         self.stale: dict[str, dict[str, Any]] = {}
         self.weights[:] = 0
-        self.variate_sums[:] = 0
+        if self.cipher is None:
+            self.variate_sums[:] = 0
         # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
         self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
         self.first_round = False
-        self.model_frames = protocol.encode(protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1,
-                                            spec=self.net.spec, codec="none",
-                                            arrays=[np.asarray(self.ravel(self.params)), *([self.variate] if self.net.variates else [])],
-                                            **({"clip_norm": float(self.clip_norm)} if self.dp else {}))
+        if self.cipher is not None:
+            self.chunks, self.bytes_up = {}, 0
+            self.model_frames = self.cipher.aggregate_frames(self.aggregate, self.round)
+        else:
+            self.model_frames = protocol.encode(
+                protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1, spec=self.net.spec, codec="none",
+                arrays=[np.asarray(self.ravel(self.params)), *([self.variate] if self.net.variates else [])],
+                **({"clip_norm": float(self.clip_norm)} if self.dp else {}),
+            )
         # To the edges alive when the round opened (re-asking the live set now could miss them all
         # if this process was stalled); an edge that joins later gets the model when it does.
         for edge in sorted(self.expected):
@@ -256,6 +323,9 @@ class CloudNode:
     def _close_round(self) -> None:
         answered, total = len(self.summaries), len(self.edges)
         required = math.ceil(self.runtime.min_edge_participation * total)
+        if self.cipher is not None:
+            self._close_encrypted_round(answered >= required and answered > 0)
+            return
         if answered >= required and answered > 0:
             self.params, self.server_state = self.cloud_step(self.params, self.server_state, self.deltas, self.weights,
                                                              jnp.int32(self.round), self.clip_norm)
@@ -265,16 +335,13 @@ class CloudNode:
             self.log.warning("cloud round %d: %d of %d edges answered (need %d); model unchanged", self.round, answered, total, required)
         if self.net.variates:  # the devices have moved their variates, whatever happened to the model
             self.variate = self.variate + self.variate_sums.sum(axis=0) / max(self.examples, np.float32(1))
-        record = self._record()
+        record = self._record(self.evaluate(self.params))
         self.checkpoints.save(self.round, self.params, self.server_state, record, self.variate)
         self.writer.write(record)
         if self.publisher is not None:
             self.publisher.publish(self.round, self.params, record)
         self.log.info("cloud round %d: %d/%d edges, accuracy %.4f", self.round, answered, total, record["accuracy"])
-        self.round += 1
-        self.phase = COLLECTING
-        if self.round <= self.rounds:
-            self._open_round()
+        self._next_round()
 
     def _adapted_clip_norm(self) -> np.float32:
         """Adaptive clipping's next clip norm from the edges' noised counts of unclipped updates.
@@ -288,8 +355,103 @@ class CloudNode:
                                   self.dp.clip_quantile, self.dp.clip_learning_rate)
         return np.float32(adapted)
 
-    def _record(self) -> dict[str, Any]:
-        scores = self.evaluate(self.params)
+    def _next_round(self) -> None:
+        self.round += 1
+        self.phase = COLLECTING
+        if self.round <= self.rounds:
+            self._open_round()
+
+    # -- homomorphic encryption: the cloud adds ciphertexts, the edges evaluate ----------------------
+
+    def _close_encrypted_round(self, enough: bool) -> None:
+        """A_round from the encrypted summaries; the round's record waits for the edges' evaluations of it."""
+        down_bytes = sum(len(protocol.frame_bytes(frame)) for frame in self.model_frames[1:])
+        aggregate = self.encrypted.Aggregate(self.round)
+        if enough:
+            labels = self.encrypted.row_labels(self.topology.plant_names)
+            summaries = {labels[row]: chunks for row, chunks in self.chunks.items()}
+            weights = {labels[row]: float(self.weights[row]) for row in self.chunks}
+            try:
+                aggregate = self.cipher.aggregate(self.round, summaries, weights)
+            except HomomorphicError as error:  # summaries are checked on receipt; this is a last guard
+                self.log.error("cloud round %d: cannot add the encrypted summaries (%s); model unchanged", self.round, error)
+        else:
+            self.log.warning("cloud round %d: %d of %d edges answered; model unchanged", self.round, len(self.summaries), len(self.edges))
+        self.aggregate = aggregate
+        self.history[aggregate.version] = aggregate
+        kept = self.encrypted.newest_within(self.history, self.encrypted.CATCH_UP_BYTES)
+        self.history = {version: self.history[version] for version in kept}
+        record = self._record(None)
+        record["bytes"]["edge_to_cloud"] = self.bytes_up
+        record["bytes"]["cloud_to_edge"] = self.sent_to * down_bytes
+        self._complete_records(force_before=self.round)  # before the checkpoint: a resume keeps every earlier record
+        self.checkpoints.save(self.round, aggregate, record)
+        self.pending[self.round] = record
+        self.plant_sums.setdefault(self.round, {})
+        self.log.info("cloud round %d: %d/%d edges, encrypted aggregate %d bytes (coefficients %s)", self.round, len(self.summaries),
+                      len(self.edges), aggregate.nbytes, {k: round(v, 4) for k, v in aggregate.coefficients.items()})
+        self._next_round()
+
+    def _send_catch_up(self, edge: str, held: int) -> None:
+        """Sends an edge holding global model `held` the aggregates after it, up to the one the open round carries.
+
+        Only as far back as `history` reaches (`encrypted.CATCH_UP_BYTES`; after a resume,
+        the checkpointed aggregate alone); an edge further behind gets nothing here and
+        logs the gap when the round's aggregate arrives (`encrypted.catch_up`).
+        """
+        missing = range(held + 1, self.aggregate.version + (1 if self.phase == DONE else 0))
+        if not missing or any(version not in self.history for version in missing):
+            if missing:
+                self.log.warning("edge %s holds global model version %d; the aggregates since are not all kept here (%s)",
+                                 edge, held, ", ".join(map(str, sorted(self.history))) or "none")
+            return
+        for version in missing:
+            send_router(self.socket, edge, self.cipher.aggregate_frames(self.history[version], self.round, catch_up=True))
+        self.log.info("edge %s holds global model version %d: sent the aggregates of versions %d..%d", edge, held, missing[0], missing[-1])
+
+    def _take_evaluation(self, message: protocol.Message) -> None:
+        """An edge's test sums of global model `message.round` (it re-sends them when it gets an aggregate twice)."""
+        version = message.round
+        if version >= self.round:
+            raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"evaluation of model version {version}, not made yet (now round {self.round})")
+        if version in self.pending:
+            self.plant_sums[version][message.sender] = self.encrypted.evaluation_sums(message.header)
+            self._complete_records()
+
+    def _complete_records(self, force_before: int = 0) -> None:
+        """Writes, in round order, the pending records every live edge has evaluated (all before `force_before`, with what came)."""
+        for version in sorted(self.pending):
+            reported = self.plant_sums.get(version, {})
+            waiting = (self.members.alive() & set(self.edges)) - set(reported)
+            if version >= force_before and (waiting or not reported):
+                return
+            sums = [reported.get(name) for name in self.topology.plant_names]
+            record = self.pending.pop(version)
+            self.plant_sums.pop(version, None)
+            record.update(self._score_fields(combine_plant_sums(self.net.task, sums)))
+            self.writer.write(record)
+            self.log.info("cloud round %d: accuracy %.4f (evaluated by %s)", version, record["accuracy"], ", ".join(sorted(reported)) or "no plant")
+
+    def _finish_encrypted(self) -> None:
+        """Sends the last aggregate (`final`): the edges apply it, evaluate, and write the final model; waits for their scores."""
+        self.phase = DONE
+        frames = self.cipher.aggregate_frames(self.aggregate, self.round, final=True)
+        for edge in sorted(self.members.alive() & set(self.edges)):
+            send_router(self.socket, edge, frames)
+        deadline = time.monotonic() + self.runtime.edge_deadline
+        while self.running and self.pending and time.monotonic() < deadline:
+            if self.socket.poll(50, zmq.POLLIN):
+                self._drain()
+            self._complete_records()
+        self._complete_records(force_before=self.round)
+
+    def _score_fields(self, scores: Scores | None) -> dict[str, Any]:
+        """The record's test scores (NaN until the edges report them, under homomorphic encryption)."""
+        if scores is None:
+            return {"test_loss": math.nan, "accuracy": math.nan, "plant_accuracy": {name: math.nan for name in self.topology.plant_names}}
+        return {"test_loss": scores.loss, "accuracy": scores.score, "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant))}
+
+    def _record(self, scores: Scores | None) -> dict[str, Any]:
         now = time.perf_counter()
         weight = sum(float(h["weight"]) for h in self.summaries.values())
         loss_sum = sum(float(h["loss"]) for h in self.summaries.values())
@@ -299,9 +461,7 @@ class CloudNode:
         return {
             "round": self.round,
             "loss": loss_sum / max(weight, 1.0),
-            "test_loss": scores.loss,
-            "accuracy": scores.score,
-            "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant)),
+            **self._score_fields(scores),
             "bytes": {
                 "device_to_edge": device_updates * codecs.device_to_edge.payload_bytes,
                 "edge_to_device": device_updates * model_bytes,
@@ -322,6 +482,9 @@ class CloudNode:
         }
 
     def _restore(self) -> None:
+        if self.cipher is not None:
+            self._restore_encrypted()
+            return
         state = self.checkpoints.latest(self.params, self.server_state, self.variate)
         if state is None:
             self.log.info("no checkpoint in %s; starting at round 1", self.checkpoints.directory)
@@ -335,6 +498,22 @@ class CloudNode:
         self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
         reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
         self.log.info("resumed from the checkpoint of cloud round %d", state.round)
+
+    def _restore_encrypted(self) -> None:
+        """Round and encrypted aggregate from the last checkpoint; its record is pending unless `metrics.jsonl` has it."""
+        state = self.checkpoints.latest()
+        if state is None:
+            self.log.info("no checkpoint in %s; starting at round 1", self.checkpoints.directory)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+            return
+        self.round = state.round + 1
+        self.aggregate = state.aggregate
+        self.history = {state.aggregate.version: state.aggregate}
+        self.elapsed_before = float(state.record.get("elapsed_seconds", 0.0))
+        if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):
+            self.pending[state.round] = state.record
+            self.plant_sums[state.round] = {}
+        self.log.info("resumed from the checkpoint of cloud round %d (its encrypted aggregate)", state.round)
 
 
 def staleness_discount(staleness: int) -> float:
@@ -366,8 +545,13 @@ class RoundPublisher:
         self.publisher.close()
 
 
-def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any]) -> None:
-    """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last)."""
+def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] | None) -> bool:
+    """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last).
+
+    With `last_record` None (homomorphic encryption: the checkpoint's record has no scores
+    yet) the file's own record of `last_round` is kept if it has one. Returns whether the
+    file now holds `last_round`.
+    """
     records: dict[int, str] = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -375,12 +559,16 @@ def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any]) 
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the crash
-            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] < last_round:
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and (
+                record["round"] < last_round or (record["round"] == last_round and last_record is None)
+            ):
                 records[record["round"]] = line + "\n"
-    records[last_round] = encode_record(last_record)
+    if last_record is not None:
+        records[last_round] = encode_record(last_record)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(records[r] for r in sorted(records)), encoding="utf-8")
     tmp.replace(path)
+    return last_round in records
 
 
 def jax_tree_asarray(tree: Any) -> Any:

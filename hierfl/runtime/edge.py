@@ -44,6 +44,12 @@ Devices join at any time (any valid message admits them; they get the model at t
 next edge round) and count as gone after `heartbeat_timeout` seconds of silence, so a
 crashed device stops holding up rounds. The edge checkpoints its uplink residual and
 last finished cloud round after each summary (`--resume` reads it back).
+
+With `[privacy] homomorphic = true` the edge holds the global model: the cloud sends
+encrypted aggregates instead of models, the edge decrypts each one onto its copy of the
+global model, reports its plant's test scores, and sends its summary encrypted; it also
+checkpoints the decrypted global model and its version, and writes the final model
+(`--model-out`). See `hierfl.runtime.encrypted`.
 """
 
 from __future__ import annotations
@@ -57,9 +63,10 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.privacy.config import DpConfig
-from hierfl.errors import SecAggError
+from hierfl.errors import HomomorphicError, SecAggError
+from hierfl.kernels import unravel
 from hierfl.plan import make_plan
+from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, drain_router, send_router, start_waiting_over
 from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_sum_step, make_edge_upload
@@ -75,7 +82,7 @@ class EdgeNode:
     """The edge server of plant `plant_name`. `run()` serves until the cloud says stop (or SIGTERM)."""
 
     def __init__(self, topology: Topology, plant_name: str, *, bind: str | None = None, state_dir: Path | None = None,
-                 resume: bool = False, keys: CurveKeys | None = None):
+                 resume: bool = False, keys: CurveKeys | None = None, he_context: Path | None = None, model_out: Path | None = None):
         self.topology = topology
         self.plant = topology.plant(plant_name)
         self.index = topology.plant_names.index(plant_name)
@@ -121,12 +128,17 @@ class EdgeNode:
         self.pending_weight, self.pending_loss = 0.0, 0.0
         self.summary_base: np.ndarray | None = None
         self.cloud_seen = time.monotonic()
+        self.cipher = None
+        if topology.privacy.homomorphic:
+            self._setup_encrypted(he_context, model_out)
+        elif he_context is not None or model_out is not None:
+            raise HomomorphicError("--he-context and --model-out are for topologies with [privacy] homomorphic = true")
         if resume:
             self._restore()
         self.phase = IDLE
         self.round = 0
         self.edge_round = 0
-        self.model_version = 0
+        self.model_version = self.global_version if self.cipher is not None else 0  # what hello tells the cloud
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.device_keys) if secure else None
@@ -147,6 +159,8 @@ class EdgeNode:
         codec = self.net.codecs.device_to_edge
         if codec.name != "none":
             self.decode(self.net.payload(tuple(np.zeros(shape, dtype) for dtype, shape in self.net.device_layout.frames)))
+        if self.cipher is not None:
+            self.plant_evaluate(self.net.initial_params)
 
     def run(self) -> None:
         self.warm_up()
@@ -286,10 +300,14 @@ class EdgeNode:
             if message.kind == protocol.REJECTED:
                 self.log.warning("the cloud rejected our message: %s", message.header.get("detail"))
             elif message.kind == protocol.MODEL:
-                self._start_cloud_round(message)
+                self._start_cloud_round(message.round, int(message.header["model_version"]), message.arrays[0],
+                                        clip_norm=protocol.header_number(message.header, "clip_norm", self.topology.privacy.clip_norm),
+                                        cloud_variate=message.arrays[1] if self.net.variates else None)
+            elif message.kind == protocol.HE_AGGREGATE:
+                self._take_aggregate(message)
 
-    def _start_cloud_round(self, message: protocol.Message) -> None:
-        r = message.round
+    def _start_cloud_round(self, r: int, model_version: int, global_flat: np.ndarray, *, clip_norm: float | None = None,
+                           cloud_variate: np.ndarray | None = None) -> None:
         if self.offline:
             self._send_stale_summary(r)
         elif r < self.round or (r == self.round and self.phase != IDLE):
@@ -298,10 +316,10 @@ class EdgeNode:
         if self.phase != IDLE:
             self.log.warning("cloud round %d started before this edge finished round %d; abandoning it", r, self.round)
         self.round, self.edge_round = r, 0
-        self.model_version = int(message.header["model_version"])
-        self.clip_norm = np.float32(protocol.header_number(message.header, "clip_norm", self.topology.privacy.clip_norm))
-        self.global_flat = np.array(message.arrays[0])
-        self.cloud_variate = np.array(message.arrays[1]) if self.net.variates else None
+        self.model_version = model_version
+        self.clip_norm = np.float32(self.topology.privacy.clip_norm if clip_norm is None else clip_norm)
+        self.global_flat = np.array(global_flat)
+        self.cloud_variate = None if cloud_variate is None else np.array(cloud_variate)
         self.variate_sum = np.zeros_like(self.variate_sum)
         self.edge_flat = self.global_flat
         self.total_weight, self.loss_sum, self.unclipped_sum, self.answered_per_round = 0.0, 0.0, 0.0, []
@@ -413,13 +431,85 @@ class EdgeNode:
             self.device_bytes[1] += sum(len(protocol.frame_bytes(f)) for f in message)
             send_router(self.devices_socket, device, message)
 
-    def _send_summary(self) -> None:
-        payload, residual = self.upload(self.edge_flat, self.global_flat, jnp.float32(self.total_weight), self.residual,
-                                        jnp.int32(self.round), jnp.int32(self.index))
+    # -- homomorphic encryption: the edge holds the global model ----------------------------------------
+
+    def _setup_encrypted(self, he_context: Path | None, model_out: Path | None) -> None:
+        """The plants' secret CKKS context, the global model (version 0: the initial one) and the plant's test examples."""
+        from hierfl.evaluation import make_plant_evaluator
+        from hierfl.kernels import ravel
+        from hierfl.runtime import encrypted
+
+        if he_context is None:
+            raise HomomorphicError("privacy.homomorphic: an edge needs the plants' secret CKKS context: --he-context ckks-secret.bin (`hierfl keys ckks`)")
+        self.encrypted = encrypted
+        parameters = encrypted.he.CkksParameters.of(self.topology.privacy)
+        problem = encrypted.layout_problem(self.topology, self.net.spec, self.runtime.max_message_bytes)
+        if problem:
+            raise HomomorphicError(problem)
+        self.cipher = encrypted.PlantCipher(encrypted.load_plant_context(he_context, self.topology), self.net.spec, parameters)
+        self.cloud_layouts = {protocol.HE_AGGREGATE: (encrypted.CODEC, encrypted.cipher_layout(self.net.spec, parameters, allow_empty=True))}
+        self.global_flat = np.asarray(ravel(self.net.spec, self.net.initial_params))
+        self.global_version = 0
+        self.evaluation: tuple[int, dict] | None = None
+        self.model_out = Path(model_out) if model_out is not None else None
+        self.plant_evaluate = make_plant_evaluator(self.net.model, self.net.task, make_plan(self.topology).test, self.index)
+        self.log.info("homomorphic encryption: CKKS key %s; summaries leave encrypted", self.cipher.key_id)
+
+    def _take_aggregate(self, message: protocol.Message) -> None:
+        """Decrypts the cloud's aggregate onto the global model (once per version), reports its scores, then starts the round.
+
+        An aggregate under another key, or one this edge cannot catch up to, ends the edge
+        with HomomorphicError: it could never contribute again, and an edge that keeps
+        sending heartbeats would hold up every cloud round until its deadline.
+        """
+        version = int(message.header["model_version"])
+        catching_up = message.header.get("catch_up") is True
+        try:
+            self.cipher.check_key(message)
+            if self.encrypted.catch_up(self.global_version, version).apply:
+                self.global_flat = self.global_flat + self.cipher.decrypt(message)
+                self.global_version = version
+                if not catching_up:
+                    self.evaluation = (version, self.encrypted.release_evaluation(self.plant_evaluate(unravel(self.net.spec, self.global_flat))))
+                self._checkpoint()
+        except HomomorphicError as error:  # this edge can never take part again: it stops, naming why (exit status 2)
+            self.log.error("cannot use the cloud's aggregate for round %d: %s", message.round, error)
+            raise HomomorphicError(f"plant {self.plant.name}: cannot use the cloud's aggregate for round {message.round}: {error}") from None
+        if catching_up:
+            self.log.info("caught up to global model version %d", version)
+            return
+        if self.evaluation is not None and self.evaluation[0] == version:
+            self._send_cloud(protocol.EVALUATION, round=version, **self.evaluation[1])
+        if message.header.get("final") is True:
+            self._write_final_model()
+            return
+        self._start_cloud_round(message.round, version, self.global_flat)
+
+    def _write_final_model(self) -> None:
+        if self.model_out is None:
+            self.log.warning("final global model (version %d) not written: no --model-out", self.global_version)
+            return
+        from hierfl.checkpoint import save_params
+
+        save_params(self.model_out, unravel(self.net.spec, self.global_flat))
+        self.log.info("final global model (version %d) written to %s", self.global_version, self.model_out)
+
+    def _summary_fields(self, edge_flat: np.ndarray, base_flat: np.ndarray, weight: float, round: int, key_index: int,
+                        variate_sum: np.ndarray) -> tuple[str, dict]:
+        """The kind and payload fields of a summary of `edge_flat - base_flat`: encrypted, or through the uplink's codec
+        (with SCAFFOLD's `variate_sum` after the payload)."""
+        if self.cipher is not None:
+            delta = np.asarray(edge_flat, np.float32) - np.asarray(base_flat, np.float32)
+            return protocol.HE_SUMMARY, self.cipher.summary_fields(delta, weight, round)
+        payload, residual = self.upload(edge_flat, base_flat, jnp.float32(weight), self.residual, jnp.int32(round), jnp.int32(key_index))
         self.residual = np.asarray(residual)
+        arrays = [*(np.asarray(a) for a in payload), *self._variate_frames(variate_sum)]
+        return protocol.SUMMARY, {"spec": self.net.spec, "codec": self.net.codecs.edge_to_cloud.name, "arrays": arrays}
+
+    def _send_summary(self) -> None:
+        kind, payload = self._summary_fields(self.edge_flat, self.global_flat, self.total_weight, self.round, self.index, self.variate_sum)
         self._send_cloud(
-            protocol.SUMMARY, round=self.round, edge_round=self.edge_rounds, spec=self.net.spec,
-            codec=self.net.codecs.edge_to_cloud.name, arrays=[*(np.asarray(a) for a in payload), *self._variate_frames(self.variate_sum)],
+            kind, round=self.round, edge_round=self.edge_rounds, **payload,
             weight=self.total_weight, loss=self.loss_sum, answered=self.answered_per_round, expected=len(self.devices),
             rejected=self.counters.snapshot(), late=self.late, unclipped=self.unclipped_sum,
         )
@@ -434,13 +524,10 @@ class EdgeNode:
         """Sends the offline rounds' progress (since the last summary) as a stale summary for `cloud_round`."""
         if self.pending_weight > 0:
             key_index = len(self.topology.plants) + self.index  # a key apart from this round's own summary
-            payload, residual = self.upload(self.edge_flat, self.summary_base, jnp.float32(self.pending_weight), self.residual,
-                                            jnp.int32(cloud_round), jnp.int32(key_index))
-            self.residual = np.asarray(residual)
+            kind, payload = self._summary_fields(self.edge_flat, self.summary_base, self.pending_weight, cloud_round, key_index,
+                                                 self.pending_variate_sum)
             self._send_cloud(
-                protocol.SUMMARY, round=cloud_round, edge_round=self.offline_rounds, spec=self.net.spec,
-                codec=self.net.codecs.edge_to_cloud.name,
-                arrays=[*(np.asarray(a) for a in payload), *self._variate_frames(self.pending_variate_sum)],
+                kind, round=cloud_round, edge_round=self.offline_rounds, **payload,
                 weight=self.pending_weight, loss=self.pending_loss, stale=True, base_version=self.finished_round,
             )
             self.log.info("the cloud is back: sent %d offline edge rounds (weight %g, from version %d) as a stale summary",
@@ -477,8 +564,9 @@ class EdgeNode:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        encrypted = {"global_flat": self.global_flat, "global_version": self.global_version} if self.cipher is not None else {}
         with open(tmp, "wb") as f:
-            np.savez(f, round=self.finished_round, residual=self.residual, late=self.late)
+            np.savez(f, round=self.finished_round, residual=self.residual, late=self.late, **encrypted)
         tmp.replace(self.state_path)
 
     def _restore(self) -> None:
@@ -489,7 +577,11 @@ class EdgeNode:
             self.finished_round = int(state["round"])
             self.residual = np.array(state["residual"], np.float32)
             self.late = int(state["late"])
-        self.log.info("resumed after cloud round %d", self.finished_round)
+            if self.cipher is not None and "global_version" in state:
+                self.global_flat = np.array(state["global_flat"], np.float32)
+                self.global_version = int(state["global_version"])
+        version = f" (global model version {self.global_version})" if self.cipher is not None else ""
+        self.log.info("resumed after cloud round %d%s", self.finished_round, version)
 
 
 def update_problem(update: tuple[int, int], current: tuple[int, int], open_: bool, kind: str = protocol.UPDATE) -> tuple[str, str] | None:

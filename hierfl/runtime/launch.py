@@ -12,6 +12,11 @@ Devices run one per process (`hierfl device`) or many of a plant per device host
 (`hierfl devices`, see `hierfl.runtime.host`), as `[runtime] devices_per_process` says
 (`device_groups`): a process per device costs about 300 MB, so a host per plant is what
 lets one machine launch a federation of a thousand devices.
+
+With `[privacy] homomorphic = true` the launcher makes a fresh CKKS key pair in
+`RUN_DIR/keys/` (kept on `--resume`), gives the cloud the public context and every edge
+the secret one, and each edge writes the final model it decrypted to
+`RUN_DIR/model-<plant>.npz` (`final_models()`; the cloud holds no plaintext model).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from hierfl.errors import HierflError
 from hierfl.metrics import METRICS_FILE
 from hierfl.runtime.node import node_name
 from hierfl.topology import Device, Topology
+
+SECRET_FILE, PUBLIC_FILE = "ckks-secret.bin", "ckks-public.bin"  # as `hierfl.runtime.encrypted` (which needs TenSEAL) names them
 
 GRACE_SECONDS = 10.0
 NODE_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false"}
@@ -112,16 +119,41 @@ class Launch:
         resume = ["--resume"] if self.resume else []
         publish = ["--publish", self.publish] if self.publish else []
         state = str(self.run_dir / "checkpoints")
-        commands = {"cloud": self.command("cloud", self.source, "--out", str(self.run_dir), "--rounds", str(self.rounds), *resume, *publish)}
+        he = self.topology.privacy.homomorphic
+        cloud_he = ["--he-context", str(self.keys / PUBLIC_FILE)] if he else []
+        commands = {"cloud": self.command("cloud", self.source, "--out", str(self.run_dir), "--rounds", str(self.rounds), *resume, *publish, *cloud_he)}
         for plant in self.topology.plants:
-            commands[f"edge-{plant.name}"] = self.command("edge", self.source, "--plant", plant.name, "--state", state, *resume)
+            edge_he = ["--he-context", str(self.keys / SECRET_FILE), "--model-out", str(self.final_model(plant.name))] if he else []
+            commands[f"edge-{plant.name}"] = self.command("edge", self.source, "--plant", plant.name, "--state", state, *resume, *edge_he)
         for group in device_groups(self.topology):
             name, (command, *args) = device_process(self.topology, group)
             commands[name] = self.command(command, self.source, *args, "--state", state, *resume)
         return commands
 
+    @property
+    def keys(self) -> Path:
+        """Where the launcher keeps the run's CKKS contexts (homomorphic encryption)."""
+        return self.run_dir / "keys"
+
+    def final_model(self, plant: str) -> Path:
+        """Where plant `plant`'s edge writes the final model under homomorphic encryption."""
+        return self.run_dir / f"model-{plant}.npz"
+
+    def final_models(self) -> list[Path]:
+        """The final model files of the run that exist: the cloud's `model.npz`, or under HE each plant's."""
+        if not self.topology.privacy.homomorphic:
+            paths = [self.run_dir / "model.npz"]
+        else:
+            paths = [self.final_model(plant) for plant in self.topology.plant_names]
+        return [path for path in paths if path.exists()]
+
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
+        if self.topology.privacy.homomorphic and not (self.resume and (self.keys / SECRET_FILE).exists()):
+            from hierfl.privacy.homomorphic import CkksParameters
+            from hierfl.runtime.encrypted import write_key_files
+
+            write_key_files(self.keys, CkksParameters.of(self.topology.privacy), overwrite=True)  # a new run, a new key
         env = {**os.environ, **NODE_ENV}
         for name, command in self.node_commands().items():
             self.start_node(name, command, env)

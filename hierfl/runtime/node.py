@@ -111,19 +111,6 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     )
 
 
-def runtime_problems(topology: Topology) -> list[str]:
-    """What in `topology` the distributed runtime cannot run yet (the simulator can); [] if nothing.
-
-    Every algorithm (SCAFFOLD included), tier rule, server optimizer, per-line local
-    steps, codec, differential privacy at any tier, simulated attacks and secure
-    aggregation work; CKKS summaries are not in the runtime yet.
-    """
-    problems = []
-    if getattr(topology.privacy, "homomorphic", False):
-        problems.append("privacy.homomorphic: not wired into the runtime yet; its links would carry plain summaries")
-    return problems
-
-
 class Membership:
     """The peers heard from recently: `seen(peer)` on every valid message, `alive()` those within `timeout` s."""
 

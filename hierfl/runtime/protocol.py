@@ -29,6 +29,17 @@ The masked input travels as one raw uint32 frame (`masked_layout`), with the mod
 spec and the codec name `fixed-point`, not inside msgpack. `hierfl.runtime.secure`
 turns these messages into the secagg dicts and back.
 
+With `[privacy] homomorphic = true` (see `hierfl.runtime.encrypted`) the cloud link
+carries ciphertexts instead: `he_summary` (edge -> cloud, the fields of a summary) and
+`he_aggregate` (cloud -> edge, the encrypted aggregate that makes global model
+`model_version`, with the plaintext `coefficients` it used and the flags `final`, the
+last one, and `catch_up`, one an edge that fell behind applies without starting a round)
+add `"codec": "ckks"`, the spec, `"key_id"` (the public key's fingerprint) and
+`"chunks"` (their count); their frames after the header are the CKKS ciphertexts, one raw
+frame per chunk of `slots` values (never inside the header). `evaluation` (edge -> cloud,
+no frames; `round` is the model version evaluated) reports the plant's test scores of a
+global model as plaintext scalars: `count`, `loss_sum`, `metric_sums`.
+
 `parse_message` checks everything a message says about itself before any array is
 viewed: header size and type, protocol version, kind, field types, a known sender (the
 routing id, when there is one, must be the sender), the array spec, the codec, every
@@ -66,10 +77,15 @@ SECAGG_KEYS, SECAGG_ROSTER, SECAGG_SHARES, SECAGG_INBOX, SECAGG_MASKED, SECAGG_U
 SECAGG_FROM_DEVICE = (SECAGG_KEYS, SECAGG_SHARES, SECAGG_MASKED, SECAGG_REVEAL)
 """The secure-aggregation steps in order, as a device sends them (the edge answers each but the last)."""
 SECAGG_FROM_EDGE = (SECAGG_ROSTER, SECAGG_INBOX, SECAGG_UNMASK)
-KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS, *SECAGG_FROM_DEVICE, *SECAGG_FROM_EDGE)
+HE_SUMMARY, HE_AGGREGATE, EVALUATION = "he_summary", "he_aggregate", "evaluation"
+KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS, *SECAGG_FROM_DEVICE, *SECAGG_FROM_EDGE,
+         HE_SUMMARY, HE_AGGREGATE, EVALUATION)
 ARRAY_KINDS = (MODEL, UPDATE, SUMMARY, SECAGG_MASKED)
 MASKED_CODEC = "fixed-point"
 """The codec name a `secagg_masked` message carries: its frame is uint32 words, fixed point mod 2^32."""
+CIPHER_KINDS = (HE_SUMMARY, HE_AGGREGATE)
+MAX_METRICS = 16
+"""An evaluation names at most this many metrics (tasks have one to three)."""
 
 # Reason codes: the keys of the `rejected` counters in logs and metrics.
 MALFORMED = "malformed"          # not a msgpack map of the protocol, wrong field types, wrong frame count
@@ -164,6 +180,18 @@ def codec_layout(codec: Codec) -> Layout:
     return Layout(tuple((jnp.dtype(leaf.dtype).name, tuple(leaf.shape)) for leaf in payload))
 
 
+class CipherLayout(NamedTuple):
+    """The frames of a ciphertext message: `chunks` CKKS ciphertexts of at most `max_chunk_bytes` each.
+
+    `allow_empty`: the message may carry no chunk at all (an aggregate of a round nobody
+    answered, or the first round's, which leaves the model as it is).
+    """
+
+    chunks: int
+    max_chunk_bytes: int
+    allow_empty: bool = False
+
+
 def model_layout(spec: FlatSpec) -> Layout:
     """The frames of a model message: the float32 flat buffer `[P]`."""
     return Layout((("float32", (spec.size,)),))
@@ -234,7 +262,7 @@ def parse_message(
     *,
     senders: Collection[str],
     spec: FlatSpec,
-    layouts: dict[str, tuple[str, Layout]],
+    layouts: dict[str, tuple[str, Layout | CipherLayout]],
     max_bytes: int,
     routing_id: bytes | None = None,
 ) -> Message:
@@ -242,7 +270,10 @@ def parse_message(
 
     `senders`: who may send to this node; `routing_id`: the peer's id as the ROUTER saw
     it (the header's sender must match it). `layouts` maps each array kind this node
-    accepts to `(codec name, Layout)`; messages of other array kinds are UNEXPECTED.
+    accepts to `(codec name, Layout)`, and each ciphertext kind to `("ckks", CipherLayout)`;
+    messages of other array or ciphertext kinds are UNEXPECTED. Ciphertext frames are
+    returned as uint8 views; only their count and size are checked here (whether they
+    decode under the node's CKKS context is `hierfl.runtime.encrypted`'s check).
     Raises MessageRejected naming the first problem found.
     """
     if not frames:
@@ -258,9 +289,11 @@ def parse_message(
         raise MessageRejected(UNKNOWN_SENDER, f"unknown sender {_short(sender)}")
     if kind in SECAGG_FIELDS:
         _check_fields(kind, header)
-    if kind not in ARRAY_KINDS:
+    if kind not in ARRAY_KINDS + CIPHER_KINDS:
         if len(frames) != 1:
             raise MessageRejected(MALFORMED, f"a {kind} message has 1 frame, got {len(frames)}")
+        if kind == EVALUATION:
+            _check_evaluation(header)
         return Message(kind, sender, header["round"], header["edge_round"], header)
     if kind not in layouts:
         raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
@@ -270,7 +303,7 @@ def parse_message(
         raise MessageRejected(WRONG_SPEC, problem)
     if header.get("codec") != codec:
         raise MessageRejected(WRONG_SPEC, f"codec {_short(header.get('codec'))}, this link uses {codec!r}")
-    if kind in (UPDATE, SUMMARY):
+    if kind in (UPDATE, SUMMARY, HE_SUMMARY):
         for name in ("weight", "loss"):
             value = header.get(name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -281,6 +314,8 @@ def parse_message(
             raise MessageRejected(MALFORMED, f"weight must be >= 0, got {header['weight']}")
     _check_optional_fields(kind, header)
     payload = frames[1:]
+    if kind in CIPHER_KINDS:
+        return Message(kind, sender, header["round"], header["edge_round"], header, _ciphertexts(kind, header, payload, layout))
     if len(payload) != len(layout.frames):
         raise MessageRejected(MALFORMED, f"{kind} with codec {codec!r} has {len(layout.frames)} array frames, got {len(payload)}")
     arrays = []
@@ -331,6 +366,42 @@ def _check_fields(kind: str, header: dict[str, Any]) -> None:
     for name, (what, valid) in SECAGG_FIELDS[kind].items():
         if not valid(header.get(name)):
             raise MessageRejected(MALFORMED, f"{kind}: header field {name!r} must be {what}, got {_short(header.get(name))}")
+
+
+def _ciphertexts(kind: str, header: dict[str, Any], payload: Sequence[Any], layout: CipherLayout) -> tuple[np.ndarray, ...]:
+    """The ciphertext frames of a checked header, as uint8 views: their count, the header's count and each size."""
+    counts = (0, layout.chunks) if layout.allow_empty else (layout.chunks,)
+    if len(payload) not in counts:
+        raise MessageRejected(MALFORMED, f"{kind} has {len(payload)} ciphertext frames, expected {' or '.join(map(str, counts))}")
+    if header.get("chunks") != len(payload) or isinstance(header.get("chunks"), bool):
+        raise MessageRejected(MALFORMED, f"header field 'chunks' says {_short(header.get('chunks'))}, the message has {len(payload)} ciphertext frames")
+    key_id = header.get("key_id")
+    if not isinstance(key_id, str) or not 0 < len(key_id) <= 64:
+        raise MessageRejected(MALFORMED, f"header field 'key_id' must be a short string, got {_short(key_id)}")
+    chunks = []
+    for i, frame in enumerate(payload):
+        data = frame_bytes(frame)
+        if len(data) > layout.max_chunk_bytes:
+            raise MessageRejected(OVERSIZED, f"ciphertext frame {i} is {len(data)} bytes, at most {layout.max_chunk_bytes}")
+        if not len(data):
+            raise MessageRejected(MALFORMED, f"ciphertext frame {i} is empty")
+        chunks.append(np.frombuffer(data, dtype=np.uint8))
+    return tuple(chunks)
+
+
+def _check_evaluation(header: dict[str, Any]) -> None:
+    """An evaluation's scalars: `count` examples (int >= 0), `loss_sum`, `metric_sums` {name: sum}, all finite."""
+    count = header.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise MessageRejected(MALFORMED, f"header field 'count' must be an int >= 0, got {_short(count)}")
+    sums = header.get("metric_sums")
+    if not isinstance(sums, dict) or len(sums) > MAX_METRICS or not all(isinstance(k, str) for k in sums):
+        raise MessageRejected(MALFORMED, f"header field 'metric_sums' must map at most {MAX_METRICS} names to numbers, got {_short(sums)}")
+    for name, value in [("loss_sum", header.get("loss_sum")), *sums.items()]:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise MessageRejected(MALFORMED, f"evaluation value {name!r} must be a number, got {_short(value)}")
+        if not math.isfinite(value):
+            raise MessageRejected(NON_FINITE, f"evaluation value {name!r} is {value}")
 
 
 def _check_values(arrays: list[np.ndarray], size: int) -> None:

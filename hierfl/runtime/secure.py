@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 from hierfl.errors import SecAggError

@@ -41,6 +41,8 @@ from test_runtime_edge import Peer  # noqa: E402
 from test_runtime_launch import HIERFL, folder, kill9, wait_for_offline_rounds, wait_for_record, write_topology  # noqa: E402, F401
 
 HOMOMORPHIC = "\n[privacy]\nhomomorphic = true\n"
+EVERY_PROTECTION = HOMOMORPHIC + 'secure_aggregation = true\ndp = "edge"\nclip_norm = 0.5\nnoise_multiplier = 0.3\n'
+"""CKKS at the cloud, secure aggregation and DP noise at each edge, in one run."""
 TOLERANCE = 1e-4
 """Launch vs simulate, absolute, on params of magnitude < 0.3: CKKS adds about 1e-6 of the
 values' magnitude per aggregate (`hierfl.privacy.homomorphic`), i.e. some 3e-7 a round;
@@ -49,8 +51,8 @@ training to amplify it, and is still far below what a wrong weight or a missed s
 would change (about 1e-2)."""
 
 
-def he_topology(folder: Path, name: str = "he", **kwargs) -> Path:
-    return write_topology(folder, name=name, heartbeat_timeout=30.0, codecs=HOMOMORPHIC, **kwargs)
+def he_topology(folder: Path, name: str = "he", privacy: str = HOMOMORPHIC, **kwargs) -> Path:
+    return write_topology(folder, name=name, heartbeat_timeout=30.0, codecs=privacy, **kwargs)
 
 
 def unwrapped(text: str) -> str:
@@ -65,8 +67,9 @@ def logs_of(out: Path) -> str:
 # -- end to end -----------------------------------------------------------------------------------
 
 
-def test_launch_with_ckks_summaries_trains_the_simulators_model(folder):
-    topology = he_topology(folder)
+@pytest.mark.parametrize("privacy", [HOMOMORPHIC, EVERY_PROTECTION], ids=["ckks", "ckks-secure-aggregation-edge-dp"])
+def test_launch_with_ckks_summaries_trains_the_simulators_model(folder, privacy):
+    topology = he_topology(folder, privacy=privacy)
     out = folder / "run"
     result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
@@ -89,6 +92,7 @@ def test_launch_with_ckks_summaries_trains_the_simulators_model(folder):
         assert record["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
         assert record["plant_accuracy"] == pytest.approx(expected["plant_accuracy"], abs=1e-3)
         assert record["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-3)
+        assert record.get("epsilon") == expected.get("epsilon")
     model_bytes = node_model(load_topology(topology)).spec.nbytes
     assert all(r["bytes"]["edge_to_cloud"] > 2 * 8 * model_bytes for r in records)  # ciphertexts, ~14x
     assert records[0]["bytes"]["cloud_to_edge"] == 0 and records[1]["bytes"]["cloud_to_edge"] > 2 * 4 * model_bytes

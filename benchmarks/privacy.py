@@ -1,7 +1,7 @@
 """Per-round cost of secure aggregation and of CKKS against the plain float32 path, in one run.
 
     python benchmarks/privacy.py            # SecAgg N in {10, 50} x P in {1e5, 1e6}, CKKS K in {4, 16} x P in {1e5, 1e6}
-    python benchmarks/privacy.py --quick    # N = 10, K = 4, P = 1e5 only (about 15 s on 2 CPU cores)
+    python benchmarks/privacy.py --quick    # N = 10, K = 4, P = 1e5 only, and 3-round launches
     python benchmarks/privacy.py --json out.json
 
 SecAgg (`hierfl.privacy.secagg`): N devices of one edge, P float32 parameters each, all four
@@ -18,8 +18,14 @@ computes the weighted sum of the ciphertexts, each edge decrypts. Baseline, same
 edge sends its float32 summary, the cloud computes `w @ X` in numpy, the edge reads the result.
 Also the largest absolute error of the decrypted aggregate against float64.
 
-Times are the minimum of `--repeats` rounds (wall clock, one process: no network). The last
-stdout line is the whole result as one JSON object.
+Times are the minimum of `--repeats` rounds (wall clock, one process: no network).
+
+Then, unless `--no-runtime`, the same protections in the live runtime, also in this run
+(`benchmarks/privacy_runtime.py`): `hierfl launch` of one small federation plain, with
+secure aggregation, with CKKS summaries and with both, every node its own process; seconds
+per cloud round and bytes per device and per tier, each against the plain launch.
+
+The last stdout line is the whole result as one JSON object.
 """
 
 from __future__ import annotations
@@ -167,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 10, K = 4, P = 1e5 only")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-runtime", action="store_true", help="skip the live-runtime comparison (4 launches)")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args()
     devices = (10,) if args.quick else (10, 50)
@@ -218,6 +225,13 @@ def main() -> None:
                 f"{row['max_abs_error']:.1e}",
             )
     console.print(table)
+
+    if not args.no_runtime:
+        from privacy_runtime import compare_protections, protections_table
+
+        rounds = 3 if args.quick else 4
+        result["runtime"] = compare_protections(devices=4, rounds=rounds)
+        console.print(protections_table(result["runtime"], f"hierfl launch, 2 plants x 4 devices, digits MLP, per cloud round (rounds 2..{rounds})"))
     text = json.dumps(result)
     if args.json:
         args.json.write_text(text)

@@ -1,21 +1,24 @@
-"""What secure aggregation costs in the real runtime: `hierfl launch` with it against without, in one run.
+"""What the cryptographic protections cost the real runtime: `hierfl launch` with each, against plain, in one run.
 
-    python benchmarks/privacy_runtime.py                      # 1 plant x 8 devices, digits' default model, 4 cloud rounds
-    python benchmarks/privacy_runtime.py --devices 4 --rounds 3 --model cnn --json out.json
+    python benchmarks/privacy_runtime.py                 # 2 plants x 4 devices, digits MLP, 4 cloud rounds each
+    python benchmarks/privacy_runtime.py --rounds 6 --model cnn --json out.json
 
-`benchmarks/privacy.py` times the SecAgg protocol in one process; this runs every node as
-its own process on loopback (ipc://), so the numbers include the extra message round
-trips of the four phases, the edge's waiting and each device's crypto. For each of the
-two topologies (the same but for `[privacy] secure_aggregation`) it reports:
+`benchmarks/privacy.py` times SecAgg and CKKS in one process; this launches one topology
+(every node its own process on loopback ipc:// sockets, devices in their own processes)
+four times, differing only in `[privacy]`: plain, `secure_aggregation` (the edge sees only
+its devices' sum), `homomorphic` (the cloud sees only CKKS ciphertexts), and both. Per
+cloud round, in the steady state (rounds 2..R: round 1 compiles, and under CKKS carries no
+aggregate down):
 
-- seconds per round: the median of the cloud's `round_seconds` (model out -> new model),
-- bytes per device per edge round: what crossed each plant's device socket, both ways,
-  summed from the edges' logs ("edge round r.e closed: ... X bytes from devices, Y to
-  them"; every message counted: model, secagg steps, hellos and heartbeats).
+- seconds per round, from the cloud's `elapsed_seconds` between records;
+- bytes per device per edge round, both ways over each plant's device socket (every
+  message counted: model, secure-aggregation steps, hellos, heartbeats), from the edges'
+  logs ("edge round r.e closed: ... X bytes from devices, Y to them");
+- payload bytes edges -> cloud and cloud -> edges (float32 summaries and models, or
+  ciphertexts), from the cloud's records.
 
-`measure_launch(topology_file, run_dir)` is the building block (`benchmarks/privacy.py`
-or another script can call it on any topology). The last stdout line is the whole
-result as one JSON object.
+`measure_launch(topology_file, run_dir)` measures any topology; `compare_protections` is
+what `benchmarks/privacy.py` calls. The last stdout line is the whole result as JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import json
 import pathlib
 import re
 import shutil
-import statistics
 import tempfile
 from typing import Any
 
@@ -35,13 +37,14 @@ from rich.table import Table
 from hierfl.loading import load_topology
 from hierfl.runtime.launch import Launch
 
-TRAFFIC = re.compile(r"edge round \d+\.\d+ closed: .*; (\d+) bytes from devices, (\d+) to them")
+TRAFFIC = re.compile(r"edge round (\d+)\.\d+ closed: .*; (\d+) bytes from devices, (\d+) to them")
 
 TOPOLOGY = """
 [federation]
-name = "privacy-runtime"
+name = "privacy-runtime-{name}"
 task = "digits"
-{model}cloud_rounds = {rounds}
+model = "{model}"
+cloud_rounds = {rounds}
 edge_rounds = 2
 local_steps = 5
 batch_size = 16
@@ -52,13 +55,16 @@ seed = 0
 address = "ipc://{dir}/cloud.ipc"
 
 [runtime]
-device_deadline = 60.0
+devices_per_process = 1
+device_deadline = 120.0
+edge_deadline = 300.0
 heartbeat_interval = 1.0
 heartbeat_timeout = 60.0
 start_timeout = 300.0
 
 [privacy]
 secure_aggregation = {secure}
+homomorphic = {homomorphic}
 
 [[plants]]
 name = "plant-a"
@@ -66,23 +72,21 @@ address = "ipc://{dir}/a.ipc"
 [[plants.lines]]
 name = "line-1"
 devices = {devices}
+
+[[plants]]
+name = "plant-b"
+address = "ipc://{dir}/b.ipc"
+[[plants.lines]]
+name = "line-1"
+devices = {devices}
 """
 
-
-def write_topology(folder: pathlib.Path, *, devices: int, rounds: int, secure: bool, model: str | None = None) -> pathlib.Path:
-    """One plant of `devices` devices on the digits task (`model`, default the task's), sockets in `folder`."""
-    path = folder / ("secure.toml" if secure else "plain.toml")
-    line = f'model = "{model}"\n' if model else ""
-    path.write_text(TOPOLOGY.format(dir=folder, devices=devices, rounds=rounds, secure=str(secure).lower(), model=line))
-    return path
+PROTECTIONS = {"plain": (False, False), "secure_aggregation": (True, False), "homomorphic": (False, True), "both": (True, True)}
+"""Name -> (secure_aggregation, homomorphic)."""
 
 
 def measure_launch(topology_file: pathlib.Path, run_dir: pathlib.Path) -> dict[str, Any]:
-    """Launches `topology_file` to the end: `{seconds_per_round, bytes_per_device_round, from_devices, to_devices, rounds}`.
-
-    Bytes are per device per edge round (mean over every edge round of every plant);
-    seconds per round the median of the cloud's `round_seconds`.
-    """
+    """Launches `topology_file` to the end and measures its steady rounds (2..R); see the module docstring."""
     topology = load_topology(topology_file)
     launch = Launch(topology, str(topology_file), run_dir)
     launch.start()
@@ -90,49 +94,65 @@ def measure_launch(topology_file: pathlib.Path, run_dir: pathlib.Path) -> dict[s
         history = launch.wait()
     finally:
         launch.stop(grace=0)
-    received = sent = edge_rounds = 0
+    steady = [r for r in history if r["round"] >= 2]
+    if len(history) < 2 or len(steady) != len(history) - 1:
+        raise RuntimeError(f"{topology_file.name}: the launch wrote rounds {[r['round'] for r in history]}; need 1..R with R >= 2")
+    received = sent = updates = 0
     for plant in topology.plants:
         for match in TRAFFIC.finditer((run_dir / "logs" / f"edge-{plant.name}.log").read_text()):
-            received, sent, edge_rounds = received + int(match[1]), sent + int(match[2]), edge_rounds + plant.num_devices
+            if int(match[1]) >= 2:
+                received, sent, updates = received + int(match[2]), sent + int(match[3]), updates + plant.num_devices
     return {
-        "seconds_per_round": statistics.median(r["round_seconds"] for r in history),
-        "bytes_per_device_round": (received + sent) / edge_rounds,
-        "from_devices": received / edge_rounds,
-        "to_devices": sent / edge_rounds,
-        "rounds": len(history),
+        "seconds_per_round": (steady[-1]["elapsed_seconds"] - history[0]["elapsed_seconds"]) / len(steady),
+        "device_bytes": (received + sent) / max(updates, 1),
+        "edge_to_cloud_bytes": sum(r["bytes"]["edge_to_cloud"] for r in steady) / len(steady),
+        "cloud_to_edge_bytes": sum(r["bytes"]["cloud_to_edge"] for r in steady) / len(steady),
         "accuracy": history[-1]["accuracy"],
+        "rounds": len(history),
     }
+
+
+def compare_protections(*, devices: int = 4, rounds: int = 4, model: str = "mlp") -> dict[str, dict[str, Any]]:
+    """`measure_launch` of the same federation under each of `PROTECTIONS`, in this run."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="hfl-bench-", dir="/tmp"))  # short: ipc:// paths are limited
+    try:
+        results = {}
+        for name, (secure, homomorphic) in PROTECTIONS.items():
+            path = folder / f"{name}.toml"
+            path.write_text(TOPOLOGY.format(name=name.replace("_", "-"), dir=folder, devices=devices, rounds=rounds, model=model,
+                                            secure=str(secure).lower(), homomorphic=str(homomorphic).lower()))
+            results[name] = measure_launch(path, folder / name)
+        return results
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def protections_table(results: dict[str, dict[str, Any]], title: str) -> Table:
+    """Each protection's figures and their ratio to plain's."""
+    plain = results["plain"]
+    table = Table(title=title)
+    for column in ("", "s / round", "x plain", "device KB / edge round", "x plain", "up KB / round", "x plain",
+                   "down KB / round", "x plain", "accuracy"):
+        table.add_column(column, justify="right")
+    for name, row in results.items():
+        cells = [name]
+        for key, scale in (("seconds_per_round", 1.0), ("device_bytes", 1e-3), ("edge_to_cloud_bytes", 1e-3), ("cloud_to_edge_bytes", 1e-3)):
+            cells += [f"{row[key] * scale:.3f}" if key == "seconds_per_round" else f"{row[key] * scale:.1f}", f"{row[key] / plain[key]:.2f}"]
+        table.add_row(*cells, f"{row['accuracy']:.4f}")
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--model", help="a model of the digits task (default: its default model, mlp)")
+    parser.add_argument("--devices", type=int, default=4, help="devices per plant (2 plants)")
+    parser.add_argument("--rounds", type=int, default=4, help="cloud rounds per launch (round 1 is not measured)")
+    parser.add_argument("--model", default="mlp", help="a model of the digits task")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args()
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="hfl-bench-", dir="/tmp"))  # short: ipc:// paths are limited
-    try:
-        result = {
-            name: measure_launch(write_topology(folder, devices=args.devices, rounds=args.rounds, secure=secure, model=args.model),
-                                 folder / name)
-            for name, secure in (("plain", False), ("secure", True))
-        }
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    plain, secure = result["plain"], result["secure"]
-    model = args.model or "default model"
-    table = Table(title=f"hierfl launch, 1 plant x {args.devices} devices, digits ({model}), {args.rounds} cloud rounds x 2 edge rounds")
-    for column in ("", "s / round", "bytes / device / edge round", "from device", "to device", "accuracy"):
-        table.add_column(column, justify="right")
-    for name, row in result.items():
-        table.add_row(name, f"{row['seconds_per_round']:.3f}", f"{row['bytes_per_device_round']:.0f}", f"{row['from_devices']:.0f}",
-                      f"{row['to_devices']:.0f}", f"{row['accuracy']:.4f}")
-    table.add_row("secure / plain", f"{secure['seconds_per_round'] / plain['seconds_per_round']:.2f}",
-                  f"{secure['bytes_per_device_round'] / plain['bytes_per_device_round']:.2f}",
-                  f"{secure['from_devices'] / plain['from_devices']:.2f}", f"{secure['to_devices'] / plain['to_devices']:.2f}", "")
-    Console(width=160).print(table)
-    text = json.dumps({"devices": args.devices, "rounds": args.rounds, "model": args.model, **result})
+    results = compare_protections(devices=args.devices, rounds=args.rounds, model=args.model)
+    title = f"hierfl launch, 2 plants x {args.devices} devices, digits {args.model}, per cloud round of 2 edge rounds (rounds 2..{args.rounds})"
+    Console(width=180).print(protections_table(results, title))
+    text = json.dumps({"devices": args.devices, "rounds": args.rounds, "model": args.model, **results})
     if args.json:
         args.json.write_text(text)
     print(text)

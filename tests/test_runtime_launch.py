@@ -199,6 +199,8 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     if codecs in PRIVATE:
         assert [r["epsilon"] for r in records] == [h["epsilon"] for h in reference.history]
         assert [r["clip_norm"] for r in records] == pytest.approx([h["clip_norm"] for h in reference.history], rel=1e-6)
+    if codecs == SECURE_EDGE_DP:
+        assert all(r["secure_aggregation_failures"] == {"plant-a": 0, "plant-b": 0} for r in records)
     if codecs == EDGE_DP:  # adaptive clipping moved the clip norm, the same way in both
         assert records[-1]["clip_norm"] != 0.5
 

@@ -100,6 +100,22 @@ def test_dp_fields_are_checked_before_use():
         assert info.value.reason == reason
 
 
+def test_a_summarys_round_statistics_are_checked_before_the_cloud_records_them():
+    layouts = {protocol.SUMMARY: ("none", NONE)}
+
+    def summary(**fields):
+        frames = protocol.encode(protocol.SUMMARY, "plant-a/line-1/dev-001", round=1, spec=SPEC, codec="none",
+                                 arrays=[np.zeros(SPEC.size, np.float32)], weight=4.0, loss=1.0, **fields)
+        return protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=layouts, max_bytes=1 << 20)
+
+    assert summary(answered=[2, 2], expected=2, late=0, rejected={"stale-round": 1}, secagg_failed=0).header["answered"] == [2, 2]
+    for bad in ({"answered": 5}, {"answered": [2, -1]}, {"late": "x"}, {"expected": 1.5}, {"rejected": {"a": "b"}},
+                {"rejected": [1]}, {"stale": 1}, {"secagg_failed": True}, {"base_version": -2}):
+        with pytest.raises(protocol.MessageRejected) as info:
+            summary(**bad)
+        assert info.value.reason == protocol.MALFORMED, bad
+
+
 def test_frames_of_the_wrong_length_and_oversized_messages_are_rejected():
     header, frame = update()
     assert rejected([header, bytes(frame) + b"\0" * 4]) == protocol.OVERSIZED

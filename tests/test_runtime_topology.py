@@ -35,6 +35,14 @@ def test_values_are_read_and_checked():
     assert any(p.startswith("runtime.deadline: unknown key") for p in found)
 
 
+def test_secure_aggregation_phases_wait_their_own_deadline_or_the_devices():
+    from hierfl.runtime.secure import phase_deadline
+
+    assert phase_deadline(parse_topology(TINY + "\n[runtime]\ndevice_deadline = 20\n")) == 20.0
+    assert phase_deadline(parse_topology(TINY + "\n[runtime]\ndevice_deadline = 20\nsecagg_deadline = 3\n")) == 3.0
+    assert any(p.startswith("runtime.secagg_deadline: must be > 0") for p in problems("\n[runtime]\nsecagg_deadline = 0\n"))
+
+
 def test_devices_per_process_is_a_grouping_or_a_positive_integer():
     assert parse_topology(TINY).runtime.devices_per_process == "auto"
     assert parse_topology(TINY + '\n[runtime]\ndevices_per_process = "line"\n').runtime.devices_per_process == "line"

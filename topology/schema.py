@@ -337,6 +337,7 @@ def secagg_threshold(privacy: Privacy, devices: int) -> int:
 
 RUNTIME_FIELDS: Mapping[str, Field] = {
     "device_deadline": Field(float, default=30.0, low=0, low_open=True),
+    "secagg_deadline": Field(float, default=None, low=0, low_open=True),
     "edge_deadline": Field(float, default=120.0, low=0, low_open=True),
     "min_device_participation": Field(float, default=0.5, low=0, high=1, low_open=True),
     "min_edge_participation": Field(float, default=0.5, low=0, high=1, low_open=True),
@@ -580,7 +581,9 @@ class Runtime:
     """How the distributed runtime (`hierfl launch`, `hierfl cloud|edge|device`) runs rounds.
 
     `device_deadline`: seconds an edge waits for device updates in one edge round;
-    `edge_deadline`: seconds the cloud waits for edge summaries in one cloud round.
+    `edge_deadline`: seconds the cloud waits for edge summaries in one cloud round;
+    `secagg_deadline`: seconds an edge waits for each of the three crypto phases that
+    follow training in a secure-aggregation round (default: `device_deadline`).
     A round closes early once every live peer answered; at its deadline it completes with
     whoever answered if they are at least `min_device_participation` (of the plant's
     devices) or `min_edge_participation` (of the plants), else it leaves the model
@@ -599,6 +602,7 @@ class Runtime:
     """
 
     device_deadline: float = 30.0
+    secagg_deadline: float | None = None
     edge_deadline: float = 120.0
     min_device_participation: float = 0.5
     min_edge_participation: float = 0.5

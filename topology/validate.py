@@ -349,6 +349,7 @@ def _read_runtime(table: Any, plant_names: list[str | None], problems: list[str]
     if not isinstance(table, dict):
         problems.append(f"runtime: expected a table, got {describe(table)}")
         return Runtime()
+    found = len(problems)
     values = _read_fields(table, "runtime", RUNTIME_FIELDS, problems, structural=("keys", "devices_per_process"))
     interval, timeout = values["heartbeat_interval"], values["heartbeat_timeout"]
     if interval is not None and timeout is not None and timeout <= interval:
@@ -358,7 +359,7 @@ def _read_runtime(table: Any, plant_names: list[str | None], problems: list[str]
         choices = ", ".join(f'"{name}"' for name in DEVICE_GROUPINGS)
         problems.append(f"runtime.devices_per_process: expected {choices} or an integer >= 1, got {describe(grouping)}")
     keys = _read_runtime_keys(table.get("keys", {}), plant_names, problems)
-    if any(value is None for value in values.values()):
+    if len(problems) > found:  # the file is refused; any Runtime will do
         return Runtime()
     return Runtime(**values, **keys, devices_per_process=grouping)
 

@@ -478,6 +478,8 @@ class CloudNode:
             "late_updates": self.late + sum(int(h.get("late", 0)) for h in self.summaries.values()),
             "stale_summaries": {name: {"weight": h["weight"], "staleness": h["staleness"], "edge_rounds": h["edge_round"]}
                                 for name, h in self.stale.items()},
+            **({"secure_aggregation_failures": {n: h.get("secagg_failed", 0) for n, h in self.summaries.items()}}
+               if self.topology.privacy.secure_aggregation else {}),
             **privacy_record(self.topology, self.round, float(self.clip_norm)),
         }
 

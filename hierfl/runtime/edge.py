@@ -512,6 +512,7 @@ class EdgeNode:
             kind, round=self.round, edge_round=self.edge_rounds, **payload,
             weight=self.total_weight, loss=self.loss_sum, answered=self.answered_per_round, expected=len(self.devices),
             rejected=self.counters.snapshot(), late=self.late, unclipped=self.unclipped_sum,
+            **({"secagg_failed": self.secagg_failed} if self.secure is not None else {}),
         )
         self.phase = IDLE
         self.finished_round = self.round

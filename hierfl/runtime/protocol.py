@@ -313,6 +313,8 @@ def parse_message(
         if header["weight"] < 0:
             raise MessageRejected(MALFORMED, f"weight must be >= 0, got {header['weight']}")
     _check_optional_fields(kind, header)
+    if kind in (SUMMARY, HE_SUMMARY):
+        _check_summary_statistics(header)
     payload = frames[1:]
     if kind in CIPHER_KINDS:
         return Message(kind, sender, header["round"], header["edge_round"], header, _ciphertexts(kind, header, payload, layout))
@@ -349,6 +351,32 @@ def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:
     for name in _OPTIONAL_FLAGS.get(kind, ()):
         if not isinstance(header.get(name, False), bool):
             raise MessageRejected(MALFORMED, f"header field {name!r} must be true or false, got {_short(header.get(name))}")
+
+
+MAX_EDGE_ROUNDS_REPORTED = 1 << 16
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_summary_statistics(header: dict[str, Any]) -> None:
+    """The round statistics an edge reports with a summary, each optional, each of its type.
+
+    The cloud copies them into its metrics record; checked here, a malformed one is
+    refused like any bad message instead of failing the cloud when it writes the record.
+    """
+    answered = header.get("answered", [])
+    if not isinstance(answered, list) or len(answered) > MAX_EDGE_ROUNDS_REPORTED or not all(map(_is_count, answered)):
+        raise MessageRejected(MALFORMED, f"header field 'answered' must be a list of counts, got {_short(answered)}")
+    for name in ("expected", "late", "edge_round", "secagg_failed", "base_version"):
+        if name in header and not _is_count(header[name]):
+            raise MessageRejected(MALFORMED, f"header field {name!r} must be a count (int >= 0), got {_short(header[name])}")
+    rejected = header.get("rejected", {})
+    if not isinstance(rejected, dict) or not all(isinstance(k, str) and len(k) <= 64 and _is_count(v) for k, v in rejected.items()):
+        raise MessageRejected(MALFORMED, f"header field 'rejected' must map reason codes to counts, got {_short(rejected)}")
+    if not isinstance(header.get("stale", False), bool):
+        raise MessageRejected(MALFORMED, f"header field 'stale' must be true or false, got {_short(header.get('stale'))}")
 
 
 def header_number(header: dict[str, Any], name: str, default: float) -> float:

@@ -72,13 +72,16 @@ def session_round(round: int, edge_round: int) -> int:
 
 
 def phase_deadline(topology: Topology) -> float:
-    """Seconds the edge waits for the answers of one crypto phase: the topology's `device_deadline`.
+    """Seconds the edge waits for the answers of one crypto phase: `[runtime] secagg_deadline`, else `device_deadline`.
 
-    The crypto steps take milliseconds and a phase closes as soon as every live device
-    asked has answered; the deadline only bounds the wait for a device that went silent
-    without being declared gone (`heartbeat_timeout`), as for training.
+    The crypto steps take milliseconds to a fraction of a second (ChaCha20 over the
+    model per other device) and a phase closes as soon as every live device asked has
+    answered; the deadline only bounds the wait for a device that went silent without
+    being declared gone (`heartbeat_timeout`). A short one keeps such a device from
+    stretching the round to four device deadlines.
     """
-    return topology.runtime.device_deadline
+    runtime = topology.runtime
+    return runtime.device_deadline if runtime.secagg_deadline is None else runtime.secagg_deadline
 
 
 class UpdateEncoding(NamedTuple):

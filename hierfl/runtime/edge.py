@@ -65,7 +65,7 @@ import zmq
 
 from hierfl.errors import HomomorphicError, SecAggError
 from hierfl.kernels import unravel
-from hierfl.plan import make_plan
+from hierfl.plan import Plan, make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, drain_router, send_router, start_waiting_over
@@ -99,9 +99,11 @@ class EdgeNode:
         self.decode = make_decode(net.codecs.device_to_edge)
         self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
         self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}
+        # Secure aggregation's normalizer needs the plan's example counts, CKKS the plant's test examples: built once.
+        plan = make_plan(topology) if topology.privacy.secure_aggregation or topology.privacy.homomorphic else None
         self.secure = None
-        if topology.privacy.secure_aggregation:  # the normalizer needs the plan's example counts
-            self.secure = plant_secure_aggregation(topology, self.plant, make_plan(topology).shards.counts, net.spec)
+        if topology.privacy.secure_aggregation:
+            self.secure = plant_secure_aggregation(topology, self.plant, plan.shards.counts, net.spec)
             self.device_layouts = {protocol.SECAGG_MASKED: (protocol.MASKED_CODEC, protocol.masked_layout(self.secure.encoding.words))}
         self.secure_round: EdgeRound | None = None
         self.sum_step = make_edge_sum_step(self.dp, seed, len(self.devices))
@@ -130,7 +132,7 @@ class EdgeNode:
         self.cloud_seen = time.monotonic()
         self.cipher = None
         if topology.privacy.homomorphic:
-            self._setup_encrypted(he_context, model_out)
+            self._setup_encrypted(he_context, model_out, plan)
         elif he_context is not None or model_out is not None:
             raise HomomorphicError("--he-context and --model-out are for topologies with [privacy] homomorphic = true")
         if resume:
@@ -433,7 +435,7 @@ class EdgeNode:
 
     # -- homomorphic encryption: the edge holds the global model ----------------------------------------
 
-    def _setup_encrypted(self, he_context: Path | None, model_out: Path | None) -> None:
+    def _setup_encrypted(self, he_context: Path | None, model_out: Path | None, plan: Plan) -> None:
         """The plants' secret CKKS context, the global model (version 0: the initial one) and the plant's test examples."""
         from hierfl.evaluation import make_plant_evaluator
         from hierfl.kernels import ravel
@@ -452,7 +454,7 @@ class EdgeNode:
         self.global_version = 0
         self.evaluation: tuple[int, dict] | None = None
         self.model_out = Path(model_out) if model_out is not None else None
-        self.plant_evaluate = make_plant_evaluator(self.net.model, self.net.task, make_plan(self.topology).test, self.index)
+        self.plant_evaluate = make_plant_evaluator(self.net.model, self.net.task, plan.test, self.index)
         self.log.info("homomorphic encryption: CKKS key %s; summaries leave encrypted", self.cipher.key_id)
 
     def _take_aggregate(self, message: protocol.Message) -> None:

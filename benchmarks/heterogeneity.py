@@ -21,7 +21,7 @@ round. Each line's data is split over its devices by Dirichlet(alpha) label skew
    rounds, and used everywhere; FedAvg, FedNova and SCAFFOLD have no extra hyperparameter
    (every method uses the task's device learning rate).
 3. **Hierarchy against flat FedAvg.** FedAvg with `edge_rounds = 4` for R cloud rounds
-   against `hierfl.baselines.flat_fedavg` of the same topology (every device reports to
+   against `hierfl.studies.baselines.flat_fedavg` of the same topology (every device reports to
    the cloud after each of its local rounds) for 4R rounds: every device takes exactly the
    same SGD steps in both (checked), and the plot shows accuracy against edge->cloud bytes.
 
@@ -182,8 +182,8 @@ def topology_text(setting: TaskSetting, partition: Partition, edge_rounds: int) 
 
 def base_topology(setting: TaskSetting, partition: Partition, edge_rounds: int = EDGE_ROUNDS):
     """The federation as `hierfl.load_topology` would load it (task and algorithm names checked)."""
-    from hierfl.algorithms import ALGORITHMS
-    from hierfl.tasks import TASKS
+    from hierfl.core.algorithms import ALGORITHMS
+    from hierfl.data.tasks import TASKS
     from hierfl.topology import parse_topology
 
     source = f"<heterogeneity {setting.task} {partition.label}>"
@@ -192,8 +192,8 @@ def base_topology(setting: TaskSetting, partition: Partition, edge_rounds: int =
 
 
 def with_method(topology, method: Method, seed: int, rounds: int):
-    """`topology` running `method` with `seed` for `rounds` cloud rounds (`hierfl.comparison.Alternative.apply`)."""
-    from hierfl.comparison import Alternative
+    """`topology` running `method` with `seed` for `rounds` cloud rounds (`hierfl.studies.comparison.Alternative.apply`)."""
+    from hierfl.studies.comparison import Alternative
 
     alternative = Alternative(method.name, method.algorithm, method.mu, method.optimizer, method.server_learning_rate)
     return alternative.apply(topology.with_federation(seed=seed, cloud_rounds=rounds))
@@ -211,7 +211,7 @@ def device_steps(topology) -> int:
 def run(topology, label: str, log) -> dict[str, Any]:
     """Simulates `topology`; its accuracy curve, edge->cloud bytes per round and seconds."""
     import hierfl
-    from hierfl.baselines import model_bytes
+    from hierfl.studies.baselines import model_bytes
 
     started = time.perf_counter()
     result = hierfl.simulate(topology)
@@ -287,7 +287,7 @@ def compare_algorithms(setting: TaskSetting, method_list: Sequence[Method], log)
 
 def compare_hierarchy(setting: TaskSetting, log) -> dict[str, Any]:
     """FedAvg with edge_rounds = 4 against flat FedAvg at equal device steps, per partition."""
-    from hierfl.baselines import flat_fedavg, flat_uplink_bytes
+    from hierfl.studies.baselines import flat_fedavg, flat_uplink_bytes
 
     results: dict[str, Any] = {}
     fedavg = Method("FedAvg", "fedavg")
@@ -356,7 +356,7 @@ def rounds_cell(reached: Sequence[int | None], total: int) -> str:
 
 
 def algorithm_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
-    from hierfl.report import markdown_table
+    from hierfl.runs.report import markdown_table
 
     threshold, rounds = setting["threshold"], setting["rounds"]
     header = ["method", "setting"]
@@ -385,7 +385,7 @@ def findings_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
     Differences to FedAvg are paired by seed (a seed fixes the data split, the test set and
     the initial model for every method), with their range over the seeds.
     """
-    from hierfl.report import markdown_table
+    from hierfl.runs.report import markdown_table
 
     rows = []
     for label, per_method in results.items():
@@ -421,7 +421,7 @@ def _mean_rounds(reached: Sequence[int | None]) -> float | None:
 
 
 def hierarchy_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
-    from hierfl.report import format_bytes, markdown_table
+    from hierfl.runs.report import format_bytes, markdown_table
 
     threshold = setting["threshold"]
     rows = []
@@ -446,7 +446,7 @@ def hierarchy_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
 
 def bytes_note(results: dict[str, Any]) -> str:
     """Edge->cloud bytes per cloud round of each method (SCAFFOLD also sends its control variates)."""
-    from hierfl.report import format_bytes
+    from hierfl.runs.report import format_bytes
 
     per_method = next(iter(results.values()))
     return "Edge → cloud bytes per cloud round: " + ", ".join(
@@ -503,7 +503,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             parts.append(
                 f"FedAvg; the hierarchical run aggregates at the plants {HIERARCHY_EDGE_ROUNDS} times per cloud round, "
                 f"flat FedAvg sends every device's update to the cloud after each of its local rounds "
-                f"(`hierfl.baselines.flat_fedavg`) for {HIERARCHY_EDGE_ROUNDS}x the rounds, so both take the same device "
+                f"(`hierfl.studies.baselines.flat_fedavg`) for {HIERARCHY_EDGE_ROUNDS}x the rounds, so both take the same device "
                 "steps (the column is checked equal). Bytes: the cloud uplink, cumulative; "
                 + ("mean accuracy over the seeds." if len(seeds) > 1 else f"seed {seeds[0]}.")
             )
@@ -534,7 +534,7 @@ PARTITION_COLOURS = {"alpha 0.1": "#d62728", "alpha 1.0": "#ff7f0e", "IID": "#1f
 def results_figure(results: dict[str, Any]) -> Figure:
     """One column per task. Rows: hierarchical vs flat FedAvg against edge->cloud bytes, the same
     against device steps, and the algorithms' accuracy per cloud round at the strongest skew."""
-    from hierfl.report import format_bytes
+    from hierfl.runs.report import format_bytes
 
     tasks = list(results["tasks"])
     figure = Figure(figsize=(6.5 * len(tasks), 13), layout="constrained")
@@ -648,7 +648,7 @@ def write_outputs(results: dict[str, Any], out: Path | None, write_json: bool = 
 
 
 if __name__ == "__main__":
-    from hierfl.parallel import request_cpu_devices
+    from hierfl.sim.parallel import request_cpu_devices
 
     request_cpu_devices()  # before JAX starts: train the devices on every core
     main()

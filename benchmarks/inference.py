@@ -159,9 +159,9 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
     from hierfl.inference.artifact import read_artifact, write_artifact
     from hierfl.inference.compiled import compile_artifact, describe_platform
     from hierfl.inference.export import export_model
-    from hierfl.tasks import TASKS
-    from hierfl.tasks.bearing_data import generate_plant
-    from hierfl.tasks.models import build_model
+    from hierfl.data.tasks import TASKS
+    from hierfl.data.tasks.bearing_data import generate_plant
+    from hierfl.data.tasks.models import build_model
 
     console = Console(width=120)
     task = TASKS["bearing-fault"]

@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hierfl.loading import load_topology
+from hierfl.data.loading import load_topology
 from hierfl.runtime.launch import Launch
 
 TRAFFIC = re.compile(r"edge round (\d+)\.\d+ closed: .*; (\d+) bytes from devices, (\d+) to them")

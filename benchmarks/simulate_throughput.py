@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from hierfl.parallel import request_cpu_devices
+from hierfl.sim.parallel import request_cpu_devices
 
 request_cpu_devices()  # as the CLI does: before JAX starts, one host device per core
 
@@ -52,12 +52,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from hierfl.algorithms import ALGORITHMS
-from hierfl.evaluation import make_evaluator
-from hierfl.loading import load_topology
-from hierfl.plan import Plan, make_plan
-from hierfl.simulator import DEFAULT_CHUNK_SIZE, Simulation, build_simulation, simulate
-from hierfl.tasks import TASKS
+from hierfl.core.algorithms import ALGORITHMS
+from hierfl.data.evaluation import make_evaluator
+from hierfl.data.loading import load_topology
+from hierfl.data.plan import Plan, make_plan
+from hierfl.sim.engine import DEFAULT_CHUNK_SIZE, Simulation, build_simulation, simulate
+from hierfl.data.tasks import TASKS
 from hierfl.topology import Topology, parse_topology, preset_path
 
 W1_TOML = """\
@@ -97,7 +97,7 @@ SCALE = 10
 
 
 def load_topology_text(text: str, source: str) -> Topology:
-    """TOML text validated as `hierfl.loading` validates a file: names checked against our registries."""
+    """TOML text validated as `hierfl.data.loading` validates a file: names checked against our registries."""
     return parse_topology(text, source, choices={"federation.task": TASKS, "federation.algorithm": ALGORITHMS})
 
 

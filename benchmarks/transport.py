@@ -112,7 +112,7 @@ def edge_throughput(senders: int, messages: int) -> float:
     from hierfl.kernels import flat_spec, make_codec
     from hierfl.runtime import protocol
     from hierfl.runtime.node import recv_router
-    from hierfl.runtime.rounds import aligned_zeros, make_edge_step
+    from hierfl.core.steps import aligned_zeros, make_edge_step
 
     spec = flat_spec({"w": np.zeros(PARAMS, np.float32)})
     layouts = {protocol.UPDATE: ("none", protocol.codec_layout(make_codec("none", spec.size)))}
@@ -200,9 +200,9 @@ devices = {devices}
 
 
 def round_seconds(devices_per_plant: int, rounds: int, grouping: str) -> dict[str, float]:
-    from hierfl.loading import load_topology
+    from hierfl.data.loading import load_topology
     from hierfl.runtime.launch import Launch
-    from hierfl.simulator import simulate
+    from hierfl.sim.engine import simulate
 
     folder = Path(tempfile.mkdtemp(prefix="hfl-bench-", dir="/tmp"))
     try:

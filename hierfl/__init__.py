@@ -2,7 +2,7 @@
 
 Devices train locally with JIT-compiled JAX, edge servers aggregate their plant's devices,
 and the cloud aggregates the edges' summaries into one global model (HierFAVG). The same
-pure functions (`hierfl.algorithms`) serve the in-process simulator and the runtime.
+pure functions (`hierfl.core.algorithms`) serve the in-process simulator and the runtime.
 
     import hierfl
     topology = hierfl.load_topology("demo")          # or a path to your TOML file
@@ -18,11 +18,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "simulate": "hierfl.simulator",
-    "SimulationResult": "hierfl.simulator",
-    "load_topology": "hierfl.loading",
-    "make_plan": "hierfl.plan",
-    "write_report": "hierfl.report",
+    "simulate": "hierfl.sim.engine",
+    "SimulationResult": "hierfl.sim.engine",
+    "load_topology": "hierfl.data.loading",
+    "make_plan": "hierfl.data.plan",
+    "write_report": "hierfl.runs.report",
 }
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from hierfl.cli import main
+from hierfl.cli.commands import main
 
 sys.exit(main())

@@ -6,10 +6,7 @@ depends on nothing of ours) and are re-exported here.
 """
 
 from hierfl.topology import TopologyError
-
-
-class HierflError(Exception):
-    """Base class of the errors hierfl raises for bad input or bad state."""
+from hierfl.topology.errors import HierflError
 
 
 class DataError(HierflError, ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hierfl.loading import load_topology
+from hierfl.data.loading import load_topology
 from hierfl.topology import parse_topology
 
 

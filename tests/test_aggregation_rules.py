@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl.aggregation import reduce, rule_mean
-from hierfl.algorithms import mean_delta
+from hierfl.core.rules import reduce, rule_mean
+from hierfl.core.algorithms import mean_delta
 from hierfl.kernels import krum_scores, multi_krum
 from hierfl.topology import TierRule
 

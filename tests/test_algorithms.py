@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from hierfl.algorithms import (
+from hierfl.core.algorithms import (
     DeviceData,
     LocalResult,
     Summary,
@@ -20,7 +20,7 @@ from hierfl.algorithms import (
     segment_aggregate,
     summarize,
 )
-from hierfl.tasks.base import cross_entropy
+from hierfl.data.tasks.base import cross_entropy
 
 
 def linear_apply(params, x):
@@ -144,7 +144,7 @@ def test_server_update_without_answers_keeps_the_model():
 
 
 def test_edge_summary_is_the_edge_models_change_times_its_examples():
-    from hierfl.algorithms import edge_summary
+    from hierfl.core.algorithms import edge_summary
 
     global_params = {"w": jnp.array([1.0, 2.0])}
     edges = {"w": jnp.array([[1.5, 2.0], [0.0, 4.0]])}  # two edges, stacked

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl.algorithms import DeviceData, Summary, effective_steps, fedavg, fednova, fedprox, scaffold, server_optimizer
-from hierfl.algorithms.fedavg import make_server_update
+from hierfl.core.algorithms import DeviceData, Summary, effective_steps, fedavg, fednova, fedprox, scaffold, server_optimizer
+from hierfl.core.algorithms.fedavg import make_server_update
 from hierfl.topology import ServerOptimizer
 
 

@@ -1,4 +1,4 @@
-"""Tests of hierfl.baselines: centralized and local-only training, flat FedAvg's traffic.
+"""Tests of hierfl.studies.baselines: centralized and local-only training, flat FedAvg's traffic.
 
 References are independent of the code under test: the simulator (a one-device federation
 is plain SGD on that device's data), budgets counted by hand from the topology, a plan
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from hierfl.baselines import (
+from hierfl.studies.baselines import (
     flat_fedavg,
     flat_uplink_bytes,
     mean_final_accuracy,
@@ -24,8 +24,8 @@ from hierfl.baselines import (
     train_local_only,
     uplink_at_equal_accuracy,
 )
-from hierfl.plan import make_plan
-from hierfl.simulator import simulate
+from hierfl.data.plan import make_plan
+from hierfl.sim.engine import simulate
 
 MLP_BYTES = (64 * 128 + 128 + 128 * 10 + 10) * 4  # the digits MLP: 64-128-10, float32
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from hierfl.tasks.bearing_data import (
+from hierfl.data.tasks.bearing_data import (
     CLASSES,
     FS_HZ,
     WINDOW,

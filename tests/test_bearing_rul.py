@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hierfl.errors import DataError
-from hierfl.tasks import TASKS, PlantRequest
-from hierfl.tasks.bearing_rul_data import FAULT_TYPES, RECORD_HOURS, defect_size, generate_machines
+from hierfl.data.tasks import TASKS, PlantRequest
+from hierfl.data.tasks.bearing_rul_data import FAULT_TYPES, RECORD_HOURS, defect_size, generate_machines
 
 TASK = TASKS["bearing-rul"]
 

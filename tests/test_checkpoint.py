@@ -1,4 +1,4 @@
-"""Tests of hierfl.checkpoint: params of real models survive a save/load round trip."""
+"""Tests of hierfl.runs.checkpoint: params of real models survive a save/load round trip."""
 
 import zipfile
 
@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl.checkpoint import flatten_params, load_params, save_params, unflatten_params
+from hierfl.runs.checkpoint import flatten_params, load_params, save_params, unflatten_params
 from hierfl.errors import RunDirError
-from hierfl.tasks import TASKS
-from hierfl.tasks.models import build_model
+from hierfl.data.tasks import TASKS
+from hierfl.data.tasks.models import build_model
 
 MODELS = [("digits", "mlp"), ("digits", "cnn"), ("bearing-fault", "cnn1d")]
 

@@ -136,8 +136,8 @@ def test_importing_hierfl_leaves_jax_unstarted_so_every_core_can_be_requested():
     # Programs import hierfl modules and only then ask XLA for one host device per core; a
     # module that makes an array at import time starts JAX's backend and pins it to one.
     code = (
-        "import hierfl, hierfl.simulator, hierfl.comparison, hierfl.baselines, hierfl.cli\n"
-        "from hierfl.parallel import request_cpu_devices\n"
+        "import hierfl, hierfl.sim.engine, hierfl.studies.comparison, hierfl.studies.baselines, hierfl.cli.commands\n"
+        "from hierfl.sim.parallel import request_cpu_devices\n"
         "request_cpu_devices(2)\n"
         "import jax\n"
         "print(len(jax.devices()))\n"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from hierfl.errors import DataError
-from hierfl.tasks import TASKS, PlantRequest
-from hierfl.tasks import energy_data
-from hierfl.tasks.energy import HOURS_AHEAD, HOURS_GIVEN, divide_pool
+from hierfl.data.tasks import TASKS, PlantRequest
+from hierfl.data.tasks import energy_data
+from hierfl.data.tasks.energy import HOURS_AHEAD, HOURS_GIVEN, divide_pool
 
 needs_aeon = pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"')
 

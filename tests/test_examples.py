@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hierfl.loading import load_topology
-from hierfl.tasks import TASKS
+from hierfl.data.loading import load_topology
+from hierfl.data.tasks import TASKS
 
 needs_aeon = pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"')
 

@@ -20,8 +20,8 @@ from hierfl.errors import ArtifactError, RunDirError
 from hierfl.inference.artifact import FORMAT_VERSION, MAGIC, decode_artifact, encode_artifact, read_artifact, write_artifact
 from hierfl.inference.compiled import compile_artifact
 from hierfl.inference.export import export_model, export_run
-from hierfl.tasks import TASKS
-from hierfl.tasks.models import build_model
+from hierfl.data.tasks import TASKS
+from hierfl.data.tasks.models import build_model
 
 HIERFL = Path(sys.executable).parent / "hierfl"
 TINY = Path(__file__).parent / "data" / "tiny.toml"

@@ -28,8 +28,8 @@ from hierfl.inference.client import Client
 from hierfl.inference.export import export_model
 from hierfl.inference.protocol import encode_request, parse_reply
 from hierfl.inference.server import InferenceServer, ServerConfig
-from hierfl.tasks import TASKS
-from hierfl.tasks.models import build_model
+from hierfl.data.tasks import TASKS
+from hierfl.data.tasks.models import build_model
 
 HIERFL = Path(sys.executable).parent / "hierfl"
 START_TIMEOUT = 180.0

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import hierfl
-from hierfl import kernels, links
-from hierfl.algorithms import LocalResult
+from hierfl import kernels
+from hierfl.core import links
+from hierfl.core.algorithms import LocalResult
 from hierfl.topology import CODECS, Compression, LinkCompression, TopologyError, parse_topology
 
 from conftest import topology_text

@@ -1,4 +1,4 @@
-"""Tests of hierfl.partition: every partitioner places exactly the examples it is asked to.
+"""Tests of hierfl.data.partition: every partitioner places exactly the examples it is asked to.
 
 Reference numbers (class counts, entropies, size spreads) are computed here with plain
 numpy from the returned indices, never with the partitioners' own helpers.
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hierfl.errors import DataError
-from hierfl.partition import dirichlet, iid, proportional_sizes, quantity, split_stratified
+from hierfl.data.partition import dirichlet, iid, proportional_sizes, quantity, split_stratified
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -1,4 +1,4 @@
-"""Tests of hierfl.plan: a topology made concrete as device shards and a test set.
+"""Tests of hierfl.data.plan: a topology made concrete as device shards and a test set.
 
 Expected sizes are worked out by hand from the TOML and scikit-learn's digit class counts
 (largest-remainder shares written out in the comments), not with the plan's helpers.
@@ -11,8 +11,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from hierfl.errors import DataError
-from hierfl.loading import load_topology
-from hierfl.plan import make_plan
+from hierfl.data.loading import load_topology
+from hierfl.data.plan import make_plan
 from hierfl.topology import parse_topology
 
 DIGIT_COUNTS = np.bincount(load_digits().target)

@@ -14,19 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import hierfl.tasks as tasks
-from hierfl.baselines import train_baselines, uplink_at_equal_accuracy
+import hierfl.data.tasks as tasks
+from hierfl.studies.baselines import train_baselines, uplink_at_equal_accuracy
 from hierfl.errors import DataError
-from hierfl.metrics import read_metrics, read_run_info
-from hierfl.partition import quantile_bins
-from hierfl.plan import divide_plant, make_plan
-from hierfl.report import write_report
-from hierfl.scoring import ACCURACY, Metric, from_description, run_metric
-from hierfl.simulator import simulate
-from hierfl.tasks import PlantData, Task
-from hierfl.tasks.base import mae, rmse, squared_error, target_bins
-from hierfl.tasks.bearing_data import CLASSES, generate_plant
-from hierfl.tasks.models import MLP
+from hierfl.runs.metrics import read_metrics, read_run_info
+from hierfl.data.partition import quantile_bins
+from hierfl.data.plan import divide_plant, make_plan
+from hierfl.runs.report import write_report
+from hierfl.runs.scoring import ACCURACY, Metric, from_description, run_metric
+from hierfl.sim.engine import simulate
+from hierfl.data.tasks import PlantData, Task
+from hierfl.data.tasks.base import mae, rmse, squared_error, target_bins
+from hierfl.data.tasks.bearing_data import CLASSES, generate_plant
+from hierfl.data.tasks.models import MLP
 from hierfl.topology import TopologyError, parse_topology
 
 from conftest import topology_text
@@ -227,7 +227,7 @@ def test_a_served_regression_model_answers_values_by_name(tmp_path):
     from hierfl.inference.artifact import read_artifact, write_artifact
     from hierfl.inference.client import Client
     from hierfl.inference.export import export_model
-    from hierfl.tasks.models import build_model
+    from hierfl.data.tasks.models import build_model
     from test_inference_server import HIERFL, start, stop, wait_until_serving
 
     task = tasks.TASKS["energy-forecast"]
@@ -259,7 +259,7 @@ def test_a_served_regression_model_answers_values_by_name(tmp_path):
 
 
 def test_example_algorithm_names_parse():
-    from hierfl.comparison import ALTERNATIVES, parse_alternatives
+    from hierfl.studies.comparison import ALTERNATIVES, parse_alternatives
 
     assert parse_alternatives("fedprox,fednova,scaffold,fedadam") == ALTERNATIVES
     assert parse_alternatives("none") == ()
@@ -269,7 +269,7 @@ def test_example_algorithm_names_parse():
 
 
 def test_results_json_is_strict_a_diverged_score_becomes_null(tmp_path):
-    from hierfl.comparison import finite_or_null
+    from hierfl.studies.comparison import finite_or_null
 
     results = {"rmse": float("inf"), "curve": [0.5, float("nan")], "plant": {"a": 1.0}, "name": "x", "rounds": 3}
     assert finite_or_null(results) == {"rmse": None, "curve": [0.5, None], "plant": {"a": 1.0}, "name": "x", "rounds": 3}

@@ -1,4 +1,4 @@
-"""Tests of hierfl.metrics (the run directory format) and hierfl.report (plots, summary).
+"""Tests of hierfl.runs.metrics (the run directory format) and hierfl.runs.report (plots, summary).
 
 The expected numbers are written out by hand from the synthetic run below, not computed
 with the code under test.
@@ -10,14 +10,14 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from hierfl.metrics import (
+from hierfl.runs.metrics import (
     MetricsError,
     MetricsWriter,
     read_metrics,
     read_run_info,
     write_run_info,
 )
-from hierfl.report import (
+from hierfl.runs.report import (
     best_round,
     bytes_axis_scale,
     cumulative_bytes,

@@ -9,12 +9,12 @@ import pytest
 
 from conftest import topology_text
 from hierfl import simulate
-from hierfl.algorithms import DeviceData, build_algorithm
+from hierfl.core.algorithms import DeviceData, build_algorithm
 from hierfl.kernels import ravel
-from hierfl.plan import make_plan
-from hierfl.simulator import build_simulation
+from hierfl.data.plan import make_plan
+from hierfl.sim.engine import build_simulation
 from hierfl.topology import TierRule, parse_topology
-from hierfl import rng
+from hierfl.core import rng
 
 
 def topology(extra: str = "", federation: str = "", plants=((3, 2), (4,)), line_extra: str = "", **kwargs):

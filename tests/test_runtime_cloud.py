@@ -10,7 +10,7 @@ import pytest
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.cloud import reconcile_metrics, staleness_discount
 from hierfl.runtime.node import start_waiting_over
-from hierfl.runtime.rounds import aligned_zeros
+from hierfl.core.steps import aligned_zeros
 
 
 def test_resume_keeps_each_checkpointed_round_exactly_once(tmp_path):

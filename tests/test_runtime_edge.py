@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hierfl.kernels import flat_spec, ravel
-from hierfl.loading import load_topology
+from hierfl.data.loading import load_topology
 from hierfl.runtime import protocol
 from hierfl.runtime.node import node_model
 

@@ -25,18 +25,18 @@ import zmq
 
 pytest.importorskip("tenseal", reason="homomorphic encryption needs the `he` extra (TenSEAL)")
 
-from hierfl.checkpoint import load_params  # noqa: E402
+from hierfl.runs.checkpoint import load_params  # noqa: E402
 from hierfl.errors import HomomorphicError  # noqa: E402
-from hierfl.evaluation import PlantSums, combine_plant_sums, make_evaluator, make_plant_evaluator  # noqa: E402
+from hierfl.data.evaluation import PlantSums, combine_plant_sums, make_evaluator, make_plant_evaluator  # noqa: E402
 from hierfl.kernels import flat_spec  # noqa: E402
-from hierfl.loading import load_topology  # noqa: E402
-from hierfl.plan import make_plan  # noqa: E402
+from hierfl.data.loading import load_topology  # noqa: E402
+from hierfl.data.plan import make_plan  # noqa: E402
 from hierfl.privacy import homomorphic as he  # noqa: E402
 from hierfl.runtime import encrypted, protocol  # noqa: E402
 from hierfl.runtime.cloud import reconcile_metrics  # noqa: E402
 from hierfl.runtime.launch import Launch, read_new_records  # noqa: E402
 from hierfl.runtime.node import node_model  # noqa: E402
-from hierfl.simulator import simulate  # noqa: E402
+from hierfl.sim.engine import simulate  # noqa: E402
 from test_runtime_edge import Peer  # noqa: E402
 from test_runtime_launch import HIERFL, folder, kill9, wait_for_offline_rounds, wait_for_record, write_topology  # noqa: E402, F401
 
@@ -352,7 +352,7 @@ def test_the_cloud_refuses_bad_ciphertexts_and_keeps_serving(folder):
 
 
 def test_hierfl_keys_ckks_writes_the_plants_and_the_clouds_contexts(folder, capsys, monkeypatch):
-    from hierfl.cli import main
+    from hierfl.cli.commands import main
 
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main() sets XLA's device count for this process
 

@@ -12,12 +12,12 @@ import subprocess
 
 import pytest
 
-from hierfl.checkpoint import load_params
+from hierfl.runs.checkpoint import load_params
 from hierfl.errors import HierflError
-from hierfl.loading import load_topology
+from hierfl.data.loading import load_topology
 from hierfl.runtime.host import hosted_devices
 from hierfl.runtime.launch import Launch, device_groups, device_process
-from hierfl.simulator import simulate
+from hierfl.sim.engine import simulate
 from hierfl.topology import parse_topology
 from test_runtime_launch import HIERFL, folder, kill9, launch_to_the_end, max_difference, wait_for_record, write_topology  # noqa: F401
 

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import zmq
 
-from hierfl.checkpoint import load_params
+from hierfl.runs.checkpoint import load_params
 from hierfl.inference.artifact import decode_artifact
 from hierfl.inference.publisher import decode_publication, subscribe
-from hierfl.loading import load_topology
+from hierfl.data.loading import load_topology
 from hierfl.runtime.launch import Launch, node_name, read_new_records
-from hierfl.simulator import simulate
+from hierfl.sim.engine import simulate
 
 HIERFL = Path(sys.executable).parent / "hierfl"
 

@@ -30,16 +30,16 @@ import numpy as np
 import pytest
 import zmq
 
-from hierfl.algorithms import DeviceData
+from hierfl.core.algorithms import DeviceData
 from hierfl.kernels import ravel
-from hierfl.loading import load_topology
-from hierfl.plan import make_plan
+from hierfl.data.loading import load_topology
+from hierfl.data.plan import make_plan
 from hierfl.privacy.fixed_point import FixedPoint
 from hierfl.privacy.secagg import DeviceSession, EdgeSession
 from hierfl.runtime import protocol
 from hierfl.runtime.node import node_model
-from hierfl.runtime.rounds import make_device_step
-from hierfl.runtime.secure import LOSS_CLIP, session_round
+from hierfl.core.steps import make_device_step
+from hierfl.runtime.secagg_rounds import LOSS_CLIP, session_round
 from test_runtime_edge import HIERFL, TIMEOUT_MS, Peer, cloud_recv, running_edge
 
 DEVICES = tuple(f"plant-a/line-1/dev-00{i}" for i in (1, 2, 3))

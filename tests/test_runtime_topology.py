@@ -36,7 +36,7 @@ def test_values_are_read_and_checked():
 
 
 def test_secure_aggregation_phases_wait_their_own_deadline_or_the_devices():
-    from hierfl.runtime.secure import phase_deadline
+    from hierfl.runtime.secagg_rounds import phase_deadline
 
     assert phase_deadline(parse_topology(TINY + "\n[runtime]\ndevice_deadline = 20\n")) == 20.0
     assert phase_deadline(parse_topology(TINY + "\n[runtime]\ndevice_deadline = 20\nsecagg_deadline = 3\n")) == 3.0

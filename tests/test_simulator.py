@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl import rng
-from hierfl.algorithms import DeviceData, build_algorithm
-from hierfl.checkpoint import load_params
-from hierfl.plan import make_plan
-from hierfl.simulator import init_global_model, simulate
+from hierfl.core import rng
+from hierfl.core.algorithms import DeviceData, build_algorithm
+from hierfl.runs.checkpoint import load_params
+from hierfl.data.plan import make_plan
+from hierfl.sim.engine import init_global_model, simulate
 
 
 def reference_hierfavg(topology, rounds):
@@ -174,7 +174,7 @@ def test_diverging_devices_are_rejected_and_never_corrupt_the_global_model(make_
 
 
 def test_screen_nonfinite_keeps_finite_results_untouched():
-    from hierfl.algorithms import LocalResult, screen_nonfinite
+    from hierfl.core.algorithms import LocalResult, screen_nonfinite
 
     good = LocalResult({"w": jnp.array([1.0, -2.0])}, jnp.float32(7.0), jnp.float32(0.3))
     kept, ok = screen_nonfinite(good)

@@ -10,8 +10,8 @@ import pytest
 from scipy import ndimage
 
 from hierfl.errors import DataError
-from hierfl.tasks import TASKS, PlantRequest
-from hierfl.tasks.steel_defects_data import (
+from hierfl.data.tasks import TASKS, PlantRequest
+from hierfl.data.tasks.steel_defects_data import (
     CLASSES,
     SIZE,
     Camera,

@@ -1,4 +1,4 @@
-"""Tests of hierfl.tasks: the models, PatchConv, and each task's per-plant data.
+"""Tests of hierfl.data.tasks: the models, PatchConv, and each task's per-plant data.
 
 PatchConv is checked against `jax.lax.conv_general_dilated`; the digits sizes are derived
 from scikit-learn's class counts, not from the task's own helpers.
@@ -14,9 +14,9 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 from hierfl.errors import DataError
-from hierfl.tasks import TASKS, PlantRequest, get_task
-from hierfl.tasks.base import stratified_test_split
-from hierfl.tasks.models import PatchConv, build_model
+from hierfl.data.tasks import TASKS, PlantRequest, get_task
+from hierfl.data.tasks.base import stratified_test_split
+from hierfl.data.tasks.models import PatchConv, build_model
 
 DIGITS = TASKS["digits"]
 BEARING = TASKS["bearing-fault"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import topology_text
-from hierfl.loading import load_topology
+from hierfl.data.loading import load_topology
 from hierfl.topology import ServerOptimizer, TierRule, TopologyError, parse_topology
 
 SHAPE = [[5, 5], [5, 5], [5]]  # plants of 10, 10 and 5 devices
@@ -21,8 +21,8 @@ def parse(extra: str = "", federation: str = "", line_extra: str = "", algorithm
 
 
 def load_choices():
-    from hierfl.algorithms import ALGORITHMS
-    from hierfl.tasks import TASKS
+    from hierfl.core.algorithms import ALGORITHMS
+    from hierfl.data.tasks import TASKS
 
     return {"federation.task": TASKS, "federation.algorithm": ALGORITHMS}
 

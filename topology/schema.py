@@ -19,6 +19,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from .errors import HierflError
+
 PARTITIONS = ("dirichlet", "iid", "quantity")
 """How a line's data is split over its devices: uniformly, Dirichlet label skew, lognormal size skew."""
 
@@ -28,7 +30,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 NAME_RULE = "use letters, digits, '_', '.', '-', starting with a letter or digit"
 
 
-class TopologyError(ValueError):
+class TopologyError(HierflError, ValueError):
     """A topology is invalid. Carries every problem found, not just the first.
 
     Attributes:
@@ -233,7 +235,7 @@ TIERS = ("edge", "cloud")
 """The aggregating tiers, as named in `[aggregation.<tier>]`."""
 
 RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
-"""How a tier combines the updates it receives (implemented by `hierfl.aggregation`)."""
+"""How a tier combines the updates it receives (implemented by `hierfl.core.rules`)."""
 
 ROBUST_RULES = ("median", "trimmed_mean", "krum", "multi_krum")
 

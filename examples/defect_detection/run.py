@@ -9,7 +9,7 @@ trains, on the federation of `topology.toml` (same model, initialisation, data a
 3. local-only: each mill trains on its own cameras' images, tested on every mill's test set;
 4. centralized: all images pooled in one place (not allowed in practice: the upper bound);
 
-(`hierfl.comparison`), then writes into the output folder (default: this one)
+(`hierfl.studies.comparison`), then writes into the output folder (default: this one)
 `results.md` (the tables), `results.json` (every number and curve), `results.png`
 (accuracy against training examples processed, and against edge->cloud bytes) and
 `samples.png` (test images per class and mill). `--rounds` and `--topology` make quick runs (the tests use both).
@@ -44,9 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the four trainings and writes the results; returns what results.json holds."""
-    from hierfl.comparison import Words, collect_results, compare, write_results
-    from hierfl.loading import load_topology
-    from hierfl.plan import make_plan
+    from hierfl.studies.comparison import Words, collect_results, compare, write_results
+    from hierfl.data.loading import load_topology
+    from hierfl.data.plan import make_plan
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -99,7 +99,7 @@ def samples_figure(plan) -> Figure:
 
 
 if __name__ == "__main__":
-    from hierfl.parallel import request_cpu_devices
+    from hierfl.sim.parallel import request_cpu_devices
 
     request_cpu_devices()  # before JAX starts: train the devices on every core
     main()

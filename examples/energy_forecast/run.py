@@ -4,7 +4,7 @@
     python examples/energy_forecast/run.py
 
 runs two problems on UCR-archive electricity data read offline from the installed aeon
-package (`hierfl.tasks.energy_data`), each on its own federation:
+package (`hierfl.data.tasks.energy_data`), each on its own federation:
 
 * **forecast**: forecast the last 4 hours of a day's load from its first 20
   (ItalyPowerDemand; task `energy-forecast`, `topology.toml`), RMSE and MAE; the sites
@@ -13,7 +13,7 @@ package (`hierfl.tasks.energy_data`), each on its own federation:
   `appliance-id`, `appliances.toml`), accuracy; the sites have different appliances.
 
 Each trains hierarchical FL, flat FedAvg, local-only and centralized with the same model and
-budget (`hierfl.comparison`), and the hierarchy again with each of `--algorithms` (default:
+budget (`hierfl.studies.comparison`), and the hierarchy again with each of `--algorithms` (default:
 FedProx, FedNova, SCAFFOLD, FedAdam), and writes into the output folder (default: this one)
 `results_<problem>.md`, `.json` and `.png`. The hierarchical runs are kept in
 `--run-dir`/<federation name> (default `runs/`) with `predict.npy` for `hierfl export`,
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
+    from hierfl.studies.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
 
     return run_example(
         sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0], here=HERE,
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from hierfl.parallel import request_cpu_devices
+    from hierfl.sim.parallel import request_cpu_devices
 
     request_cpu_devices()  # before JAX starts: train the devices on every core
     main()

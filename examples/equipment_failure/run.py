@@ -11,7 +11,7 @@ runs two problems on the vibration sensors of spindle bearings, each on its own 
 
 In both, each plant's machines develop only some fault types, so no plant alone sees them
 all. Each problem trains hierarchical FL, flat FedAvg, local-only and centralized with the
-same model and budget (`hierfl.comparison`), and the hierarchy again with each of `--algorithms` (default:
+same model and budget (`hierfl.studies.comparison`), and the hierarchy again with each of `--algorithms` (default:
 FedProx, FedNova, SCAFFOLD, FedAdam), and writes into the output folder (default:
 this one) `results_<problem>.md` (the tables), `results_<problem>.json` (every number and
 curve) and `results_<problem>.png` (the score against examples processed and against
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
+    from hierfl.studies.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
 
     return run_example(
         sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0], here=HERE,
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from hierfl.parallel import request_cpu_devices
+    from hierfl.sim.parallel import request_cpu_devices
 
     request_cpu_devices()  # before JAX starts: train the devices on every core
     main()

@@ -23,12 +23,12 @@ import numpy as np
 from jax import export as jax_export
 
 from hierfl import __version__
-from hierfl.checkpoint import flatten_params, load_params
+from hierfl.runs.checkpoint import flatten_params, load_params
 from hierfl.errors import ArtifactError, RunDirError
 from hierfl.inference.artifact import Artifact, ArtifactMeta
-from hierfl.metrics import read_metrics, read_run_info
-from hierfl.tasks import TASKS, Task, bearing, bearing_data, digits
-from hierfl.tasks.models import Model, Params, build_model
+from hierfl.runs.metrics import read_metrics, read_run_info
+from hierfl.data.tasks import TASKS, Task, bearing, bearing_data, digits
+from hierfl.data.tasks.models import Model, Params, build_model
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 BATCH_DIM = "batch"

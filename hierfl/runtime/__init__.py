@@ -2,7 +2,7 @@
 
 - `protocol`: the wire format (msgpack header + raw array frames) and its checks.
 - `rounds`: each node's share of a cloud round as pure jitted functions, the same math
-  as `hierfl.simulator` (so `hierfl launch` and `hierfl simulate` agree).
+  as `hierfl.sim.engine` (so `hierfl launch` and `hierfl simulate` agree).
 - `node`: what nodes share: the model's layout, membership, sockets, counters.
 - `device`, `edge`, `cloud`: the node shells (sockets, timers, files).
 - `secure`: secure aggregation between a plant's devices and its edge (fixed-point

@@ -4,7 +4,7 @@ A checkpoint holds the global params, the server optimizer's state (its leaves, 
 on restore with the structure of a fresh `server_init`), SCAFFOLD's cloud variate (empty
 for other algorithms) and that round's metrics record.
 The round number is the checkpoint's step; every random key of the next round derives
-from (seed, round) alone (`hierfl.rng`), so it is all the RNG state there is. Orbax
+from (seed, round) alone (`hierfl.core.rng`), so it is all the RNG state there is. Orbax
 writes a step to a temporary directory and renames it when complete, so a cloud killed
 mid-save leaves the previous checkpoint intact.
 """

@@ -53,19 +53,19 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl import checkpoint
+from hierfl.runs import checkpoint
 from hierfl.errors import HierflError, HomomorphicError
-from hierfl.evaluation import Scores, combine_plant_sums, make_evaluator
+from hierfl.data.evaluation import Scores, combine_plant_sums, make_evaluator
 from hierfl.kernels import ravel
-from hierfl.metrics import METRICS_FILE, MetricsWriter, encode_record
-from hierfl.plan import make_plan
+from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, encode_record
+from hierfl.data.plan import make_plan
 from hierfl.privacy import adapt_clip_norm, privacy_record
 from hierfl.privacy.config import DpConfig, rounds_to_run
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, drain_router, send_router, start_waiting_over
-from hierfl.runtime.rounds import aligned_zeros, make_cloud_step, make_decode
-from hierfl.runtime.security import check_keys, start_authenticator
+from hierfl.core.steps import aligned_zeros, make_cloud_step, make_decode
+from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.topology import Topology
 
 CLOUD = "cloud"
@@ -538,7 +538,7 @@ class RoundPublisher:
         self.publisher = ModelPublisher(address)
 
     def publish(self, round: int, params: Any, record: dict[str, Any]) -> None:
-        from hierfl.checkpoint import flatten_params
+        from hierfl.runs.checkpoint import flatten_params
 
         meta = dataclasses.replace(self.template.meta, version=round, metrics={"accuracy": record["accuracy"], "round": round})
         self.publisher.publish(dataclasses.replace(self.template, meta=meta, params=flatten_params(params)))
@@ -582,7 +582,7 @@ def jax_tree_asarray(tree: Any) -> Any:
 def write_run_info_for(run_dir: Path, topology: Topology, model_name: str) -> None:
     """`run.json` for a runtime run: what `simulate` records, plus `"runtime"` settings."""
     from hierfl import __version__
-    from hierfl.metrics import write_run_info
+    from hierfl.runs.metrics import write_run_info
 
     federation = topology.federation
     runtime = dataclasses.asdict(topology.runtime)

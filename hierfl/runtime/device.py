@@ -18,7 +18,7 @@ device's until SCAFFOLD's next rounds pull them together.
 
 Under `[privacy] secure_aggregation` the device sends no `update`: it encodes its result
 as fixed-point words and runs the four secure-aggregation steps with its edge
-(`hierfl.runtime.secure.DeviceRound`, a fresh session per edge round), answering the
+(`hierfl.runtime.secagg_rounds.DeviceRound`, a fresh session per edge round), answering the
 edge's roster, inbox and unmasking request as they come. A request it cannot answer
 safely (a forged share, an inconsistent unmasking request) is logged and the device
 sits that round out.
@@ -42,16 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.algorithms import DeviceData
-from hierfl.attack import attacker_mask
+from hierfl.core.algorithms import DeviceData
+from hierfl.core.attack import attacker_mask
 from hierfl.errors import RunDirError, SecAggError
-from hierfl.plan import DeviceShards, make_plan
+from hierfl.data.plan import DeviceShards, make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import CurveKeys, NodeModel, connect_dealer, node_logger, node_model, node_name
-from hierfl.runtime.rounds import DeviceOutput, make_device_step
-from hierfl.runtime.secure import DeviceRound, encode_message, plant_secure_aggregation
-from hierfl.runtime.security import check_keys
+from hierfl.core.steps import DeviceOutput, make_device_step
+from hierfl.runtime.secagg_rounds import DeviceRound, encode_message, plant_secure_aggregation
+from hierfl.runtime.curve import check_keys
 from hierfl.topology import Topology
 
 

@@ -35,7 +35,7 @@ adaptive clipping, its count of unclipped updates, which goes up in the summary
 (`rounds.make_edge_step`).
 
 With `[privacy] secure_aggregation`, an edge round runs the four steps of secure
-aggregation as phases (keys, shares, masked, unmasking; `hierfl.runtime.secure`): the
+aggregation as phases (keys, shares, masked, unmasking; `hierfl.runtime.secagg_rounds`): the
 edge never sees one device's update, only the weighted sum of the survivors', which it
 applies as a mean-rule round. Too few devices in any phase fail the round safely (model
 unchanged, a warning naming the phase; the round counts 0 devices answered).
@@ -65,13 +65,13 @@ import zmq
 
 from hierfl.errors import HomomorphicError, SecAggError
 from hierfl.kernels import unravel
-from hierfl.plan import Plan, make_plan
+from hierfl.data.plan import Plan, make_plan
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, connect_dealer, node_logger, node_model, drain_router, send_router, start_waiting_over
-from hierfl.runtime.rounds import aligned_zeros, make_decode, make_edge_step, make_edge_sum_step, make_edge_upload
-from hierfl.runtime.secure import EdgeRound, plant_secure_aggregation
-from hierfl.runtime.security import check_keys, start_authenticator
+from hierfl.core.steps import aligned_zeros, make_decode, make_edge_step, make_edge_sum_step, make_edge_upload
+from hierfl.runtime.secagg_rounds import EdgeRound, plant_secure_aggregation
+from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.topology import Topology
 
 IDLE, STARTING, COLLECTING = "idle", "starting", "collecting"
@@ -437,7 +437,7 @@ class EdgeNode:
 
     def _setup_encrypted(self, he_context: Path | None, model_out: Path | None, plan: Plan) -> None:
         """The plants' secret CKKS context, the global model (version 0: the initial one) and the plant's test examples."""
-        from hierfl.evaluation import make_plant_evaluator
+        from hierfl.data.evaluation import make_plant_evaluator
         from hierfl.kernels import ravel
         from hierfl.runtime import encrypted
 
@@ -491,7 +491,7 @@ class EdgeNode:
         if self.model_out is None:
             self.log.warning("final global model (version %d) not written: no --model-out", self.global_version)
             return
-        from hierfl.checkpoint import save_params
+        from hierfl.runs.checkpoint import save_params
 
         save_params(self.model_out, unravel(self.net.spec, self.global_flat))
         self.log.info("final global model (version %d) written to %s", self.global_version, self.model_out)

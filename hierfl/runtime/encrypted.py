@@ -57,7 +57,7 @@ import msgpack
 import numpy as np
 
 from hierfl.errors import HomomorphicError
-from hierfl.evaluation import PlantSums
+from hierfl.data.evaluation import PlantSums
 from hierfl.kernels import FlatSpec
 from hierfl.privacy import homomorphic as he
 from hierfl.runtime import protocol
@@ -391,6 +391,6 @@ class EncryptedCheckpoints:
 def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
     import json
 
-    from hierfl.metrics import encode_record
+    from hierfl.runs.metrics import encode_record
 
     return json.loads(encode_record(record))

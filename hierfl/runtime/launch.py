@@ -34,7 +34,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hierfl.errors import HierflError
-from hierfl.metrics import METRICS_FILE
+from hierfl.runs.metrics import METRICS_FILE
 from hierfl.runtime.node import node_name
 from hierfl.topology import Device, Topology
 

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hierfl import rng
-from hierfl.algorithms import Algorithm, build_algorithm
+from hierfl.core import rng
+from hierfl.core.algorithms import Algorithm, build_algorithm
 from hierfl.kernels import FlatSpec, flat_spec
-from hierfl.links import LinkCodecs, build_link_codecs
+from hierfl.core.links import LinkCodecs, build_link_codecs
 from hierfl.runtime import protocol
-from hierfl.tasks import Task, get_task
-from hierfl.tasks.models import Model, Params, build_model
+from hierfl.data.tasks import Task, get_task
+from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.topology import Topology
 
 
@@ -178,7 +178,7 @@ def bind_router(context: zmq.Context, address: str, *, max_bytes: int, keys: Cur
     """A ROUTER bound at `address` for many dialing peers; a restarted peer takes over its routing id.
 
     With `keys`, the socket is a CurveZMQ server: traffic is encrypted and clients must
-    pass the context's authenticator (see `hierfl.runtime.security`).
+    pass the context's authenticator (see `hierfl.runtime.curve`).
     """
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)

@@ -26,7 +26,7 @@ it runs the four steps of `hierfl.privacy.secagg` with its edge, one kind per me
 (`secagg_keys`, `secagg_roster`, `secagg_shares`, `secagg_inbox`, `secagg_masked`,
 `secagg_unmask`, `secagg_reveal`; `SECAGG_FIELDS` lists the header fields each adds).
 The masked input travels as one raw uint32 frame (`masked_layout`), with the model's
-spec and the codec name `fixed-point`, not inside msgpack. `hierfl.runtime.secure`
+spec and the codec name `fixed-point`, not inside msgpack. `hierfl.runtime.secagg_rounds`
 turns these messages into the secagg dicts and back.
 
 With `[privacy] homomorphic = true` (see `hierfl.runtime.encrypted`) the cloud link
@@ -144,7 +144,7 @@ SECAGG_FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
 """The header fields of each secure-aggregation kind (beyond the common ones): `(what it must be, check)`.
 
 Exact lengths and which device ids may appear depend on the round's roster; the
-receiving node checks those (`hierfl.runtime.secure`)."""
+receiving node checks those (`hierfl.runtime.secagg_rounds`)."""
 
 
 class MessageRejected(ProtocolError):

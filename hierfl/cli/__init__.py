@@ -1,0 +1,5 @@
+"""The `hierfl` command."""
+
+from hierfl.cli.commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,392 @@
+"""The `hierfl` command line: simulate, inspect topologies, report on runs, export and serve models.
+
+A thin shell: it parses arguments, calls the library, and prints with rich. Every user
+error (bad topology, missing run directory, data the task cannot supply) ends with a
+clear message on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from hierfl import __version__
+from hierfl.errors import HierflError, TopologyError
+from hierfl.runs.scoring import ACCURACY, Metric
+
+EPILOG = """\
+examples:
+  hierfl simulate demo                     train the bundled demo federation (digits, 24 devices)
+  hierfl simulate my_plants.toml --rounds 5 --out runs/try1
+  hierfl topology show bearing             print a topology as a tree
+  hierfl topology validate my_plants.toml  check a file; every problem is listed
+  hierfl report runs/try1                  plots (PNG) and a markdown summary of a run
+  hierfl export runs/try1 --out model.hfl  compile the trained model into one versioned file
+  hierfl serve model.hfl --bind tcp://127.0.0.1:5600      edge inference server
+  hierfl predict tcp://127.0.0.1:5600 --random 4          quick check against a server
+  hierfl launch demo --out runs/rt1        the same federation as processes over ZeroMQ
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hierfl.sim.parallel import request_cpu_devices
+
+    request_cpu_devices()  # before JAX starts: the simulator shards devices over all cores
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        return args.handler(args)
+    except (TopologyError, HierflError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hierfl",
+        description="Hierarchical (cloud-edge-device) federated learning for industrial AI.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hierfl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = commands.add_parser("simulate", help="train a federation in one process (vectorized simulator)")
+    sim.add_argument("topology", help="topology file (TOML) or preset name (demo, bearing, large)")
+    sim.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
+    sim.add_argument("--seed", type=_non_negative_int, help="override federation.seed")
+    sim.add_argument("--out", type=Path, help="run directory (default: runs/<name>-<time>)")
+    sim.add_argument("--chunk-size", type=_positive_int, default=512, help="devices trained at once (bounds memory; default 512)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(handler=run_simulate)
+
+    topo = commands.add_parser("topology", help="inspect and check topology files")
+    topo_commands = topo.add_subparsers(dest="topology_command", required=True, metavar="ACTION")
+    show = topo_commands.add_parser("show", help="print the plants, lines, devices, data and addresses as a tree")
+    show.add_argument("topology", help="topology file (TOML) or preset name")
+    show.add_argument("--devices", action="store_true", help="list every device with its number of examples")
+    show.set_defaults(handler=run_topology_show)
+    validate = topo_commands.add_parser("validate", help="check a topology file; exit 2 listing every problem")
+    validate.add_argument("topology", help="topology file (TOML) or preset name")
+    validate.set_defaults(handler=run_topology_validate)
+    presets = topo_commands.add_parser("presets", help="list the bundled presets")
+    presets.set_defaults(handler=run_topology_presets)
+
+    report = commands.add_parser("report", help="write PNG plots and a markdown summary of a run directory")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(handler=run_report)
+
+    export = commands.add_parser("export", help="compile a run's trained model into a versioned .hfl file (jax.export)")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, help="model file to write (default: RUN_DIR/model.hfl)")
+    export.add_argument("--platforms", type=_platforms, default=("cpu", "cuda"), help="comma-separated jax.export platforms (default: cpu,cuda)")
+    export.set_defaults(handler=run_export)
+
+    serve = commands.add_parser("serve", help="serve a .hfl model over ZeroMQ with dynamic batching and hot swap")
+    serve.add_argument("model", type=Path, help="model file written by `hierfl export`")
+    serve.add_argument("--bind", required=True, help="address to listen on: tcp://HOST:PORT (PORT * for any), ipc://PATH")
+    serve.add_argument("--max-batch", type=_positive_int, default=32, help="most rows per model call and per request (default 32)")
+    serve.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0, help="longest a request waits for others to fill a batch (default 0: batch what arrived while the last batch ran)")
+    serve.add_argument("--subscribe", metavar="ADDR", help="take new versions from a model publisher (`hierfl publish`, the cloud)")
+    serve.add_argument("--watch", type=Path, metavar="DIR", help="take new versions from .hfl files appearing in DIR")
+    serve.add_argument("--keep", type=_positive_int, default=3, help="versions held for rollback, the served one included (default 3)")
+    serve.set_defaults(handler=run_serve)
+
+    predict = commands.add_parser("predict", help="send examples to an inference server and print its answers")
+    predict.add_argument("address", help="the server's address, as given to `hierfl serve --bind`")
+    predict.add_argument("input", nargs="?", type=Path, help=".npy file of examples [n, *input_shape] (or one example)")
+    predict.add_argument("--random", type=_positive_int, metavar="N", help="send N random examples instead of a file")
+    predict.add_argument("--seed", type=_non_negative_int, default=0, help="seed of --random (default 0)")
+    predict.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for each reply (default 10)")
+    predict.set_defaults(handler=run_predict)
+
+    rollback = commands.add_parser("rollback", help="make an inference server serve its previous model version again")
+    rollback.add_argument("address", help="the server's address")
+    rollback.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for the reply (default 10)")
+    rollback.set_defaults(handler=run_rollback)
+
+    publish = commands.add_parser("publish", help="announce a .hfl model to subscribed inference servers (PUB socket)")
+    publish.add_argument("model", type=Path, help="model file to publish")
+    publish.add_argument("--bind", required=True, help="address servers subscribe to (`hierfl serve --subscribe`)")
+    publish.add_argument("--every", type=_positive_float, default=2.0, help="seconds between repeats, for servers that join late (default 2)")
+    publish.add_argument("--count", type=_non_negative_int, default=0, help="publications before exiting; 0 = until interrupted (default)")
+    publish.set_defaults(handler=run_publish)
+
+    from hierfl.cli.runtime import add_runtime_commands
+
+    add_runtime_commands(commands)
+    return parser
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from hierfl.data.loading import load_topology
+    from hierfl.sim.engine import simulate
+
+    topology = load_topology(args.topology)
+    if args.seed is not None:
+        topology = topology.with_federation(seed=args.seed)
+    out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console()
+    console.print(
+        f"[bold]{topology.federation.name}[/]: task {topology.federation.task}, "
+        f"{len(topology.plants)} plants, {topology.num_devices} devices -> {out}"
+    )
+    result = simulate(topology, rounds=args.rounds, out=out, chunk_size=args.chunk_size, progress=not args.quiet)
+    console.print(summary_table(result.history, topology.plant_names, result.plan.task.metric))
+    console.print(f"run directory: {out}   (plots: hierfl report {out})")
+    return 0
+
+
+def summary_table(history: list[dict], plant_names: Sequence[str], metric: Metric = ACCURACY) -> Table:
+    """The end-of-run table: final and best score (accuracy, or the task's metric), per-plant
+    score, bytes per tier, time."""
+    last = history[-1]
+    best = history[metric.best_index([r[metric.name] for r in history])]
+    name = metric.name if metric.name == "accuracy" else metric.title
+    table = Table(title="simulation summary", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("cloud rounds", str(last["round"]))
+    table.add_row(f"final test {name}", f"{last[metric.name]:.4f}")
+    table.add_row(f"best test {name}", f"{best[metric.name]:.4f} (round {best['round']})")
+    table.add_row("final train / test loss", f"{last['loss']:.4f} / {last['test_loss']:.4f}")
+    for plant in plant_names:
+        table.add_row(f"  {metric.name} {plant}", f"{last[metric.plant_key][plant]:.4f}")
+    for tier in ("device_to_edge", "edge_to_cloud", "cloud_to_edge"):
+        total = sum(r["bytes"][tier] for r in history)
+        table.add_row(f"bytes {tier.replace('_to_', ' -> ').replace('_', ' ')}", f"{total / 1e6:,.2f} MB")
+    table.add_row("rejected updates (non-finite)", str(sum(r.get("rejected_updates", 0) for r in history)))
+    table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
+    return table
+
+
+def run_topology_show(args: argparse.Namespace) -> int:
+    from hierfl.data.loading import load_topology
+    from hierfl.data.plan import make_plan
+
+    topology = load_topology(args.topology)
+    Console().print(topology_tree(topology, make_plan(topology).shards.counts, list_devices=args.devices))
+    return 0
+
+
+def topology_tree(topology, counts, *, list_devices: bool = False) -> Tree:
+    """A rich tree: cloud, plants (edge address, shift), lines (devices, partition, examples per device)."""
+    f = topology.federation
+    root = Tree(
+        f"[bold]{f.name}[/]  task={f.task} model={f.model or 'default'} algorithm={f.algorithm}  "
+        f"cloud_rounds={f.cloud_rounds} edge_rounds={f.edge_rounds} local_steps={f.local_steps} "
+        f"batch_size={f.batch_size} lr={f.learning_rate} seed={f.seed}"
+    )
+    cloud = root.add(f"[bold cyan]cloud[/]  {topology.cloud.address}")
+    for plant in topology.plants:
+        plant_counts = [int(counts[d.index]) for d in plant.devices]
+        node = cloud.add(
+            f"[bold green]{plant.name}[/]  edge {plant.address}  shift={plant.shift:g}  "
+            f"{plant.num_devices} devices, {sum(plant_counts)} examples"
+        )
+        for line in plant.lines:
+            line_counts = [int(counts[d.index]) for d in line.devices]
+            line_node = node.add(
+                f"[yellow]{line.name}[/]  {len(line.devices)} devices  partition={_describe_partition(line.data)}  "
+                f"examples/device min {min(line_counts)} mean {sum(line_counts) / len(line_counts):.1f} max {max(line_counts)}"
+            )
+            if list_devices:
+                for device, n in zip(line.devices, line_counts):
+                    line_node.add(f"{device.id}  {n} examples")
+    return root
+
+
+def _describe_partition(data) -> str:
+    if data.partition == "dirichlet":
+        return f"dirichlet(alpha={data.alpha:g})"
+    if data.partition == "quantity":
+        return f"quantity(sigma={data.sigma:g})"
+    return data.partition
+
+
+def run_topology_validate(args: argparse.Namespace) -> int:
+    from hierfl.data.loading import load_topology
+
+    topology = load_topology(args.topology)
+    Console().print(f"[green]ok[/]: {topology.source}: {len(topology.plants)} plants, {topology.num_devices} devices")
+    return 0
+
+
+def run_topology_presets(args: argparse.Namespace) -> int:
+    from hierfl.data.loading import load_topology
+    from hierfl.topology import preset_names
+
+    for name in preset_names():
+        t = load_topology(name)
+        print(f"{name:10s} task={t.federation.task:14s} plants={len(t.plants):3d} devices={t.num_devices}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from hierfl.runs.report import write_report
+
+    for path in write_report(args.run_dir):
+        print(path)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from hierfl.inference.artifact import write_artifact
+    from hierfl.inference.export import export_run
+    from hierfl.runs.metrics import read_run_info
+    from hierfl.runs.scoring import run_metric
+
+    artifact = export_run(args.run_dir, platforms=args.platforms)
+    path = write_artifact(args.out or args.run_dir / "model.hfl", artifact)
+    meta = artifact.meta
+    metric = run_metric(read_run_info(args.run_dir)).name  # accuracy, or the task's deciding metric
+    value = meta.metrics.get(metric)
+    scored = f" (test {metric} {value:.4f})" if isinstance(value, float) else ""
+    print(
+        f"exported {meta.task} {meta.model} version {meta.version}{scored} for {', '.join(meta.platforms)} "
+        f"-> {path} ({path.stat().st_size:,} bytes)"
+    )
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from hierfl.inference.server import InferenceServer, ServerConfig
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger("hierfl.inference")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    config = ServerConfig(
+        bind=args.bind, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        keep_versions=args.keep, subscribe=args.subscribe, watch=args.watch,
+    )
+    server = InferenceServer(args.model, config)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    meta = server.model.meta
+    sources = "".join(f", {name} {value}" for name, value in (("subscribed to", args.subscribe), ("watching", args.watch)) if value)
+    print(
+        f"serving {meta.task} {meta.model} version {meta.version} on {server.endpoint} "
+        f"({server.info()['platform']}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms{sources})",
+        flush=True,
+    )
+    server.serve_forever()
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hierfl.inference.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        info = client.info()
+        if args.input is not None:
+            try:
+                x = np.load(args.input)
+            except (OSError, ValueError) as err:
+                raise HierflError(f"{args.input}: cannot read examples ({err})") from None
+            if x.shape == info.input_shape:
+                x = x[None]
+        elif args.random is not None:
+            x = np.random.default_rng(args.seed).standard_normal((args.random, *info.input_shape))
+        else:
+            raise HierflError("give an .npy file of examples or --random N")
+        x = np.asarray(x, dtype=info.input_dtype)
+        prediction = client.predict(x)
+    console = Console()
+    console.print(f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})", highlight=False)
+    table = Table()
+    table.add_column("example", justify="right")
+    if not info.class_names:  # a regression model: print its outputs, named if the model names them
+        names = info.output_names or tuple(f"output {j}" for j in range(prediction.logits.shape[-1]))
+        for name in names:
+            table.add_column(name, justify="right")
+        for i, row in enumerate(prediction.logits.reshape(len(prediction.logits), -1)):
+            table.add_row(str(i), *(f"{v:.4g}" for v in row))
+        console.print(table)
+        return 0
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    probabilities = prediction.probabilities
+    for i, (k, label) in enumerate(zip(prediction.classes, prediction.labels)):
+        table.add_row(str(i), label, f"{probabilities[i, k]:.3f}")
+    console.print(table)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from hierfl.inference.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        info = client.rollback()
+    print(f"{args.address} now serves {info.task} {info.model} version {info.version} (held: {', '.join(map(str, info.versions))})")
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from hierfl.inference.publisher import ModelPublisher
+
+    with ModelPublisher(args.bind) as publisher:
+        sent = 0
+        while True:
+            header = publisher.publish(args.model)
+            sent += 1
+            print(f"published {header['task']} {header['model']} version {header['version']} on {publisher.endpoint}", flush=True)
+            if args.count and sent >= args.count:
+                return 0
+            time.sleep(args.every)
+
+
+def _platforms(text: str) -> tuple[str, ...]:
+    platforms = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
+    if not platforms or unknown:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of cpu, cuda, rocm, tpu; got {text!r}")
+    return platforms
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

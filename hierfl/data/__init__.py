@@ -1,0 +1,1 @@
+"""Tasks (model, loss, metrics, data), partitioning, the data plan and evaluation."""

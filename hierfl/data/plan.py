@@ -1,0 +1,170 @@
+"""From a topology to a Plan: the task's data, divided plant -> line -> device, as arrays.
+
+The plan is everything the simulator and the runtime derive from a topology before the
+first round: which edge each device reports to, and each device's training shard. Data is
+divided top-down: the task gives each plant its train/test pool; a plant's pool is split
+among its lines (stratified; a line with `samples_per_device` takes exactly devices x that
+many, the others share the rest by device count); each line's partitioner (iid,
+dirichlet, quantity) divides the line's pool among its devices. Deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from hierfl.data import partition
+from hierfl.errors import DataError
+from hierfl.data.tasks import PlantData, PlantRequest, Task, get_task
+from hierfl.topology import DataSpec, Line, Plant, Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceShards:
+    """All devices' training data, padded to a common length.
+
+    x `[D, N, *input_shape]` float32, y `[D, N]` int32 (labels) or `[D, N, H]` float32
+    (regression targets); only the first `counts[d]` rows of device d are real (the rest
+    are zeros and never sampled).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSet:
+    """The held-out examples of all plants, with the plant (edge) index of each."""
+
+    x: np.ndarray
+    y: np.ndarray
+    plant: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A topology made concrete: the task, device -> edge map, device shards and test set."""
+
+    topology: Topology
+    task: Task
+    device_edge: np.ndarray
+    shards: DeviceShards
+    test: TestSet
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.topology.plants)
+
+
+def make_plan(topology: Topology) -> Plan:
+    """Builds the plan; raises DataError if the task cannot supply what the topology asks."""
+    task = get_task(topology.federation.task)
+    seed = topology.federation.seed
+    check_plant_classes(topology, task)
+    requests = [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
+    device_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    test_sets: list[tuple[np.ndarray, np.ndarray]] = []
+    plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
+    # One plant's pool at a time: it is divided into device shards and then released.
+    for index, (plant, data) in enumerate(zip(topology.plants, plant_data, strict=True)):
+        device_parts.extend(divide_plant(plant, data, np.random.default_rng([seed, 4, index]), task.strata))
+        test_sets.append((data.x_test, data.y_test))
+        del data
+    device_edge = np.concatenate([np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)])
+    return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
+
+
+def check_plant_classes(topology: Topology, task: Task) -> None:
+    """DataError naming the plant if its `classes` are not all the task's."""
+    for i, plant in enumerate(topology.plants):
+        unknown = [c for c in plant.classes or () if c not in task.plant_classes]
+        if unknown:
+            known = ", ".join(task.plant_classes) or "none: the task cannot limit a plant's classes"
+            raise DataError(f"{topology.source}: plants[{i}].classes: task {task.name!r} has no class {unknown[0]!r} (classes: {known})")
+
+
+def plant_request(plant: Plant, index: int, task: Task) -> PlantRequest:
+    """What a plant needs: exact when every line's samples per device is known, else a fair share."""
+    per_line = [_samples_per_device(line.data, task) for line in plant.lines]
+    exact = None if None in per_line else sum(n * len(line.devices) for n, line in zip(per_line, plant.lines))
+    return PlantRequest(plant.name, index, plant.num_devices, exact, plant.shift, plant.classes)
+
+
+def _samples_per_device(data: DataSpec, task: Task) -> int | None:
+    return data.samples_per_device if data.samples_per_device is not None else task.default_samples_per_device
+
+
+def divide_plant(
+    plant: Plant, data: PlantData, rng: np.random.Generator, strata: Callable[[np.ndarray], np.ndarray] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's (x, y) of the plant, in device order.
+
+    Lines are stratified and lines' partitioners skewed by `strata(y)` (the task's: class
+    labels, or bins of a regression target); by default `y` itself (class labels).
+    """
+    groups = data.y_train if strata is None else strata(data.y_train)
+    sizes = line_sizes(plant, len(data.y_train))
+    devices = []
+    for line, pool in zip(plant.lines, partition.split_stratified(groups, sizes, rng)):
+        for shard in divide_line(line, groups[pool], rng):
+            devices.append((data.x_train[pool[shard]], data.y_train[pool[shard]]))
+    return devices
+
+
+def line_sizes(plant: Plant, pool: int) -> np.ndarray:
+    """How many of the plant's `pool` training examples each line gets."""
+    exact = [line.data.samples_per_device * len(line.devices) if line.data.samples_per_device else None for line in plant.lines]
+    fixed = sum(n for n in exact if n is not None)
+    if fixed > pool:
+        raise DataError(f"plant {plant.name!r}: lines ask for {fixed} training examples, the plant has {pool}")
+    flexible = [i for i, n in enumerate(exact) if n is None]
+    shares = partition.proportional_sizes(pool - fixed, [len(plant.lines[i].devices) for i in flexible]) if flexible else []
+    sizes = np.array([n if n is not None else 0 for n in exact], dtype=np.int64)
+    sizes[flexible] = shares
+    return sizes
+
+
+def divide_line(line: Line, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The line's partitioner applied to its pool: one index array per device."""
+    spec, n = line.data, len(line.devices)
+    if spec.partition == "iid":
+        return partition.iid(len(labels), n, rng)
+    if spec.partition == "dirichlet":
+        return partition.dirichlet(labels, n, spec.alpha, rng)
+    if spec.partition == "quantity":
+        return partition.quantity(len(labels), n, spec.sigma, rng)
+    raise DataError(f"line {line.name!r}: unknown partition {spec.partition!r}")
+
+
+def pad_shards(devices: list[tuple[np.ndarray, np.ndarray]]) -> DeviceShards:
+    """Stacks per-device (x, y) into zero-padded `[D, N_max, ...]` arrays."""
+    counts = np.array([len(y) for _, y in devices], dtype=np.int32)
+    capacity = int(counts.max())
+    sample_shape = devices[0][0].shape[1:]
+    x = np.zeros((len(devices), capacity, *sample_shape), np.float32)
+    y = np.zeros((len(devices), capacity, *devices[0][1].shape[1:]), _target_dtype(devices[0][1]))
+    for d, (xd, yd) in enumerate(devices):
+        x[d, : len(yd)] = xd
+        y[d, : len(yd)] = yd
+    return DeviceShards(x, y, counts)
+
+
+def stack_test_sets(plants: list[tuple[np.ndarray, np.ndarray]]) -> TestSet:
+    """All plants' (x_test, y_test) in one set, tagged with their plant index."""
+    return TestSet(
+        x=np.concatenate([x for x, _ in plants]).astype(np.float32),
+        y=np.concatenate([y for _, y in plants]).astype(_target_dtype(plants[0][1])),
+        plant=np.concatenate([np.full(len(y), i, np.int32) for i, (_, y) in enumerate(plants)]),
+    )
+
+
+def _target_dtype(y: np.ndarray) -> type:
+    """int32 for class labels, float32 for regression targets."""
+    return np.int32 if np.issubdtype(np.asarray(y).dtype, np.integer) else np.float32

@@ -1,0 +1,1 @@
+"""Run records (run.json, metrics.jsonl, model.npz), scoring, progress and reports."""

@@ -50,7 +50,9 @@ SETTINGS = {
 
 
 def topology_text(setting: Setting, rounds: int, privacy: str) -> str:
-    samples = f"samples_per_device = {setting.samples_per_device}\n" if setting.samples_per_device else ""
+    samples = (
+        f"samples_per_device = {setting.samples_per_device}\n" if setting.samples_per_device else ""
+    )
     text = f"""
 [federation]
 name = "dp-utility"
@@ -83,7 +85,9 @@ def calibrate(place: str, target: float, rounds: int) -> float:
     low, high = 0.05, 200.0
     for _ in range(60):
         middle = (low * high) ** 0.5
-        spent = epsilon(Privacy(dp=place, noise_multiplier=middle, sample_rate=SAMPLE_RATE[place]), 1, rounds)
+        spent = epsilon(
+            Privacy(dp=place, noise_multiplier=middle, sample_rate=SAMPLE_RATE[place]), 1, rounds
+        )
         low, high = (middle, high) if spent > target else (low, middle)
     return high
 
@@ -96,11 +100,15 @@ def run(task: str, rounds: int) -> list[dict]:
     setting = SETTINGS[task]
     rows = []
     cases = [("none", None, "")] + [
-        (place, target, privacy_table(place, calibrate(place, target, rounds))) for place in PLACES for target in TARGETS
+        (place, target, privacy_table(place, calibrate(place, target, rounds)))
+        for place in PLACES
+        for target in TARGETS
     ]
     for place, target, privacy in cases:
         started = time.perf_counter()
-        history = simulate(parse_topology(topology_text(setting, rounds, privacy), f"dp-utility-{task}")).history
+        history = simulate(
+            parse_topology(topology_text(setting, rounds, privacy), f"dp-utility-{task}")
+        ).history
         last = history[-1]
         noise = float(privacy.split("noise_multiplier = ")[1].split("\n")[0]) if privacy else 0.0
         row = {
@@ -116,7 +124,10 @@ def run(task: str, rounds: int) -> list[dict]:
         }
         rows.append(row)
         spent = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
-        print(f"{task:14s} dp={place:6s} target={target or '-'!s:5s} eps={spent:6s} z={noise:8.3f} acc={row['accuracy']:.4f}", flush=True)
+        print(
+            f"{task:14s} dp={place:6s} target={target or '-'!s:5s} eps={spent:6s} z={noise:8.3f} acc={row['accuracy']:.4f}",
+            flush=True,
+        )
     return rows
 
 
@@ -150,9 +161,19 @@ def plot(rows: list[dict], path: Path) -> None:
         clean = next(r["accuracy"] for r in rows if r["task"] == task and r["dp"] == "none")
         axis.axhline(clean, color="gray", linestyle="--", label="no DP")
         for place in PLACES:
-            points = [(r["target_epsilon"], r["accuracy"]) for r in rows if r["task"] == task and r["dp"] == place]
+            points = [
+                (r["target_epsilon"], r["accuracy"])
+                for r in rows
+                if r["task"] == task and r["dp"] == place
+            ]
             axis.plot(*zip(*points), marker="o", label=f"DP at the {place}")
-        axis.set(title=task, xlabel="epsilon (delta = 1e-5)", ylabel="test accuracy", xscale="log", ylim=(0, 1))
+        axis.set(
+            title=task,
+            xlabel="epsilon (delta = 1e-5)",
+            ylabel="test accuracy",
+            xscale="log",
+            ylim=(0, 1),
+        )
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -166,7 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = run("digits", 15 if args.quick else SETTINGS["digits"].rounds)
     if not args.quick:
         rows += run("bearing-fault", SETTINGS["bearing-fault"].rounds)
-    command = "python benchmarks/dp_utility.py" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    command = (
+        "python benchmarks/dp_utility.py"
+        + (" --quick" if args.quick else "")
+        + (f" --out {args.out}" if args.out else "")
+    )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "dp-utility.md").write_text(markdown(rows, command))

@@ -104,14 +104,50 @@ class TaskSetting:
 
 ALL = ("alpha 0.1", "alpha 1.0", "IID")
 FULL = (
-    TaskSetting("digits", "mlp", 32, 0.1, None, 0.2, rounds=40, hierarchy_rounds=20, threshold=0.85,
-                seeds=(0, 1, 2), partitions=ALL, hierarchy_partitions=ALL),
-    TaskSetting("steel-defects", "cnn", 16, 0.1, 64, 0.25, rounds=12, hierarchy_rounds=6, threshold=0.70,
-                seeds=(0,), partitions=ALL, hierarchy_partitions=("alpha 0.1",)),
+    TaskSetting(
+        "digits",
+        "mlp",
+        32,
+        0.1,
+        None,
+        0.2,
+        rounds=40,
+        hierarchy_rounds=20,
+        threshold=0.85,
+        seeds=(0, 1, 2),
+        partitions=ALL,
+        hierarchy_partitions=ALL,
+    ),
+    TaskSetting(
+        "steel-defects",
+        "cnn",
+        16,
+        0.1,
+        64,
+        0.25,
+        rounds=12,
+        hierarchy_rounds=6,
+        threshold=0.70,
+        seeds=(0,),
+        partitions=ALL,
+        hierarchy_partitions=("alpha 0.1",),
+    ),
 )
 QUICK = (
-    TaskSetting("digits", "mlp", 32, 0.1, None, 0.2, rounds=10, hierarchy_rounds=5, threshold=0.85,
-                seeds=(0,), partitions=("alpha 0.1", "IID"), hierarchy_partitions=("alpha 0.1",)),
+    TaskSetting(
+        "digits",
+        "mlp",
+        32,
+        0.1,
+        None,
+        0.2,
+        rounds=10,
+        hierarchy_rounds=5,
+        threshold=0.85,
+        seeds=(0,),
+        partitions=("alpha 0.1", "IID"),
+        hierarchy_partitions=("alpha 0.1",),
+    ),
 )
 
 MU_GRID = (0.001, 0.01, 0.1)
@@ -152,7 +188,11 @@ def methods(mu: float, fedadam_lr: float) -> tuple[Method, ...]:
 
 def topology_text(setting: TaskSetting, partition: Partition, edge_rounds: int) -> str:
     """The TOML of the experiment's federation for one task and partition (algorithm: fedavg)."""
-    samples = "" if setting.samples_per_device is None else f"samples_per_device = {setting.samples_per_device}\n"
+    samples = (
+        ""
+        if setting.samples_per_device is None
+        else f"samples_per_device = {setting.samples_per_device}\n"
+    )
     text = (
         "[federation]\n"
         f'name = "heterogeneity-{setting.task}"\n'
@@ -176,7 +216,9 @@ def topology_text(setting: TaskSetting, partition: Partition, edge_rounds: int) 
     for p, (plant, shift) in enumerate(PLANT_SHIFTS):
         text += f'\n[[plants]]\nname = "{plant}"\naddress = "tcp://127.0.0.1:{5560 + p}"\nshift = {shift}\n'
         for index, steps in enumerate(LINE_STEPS, start=1):
-            text += f'\n[[plants.lines]]\nname = "line-{index}"\ndevices = 5\nlocal_steps = {steps}\n'
+            text += (
+                f'\n[[plants.lines]]\nname = "line-{index}"\ndevices = 5\nlocal_steps = {steps}\n'
+            )
     return text
 
 
@@ -195,7 +237,9 @@ def with_method(topology, method: Method, seed: int, rounds: int):
     """`topology` running `method` with `seed` for `rounds` cloud rounds (`hierfl.studies.comparison.Alternative.apply`)."""
     from hierfl.studies.comparison import Alternative
 
-    alternative = Alternative(method.name, method.algorithm, method.mu, method.optimizer, method.server_learning_rate)
+    alternative = Alternative(
+        method.name, method.algorithm, method.mu, method.optimizer, method.server_learning_rate
+    )
     return alternative.apply(topology.with_federation(seed=seed, cloud_rounds=rounds))
 
 
@@ -218,8 +262,10 @@ def run(topology, label: str, log) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     federation = topology.federation
     curve = [float(r["accuracy"]) for r in result.history]
-    log(f"{label}, seed {federation.seed}, {federation.cloud_rounds} rounds: "
-        f"final {100 * curve[-1]:.1f}%, best {100 * max(curve):.1f}% ({seconds:.0f} s)")
+    log(
+        f"{label}, seed {federation.seed}, {federation.cloud_rounds} rounds: "
+        f"final {100 * curve[-1]:.1f}%, best {100 * max(curve):.1f}% ({seconds:.0f} s)"
+    )
     return {
         "accuracy": curve,
         "edge_to_cloud_bytes": [int(r["bytes"]["edge_to_cloud"]) for r in result.history],
@@ -244,11 +290,17 @@ def tune(setting: TaskSetting, partition: Partition, log) -> dict[str, Any]:
     seed = setting.seeds[0]
     candidates = {
         "fedprox_mu": [(mu, Method("FedProx", "fedprox", mu=mu)) for mu in MU_GRID],
-        "fedadam_server_lr": [(lr, Method("FedAdam", "fedavg", optimizer="adam", server_learning_rate=lr))
-                              for lr in FEDADAM_LR_GRID],
+        "fedadam_server_lr": [
+            (lr, Method("FedAdam", "fedavg", optimizer="adam", server_learning_rate=lr))
+            for lr in FEDADAM_LR_GRID
+        ],
     }
-    tuning: dict[str, Any] = {"task": setting.task, "partition": partition.label, "seed": seed,
-                              "criterion": f"mean accuracy of the last {LAST_ROUNDS} rounds"}
+    tuning: dict[str, Any] = {
+        "task": setting.task,
+        "partition": partition.label,
+        "seed": seed,
+        "criterion": f"mean accuracy of the last {LAST_ROUNDS} rounds",
+    }
     for key, grid in candidates.items():
         scores = {}
         for value, method in grid:
@@ -269,8 +321,13 @@ def compare_algorithms(setting: TaskSetting, method_list: Sequence[Method], log)
         base = base_topology(setting, partition)
         per_method = {}
         for method in method_list:
-            label = f"{setting.task} {partition.label} {method.name}" + (f" ({method.setting})" if method.setting else "")
-            runs = [run(with_method(base, method, seed, setting.rounds), label, log) for seed in setting.seeds]
+            label = f"{setting.task} {partition.label} {method.name}" + (
+                f" ({method.setting})" if method.setting else ""
+            )
+            runs = [
+                run(with_method(base, method, seed, setting.rounds), label, log)
+                for seed in setting.seeds
+            ]
             curves = np.array([r["accuracy"] for r in runs])
             reached = [first_round(curve, setting.threshold) for curve in curves]
             per_method[method.name] = {
@@ -300,11 +357,19 @@ def compare_hierarchy(setting: TaskSetting, log) -> dict[str, Any]:
             hierarchical = with_method(base, fedavg, seed, setting.hierarchy_rounds)
             flat = flat_fedavg(hierarchical)
             if device_steps(flat) != device_steps(hierarchical):
-                raise RuntimeError(f"unequal device steps: flat {device_steps(flat)}, hierarchical {device_steps(hierarchical)}")
-            h = run(hierarchical, f"{setting.task} {partition.label} FedAvg hierarchical, edge_rounds = {HIERARCHY_EDGE_ROUNDS}", log)
+                raise RuntimeError(
+                    f"unequal device steps: flat {device_steps(flat)}, hierarchical {device_steps(hierarchical)}"
+                )
+            h = run(
+                hierarchical,
+                f"{setting.task} {partition.label} FedAvg hierarchical, edge_rounds = {HIERARCHY_EDGE_ROUNDS}",
+                log,
+            )
             f = run(flat, f"{setting.task} {partition.label} FedAvg flat", log)
             # The simulator counts a flat run's uplink as its edges'; flat FedAvg's devices talk to the cloud.
-            f["edge_to_cloud_bytes"] = [flat_uplink_bytes({"devices": f["devices"]}, f["model_bytes"])] * len(f["accuracy"])
+            f["edge_to_cloud_bytes"] = [
+                flat_uplink_bytes({"devices": f["devices"]}, f["model_bytes"])
+            ] * len(f["accuracy"])
             entry.setdefault("hierarchical", []).append(h)
             entry.setdefault("flat", []).append(f)
         results[partition.label] = summarize_hierarchy(entry, setting.threshold)
@@ -333,7 +398,8 @@ def summarize_hierarchy(entry: dict[str, list], threshold: float) -> dict[str, A
         }
     h, f = out["hierarchical"], out["flat"]
     out["saving_at_threshold"] = (
-        None if h["bytes_at_threshold"] is None or f["bytes_at_threshold"] is None
+        None
+        if h["bytes_at_threshold"] is None or f["bytes_at_threshold"] is None
         else f["bytes_at_threshold"] / h["bytes_at_threshold"]
     )
     return out
@@ -389,8 +455,13 @@ def findings_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
 
     rows = []
     for label, per_method in results.items():
-        finals = {name: np.array([r["accuracy"][-1] for r in entry["runs"]]) for name, entry in per_method.items()}
-        speeds = {name: _mean_rounds(entry["rounds_to_threshold"]) for name, entry in per_method.items()}
+        finals = {
+            name: np.array([r["accuracy"][-1] for r in entry["runs"]])
+            for name, entry in per_method.items()
+        }
+        speeds = {
+            name: _mean_rounds(entry["rounds_to_threshold"]) for name, entry in per_method.items()
+        }
         means = {name: float(values.mean()) for name, values in finals.items()}
         best, worst = max(means, key=means.get), min(means, key=means.get)
 
@@ -412,7 +483,15 @@ def findings_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
         else:
             speed = "none reached it"
         rows.append([label, versus(best), versus(worst), speed])
-    return markdown_table(["partition", "best final accuracy", "worst final accuracy", f"fastest to {pct(setting['threshold'])}"], rows)
+    return markdown_table(
+        [
+            "partition",
+            "best final accuracy",
+            "worst final accuracy",
+            f"fastest to {pct(setting['threshold'])}",
+        ],
+        rows,
+    )
 
 
 def _mean_rounds(reached: Sequence[int | None]) -> float | None:
@@ -427,20 +506,40 @@ def hierarchy_table(setting: dict[str, Any], results: dict[str, Any]) -> str:
     rows = []
     for label, entry in results.items():
         h, f = entry["hierarchical"], entry["flat"]
-        saving = "n/a" if entry["saving_at_threshold"] is None else f"{entry['saving_at_threshold']:.1f}x"
+        saving = (
+            "n/a"
+            if entry["saving_at_threshold"] is None
+            else f"{entry['saving_at_threshold']:.1f}x"
+        )
         for name, run_entry, rounds in (
             (f"hierarchical, edge_rounds = {HIERARCHY_EDGE_ROUNDS}", h, len(h["mean_curve"])),
             ("flat FedAvg", f, len(f["mean_curve"])),
         ):
             at = run_entry["round_at_threshold"]
-            rows.append([
-                label, name, str(rounds), f"{run_entry['device_steps']:,}", pct(run_entry["final_accuracy"]),
-                format_bytes(run_entry["total_bytes"]),
-                "not reached" if at is None else f"round {at}: {format_bytes(run_entry['bytes_at_threshold'])}",
-                saving if run_entry is h else "",
-            ])
-    header = ["partition", "run", "cloud rounds", "device steps", "final accuracy", "edge → cloud bytes",
-              f"bytes until {pct(threshold)}", "flat / hierarchical bytes"]
+            rows.append(
+                [
+                    label,
+                    name,
+                    str(rounds),
+                    f"{run_entry['device_steps']:,}",
+                    pct(run_entry["final_accuracy"]),
+                    format_bytes(run_entry["total_bytes"]),
+                    "not reached"
+                    if at is None
+                    else f"round {at}: {format_bytes(run_entry['bytes_at_threshold'])}",
+                    saving if run_entry is h else "",
+                ]
+            )
+    header = [
+        "partition",
+        "run",
+        "cloud rounds",
+        "device steps",
+        "final accuracy",
+        "edge → cloud bytes",
+        f"bytes until {pct(threshold)}",
+        "flat / hierarchical bytes",
+    ]
     return markdown_table(header, rows)
 
 
@@ -449,9 +548,14 @@ def bytes_note(results: dict[str, Any]) -> str:
     from hierfl.runs.report import format_bytes
 
     per_method = next(iter(results.values()))
-    return "Edge → cloud bytes per cloud round: " + ", ".join(
-        f"{name} {format_bytes(entry['edge_to_cloud_bytes_per_round'])}" for name, entry in per_method.items()
-    ) + "."
+    return (
+        "Edge → cloud bytes per cloud round: "
+        + ", ".join(
+            f"{name} {format_bytes(entry['edge_to_cloud_bytes_per_round'])}"
+            for name, entry in per_method.items()
+        )
+        + "."
+    )
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -470,8 +574,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     tuning = results["tuning"]
     if not tuning["fedprox_mu"]["grid"]:
-        parts.append(f"Not tuned (`--quick`): FedProx mu = {tuning['fedprox_mu']['chosen']:g}, "
-                     f"FedAdam server learning rate = {tuning['fedadam_server_lr']['chosen']:g}.")
+        parts.append(
+            f"Not tuned (`--quick`): FedProx mu = {tuning['fedprox_mu']['chosen']:g}, "
+            f"FedAdam server learning rate = {tuning['fedadam_server_lr']['chosen']:g}."
+        )
     else:
         parts.append(
             f"Tuned once, on {tuning['task']} {tuning['partition']} seed {tuning['seed']} "
@@ -488,10 +594,13 @@ def results_markdown(results: dict[str, Any]) -> str:
         parts.append(
             f"Model `{setting['model']}`, batch {setting['batch_size']}, device learning rate "
             f"{setting['learning_rate']:g}, {setting['rounds']} cloud rounds, "
-            + (f"seeds {', '.join(map(str, seeds))} (final accuracy: mean ± std over seeds; rounds: mean over seeds; "
-               "a seed also redraws the data split and the test set, so the spread is mostly the data's: the table "
-               "after this one compares each method with FedAvg seed by seed)"
-               if len(seeds) > 1 else f"seed {seeds[0]}")
+            + (
+                f"seeds {', '.join(map(str, seeds))} (final accuracy: mean ± std over seeds; rounds: mean over seeds; "
+                "a seed also redraws the data split and the test set, so the spread is mostly the data's: the table "
+                "after this one compares each method with FedAvg seed by seed)"
+                if len(seeds) > 1
+                else f"seed {seeds[0]}"
+            )
             + f". Threshold {pct(setting['threshold'])}; `> {setting['rounds']}` = not reached. "
             "Bold: the best final accuracy of the column."
         )
@@ -508,7 +617,9 @@ def results_markdown(results: dict[str, Any]) -> str:
                 + ("mean accuracy over the seeds." if len(seeds) > 1 else f"seed {seeds[0]}.")
             )
             parts.append(hierarchy_table(setting, entry["hierarchy"]))
-    parts.append("![accuracy against edge-to-cloud bytes, and against cloud rounds](heterogeneity.png)")
+    parts.append(
+        "![accuracy against edge-to-cloud bytes, and against cloud rounds](heterogeneity.png)"
+    )
     return "\n\n".join(parts) + "\n"
 
 
@@ -527,7 +638,13 @@ def kept_notes(document: Path) -> str:
 # --- figure ------------------------------------------------------------------------------
 
 
-COLOURS = {"FedAvg": "#1f77b4", "FedProx": "#ff7f0e", "FedNova": "#2ca02c", "SCAFFOLD": "#d62728", "FedAdam": "#9467bd"}
+COLOURS = {
+    "FedAvg": "#1f77b4",
+    "FedProx": "#ff7f0e",
+    "FedNova": "#2ca02c",
+    "SCAFFOLD": "#d62728",
+    "FedAdam": "#9467bd",
+}
 PARTITION_COLOURS = {"alpha 0.1": "#d62728", "alpha 1.0": "#ff7f0e", "IID": "#1f77b4"}
 
 
@@ -545,11 +662,16 @@ def results_figure(results: dict[str, Any]) -> Figure:
         by_bytes, by_steps, by_round = grid[:, column]
         for label, hierarchy in entry["hierarchy"].items():
             colour = PARTITION_COLOURS[label]
-            for kind, style, name in (("hierarchical", "-o", f"hierarchical κ2 = {HIERARCHY_EDGE_ROUNDS}"), ("flat", "--", "flat FedAvg")):
+            for kind, style, name in (
+                ("hierarchical", "-o", f"hierarchical κ2 = {HIERARCHY_EDGE_ROUNDS}"),
+                ("flat", "--", "flat FedAvg"),
+            ):
                 run_entry = hierarchy[kind]
                 line = dict(color=colour, label=f"{name}, {label}", linewidth=1.6, markersize=3)
                 by_bytes.plot(run_entry["cumulative_bytes"], run_entry["mean_curve"], style, **line)
-                by_steps.plot(run_entry["cumulative_device_steps"], run_entry["mean_curve"], style, **line)
+                by_steps.plot(
+                    run_entry["cumulative_device_steps"], run_entry["mean_curve"], style, **line
+                )
         by_bytes.set_xscale("log")
         by_bytes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: format_bytes(value)))
         by_bytes.set_xlabel("edge → cloud bytes sent (cumulative)")
@@ -560,9 +682,18 @@ def results_figure(results: dict[str, Any]) -> Figure:
         for name, per_method in entry["algorithms"][label].items():
             curve = per_method["mean_curve"]
             style = "--" if name == "FedProx" else "-"  # small mu: FedProx can lie on top of FedAvg
-            by_round.plot(range(1, len(curve) + 1), curve, style, color=COLOURS[name], label=name, linewidth=1.6)
+            by_round.plot(
+                range(1, len(curve) + 1),
+                curve,
+                style,
+                color=COLOURS[name],
+                label=name,
+                linewidth=1.6,
+            )
         by_round.set_xlabel("cloud round")
-        by_round.set_title(f"{task}: algorithms, {label}, lines at {'/'.join(map(str, LINE_STEPS))} local steps")
+        by_round.set_title(
+            f"{task}: algorithms, {label}, lines at {'/'.join(map(str, LINE_STEPS))} local steps"
+        )
         for axes in (by_bytes, by_steps, by_round):
             axes.axhline(threshold, color="grey", linewidth=1, linestyle=":")
             axes.set_ylabel("test accuracy, both plants")
@@ -577,11 +708,23 @@ def results_figure(results: dict[str, Any]) -> Figure:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="digits only, one seed, 10 rounds, no tuning (about a minute)")
-    parser.add_argument("--out", type=Path, help="folder for heterogeneity.{md,json,png} (default: docs/, or nothing with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="digits only, one seed, 10 rounds, no tuning (about a minute)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for heterogeneity.{md,json,png} (default: docs/, or nothing with --quick)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print the tables only")
-    parser.add_argument("--render", type=Path, metavar="JSON",
-                        help="rewrite the markdown and the plot from the heterogeneity.json of an earlier run, without training")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="rewrite the markdown and the plot from the heterogeneity.json of an earlier run, without training",
+    )
     return parser.parse_args(argv)
 
 
@@ -602,7 +745,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
 
     if args.quick:
-        tuning = {"fedprox_mu": {"grid": {}, "chosen": 0.01}, "fedadam_server_lr": {"grid": {}, "chosen": 0.03}}
+        tuning = {
+            "fedprox_mu": {"grid": {}, "chosen": 0.01},
+            "fedadam_server_lr": {"grid": {}, "chosen": 0.03},
+        }
     else:
         tuning = tune(settings[0], PARTITIONS[0], log)
     method_list = methods(tuning["fedprox_mu"]["chosen"], tuning["fedadam_server_lr"]["chosen"])
@@ -613,7 +759,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         algorithms = compare_algorithms(setting, method_list, log)
         hierarchy = compare_hierarchy(setting, log)
         tasks[setting.task] = {
-            "setting": {**dataclasses.asdict(setting), "methods": {m.name: m.setting for m in method_list}},
+            "setting": {
+                **dataclasses.asdict(setting),
+                "methods": {m.name: m.setting for m in method_list},
+            },
             "algorithms": algorithms,
             "hierarchy": hierarchy,
             "seconds": round(time.perf_counter() - task_started, 1),
@@ -640,11 +789,15 @@ def write_outputs(results: dict[str, Any], out: Path | None, write_json: bool = 
         return
     out.mkdir(parents=True, exist_ok=True)
     if write_json:
-        (out / "heterogeneity.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        (out / "heterogeneity.json").write_text(
+            json.dumps(results, indent=1) + "\n", encoding="utf-8"
+        )
     document = out / "heterogeneity.md"
     document.write_text(markdown + kept_notes(document), encoding="utf-8")
     results_figure(results).savefig(out / "heterogeneity.png", dpi=110)
-    print(f"wrote heterogeneity.md{', heterogeneity.json' if write_json else ''}, heterogeneity.png to {out}")
+    print(
+        f"wrote heterogeneity.md{', heterogeneity.json' if write_json else ''}, heterogeneity.png to {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -102,13 +102,26 @@ def measure_in_process(fn, x: np.ndarray, duration: float) -> dict[str, float]:
     return summarize(np.array(latencies), time.perf_counter() - started)
 
 
-def start_server(model_file: Path, max_batch: int, max_wait_ms: float, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model_file: Path, max_batch: int, max_wait_ms: float, log: Path
+) -> tuple[subprocess.Popen, str]:
     """`hierfl serve` on a free loopback port; returns the process and its address once it listens."""
     out = open(log, "w")
     process = subprocess.Popen(
-        [str(HIERFL), "serve", str(model_file), "--bind", "tcp://127.0.0.1:*",
-         "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
-        stdout=subprocess.PIPE, stderr=out, text=True,
+        [
+            str(HIERFL),
+            "serve",
+            str(model_file),
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=out,
+        text=True,
     )
     line = process.stdout.readline()
     match = re.search(r" on (tcp://\S+) ", line)
@@ -118,12 +131,25 @@ def start_server(model_file: Path, max_batch: int, max_wait_ms: float, log: Path
     return process, match.group(1)
 
 
-def measure_server(address: str, inputs: Path, clients: int, duration: float, folder: Path) -> dict[str, float]:
+def measure_server(
+    address: str, inputs: Path, clients: int, duration: float, folder: Path
+) -> dict[str, float]:
     """`clients` client processes against the server at `address`; latencies pooled over all of them."""
     start_at = time.time() + 3.0 + 0.5 * clients  # time for every client to start and warm up
     outs = [folder / f"lat-{clients}-{i}.npy" for i in range(clients)]
     processes = [
-        subprocess.Popen([sys.executable, __file__, "--client", address, str(inputs), str(out), repr(start_at), repr(duration)])
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                address,
+                str(inputs),
+                str(out),
+                repr(start_at),
+                repr(duration),
+            ]
+        )
         for out in outs
     ]
     for process in processes:
@@ -133,10 +159,19 @@ def measure_server(address: str, inputs: Path, clients: int, duration: float, fo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--duration", type=float, default=4.0, help="seconds per measurement (default 4)"
+    )
     parser.add_argument("--json", type=Path, help="also write the result to this file")
-    parser.add_argument("--client", nargs=5, metavar=("ADDR", "INPUTS", "OUT", "START_AT", "DURATION"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--client",
+        nargs=5,
+        metavar=("ADDR", "INPUTS", "OUT", "START_AT", "DURATION"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args()
     if args.client:
         address, inputs, out, start_at, duration = args.client
@@ -156,18 +191,25 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hierfl.inference.artifact import read_artifact, write_artifact
-    from hierfl.inference.compiled import compile_artifact, describe_platform
-    from hierfl.inference.export import export_model
     from hierfl.data.tasks import TASKS
     from hierfl.data.tasks.bearing_data import generate_plant
     from hierfl.data.tasks.models import build_model
+    from hierfl.inference.artifact import read_artifact, write_artifact
+    from hierfl.inference.compiled import compile_artifact, describe_platform
+    from hierfl.inference.export import export_model
 
     console = Console(width=120)
     task = TASKS["bearing-fault"]
     model, params = build_model("cnn1d", task.models["cnn1d"], jax.random.key(0))
     model_file = write_artifact(folder / "cnn1d.hfl", export_model(model, params, task, version=1))
-    x, _, _ = generate_plant(0, 0, num_machines=4, windows_per_machine=WINDOWS // 4, shift=0.0, window=task.input_shape[0])
+    x, _, _ = generate_plant(
+        0,
+        0,
+        num_machines=4,
+        windows_per_machine=WINDOWS // 4,
+        shift=0.0,
+        window=task.input_shape[0],
+    )
     x = x[..., None].astype(np.float32)
     inputs = folder / "windows.npy"
     np.save(inputs, x)
@@ -182,15 +224,21 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
     exported = compile_artifact(read_artifact(model_file), max_batch=32)
     exported_floor = measure_in_process(exported.predict, x, args.duration)
     batch32 = np.stack([x[i % len(x)] for i in range(32)])
-    batch32_floor = measure_in_process(lambda _: np.asarray(apply(params, batch32)), x, args.duration)
+    batch32_floor = measure_in_process(
+        lambda _: np.asarray(apply(params, batch32)), x, args.duration
+    )
     batch32_floor["rows_per_s"] = 32 * batch32_floor["throughput_rps"]
 
     served: dict[str, dict[str, float]] = {}
     for max_batch, max_wait in BATCH_CONFIGS:
-        process, address = start_server(model_file, max_batch, max_wait, folder / f"server-{max_batch}.log")
+        process, address = start_server(
+            model_file, max_batch, max_wait, folder / f"server-{max_batch}.log"
+        )
         try:
             for clients in CLIENT_COUNTS:
-                served[config_key(max_batch, max_wait, clients)] = measure_server(address, inputs, clients, args.duration, folder)
+                served[config_key(max_batch, max_wait, clients)] = measure_server(
+                    address, inputs, clients, args.duration, folder
+                )
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -198,23 +246,62 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
     table = Table(title="batch-1 requests: latency and throughput")
     for column in ("path", "clients", "p50 ms", "p99 ms", "requests/s"):
         table.add_column(column, justify="right" if column != "path" else "left")
-    table.add_row("in-process jitted apply (floor)", "1", f"{floor['p50_ms']:.3f}", f"{floor['p99_ms']:.3f}", f"{floor['throughput_rps']:,.0f}")
-    table.add_row("in-process exported .hfl", "1", f"{exported_floor['p50_ms']:.3f}", f"{exported_floor['p99_ms']:.3f}", f"{exported_floor['throughput_rps']:,.0f}")
-    table.add_row("in-process jitted apply, batch 32 (rows/s)", "1", f"{batch32_floor['p50_ms']:.3f}", f"{batch32_floor['p99_ms']:.3f}", f"{batch32_floor['rows_per_s']:,.0f}")
+    table.add_row(
+        "in-process jitted apply (floor)",
+        "1",
+        f"{floor['p50_ms']:.3f}",
+        f"{floor['p99_ms']:.3f}",
+        f"{floor['throughput_rps']:,.0f}",
+    )
+    table.add_row(
+        "in-process exported .hfl",
+        "1",
+        f"{exported_floor['p50_ms']:.3f}",
+        f"{exported_floor['p99_ms']:.3f}",
+        f"{exported_floor['throughput_rps']:,.0f}",
+    )
+    table.add_row(
+        "in-process jitted apply, batch 32 (rows/s)",
+        "1",
+        f"{batch32_floor['p50_ms']:.3f}",
+        f"{batch32_floor['p99_ms']:.3f}",
+        f"{batch32_floor['rows_per_s']:,.0f}",
+    )
     for (max_batch, max_wait), clients in ((c, n) for c in BATCH_CONFIGS for n in CLIENT_COUNTS):
         r = served[config_key(max_batch, max_wait, clients)]
-        label = f"server, max batch {max_batch}" + (f", max wait {max_wait:g} ms" if max_batch > 1 else "")
-        table.add_row(label, str(clients), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['throughput_rps']:,.0f}")
+        label = f"server, max batch {max_batch}" + (
+            f", max wait {max_wait:g} ms" if max_batch > 1 else ""
+        )
+        table.add_row(
+            label,
+            str(clients),
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['throughput_rps']:,.0f}",
+        )
     console.print(table)
 
     overhead_ms = served[config_key(1, 0.0, 1)]["p50_ms"] - floor["p50_ms"]
     unbatched = served[config_key(1, 0.0, 8)]["throughput_rps"]
-    gains = {f"max_wait_ms={w:g}": served[config_key(b, w, 8)]["throughput_rps"] / unbatched for b, w in BATCH_CONFIGS if b > 1}
-    console.print(f"server overhead per request (p50, 1 client, max batch 1, minus floor p50): {overhead_ms:.3f} ms")
+    gains = {
+        f"max_wait_ms={w:g}": served[config_key(b, w, 8)]["throughput_rps"] / unbatched
+        for b, w in BATCH_CONFIGS
+        if b > 1
+    }
+    console.print(
+        f"server overhead per request (p50, 1 client, max batch 1, minus floor p50): {overhead_ms:.3f} ms"
+    )
     for name, gain in gains.items():
-        console.print(f"dynamic batching throughput gain, 8 clients, max batch 32 / max batch 1 ({name}): {gain:.2f}x")
+        console.print(
+            f"dynamic batching throughput gain, 8 clients, max batch 32 / max batch 1 ({name}): {gain:.2f}x"
+        )
     result: dict[str, Any] = {
-        "machine": {"platform": describe_platform(), "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__},
+        "machine": {
+            "platform": describe_platform(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
         "duration_s": args.duration,
         "floor": floor,
         "exported_in_process": exported_floor,

@@ -47,7 +47,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from hierfl.kernels import coordinate_median, make_codec, roundtrip, segment_weighted_mean, trimmed_mean, weighted_mean
+from hierfl.kernels import (
+    coordinate_median,
+    make_codec,
+    roundtrip,
+    segment_weighted_mean,
+    trimmed_mean,
+    weighted_mean,
+)
 
 FULL_K = (8, 64, 512)
 FULL_P = (100_000, 1_000_000, 10_000_000)
@@ -86,12 +93,23 @@ def environment() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "device_kind": device.device_kind,
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "cpu_model": _cpu_model(),
         "cpu_caches": _cpu_caches(),
         "python": platform.python_version(),
         "blas": numpy_blas(),
-        "env": {name: os.environ.get(name, "") for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")},
+        "env": {
+            name: os.environ.get(name, "")
+            for name in (
+                "OPENBLAS_CORETYPE",
+                "OPENBLAS_L2_SIZE",
+                "OPENBLAS_NUM_THREADS",
+                "OMP_NUM_THREADS",
+                "XLA_FLAGS",
+            )
+        },
         "load_before": os.getloadavg()[0],
     }
 
@@ -121,7 +139,10 @@ def _cpu_caches() -> str:
     caches = []
     try:
         for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-            kind, level, size = ((index / name).read_text(encoding="utf-8").strip() for name in ("type", "level", "size"))
+            kind, level, size = (
+                (index / name).read_text(encoding="utf-8").strip()
+                for name in ("type", "level", "size")
+            )
             if kind != "Instruction":
                 caches.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
     except OSError:
@@ -182,7 +203,10 @@ def time_cases(cases: list[Case], rounds: int, call_budget_s: float) -> dict[str
                 case.run()
                 best[case.name] = min(best[case.name], time.perf_counter() - start)
                 calls[case.name] += 1
-    return {case.name: {"s": best[case.name], "warmup_s": first[case.name], "calls": calls[case.name]} for case in cases}
+    return {
+        case.name: {"s": best[case.name], "warmup_s": first[case.name], "calls": calls[case.name]}
+        for case in cases
+    }
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -206,10 +230,14 @@ def codec_case(name: str, p: int, stack: jax.Array, keys: jax.Array) -> Callable
     return lambda: fn(stack, residuals, keys).block_until_ready()
 
 
-def measure_stack(k: int, p: int, sort_limit: float, rounds: int, call_budget_s: float) -> dict[str, Any]:
+def measure_stack(
+    k: int, p: int, sort_limit: float, rounds: int, call_budget_s: float
+) -> dict[str, Any]:
     """Every baseline and kernel on one `[K, P]` stack: seconds, GB/s and the case list."""
     xj = jax.device_put(make_stack(k, p))
-    x = np.asarray(xj)  # on a CPU a read-only view of the same buffer: one copy of the stack in memory, not two
+    x = np.asarray(
+        xj
+    )  # on a CPU a read-only view of the same buffer: one copy of the stack in memory, not two
     w = np.random.default_rng(1).uniform(1.0, 10.0, size=k).astype(np.float32)
     wj = jax.device_put(w)
     out = np.empty_like(x)
@@ -228,7 +256,11 @@ def measure_stack(k: int, p: int, sort_limit: float, rounds: int, call_budget_s:
         Case("jax dot(w, X)", "baseline", lambda: dot(wj, xj).block_until_ready()),
         Case("jax pass -X", "baseline", lambda: negate(xj).block_until_ready()),
         Case("weighted_mean", "kernel", lambda: mean(xj, wj).block_until_ready()),
-        Case(f"segment_weighted_mean ({SEGMENTS} segments)", "kernel", lambda: segment_mean(xj, wj, ids, SEGMENTS).block_until_ready()),
+        Case(
+            f"segment_weighted_mean ({SEGMENTS} segments)",
+            "kernel",
+            lambda: segment_mean(xj, wj, ids, SEGMENTS).block_until_ready(),
+        ),
     ]
     sorted_kernels = k * p <= sort_limit
     if sorted_kernels:
@@ -237,9 +269,19 @@ def measure_stack(k: int, p: int, sort_limit: float, rounds: int, call_budget_s:
         trimmed_unweighted = jax.jit(lambda s: trimmed_mean(s, BETA))
         cases += [
             Case("coordinate_median", "kernel", lambda: median(xj).block_until_ready()),
-            Case("coordinate_median, weighted", "kernel", lambda: median(xj, wj).block_until_ready()),
-            Case(f"trimmed_mean beta {BETA}", "kernel", lambda: trimmed_unweighted(xj).block_until_ready()),
-            Case(f"trimmed_mean beta {BETA}, weighted", "kernel", lambda: trimmed(xj, wj).block_until_ready()),
+            Case(
+                "coordinate_median, weighted", "kernel", lambda: median(xj, wj).block_until_ready()
+            ),
+            Case(
+                f"trimmed_mean beta {BETA}",
+                "kernel",
+                lambda: trimmed_unweighted(xj).block_until_ready(),
+            ),
+            Case(
+                f"trimmed_mean beta {BETA}, weighted",
+                "kernel",
+                lambda: trimmed(xj, wj).block_until_ready(),
+            ),
         ]
     cases += [
         Case("int8 quantize + dequantize", "kernel", codec_case("int8", p, xj, keys)),
@@ -249,7 +291,12 @@ def measure_stack(k: int, p: int, sort_limit: float, rounds: int, call_budget_s:
     times = time_cases(cases, rounds, call_budget_s)
     nbytes = x.nbytes
     rows = [
-        {"name": case.name, "kind": case.kind, **times[case.name], "gbps": nbytes / times[case.name]["s"] / 1e9}
+        {
+            "name": case.name,
+            "kind": case.kind,
+            **times[case.name],
+            "gbps": nbytes / times[case.name]["s"] / 1e9,
+        }
         for case in cases
     ]
     return {"k": k, "p": p, "stack_bytes": nbytes, "sorted_kernels": sorted_kernels, "rows": rows}
@@ -275,13 +322,31 @@ def measure_topk(p: int, rounds: int, call_budget_s: float) -> dict[str, Any]:
     cases = [
         Case("numpy memcpy", "baseline", lambda: np.copyto(out, x)),
         Case("jax pass -x", "baseline", lambda: negate(xj).block_until_ready()),
-        Case("numpy argpartition(|x|)", "baseline", lambda: np.argpartition(np.abs(x), p - k)[p - k :]),
+        Case(
+            "numpy argpartition(|x|)",
+            "baseline",
+            lambda: np.argpartition(np.abs(x), p - k)[p - k :],
+        ),
         Case("jax lax.top_k(|x|)", "kernel", lambda: jax.block_until_ready(lax_top_k(xj))),
-        Case("topk codec encode", "kernel", lambda: jax.block_until_ready(encode(xj, residual, key))),
-        Case("topk codec encode + decode", "kernel", lambda: jax.block_until_ready(both(xj, residual, key))),
+        Case(
+            "topk codec encode", "kernel", lambda: jax.block_until_ready(encode(xj, residual, key))
+        ),
+        Case(
+            "topk codec encode + decode",
+            "kernel",
+            lambda: jax.block_until_ready(both(xj, residual, key)),
+        ),
     ]
     times = time_cases(cases, rounds, call_budget_s)
-    rows = [{"name": case.name, "kind": case.kind, **times[case.name], "gbps": x.nbytes / times[case.name]["s"] / 1e9} for case in cases]
+    rows = [
+        {
+            "name": case.name,
+            "kind": case.kind,
+            **times[case.name],
+            "gbps": x.nbytes / times[case.name]["s"] / 1e9,
+        }
+        for case in cases
+    ]
     return {"p": p, "k": k, "rows": rows}
 
 
@@ -292,7 +357,9 @@ def seconds_of(rows: list[dict[str, Any]], name: str) -> float:
     return next(row["s"] for row in rows if row["name"] == name)
 
 
-def target_checks(stacks: list[dict[str, Any]], topk: list[dict[str, Any]], backend: str) -> list[dict[str, Any]]:
+def target_checks(
+    stacks: list[dict[str, Any]], topk: list[dict[str, Any]], backend: str
+) -> list[dict[str, Any]]:
     """The issue's three targets, each with its measured ratio at every size it applies to."""
     memory = MEMORY_BASELINE.get(backend, "numpy memcpy")
     matmul = MATMUL_BASELINE.get(backend, "numpy w @ X")
@@ -302,13 +369,20 @@ def target_checks(stacks: list[dict[str, Any]], topk: list[dict[str, Any]], back
             "target": f"weighted_mean >= {TARGET_WEIGHTED_MEAN}x {matmul}",
             "threshold": TARGET_WEIGHTED_MEAN,
             "higher_is_better": True,
-            "ratios": {_size(s): seconds_of(s["rows"], matmul) / seconds_of(s["rows"], "weighted_mean") for s in measured},
+            "ratios": {
+                _size(s): seconds_of(s["rows"], matmul) / seconds_of(s["rows"], "weighted_mean")
+                for s in measured
+            },
         },
         {
             "target": f"int8 quantize + dequantize >= {TARGET_INT8}x {memory} bandwidth",
             "threshold": TARGET_INT8,
             "higher_is_better": True,
-            "ratios": {_size(s): seconds_of(s["rows"], memory) / seconds_of(s["rows"], "int8 quantize + dequantize") for s in measured},
+            "ratios": {
+                _size(s): seconds_of(s["rows"], memory)
+                / seconds_of(s["rows"], "int8 quantize + dequantize")
+                for s in measured
+            },
         },
     ]
     pass_name = "jax pass -x" if memory == "jax pass -X" else memory
@@ -317,15 +391,26 @@ def target_checks(stacks: list[dict[str, Any]], topk: list[dict[str, Any]], back
         checks.append(
             {
                 "target": f"top-k encode at P = 1e6 <= {TARGET_TOPK:g}x the time of {reference}"
-                + (" (the issue's 'full sort-free pass')" if reference == pass_name else " (a sort-free selection)"),
+                + (
+                    " (the issue's 'full sort-free pass')"
+                    if reference == pass_name
+                    else " (a sort-free selection)"
+                ),
                 "threshold": TARGET_TOPK,
                 "higher_is_better": False,
-                "ratios": {f"P={_si(t['p'])}, k={_si(t['k'])}": seconds_of(t["rows"], "topk codec encode") / seconds_of(t["rows"], reference) for t in points},
+                "ratios": {
+                    f"P={_si(t['p'])}, k={_si(t['k'])}": seconds_of(t["rows"], "topk codec encode")
+                    / seconds_of(t["rows"], reference)
+                    for t in points
+                },
             }
         )
     for check in checks:
         ratios = list(check["ratios"].values())
-        ok = [(r >= check["threshold"]) if check["higher_is_better"] else (r <= check["threshold"]) for r in ratios]
+        ok = [
+            (r >= check["threshold"]) if check["higher_is_better"] else (r <= check["threshold"])
+            for r in ratios
+        ]
         check["met"] = sum(ok)
         check["sizes"] = len(ok)
     return checks
@@ -347,28 +432,56 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
     env = result["environment"]
     gpu = env["backend"] == "gpu"
     table = Table(title="environment", show_header=False)
-    for key in ("jax", "numpy", "backend", "device_kind", "cpu_count", "cpus_usable", "cpu_model", "cpu_caches", "python", "blas"):
+    for key in (
+        "jax",
+        "numpy",
+        "backend",
+        "device_kind",
+        "cpu_count",
+        "cpus_usable",
+        "cpu_model",
+        "cpu_caches",
+        "python",
+        "blas",
+    ):
         table.add_row(key, str(env[key]) or "-")
     for name, value in env["env"].items():
         table.add_row(name, value or "(not set)")
-    table.add_row("load average (1 min)", f"{env['load_before']:.2f} before the run, {result['load_after']:.2f} after (this run included)")
+    table.add_row(
+        "load average (1 min)",
+        f"{env['load_before']:.2f} before the run, {result['load_after']:.2f} after (this run included)",
+    )
     table.add_row("peak RSS", f"{result['peak_rss_mb']:,.0f} MB")
     if gpu:
-        table.add_row("device memory bandwidth", f"{result['peak_gbps']:,.0f} GB/s ({result['peak_source']})")
+        table.add_row(
+            "device memory bandwidth", f"{result['peak_gbps']:,.0f} GB/s ({result['peak_source']})"
+        )
     console.print(table)
     if env["load_before"] > 0.5:
-        console.print("[yellow]other processes were using the CPU: absolute figures are noisy; baselines and kernels take turns, so ratios are fairer[/]")
+        console.print(
+            "[yellow]other processes were using the CPU: absolute figures are noisy; "
+            "baselines and kernels take turns, so ratios are fairer[/]"
+        )
 
     matmul = MATMUL_BASELINE.get(env["backend"], "numpy w @ X")
     memory = MEMORY_BASELINE.get(env["backend"], "numpy memcpy")
     table = Table(title="kernels on a [K, P] float32 stack: GB/s = 4 K P bytes / min time")
-    columns = ["K, P (stack)", "kernel", "ms", "GB/s", f"x {matmul}", f"x {memory}"] + (["% of peak"] if gpu else [])
+    columns = ["K, P (stack)", "kernel", "ms", "GB/s", f"x {matmul}", f"x {memory}"] + (
+        ["% of peak"] if gpu else []
+    )
     for column in columns:
-        table.add_column(column, justify="left" if column in ("K, P (stack)", "kernel") else "right")
+        table.add_column(
+            column, justify="left" if column in ("K, P (stack)", "kernel") else "right"
+        )
     for stack in result["stacks"]:
         label = f"K={stack['k']}, P={_si(stack['p'])} ({_megabytes(stack['stack_bytes'])})"
         if "skipped" in stack:
-            table.add_row(label, f"[dim]skipped: {stack['skipped']}[/]", *[""] * (len(columns) - 2), end_section=True)
+            table.add_row(
+                label,
+                f"[dim]skipped: {stack['skipped']}[/]",
+                *[""] * (len(columns) - 2),
+                end_section=True,
+            )
             continue
         rows = stack["rows"]
         t_matmul, t_memory = seconds_of(rows, matmul), seconds_of(rows, memory)
@@ -387,7 +500,12 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
             last = i == len(rows) - 1
             table.add_row(*cells, end_section=last and stack["sorted_kernels"])
         if not stack["sorted_kernels"]:
-            table.add_row("", f"[dim]median, trimmed mean: skipped (sorts; K P > {result['sort_limit']:.0e})[/]", *[""] * (len(columns) - 2), end_section=True)
+            table.add_row(
+                "",
+                f"[dim]median, trimmed mean: skipped (sorts; K P > {result['sort_limit']:.0e})[/]",
+                *[""] * (len(columns) - 2),
+                end_section=True,
+            )
     console.print(table)
     console.print(
         "ms: minimum over the timed calls (after a compiling warm-up; baselines and kernels take turns). "
@@ -396,14 +514,21 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
         f"every update, vmapped over K; segment mean: K updates into {SEGMENTS} segments; trimmed mean drops {BETA:g} from each end."
     )
 
-    table = Table(title=f"top-k of one update [P], k = {TOPK_FRACTION:.0%} of P: GB/s = 4 P bytes / min time")
+    table = Table(
+        title=f"top-k of one update [P], k = {TOPK_FRACTION:.0%} of P: GB/s = 4 P bytes / min time"
+    )
     pass_name = "jax pass -x" if memory == "jax pass -X" else memory
-    columns = ["P, k", "method", "ms", "GB/s", f"time / {pass_name}", "time / argpartition"] + (["% of peak"] if gpu else [])
+    columns = ["P, k", "method", "ms", "GB/s", f"time / {pass_name}", "time / argpartition"] + (
+        ["% of peak"] if gpu else []
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in ("P, k", "method") else "right")
     for point in result["topk"]:
         rows = point["rows"]
-        t_pass, t_argpartition = seconds_of(rows, pass_name), seconds_of(rows, "numpy argpartition(|x|)")
+        t_pass, t_argpartition = (
+            seconds_of(rows, pass_name),
+            seconds_of(rows, "numpy argpartition(|x|)"),
+        )
         for i, row in enumerate(rows):
             name = row["name"] if row["kind"] == "kernel" else f"[cyan]{row['name']}[/] (baseline)"
             cells = [
@@ -418,19 +543,27 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
                 cells.append(f"{100 * row['gbps'] / result['peak_gbps']:.1f}%")
             table.add_row(*cells, end_section=i == len(rows) - 1)
     console.print(table)
-    console.print("topk codec encode: x + residual, top-k by magnitude (jax.lax.top_k), gather, and the new residual; + decode scatters it back.")
+    console.print(
+        "topk codec encode: x + residual, top-k by magnitude (jax.lax.top_k), gather, and the new residual; + decode scatters it back."
+    )
 
     table = Table(title="targets (issue 4)")
     for column in ("target", "ratio at each size", "verdict"):
         table.add_column(column)
     for check in result["targets"]:
-        ratios = ", ".join(f"{size}: {ratio:.2f}x" for size, ratio in check["ratios"].items()) or "-"
+        ratios = (
+            ", ".join(f"{size}: {ratio:.2f}x" for size, ratio in check["ratios"].items()) or "-"
+        )
         if not check["sizes"]:
             verdict = "[dim]not measured[/]"
         elif check["met"] == check["sizes"]:
-            verdict = "[green]met[/]" + (f" at all {check['sizes']} sizes" if check["sizes"] > 1 else "")
+            verdict = "[green]met[/]" + (
+                f" at all {check['sizes']} sizes" if check["sizes"] > 1 else ""
+            )
         elif check["met"] == 0:
-            verdict = "[red]missed[/]" + (f" at all {check['sizes']} sizes" if check["sizes"] > 1 else "")
+            verdict = "[red]missed[/]" + (
+                f" at all {check['sizes']} sizes" if check["sizes"] > 1 else ""
+            )
         else:
             verdict = f"[yellow]met at {check['met']} of {check['sizes']} sizes[/]"
         table.add_row(check["target"], ratios, verdict)
@@ -445,12 +578,29 @@ def _megabytes(nbytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="K in {8, 64}, P in {1e5, 1e6}, top-k at 1e6 only, fewer calls")
-    parser.add_argument("--max-gb", type=float, default=3.0, help="skip stacks larger than this many GB (default 3)")
-    parser.add_argument("--sort-limit", type=float, default=8e6, help="time median and trimmed mean only where K * P <= this (default 8e6)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="K in {8, 64}, P in {1e5, 1e6}, top-k at 1e6 only, fewer calls",
+    )
+    parser.add_argument(
+        "--max-gb", type=float, default=3.0, help="skip stacks larger than this many GB (default 3)"
+    )
+    parser.add_argument(
+        "--sort-limit",
+        type=float,
+        default=8e6,
+        help="time median and trimmed mean only where K * P <= this (default 8e6)",
+    )
     parser.add_argument("--rounds", type=int, help="timed rounds per case (default 3, quick 2)")
-    parser.add_argument("--peak-gbps", type=float, help="the device's memory bandwidth for the %% of peak column (GPU only)")
+    parser.add_argument(
+        "--peak-gbps",
+        type=float,
+        help="the device's memory bandwidth for the %% of peak column (GPU only)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the result JSON to PATH")
     args = parser.parse_args(argv)
 
@@ -460,14 +610,28 @@ def main(argv: list[str] | None = None) -> int:
     topk_ps = (TOPK_TARGET_P,) if args.quick else FULL_P
 
     progress = Console(stderr=True)
-    result: dict[str, Any] = {"environment": environment(), "quick": args.quick, "sort_limit": args.sort_limit, "rounds": rounds}
-    result["peak_gbps"], result["peak_source"] = peak_gbps(result["environment"]["device_kind"], args.peak_gbps)
+    result: dict[str, Any] = {
+        "environment": environment(),
+        "quick": args.quick,
+        "sort_limit": args.sort_limit,
+        "rounds": rounds,
+    }
+    result["peak_gbps"], result["peak_source"] = peak_gbps(
+        result["environment"]["device_kind"], args.peak_gbps
+    )
     result["stacks"] = []
     for k in ks:
         for p in ps:
             nbytes = 4 * k * p
             if nbytes > args.max_gb * 1e9:
-                result["stacks"].append({"k": k, "p": p, "stack_bytes": nbytes, "skipped": f"stack {nbytes / 1e9:.1f} GB > --max-gb {args.max_gb:g}"})
+                result["stacks"].append(
+                    {
+                        "k": k,
+                        "p": p,
+                        "stack_bytes": nbytes,
+                        "skipped": f"stack {nbytes / 1e9:.1f} GB > --max-gb {args.max_gb:g}",
+                    }
+                )
                 continue
             progress.log(f"K={k}, P={p:,} ({_megabytes(nbytes)})")
             result["stacks"].append(measure_stack(k, p, args.sort_limit, rounds, call_budget_s))
@@ -475,7 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in topk_ps:
         progress.log(f"top-k, P={p:,}")
         result["topk"].append(measure_topk(p, rounds, call_budget_s))
-    result["targets"] = target_checks(result["stacks"], result["topk"], result["environment"]["backend"])
+    result["targets"] = target_checks(
+        result["stacks"], result["topk"], result["environment"]["backend"]
+    )
     result["load_after"] = os.getloadavg()[0]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -94,12 +94,21 @@ def secagg_round(updates: dict[str, np.ndarray], dropped: set[str]) -> dict[str,
     for d in devices:
         received[d] += len(roster)
     shares = [on_device(d, lambda s=s: s.share_keys(unframe(roster))) for d, s in devices.items()]
-    inboxes = on_edge(lambda: {v: frame(m) for v, m in edge.route_shares([unframe(m) for m in shares]).items()})
+    inboxes = on_edge(
+        lambda: {v: frame(m) for v, m in edge.route_shares([unframe(m) for m in shares]).items()}
+    )
     masked = []
     for d, inbox in inboxes.items():
         received[d] += len(inbox)
         if d not in dropped:
-            masked.append(on_device(d, lambda d=d, inbox=inbox: devices[d].masked_input(unframe(inbox), codec.encode(updates[d]))))
+            masked.append(
+                on_device(
+                    d,
+                    lambda d=d, inbox=inbox: devices[d].masked_input(
+                        unframe(inbox), codec.encode(updates[d])
+                    ),
+                )
+            )
     request = frame(on_edge(lambda: edge.collect_masked([unframe(m) for m in masked])))
     reveals = []
     for d in edge.survivors:
@@ -108,7 +117,9 @@ def secagg_round(updates: dict[str, np.ndarray], dropped: set[str]) -> dict[str,
     total = on_edge(lambda: codec.decode(edge.finish([unframe(r) for r in reveals])))
     reference = np.sum([updates[d].astype(np.float64) for d in edge.survivors], axis=0)
     survivors = edge.survivors
-    edge_sent = len(roster) * count + sum(len(m) for m in inboxes.values()) + len(request) * len(survivors)
+    edge_sent = (
+        len(roster) * count + sum(len(m) for m in inboxes.values()) + len(request) * len(survivors)
+    )
     return {
         "device_s": float(np.mean([device_time[d] for d in survivors])),
         "device_up_bytes": float(np.mean([sent[d] for d in survivors])),
@@ -126,7 +137,11 @@ def plain_round(updates: dict[str, np.ndarray]) -> dict[str, float]:
     device_s = (time.perf_counter() - start) / len(updates)
     start = time.perf_counter()
     np.sum([np.frombuffer(f, dtype=np.float32) for f in frames], axis=0)
-    return {"device_s": device_s, "edge_s": time.perf_counter() - start, "device_up_bytes": float(len(frames[0]))}
+    return {
+        "device_s": device_s,
+        "edge_s": time.perf_counter() - start,
+        "device_up_bytes": float(len(frames[0])),
+    }
 
 
 def _privacy():
@@ -135,12 +150,16 @@ def _privacy():
     return Privacy(secure_aggregation=True, secagg_threshold=THRESHOLD)
 
 
-def ckks_round(secret: Any, public: Any, summaries: list[np.ndarray], weights: np.ndarray) -> dict[str, float]:
+def ckks_round(
+    secret: Any, public: Any, summaries: list[np.ndarray], weights: np.ndarray
+) -> dict[str, float]:
     start = time.perf_counter()
     messages = [frame(he.encrypt_summary(secret, s, w, 0)) for s, w in zip(summaries, weights)]
     encrypt_s = (time.perf_counter() - start) / len(summaries)
     start = time.perf_counter()
-    aggregate = frame(he.weighted_sum(public, [unframe(m) for m in messages], list(weights / weights.sum())))
+    aggregate = frame(
+        he.weighted_sum(public, [unframe(m) for m in messages], list(weights / weights.sum()))
+    )
     cloud_s = time.perf_counter() - start
     start = time.perf_counter()
     values = he.decrypt_aggregate(secret, unframe(aggregate))
@@ -166,14 +185,22 @@ def plain_cloud_round(summaries: list[np.ndarray], weights: np.ndarray) -> dict[
     cloud_s = time.perf_counter() - start
     start = time.perf_counter()
     np.frombuffer(result, dtype=np.float32).copy()
-    return {"encrypt_s": encrypt_s, "cloud_s": cloud_s, "decrypt_s": time.perf_counter() - start, "up_bytes": float(len(frames[0])), "down_bytes": float(len(result))}
+    return {
+        "encrypt_s": encrypt_s,
+        "cloud_s": cloud_s,
+        "decrypt_s": time.perf_counter() - start,
+        "up_bytes": float(len(frames[0])),
+        "down_bytes": float(len(result)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 10, K = 4, P = 1e5 only")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--no-runtime", action="store_true", help="skip the live-runtime comparison (4 launches)")
+    parser.add_argument(
+        "--no-runtime", action="store_true", help="skip the live-runtime comparison (4 launches)"
+    )
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args()
     devices = (10,) if args.quick else (10, 50)
@@ -184,44 +211,102 @@ def main() -> None:
     result: dict[str, Any] = {"secagg": [], "ckks": []}
 
     table = Table(title="Secure aggregation, one edge round (per device: mean over survivors)")
-    for column in ("N", "P", "dropped", "device ms", "x plain", "device up KB", "x plain", "device down KB", "edge ms", "x plain", "edge in MB", "max |err|"):
+    for column in (
+        "N",
+        "P",
+        "dropped",
+        "device ms",
+        "x plain",
+        "device up KB",
+        "x plain",
+        "device down KB",
+        "edge ms",
+        "x plain",
+        "edge in MB",
+        "max |err|",
+    ):
         table.add_column(column, justify="right")
     for count in devices:
         for size in sizes:
-            updates = {f"p/l/d{i:03d}": rng.normal(0, 0.05, size).astype(np.float32) for i in range(count)}
-            plain = min((plain_round(updates) for _ in range(args.repeats)), key=lambda r: r["device_s"] + r["edge_s"])
+            updates = {
+                f"p/l/d{i:03d}": rng.normal(0, 0.05, size).astype(np.float32) for i in range(count)
+            }
+            plain = min(
+                (plain_round(updates) for _ in range(args.repeats)),
+                key=lambda r: r["device_s"] + r["edge_s"],
+            )
             for dropped in (set(), set(list(updates)[: max(1, round(DROP_FRACTION * count))])):
                 row = best_of(args.repeats, lambda: secagg_round(updates, dropped))
-                result["secagg"].append({"devices": count, "params": size, "dropped": len(dropped), **row, "plain": plain})
+                result["secagg"].append(
+                    {
+                        "devices": count,
+                        "params": size,
+                        "dropped": len(dropped),
+                        **row,
+                        "plain": plain,
+                    }
+                )
                 table.add_row(
-                    str(count), f"{size:.0e}", str(len(dropped)),
-                    f"{1e3 * row['device_s']:.1f}", f"{row['device_s'] / plain['device_s']:.0f}",
-                    f"{row['device_up_bytes'] / 1e3:.0f}", f"{row['device_up_bytes'] / plain['device_up_bytes']:.3f}",
+                    str(count),
+                    f"{size:.0e}",
+                    str(len(dropped)),
+                    f"{1e3 * row['device_s']:.1f}",
+                    f"{row['device_s'] / plain['device_s']:.0f}",
+                    f"{row['device_up_bytes'] / 1e3:.0f}",
+                    f"{row['device_up_bytes'] / plain['device_up_bytes']:.3f}",
                     f"{row['device_down_bytes'] / 1e3:.1f}",
-                    f"{1e3 * row['edge_s']:.1f}", f"{row['edge_s'] / plain['edge_s']:.0f}",
-                    f"{row['edge_in_bytes'] / 1e6:.1f}", f"{row['max_abs_error']:.1e}",
+                    f"{1e3 * row['edge_s']:.1f}",
+                    f"{row['edge_s'] / plain['edge_s']:.0f}",
+                    f"{row['edge_in_bytes'] / 1e6:.1f}",
+                    f"{row['max_abs_error']:.1e}",
                 )
     console.print(table)
 
     secret_bytes = he.generate_keys()
     secret, public = he.load_context(secret_bytes), he.load_context(he.public_context(secret_bytes))
-    table = Table(title="CKKS edge summaries (degree 8192, moduli 60/40/60 bits, scale 2^40), one cloud round")
-    for column in ("K", "P", "encrypt ms/edge", "x plain", "cloud ms", "x plain", "decrypt ms", "up MB/edge", "x float32", "down MB", "x float32", "max |err|"):
+    table = Table(
+        title="CKKS edge summaries (degree 8192, moduli 60/40/60 bits, scale 2^40), one cloud round"
+    )
+    for column in (
+        "K",
+        "P",
+        "encrypt ms/edge",
+        "x plain",
+        "cloud ms",
+        "x plain",
+        "decrypt ms",
+        "up MB/edge",
+        "x float32",
+        "down MB",
+        "x float32",
+        "max |err|",
+    ):
         table.add_column(column, justify="right")
     for count in edges:
         for size in sizes:
             summaries = [rng.normal(0, 0.01, size).astype(np.float32) for _ in range(count)]
             weights = rng.uniform(10, 100, count)
-            plain = min((plain_cloud_round(summaries, weights) for _ in range(args.repeats)), key=lambda r: r["cloud_s"])
-            row = min((ckks_round(secret, public, summaries, weights) for _ in range(args.repeats)), key=lambda r: r["cloud_s"])
+            plain = min(
+                (plain_cloud_round(summaries, weights) for _ in range(args.repeats)),
+                key=lambda r: r["cloud_s"],
+            )
+            row = min(
+                (ckks_round(secret, public, summaries, weights) for _ in range(args.repeats)),
+                key=lambda r: r["cloud_s"],
+            )
             result["ckks"].append({"edges": count, "params": size, **row, "plain": plain})
             table.add_row(
-                str(count), f"{size:.0e}",
-                f"{1e3 * row['encrypt_s']:.0f}", f"{row['encrypt_s'] / plain['encrypt_s']:.0f}",
-                f"{1e3 * row['cloud_s']:.0f}", f"{row['cloud_s'] / plain['cloud_s']:.0f}",
+                str(count),
+                f"{size:.0e}",
+                f"{1e3 * row['encrypt_s']:.0f}",
+                f"{row['encrypt_s'] / plain['encrypt_s']:.0f}",
+                f"{1e3 * row['cloud_s']:.0f}",
+                f"{row['cloud_s'] / plain['cloud_s']:.0f}",
                 f"{1e3 * row['decrypt_s']:.0f}",
-                f"{row['up_bytes'] / 1e6:.2f}", f"{row['up_bytes'] / plain['up_bytes']:.1f}",
-                f"{row['down_bytes'] / 1e6:.2f}", f"{row['down_bytes'] / plain['down_bytes']:.1f}",
+                f"{row['up_bytes'] / 1e6:.2f}",
+                f"{row['up_bytes'] / plain['up_bytes']:.1f}",
+                f"{row['down_bytes'] / 1e6:.2f}",
+                f"{row['down_bytes'] / plain['down_bytes']:.1f}",
                 f"{row['max_abs_error']:.1e}",
             )
     console.print(table)
@@ -231,7 +316,12 @@ def main() -> None:
 
         rounds = 3 if args.quick else 4
         result["runtime"] = compare_protections(devices=4, rounds=rounds)
-        console.print(protections_table(result["runtime"], f"hierfl launch, 2 plants x 4 devices, digits MLP, per cloud round (rounds 2..{rounds})"))
+        console.print(
+            protections_table(
+                result["runtime"],
+                f"hierfl launch, 2 plants x 4 devices, digits MLP, per cloud round (rounds 2..{rounds})",
+            )
+        )
     text = json.dumps(result)
     if args.json:
         args.json.write_text(text)

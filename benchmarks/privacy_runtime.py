@@ -81,7 +81,12 @@ name = "line-1"
 devices = {devices}
 """
 
-PROTECTIONS = {"plain": (False, False), "secure_aggregation": (True, False), "homomorphic": (False, True), "both": (True, True)}
+PROTECTIONS = {
+    "plain": (False, False),
+    "secure_aggregation": (True, False),
+    "homomorphic": (False, True),
+    "both": (True, True),
+}
 """Name -> (secure_aggregation, homomorphic)."""
 
 
@@ -96,14 +101,21 @@ def measure_launch(topology_file: pathlib.Path, run_dir: pathlib.Path) -> dict[s
         launch.stop(grace=0)
     steady = [r for r in history if r["round"] >= 2]
     if len(history) < 2 or len(steady) != len(history) - 1:
-        raise RuntimeError(f"{topology_file.name}: the launch wrote rounds {[r['round'] for r in history]}; need 1..R with R >= 2")
+        raise RuntimeError(
+            f"{topology_file.name}: the launch wrote rounds {[r['round'] for r in history]}; need 1..R with R >= 2"
+        )
     received = sent = updates = 0
     for plant in topology.plants:
         for match in TRAFFIC.finditer((run_dir / "logs" / f"edge-{plant.name}.log").read_text()):
             if int(match[1]) >= 2:
-                received, sent, updates = received + int(match[2]), sent + int(match[3]), updates + plant.num_devices
+                received, sent, updates = (
+                    received + int(match[2]),
+                    sent + int(match[3]),
+                    updates + plant.num_devices,
+                )
     return {
-        "seconds_per_round": (steady[-1]["elapsed_seconds"] - history[0]["elapsed_seconds"]) / len(steady),
+        "seconds_per_round": (steady[-1]["elapsed_seconds"] - history[0]["elapsed_seconds"])
+        / len(steady),
         "device_bytes": (received + sent) / max(updates, 1),
         "edge_to_cloud_bytes": sum(r["bytes"]["edge_to_cloud"] for r in steady) / len(steady),
         "cloud_to_edge_bytes": sum(r["bytes"]["cloud_to_edge"] for r in steady) / len(steady),
@@ -112,15 +124,28 @@ def measure_launch(topology_file: pathlib.Path, run_dir: pathlib.Path) -> dict[s
     }
 
 
-def compare_protections(*, devices: int = 4, rounds: int = 4, model: str = "mlp") -> dict[str, dict[str, Any]]:
+def compare_protections(
+    *, devices: int = 4, rounds: int = 4, model: str = "mlp"
+) -> dict[str, dict[str, Any]]:
     """`measure_launch` of the same federation under each of `PROTECTIONS`, in this run."""
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="hfl-bench-", dir="/tmp"))  # short: ipc:// paths are limited
+    folder = pathlib.Path(
+        tempfile.mkdtemp(prefix="hfl-bench-", dir="/tmp")
+    )  # short: ipc:// paths are limited
     try:
         results = {}
         for name, (secure, homomorphic) in PROTECTIONS.items():
             path = folder / f"{name}.toml"
-            path.write_text(TOPOLOGY.format(name=name.replace("_", "-"), dir=folder, devices=devices, rounds=rounds, model=model,
-                                            secure=str(secure).lower(), homomorphic=str(homomorphic).lower()))
+            path.write_text(
+                TOPOLOGY.format(
+                    name=name.replace("_", "-"),
+                    dir=folder,
+                    devices=devices,
+                    rounds=rounds,
+                    model=model,
+                    secure=str(secure).lower(),
+                    homomorphic=str(homomorphic).lower(),
+                )
+            )
             results[name] = measure_launch(path, folder / name)
         return results
     finally:
@@ -131,13 +156,33 @@ def protections_table(results: dict[str, dict[str, Any]], title: str) -> Table:
     """Each protection's figures and their ratio to plain's."""
     plain = results["plain"]
     table = Table(title=title)
-    for column in ("", "s / round", "x plain", "device KB / edge round", "x plain", "up KB / round", "x plain",
-                   "down KB / round", "x plain", "accuracy"):
+    for column in (
+        "",
+        "s / round",
+        "x plain",
+        "device KB / edge round",
+        "x plain",
+        "up KB / round",
+        "x plain",
+        "down KB / round",
+        "x plain",
+        "accuracy",
+    ):
         table.add_column(column, justify="right")
     for name, row in results.items():
         cells = [name]
-        for key, scale in (("seconds_per_round", 1.0), ("device_bytes", 1e-3), ("edge_to_cloud_bytes", 1e-3), ("cloud_to_edge_bytes", 1e-3)):
-            cells += [f"{row[key] * scale:.3f}" if key == "seconds_per_round" else f"{row[key] * scale:.1f}", f"{row[key] / plain[key]:.2f}"]
+        for key, scale in (
+            ("seconds_per_round", 1.0),
+            ("device_bytes", 1e-3),
+            ("edge_to_cloud_bytes", 1e-3),
+            ("cloud_to_edge_bytes", 1e-3),
+        ):
+            cells += [
+                f"{row[key] * scale:.3f}"
+                if key == "seconds_per_round"
+                else f"{row[key] * scale:.1f}",
+                f"{row[key] / plain[key]:.2f}",
+            ]
         table.add_row(*cells, f"{row['accuracy']:.4f}")
     return table
 
@@ -145,14 +190,21 @@ def protections_table(results: dict[str, dict[str, Any]], title: str) -> Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=4, help="devices per plant (2 plants)")
-    parser.add_argument("--rounds", type=int, default=4, help="cloud rounds per launch (round 1 is not measured)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="cloud rounds per launch (round 1 is not measured)"
+    )
     parser.add_argument("--model", default="mlp", help="a model of the digits task")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args()
     results = compare_protections(devices=args.devices, rounds=args.rounds, model=args.model)
-    title = f"hierfl launch, 2 plants x {args.devices} devices, digits {args.model}, per cloud round of 2 edge rounds (rounds 2..{args.rounds})"
+    title = (
+        f"hierfl launch, 2 plants x {args.devices} devices, digits {args.model}, "
+        f"per cloud round of 2 edge rounds (rounds 2..{args.rounds})"
+    )
     Console(width=180).print(protections_table(results, title))
-    text = json.dumps({"devices": args.devices, "rounds": args.rounds, "model": args.model, **results})
+    text = json.dumps(
+        {"devices": args.devices, "rounds": args.rounds, "model": args.model, **results}
+    )
     if args.json:
         args.json.write_text(text)
     print(text)

@@ -56,8 +56,8 @@ from hierfl.core.algorithms import ALGORITHMS
 from hierfl.data.evaluation import make_evaluator
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import Plan, make_plan
-from hierfl.sim.engine import DEFAULT_CHUNK_SIZE, Simulation, build_simulation, simulate
 from hierfl.data.tasks import TASKS
+from hierfl.sim.engine import DEFAULT_CHUNK_SIZE, Simulation, build_simulation, simulate
 from hierfl.topology import Topology, parse_topology, preset_path
 
 W1_TOML = """\
@@ -98,7 +98,9 @@ SCALE = 10
 
 def load_topology_text(text: str, source: str) -> Topology:
     """TOML text validated as `hierfl.data.loading` validates a file: names checked against our registries."""
-    return parse_topology(text, source, choices={"federation.task": TASKS, "federation.algorithm": ALGORITHMS})
+    return parse_topology(
+        text, source, choices={"federation.task": TASKS, "federation.algorithm": ALGORITHMS}
+    )
 
 
 def w1_topology() -> Topology:
@@ -110,7 +112,9 @@ def scaled_large_toml(scale: int) -> str:
     text = preset_path("large").read_text(encoding="utf-8")
     old, new = "devices = 26\n", f"devices = {26 * scale}\n"
     if text.count(old) != 40:
-        raise RuntimeError(f"the large preset no longer has 40 lines of {old.strip()!r}; update scaled_large_toml")
+        raise RuntimeError(
+            f"the large preset no longer has 40 lines of {old.strip()!r}; update scaled_large_toml"
+        )
     return text.replace(old, new).replace('name = "large"', f'name = "large-x{scale}"')
 
 
@@ -123,7 +127,9 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -150,7 +156,10 @@ def matmul_peak(n: int = 2048, repeats: int = 7) -> dict[str, float]:
     matmul(a, b).block_until_ready()
     runs = [timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats)]
     best = min(wall for wall, _ in runs)
-    return {"gflops": 2 * n**3 / best / 1e9, "cpu_per_wall": sum(c for _, c in runs) / sum(w for w, _ in runs)}
+    return {
+        "gflops": 2 * n**3 / best / 1e9,
+        "cpu_per_wall": sum(c for _, c in runs) / sum(w for w, _ in runs),
+    }
 
 
 def mlp_flops_per_round(topology: Topology) -> float:
@@ -201,7 +210,9 @@ def hierfl_trainer(plan: Plan) -> Trainer:
     state = {"train": parts.sim.initial}
 
     def run_round(r: int) -> None:
-        state["train"], _ = jax.block_until_ready(parts.cloud_round(state["train"], parts.sim.chunks, jnp.int32(r)))
+        state["train"], _ = jax.block_until_ready(
+            parts.cloud_round(state["train"], parts.sim.chunks, jnp.int32(r))
+        )
 
     def accuracy() -> float:
         logits = np.asarray(jax.jit(parts.sim.model.apply)(state["train"].params, plan.test.x))
@@ -223,7 +234,9 @@ def baseline_trainer(plan: Plan) -> Trainer:
         return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
 
     def local_train(p, x, y, count, cloud_round, device):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(federation.seed), cloud_round), device)
+        key = jax.random.fold_in(
+            jax.random.fold_in(jax.random.key(federation.seed), cloud_round), device
+        )
         batches = jax.random.randint(key, (steps, batch), 0, count)
 
         def step(p, idx):
@@ -253,7 +266,9 @@ def baseline_trainer(plan: Plan) -> Trainer:
         global_params = jax.device_put(state)
         trained = [compiled(global_params, xs[d], ys[d], counts[d], r, d) for d in range(len(xs))]
         for k in state:
-            state[k] = np.tensordot(weights, np.stack([np.asarray(t[k]) for t in trained]), axes=1).astype(np.float32)
+            state[k] = np.tensordot(
+                weights, np.stack([np.asarray(t[k]) for t in trained]), axes=1
+            ).astype(np.float32)
 
     def accuracy() -> float:
         x = plan.test.x.reshape(len(plan.test.y), -1)
@@ -263,7 +278,9 @@ def baseline_trainer(plan: Plan) -> Trainer:
     return Trainer(compile_s, run_round, accuracy)
 
 
-def time_interleaved(trainers: dict[str, Trainer], blocks: int, block_rounds: int) -> dict[str, dict[str, Any]]:
+def time_interleaved(
+    trainers: dict[str, Trainer], blocks: int, block_rounds: int
+) -> dict[str, dict[str, Any]]:
     """Round times of each trainer, taking turns block by block so background load hits all alike.
 
     Each block runs one untimed warm-up round and then `block_rounds` timed rounds of one
@@ -276,7 +293,9 @@ def time_interleaved(trainers: dict[str, Trainer], blocks: int, block_rounds: in
         for name in names if block % 2 == 0 else reversed(names):
             trainers[name].run_round(next(round_numbers))
             for _ in range(block_rounds):
-                walls[name].append(timed(functools.partial(trainers[name].run_round, next(round_numbers)))[0])
+                walls[name].append(
+                    timed(functools.partial(trainers[name].run_round, next(round_numbers)))[0]
+                )
     return {
         name: {
             "compile_s": trainers[name].compile_s,
@@ -296,7 +315,12 @@ def hierfl_simulate(topology: Topology, rounds: int) -> dict[str, Any]:
     result = simulate(topology, rounds=rounds)
     seconds = [h["round_seconds"] for h in result.history]
     steady = statistics.median(seconds[1:])
-    return {"round_s": steady, "compile_s": seconds[0] - steady, "round_seconds": seconds, "accuracy": result.history[-1]["accuracy"]}
+    return {
+        "round_s": steady,
+        "compile_s": seconds[0] - steady,
+        "round_seconds": seconds,
+        "accuracy": result.history[-1]["accuracy"],
+    }
 
 
 def measure_w1(blocks: int, block_rounds: int, progress: Console) -> dict[str, Any]:
@@ -307,7 +331,11 @@ def measure_w1(blocks: int, block_rounds: int, progress: Console) -> dict[str, A
     trainers = {"hierfl_training": hierfl_trainer(plan), "baseline": baseline_trainer(plan)}
     rounds = blocks * block_rounds
     progress.log(f"W1: {rounds} timed rounds each, in blocks of {block_rounds}, taking turns")
-    w1: dict[str, Any] = {"devices": topology.num_devices, "rounds": rounds, "flops_per_round": mlp_flops_per_round(topology)}
+    w1: dict[str, Any] = {
+        "devices": topology.num_devices,
+        "rounds": rounds,
+        "flops_per_round": mlp_flops_per_round(topology),
+    }
     w1.update(time_interleaved(trainers, blocks, block_rounds))
     progress.log("W1: hierfl simulate()")
     w1["hierfl_simulate"] = hierfl_simulate(topology, rounds + 1)
@@ -323,7 +351,11 @@ def measure_w1(blocks: int, block_rounds: int, progress: Console) -> dict[str, A
 
 def scaling_run(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]:
     """One scaling point, meant to run alone in a fresh process (see `--scaling-child`)."""
-    topology = load_topology("large") if name == "large" else load_topology_text(scaled_large_toml(SCALE), name)
+    topology = (
+        load_topology("large")
+        if name == "large"
+        else load_topology_text(scaled_large_toml(SCALE), name)
+    )
     federation = topology.federation
     start = time.perf_counter()
     plan = make_plan(topology)
@@ -362,15 +394,31 @@ def scaling_run(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]
     }
 
 
-def scaling_in_subprocess(name: str, timed_rounds: int, chunk_size: int, timeout_s: float) -> dict[str, Any]:
+def scaling_in_subprocess(
+    name: str, timed_rounds: int, chunk_size: int, timeout_s: float
+) -> dict[str, Any]:
     """Runs `scaling_run` in a fresh interpreter (so its peak RSS is its own) and returns its JSON."""
-    command = [sys.executable, __file__, "--scaling-child", name, "--timed-rounds", str(timed_rounds), "--chunk-size", str(chunk_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--scaling-child",
+        name,
+        "--timed-rounds",
+        str(timed_rounds),
+        "--chunk-size",
+        str(chunk_size),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"name": name, "error": f"timed out after {timeout_s:.0f} s"}
     if done.returncode != 0:
-        return {"name": name, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        return {
+            "name": name,
+            "error": done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"exit {done.returncode}",
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -382,14 +430,25 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
     table = Table(title="environment", show_header=False)
     for key in ("jax", "backend", "cpu_count", "cpus_usable", "cpu_model", "python", "xla_flags"):
         table.add_row(key, str(env[key]) or "-")
-    table.add_row("load average (1 min)", f"{env['load_before']:.2f} before the run, {result['load_after']:.2f} after (this run included)")
-    table.add_row("matmul peak", f"{peak['gflops']:.1f} GFLOP/s (float32 2048^3, best of 7; cores busy {peak['cpu_per_wall']:.2f})")
+    table.add_row(
+        "load average (1 min)",
+        f"{env['load_before']:.2f} before the run, {result['load_after']:.2f} after (this run included)",
+    )
+    table.add_row(
+        "matmul peak",
+        f"{peak['gflops']:.1f} GFLOP/s (float32 2048^3, best of 7; cores busy {peak['cpu_per_wall']:.2f})",
+    )
     console.print(table)
     if env["load_before"] > 0.5:
-        console.print("[yellow]other processes were using the CPU: absolute numbers are noisy; hierfl and the baseline take turns in blocks of rounds, so their ratio is fairer[/]")
+        console.print(
+            "[yellow]other processes were using the CPU: absolute numbers are noisy; hierfl and the "
+            "baseline take turns in blocks of rounds, so their ratio is fairer[/]"
+        )
 
     w1 = result["w1"]
-    table = Table(title=f"W1: digits MLP 64-128-10, {w1['devices']} devices, 20 steps x batch 32, FedAvg every round, {w1['rounds']} rounds")
+    table = Table(
+        title=f"W1: digits MLP 64-128-10, {w1['devices']} devices, 20 steps x batch 32, FedAvg every round, {w1['rounds']} rounds"
+    )
     for column in ("run", "compile s", "round ms", "updates/s", "GFLOP/s", "% peak", "test acc"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for key, label in (
@@ -409,7 +468,8 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(
-        "round ms: median of the timed rounds (each block of rounds starts with an untimed one); GFLOP/s from analytic FLOPs, 3 x 2 x (64*128 + 128*10) "
+        "round ms: median of the timed rounds (each block of rounds starts with an untimed one); "
+        "GFLOP/s from analytic FLOPs, 3 x 2 x (64*128 + 128*10) "
         f"per example-step = {w1['flops_per_round'] / 1e9:.2f} GFLOP per round; % peak of the matmul peak above"
     )
     ratio, ratio_sim = w1["ratio"], w1["ratio_simulate"]
@@ -427,7 +487,19 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
         title=f"scaling: bearing-fault, cnn1d, edge_rounds {first.get('edge_rounds', '?')}, "
         f"{first.get('local_steps', '?')} steps x batch {first.get('batch_size', '?')}; one fresh process per size"
     )
-    for column in ("run", "devices", "slots", "updates/round", "plan s", "compile s", "round s", "eval s", "ms/update", "updates/s", "peak RSS MB"):
+    for column in (
+        "run",
+        "devices",
+        "slots",
+        "updates/round",
+        "plan s",
+        "compile s",
+        "round s",
+        "eval s",
+        "ms/update",
+        "updates/s",
+        "peak RSS MB",
+    ):
         table.add_column(column, justify="left" if column == "run" else "right")
     for point in scaling:
         if "error" in point:
@@ -458,7 +530,8 @@ def print_report(console: Console, result: dict[str, Any]) -> None:
         console.print(
             f"[bold]time per client update, {ok[1]['devices']:,} vs {ok[0]['devices']:,} devices: "
             f"{ok[1]['ms_per_update'] / ok[0]['ms_per_update']:.2f}x[/] (1.0 = linear scaling); "
-            f"per trained slot: {_ms_per_slot(ok[1]) / _ms_per_slot(ok[0]):.2f}x; peak RSS {ok[1]['peak_rss_mb'] / ok[0]['peak_rss_mb']:.1f}x"
+            f"per trained slot: {_ms_per_slot(ok[1]) / _ms_per_slot(ok[0]):.2f}x; "
+            f"peak RSS {ok[1]['peak_rss_mb'] / ok[0]['peak_rss_mb']:.1f}x"
         )
 
 
@@ -470,11 +543,22 @@ def _ms_per_slot(point: dict[str, Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="skip the 10,400-device run")
-    parser.add_argument("--blocks", type=int, default=4, help="W1: blocks per method, taken in turns (default 4)")
-    parser.add_argument("--block-rounds", type=int, default=5, help="W1: timed cloud rounds per block (default 5)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="simulator chunk_size for the scaling runs")
+    parser.add_argument(
+        "--blocks", type=int, default=4, help="W1: blocks per method, taken in turns (default 4)"
+    )
+    parser.add_argument(
+        "--block-rounds", type=int, default=5, help="W1: timed cloud rounds per block (default 5)"
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="simulator chunk_size for the scaling runs",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the result JSON to PATH")
     parser.add_argument("--scaling-child", help=argparse.SUPPRESS)
     parser.add_argument("--timed-rounds", type=int, default=2, help=argparse.SUPPRESS)
@@ -494,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     result["scaling"] = []
     for name, timed_rounds, timeout_s in points:
         progress.log(f"scaling: {name} in a fresh process")
-        result["scaling"].append(scaling_in_subprocess(name, timed_rounds, args.chunk_size, timeout_s))
+        result["scaling"].append(
+            scaling_in_subprocess(name, timed_rounds, args.chunk_size, timeout_s)
+        )
     result["load_after"] = os.getloadavg()[0]
 
     print_report(Console(width=None if sys.stdout.isatty() else 150), result)

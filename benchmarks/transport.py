@@ -73,7 +73,16 @@ def device_sender(address: str, identity: str, messages: int, ready) -> None:
     delta = np.full(PARAMS, 0.001, np.float32)
     ready.wait()
     for r in range(messages):
-        frames = protocol.encode(protocol.UPDATE, identity, round=r + 1, spec=spec, codec="none", arrays=[delta], weight=10.0, loss=0.5)
+        frames = protocol.encode(
+            protocol.UPDATE,
+            identity,
+            round=r + 1,
+            spec=spec,
+            codec="none",
+            arrays=[delta],
+            weight=10.0,
+            loss=0.5,
+        )
         socket.send_multipart(frames, copy=False)
     socket.close(linger=-1)
     context.term()
@@ -83,7 +92,9 @@ def start_senders(target, argument_lists: list[tuple]) -> tuple[list[mp.Process]
     """Starts one spawned process per argument tuple; returns them once all are ready to send, and the time."""
     context = mp.get_context("spawn")
     ready = context.Barrier(len(argument_lists) + 1)
-    processes = [context.Process(target=target, args=(*args, ready), daemon=True) for args in argument_lists]
+    processes = [
+        context.Process(target=target, args=(*args, ready), daemon=True) for args in argument_lists
+    ]
     for process in processes:
         process.start()
     ready.wait()  # every sender has imported, built its message and connected: timing starts now
@@ -95,7 +106,9 @@ def raw_throughput(senders: int, messages: int) -> float:
     socket = context.socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, HWM)
     port = socket.bind_to_random_port("tcp://127.0.0.1")
-    processes, started = start_senders(raw_sender, [(f"tcp://127.0.0.1:{port}", messages)] * senders)
+    processes, started = start_senders(
+        raw_sender, [(f"tcp://127.0.0.1:{port}", messages)] * senders
+    )
     nbytes = 0
     for _ in range(senders * messages):
         frame = socket.recv(copy=False)
@@ -109,10 +122,10 @@ def raw_throughput(senders: int, messages: int) -> float:
 
 
 def edge_throughput(senders: int, messages: int) -> float:
+    from hierfl.core.steps import aligned_zeros, make_edge_step
     from hierfl.kernels import flat_spec, make_codec
     from hierfl.runtime import protocol
     from hierfl.runtime.node import recv_router
-    from hierfl.core.steps import aligned_zeros, make_edge_step
 
     spec = flat_spec({"w": np.zeros(PARAMS, np.float32)})
     layouts = {protocol.UPDATE: ("none", protocol.codec_layout(make_codec("none", spec.size)))}
@@ -127,7 +140,9 @@ def edge_throughput(senders: int, messages: int) -> float:
     edge_flat = np.zeros(spec.size, np.float32)
 
     def aggregate(edge_flat):  # one edge round's mean, as an edge without DP runs it
-        return np.asarray(edge_step(edge_flat, deltas, weights, unclipped, 0, 0, 0, np.float32(1)).edge_flat)
+        return np.asarray(
+            edge_step(edge_flat, deltas, weights, unclipped, 0, 0, 0, np.float32(1)).edge_flat
+        )
 
     edge_flat = aggregate(edge_flat)  # compile before timing
 
@@ -135,7 +150,9 @@ def edge_throughput(senders: int, messages: int) -> float:
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.RCVHWM, HWM)
     port = socket.bind_to_random_port("tcp://127.0.0.1")
-    processes, started = start_senders(device_sender, [(f"tcp://127.0.0.1:{port}", name, messages) for name in ids])
+    processes, started = start_senders(
+        device_sender, [(f"tcp://127.0.0.1:{port}", name, messages) for name in ids]
+    )
     total, received, nbytes = senders * messages, 0, 0
     while received < total:
         socket.poll()
@@ -143,7 +160,9 @@ def edge_throughput(senders: int, messages: int) -> float:
             peer, frames = recv_router(socket)
         except zmq.Again:
             continue
-        message = protocol.parse_message(frames, senders=rows, spec=spec, layouts=layouts, max_bytes=1 << 26, routing_id=peer)
+        message = protocol.parse_message(
+            frames, senders=rows, spec=spec, layouts=layouts, max_bytes=1 << 26, routing_id=peer
+        )
         row = rows[message.sender]
         deltas[row] = message.arrays[0]
         weights[row] = message.header["weight"]
@@ -208,7 +227,11 @@ def round_seconds(devices_per_plant: int, rounds: int, grouping: str) -> dict[st
     try:
         path = folder / "bench.toml"
         value = grouping if grouping.isdigit() else f'"{grouping}"'
-        path.write_text(ROUND_TOPOLOGY.format(rounds=rounds, dir=folder, devices=devices_per_plant, grouping=value))
+        path.write_text(
+            ROUND_TOPOLOGY.format(
+                rounds=rounds, dir=folder, devices=devices_per_plant, grouping=value
+            )
+        )
         topology = load_topology(path)
         simulated = simulate(topology)
         sim = statistics.median(r["round_seconds"] for r in simulated.history[1:])
@@ -222,21 +245,40 @@ def round_seconds(devices_per_plant: int, rounds: int, grouping: str) -> dict[st
         total = time.perf_counter() - started
         launched = statistics.median(r["round_seconds"] for r in history[1:])
         startup = total - sum(r["round_seconds"] for r in history)
-        return {"simulate_s_per_round": sim, "launch_s_per_round": launched, "launch_vs_simulate": launched / sim,
-                "launch_startup_s": startup, "devices": 2 * devices_per_plant, "launch_processes": len(launch.processes),
-                "devices_per_process": grouping, "rounds": rounds}
+        return {
+            "simulate_s_per_round": sim,
+            "launch_s_per_round": launched,
+            "launch_vs_simulate": launched / sim,
+            "launch_startup_s": startup,
+            "devices": 2 * devices_per_plant,
+            "launch_processes": len(launch.processes),
+            "devices_per_process": grouping,
+            "rounds": rounds,
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--senders", type=int, default=4, help="device processes sending 4 MB updates (default 4)")
+    parser.add_argument(
+        "--senders", type=int, default=4, help="device processes sending 4 MB updates (default 4)"
+    )
     parser.add_argument("--messages", type=int, default=40, help="messages per sender (default 40)")
-    parser.add_argument("--devices-per-plant", type=int, default=50, help="devices per plant in the round timing (default 50)")
-    parser.add_argument("--rounds", type=int, default=6, help="cloud rounds in the round timing (default 6)")
-    parser.add_argument("--devices-per-process", default="auto",
-                        help='the launch\'s [runtime] devices_per_process: "auto", "plant", "line" or N (default auto)')
+    parser.add_argument(
+        "--devices-per-plant",
+        type=int,
+        default=50,
+        help="devices per plant in the round timing (default 50)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="cloud rounds in the round timing (default 6)"
+    )
+    parser.add_argument(
+        "--devices-per-process",
+        default="auto",
+        help='the launch\'s [runtime] devices_per_process: "auto", "plant", "line" or N (default auto)',
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 
@@ -245,24 +287,43 @@ def main() -> None:
         raw.append(raw_throughput(args.senders, args.messages))
         edge.append(edge_throughput(args.senders, args.messages))
     result = {
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, python {platform.python_version()}, zmq {zmq.zmq_version()}",
-        "message_mb": PARAMS * 4 / 1e6, "senders": args.senders, "messages_per_sender": args.messages,
-        "raw_push_pull_gb_s": max(raw), "edge_ingest_gb_s": max(edge), "edge_vs_raw": max(edge) / max(raw),
+        "machine": (
+            f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+            f"python {platform.python_version()}, zmq {zmq.zmq_version()}"
+        ),
+        "message_mb": PARAMS * 4 / 1e6,
+        "senders": args.senders,
+        "messages_per_sender": args.messages,
+        "raw_push_pull_gb_s": max(raw),
+        "edge_ingest_gb_s": max(edge),
+        "edge_vs_raw": max(edge) / max(raw),
     }
     print(f"{result['machine']}")
-    print(f"{'4 MB messages, ' + str(args.senders) + ' sender processes, tcp loopback':<60} {'GB/s':>8} {'x raw':>7}")
-    print(f"{'raw pyzmq PUSH/PULL, zero-copy':<60} {result['raw_push_pull_gb_s']:>8.2f} {1.0:>7.2f}")
-    print(f"{'edge: ROUTER recv + validate + stack + aggregate':<60} {result['edge_ingest_gb_s']:>8.2f} {result['edge_vs_raw']:>7.2f}")
+    print(
+        f"{'4 MB messages, ' + str(args.senders) + ' sender processes, tcp loopback':<60} {'GB/s':>8} {'x raw':>7}"
+    )
+    print(
+        f"{'raw pyzmq PUSH/PULL, zero-copy':<60} {result['raw_push_pull_gb_s']:>8.2f} {1.0:>7.2f}"
+    )
+    print(
+        f"{'edge: ROUTER recv + validate + stack + aggregate':<60} {result['edge_ingest_gb_s']:>8.2f} {result['edge_vs_raw']:>7.2f}"
+    )
     sys.stdout.flush()
 
     rounds = round_seconds(args.devices_per_plant, args.rounds, args.devices_per_process)
     result.update(rounds)
-    print(f"\nseconds per cloud round, digits mlp, 2 plants x {args.devices_per_plant} devices (median of rounds 2..{args.rounds})")
+    print(
+        f"\nseconds per cloud round, digits mlp, 2 plants x {args.devices_per_plant} devices (median of rounds 2..{args.rounds})"
+    )
     print(f"{'':<60} {'s/round':>8} {'x simulate':>10}")
-    print(f"{'hierfl simulate (one process)':<60} {rounds['simulate_s_per_round']:>8.3f} {1.0:>10.1f}")
+    print(
+        f"{'hierfl simulate (one process)':<60} {rounds['simulate_s_per_round']:>8.3f} {1.0:>10.1f}"
+    )
     launched = f"hierfl launch ({rounds['launch_processes']} processes, devices_per_process {args.devices_per_process})"
-    print(f"{launched:<60} {rounds['launch_s_per_round']:>8.3f} {rounds['launch_vs_simulate']:>10.1f}"
-          f"   (start-up {rounds['launch_startup_s']:.0f} s)")
+    print(
+        f"{launched:<60} {rounds['launch_s_per_round']:>8.3f} {rounds['launch_vs_simulate']:>10.1f}"
+        f"   (start-up {rounds['launch_startup_s']:.0f} s)"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
 EXACT = jax.lax.Precision.HIGHEST
 """Full float32 products: on GPUs the default precision of a float32 dot may be TF32."""
 
@@ -42,7 +41,9 @@ def weighted_mean(stack: jax.Array, weights: jax.Array) -> jax.Array:
     return weighted_sum(stack, weights) * _inverse(weights.sum()).astype(stack.dtype)
 
 
-def segment_weighted_sum(stack: jax.Array, weights: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+def segment_weighted_sum(
+    stack: jax.Array, weights: jax.Array, segment_ids: jax.Array, num_segments: int
+) -> jax.Array:
     """Per-segment weighted sums: out[s] = sum over k with segment_ids[k] == s of weights[k] * stack[k].
 
     Shape `[num_segments, *stack.shape[1:]]`. `segment_ids` must lie in [0, num_segments);
@@ -52,13 +53,17 @@ def segment_weighted_sum(stack: jax.Array, weights: jax.Array, segment_ids: jax.
     if num_segments <= MATMUL_SEGMENTS:
         # One row of weights per segment (zero where another segment's update sits): a
         # [S, K] x [K, ...] product streams the stack once, where a scatter-add is ~10x slower.
-        rows = jax.nn.one_hot(segment_ids, num_segments, dtype=stack.dtype, axis=0) * weights.astype(stack.dtype)
+        rows = jax.nn.one_hot(
+            segment_ids, num_segments, dtype=stack.dtype, axis=0
+        ) * weights.astype(stack.dtype)
         return jnp.tensordot(rows, stack, axes=(1, 0), precision=EXACT)
     weighted = stack * _expand(weights.astype(stack.dtype), stack.ndim)
     return jax.ops.segment_sum(weighted, segment_ids, num_segments=num_segments)
 
 
-def segment_weighted_mean(stack: jax.Array, weights: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+def segment_weighted_mean(
+    stack: jax.Array, weights: jax.Array, segment_ids: jax.Array, num_segments: int
+) -> jax.Array:
     """Per-segment weighted means `[num_segments, ...]`; zeros for a segment without weight."""
     totals = jax.ops.segment_sum(weights, segment_ids, num_segments=num_segments)
     sums = segment_weighted_sum(stack, weights, segment_ids, num_segments)
@@ -93,7 +98,9 @@ def trimmed_mean(stack: jax.Array, beta: float, weights: jax.Array | None = None
         return jnp.sort(stack, axis=0)[cut : stack.shape[0] - cut].mean(axis=0)
     values, sorted_weights, cumulative, total = _sorted_by_value(stack, weights)
     low, high = beta * total, (1 - beta) * total
-    kept = jnp.clip(jnp.minimum(cumulative, high) - jnp.maximum(cumulative - sorted_weights, low), 0, None)
+    kept = jnp.clip(
+        jnp.minimum(cumulative, high) - jnp.maximum(cumulative - sorted_weights, low), 0, None
+    )
     kept_total = kept.sum(axis=0)
     mean = (values * kept).sum(axis=0) / jnp.where(kept_total > 0, kept_total, 1)
     return jnp.where(kept_total > 0, mean, jnp.zeros_like(mean))
@@ -120,7 +127,9 @@ def krum_scores(stack: jax.Array, present: jax.Array, byzantine: int) -> jax.Arr
     return jnp.where(present, nearest, jnp.inf)
 
 
-def multi_krum(stack: jax.Array, weights: jax.Array, byzantine: int, select: int | None = None) -> jax.Array:
+def multi_krum(
+    stack: jax.Array, weights: jax.Array, byzantine: int, select: int | None = None
+) -> jax.Array:
     """The weighted mean of the `select` updates with the best Krum scores (shape `[P]`).
 
     Updates of weight 0 are absent. `select` None averages `n - byzantine` of the `n`

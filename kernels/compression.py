@@ -54,7 +54,13 @@ class Codec(NamedTuple):
     residual_size: int
 
 
-def make_codec(name: str, size: int, *, block_size: int = DEFAULT_BLOCK_SIZE, fraction: float = DEFAULT_FRACTION) -> Codec:
+def make_codec(
+    name: str,
+    size: int,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    fraction: float = DEFAULT_FRACTION,
+) -> Codec:
     """The codec `name` (one of `CODECS`) for updates of `size` parameters.
 
     `block_size` applies to `int8`, `fraction` (of the parameters sent, in (0, 1]) to `topk`.
@@ -70,7 +76,9 @@ def make_codec(name: str, size: int, *, block_size: int = DEFAULT_BLOCK_SIZE, fr
     raise ValueError(f"unknown codec {name!r} (choose from: {', '.join(CODECS)})")
 
 
-def roundtrip(codec: Codec, x: jax.Array, residual: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def roundtrip(
+    codec: Codec, x: jax.Array, residual: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """What the receiver gets for `x`, and the sender's new residual: the wire, simulated."""
     payload, residual = codec.encode(x, residual, key)
     return codec.decode(payload), residual
@@ -89,7 +97,9 @@ def _cast_codec(name: str, size: int, dtype: jnp.dtype) -> Codec:
     return Codec(name, size, encode, decode, size * jnp.dtype(dtype).itemsize, 0)
 
 
-def quantize_int8(x: jax.Array, key: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[jax.Array, jax.Array]:
+def quantize_int8(
+    x: jax.Array, key: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE
+) -> tuple[jax.Array, jax.Array]:
     """Stochastic int8 quantization of `x` `[P]`: `(q int8 [P], scales float32 [ceil(P / block_size)])`.
 
     Elementwise against a per-element view of the block scales, so nothing is padded or
@@ -99,11 +109,17 @@ def quantize_int8(x: jax.Array, key: jax.Array, block_size: int = DEFAULT_BLOCK_
     scales = _block_max_abs(x, block_size) / INT8_LEVELS
     inverse = jnp.where(scales > 0, 1.0 / jnp.where(scales > 0, scales, 1.0), 0.0)
     noise = dither.uniform(key, x.shape)
-    q = jnp.clip(jnp.floor(x * _per_element(inverse, block_size, x.shape[0]) + noise), -INT8_LEVELS, INT8_LEVELS)
+    q = jnp.clip(
+        jnp.floor(x * _per_element(inverse, block_size, x.shape[0]) + noise),
+        -INT8_LEVELS,
+        INT8_LEVELS,
+    )
     return q.astype(jnp.int8), scales
 
 
-def dequantize_int8(q: jax.Array, scales: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
+def dequantize_int8(
+    q: jax.Array, scales: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE
+) -> jax.Array:
     """The float32 `[P]` update that `quantize_int8(x, key, block_size)` encoded (an unbiased estimate of x)."""
     return q.astype(jnp.float32) * _per_element(scales, block_size, q.shape[0])
 

@@ -74,7 +74,11 @@ class FlatSpec:
 
     def header(self) -> dict[str, list]:
         """`{"names", "shapes", "dtypes"}` as plain lists: what a message says its buffer holds."""
-        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes], "dtypes": list(self.dtypes)}
+        return {
+            "names": list(self.names),
+            "shapes": [list(s) for s in self.shapes],
+            "dtypes": list(self.dtypes),
+        }
 
     def check_header(self, header: object) -> str | None:
         """Why `header` (a peer's `header()`) does not describe this layout, or None if it does."""
@@ -84,7 +88,9 @@ class FlatSpec:
         for key in ("names", "shapes", "dtypes"):
             theirs = header[key]
             if not isinstance(theirs, list) or len(theirs) != len(mine[key]):
-                return f"array spec {key}: expected {len(mine[key])} entries, got {_describe(theirs)}"
+                return (
+                    f"array spec {key}: expected {len(mine[key])} entries, got {_describe(theirs)}"
+                )
             for i, (a, b) in enumerate(zip(mine[key], theirs)):
                 if a != b:
                     return f"array spec {key}[{i}] ({self.names[i]}): expected {a!r}, got {b!r}"

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl.core.rules import reduce, rule_mean
 from hierfl.core.algorithms import mean_delta
+from hierfl.core.rules import reduce, rule_mean
 from hierfl.kernels import krum_scores, multi_krum
 from hierfl.topology import TierRule
 
@@ -22,7 +22,9 @@ SCORES = [2.75, 3.5, 6.5, 336.25, 1.75]
 
 
 def test_krum_scores_sum_the_nearest_neighbours():
-    np.testing.assert_allclose(np.asarray(krum_scores(STACK, jnp.ones(5, bool), 1)), SCORES, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(krum_scores(STACK, jnp.ones(5, bool), 1)), SCORES, rtol=1e-6
+    )
 
 
 def test_absent_updates_are_nobodys_neighbour():
@@ -39,12 +41,18 @@ def test_krum_picks_the_best_scored_update():
 
 def test_multi_krum_averages_the_best_and_by_default_all_but_f():
     # Best three: e, a, b -> mean ((0.5 + 0 + 1.5) / 3, (0.5 + 0 + 0) / 3).
-    np.testing.assert_allclose(np.asarray(multi_krum(STACK, jnp.ones(5), 1, select=3)), [2 / 3, 1 / 6], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(multi_krum(STACK, jnp.ones(5), 1, select=3)), [2 / 3, 1 / 6], rtol=1e-6
+    )
     # select None = 5 - 1 = 4: e, a, b, c -> (2 / 4, 2.5 / 4).
-    np.testing.assert_allclose(np.asarray(multi_krum(STACK, jnp.ones(5), 1)), [0.5, 0.625], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(multi_krum(STACK, jnp.ones(5), 1)), [0.5, 0.625], rtol=1e-6
+    )
     # Weights weigh the chosen ones: e counts twice -> (2 * e + a + b) / 4.
     weights = jnp.array([1.0, 1.0, 1.0, 1.0, 2.0])
-    np.testing.assert_allclose(np.asarray(multi_krum(STACK, weights, 1, select=3)), [0.625, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(multi_krum(STACK, weights, 1, select=3)), [0.625, 0.25], rtol=1e-6
+    )
 
 
 def test_rules_by_hand():
@@ -53,12 +61,18 @@ def test_rules_by_hand():
     assert float(rule_mean(TierRule("mean"), stack, ones)[0]) == pytest.approx(26.5)
     assert float(rule_mean(TierRule("median"), stack, ones)[0]) == pytest.approx(2.5)
     # An update with 5 examples is 5 copies: [1, 2, 3 x 5, 100] has median 3.
-    assert float(rule_mean(TierRule("median"), stack, jnp.array([1.0, 1.0, 5.0, 1.0]))[0]) == pytest.approx(3.0)
+    assert float(
+        rule_mean(TierRule("median"), stack, jnp.array([1.0, 1.0, 5.0, 1.0]))[0]
+    ) == pytest.approx(3.0)
     # ... unless every sender counts once.
     uniform = TierRule("median", weighting="uniform")
-    assert float(rule_mean(uniform, stack, jnp.array([1.0, 1.0, 5.0, 1.0]))[0]) == pytest.approx(2.5)
+    assert float(rule_mean(uniform, stack, jnp.array([1.0, 1.0, 5.0, 1.0]))[0]) == pytest.approx(
+        2.5
+    )
     # beta = 0.25 of the weight cut from each end: 1 and 100 go, mean(2, 3).
-    assert float(rule_mean(TierRule("trimmed_mean", beta=0.25), stack, ones)[0]) == pytest.approx(2.5)
+    assert float(rule_mean(TierRule("trimmed_mean", beta=0.25), stack, ones)[0]) == pytest.approx(
+        2.5
+    )
     # krum, f = 0 on 4 one-d points: 1, 2, 3 each have nearest-2 sums 1 + 4, 1 + 1, 1 + 4 -> 2 wins.
     assert float(rule_mean(TierRule("krum", byzantine=0), stack, ones)[0]) == pytest.approx(2.0)
 
@@ -79,5 +93,9 @@ def test_reduce_clips_then_passes_up_the_examples_heard_from():
 def test_updates_of_weight_zero_never_count():
     stack = jnp.array([[1.0], [2.0], [3.0], [1e6]])
     weights = jnp.array([1.0, 1.0, 1.0, 0.0])
-    for rule in (TierRule("median"), TierRule("trimmed_mean", beta=0.0), TierRule("multi_krum", byzantine=0)):
+    for rule in (
+        TierRule("median"),
+        TierRule("trimmed_mean", beta=0.0),
+        TierRule("multi_krum", byzantine=0),
+    ):
         assert float(rule_mean(rule, stack, weights)[0]) == pytest.approx(2.0), rule.rule

@@ -56,21 +56,28 @@ def test_summaries_compose_across_tiers():
     flat = aggregate(summarize(results))
     per_edge = segment_aggregate(summarize(results), jnp.array([0, 0, 1, 1, 1, 2]), 3)
     two_tier = aggregate(per_edge)
-    np.testing.assert_allclose(np.asarray(two_tier.delta_sum["w"]), np.asarray(flat.delta_sum["w"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(two_tier.delta_sum["w"]), np.asarray(flat.delta_sum["w"]), rtol=1e-5
+    )
     assert float(two_tier.weight) == float(flat.weight)
 
 
 def test_mean_delta_of_an_empty_summary_is_zero_not_nan():
     empty = Summary({"w": jnp.zeros(3)}, jnp.float32(0.0))
     np.testing.assert_array_equal(np.asarray(mean_delta(empty)["w"]), np.zeros(3))
-    np.testing.assert_array_equal(np.asarray(apply_summary({"w": jnp.ones(3)}, empty)["w"]), np.ones(3))
+    np.testing.assert_array_equal(
+        np.asarray(apply_summary({"w": jnp.ones(3)}, empty)["w"]), np.ones(3)
+    )
 
 
 def _linear_problem(n=40, count=30, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 3)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
-    params = {"w": jnp.asarray(rng.normal(size=(3, 2)) * 0.1, jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(3, 2)) * 0.1, jnp.float32),
+        "b": jnp.zeros(2, jnp.float32),
+    }
     return params, DeviceData(jnp.asarray(x), jnp.asarray(y), jnp.int32(count))
 
 
@@ -91,8 +98,12 @@ def test_fedsgd_delta_is_one_full_batch_gradient_step():
     result = algorithm.local_update(params, data, jax.random.key(0))
     # Only the 30 real examples count; the 10 padding rows must be masked out.
     grad = _numpy_grad(params, np.asarray(data.x[:30], np.float64), np.asarray(data.y[:30]))
-    np.testing.assert_allclose(np.asarray(result.delta["w"]), -0.5 * grad["w"], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(result.delta["b"]), -0.5 * grad["b"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(result.delta["w"]), -0.5 * grad["w"], rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(result.delta["b"]), -0.5 * grad["b"], rtol=1e-4, atol=1e-6
+    )
     assert float(result.weight) == 30.0
 
 
@@ -111,8 +122,12 @@ def test_local_sgd_steps_follow_the_sampled_batches():
         batch = order[(step * 8 + np.arange(8)) % 30]
         grad = _numpy_grad(p, x[batch], y[batch])
         p = {k: p[k] - 0.3 * grad[k] for k in p}
-    np.testing.assert_allclose(np.asarray(result.delta["w"]), p["w"] - np.asarray(params["w"]), rtol=1e-4, atol=1e-6)
-    assert set(order[:30].tolist()) == set(range(30)), "every real example is in the permutation's first 30"
+    np.testing.assert_allclose(
+        np.asarray(result.delta["w"]), p["w"] - np.asarray(params["w"]), rtol=1e-4, atol=1e-6
+    )
+    assert set(order[:30].tolist()) == set(range(30)), (
+        "every real example is in the permutation's first 30"
+    )
 
 
 def test_device_with_no_examples_contributes_nothing():
@@ -125,11 +140,20 @@ def test_device_with_no_examples_contributes_nothing():
 
 @pytest.mark.parametrize("server_lr", [1.0, 0.5])
 def test_server_update_is_sgd_on_the_negated_mean_delta(server_lr):
-    algorithm = fedavg(linear_apply, cross_entropy, local_steps=1, batch_size=1, learning_rate=0.1, server_learning_rate=server_lr)
+    algorithm = fedavg(
+        linear_apply,
+        cross_entropy,
+        local_steps=1,
+        batch_size=1,
+        learning_rate=0.1,
+        server_learning_rate=server_lr,
+    )
     params = {"w": jnp.array([1.0, -1.0]), "b": jnp.array([0.5])}
     summary = Summary({"w": jnp.array([4.0, 8.0]), "b": jnp.array([2.0])}, jnp.float32(4.0))
     new, _ = algorithm.server_update(params, algorithm.server_init(params), summary)
-    np.testing.assert_allclose(np.asarray(new["w"]), [1.0 + server_lr * 1.0, -1.0 + server_lr * 2.0])
+    np.testing.assert_allclose(
+        np.asarray(new["w"]), [1.0 + server_lr * 1.0, -1.0 + server_lr * 2.0]
+    )
     np.testing.assert_allclose(np.asarray(new["b"]), [0.5 + server_lr * 0.5])
 
 
@@ -137,7 +161,9 @@ def test_server_update_without_answers_keeps_the_model():
     algorithm = fedavg(linear_apply, cross_entropy, local_steps=1, batch_size=1, learning_rate=0.1)
     params = {"w": jnp.array([1.0, -1.0])}
     state = algorithm.server_init(params)
-    new, new_state = algorithm.server_update(params, state, Summary({"w": jnp.zeros(2)}, jnp.float32(0.0)))
+    new, new_state = algorithm.server_update(
+        params, state, Summary({"w": jnp.zeros(2)}, jnp.float32(0.0))
+    )
     np.testing.assert_array_equal(np.asarray(new["w"]), [1.0, -1.0])
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new_state, state))
     assert isinstance(optax.sgd(1.0).init(params), type(state))

@@ -14,7 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl.core.algorithms import DeviceData, Summary, effective_steps, fedavg, fednova, fedprox, scaffold, server_optimizer
+from hierfl.core.algorithms import (
+    DeviceData,
+    Summary,
+    effective_steps,
+    fedavg,
+    fednova,
+    fedprox,
+    scaffold,
+    server_optimizer,
+)
 from hierfl.core.algorithms.fedavg import make_server_update
 from hierfl.topology import ServerOptimizer
 
@@ -49,7 +58,9 @@ def test_fedprox_adds_the_proximal_gradient():
 
 
 def test_fedprox_with_mu_zero_is_fedavg():
-    assert delta_of(fedprox(apply, squared, mu=0.0, **HYPER)) == delta_of(fedavg(apply, squared, **HYPER))
+    assert delta_of(fedprox(apply, squared, mu=0.0, **HYPER)) == delta_of(
+        fedavg(apply, squared, **HYPER)
+    )
 
 
 def test_fedprox_rejects_negative_mu():
@@ -73,7 +84,9 @@ def test_fednova_rescales_each_delta_to_the_effective_steps():
 
 def test_fednova_with_equal_steps_is_fedavg():
     algorithm = fednova(apply, squared, effective_steps=2.0, **HYPER)
-    assert delta_of(algorithm, DATA._replace(steps=jnp.int32(2))) == pytest.approx(delta_of(fedavg(apply, squared, **HYPER)), abs=1e-7)
+    assert delta_of(algorithm, DATA._replace(steps=jnp.int32(2))) == pytest.approx(
+        delta_of(fedavg(apply, squared, **HYPER)), abs=1e-7
+    )
 
 
 def test_effective_steps_is_the_example_weighted_mean():
@@ -93,13 +106,17 @@ def test_scaffold_corrects_gradients_and_updates_its_variate_by_option_two():
     assert not fedavg(apply, squared, **HYPER).control_variates and algorithm.control_variates
 
 
-def run_server(spec: ServerOptimizer, learning_rate: float, deltas: list[list[float]]) -> np.ndarray:
+def run_server(
+    spec: ServerOptimizer, learning_rate: float, deltas: list[list[float]]
+) -> np.ndarray:
     tx = server_optimizer(spec, learning_rate)
     update = make_server_update(tx)
     params = {"w": jnp.zeros(len(deltas[0]))}
     state = tx.init(params)
     for delta in deltas:
-        params, state = update(params, state, Summary({"w": jnp.asarray(delta) * 4.0}, jnp.float32(4.0)))
+        params, state = update(
+            params, state, Summary({"w": jnp.asarray(delta) * 4.0}, jnp.float32(4.0))
+        )
     return np.asarray(params["w"])
 
 
@@ -131,7 +148,9 @@ def adam_reference(deltas, lr, b1, b2, tau, yogi=False):
 def test_fedadam_and_fedyogi_match_the_fedopt_update(name):
     deltas = [[0.5, -2.0], [0.5, 0.0]]
     got = run_server(ServerOptimizer(name, beta1=0.9, beta2=0.99, tau=1e-3), 0.1, deltas)
-    np.testing.assert_allclose(got, adam_reference(deltas, 0.1, 0.9, 0.99, 1e-3, yogi=name == "yogi"), rtol=1e-5)
+    np.testing.assert_allclose(
+        got, adam_reference(deltas, 0.1, 0.9, 0.99, 1e-3, yogi=name == "yogi"), rtol=1e-5
+    )
     # FedAdam's first step is lr * sign(delta) (up to tau): 0.1 * 0.5 / 0.501 + 0.1 * 0.5 / 0.501.
     if name == "adam":
         assert got[0] == pytest.approx(2 * 0.1 * 0.5 / 0.501, rel=1e-5)

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from hierfl.data.plan import make_plan
+from hierfl.sim.engine import simulate
 from hierfl.studies.baselines import (
     flat_fedavg,
     flat_uplink_bytes,
@@ -24,8 +26,6 @@ from hierfl.studies.baselines import (
     train_local_only,
     uplink_at_equal_accuracy,
 )
-from hierfl.data.plan import make_plan
-from hierfl.sim.engine import simulate
 
 MLP_BYTES = (64 * 128 + 128 + 128 * 10 + 10) * 4  # the digits MLP: 64-128-10, float32
 
@@ -38,7 +38,9 @@ def test_centralized_on_one_device_is_what_the_simulator_trains(make_topology):
     # One plant, one device: the edge and cloud averages are of one update, so the
     # federation is plain SGD on the device's data, segment by segment. Same budget:
     # 2 rounds x 2 edge rounds x 3 local steps of 8.
-    topology = make_topology(plants=[[1]], edge_rounds=2, cloud_rounds=2, local_steps=3, batch_size=8)
+    topology = make_topology(
+        plants=[[1]], edge_rounds=2, cloud_rounds=2, local_steps=3, batch_size=8
+    )
     federated = simulate(topology)
     central = train_centralized(make_plan(topology))
     assert central.budget.steps == 12 and central.budget.examples == 96
@@ -50,7 +52,9 @@ def test_centralized_on_one_device_is_what_the_simulator_trains(make_topology):
 def test_budgets_count_the_devices_steps(make_topology):
     # plant-0: lines of 2 and 1 devices; plant-1: 3 devices. Per round a device takes
     # edge_rounds x local_steps = 2 x 3 = 6 steps: plant pools 3 x 6 = 18, centralized 36.
-    topology = make_topology(plants=[[2, 1], [3]], edge_rounds=2, cloud_rounds=2, local_steps=3, batch_size=8)
+    topology = make_topology(
+        plants=[[2, 1], [3]], edge_rounds=2, cloud_rounds=2, local_steps=3, batch_size=8
+    )
     plan = make_plan(topology)
     central, local = train_baselines(plan)
     assert [r["steps"] for r in central.history] == [36, 72]
@@ -61,7 +65,10 @@ def test_budgets_count_the_devices_steps(make_topology):
         assert [r["steps"] for r in result.history] == [18, 36]
     counts = plan.shards.counts
     assert central.train_examples == counts.sum()
-    assert (local[0].train_examples, local[1].train_examples) == (counts[:3].sum(), counts[3:].sum())
+    assert (local[0].train_examples, local[1].train_examples) == (
+        counts[:3].sum(),
+        counts[3:].sum(),
+    )
 
 
 def test_local_only_reads_only_its_own_plant(make_topology):
@@ -83,16 +90,24 @@ def test_local_only_reads_only_its_own_plant(make_topology):
 
 
 def test_local_only_models_are_tested_on_every_plant(make_topology):
-    topology = make_topology(plants=[[2], [1, 1], [2]], cloud_rounds=3, local_steps=10, batch_size=16)
+    topology = make_topology(
+        plants=[[2], [1, 1], [2]], cloud_rounds=3, local_steps=10, batch_size=16
+    )
     plan = make_plan(topology)
     local = train_local_only(plan)
     test_counts = np.bincount(plan.test.plant)
     for result in local:
         final = result.final
         assert set(final["plant_accuracy"]) == {"plant-0", "plant-1", "plant-2"}
-        per_plant = np.array([final["plant_accuracy"][p] for p in ("plant-0", "plant-1", "plant-2")])
-        assert final["accuracy"] == pytest.approx(float(per_plant @ test_counts / test_counts.sum()))
-    assert mean_final_accuracy(local) == pytest.approx(np.mean([r.final["accuracy"] for r in local]))
+        per_plant = np.array(
+            [final["plant_accuracy"][p] for p in ("plant-0", "plant-1", "plant-2")]
+        )
+        assert final["accuracy"] == pytest.approx(
+            float(per_plant @ test_counts / test_counts.sum())
+        )
+    assert mean_final_accuracy(local) == pytest.approx(
+        np.mean([r.final["accuracy"] for r in local])
+    )
 
 
 def test_centralized_learns_the_digits(make_topology):
@@ -118,7 +133,11 @@ def test_flat_fedavg_keeps_the_device_work_and_sends_every_update(make_topology)
     assert len(result.history) == 2
     for record in result.history:
         # 5 devices each send one update to the cloud per round.
-        assert flat_uplink_bytes(record, MLP_BYTES) == 5 * MLP_BYTES == record["bytes"]["device_to_edge"]
+        assert (
+            flat_uplink_bytes(record, MLP_BYTES)
+            == 5 * MLP_BYTES
+            == record["bytes"]["device_to_edge"]
+        )
 
 
 def history(accuracies, edge_to_cloud=None, devices=None):

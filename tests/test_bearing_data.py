@@ -117,8 +117,9 @@ def test_inner_race_impacts_are_modulated_by_the_shaft_and_outer_race_impacts_ar
 
 def test_same_seed_gives_identical_plants_and_other_seeds_or_plants_differ():
     def plant(seed, plant_index):
-        return generate_plant(seed=seed, plant_index=plant_index, num_machines=5,
-                              windows_per_machine=8, shift=0.3)
+        return generate_plant(
+            seed=seed, plant_index=plant_index, num_machines=5, windows_per_machine=8, shift=0.3
+        )
 
     first, again = plant(3, 1), plant(3, 1)
     for a, b in zip(first, again):
@@ -139,16 +140,18 @@ def test_generate_windows_is_deterministic_in_the_generator():
 
 
 def test_shapes_and_dtypes():
-    x, y, machine = generate_plant(seed=0, plant_index=0, num_machines=3,
-                                   windows_per_machine=5, shift=0.0)
+    x, y, machine = generate_plant(
+        seed=0, plant_index=0, num_machines=3, windows_per_machine=5, shift=0.0
+    )
     assert x.shape == (15, WINDOW) and x.dtype == np.float32
     assert y.shape == (15,) and y.dtype == np.int32
     assert machine.shape == (15,) and machine.dtype == np.int32
     np.testing.assert_array_equal(machine, np.repeat([0, 1, 2], 5))
     assert np.all(np.isfinite(x))
 
-    x, _, _ = generate_plant(seed=0, plant_index=0, num_machines=2, windows_per_machine=3,
-                             shift=0.0, window=100)
+    x, _, _ = generate_plant(
+        seed=0, plant_index=0, num_machines=2, windows_per_machine=3, shift=0.0, window=100
+    )
     assert x.shape == (6, 100)
 
     per_window = MachineConditions(
@@ -160,8 +163,9 @@ def test_shapes_and_dtypes():
 
 def test_windows_are_order_one_in_g():
     for shift in (0.0, 1.0):
-        x, _, _ = generate_plant(seed=1, plant_index=0, num_machines=20,
-                                 windows_per_machine=8, shift=shift)
+        x, _, _ = generate_plant(
+            seed=1, plant_index=0, num_machines=20, windows_per_machine=8, shift=shift
+        )
         std = x.std(axis=-1)
         assert 0.05 < std.min() and std.max() < 3.0
 
@@ -170,8 +174,11 @@ def test_windows_are_order_one_in_g():
 def test_classes_are_balanced_within_each_machine_and_shuffled(windows_per_machine):
     num_machines = 12
     _, y, machine = generate_plant(
-        seed=2, plant_index=0, num_machines=num_machines,
-        windows_per_machine=windows_per_machine, shift=0.5,
+        seed=2,
+        plant_index=0,
+        num_machines=num_machines,
+        windows_per_machine=windows_per_machine,
+        shift=0.5,
     )
     counts = np.zeros((num_machines, 4), int)
     np.add.at(counts, (machine, y), 1)
@@ -197,9 +204,11 @@ def test_plant_conditions_move_with_shift():
 
 def test_plants_with_different_shift_are_measurably_different_domains():
     """Measured from the signals alone: the shaft turns faster and the noise floor is higher."""
+
     def measure(shift):
-        x, y, _ = generate_plant(seed=5, plant_index=0, num_machines=40, windows_per_machine=4,
-                                 shift=shift, window=4096)
+        x, y, _ = generate_plant(
+            seed=5, plant_index=0, num_machines=40, windows_per_machine=4, shift=shift, window=4096
+        )
         healthy = x[y == HEALTHY].astype(np.float64)
         # The 1x shaft line, from a zero-padded spectrum: 25-48 Hz over both plants, and the
         # band stops below the calm plant's 2x line (>= 50 Hz), which can be the stronger.
@@ -231,11 +240,17 @@ def envelope_order_features(x: np.ndarray, conditions: MachineConditions) -> np.
     t_s = np.arange(x.shape[-1]) / FS_HZ
     shaft_hz = conditions.rpm / 60
     ratio = 7.94 / 39.04
-    fault_hz = [4.5 * shaft_hz * (1 - ratio), 4.5 * shaft_hz * (1 + ratio),
-                shaft_hz / ratio * (1 - ratio**2)]
+    fault_hz = [
+        4.5 * shaft_hz * (1 - ratio),
+        4.5 * shaft_hz * (1 + ratio),
+        shaft_hz / ratio * (1 - ratio**2),
+    ]
     strength = [
-        sum(np.abs((envelope * np.exp(-2j * np.pi * h * f[:, None] * t_s)).sum(axis=-1))
-            for h in (1, 2, 3)) / envelope.sum(axis=-1)
+        sum(
+            np.abs((envelope * np.exp(-2j * np.pi * h * f[:, None] * t_s)).sum(axis=-1))
+            for h in (1, 2, 3)
+        )
+        / envelope.sum(axis=-1)
         for f in fault_hz
     ]
     kurtosis = (envelope**4).mean(axis=-1) / (envelope**2).mean(axis=-1) ** 2
@@ -266,8 +281,9 @@ def test_classes_are_separable_by_envelope_features(shift, min_accuracy):
 
 def test_generation_time_of_1000_machines_by_48_windows():
     start = time.perf_counter()
-    x, y, _ = generate_plant(seed=0, plant_index=0, num_machines=1000,
-                             windows_per_machine=48, shift=0.5)
+    x, y, _ = generate_plant(
+        seed=0, plant_index=0, num_machines=1000, windows_per_machine=48, shift=0.5
+    )
     seconds = time.perf_counter() - start
     print(f"generate_plant 1000 machines x 48 windows x {WINDOW} samples: {seconds:.2f} s")
     assert x.shape == (48_000, WINDOW) and np.bincount(y).tolist() == [12_000] * 4
@@ -275,8 +291,13 @@ def test_generation_time_of_1000_machines_by_48_windows():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(shift=-0.1), dict(shift=1.5), dict(num_machines=0), dict(windows_per_machine=0),
-     dict(seed=-1)],
+    [
+        dict(shift=-0.1),
+        dict(shift=1.5),
+        dict(num_machines=0),
+        dict(windows_per_machine=0),
+        dict(seed=-1),
+    ],
 )
 def test_generate_plant_rejects_bad_arguments(kwargs):
     arguments = dict(seed=0, plant_index=0, num_machines=2, windows_per_machine=4, shift=0.0)

@@ -8,9 +8,14 @@ the windows (their energy), never from the generator's helpers.
 import numpy as np
 import pytest
 
-from hierfl.errors import DataError
 from hierfl.data.tasks import TASKS, PlantRequest
-from hierfl.data.tasks.bearing_rul_data import FAULT_TYPES, RECORD_HOURS, defect_size, generate_machines
+from hierfl.data.tasks.bearing_rul_data import (
+    FAULT_TYPES,
+    RECORD_HOURS,
+    defect_size,
+    generate_machines,
+)
+from hierfl.errors import DataError
 
 TASK = TASKS["bearing-rul"]
 
@@ -37,10 +42,14 @@ def test_rul_is_stratified_over_the_recording_within_each_machine():
 
 
 def test_machines_take_the_plants_fault_types_in_turn():
-    _, _, fault, machine = generate_machines(0, 0, 5, 2, 0.0, fault_types=("inner", "ball"), window=128)
+    _, _, fault, machine = generate_machines(
+        0, 0, 5, 2, 0.0, fault_types=("inner", "ball"), window=128
+    )
     per_machine = fault[::2]
     np.testing.assert_array_equal(per_machine, [1, 2, 1, 2, 1])  # inner, ball, inner, ...
-    _, _, fault, _ = generate_machines(0, 0, 2, 2, 0.0, fault_types=("inner", "ball"), window=128, first_machine=5)
+    _, _, fault, _ = generate_machines(
+        0, 0, 2, 2, 0.0, fault_types=("inner", "ball"), window=128, first_machine=5
+    )
     np.testing.assert_array_equal(fault[::2], [2, 1])  # machines 5 and 6 continue the rotation
     with pytest.raises(DataError):
         generate_machines(0, 0, 2, 2, 0.0, fault_types=("cage",))

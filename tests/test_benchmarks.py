@@ -41,7 +41,12 @@ def test_privacy_rounds_run_and_decode_to_the_plain_sums(bench):
     he = pytest.importorskip("hierfl.privacy.homomorphic")
     secret_bytes = he.generate_keys()
     secret, public = he.load_context(secret_bytes), he.load_context(he.public_context(secret_bytes))
-    row = privacy.ckks_round(secret, public, [rng.normal(0, 0.01, 64).astype(np.float32) for _ in range(2)], np.array([1.0, 3.0]))
+    row = privacy.ckks_round(
+        secret,
+        public,
+        [rng.normal(0, 0.01, 64).astype(np.float32) for _ in range(2)],
+        np.array([1.0, 3.0]),
+    )
     assert row["max_abs_error"] < 1e-6 and row["up_bytes"] > 14 * 64 * 4
 
 
@@ -50,7 +55,17 @@ def test_privacy_runtime_writes_a_launchable_topology_for_each_protection(bench,
 
     privacy_runtime = bench("privacy_runtime")
     for name, (secure, homomorphic) in privacy_runtime.PROTECTIONS.items():
-        text = privacy_runtime.TOPOLOGY.format(name=name, dir=tmp_path, devices=4, rounds=2, model="mlp",
-                                                secure=str(secure).lower(), homomorphic=str(homomorphic).lower())
+        text = privacy_runtime.TOPOLOGY.format(
+            name=name,
+            dir=tmp_path,
+            devices=4,
+            rounds=2,
+            model="mlp",
+            secure=str(secure).lower(),
+            homomorphic=str(homomorphic).lower(),
+        )
         topology = parse_topology(text, f"{name}.toml")
-        assert (topology.privacy.secure_aggregation, topology.privacy.homomorphic) == (secure, homomorphic)
+        assert (topology.privacy.secure_aggregation, topology.privacy.homomorphic) == (
+            secure,
+            homomorphic,
+        )

@@ -1,23 +1,24 @@
 """Tests of hierfl.runs.checkpoint: params of real models survive a save/load round trip."""
 
-import zipfile
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hierfl.runs.checkpoint import flatten_params, load_params, save_params, unflatten_params
-from hierfl.errors import RunDirError
 from hierfl.data.tasks import TASKS
 from hierfl.data.tasks.models import build_model
+from hierfl.errors import RunDirError
+from hierfl.runs.checkpoint import flatten_params, load_params, save_params, unflatten_params
 
 MODELS = [("digits", "mlp"), ("digits", "cnn"), ("bearing-fault", "cnn1d")]
 
 
 def leaves_by_path(tree):
     """{path tuple: leaf} with the dict keys as they are (ints stay ints)."""
-    return {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        tuple(k.key for k in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def assert_same_params(loaded, original):
@@ -106,7 +107,9 @@ def saved_model_bytes(tmp_path) -> bytes:
         lambda raw: b"",  # empty
         lambda raw: raw[: len(raw) // 2],  # truncated in the middle
         lambda raw: raw[:-30],  # central directory cut short
-        lambda raw: raw[: len(raw) // 2] + bytes([raw[len(raw) // 2] ^ 0xFF]) + raw[len(raw) // 2 + 1 :],  # a flipped byte
+        lambda raw: (
+            raw[: len(raw) // 2] + bytes([raw[len(raw) // 2] ^ 0xFF]) + raw[len(raw) // 2 + 1 :]
+        ),  # a flipped byte
     ],
     ids=["empty", "truncated", "tail-cut", "bit-flip"],
 )

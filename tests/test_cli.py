@@ -16,7 +16,9 @@ HIERFL = Path(sys.executable).parent / "hierfl"
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run([str(HIERFL), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(
+        [str(HIERFL), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
 
 
 def test_console_script_is_installed_and_documents_every_command():
@@ -47,7 +49,14 @@ def test_simulate_demo_end_to_end_reaches_90_percent(tmp_path):
 def test_topology_show_prints_the_tree_with_data_and_addresses():
     result = run("topology", "show", "demo")
     assert result.returncode == 0, result.stderr
-    for text in ("plant-a", "plant-b", "line-3", "tcp://127.0.0.1:5550", "tcp://127.0.0.1:5561", "examples/device"):
+    for text in (
+        "plant-a",
+        "plant-b",
+        "line-3",
+        "tcp://127.0.0.1:5550",
+        "tcp://127.0.0.1:5561",
+        "examples/device",
+    ):
         assert text in result.stdout
     listed = run("topology", "show", "demo", "--devices")
     assert "plant-a/line-1/dev-003" in listed.stdout
@@ -86,7 +95,10 @@ devices = 0
 
 def test_unknown_task_and_model_are_rejected_at_load_time(tmp_path):
     text = (Path(__file__).parent / "data" / "tiny.toml").read_text()
-    for old, new, field in (('task = "digits"', 'task = "digitz"', "federation.task"), ('model = "mlp"', 'model = "resnet"', "federation.model")):
+    for old, new, field in (
+        ('task = "digits"', 'task = "digitz"', "federation.task"),
+        ('model = "mlp"', 'model = "resnet"', "federation.model"),
+    ):
         path = tmp_path / f"{field}.toml"
         path.write_text(text.replace(old, new))
         result = run("topology", "validate", str(path))
@@ -101,14 +113,21 @@ def test_missing_file_and_missing_run_dir_are_clear_errors(tmp_path):
     assert no_run.returncode == 2 and "no-run" in no_run.stderr
 
 
-@pytest.mark.parametrize("args", [("simulate", "demo", "--rounds", "0"), ("simulate", "demo", "--seed", "-1")])
+@pytest.mark.parametrize(
+    "args", [("simulate", "demo", "--rounds", "0"), ("simulate", "demo", "--seed", "-1")]
+)
 def test_bad_arguments_are_refused(args):
     result = run(*args)
     assert result.returncode == 2 and "must be" in result.stderr
 
 
 def test_python_dash_m_runs_the_same_cli():
-    result = subprocess.run([sys.executable, "-m", "hierfl", "topology", "presets"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hierfl", "topology", "presets"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "large" in result.stdout and "1040" in result.stdout
 
@@ -122,7 +141,10 @@ def test_sharding_devices_over_cores_gives_the_same_model(tmp_path):
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={cores}"}
         result = subprocess.run(
             [str(HIERFL), "simulate", str(topology), "--rounds", "2", "--out", str(out), "--quiet"],
-            capture_output=True, text=True, timeout=300, env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         with np.load(out / "model.npz") as data:
@@ -143,6 +165,8 @@ def test_importing_hierfl_leaves_jax_unstarted_so_every_core_can_be_requested():
         "print(len(jax.devices()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "2"

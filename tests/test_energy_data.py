@@ -15,17 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hierfl.errors import DataError
-from hierfl.data.tasks import TASKS, PlantRequest
-from hierfl.data.tasks import energy_data
+from hierfl.data.tasks import TASKS, PlantRequest, energy_data
 from hierfl.data.tasks.energy import HOURS_AHEAD, HOURS_GIVEN, divide_pool
+from hierfl.errors import DataError
 
-needs_aeon = pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"')
+needs_aeon = pytest.mark.skipif(
+    importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"'
+)
 
 
 def test_missing_aeon_names_the_extra_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aeon" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "aeon" else real(name, *a)
+    )
     with pytest.raises(DataError, match=r'pip install "hierfl\[examples\]"'):
         energy_data.italy_power_demand()
     with pytest.raises(DataError, match=r"aeon package, which is not installed"):
@@ -91,7 +94,9 @@ def test_divide_pool_gives_plants_only_their_classes():
         for c in classes:  # every class the plant has is held out in its test set
             assert np.sum(groups[test] == c) >= 1
     again = divide_pool(groups, names, requests, 0.25, seed=0)
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(parts, again))
+    assert all(
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(parts, again)
+    )
     with pytest.raises(DataError, match="asks for 100"):
         divide_pool(groups, names, [PlantRequest("x", 0, 1, 100, 0.0, ("a",))], 0.25, seed=0)
 
@@ -101,7 +106,12 @@ def test_forecast_task_targets_are_the_last_hours():
     task = TASKS["energy-forecast"]
     load, season = energy_data.italy_power_demand()
     winter, summer = task.make_plant_data(
-        [PlantRequest("w", 0, 2, None, 0.0, ("winter",)), PlantRequest("s", 1, 2, None, 0.0, ("summer",))], 0.25, 0
+        [
+            PlantRequest("w", 0, 2, None, 0.0, ("winter",)),
+            PlantRequest("s", 1, 2, None, 0.0, ("summer",)),
+        ],
+        0.25,
+        0,
     )
     assert winter.x_train.shape[1:] == (HOURS_GIVEN,) and winter.y_train.shape[1:] == (HOURS_AHEAD,)
     days = {row.tobytes(): i for i, row in enumerate(load[:, :HOURS_GIVEN])}

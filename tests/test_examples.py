@@ -17,10 +17,14 @@ import pytest
 from hierfl.data.loading import load_topology
 from hierfl.data.tasks import TASKS
 
-needs_aeon = pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"')
+needs_aeon = pytest.mark.skipif(
+    importlib.util.find_spec("aeon") is None, reason='needs pip install "hierfl[examples]"'
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SURFACE_CNN_BYTES = 4 * ((9 * 8 + 8) + (72 * 16 + 16) + (144 * 32 + 32) + (64 * 7 + 7))  # 6,343 float32
+SURFACE_CNN_BYTES = 4 * (
+    (9 * 8 + 8) + (72 * 16 + 16) + (144 * 32 + 32) + (64 * 7 + 7)
+)  # 6,343 float32
 
 REDUCED_DEFECT_TOPOLOGY = """
 [federation]
@@ -81,7 +85,9 @@ def test_defect_detection_topology_is_three_non_iid_plants():
     assert len(topology.plants) == 3
     assert all(2 <= len(plant.lines) <= 3 for plant in topology.plants)
     assert len({plant.shift for plant in topology.plants}) == 3  # feature shift per plant
-    assert all(line.data.partition == "dirichlet" for plant in topology.plants for line in plant.lines)
+    assert all(
+        line.data.partition == "dirichlet" for plant in topology.plants for line in plant.lines
+    )
 
 
 def test_defect_detection_runs_end_to_end(tmp_path):
@@ -100,11 +106,18 @@ def test_defect_detection_runs_end_to_end(tmp_path):
     assert results["federation"]["model_bytes"] == SURFACE_CNN_BYTES
     assert results["budget"]["examples"] == 4 * 2 * 2 * 2 * 8
     assert results["federation"]["train_examples"] == 4 * 14
-    assert results["hierarchical"]["edge_to_cloud_bytes"] == 2 * 2 * SURFACE_CNN_BYTES  # rounds x edges
-    assert results["flat_fedavg"]["edge_to_cloud_bytes"] == 4 * 4 * SURFACE_CNN_BYTES  # 4 rounds x 4 devices
+    assert (
+        results["hierarchical"]["edge_to_cloud_bytes"] == 2 * 2 * SURFACE_CNN_BYTES
+    )  # rounds x edges
+    assert (
+        results["flat_fedavg"]["edge_to_cloud_bytes"] == 4 * 4 * SURFACE_CNN_BYTES
+    )  # 4 rounds x 4 devices
     assert results["centralized"]["steps"] == 4 * 2 * 2 * 2
     assert results["centralized"]["raw_image_bytes"] == 4 * 14 * 32 * 32 * 4
-    assert {m: results["local_only"]["models"][m]["steps"] for m in ("mill-a", "mill-b")} == {"mill-a": 16, "mill-b": 16}
+    assert {m: results["local_only"]["models"][m]["steps"] for m in ("mill-a", "mill-b")} == {
+        "mill-a": 16,
+        "mill-b": 16,
+    }
     for method in ("hierarchical", "flat_fedavg", "centralized", "local_only"):
         assert 0.0 <= results[method]["accuracy"] <= 1.0, method
         assert set(results[method]["plant_accuracy"]) == {"mill-a", "mill-b"}, method
@@ -131,10 +144,14 @@ def test_defect_detection_readme_quotes_the_committed_results():
 
 # --- equipment failure ---------------------------------------------------------------------
 
-ENVELOPE_CNN_ONE_OUTPUT_BYTES = 4 * ((7 * 16 + 16) + (7 * 16 * 32 + 32) + 2 * (7 * 32 * 32 + 32) + (64 * 1 + 1))
+ENVELOPE_CNN_ONE_OUTPUT_BYTES = 4 * (
+    (7 * 16 + 16) + (7 * 16 * 32 + 32) + 2 * (7 * 32 * 32 + 32) + (64 * 1 + 1)
+)
 
 
-def reduced(task: str, model: str, plants: list[tuple[str, list[int], str]], samples: int, port: int) -> str:
+def reduced(
+    task: str, model: str, plants: list[tuple[str, list[int], str]], samples: int, port: int
+) -> str:
     """A two-round topology: `plants` are (name, devices per line, classes TOML array)."""
     text = f"""
 [federation]
@@ -180,7 +197,9 @@ def test_equipment_failure_topologies_are_three_plants_with_unshared_faults():
         assert topology.federation.task == task and len(topology.plants) == 3
         assert len({plant.shift for plant in topology.plants}) == 3
         seen = [set(plant.classes) for plant in topology.plants]
-        assert any(kind not in other for plant in seen for kind in plant for other in seen)  # some plant lacks a fault
+        assert any(
+            kind not in other for plant in seen for kind in plant for other in seen
+        )  # some plant lacks a fault
 
 
 def test_equipment_failure_runs_end_to_end(tmp_path):
@@ -188,67 +207,143 @@ def test_equipment_failure_runs_end_to_end(tmp_path):
     # appliance smoke tests run (its plant classes are tested in test_regression.py), and
     # each bearing problem costs about 30 s of compiling on 2 cores.
     rul = tmp_path / "rul.toml"
-    rul.write_text(reduced("bearing-rul", "cnn1d", [("a", [2], '["outer"]'), ("b", [1], '["inner", "ball"]')], 10, 7420))
+    rul.write_text(
+        reduced(
+            "bearing-rul",
+            "cnn1d",
+            [("a", [2], '["outer"]'), ("b", [1], '["inner", "ball"]')],
+            10,
+            7420,
+        )
+    )
     out = tmp_path / "out"
     run = load_example("equipment_failure")
-    results = run.main(["--only", "rul", "--rul-topology", str(rul), "--out", str(out),
-                        "--run-dir", str(tmp_path / "runs"), "--algorithms", "none", "--quiet"])
+    results = run.main(
+        [
+            "--only",
+            "rul",
+            "--rul-topology",
+            str(rul),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "runs"),
+            "--algorithms",
+            "none",
+            "--quiet",
+        ]
+    )
 
     assert list(results) == ["rul"]
     assert json.loads((out / "results_rul.json").read_text()) == results["rul"]
     assert (out / "results_rul.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check_common(results["rul"], {"a", "b"}, 3, ENVELOPE_CNN_ONE_OUTPUT_BYTES)
     rul_results = results["rul"]
-    assert rul_results["metric"] == {"name": "rmse", "higher_is_better": False, "label": "RMSE of RUL (h)",
-                                     "percent": False, "unit": "h", "root": True}
+    assert rul_results["metric"] == {
+        "name": "rmse",
+        "higher_is_better": False,
+        "label": "RMSE of RUL (h)",
+        "percent": False,
+        "unit": "h",
+        "root": True,
+    }
     for method in ("hierarchical", "flat_fedavg", "centralized", "local_only"):
         assert 0 < rul_results[method]["mae"] <= rul_results[method]["rmse"] < 150, method
     uplink = rul_results["uplink_at_equal_accuracy"]
     assert uplink["hierarchical_bytes"] % (2 * ENVELOPE_CNN_ONE_OUTPUT_BYTES) == 0
     text = (out / "results_rul.md").read_text()
-    assert "| RMSE of RUL (h), all plants | MAE, all plants |" in text and "equal RMSE" in text and "%" not in text
+    assert (
+        "| RMSE of RUL (h), all plants | MAE, all plants |" in text
+        and "equal RMSE" in text
+        and "%" not in text
+    )
     assert "](results_rul.png)" in text
     # The hierarchical run is kept for `hierfl export`, with windows to send to the server.
     run_dir = tmp_path / "runs" / "bearing-rul-smoke"
-    assert {"run.json", "metrics.jsonl", "model.npz", "predict.npy"} <= {p.name for p in run_dir.iterdir()}
+    assert {"run.json", "metrics.jsonl", "model.npz", "predict.npy"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     assert np.load(run_dir / "predict.npy").shape[1:] == (2048, 1)
 
 
 # --- energy forecasting --------------------------------------------------------------------
 
 FORECAST_MLP_BYTES = 4 * ((20 * 64 + 64) + (64 * 64 + 64) + (64 * 4 + 4))
-SERIES_CNN_BYTES = 4 * ((7 * 16 + 16) + (7 * 16 * 32 + 32) + 2 * (7 * 32 * 32 + 32) + (64 * 10 + 10))
+SERIES_CNN_BYTES = 4 * (
+    (7 * 16 + 16) + (7 * 16 * 32 + 32) + 2 * (7 * 32 * 32 + 32) + (64 * 10 + 10)
+)
 
 
 def test_energy_forecast_topologies_split_seasons_and_appliances():
     forecast = load_topology(EXAMPLES / "energy_forecast" / "topology.toml")
     assert forecast.federation.task == "energy-forecast"
-    assert [plant.classes for plant in forecast.plants] == [("winter",), ("summer",), ("winter", "summer")]
+    assert [plant.classes for plant in forecast.plants] == [
+        ("winter",),
+        ("summer",),
+        ("winter", "summer"),
+    ]
     appliances = load_topology(EXAMPLES / "energy_forecast" / "appliances.toml")
     kinds = [set(plant.classes) for plant in appliances.plants]
-    assert set().union(*kinds) == set(TASKS["appliance-id"].class_names)  # together they know all ten
+    assert set().union(*kinds) == set(
+        TASKS["appliance-id"].class_names
+    )  # together they know all ten
     assert all(len(k) < 10 for k in kinds)  # alone, none does
 
 
 @needs_aeon
 def test_energy_forecast_runs_end_to_end(tmp_path):
     forecast = tmp_path / "forecast.toml"
-    forecast.write_text(reduced("energy-forecast", "mlp", [("w", [2], '["winter"]'), ("s", [1, 1], '["summer"]')], 0, 7440))
+    forecast.write_text(
+        reduced(
+            "energy-forecast",
+            "mlp",
+            [("w", [2], '["winter"]'), ("s", [1, 1], '["summer"]')],
+            0,
+            7440,
+        )
+    )
     appliances = tmp_path / "appliances.toml"
-    appliances.write_text(reduced("appliance-id", "cnn1d", [("o", [1], '["laptop", "lamp"]'), ("h", [1], '["lamp", "microwave"]')], 0, 7460))
+    appliances.write_text(
+        reduced(
+            "appliance-id",
+            "cnn1d",
+            [("o", [1], '["laptop", "lamp"]'), ("h", [1], '["lamp", "microwave"]')],
+            0,
+            7460,
+        )
+    )
     out = tmp_path / "out"
     run = load_example("energy_forecast")
-    results = run.main(["--topology", str(forecast), "--appliances-topology", str(appliances), "--out", str(out),
-                        "--run-dir", str(tmp_path / "runs"), "--algorithms", "fedprox,fedadam", "--quiet"])
+    results = run.main(
+        [
+            "--topology",
+            str(forecast),
+            "--appliances-topology",
+            str(appliances),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "runs"),
+            "--algorithms",
+            "fedprox,fedadam",
+            "--quiet",
+        ]
+    )
 
     check_common(results["forecast"], {"w", "s"}, 4, FORECAST_MLP_BYTES)
     check_common(results["appliances"], {"o", "h"}, 2, SERIES_CNN_BYTES)
     fed = results["forecast"]["federation"]
     # The winter site holds out a quarter of its share of the 1,096 days' winter half, no more.
     assert fed["train_examples"] + sum(fed["test_examples"].values()) == 1096
-    assert results["forecast"]["metric"]["name"] == "rmse" and "mae" in results["forecast"]["hierarchical"]
+    assert (
+        results["forecast"]["metric"]["name"] == "rmse"
+        and "mae" in results["forecast"]["hierarchical"]
+    )
     assert results["appliances"]["metric"]["name"] == "accuracy"
-    assert "| RMSE of standardised load, all sites | MAE, all sites |" in (out / "results_forecast.md").read_text()
+    assert (
+        "| RMSE of standardised load, all sites | MAE, all sites |"
+        in (out / "results_forecast.md").read_text()
+    )
     for problem in ("forecast", "appliances"):
         assert json.loads((out / f"results_{problem}.json").read_text()) == results[problem]
     assert np.load(tmp_path / "runs" / "energy-forecast-smoke" / "predict.npy").shape[1:] == (20,)
@@ -258,12 +353,33 @@ def test_energy_forecast_runs_end_to_end(tmp_path):
         assert list(algorithms["runs"]) == ["FedProx (mu = 0.001)", "FedAdam (server lr 0.1)"]
         assert all(len(r["curve"]["examples"]) == 2 for r in algorithms["runs"].values())
         assert algorithms["best"] in (None, *algorithms["runs"])
-        assert "Other algorithms on the same hierarchy" in (out / f"results_{problem}.md").read_text()
-    assert "algorithms" not in run.main(["--only", "forecast", "--topology", str(forecast), "--out", str(tmp_path / "none"),
-                                         "--run-dir", str(tmp_path / "runs"), "--algorithms", "none", "--quiet"])["forecast"]
+        assert (
+            "Other algorithms on the same hierarchy" in (out / f"results_{problem}.md").read_text()
+        )
+    assert (
+        "algorithms"
+        not in run.main(
+            [
+                "--only",
+                "forecast",
+                "--topology",
+                str(forecast),
+                "--out",
+                str(tmp_path / "none"),
+                "--run-dir",
+                str(tmp_path / "runs"),
+                "--algorithms",
+                "none",
+                "--quiet",
+            ]
+        )["forecast"]
+    )
 
 
-@pytest.mark.parametrize("folder, problems", [("equipment_failure", ("fault", "rul")), ("energy_forecast", ("forecast", "appliances"))])
+@pytest.mark.parametrize(
+    "folder, problems",
+    [("equipment_failure", ("fault", "rul")), ("energy_forecast", ("forecast", "appliances"))],
+)
 def test_readmes_quote_the_committed_results(folder, problems):
     readme = (EXAMPLES / folder / "README.md").read_text(encoding="utf-8")
     for problem in problems:
@@ -272,6 +388,9 @@ def test_readmes_quote_the_committed_results(folder, problems):
         assert len(table) > 8
         for line in table:
             assert line in readme, line
-        assert f"](results_{problem}.png)" in readme and (EXAMPLES / folder / f"results_{problem}.png").exists()
+        assert (
+            f"](results_{problem}.png)" in readme
+            and (EXAMPLES / folder / f"results_{problem}.png").exists()
+        )
     top = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
     assert f"](examples/{folder}/)" in top

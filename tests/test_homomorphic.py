@@ -53,7 +53,9 @@ def test_the_cloud_context_cannot_decrypt(keys):
     with pytest.raises(HomomorphicError, match="secret context"):
         he.decrypt_aggregate(cloud, aggregate)
     vector = ts.ckks_vector_from(cloud, aggregate["chunks"][0])
-    with pytest.raises(ValueError, match="secret_key"):  # TenSEAL itself has nothing to decrypt with
+    with pytest.raises(
+        ValueError, match="secret_key"
+    ):  # TenSEAL itself has nothing to decrypt with
         vector.decrypt()
 
 
@@ -69,7 +71,10 @@ def test_what_reaches_the_cloud_holds_no_plaintext(keys):
     summary = np.arange(1, SIZE + 1, dtype=np.float32) / SIZE
     message = he.encrypt_summary(plant, summary, 1.0, round=0)
     frame = msgpack.packb(message)
-    assert summary.tobytes()[:64] not in frame and summary.astype(np.float64).tobytes()[:64] not in frame
+    assert (
+        summary.tobytes()[:64] not in frame
+        and summary.astype(np.float64).tobytes()[:64] not in frame
+    )
     assert set(message) == {"kind", "round", "size", "weight", "chunks"}
     assert len(frame) > 8 * summary.nbytes  # ciphertexts, ~14x the float32 bytes
 
@@ -96,23 +101,51 @@ def test_parameters_follow_the_topology():
 
 def he_topology(privacy, extra="", **kwargs):
     text = topology_text(plants=[[3], [3]], **kwargs)
-    return parse_topology(text.replace("[cloud]", f"[privacy]\n{privacy}\n{extra}\n[cloud]"), "he.toml")
+    return parse_topology(
+        text.replace("[cloud]", f"[privacy]\n{privacy}\n{extra}\n[cloud]"), "he.toml"
+    )
 
 
 def test_homomorphic_fields_load():
-    privacy = he_topology("homomorphic = true\nhe_poly_modulus_degree = 16384\nhe_scale_bits = 30").privacy
+    privacy = he_topology(
+        "homomorphic = true\nhe_poly_modulus_degree = 16384\nhe_scale_bits = 30"
+    ).privacy
     assert privacy.homomorphic and he.CkksParameters.of(privacy) == he.CkksParameters(16384, 30)
 
 
 @pytest.mark.parametrize(
     ("privacy", "extra", "expected"),
     [
-        ("homomorphic = true", '[aggregation.cloud]\nrule = "krum"\nbyzantine = 0', "aggregation.cloud: rule 'krum' cannot be combined with privacy.homomorphic"),
-        ("homomorphic = true", '[aggregation.cloud]\noptimizer = "adam"', "aggregation.cloud.optimizer: 'adam' cannot be combined with privacy.homomorphic"),
-        ("homomorphic = true", '[compression.edge_to_cloud]\ncodec = "float16"', "compression.edge_to_cloud.codec: 'float16' cannot be combined"),
-        ("homomorphic = true\nhe_poly_modulus_degree = 4096", "", "privacy.he_scale_bits: 40 needs coefficient moduli [60, 40, 60] = 160 bits, above the 109"),
-        ("homomorphic = true\nhe_poly_modulus_degree = 6000", "", "privacy.he_poly_modulus_degree: must be one of 4096, 8192, 16384, 32768"),
-        ('homomorphic = true\ndp = "cloud"\nclip_quantile = 0.5\nquantile_noise = 1.0', "", "privacy.clip_quantile: adaptive clipping at the cloud"),
+        (
+            "homomorphic = true",
+            '[aggregation.cloud]\nrule = "krum"\nbyzantine = 0',
+            "aggregation.cloud: rule 'krum' cannot be combined with privacy.homomorphic",
+        ),
+        (
+            "homomorphic = true",
+            '[aggregation.cloud]\noptimizer = "adam"',
+            "aggregation.cloud.optimizer: 'adam' cannot be combined with privacy.homomorphic",
+        ),
+        (
+            "homomorphic = true",
+            '[compression.edge_to_cloud]\ncodec = "float16"',
+            "compression.edge_to_cloud.codec: 'float16' cannot be combined",
+        ),
+        (
+            "homomorphic = true\nhe_poly_modulus_degree = 4096",
+            "",
+            "privacy.he_scale_bits: 40 needs coefficient moduli [60, 40, 60] = 160 bits, above the 109",
+        ),
+        (
+            "homomorphic = true\nhe_poly_modulus_degree = 6000",
+            "",
+            "privacy.he_poly_modulus_degree: must be one of 4096, 8192, 16384, 32768",
+        ),
+        (
+            'homomorphic = true\ndp = "cloud"\nclip_quantile = 0.5\nquantile_noise = 1.0',
+            "",
+            "privacy.clip_quantile: adaptive clipping at the cloud",
+        ),
     ],
 )
 def test_meaningless_homomorphic_settings_are_rejected(privacy, extra, expected):
@@ -122,7 +155,9 @@ def test_meaningless_homomorphic_settings_are_rejected(privacy, extra, expected)
 
 
 def test_homomorphic_accepts_the_small_ring_with_a_small_scale():
-    privacy = he_topology("homomorphic = true\nhe_poly_modulus_degree = 4096\nhe_scale_bits = 23").privacy
+    privacy = he_topology(
+        "homomorphic = true\nhe_poly_modulus_degree = 4096\nhe_scale_bits = 23"
+    ).privacy
     assert sum(he.CkksParameters.of(privacy).coeff_mod_bit_sizes) == 109
 
 
@@ -131,6 +166,10 @@ def test_without_tenseal_the_error_names_the_extra():
     import sys
 
     code = "import sys; sys.modules['tenseal'] = None\nimport hierfl.privacy.homomorphic"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
-    assert 'HomomorphicError: CKKS summaries need TenSEAL: pip install "hierfl[he]"' in result.stderr
+    assert (
+        'HomomorphicError: CKKS summaries need TenSEAL: pip install "hierfl[he]"' in result.stderr
+    )

@@ -16,12 +16,19 @@ import numpy as np
 import pytest
 
 import hierfl
-from hierfl.errors import ArtifactError, RunDirError
-from hierfl.inference.artifact import FORMAT_VERSION, MAGIC, decode_artifact, encode_artifact, read_artifact, write_artifact
-from hierfl.inference.compiled import compile_artifact
-from hierfl.inference.export import export_model, export_run
 from hierfl.data.tasks import TASKS
 from hierfl.data.tasks.models import build_model
+from hierfl.errors import ArtifactError, RunDirError
+from hierfl.inference.artifact import (
+    FORMAT_VERSION,
+    MAGIC,
+    decode_artifact,
+    encode_artifact,
+    read_artifact,
+    write_artifact,
+)
+from hierfl.inference.compiled import compile_artifact
+from hierfl.inference.export import export_model, export_run
 
 HIERFL = Path(sys.executable).parent / "hierfl"
 TINY = Path(__file__).parent / "data" / "tiny.toml"
@@ -31,7 +38,9 @@ TINY = Path(__file__).parent / "data" / "tiny.toml"
 def trained(tmp_path_factory):
     """A 2-round digits run (tiny.toml) written to a run directory, and its in-memory result."""
     run_dir = tmp_path_factory.mktemp("run")
-    result = hierfl.simulate(hierfl.load_topology(TINY).with_federation(cloud_rounds=2), out=run_dir)
+    result = hierfl.simulate(
+        hierfl.load_topology(TINY).with_federation(cloud_rounds=2), out=run_dir
+    )
     return result, run_dir
 
 
@@ -43,12 +52,16 @@ def model_file(trained, tmp_path_factory):
 
 def test_exported_run_predicts_like_the_in_process_model(trained, model_file):
     result, _ = trained
-    x = result.plan.test.x  # every test example: more than the largest bucket, so batches are split too
+    x = (
+        result.plan.test.x
+    )  # every test example: more than the largest bucket, so batches are split too
     assert len(x) > 32
     expected = np.asarray(jax.jit(result.model.apply)(result.params, x))
     served = compile_artifact(read_artifact(model_file), max_batch=32)
     starts = np.cumsum([0, *[1, 2, 5, 7, 32] * len(x)])
-    pieces = [served.predict(x[a:b]) for a, b in zip(starts[:-1], starts[1:]) if a < len(x)]  # every bucket
+    pieces = [
+        served.predict(x[a:b]) for a, b in zip(starts[:-1], starts[1:]) if a < len(x)
+    ]  # every bucket
     np.testing.assert_allclose(np.concatenate(pieces), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(served.predict(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -115,7 +128,10 @@ def test_another_format_version_is_refused_before_anything_else(model_file, tmp_
     data[8:12] = struct.pack("<I", FORMAT_VERSION + 1)
     path = tmp_path / "future.hfl"
     path.write_bytes(_with_checksum(bytes(data[:-32])))
-    with pytest.raises(ArtifactError, match=f"format version {FORMAT_VERSION + 1}, but this hierfl reads version {FORMAT_VERSION}"):
+    with pytest.raises(
+        ArtifactError,
+        match=f"format version {FORMAT_VERSION + 1}, but this hierfl reads version {FORMAT_VERSION}",
+    ):
         read_artifact(path)
 
 
@@ -130,10 +146,14 @@ def test_a_malformed_header_with_a_valid_checksum_is_refused(model_file):
         (lambda h: h["params"][0].update(offset=len(body)), "lies outside the file"),
         (lambda h: h["params"][0].update(dtype="complex999"), "unknown dtype"),
     ):
-        edited = dict(header, input=dict(header["input"]), params=[dict(p) for p in header["params"]])
+        edited = dict(
+            header, input=dict(header["input"]), params=[dict(p) for p in header["params"]]
+        )
         change(edited)
         packed = msgpack.packb(edited, use_bin_type=True)
-        forged = _with_checksum(MAGIC + struct.pack("<II", FORMAT_VERSION, len(packed)) + packed + body)
+        forged = _with_checksum(
+            MAGIC + struct.pack("<II", FORMAT_VERSION, len(packed)) + packed + body
+        )
         with pytest.raises(ArtifactError, match=expected):
             decode_artifact(forged, "forged.hfl")
 
@@ -163,12 +183,26 @@ def test_export_command_writes_the_file_and_errors_exit_2(trained, tmp_path):
     _, run_dir = trained
     out = tmp_path / "cli.hfl"
     env = {**os.environ, "COLUMNS": "200"}
-    done = subprocess.run([str(HIERFL), "export", str(run_dir), "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [str(HIERFL), "export", str(run_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "version 2" in done.stdout and str(out) in done.stdout
     assert read_artifact(out).meta.version == 2
-    missing = subprocess.run([str(HIERFL), "export", str(tmp_path / "nope")], capture_output=True, text=True, timeout=300, env=env)
-    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [str(HIERFL), "export", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert (
+        missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    )
 
 
 def _with_checksum(content: bytes) -> bytes:

@@ -16,7 +16,14 @@ import pytest
 
 from hierfl.errors import InferenceError, ProtocolError
 from hierfl.inference.artifact import ArtifactMeta
-from hierfl.inference.batching import RequestQueue, Waiting, bucket_for, bucket_sizes, pad_rows, split_rows
+from hierfl.inference.batching import (
+    RequestQueue,
+    Waiting,
+    bucket_for,
+    bucket_sizes,
+    pad_rows,
+    split_rows,
+)
 from hierfl.inference.protocol import (
     InputSpec,
     encode_error,
@@ -35,7 +42,16 @@ SPEC = InputSpec(shape=(4, 2), dtype="float32", max_rows=3)
 
 
 def header(**fields) -> bytes:
-    return msgpack.packb({"kind": "predict", "protocol": 1, "id": 5, "shape": [1, 4, 2], "dtype": "float32", **fields})
+    return msgpack.packb(
+        {
+            "kind": "predict",
+            "protocol": 1,
+            "id": 5,
+            "shape": [1, 4, 2],
+            "dtype": "float32",
+            **fields,
+        }
+    )
 
 
 def test_a_valid_predict_request_is_read_without_a_copy():
@@ -65,7 +81,11 @@ def test_a_valid_predict_request_is_read_without_a_copy():
         ([msgpack.packb([1, 2]), b""], "header must be a msgpack map", None),
         ([b"\x80" * 5000], "header frame is 5000 bytes", None),
         ([], "empty message", None),
-        ([msgpack.packb({"kind": "info", "protocol": 1, "id": 3}), b"x"], "'info' requests are one header frame", 3),
+        (
+            [msgpack.packb({"kind": "info", "protocol": 1, "id": 3}), b"x"],
+            "'info' requests are one header frame",
+            3,
+        ),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_problem(frames, expected, request_id):
@@ -90,7 +110,12 @@ def test_control_requests_and_replies_round_trip():
     assert (reply.kind, reply.id, reply.version) == ("prediction", 7, 12)
     np.testing.assert_array_equal(reply.y, y)
     error = parse_reply(encode_error(None, 12, "bad shape"))
-    assert (error.kind, error.id, error.version, error.header["error"]) == ("error", None, 12, "bad shape")
+    assert (error.kind, error.id, error.version, error.header["error"]) == (
+        "error",
+        None,
+        12,
+        "bad shape",
+    )
     info = parse_reply(encode_info(8, 12, {"versions": [11, 12]}))
     assert info.header["info"] == {"versions": [11, 12]}
     with pytest.raises(ProtocolError, match="bytes of logits"):
@@ -184,8 +209,16 @@ def test_directory_scan_sees_new_and_changed_model_files_newest_first(tmp_path):
 
 
 def meta(**fields) -> ArtifactMeta:
-    base = dict(task="t", model="m", version=1, class_names=("a", "b"), input_shape=(4, 2), input_dtype="float32",
-                output_shape=(2,), platforms=("cpu",))
+    base = dict(
+        task="t",
+        model="m",
+        version=1,
+        class_names=("a", "b"),
+        input_shape=(4, 2),
+        input_dtype="float32",
+        output_shape=(2,),
+        platforms=("cpu",),
+    )
     return ArtifactMeta(**{**base, **fields})
 
 
@@ -199,7 +232,15 @@ def test_a_new_version_must_keep_the_input_signature_and_classes():
 def test_publications_are_checked_before_their_artifact_is_read():
     data = b"body" * 10
     checksum = data[-32:].hex()
-    good = {"kind": "model", "protocol": 1, "version": 3, "task": "t", "model": "m", "nbytes": len(data), "checksum": checksum}
+    good = {
+        "kind": "model",
+        "protocol": 1,
+        "version": 3,
+        "task": "t",
+        "model": "m",
+        "nbytes": len(data),
+        "checksum": checksum,
+    }
     assert decode_publication([TOPIC, msgpack.packb(good), data]).header["version"] == 3
     cases = [
         ([TOPIC, msgpack.packb(good)], "got 2 frames"),
@@ -221,6 +262,12 @@ def test_the_client_module_does_not_need_jax():
     import sys
 
     code = "import sys; from hierfl.inference import Client; print('jax' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

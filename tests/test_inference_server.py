@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import zmq
 
+from hierfl.data.tasks import TASKS
+from hierfl.data.tasks.models import build_model
 from hierfl.errors import InferenceError
 from hierfl.inference.artifact import read_artifact, write_artifact
 from hierfl.inference.client import Client
 from hierfl.inference.export import export_model
 from hierfl.inference.protocol import encode_request, parse_reply
 from hierfl.inference.server import InferenceServer, ServerConfig
-from hierfl.data.tasks import TASKS
-from hierfl.data.tasks.models import build_model
 
 HIERFL = Path(sys.executable).parent / "hierfl"
 START_TIMEOUT = 180.0
@@ -70,11 +70,18 @@ def versions(tmp_path_factory):
     files, expected = {}, {}
     for version, seed in ((1, 1), (2, 2)):
         model, params = build_model("mlp", task.models["mlp"], jax.random.key(seed))
-        files[version] = write_artifact(folder / f"v{version}.hfl", export_model(model, params, task, version=version))
+        files[version] = write_artifact(
+            folder / f"v{version}.hfl", export_model(model, params, task, version=version)
+        )
         expected[version] = np.asarray(jax.jit(model.apply)(params, probes))
     assert np.abs(expected[1] - expected[2]).min() > 1e-4  # a reply's logits tell its version
     np.save(folder / "probes.npy", probes)
-    return {"files": files, "expected": expected, "probes": probes, "probes_file": folder / "probes.npy"}
+    return {
+        "files": files,
+        "expected": expected,
+        "probes": probes,
+        "probes_file": folder / "probes.npy",
+    }
 
 
 @pytest.fixture
@@ -87,19 +94,25 @@ def sockets():
 
 def start(*args: str, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen([str(HIERFL), *args], stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [str(HIERFL), *args], stdout=out, stderr=subprocess.STDOUT, text=True
+        )
 
 
 def wait_until_serving(process: subprocess.Popen, address: str, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     with Client(address, timeout=2.0) as client:
         while True:
-            assert process.poll() is None, f"server exited with {process.returncode}:\n{log.read_text()}"
+            assert process.poll() is None, (
+                f"server exited with {process.returncode}:\n{log.read_text()}"
+            )
             try:
                 client.info()
                 return
             except InferenceError:
-                assert time.monotonic() < deadline, f"server did not answer within {START_TIMEOUT} s:\n{log.read_text()}"
+                assert time.monotonic() < deadline, (
+                    f"server did not answer within {START_TIMEOUT} s:\n{log.read_text()}"
+                )
 
 
 def stop(*processes: subprocess.Popen) -> None:
@@ -128,7 +141,9 @@ def server(versions):
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
     address = f"ipc://{folder}/serve.ipc"
     log = folder / "server.log"
-    process = start("serve", str(versions["files"][1]), "--bind", address, "--max-batch", "4", log=log)
+    process = start(
+        "serve", str(versions["files"][1]), "--bind", address, "--max-batch", "4", log=log
+    )
     try:
         wait_until_serving(process, address, log)
         yield address
@@ -142,12 +157,21 @@ def test_server_predictions_equal_the_in_process_model(server, versions):
     with Client(server, timeout=REPLY_TIMEOUT) as client:
         info = client.info()
         assert (info.task, info.model, info.version, info.versions) == ("digits", "mlp", 1, (1,))
-        assert (info.input_shape, info.input_dtype, info.max_batch, info.platform) == ((8, 8, 1), "float32", 4, "cpu")
+        assert (info.input_shape, info.input_dtype, info.max_batch, info.platform) == (
+            (8, 8, 1),
+            "float32",
+            4,
+            "cpu",
+        )
         for start_row, rows in ((0, 1), (1, 3), (4, 4), (8, 2)):
             prediction = client.predict(probes[start_row : start_row + rows])
             assert prediction.version == 1
-            np.testing.assert_allclose(prediction.logits, expected[start_row : start_row + rows], rtol=1e-5, atol=1e-5)
-            assert prediction.labels == [str(k) for k in expected[start_row : start_row + rows].argmax(axis=1)]
+            np.testing.assert_allclose(
+                prediction.logits, expected[start_row : start_row + rows], rtol=1e-5, atol=1e-5
+            )
+            assert prediction.labels == [
+                str(k) for k in expected[start_row : start_row + rows].argmax(axis=1)
+            ]
 
 
 def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, versions):
@@ -155,13 +179,22 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, ver
     nan = good.copy()
     nan[0, 3, 3, 0] = np.nan
     bad = [
-        (encode_request("predict", 1, np.zeros((1, 8, 8), np.float32)), "wrong input shape [1, 8, 8]"),
+        (
+            encode_request("predict", 1, np.zeros((1, 8, 8), np.float32)),
+            "wrong input shape [1, 8, 8]",
+        ),
         (encode_request("predict", 2, good.astype(np.float64)), "dtype 'float64'"),
-        (encode_request("predict", 3, np.zeros((5, 8, 8, 1), np.float32)), "request has 5 rows: too large"),
+        (
+            encode_request("predict", 3, np.zeros((5, 8, 8, 1), np.float32)),
+            "request has 5 rows: too large",
+        ),
         (encode_request("predict", 4, nan), "NaN or infinite"),
         ([encode_request("predict", 5, good)[0], b"\0" * 10], "data frame has 10 bytes"),
         ([encode_request("predict", 6, good)[0]], "a predict request is [header, data]"),
-        ([msgpack.packb({"kind": "retrain", "protocol": 1, "id": 7})], "unknown request kind 'retrain'"),
+        (
+            [msgpack.packb({"kind": "retrain", "protocol": 1, "id": 7})],
+            "unknown request kind 'retrain'",
+        ),
         ([b"\xc1 not msgpack"], "header frame is not msgpack"),
         ([b"\x92\x01\x02"], "header must be a msgpack map"),
     ]
@@ -171,7 +204,9 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, ver
     try:
         for frames, expected in bad:
             dealer.send_multipart(frames)
-            assert dealer.poll(REPLY_TIMEOUT * 1000), f"no reply to a request expected to fail with {expected!r}"
+            assert dealer.poll(REPLY_TIMEOUT * 1000), (
+                f"no reply to a request expected to fail with {expected!r}"
+            )
             reply = parse_reply(dealer.recv_multipart())
             assert reply.kind == "error" and reply.version == 1
             assert expected in reply.header["error"], reply.header["error"]
@@ -194,20 +229,45 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, ver
 
 def test_predict_command(server, versions, tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
-    random = subprocess.run([str(HIERFL), "predict", server, "--random", "3"], capture_output=True, text=True, timeout=120, env=env)
+    random = subprocess.run(
+        [str(HIERFL), "predict", server, "--random", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert random.returncode == 0, random.stderr
     assert "digits mlp version 1" in random.stdout and "probability" in random.stdout
     one = tmp_path / "one.npy"
     np.save(one, versions["probes"][5].astype(np.float64))  # one example, float64: batched and cast
-    from_file = subprocess.run([str(HIERFL), "predict", server, str(one)], capture_output=True, text=True, timeout=120, env=env)
+    from_file = subprocess.run(
+        [str(HIERFL), "predict", server, str(one)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert from_file.returncode == 0, from_file.stderr
     label = str(versions["expected"][1][5].argmax())
     assert re.search(rf"│\s+0 │ {label}\s+│", from_file.stdout), from_file.stdout
     nobody = subprocess.run(
-        [str(HIERFL), "predict", "ipc:///tmp/hfl-nobody-listens.ipc", "--random", "1", "--timeout", "1"],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            str(HIERFL),
+            "predict",
+            "ipc:///tmp/hfl-nobody-listens.ipc",
+            "--random",
+            "1",
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
-    assert nobody.returncode == 2 and "no reply" in nobody.stderr and "Traceback" not in nobody.stderr
+    assert (
+        nobody.returncode == 2 and "no reply" in nobody.stderr and "Traceback" not in nobody.stderr
+    )
 
 
 def test_requests_from_several_peers_are_batched_and_answered_row_by_row(versions, sockets):
@@ -231,7 +291,9 @@ def test_requests_from_several_peers_are_batched_and_answered_row_by_row(version
             assert [r.id for r in replies] == [1, 2]
             np.testing.assert_allclose(replies[0].y, expected[0:1], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(replies[1].y, expected[1:4], rtol=1e-5, atol=1e-5)
-            peers[0].send_multipart(encode_request("info", 3))  # answered by the serving thread, after the batch
+            peers[0].send_multipart(
+                encode_request("info", 3)
+            )  # answered by the serving thread, after the batch
             assert peers[0].poll(REPLY_TIMEOUT * 1000)
             stats = parse_reply(peers[0].recv_multipart()).header["info"]["stats"]
             assert (stats["batches"], stats["requests"], stats["rows"]) == (1, 2, 4)
@@ -245,11 +307,24 @@ def run_load(address: str, versions, folder: Path, clients: int, new_version: in
     """Starts `clients` load-client processes; returns them once each has had 21 replies."""
     processes = []
     for i in range(clients):
-        args = [address, str(versions["probes_file"]), str(folder / f"client{i}.npz"), str(folder / f"progress{i}"), str(new_version)]
-        processes.append(subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, *args], stderr=subprocess.PIPE, text=True))
+        args = [
+            address,
+            str(versions["probes_file"]),
+            str(folder / f"client{i}.npz"),
+            str(folder / f"progress{i}"),
+            str(new_version),
+        ]
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", LOAD_CLIENT, *args], stderr=subprocess.PIPE, text=True
+            )
+        )
     for i, process in enumerate(processes):
         started = folder / f"progress{i}"
-        wait_for(lambda started=started, process=process: started.exists() or process.poll() is not None, f"client {i} to get going")
+        wait_for(
+            lambda started=started, process=process: started.exists() or process.poll() is not None,
+            f"client {i} to get going",
+        )
         assert process.poll() is None, process.stderr.read()
     return processes
 
@@ -263,34 +338,61 @@ def check_load(processes, versions, folder: Path) -> None:
         versions_seen, rows, logits = result["versions"], result["rows"], result["logits"]
         assert set(versions_seen) == {1, 2}
         switch = int(np.argmax(versions_seen == 2))
-        assert (versions_seen[:switch] == 1).all() and (versions_seen[switch:] == 2).all(), "a reply from the old version came after the new one"
+        assert (versions_seen[:switch] == 1).all() and (versions_seen[switch:] == 2).all(), (
+            "a reply from the old version came after the new one"
+        )
         for version in (1, 2):
             mine = versions_seen == version
-            np.testing.assert_allclose(logits[mine], versions["expected"][version][rows[mine]], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                logits[mine], versions["expected"][version][rows[mine]], rtol=1e-5, atol=1e-5
+            )
 
 
 def test_hot_swap_from_a_publisher_under_load_loses_no_request(versions, sockets):
     address, publisher_address = f"ipc://{sockets}/serve.ipc", f"ipc://{sockets}/models.ipc"
-    server = start("serve", str(versions["files"][1]), "--bind", address, "--subscribe", publisher_address,
-                   "--max-batch", "8", "--max-wait-ms", "1", log=sockets / "server.log")
+    server = start(
+        "serve",
+        str(versions["files"][1]),
+        "--bind",
+        address,
+        "--subscribe",
+        publisher_address,
+        "--max-batch",
+        "8",
+        "--max-wait-ms",
+        "1",
+        log=sockets / "server.log",
+    )
     publisher = None
     try:
         wait_until_serving(server, address, sockets / "server.log")
         clients = run_load(address, versions, sockets, clients=3, new_version=2)
-        publisher = start("publish", str(versions["files"][2]), "--bind", publisher_address, "--every", "0.5", log=sockets / "publisher.log")
+        publisher = start(
+            "publish",
+            str(versions["files"][2]),
+            "--bind",
+            publisher_address,
+            "--every",
+            "0.5",
+            log=sockets / "publisher.log",
+        )
         check_load(clients, versions, sockets)
         with Client(address, timeout=REPLY_TIMEOUT) as client:
             info = client.info()
             assert (info.version, info.versions) == (2, (1, 2))
             assert info.stats["swaps"] == 1  # republished copies of version 2 are not loaded again
             assert info.stats["rejected_requests"] == 0 and info.stats["failed_requests"] == 0
-        rolled = subprocess.run([str(HIERFL), "rollback", address], capture_output=True, text=True, timeout=120)
+        rolled = subprocess.run(
+            [str(HIERFL), "rollback", address], capture_output=True, text=True, timeout=120
+        )
         assert rolled.returncode == 0, rolled.stderr
         assert "version 1" in rolled.stdout
         with Client(address, timeout=REPLY_TIMEOUT) as client:
             prediction = client.predict(versions["probes"][:3])
             assert prediction.version == 1
-            np.testing.assert_allclose(prediction.logits, versions["expected"][1][:3], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                prediction.logits, versions["expected"][1][:3], rtol=1e-5, atol=1e-5
+            )
             assert client.info().versions == (1,)
     finally:
         stop(*(p for p in (publisher, server) if p is not None))
@@ -301,11 +403,21 @@ def test_hot_swap_from_a_watched_directory_and_bad_files_are_refused(versions, s
     models.mkdir()
     shutil.copy(versions["files"][1], models / "v1.hfl")
     address = f"ipc://{sockets}/serve.ipc"
-    server = start("serve", str(models / "v1.hfl"), "--bind", address, "--watch", str(models), log=sockets / "server.log")
+    server = start(
+        "serve",
+        str(models / "v1.hfl"),
+        "--bind",
+        address,
+        "--watch",
+        str(models),
+        log=sockets / "server.log",
+    )
     try:
         wait_until_serving(server, address, sockets / "server.log")
         clients = run_load(address, versions, sockets, clients=2, new_version=2)
-        write_artifact(models / "v2.hfl", read_artifact(versions["files"][2]))  # temporary file, then rename
+        write_artifact(
+            models / "v2.hfl", read_artifact(versions["files"][2])
+        )  # temporary file, then rename
         check_load(clients, versions, sockets)
 
         broken = bytearray(versions["files"][2].read_bytes())
@@ -315,7 +427,11 @@ def test_hot_swap_from_a_watched_directory_and_bad_files_are_refused(versions, s
         model, params = build_model("cnn1d", task.models["cnn1d"], jax.random.key(0))
         write_artifact(models / "bearing.hfl", export_model(model, params, task, version=9))
         with Client(address, timeout=REPLY_TIMEOUT) as client:
-            info = wait_for(lambda: (i := client.info()).stats["rejected_artifacts"] >= 2 and i, "both bad files to be refused", step=0.3)
+            info = wait_for(
+                lambda: (i := client.info()).stats["rejected_artifacts"] >= 2 and i,
+                "both bad files to be refused",
+                step=0.3,
+            )
             assert (info.version, info.stats["swaps"]) == (2, 1)
             assert client.predict(versions["probes"][:1]).version == 2
         log = (sockets / "server.log").read_text()

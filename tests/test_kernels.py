@@ -85,9 +85,13 @@ def test_segment_weighted_sum_matches_numpy(k, num_segments, trailing, seed):
     stack = rng.normal(size=(k, *trailing)).astype(np.float32)
     weights = rng.uniform(0, 10, size=k).astype(np.float32)
     ids = rng.integers(-1, num_segments + 2, size=k).astype(np.int32)  # some out of range
-    out = segment_weighted_sum(jnp.asarray(stack), jnp.asarray(weights), jnp.asarray(ids), num_segments)
+    out = segment_weighted_sum(
+        jnp.asarray(stack), jnp.asarray(weights), jnp.asarray(ids), num_segments
+    )
     assert out.shape == (num_segments, *trailing)
-    np.testing.assert_allclose(out, reference_segment_sum(stack, weights, ids, num_segments), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        out, reference_segment_sum(stack, weights, ids, num_segments), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_segment_sums_compose_to_the_whole_sum():
@@ -97,7 +101,9 @@ def test_segment_sums_compose_to_the_whole_sum():
     weights = jnp.asarray(rng.uniform(1, 5, size=9).astype(np.float32))
     ids = jnp.array([0, 0, 1, 2, 1, 0, 2, 2, 1])
     per_edge = segment_weighted_sum(stack, weights, ids, 3)
-    np.testing.assert_allclose(per_edge.sum(axis=0), weighted_sum(stack, weights), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        per_edge.sum(axis=0), weighted_sum(stack, weights), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_kernels_are_jit_compatible():
@@ -106,7 +112,12 @@ def test_kernels_are_jit_compatible():
     weights = jnp.asarray(rng.uniform(0, 1, size=6).astype(np.float32))
     ids = jnp.array([1, 0, 1, 3, 0, 1])
     jitted_segments = jax.jit(segment_weighted_sum, static_argnums=3)
-    np.testing.assert_allclose(jax.jit(weighted_sum)(stack, weights), reference_weighted_sum(np.asarray(stack), np.asarray(weights)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(weighted_sum)(stack, weights),
+        reference_weighted_sum(np.asarray(stack), np.asarray(weights)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     np.testing.assert_allclose(
         jitted_segments(stack, weights, ids, 2),
         reference_segment_sum(np.asarray(stack), np.asarray(weights), np.asarray(ids), 2),
@@ -121,4 +132,6 @@ def test_kernels_vmap_over_a_leading_axis():
     weights = rng.uniform(0, 1, size=(2, 5)).astype(np.float32)
     out = jax.vmap(weighted_sum)(jnp.asarray(stacks), jnp.asarray(weights))
     for b in range(2):
-        np.testing.assert_allclose(out[b], reference_weighted_sum(stacks[b], weights[b]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out[b], reference_weighted_sum(stacks[b], weights[b]), rtol=1e-5, atol=1e-5
+        )

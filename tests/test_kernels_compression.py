@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierfl.kernels import CODECS, make_codec, roundtrip
-from hierfl.kernels import dither
+from hierfl.kernels import CODECS, dither, make_codec, roundtrip
 
 KEY = jax.random.key(0)
 BLOCK = 256
@@ -24,7 +23,9 @@ BLOCK = 256
 # Codecs are hashable (a NamedTuple of a name, sizes and functions), so they can be static arguments;
 # jitting whole round trips compiles one program per codec instead of one per operation and shape.
 jit_roundtrip = jax.jit(roundtrip, static_argnums=0)
-jit_encode = jax.jit(lambda codec, x, residual, key: codec.encode(x, residual, key), static_argnums=0)
+jit_encode = jax.jit(
+    lambda codec, x, residual, key: codec.encode(x, residual, key), static_argnums=0
+)
 jit_decode = jax.jit(lambda codec, payload: codec.decode(payload), static_argnums=0)
 jit_uniform = jax.jit(dither.uniform, static_argnums=1)
 
@@ -35,7 +36,9 @@ def encode(codec, x, key=KEY, residual=None):
 
 
 def decode_once(codec, x, key=KEY):
-    return jit_roundtrip(codec, jnp.asarray(x, jnp.float32), jnp.zeros((codec.residual_size,), jnp.float32), key)[0]
+    return jit_roundtrip(
+        codec, jnp.asarray(x, jnp.float32), jnp.zeros((codec.residual_size,), jnp.float32), key
+    )[0]
 
 
 def normal(size, seed=0, scale=1.0):
@@ -52,7 +55,13 @@ def chi_square_limit(dof, z=4.75):
 
 # Bytes on the wire for P = 1000, by hand: float32 4 P; casts 2 P; int8: 1000 int8 values and one float32
 # scale for each of the 4 blocks of (at most) 256; topk at 1%: 10 (float32 value, int32 index) pairs.
-PAYLOAD_BYTES_P1000 = {"none": 4000, "float16": 2000, "bfloat16": 2000, "int8": 1000 + 4 * 4, "topk": 80}
+PAYLOAD_BYTES_P1000 = {
+    "none": 4000,
+    "float16": 2000,
+    "bfloat16": 2000,
+    "int8": 1000 + 4 * 4,
+    "topk": 80,
+}
 
 
 def test_every_codec_has_a_hand_computed_size():
@@ -88,9 +97,13 @@ def test_every_codec_under_jit_and_vmap_matches_one_update_at_a_time(name):
     k, size = 4, 300
     codec = make_codec(name, size)
     stack = jnp.asarray(np.stack([normal(size, seed=s) for s in range(k)]))
-    residuals = jnp.asarray(np.stack([normal(codec.residual_size, seed=10 + s, scale=0.1) for s in range(k)]))
+    residuals = jnp.asarray(
+        np.stack([normal(codec.residual_size, seed=10 + s, scale=0.1) for s in range(k)])
+    )
     keys = jax.random.split(KEY, k)
-    decoded, new_residuals = jax.jit(jax.vmap(lambda x, r, key: roundtrip(codec, x, r, key)))(stack, residuals, keys)
+    decoded, new_residuals = jax.jit(jax.vmap(lambda x, r, key: roundtrip(codec, x, r, key)))(
+        stack, residuals, keys
+    )
     for i in range(k):
         one, residual = jit_roundtrip(codec, stack[i], residuals[i], keys[i])
         np.testing.assert_allclose(decoded[i], one, rtol=1e-6, atol=1e-7)
@@ -117,13 +130,17 @@ def test_none_is_bit_exact():
     np.testing.assert_array_equal(np.asarray(payload).view(np.uint32), x.view(np.uint32))
 
 
-@pytest.mark.parametrize(("name", "numpy_dtype"), [("float16", np.float16), ("bfloat16", ml_dtypes.bfloat16)])
+@pytest.mark.parametrize(
+    ("name", "numpy_dtype"), [("float16", np.float16), ("bfloat16", ml_dtypes.bfloat16)]
+)
 def test_casts_round_like_numpy(name, numpy_dtype):
     x = normal(2000, seed=2, scale=100.0)
     x[:3] = [1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 2.0**-20]  # float16 ties to even, and a subnormal
     (payload,), _ = encode(make_codec(name, 2000), x)
     assert payload.dtype == jnp.dtype(name)
-    np.testing.assert_array_equal(np.asarray(payload.astype(jnp.float32)), x.astype(numpy_dtype).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(payload.astype(jnp.float32)), x.astype(numpy_dtype).astype(np.float32)
+    )
 
 
 def test_float16_clips_huge_values_instead_of_inf():
@@ -132,12 +149,16 @@ def test_float16_clips_huge_values_instead_of_inf():
     x = np.array([1e6, -1e6, 65520.0, -70000.0, 3e38, 0.5], np.float32)
     with np.errstate(over="ignore"):
         assert np.isinf(x.astype(np.float16)[2])
-    np.testing.assert_array_equal(decode_once(codec, x), [65504.0, -65504.0, 65504.0, -65504.0, 65504.0, 0.5])
+    np.testing.assert_array_equal(
+        decode_once(codec, x), [65504.0, -65504.0, 65504.0, -65504.0, 65504.0, 0.5]
+    )
 
 
 def test_bfloat16_clips_to_its_largest_finite_value():
     codec = make_codec("bfloat16", 2)
-    x = np.array([3.4e38, -3.4e38], np.float32)  # above bfloat16's max 3.3895e38: a plain cast rounds to inf
+    x = np.array(
+        [3.4e38, -3.4e38], np.float32
+    )  # above bfloat16's max 3.3895e38: a plain cast rounds to inf
     assert np.isinf(x.astype(ml_dtypes.bfloat16).astype(np.float32)).all()
     decoded = decode_once(codec, x)
     largest = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
@@ -186,7 +207,9 @@ INT8_5000 = make_codec("int8", 5000)
 @pytest.mark.parametrize("seed", range(3))
 def test_int8_error_is_below_each_blocks_scale(seed):
     size = 5000
-    x = normal(size, seed=seed) * (10.0 ** np.random.default_rng(seed).integers(-4, 4, size=size)).astype(np.float32)
+    x = normal(size, seed=seed) * (
+        10.0 ** np.random.default_rng(seed).integers(-4, 4, size=size)
+    ).astype(np.float32)
     decoded = decode_once(INT8_5000, x, jax.random.key(seed))
     scale_of_each = np.repeat(block_scales(x), BLOCK)[:size]
     error = np.abs(np.asarray(decoded, np.float64) - x)
@@ -221,7 +244,9 @@ def test_int8_is_unbiased_mean_error_shrinks_like_one_over_sqrt_n():
     x = rng.normal(size=size).astype(np.float32)
     codec = make_codec("int8", size)
     keys = jax.random.split(jax.random.key(11), n_max)
-    decoded = jax.jit(jax.vmap(lambda key: roundtrip(codec, jnp.asarray(x), jnp.zeros(0), key)[0]))(keys)
+    decoded = jax.jit(jax.vmap(lambda key: roundtrip(codec, jnp.asarray(x), jnp.zeros(0), key)[0]))(
+        keys
+    )
     errors = np.asarray(decoded, np.float64) - x
     scale = np.repeat(block_scales(x), BLOCK)[:size]
     y = x / scale
@@ -261,7 +286,9 @@ TOPK_1000 = {fraction: make_codec("topk", 1000, fraction=fraction) for fraction 
 def test_topk_selects_the_largest_magnitudes_like_numpy(seed, fraction):
     size = 1000
     rng = np.random.default_rng(seed)
-    x = (rng.normal(size=size) * rng.uniform(0.1, 10, size=size)).astype(np.float32)  # distinct magnitudes
+    x = (rng.normal(size=size) * rng.uniform(0.1, 10, size=size)).astype(
+        np.float32
+    )  # distinct magnitudes
     residual = (rng.normal(size=size) * 0.1).astype(np.float32)
     codec = TOPK_1000[fraction]
     k = max(1, math.ceil(fraction * size))
@@ -286,7 +313,9 @@ def run_topk_rounds(codec, updates, feedback=True):
         new_residual = new_residual if feedback else jnp.zeros_like(new_residual)
         return new_residual, (decoded, new_residual)
 
-    _, (decoded, residuals) = jax.lax.scan(step, jnp.zeros((codec.residual_size,)), jnp.asarray(updates))
+    _, (decoded, residuals) = jax.lax.scan(
+        step, jnp.zeros((codec.residual_size,)), jnp.asarray(updates)
+    )
     return np.asarray(decoded, np.float64), np.asarray(residuals, np.float64)
 
 
@@ -313,7 +342,9 @@ def test_error_feedback_sent_sum_tracks_the_true_sum():
     assert relative[-1] < 0.5 * relative[99]
     # Without error feedback the sent sum misses most of the drift for good.
     decoded_without, _ = run_topk_rounds(codec, updates, feedback=False)
-    gap_without = np.linalg.norm(true_sums[-1] - decoded_without.sum(axis=0)) / np.linalg.norm(true_sums[-1])
+    gap_without = np.linalg.norm(true_sums[-1] - decoded_without.sum(axis=0)) / np.linalg.norm(
+        true_sums[-1]
+    )
     assert gap_without > 0.5
 
 

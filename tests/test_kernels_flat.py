@@ -18,7 +18,10 @@ def mlp_params():
     rng = np.random.default_rng(0)
     return {
         "hidden": [
-            {"kernel": rng.normal(size=(3, 4)).astype(np.float32), "bias": rng.normal(size=(4,)).astype(np.float32)},
+            {
+                "kernel": rng.normal(size=(3, 4)).astype(np.float32),
+                "bias": rng.normal(size=(4,)).astype(np.float32),
+            },
         ],
         "out": {
             "kernel": rng.normal(size=(4, 2)).astype(ml_dtypes.bfloat16),
@@ -64,7 +67,9 @@ def test_ravel_puts_each_leaf_at_its_offset():
     np.testing.assert_array_equal(buffer[0:4], params["hidden"][0]["bias"])
     np.testing.assert_array_equal(buffer[4:16], params["hidden"][0]["kernel"].reshape(-1))
     np.testing.assert_array_equal(buffer[16:18], params["out"]["bias"].astype(np.float32))
-    np.testing.assert_array_equal(buffer[18:26], params["out"]["kernel"].astype(np.float32).reshape(-1))
+    np.testing.assert_array_equal(
+        buffer[18:26], params["out"]["kernel"].astype(np.float32).reshape(-1)
+    )
     assert buffer[26] == 1.5
 
 
@@ -77,7 +82,9 @@ def test_round_trip_preserves_every_leaf_bit_for_bit():
 def test_round_trip_of_special_half_precision_values():
     # float16 subnormals, -0.0, the largest finite values and inf all survive the float32 buffer.
     half = np.array([0.0, -0.0, 6e-8, -6e-8, 65504.0, -65504.0, np.inf, -np.inf, 1e-5], np.float16)
-    brain = np.array([0.0, -0.0, 1e-40, 3.3895e38, -3.3895e38, np.inf, 1.0 / 3.0], ml_dtypes.bfloat16)
+    brain = np.array(
+        [0.0, -0.0, 1e-40, 3.3895e38, -3.3895e38, np.inf, 1.0 / 3.0], ml_dtypes.bfloat16
+    )
     single = np.array([0.0, -0.0, 1e-45, np.finfo(np.float32).max, -np.inf], np.float32)
     params = {"half": half, "brain": brain, "single": single}
     spec = flat_spec(params)
@@ -86,14 +93,20 @@ def test_round_trip_of_special_half_precision_values():
 
 @FAST
 @given(
-    shapes=st.lists(st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple), min_size=1, max_size=5),
-    dtype_names=st.lists(st.sampled_from(["float32", "float16", "bfloat16"]), min_size=5, max_size=5),
+    shapes=st.lists(
+        st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple), min_size=1, max_size=5
+    ),
+    dtype_names=st.lists(
+        st.sampled_from(["float32", "float16", "bfloat16"]), min_size=5, max_size=5
+    ),
     seed=st.integers(0, 2**16),
 )
 def test_round_trip_of_random_trees(shapes, dtype_names, seed):
     rng = np.random.default_rng(seed)
     params = {
-        f"leaf{i}": (rng.normal(size=shape) * 10.0 ** rng.integers(-3, 4)).astype(jnp.dtype(dtype_names[i]))
+        f"leaf{i}": (rng.normal(size=shape) * 10.0 ** rng.integers(-3, 4)).astype(
+            jnp.dtype(dtype_names[i])
+        )
         for i, shape in enumerate(shapes)
     }
     spec = flat_spec(params)
@@ -119,7 +132,9 @@ def test_empty_tree_is_an_empty_buffer():
 
 
 def test_spec_only_reads_shapes_and_dtypes():
-    shapes_only = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf)), mlp_params())
+    shapes_only = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf)), mlp_params()
+    )
     assert flat_spec(shapes_only).header() == flat_spec(mlp_params()).header()
 
 
@@ -134,7 +149,13 @@ def test_ravel_and_unravel_under_jit():
 def test_vmap_ravel_stacks_updates_row_by_row():
     params = mlp_params()
     spec = flat_spec(params)
-    trees = [jax.tree.map(lambda leaf, k=k: (np.asarray(leaf, np.float32) + k).astype(np.asarray(leaf).dtype), params) for k in range(3)]
+    trees = [
+        jax.tree.map(
+            lambda leaf, k=k: (np.asarray(leaf, np.float32) + k).astype(np.asarray(leaf).dtype),
+            params,
+        )
+        for k in range(3)
+    ]
     stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
     stack = jax.vmap(lambda t: ravel(spec, t))(stacked)
     assert stack.shape == (3, spec.size)
@@ -158,8 +179,14 @@ def test_header_is_plain_lists_and_checks_itself():
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda h: h["shapes"].__setitem__(1, [4, 3]), "shapes[1] (hidden/0/kernel): expected [3, 4], got [4, 3]"),
-        (lambda h: h["dtypes"].__setitem__(3, "float32"), "dtypes[3] (out/kernel): expected 'bfloat16', got 'float32'"),
+        (
+            lambda h: h["shapes"].__setitem__(1, [4, 3]),
+            "shapes[1] (hidden/0/kernel): expected [3, 4], got [4, 3]",
+        ),
+        (
+            lambda h: h["dtypes"].__setitem__(3, "float32"),
+            "dtypes[3] (out/kernel): expected 'bfloat16', got 'float32'",
+        ),
         (lambda h: h["names"].pop(), "names: expected 5 entries, got 4 entries"),
         (lambda h: h.__setitem__("names", "hidden"), "names: expected 5 entries, got str"),
         (lambda h: h.pop("dtypes"), "exactly the keys names, shapes, dtypes"),

@@ -26,11 +26,15 @@ def test_clip_hand_example():
     stack = jnp.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0], [-6.0, 8.0]])
     clipped, norms = clip_by_l2(stack, 1.0)
     np.testing.assert_allclose(norms, [5.0, 0.5, 0.0, 10.0], rtol=1e-6)
-    np.testing.assert_allclose(clipped, [[0.6, 0.8], [0.3, 0.4], [0.0, 0.0], [-0.6, 0.8]], rtol=1e-6)
+    np.testing.assert_allclose(
+        clipped, [[0.6, 0.8], [0.3, 0.4], [0.0, 0.0], [-0.6, 0.8]], rtol=1e-6
+    )
 
 
 def test_l2_norms_match_numpy():
-    stack = np.random.default_rng(0).normal(size=(6, 1000)).astype(np.float32) * np.float32([[1e-3], [1], [10], [100], [0], [3]])
+    stack = np.random.default_rng(0).normal(size=(6, 1000)).astype(np.float32) * np.float32(
+        [[1e-3], [1], [10], [100], [0], [3]]
+    )
     norms = l2_norms(jnp.asarray(stack))
     assert norms.shape == (6,) and norms.dtype == jnp.float32
     np.testing.assert_allclose(norms, np.linalg.norm(stack.astype(np.float64), axis=1), rtol=1e-5)
@@ -60,7 +64,9 @@ def test_clip_matches_numpy(max_norm):
 def test_clip_keeps_the_direction():
     x = np.random.default_rng(2).normal(size=(1, 300)).astype(np.float32) * 50
     clipped, _ = clip_by_l2(jnp.asarray(x), 2.0)
-    cosine = np.dot(np.asarray(clipped[0], np.float64), x[0]) / (np.linalg.norm(clipped[0]) * np.linalg.norm(x[0]))
+    cosine = np.dot(np.asarray(clipped[0], np.float64), x[0]) / (
+        np.linalg.norm(clipped[0]) * np.linalg.norm(x[0])
+    )
     assert cosine > 1 - 1e-6
 
 
@@ -78,10 +84,14 @@ def test_updates_inside_the_ball_are_unchanged_bit_for_bit():
 
 def test_clip_leaves_the_small_rows_of_a_mixed_stack_bit_for_bit():
     rng = np.random.default_rng(4)
-    stack = rng.normal(size=(6, 100)).astype(np.float32) * np.float32([[0.01], [10], [0.02], [20], [0.03], [0]])
+    stack = rng.normal(size=(6, 100)).astype(np.float32) * np.float32(
+        [[0.01], [10], [0.02], [20], [0.03], [0]]
+    )
     clipped, _ = jit_clip(jnp.asarray(stack), 1.0)
     small = [0, 2, 4, 5]
-    np.testing.assert_array_equal(np.asarray(clipped)[small].view(np.uint32), stack[small].view(np.uint32))
+    np.testing.assert_array_equal(
+        np.asarray(clipped)[small].view(np.uint32), stack[small].view(np.uint32)
+    )
 
 
 def test_clip_with_a_traced_bound_and_under_vmap():
@@ -127,7 +137,9 @@ def test_noise_is_determined_by_the_key():
 def test_noise_does_not_depend_on_x_and_keeps_its_dtype():
     key = jax.random.key(3)
     x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 500)).astype(np.float32))
-    np.testing.assert_allclose(jit_noise(x, key, 0.5) - x, jit_noise(jnp.zeros_like(x), key, 0.5), atol=1e-6)
+    np.testing.assert_allclose(
+        jit_noise(x, key, 0.5) - x, jit_noise(jnp.zeros_like(x), key, 0.5), atol=1e-6
+    )
     half = add_gaussian_noise(jnp.zeros((10,), jnp.bfloat16), key, 1.0)
     assert half.dtype == jnp.bfloat16
 

@@ -50,7 +50,9 @@ def np_segment_mean(stack, weights, ids, num_segments):
         rows = ids == s
         total = np.sum(weights[rows], dtype=np.float64)
         if total > 0:
-            out[s] = np.average(stack[rows].astype(np.float64), axis=0, weights=weights[rows].astype(np.float64))
+            out[s] = np.average(
+                stack[rows].astype(np.float64), axis=0, weights=weights[rows].astype(np.float64)
+            )
     return out
 
 
@@ -76,7 +78,9 @@ def test_weighted_mean_matches_numpy_average(trailing):
     weights = rng.uniform(0, 100, size=9).astype(np.float32)
     out = weighted_mean(jnp.asarray(stack), jnp.asarray(weights))
     assert out.shape == trailing and out.dtype == jnp.float32
-    np.testing.assert_allclose(out, np.average(stack.astype(np.float64), axis=0, weights=weights.astype(np.float64)), **TOL)
+    np.testing.assert_allclose(
+        out, np.average(stack.astype(np.float64), axis=0, weights=weights.astype(np.float64)), **TOL
+    )
 
 
 def test_weighted_mean_with_integer_weights_equals_mean_of_repeated_rows():
@@ -102,7 +106,9 @@ def test_segment_weighted_mean_hand_example():
 
 
 @FAST
-@given(k=st.sampled_from([1, 5, 12]), num_segments=st.sampled_from([1, 4]), seed=st.integers(0, 2**16))
+@given(
+    k=st.sampled_from([1, 5, 12]), num_segments=st.sampled_from([1, 4]), seed=st.integers(0, 2**16)
+)
 def test_segment_weighted_mean_matches_numpy(k, num_segments, seed):
     rng = np.random.default_rng(seed)
     stack = rng.normal(size=(k, 2, 8)).astype(np.float32)
@@ -111,7 +117,9 @@ def test_segment_weighted_mean_matches_numpy(k, num_segments, seed):
     ids = rng.integers(-1, num_segments + 1, size=k).astype(np.int32)  # some out of range
     out = jit_segment_mean(jnp.asarray(stack), jnp.asarray(weights), jnp.asarray(ids), num_segments)
     assert out.shape == (num_segments, 2, 8)
-    np.testing.assert_allclose(out, np_segment_mean(stack, weights, ids, num_segments), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out, np_segment_mean(stack, weights, ids, num_segments), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_segment_means_weighted_by_their_totals_give_the_whole_mean():
@@ -121,7 +129,11 @@ def test_segment_means_weighted_by_their_totals_give_the_whole_mean():
     ids = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
     means = segment_weighted_mean(jnp.asarray(stack), jnp.asarray(weights), jnp.asarray(ids), 3)
     totals = np.array([weights[ids == s].sum() for s in range(3)])
-    np.testing.assert_allclose(weighted_mean(means, jnp.asarray(totals)), weighted_mean(jnp.asarray(stack), jnp.asarray(weights)), **TOL)
+    np.testing.assert_allclose(
+        weighted_mean(means, jnp.asarray(totals)),
+        weighted_mean(jnp.asarray(stack), jnp.asarray(weights)),
+        **TOL,
+    )
 
 
 # --- coordinate_median -------------------------------------------------------------------
@@ -131,12 +143,16 @@ def test_median_hand_examples():
     stack = jnp.array([[0.0, 5.0], [10.0, -1.0], [40.0, 3.0], [7.0, 100.0]])
     np.testing.assert_allclose(coordinate_median(stack), [8.5, 4.0])  # (7 + 10) / 2, (3 + 5) / 2
     # weights 1, 2, 1, 0 -> first coordinate as [0, 10, 10, 40]: 10; second as [5, -1, -1, 3]: (-1 + 3) / 2
-    np.testing.assert_allclose(coordinate_median(stack, jnp.array([1.0, 2.0, 1.0, 0.0])), [10.0, 1.0])
+    np.testing.assert_allclose(
+        coordinate_median(stack, jnp.array([1.0, 2.0, 1.0, 0.0])), [10.0, 1.0]
+    )
     # weights 3, 1, 0, 0 -> [0, 0, 0, 10]: 0; [5, 5, 5, -1]: 5
     np.testing.assert_allclose(coordinate_median(stack, jnp.array([3, 1, 0, 0])), [0.0, 5.0])
 
 
-@pytest.mark.parametrize(("k", "trailing"), [(1, (2, 5)), (2, (2, 5)), (5, (2, 5)), (8, (2, 5)), (5, ()), (4, (3,))])
+@pytest.mark.parametrize(
+    ("k", "trailing"), [(1, (2, 5)), (2, (2, 5)), (5, (2, 5)), (8, (2, 5)), (5, ()), (4, (3,))]
+)
 def test_unweighted_median_matches_numpy(k, trailing):
     stack = np.random.default_rng(k).normal(size=(k, *trailing)).astype(np.float32)
     out = coordinate_median(jnp.asarray(stack))
@@ -162,7 +178,9 @@ def test_weighted_median_equals_median_of_repeated_rows(k):
         if weights[c].sum() == 0:
             np.testing.assert_array_equal(out[c], np.zeros(16))
         else:
-            np.testing.assert_allclose(out[c], np.median(expand(stacks[c], weights[c]), axis=0), **TOL)
+            np.testing.assert_allclose(
+                out[c], np.median(expand(stacks[c], weights[c]), axis=0), **TOL
+            )
 
 
 def test_zero_weight_outliers_do_not_move_the_median():
@@ -177,18 +195,35 @@ def test_zero_weight_outliers_do_not_move_the_median():
 def test_trimmed_mean_hand_examples():
     stack = jnp.array([[1.0], [2.0], [3.0], [4.0], [100.0]])
     np.testing.assert_allclose(trimmed_mean(stack, 0.2), [3.0])  # drop 1 and 100: (2 + 3 + 4) / 3
-    np.testing.assert_allclose(trimmed_mean(stack, 0.19), [22.0])  # int(0.95) = 0: plain mean 110 / 5
+    np.testing.assert_allclose(
+        trimmed_mean(stack, 0.19), [22.0]
+    )  # int(0.95) = 0: plain mean 110 / 5
     np.testing.assert_allclose(trimmed_mean(stack, 0.4), [3.0])  # int(2.0) = 2: only 3 is left
     # weighted, fractional cut: values 0, 10, 40 with weights 1, 2, 1, beta 0.2 -> 0.8 of 4 cut from each end,
     # kept weights 0.2, 2, 0.2: (0 * 0.2 + 10 * 2 + 40 * 0.2) / 2.4
     values = jnp.array([[0.0], [10.0], [40.0]])
-    np.testing.assert_allclose(trimmed_mean(values, 0.2, jnp.array([1.0, 2.0, 1.0])), [28.0 / 2.4], rtol=1e-6)
+    np.testing.assert_allclose(
+        trimmed_mean(values, 0.2, jnp.array([1.0, 2.0, 1.0])), [28.0 / 2.4], rtol=1e-6
+    )
     # beta 0: the weighted mean (0 + 20 + 40) / 4
-    np.testing.assert_allclose(trimmed_mean(values, 0.0, jnp.array([1.0, 2.0, 1.0])), [15.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        trimmed_mean(values, 0.0, jnp.array([1.0, 2.0, 1.0])), [15.0], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
-    ("k", "beta"), [(1, 0.1), (1, 0.45), (7, 0.1), (7, 0.25), (7, 0.3), (10, 0.0), (10, 0.1), (10, 0.25), (10, 0.45)]
+    ("k", "beta"),
+    [
+        (1, 0.1),
+        (1, 0.45),
+        (7, 0.1),
+        (7, 0.25),
+        (7, 0.3),
+        (10, 0.0),
+        (10, 0.1),
+        (10, 0.25),
+        (10, 0.45),
+    ],
 )
 def test_unweighted_trimmed_mean_matches_numpy(k, beta):
     stack = np.random.default_rng(k).standard_cauchy(size=(k, 3, 2)).astype(np.float32)
@@ -204,9 +239,13 @@ def test_weighted_trimmed_mean_equals_trimmed_mean_of_repeated_rows(k, cut):
     rng = np.random.default_rng(10 * k + cut)
     stacks = rng.normal(size=(CASES, k, 16)).astype(np.float32)
     weights = rng.multinomial(20, np.ones(k) / k, size=CASES)
-    out = jax.vmap(lambda s, w: trimmed_mean(s, cut / 20, w))(jnp.asarray(stacks), jnp.asarray(weights, jnp.float32))
+    out = jax.vmap(lambda s, w: trimmed_mean(s, cut / 20, w))(
+        jnp.asarray(stacks), jnp.asarray(weights, jnp.float32)
+    )
     for c in range(CASES):
-        np.testing.assert_allclose(out[c], np_trim_mean_cut(expand(stacks[c], weights[c]), cut), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            out[c], np_trim_mean_cut(expand(stacks[c], weights[c]), cut), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_weighted_trimmed_mean_with_unit_weights_matches_unweighted_when_cut_is_whole():
@@ -236,16 +275,24 @@ def test_robust_kernels_under_jit():
     stack, weights = random_case(rng, 7, (4,))
     weights[:2] = [2, 3]
     s, w = jnp.asarray(stack), jnp.asarray(weights, jnp.float32)
-    np.testing.assert_allclose(jax.jit(coordinate_median)(s, w), np.median(expand(stack, weights), axis=0), **TOL)
+    np.testing.assert_allclose(
+        jax.jit(coordinate_median)(s, w), np.median(expand(stack, weights), axis=0), **TOL
+    )
     np.testing.assert_allclose(jax.jit(coordinate_median)(s), np.median(stack, axis=0), **TOL)
     # beta is a Python float (it sets static slice bounds): close over it, or mark it static
-    np.testing.assert_allclose(jax.jit(lambda s: trimmed_mean(s, 0.3))(s), np_trim_mean(stack, 0.3), **TOL)
+    np.testing.assert_allclose(
+        jax.jit(lambda s: trimmed_mean(s, 0.3))(s), np_trim_mean(stack, 0.3), **TOL
+    )
     total = int(weights.sum())
     jitted = jax.jit(trimmed_mean, static_argnums=1)
-    np.testing.assert_allclose(jitted(s, 2 / total, w), np_trim_mean_cut(expand(stack, weights), 2), **TOL)
+    np.testing.assert_allclose(
+        jitted(s, 2 / total, w), np_trim_mean_cut(expand(stack, weights), 2), **TOL
+    )
     jitted_mean = jax.jit(segment_weighted_mean, static_argnums=3)
     ids = np.array([0, 1, 0, 1, 0, 1, 1])
-    np.testing.assert_allclose(jitted_mean(s, w, jnp.asarray(ids), 2), np_segment_mean(stack, weights, ids, 2), **TOL)
+    np.testing.assert_allclose(
+        jitted_mean(s, w, jnp.asarray(ids), 2), np_segment_mean(stack, weights, ids, 2), **TOL
+    )
 
 
 def test_robust_kernels_vmap_over_independent_stacks():
@@ -257,6 +304,8 @@ def test_robust_kernels_vmap_over_independent_stacks():
     means = jax.vmap(weighted_mean)(s, w)
     trimmed = jax.vmap(lambda s: trimmed_mean(s, 0.2))(s)
     for b in range(3):
-        np.testing.assert_allclose(medians[b], np.median(expand(stacks[b], weights[b]), axis=0), **TOL)
+        np.testing.assert_allclose(
+            medians[b], np.median(expand(stacks[b], weights[b]), axis=0), **TOL
+        )
         np.testing.assert_allclose(means[b], expand(stacks[b], weights[b]).mean(axis=0), **TOL)
         np.testing.assert_allclose(trimmed[b], np_trim_mean(stacks[b], 0.2), **TOL)

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import hierfl
+from conftest import topology_text
 from hierfl import kernels
 from hierfl.core import links
 from hierfl.core.algorithms import LocalResult
 from hierfl.topology import CODECS, Compression, LinkCompression, TopologyError, parse_topology
-
-from conftest import topology_text
 
 
 def with_compression(tables: str) -> str:
@@ -33,14 +32,16 @@ def test_no_compression_table_means_float32_on_every_link():
 
 
 def test_each_link_takes_its_own_codec_and_parameters():
-    topology = parse_topology(with_compression("""
+    topology = parse_topology(
+        with_compression("""
 [compression.device_to_edge]
 codec = "int8"
 block_size = 64
 [compression.edge_to_cloud]
 codec = "topk"
 fraction = 0.05
-"""))
+""")
+    )
     assert topology.compression.device_to_edge == LinkCompression("int8", block_size=64)
     assert topology.compression.edge_to_cloud.codec == "topk"
     assert topology.compression.edge_to_cloud.fraction == 0.05
@@ -49,15 +50,42 @@ fraction = 0.05
 @pytest.mark.parametrize(
     ("tables", "expected"),
     [
-        ('[compression.device_to_edge]\ncodec = "zip"', "compression.device_to_edge.codec: unknown value 'zip'"),
-        ('[compression.device_to_edge]\ncodec = "float16"\nfraction = 0.1', "compression.device_to_edge.fraction: codec 'float16' takes no fraction (only topk does)"),
-        ('[compression.edge_to_cloud]\ncodec = "topk"\nblock_size = 8', "compression.edge_to_cloud.block_size: codec 'topk' takes no block_size (only int8 does)"),
-        ('[compression.edge_to_cloud]\ncodec = "topk"\nfraction = 0.0', "compression.edge_to_cloud.fraction: must be in (0, 1]"),
-        ('[compression.edge_to_cloud]\ncodec = "topk"\nfraction = 1.5', "compression.edge_to_cloud.fraction: must be in (0, 1]"),
-        ('[compression.device_to_edge]\ncodec = "int8"\nblock_size = 0', "compression.device_to_edge.block_size: must be in [1, 1048576]"),
-        ('[compression.edge_to_device]\ncodec = "int8"', "compression.edge_to_device: unknown key (allowed: device_to_edge, edge_to_cloud)"),
-        ('[compression.device_to_edge]\ncodex = "int8"', "compression.device_to_edge.codex: unknown key"),
-        ('[compression]\ndevice_to_edge = "int8"', "compression.device_to_edge: expected a table, got str"),
+        (
+            '[compression.device_to_edge]\ncodec = "zip"',
+            "compression.device_to_edge.codec: unknown value 'zip'",
+        ),
+        (
+            '[compression.device_to_edge]\ncodec = "float16"\nfraction = 0.1',
+            "compression.device_to_edge.fraction: codec 'float16' takes no fraction (only topk does)",
+        ),
+        (
+            '[compression.edge_to_cloud]\ncodec = "topk"\nblock_size = 8',
+            "compression.edge_to_cloud.block_size: codec 'topk' takes no block_size (only int8 does)",
+        ),
+        (
+            '[compression.edge_to_cloud]\ncodec = "topk"\nfraction = 0.0',
+            "compression.edge_to_cloud.fraction: must be in (0, 1]",
+        ),
+        (
+            '[compression.edge_to_cloud]\ncodec = "topk"\nfraction = 1.5',
+            "compression.edge_to_cloud.fraction: must be in (0, 1]",
+        ),
+        (
+            '[compression.device_to_edge]\ncodec = "int8"\nblock_size = 0',
+            "compression.device_to_edge.block_size: must be in [1, 1048576]",
+        ),
+        (
+            '[compression.edge_to_device]\ncodec = "int8"',
+            "compression.edge_to_device: unknown key (allowed: device_to_edge, edge_to_cloud)",
+        ),
+        (
+            '[compression.device_to_edge]\ncodex = "int8"',
+            "compression.device_to_edge.codex: unknown key",
+        ),
+        (
+            '[compression]\ndevice_to_edge = "int8"',
+            "compression.device_to_edge: expected a table, got str",
+        ),
     ],
 )
 def test_bad_compression_tables_are_named_precisely(tables, expected):
@@ -72,7 +100,10 @@ def test_the_file_format_and_the_kernels_offer_the_same_codecs():
 
 def test_tier_bytes_counts_each_codecs_real_payload():
     size = 1000  # int8 with blocks of 256: 1000 int8 values + 4 float32 scales
-    codecs = links.LinkCodecs(kernels.make_codec("int8", size, block_size=256), kernels.make_codec("topk", size, fraction=0.02))
+    codecs = links.LinkCodecs(
+        kernels.make_codec("int8", size, block_size=256),
+        kernels.make_codec("topk", size, fraction=0.02),
+    )
     out = links.tier_bytes(codecs, model_bytes=4000, devices=10, edges=2, edge_rounds=3)
     assert out == {
         "device_to_edge": 10 * 3 * (1000 + 16),
@@ -88,7 +119,9 @@ def test_transmit_keeps_the_residual_of_an_update_that_counts_for_nothing():
     rejected = LocalResult(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.float32(0.0), jnp.float32(0.0))
     _, after = links.transmit(codec, rejected, residual, jax.random.key(0))
     np.testing.assert_array_equal(after, residual)
-    sent, after = links.transmit(codec, rejected._replace(weight=jnp.float32(2.0)), residual, jax.random.key(0))
+    sent, after = links.transmit(
+        codec, rejected._replace(weight=jnp.float32(2.0)), residual, jax.random.key(0)
+    )
     np.testing.assert_array_equal(sent.delta, [0.0, 0.0, 0.0, 4.0])
     np.testing.assert_array_equal(after, [1.0, 2.5, 3.0, 0.0])
 
@@ -99,7 +132,9 @@ def demo():
 
 
 def run(topology, device_to_edge: LinkCompression, edge_to_cloud: LinkCompression):
-    return hierfl.simulate(dataclasses.replace(topology, compression=Compression(device_to_edge, edge_to_cloud)))
+    return hierfl.simulate(
+        dataclasses.replace(topology, compression=Compression(device_to_edge, edge_to_cloud))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +148,26 @@ def test_int8_on_both_links_keeps_digits_accuracy_within_one_point(demo, uncompr
     assert plain["accuracy"] >= 0.9
     assert abs(packed["accuracy"] - plain["accuracy"]) <= 0.01
     # The global model did change: the int8 wire is really in the loop.
-    diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(uncompressed.params), jax.tree.leaves(int8.params))]
+    diffs = [
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(uncompressed.params), jax.tree.leaves(int8.params))
+    ]
     assert max(diffs) > 0
     size = sum(leaf.size for leaf in jax.tree.leaves(int8.params))
     blocks = math.ceil(size / 256)
-    assert packed["bytes"]["device_to_edge"] * (4 * size) == plain["bytes"]["device_to_edge"] * (size + 4 * blocks)
+    assert packed["bytes"]["device_to_edge"] * (4 * size) == plain["bytes"]["device_to_edge"] * (
+        size + 4 * blocks
+    )
     assert plain["bytes"]["edge_to_cloud"] / packed["bytes"]["edge_to_cloud"] > 3.9
 
 
 def test_topk_with_error_feedback_still_trains_and_sends_a_tenth(demo, uncompressed):
     topk = run(demo, LinkCompression("topk", fraction=0.1), LinkCompression("none"))
     assert topk.history[-1]["accuracy"] >= uncompressed.history[-1]["accuracy"] - 0.03
-    ratio = uncompressed.history[-1]["bytes"]["device_to_edge"] / topk.history[-1]["bytes"]["device_to_edge"]
+    ratio = (
+        uncompressed.history[-1]["bytes"]["device_to_edge"]
+        / topk.history[-1]["bytes"]["device_to_edge"]
+    )
     assert 4.9 < ratio < 5.1  # a tenth of the values, each with a 4-byte index
 
 

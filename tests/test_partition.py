@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierfl.errors import DataError
 from hierfl.data.partition import dirichlet, iid, proportional_sizes, quantity, split_stratified
+from hierfl.errors import DataError
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -32,7 +32,9 @@ def assert_stratified(labels, parts, share):
         expected = len(part) * share
         counts = class_counts(labels, part, len(share))
         off = np.abs(counts - expected) > 2 + 0.05 * expected
-        assert not off.any(), f"part {j} of {len(part)}: class counts {counts.tolist()}, expected about {np.round(expected, 1).tolist()}"
+        assert not off.any(), (
+            f"part {j} of {len(part)}: class counts {counts.tolist()}, expected about {np.round(expected, 1).tolist()}"
+        )
 
 
 def mean_entropy(labels, parts, num_classes):
@@ -50,7 +52,9 @@ def size_cv(parts):
     return sizes.std() / sizes.mean()
 
 
-labels_strategy = st.lists(st.integers(0, 5), min_size=1, max_size=200).map(lambda v: np.array(v, np.int32))
+labels_strategy = st.lists(st.integers(0, 5), min_size=1, max_size=200).map(
+    lambda v: np.array(v, np.int32)
+)
 
 
 # --- split_stratified ----------------------------------------------------------------------
@@ -61,7 +65,11 @@ labels_strategy = st.lists(st.integers(0, 5), min_size=1, max_size=200).map(lamb
 def test_split_stratified_sizes_exact_and_disjoint(data):
     labels = data.draw(labels_strategy)
     num_parts = data.draw(st.integers(1, 6))
-    cuts = np.sort(data.draw(st.lists(st.integers(0, len(labels)), min_size=num_parts + 1, max_size=num_parts + 1)))
+    cuts = np.sort(
+        data.draw(
+            st.lists(st.integers(0, len(labels)), min_size=num_parts + 1, max_size=num_parts + 1)
+        )
+    )
     sizes = np.diff(cuts)  # non-negative, summing to at most len(labels)
     seed = data.draw(st.integers(0, 2**16))
     parts = split_stratified(labels, sizes, np.random.default_rng(seed))
@@ -177,7 +185,12 @@ def test_dirichlet_skew_grows_as_alpha_shrinks():
     labels = np.repeat(np.arange(10), 100)
     uniform = np.log(10)  # entropy of the pool's balanced mix
     entropy = {
-        alpha: np.mean([mean_entropy(labels, dirichlet(labels, 10, alpha, np.random.default_rng(s)), 10) for s in range(5)])
+        alpha: np.mean(
+            [
+                mean_entropy(labels, dirichlet(labels, 10, alpha, np.random.default_rng(s)), 10)
+                for s in range(5)
+            ]
+        )
         for alpha in (0.1, 1.0, 100.0)
     }
     assert entropy[100.0] > 0.97 * uniform  # near IID
@@ -207,7 +220,12 @@ def test_quantity_covers_pool_and_no_part_is_empty(num_examples, num_parts, sigm
 
 
 def test_quantity_size_spread_grows_with_sigma():
-    cv = {sigma: np.mean([size_cv(quantity(2000, 20, sigma, np.random.default_rng(s))) for s in range(10)]) for sigma in (0.1, 1.0, 2.0)}
+    cv = {
+        sigma: np.mean(
+            [size_cv(quantity(2000, 20, sigma, np.random.default_rng(s))) for s in range(10)]
+        )
+        for sigma in (0.1, 1.0, 2.0)
+    }
     # The CV of lognormal(0, sigma) is sqrt(exp(sigma^2) - 1): 0.10, 1.31, 7.3 (a sample of
     # 20 underestimates the large ones, so only the order and rough levels are checked).
     assert cv[0.1] < 0.2

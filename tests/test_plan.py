@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from hierfl.errors import DataError
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import make_plan
+from hierfl.errors import DataError
 from hierfl.topology import parse_topology
 
 DIGIT_COUNTS = np.bincount(load_digits().target)
@@ -26,7 +26,9 @@ def held_out(counts, test_fraction):
 def line_toml(name, devices, **data):
     text = f'\n[[plants.lines]]\nname = "{name}"\ndevices = {devices}\n'
     if data:
-        text += "[plants.lines.data]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in data.items())
+        text += "[plants.lines.data]\n" + "".join(
+            f"{k} = {v!r}\n".replace("'", '"') for k, v in data.items()
+        )
     return text
 
 
@@ -135,7 +137,9 @@ def test_demo_deterministic_in_seed(demo_plan):
 
 
 def test_test_fraction_sets_the_test_set_size():
-    plan = make_plan(topology([(0.0, [line_toml("l", 4)]), (0.0, [line_toml("l", 2)])], test_fraction=0.3))
+    plan = make_plan(
+        topology([(0.0, [line_toml("l", 4)]), (0.0, [line_toml("l", 2)])], test_fraction=0.3)
+    )
     assert len(plan.test.y) == held_out(DIGIT_COUNTS, 0.3).sum()  # 539
     assert plan.shards.counts.sum() == 1797 - 539
     assert set(np.unique(plan.test.plant)) == {0, 1}
@@ -162,7 +166,13 @@ def test_bearing_samples_per_device_is_exact():
     plan = make_plan(
         topology(
             [
-                (0.0, [line_toml("a", 3, samples_per_device=16), line_toml("b", 2, samples_per_device=24)]),
+                (
+                    0.0,
+                    [
+                        line_toml("a", 3, samples_per_device=16),
+                        line_toml("b", 2, samples_per_device=24),
+                    ],
+                ),
                 (0.5, [line_toml("c", 4, samples_per_device=10)]),
                 (0.0, [line_toml("d", 2)]),  # the task's default, 48
             ],
@@ -177,7 +187,9 @@ def test_bearing_samples_per_device_is_exact():
 
 
 def test_bearing_samples_per_device_exact_when_rounding_is_tight():
-    plan = make_plan(topology([(0.0, [line_toml("a", 3, samples_per_device=20)])], task="bearing-fault"))
+    plan = make_plan(
+        topology([(0.0, [line_toml("a", 3, samples_per_device=20)])], task="bearing-fault")
+    )
     np.testing.assert_array_equal(plan.shards.counts, [20, 20, 20])
 
 
@@ -236,7 +248,11 @@ def test_bearing_preset_lines_see_every_class():
     d = 0
     for plant in t.plants:
         for line in plant.lines:
-            labels = np.concatenate([device_labels(plan, i) for i in range(d, d + line.num_devices)])
+            labels = np.concatenate(
+                [device_labels(plan, i) for i in range(d, d + line.num_devices)]
+            )
             counts = np.bincount(labels, minlength=4)
-            assert counts.min() >= 0.15 * len(labels), f"{plant.name}/{line.name}: {counts.tolist()}"
+            assert counts.min() >= 0.15 * len(labels), (
+                f"{plant.name}/{line.name}: {counts.tolist()}"
+            )
             d += line.num_devices

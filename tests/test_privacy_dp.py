@@ -13,7 +13,13 @@ from dp_accounting import dp_event, pld, rdp
 
 from conftest import topology_text
 from hierfl import simulate
-from hierfl.privacy import adapt_clip_norm, epsilon, privatize_sum, privatize_update, rounds_within_budget
+from hierfl.privacy import (
+    adapt_clip_norm,
+    epsilon,
+    privatize_sum,
+    privatize_update,
+    rounds_within_budget,
+)
 from hierfl.topology import Privacy, TopologyError, parse_topology
 
 CENTRAL = Privacy(dp="edge", noise_multiplier=1.1, sample_rate=0.1, delta=1e-5)
@@ -37,7 +43,9 @@ def test_epsilon_is_dp_accountings_for_the_same_mechanism():
     local = dataclasses.replace(CENTRAL, dp="device")
     assert epsilon(local, 2, 10) == pytest.approx(reference_epsilon(0.55, 1.0, 20, 1e-5), rel=1e-9)
     pld_privacy = dataclasses.replace(CENTRAL, accountant="pld")
-    assert epsilon(pld_privacy, 1, 10) == pytest.approx(reference_epsilon(1.1, 0.1, 10, 1e-5, pld.PLDAccountant), rel=1e-6)
+    assert epsilon(pld_privacy, 1, 10) == pytest.approx(
+        reference_epsilon(1.1, 0.1, 10, 1e-5, pld.PLDAccountant), rel=1e-6
+    )
 
 
 def test_epsilon_moves_the_right_way():
@@ -73,12 +81,22 @@ def test_noise_has_the_configured_scale_and_clipping_bounds_the_update():
 
 def test_adaptive_clip_moves_towards_the_quantile():
     # All updates above the clip (fraction 0) -> grow by exp(0.2 * 0.5); all below -> shrink.
-    assert float(adapt_clip_norm(jnp.float32(1.0), jnp.float32(0.0), 10.0, 0.5, 0.2)) == pytest.approx(math.exp(0.1))
-    assert float(adapt_clip_norm(jnp.float32(1.0), jnp.float32(10.0), 10.0, 0.5, 0.2)) == pytest.approx(math.exp(-0.1))
+    assert float(
+        adapt_clip_norm(jnp.float32(1.0), jnp.float32(0.0), 10.0, 0.5, 0.2)
+    ) == pytest.approx(math.exp(0.1))
+    assert float(
+        adapt_clip_norm(jnp.float32(1.0), jnp.float32(10.0), 10.0, 0.5, 0.2)
+    ) == pytest.approx(math.exp(-0.1))
 
 
 def dp_topology(privacy: str, edge_rounds: int = 2, cloud_rounds: int = 3, **kwargs):
-    text = topology_text(plants=[[4, 3], [5]], edge_rounds=edge_rounds, cloud_rounds=cloud_rounds, samples_per_device=20, **kwargs)
+    text = topology_text(
+        plants=[[4, 3], [5]],
+        edge_rounds=edge_rounds,
+        cloud_rounds=cloud_rounds,
+        samples_per_device=20,
+        **kwargs,
+    )
     return parse_topology(text.replace("[cloud]", f"[privacy]\n{privacy}\n[cloud]"), "dp.toml")
 
 
@@ -90,7 +108,11 @@ def test_noiseless_unclipped_central_dp_is_fedavg_with_equal_devices():
     # Every device holds 20 examples, so one vote per device is FedAvg's example weighting.
     plain = simulate(dp_topology("")).params
     for place, edge_rounds in (("edge", 2), ("cloud", 1)):
-        dp = simulate(dp_topology(f'dp = "{place}"\nnoise_multiplier = 0.0\nclip_norm = 1e6', edge_rounds=edge_rounds)).params
+        dp = simulate(
+            dp_topology(
+                f'dp = "{place}"\nnoise_multiplier = 0.0\nclip_norm = 1e6', edge_rounds=edge_rounds
+            )
+        ).params
         reference = plain if edge_rounds == 2 else simulate(dp_topology("", edge_rounds=1)).params
         for a, b in zip(leaves(dp), leaves(reference)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -110,7 +132,10 @@ def test_dp_training_is_noisy_deterministic_and_reports_epsilon():
 
 def test_os_noise_is_secret_so_runs_differ():
     settings = 'dp = "edge"\nnoise_multiplier = 0.5\nclip_norm = 1.0\nnoise_source = "os"'
-    first, second = simulate(dp_topology(settings, cloud_rounds=1)), simulate(dp_topology(settings, cloud_rounds=1))
+    first, second = (
+        simulate(dp_topology(settings, cloud_rounds=1)),
+        simulate(dp_topology(settings, cloud_rounds=1)),
+    )
     assert any(not np.allclose(a, b) for a, b in zip(leaves(first.params), leaves(second.params)))
     assert first.history[-1]["epsilon"] == second.history[-1]["epsilon"]
 
@@ -118,7 +143,11 @@ def test_os_noise_is_secret_so_runs_differ():
 def test_target_epsilon_stops_training():
     privacy = Privacy(dp="edge", noise_multiplier=1.0)
     target = (epsilon(privacy, 2, 2) + epsilon(privacy, 2, 3)) / 2
-    result = simulate(dp_topology(f'dp = "edge"\nnoise_multiplier = 1.0\ntarget_epsilon = {target}', cloud_rounds=6))
+    result = simulate(
+        dp_topology(
+            f'dp = "edge"\nnoise_multiplier = 1.0\ntarget_epsilon = {target}', cloud_rounds=6
+        )
+    )
     assert len(result.history) == 2 and result.history[-1]["epsilon"] <= target
 
 
@@ -132,10 +161,22 @@ def test_adaptive_clipping_grows_a_clip_that_is_too_small():
 @pytest.mark.parametrize(
     ("privacy", "extra", "expected"),
     [
-        ('dp = "edge"', '[aggregation.edge]\nrule = "median"', "aggregation.edge: rule 'median' cannot be combined with privacy.dp = 'edge'"),
+        (
+            'dp = "edge"',
+            '[aggregation.edge]\nrule = "median"',
+            "aggregation.edge: rule 'median' cannot be combined with privacy.dp = 'edge'",
+        ),
         ('dp = "cloud"', "", "privacy.dp: 'cloud' needs federation.edge_rounds = 1"),
-        ('dp = "device"\nclip_quantile = 0.5', "", "privacy.clip_quantile: adaptive clipping needs a trusted aggregator"),
-        ('dp = "edge"\nclip_quantile = 0.5\nquantile_noise = 0.4', "", "privacy.quantile_noise: must be > noise_multiplier / 2 = 0.5"),
+        (
+            'dp = "device"\nclip_quantile = 0.5',
+            "",
+            "privacy.clip_quantile: adaptive clipping needs a trusted aggregator",
+        ),
+        (
+            'dp = "edge"\nclip_quantile = 0.5\nquantile_noise = 0.4',
+            "",
+            "privacy.quantile_noise: must be > noise_multiplier / 2 = 0.5",
+        ),
         ('dp = "plant"', "", "privacy.dp: unknown value 'plant'"),
         ('dp = "edge"\nsample_rate = 0', "", "privacy.sample_rate: must be in (0, 1], got 0.0"),
     ],

@@ -15,21 +15,20 @@ import numpy as np
 import pytest
 
 import hierfl.data.tasks as tasks
-from hierfl.studies.baselines import train_baselines, uplink_at_equal_accuracy
-from hierfl.errors import DataError
-from hierfl.runs.metrics import read_metrics, read_run_info
+from conftest import topology_text
 from hierfl.data.partition import quantile_bins
 from hierfl.data.plan import divide_plant, make_plan
-from hierfl.runs.report import write_report
-from hierfl.runs.scoring import ACCURACY, Metric, from_description, run_metric
-from hierfl.sim.engine import simulate
 from hierfl.data.tasks import PlantData, Task
 from hierfl.data.tasks.base import mae, rmse, squared_error, target_bins
 from hierfl.data.tasks.bearing_data import CLASSES, generate_plant
 from hierfl.data.tasks.models import MLP
+from hierfl.errors import DataError
+from hierfl.runs.metrics import read_metrics, read_run_info
+from hierfl.runs.report import write_report
+from hierfl.runs.scoring import ACCURACY, Metric, from_description, run_metric
+from hierfl.sim.engine import simulate
+from hierfl.studies.baselines import train_baselines, uplink_at_equal_accuracy
 from hierfl.topology import TopologyError, parse_topology
-
-from conftest import topology_text
 
 W = np.array([[1.0, -1.0], [0.5, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)
 TEST_PER_PLANT = 20
@@ -88,17 +87,35 @@ def test_simulate_records_each_metric_by_name(linear_task, make_topology, tmp_pa
     assert result.history[-1]["rmse"] < result.history[0]["rmse"]  # it learns
 
     info = read_run_info(tmp_path / "run")
-    assert info["metric"] == {"name": "rmse", "higher_is_better": False, "label": "RMSE of y (u)", "percent": False, "unit": "u", "root": True}
-    assert [r["rmse"] for r in read_metrics(tmp_path / "run")] == [r["rmse"] for r in result.history]
+    assert info["metric"] == {
+        "name": "rmse",
+        "higher_is_better": False,
+        "label": "RMSE of y (u)",
+        "percent": False,
+        "unit": "u",
+        "root": True,
+    }
+    assert [r["rmse"] for r in read_metrics(tmp_path / "run")] == [
+        r["rmse"] for r in result.history
+    ]
     written = write_report(tmp_path / "run")
     assert [p.name for p in written] == ["rmse.png", "bytes.png", "loss.png", "report.md"]
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "Final global test RMSE of y (u)" in report and "%" not in report.split("## Communication")[0]
+    assert (
+        "Final global test RMSE of y (u)" in report
+        and "%" not in report.split("## Communication")[0]
+    )
 
 
 def test_classification_runs_still_record_accuracy(make_topology, tmp_path):
     result = simulate(make_topology(plants=[[1]], cloud_rounds=1), out=tmp_path / "run")
-    assert list(result.history[0])[:5] == ["round", "loss", "test_loss", "accuracy", "plant_accuracy"]
+    assert list(result.history[0])[:5] == [
+        "round",
+        "loss",
+        "test_loss",
+        "accuracy",
+        "plant_accuracy",
+    ]
     assert run_metric(read_run_info(tmp_path / "run")) == ACCURACY
 
 
@@ -145,7 +162,9 @@ def test_metric_direction_format_and_description():
 
 
 def test_quantile_bins_fill_bins_equally():
-    np.testing.assert_array_equal(quantile_bins(np.arange(12.0)[::-1], 3), [2] * 4 + [1] * 4 + [0] * 4)
+    np.testing.assert_array_equal(
+        quantile_bins(np.arange(12.0)[::-1], 3), [2] * 4 + [1] * 4 + [0] * 4
+    )
     assert quantile_bins(np.full(5, 7.0), 4).tolist() == [3] * 5  # ties share one bin
     assert quantile_bins(np.zeros(0), 2).shape == (0,)
     with pytest.raises(DataError):
@@ -153,14 +172,20 @@ def test_quantile_bins_fill_bins_equally():
 
 
 def test_dirichlet_skews_regression_devices_over_target_bins():
-    text = topology_text(plants=[[6]], partition="dirichlet").replace('partition = "dirichlet"', 'partition = "dirichlet"\nalpha = 0.1')
+    text = topology_text(plants=[[6]], partition="dirichlet").replace(
+        'partition = "dirichlet"', 'partition = "dirichlet"\nalpha = 0.1'
+    )
     topology = parse_topology(text, "t.toml")
     y = np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32)
     data = PlantData(np.zeros((600, 4), np.float32), y, y[:1], y[:1])
     devices = divide_plant(topology.plants[0], data, np.random.default_rng(1), target_bins(3))
     assert sum(len(d[1]) for d in devices) == 600
     edges = np.quantile(y.mean(axis=1), [1 / 3, 2 / 3])  # the three bins, recomputed
-    shares = [np.bincount(np.searchsorted(edges, d[1].mean(axis=1), side="right"), minlength=3) / len(d[1]) for d in devices]
+    shares = [
+        np.bincount(np.searchsorted(edges, d[1].mean(axis=1), side="right"), minlength=3)
+        / len(d[1])
+        for d in devices
+    ]
     assert max(s.max() for s in shares) > 0.8  # alpha = 0.1: some device holds mostly one bin
 
 
@@ -199,12 +224,16 @@ def test_a_plants_classes_are_read_and_checked():
             parse_topology(PLANT.format(classes=bad), "t.toml")
         assert problem in str(caught.value), bad
     unknown = parse_topology(PLANT.format(classes='classes = ["healthy", "cage"]'), "t.toml")
-    with pytest.raises(DataError, match=r"plants\[0\]\.classes: task 'bearing-fault' has no class 'cage'"):
+    with pytest.raises(
+        DataError, match=r"plants\[0\]\.classes: task 'bearing-fault' has no class 'cage'"
+    ):
         make_plan(unknown)
 
 
 def test_bearing_plant_limited_to_its_classes_is_balanced_over_them():
-    _, y, _ = generate_plant(0, 0, 3, 10, 0.0, window=256, classes=(CLASSES.index("healthy"), CLASSES.index("ball")))
+    _, y, _ = generate_plant(
+        0, 0, 3, 10, 0.0, window=256, classes=(CLASSES.index("healthy"), CLASSES.index("ball"))
+    )
     np.testing.assert_array_equal(np.bincount(y, minlength=4), [15, 0, 0, 15])
     with pytest.raises(DataError):
         generate_plant(0, 0, 3, 10, 0.0, window=256, classes=(4,))
@@ -223,18 +252,25 @@ def test_a_served_regression_model_answers_values_by_name(tmp_path):
     from pathlib import Path
 
     import jax
+    from test_inference_server import HIERFL, start, stop, wait_until_serving
 
+    from hierfl.data.tasks.models import build_model
     from hierfl.inference.artifact import read_artifact, write_artifact
     from hierfl.inference.client import Client
     from hierfl.inference.export import export_model
-    from hierfl.data.tasks.models import build_model
-    from test_inference_server import HIERFL, start, stop, wait_until_serving
 
     task = tasks.TASKS["energy-forecast"]
     model, params = build_model("mlp", task.models["mlp"], jax.random.key(0))
-    path = write_artifact(tmp_path / "forecast.hfl", export_model(model, params, task, version=3, platforms=("cpu",)))
+    path = write_artifact(
+        tmp_path / "forecast.hfl", export_model(model, params, task, version=3, platforms=("cpu",))
+    )
     meta = read_artifact(path).meta
-    assert meta.class_names == () and meta.output_names == ("hour_21", "hour_22", "hour_23", "hour_24")
+    assert meta.class_names == () and meta.output_names == (
+        "hour_21",
+        "hour_22",
+        "hour_23",
+        "hour_24",
+    )
     assert meta.output_shape == (4,)
     x = np.random.default_rng(0).normal(size=(2, 20)).astype(np.float32)
     expected = np.asarray(model.apply(params, jnp.asarray(x)))
@@ -248,13 +284,22 @@ def test_a_served_regression_model_answers_values_by_name(tmp_path):
         with Client(address, timeout=60) as client:
             assert client.info().output_names == meta.output_names
             np.testing.assert_allclose(client.predict(x).logits, expected, rtol=1e-5, atol=1e-6)
-        shown = subprocess.run([str(HIERFL), "predict", address, str(tmp_path / "days.npy")], capture_output=True,
-                               text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+        shown = subprocess.run(
+            [str(HIERFL), "predict", address, str(tmp_path / "days.npy")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
     finally:
         stop(process)
         shutil.rmtree(folder, ignore_errors=True)
     assert shown.returncode == 0, shown.stderr
-    assert "hour_21" in shown.stdout and "hour_24" in shown.stdout and "probability" not in shown.stdout
+    assert (
+        "hour_21" in shown.stdout
+        and "hour_24" in shown.stdout
+        and "probability" not in shown.stdout
+    )
     assert f"{expected[1, 3]:.4g}" in shown.stdout
 
 
@@ -263,7 +308,9 @@ def test_example_algorithm_names_parse():
 
     assert parse_alternatives("fedprox,fednova,scaffold,fedadam") == ALTERNATIVES
     assert parse_alternatives("none") == ()
-    assert [a.algorithm for a in parse_alternatives(" fedadam ")] == ["fedavg"]  # FedAdam: FedAvg with an Adam cloud step
+    assert [a.algorithm for a in parse_alternatives(" fedadam ")] == [
+        "fedavg"
+    ]  # FedAdam: FedAvg with an Adam cloud step
     with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'"):
         parse_alternatives("fedprox,fedsgd")
 
@@ -271,6 +318,18 @@ def test_example_algorithm_names_parse():
 def test_results_json_is_strict_a_diverged_score_becomes_null(tmp_path):
     from hierfl.studies.comparison import finite_or_null
 
-    results = {"rmse": float("inf"), "curve": [0.5, float("nan")], "plant": {"a": 1.0}, "name": "x", "rounds": 3}
-    assert finite_or_null(results) == {"rmse": None, "curve": [0.5, None], "plant": {"a": 1.0}, "name": "x", "rounds": 3}
+    results = {
+        "rmse": float("inf"),
+        "curve": [0.5, float("nan")],
+        "plant": {"a": 1.0},
+        "name": "x",
+        "rounds": 3,
+    }
+    assert finite_or_null(results) == {
+        "rmse": None,
+        "curve": [0.5, None],
+        "plant": {"a": 1.0},
+        "name": "x",
+        "rounds": 3,
+    }
     json.dumps(finite_or_null(results), allow_nan=False)  # would raise on Infinity

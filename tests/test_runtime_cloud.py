@@ -7,19 +7,25 @@ import json
 import numpy as np
 import pytest
 
+from hierfl.core.steps import aligned_zeros
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.cloud import reconcile_metrics, staleness_discount
 from hierfl.runtime.node import start_waiting_over
-from hierfl.core.steps import aligned_zeros
 
 
 def test_resume_keeps_each_checkpointed_round_exactly_once(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"round": r, "accuracy": r / 10}) for r in (1, 2, 3, 4)]
-    path.write_text("\n".join(lines) + "\n" + '{"round": 5, "accur')  # round 5 was being written when the cloud died
+    path.write_text(
+        "\n".join(lines) + "\n" + '{"round": 5, "accur'
+    )  # round 5 was being written when the cloud died
     reconcile_metrics(path, 3, {"round": 3, "accuracy": 0.33})
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert records == [{"round": 1, "accuracy": 0.1}, {"round": 2, "accuracy": 0.2}, {"round": 3, "accuracy": 0.33}]
+    assert records == [
+        {"round": 1, "accuracy": 0.1},
+        {"round": 2, "accuracy": 0.2},
+        {"round": 3, "accuracy": 0.33},
+    ]
     # A crash between the checkpoint and the metrics line: the checkpoint's record fills the gap.
     reconcile_metrics(path, 4, {"round": 4, "accuracy": 0.4})
     assert [json.loads(line)["round"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
@@ -49,7 +55,9 @@ def test_cloud_checkpoints_restore_params_server_state_variate_and_record(tmp_pa
     checkpoints = CloudCheckpoints(tmp_path / "ck")
     assert checkpoints.latest(params, server_state, variate) is None
     for r in (1, 2, 3):
-        checkpoints.save(r, {k: v + r for k, v in params.items()}, server_state, {"round": r}, variate - r)
+        checkpoints.save(
+            r, {k: v + r for k, v in params.items()}, server_state, {"round": r}, variate - r
+        )
     checkpoints.close()
     state = CloudCheckpoints(tmp_path / "ck").latest(params, server_state, variate)
     assert state.round == 3 and state.record == {"round": 3}
@@ -61,4 +69,9 @@ def test_cloud_checkpoints_restore_params_server_state_variate_and_record(tmp_pa
 
 def test_aligned_stacks():
     stack = aligned_zeros((3, 1001))
-    assert stack.ctypes.data % 64 == 0 and stack.shape == (3, 1001) and stack.dtype == np.float32 and not stack.any()
+    assert (
+        stack.ctypes.data % 64 == 0
+        and stack.shape == (3, 1001)
+        and stack.dtype == np.float32
+        and not stack.any()
+    )

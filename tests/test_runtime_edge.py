@@ -24,8 +24,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hierfl.kernels import flat_spec, ravel
 from hierfl.data.loading import load_topology
+from hierfl.kernels import flat_spec, ravel
 from hierfl.runtime import protocol
 from hierfl.runtime.node import node_model
 
@@ -78,12 +78,16 @@ class Peer:
     def send_kind(self, kind: str, **fields) -> None:
         self.send(protocol.encode(kind, self.identity, **fields))
 
-    def recv(self, kind: str | None = None, timeout_ms: int = TIMEOUT_MS) -> tuple[dict, list[bytes]]:
+    def recv(
+        self, kind: str | None = None, timeout_ms: int = TIMEOUT_MS
+    ) -> tuple[dict, list[bytes]]:
         """The next message (of `kind`, skipping others); fails the test if none comes in time."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             left = int((deadline - time.monotonic()) * 1000)
-            assert left > 0 and self.socket.poll(left), f"{self.identity}: no {kind or 'message'} from the edge"
+            assert left > 0 and self.socket.poll(left), (
+                f"{self.identity}: no {kind or 'message'} from the edge"
+            )
             frames = self.socket.recv_multipart()
             header = msgpack.unpackb(frames[0])
             if kind is None or header["kind"] == kind:
@@ -107,12 +111,24 @@ def running_edge(topology_text: str, devices: tuple[str, ...] = (DEV1, DEV2)):
     cloud.bind(f"ipc://{folder}/cloud.ipc")
     log = folder / "edge.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([str(HIERFL), "edge", str(topology_file), "--plant", "plant-a"], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(HIERFL), "edge", str(topology_file), "--plant", "plant-a"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     peers = {name: Peer(context, f"ipc://{folder}/edge.ipc", name) for name in devices}
     try:
         assert cloud.poll(TIMEOUT_MS), f"the edge never said hello to the cloud:\n{log.read_text()}"
-        yield {"process": process, "cloud": cloud, "devices": peers, "topology": topology, "context": context, "log": log,
-               "net": node_model(topology), "address": f"ipc://{folder}/edge.ipc"}
+        yield {
+            "process": process,
+            "cloud": cloud,
+            "devices": peers,
+            "topology": topology,
+            "context": context,
+            "log": log,
+            "net": node_model(topology),
+            "address": f"ipc://{folder}/edge.ipc",
+        }
     finally:
         process.terminate()
         try:
@@ -148,7 +164,14 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_round_still_completes(
     for device in (dev1, dev2):
         device.send_kind(protocol.HELLO)
     global_flat = np.asarray(ravel(spec, net.initial_params))
-    cloud.send_multipart([b"plant-a", *protocol.encode(protocol.MODEL, "cloud", round=1, spec=spec, codec="none", arrays=[global_flat])])
+    cloud.send_multipart(
+        [
+            b"plant-a",
+            *protocol.encode(
+                protocol.MODEL, "cloud", round=1, spec=spec, codec="none", arrays=[global_flat]
+            ),
+        ]
+    )
     for device in (dev1, dev2):
         header, frames = device.recv(protocol.MODEL)
         assert (header["round"], header["edge_round"]) == (1, 0)
@@ -159,7 +182,16 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_round_still_completes(
     delta2 = rng.normal(size=spec.size).astype(np.float32) * 0.01
 
     def upd(sender=DEV1, delta=delta1, round=1, spec=spec, weight=30.0):
-        return protocol.encode(protocol.UPDATE, sender, round=round, spec=spec, codec="none", arrays=[delta], weight=weight, loss=0.7)
+        return protocol.encode(
+            protocol.UPDATE,
+            sender,
+            round=round,
+            spec=spec,
+            codec="none",
+            arrays=[delta],
+            weight=weight,
+            loss=0.7,
+        )
 
     nan = delta1.copy()
     nan[7] = np.nan
@@ -184,8 +216,15 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_round_still_completes(
         assert edge["process"].poll() is None
     status = dev1.status()
     assert status["phase"] == "collecting"
-    expected = {protocol.MALFORMED: 1, protocol.WRONG_SPEC: 1, protocol.NON_FINITE: 1, protocol.OVERSIZED: 2,
-                protocol.UNKNOWN_SENDER: 2, protocol.STALE_ROUND: 1, protocol.FUTURE_ROUND: 1}
+    expected = {
+        protocol.MALFORMED: 1,
+        protocol.WRONG_SPEC: 1,
+        protocol.NON_FINITE: 1,
+        protocol.OVERSIZED: 2,
+        protocol.UNKNOWN_SENDER: 2,
+        protocol.STALE_ROUND: 1,
+        protocol.FUTURE_ROUND: 1,
+    }
     assert status["rejected"] == expected
     log = edge["log"].read_text()
     assert "rejected message from 'plant-a/line-1/dev-999': unknown-sender" in log
@@ -208,16 +247,40 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_round_still_completes(
 
 
 frame_bytes = st.binary(min_size=0, max_size=300)
-header_values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=20),
-                          st.binary(max_size=20), st.lists(st.integers(-2**31, 2**31), max_size=3))
+header_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+    st.lists(st.integers(-(2**31), 2**31), max_size=3),
+)
 header_maps = st.dictionaries(
-    st.sampled_from(["protocol", "kind", "sender", "round", "edge_round", "model_version", "spec", "codec", "weight", "loss", "x"]),
-    header_values, max_size=11,
+    st.sampled_from(
+        [
+            "protocol",
+            "kind",
+            "sender",
+            "round",
+            "edge_round",
+            "model_version",
+            "spec",
+            "codec",
+            "weight",
+            "loss",
+            "x",
+        ]
+    ),
+    header_values,
+    max_size=11,
 ).map(msgpack.packb)
 garbage = st.lists(st.one_of(frame_bytes, header_maps), min_size=1, max_size=4)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(frames=garbage)
 def test_garbage_frames_never_kill_the_edge(edge, frames):
     dev1 = edge["devices"][DEV1]

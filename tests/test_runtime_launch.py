@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import zmq
 
-from hierfl.runs.checkpoint import load_params
+from hierfl.data.loading import load_topology
 from hierfl.inference.artifact import decode_artifact
 from hierfl.inference.publisher import decode_publication, subscribe
-from hierfl.data.loading import load_topology
+from hierfl.runs.checkpoint import load_params
 from hierfl.runtime.launch import Launch, node_name, read_new_records
 from hierfl.sim.engine import simulate
 
@@ -102,21 +102,48 @@ def folder():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def write_topology(folder: Path, *, name="rt", rounds=2, devices_a=2, device_deadline=60.0, heartbeat_timeout=2.0, extra="",
-                   codecs="") -> Path:
+def write_topology(
+    folder: Path,
+    *,
+    name="rt",
+    rounds=2,
+    devices_a=2,
+    device_deadline=60.0,
+    heartbeat_timeout=2.0,
+    extra="",
+    codecs="",
+) -> Path:
     """A 2-plant digits topology on ipc:// sockets in `folder`; plant-b has 2 devices."""
     path = folder / f"{name}.toml"
-    text = TOPOLOGY.format(name=name, rounds=rounds, dir=folder, devices_a=devices_a, device_deadline=device_deadline,
-                           heartbeat_timeout=heartbeat_timeout, extra=extra)
+    text = TOPOLOGY.format(
+        name=name,
+        rounds=rounds,
+        dir=folder,
+        devices_a=devices_a,
+        device_deadline=device_deadline,
+        heartbeat_timeout=heartbeat_timeout,
+        extra=extra,
+    )
     path.write_text(text + codecs)
     return path
 
 
 def launch_to_the_end(topology: Path, out: Path) -> list[dict]:
     """Runs `hierfl launch` on `topology` into `out`; its metrics records. On failure, shows every node's log tail."""
-    result = subprocess.run([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
-    logs = "".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((out / "logs").glob("*.log"))) if (out / "logs").exists() else ""
+    result = subprocess.run(
+        [str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    logs = (
+        "".join(
+            f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((out / "logs").glob("*.log"))
+        )
+        if (out / "logs").exists()
+        else ""
+    )
     assert result.returncode == 0, result.stderr + logs
     assert "simulation summary" in result.stdout
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -124,7 +151,11 @@ def launch_to_the_end(topology: Path, out: Path) -> list[dict]:
 
 def max_difference(params, other) -> float:
     """The largest absolute difference between two parameter trees."""
-    return max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), params, other)))
+    return max(
+        jax.tree.leaves(
+            jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), params, other)
+        )
+    )
 
 
 LOCAL_DP = """
@@ -167,28 +198,52 @@ SCAFFOLD = "\n# scaffold\n"  # a marker: the test switches the algorithm
 
 
 @pytest.mark.parametrize(
-    "codecs", ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP, SCAFFOLD, SECURE_EDGE_DP],
-    ids=["float32-fedavg", "fednova-unequal-steps-int8-topk-clipped-adam-gaussian-attack", "local-dp-sampled", "edge-dp-adaptive-clip",
-         "cloud-dp", "scaffold", "secure-aggregation-edge-dp-sampled"],
+    "codecs",
+    ["", CODECS, LOCAL_DP, EDGE_DP, CLOUD_DP, SCAFFOLD, SECURE_EDGE_DP],
+    ids=[
+        "float32-fedavg",
+        "fednova-unequal-steps-int8-topk-clipped-adam-gaussian-attack",
+        "local-dp-sampled",
+        "edge-dp-adaptive-clip",
+        "cloud-dp",
+        "scaffold",
+        "secure-aggregation-edge-dp-sampled",
+    ],
 )
 def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     # A long heartbeat timeout: on a loaded machine no edge may take the cloud for gone (and train offline).
     topology = write_topology(folder, codecs=codecs, heartbeat_timeout=30.0)
     if codecs == CODECS:
         # FedNova with plant-b's line at 1 local step against plant-a's 3.
-        head, line_b, tail = topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "fednova"\n').rpartition("devices = 2\n")
+        head, line_b, tail = (
+            topology.read_text()
+            .replace("seed = 7\n", 'seed = 7\nalgorithm = "fednova"\n')
+            .rpartition("devices = 2\n")
+        )
         topology.write_text(head + line_b + "local_steps = 1\n" + tail)
     if codecs == SCAFFOLD:
-        topology.write_text(topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "scaffold"\n'))
-    edge_rounds = 1 if codecs == CLOUD_DP else 2  # the cloud's noise bounds one edge round's updates
-    topology.write_text(topology.read_text().replace("edge_rounds = 2", f"edge_rounds = {edge_rounds}"))
+        topology.write_text(
+            topology.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "scaffold"\n')
+        )
+    edge_rounds = (
+        1 if codecs == CLOUD_DP else 2
+    )  # the cloud's noise bounds one edge round's updates
+    topology.write_text(
+        topology.read_text().replace("edge_rounds = 2", f"edge_rounds = {edge_rounds}")
+    )
     out = folder / "run"
     records = launch_to_the_end(topology, out)
     assert [r["round"] for r in records] == [1, 2]
-    assert all(r["devices_answered"] == {"plant-a": [2] * edge_rounds, "plant-b": [2] * edge_rounds} for r in records)
-    assert all(r["rejected_messages"] == {"cloud": {}, "plant-a": {}, "plant-b": {}} for r in records)
+    assert all(
+        r["devices_answered"] == {"plant-a": [2] * edge_rounds, "plant-b": [2] * edge_rounds}
+        for r in records
+    )
+    assert all(
+        r["rejected_messages"] == {"cloud": {}, "plant-a": {}, "plant-b": {}} for r in records
+    )
     assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(
-        ["cloud.log", "edge-plant-a.log", "edge-plant-b.log"] + [f"device-plant-{p}.line-1.dev-00{i}.log" for p in "ab" for i in (1, 2)]
+        ["cloud.log", "edge-plant-a.log", "edge-plant-b.log"]
+        + [f"device-plant-{p}.line-1.dev-00{i}.log" for p in "ab" for i in (1, 2)]
     )
 
     reference = simulate(topology)
@@ -198,34 +253,51 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
     assert records[-1]["accuracy"] == pytest.approx(reference.history[-1]["accuracy"], abs=1e-3)
     if codecs in PRIVATE:
         assert [r["epsilon"] for r in records] == [h["epsilon"] for h in reference.history]
-        assert [r["clip_norm"] for r in records] == pytest.approx([h["clip_norm"] for h in reference.history], rel=1e-6)
+        assert [r["clip_norm"] for r in records] == pytest.approx(
+            [h["clip_norm"] for h in reference.history], rel=1e-6
+        )
     if codecs == SECURE_EDGE_DP:
-        assert all(r["secure_aggregation_failures"] == {"plant-a": 0, "plant-b": 0} for r in records)
+        assert all(
+            r["secure_aggregation_failures"] == {"plant-a": 0, "plant-b": 0} for r in records
+        )
     if codecs == EDGE_DP:  # adaptive clipping moved the clip norm, the same way in both
         assert records[-1]["clip_norm"] != 0.5
 
 
-def wait_for_record(run_dir: Path, condition, what: str, launch: Launch, timeout: float = 120.0) -> dict:
+def wait_for_record(
+    run_dir: Path, condition, what: str, launch: Launch, timeout: float = 120.0
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for record in read_new_records(run_dir / "metrics.jsonl", 0):
             if condition(record):
                 return record
-        assert launch.processes["cloud"].poll() is None, (run_dir / "logs" / "cloud.log").read_text()[-3000:]
+        assert launch.processes["cloud"].poll() is None, (
+            run_dir / "logs" / "cloud.log"
+        ).read_text()[-3000:]
         time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}:\n" + (run_dir / "logs" / "cloud.log").read_text()[-3000:])
+    raise AssertionError(
+        f"gave up waiting for {what}:\n" + (run_dir / "logs" / "cloud.log").read_text()[-3000:]
+    )
 
 
-def wait_for_offline_rounds(run_dir: Path, edges: list[str], offsets: dict[str, int], timeout: float = 120.0) -> None:
+def wait_for_offline_rounds(
+    run_dir: Path, edges: list[str], offsets: dict[str, int], timeout: float = 120.0
+) -> None:
     """Waits until every edge's log, past `offsets`, says it went offline and closed an offline edge round."""
     marker = "the cloud is silent; running offline edge rounds"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        logs = {edge: (run_dir / "logs" / f"{edge}.log").read_text()[offsets[edge]:] for edge in edges}
+        logs = {
+            edge: (run_dir / "logs" / f"{edge}.log").read_text()[offsets[edge] :] for edge in edges
+        }
         if all(marker in text and "closed" in text.split(marker, 1)[1] for text in logs.values()):
             return
         time.sleep(0.1)
-    raise AssertionError("gave up waiting for offline edge rounds:\n" + "\n".join(f"--- {e}\n{t[-1500:]}" for e, t in logs.items()))
+    raise AssertionError(
+        "gave up waiting for offline edge rounds:\n"
+        + "\n".join(f"--- {e}\n{t[-1500:]}" for e, t in logs.items())
+    )
 
 
 def kill9(process: subprocess.Popen) -> None:
@@ -235,8 +307,14 @@ def kill9(process: subprocess.Popen) -> None:
 
 def test_devices_edges_and_the_cloud_die_and_come_back(folder):
     """kill -9 a third of plant-a's devices, then plant-b's edge, then the cloud; each comes back."""
-    topology_file = write_topology(folder, name="faults", rounds=1000, devices_a=3, device_deadline=4.0,
-                                   extra="min_device_participation = 0.5\nmin_edge_participation = 0.5")
+    topology_file = write_topology(
+        folder,
+        name="faults",
+        rounds=1000,
+        devices_a=3,
+        device_deadline=4.0,
+        extra="min_device_participation = 0.5\nmin_edge_participation = 0.5",
+    )
     topology = load_topology(topology_file)
     out = folder / "run"
     launch = Launch(topology, str(topology_file), out)
@@ -248,20 +326,40 @@ def test_devices_edges_and_the_cloud_die_and_come_back(folder):
         victim = node_name("plant-a/line-1/dev-003")
         kill9(launch.processes[victim])
         killed_at = time.monotonic()
-        short = wait_for_record(out, lambda r: r["devices_answered"].get("plant-a") == [2, 2], "a round with 2 of 3 devices", launch)
+        short = wait_for_record(
+            out,
+            lambda r: r["devices_answered"].get("plant-a") == [2, 2],
+            "a round with 2 of 3 devices",
+            launch,
+        )
         assert short["round_seconds"] < 4.0 + 2.0
         assert time.monotonic() - killed_at < 30
         # ... and the device is re-admitted when it comes back.
         launch.start_node(victim, commands[victim])
-        back = wait_for_record(out, lambda r: r["round"] > short["round"] and r["devices_answered"].get("plant-a") == [3, 3],
-                               "the device back in a round", launch)
+        back = wait_for_record(
+            out,
+            lambda r: (
+                r["round"] > short["round"] and r["devices_answered"].get("plant-a") == [3, 3]
+            ),
+            "the device back in a round",
+            launch,
+        )
 
         # 2. plant-b's edge dies: the cloud completes rounds with plant-a alone, then the edge resumes and rejoins.
         kill9(launch.processes["edge-plant-b"])
-        alone = wait_for_record(out, lambda r: r["round"] > back["round"] and r["edges_answered"] == ["plant-a"], "a round without plant-b", launch)
+        alone = wait_for_record(
+            out,
+            lambda r: r["round"] > back["round"] and r["edges_answered"] == ["plant-a"],
+            "a round without plant-b",
+            launch,
+        )
         launch.start_node("edge-plant-b", commands["edge-plant-b"] + ["--resume"])
-        rejoined = wait_for_record(out, lambda r: r["round"] > alone["round"] and r["edges_answered"] == ["plant-a", "plant-b"],
-                                   "plant-b's edge back", launch)
+        rejoined = wait_for_record(
+            out,
+            lambda r: r["round"] > alone["round"] and r["edges_answered"] == ["plant-a", "plant-b"],
+            "plant-b's edge back",
+            launch,
+        )
         assert "resumed after cloud round" in (out / "logs" / "edge-plant-b.log").read_text()
 
         # 3. The cloud dies; restarted with --resume it continues from its last checkpoint.
@@ -285,7 +383,9 @@ def test_devices_edges_and_the_cloud_die_and_come_back(folder):
     # While the cloud was down the edges trained offline; that progress came back as stale summaries.
     resumed = history[last]
     assert sorted(resumed["stale_summaries"]) == ["plant-a", "plant-b"], resumed
-    assert all(s["weight"] > 0 and s["edge_rounds"] >= 1 for s in resumed["stale_summaries"].values())
+    assert all(
+        s["weight"] > 0 and s["edge_rounds"] >= 1 for s in resumed["stale_summaries"].values()
+    )
     for name in ("plant-a", "plant-b"):
         assert "sent 2 offline edge rounds" in (out / "logs" / f"edge-{name}.log").read_text()
     assert "resumed from the checkpoint of cloud round" in (out / "logs" / "cloud.log").read_text()
@@ -301,14 +401,22 @@ def test_the_cloud_publishes_each_model_and_ctrl_c_stops_every_node(folder):
     address = f"ipc://{folder}/models.ipc"
     context = zmq.Context()
     subscriber = subscribe(context, address)
-    launcher = subprocess.Popen([str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet", "--publish", address],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet", "--publish", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert subscriber.poll(180_000), "no model published"
         publication = decode_publication(subscriber.recv_multipart(copy=False))
         artifact = decode_artifact(publication.data)
         assert publication.header["version"] >= 1 and artifact.meta.task == "digits"
-        record = next(r for r in read_new_records(out / "metrics.jsonl", 0) if r["round"] == artifact.meta.version)
+        record = next(
+            r
+            for r in read_new_records(out / "metrics.jsonl", 0)
+            if r["round"] == artifact.meta.version
+        )
         assert artifact.meta.metrics["accuracy"] == record["accuracy"]
         launcher.send_signal(signal.SIGINT)
         _, stderr = launcher.communicate(timeout=60)

@@ -18,14 +18,40 @@ NONE = protocol.codec_layout(make_codec("none", SPEC.size))
 LAYOUTS = {protocol.UPDATE: ("none", NONE)}
 
 
-def update(delta=None, *, sender="plant-a/line-1/dev-001", spec=SPEC, codec="none", weight=5.0, loss=0.5, **fields):
+def update(
+    delta=None,
+    *,
+    sender="plant-a/line-1/dev-001",
+    spec=SPEC,
+    codec="none",
+    weight=5.0,
+    loss=0.5,
+    **fields,
+):
     delta = np.arange(SPEC.size, dtype=np.float32) if delta is None else delta
-    return protocol.encode(protocol.UPDATE, sender, round=1, spec=spec, codec=codec, arrays=[delta], weight=weight, loss=loss, **fields)
+    return protocol.encode(
+        protocol.UPDATE,
+        sender,
+        round=1,
+        spec=spec,
+        codec=codec,
+        arrays=[delta],
+        weight=weight,
+        loss=loss,
+        **fields,
+    )
 
 
 def parse(frames, routing_id=b"plant-a/line-1/dev-001", max_bytes=1 << 20):
     frames = [bytes(f) for f in frames]
-    return protocol.parse_message(frames, senders=SENDERS, spec=SPEC, layouts=LAYOUTS, max_bytes=max_bytes, routing_id=routing_id)
+    return protocol.parse_message(
+        frames,
+        senders=SENDERS,
+        spec=SPEC,
+        layouts=LAYOUTS,
+        max_bytes=max_bytes,
+        routing_id=routing_id,
+    )
 
 
 def rejected(frames, **kwargs) -> str:
@@ -56,9 +82,51 @@ def test_codec_layouts_match_what_the_codecs_send():
         ([b"\xc1not msgpack"], protocol.MALFORMED),
         ([msgpack.packb([1, 2, 3])], protocol.MALFORMED),
         ([msgpack.packb({"protocol": 1, "kind": "update"})], protocol.MALFORMED),
-        ([msgpack.packb({"protocol": 2, "kind": "hello", "sender": "plant-a/line-1/dev-001", "round": 0, "edge_round": 0, "model_version": 0})], protocol.MALFORMED),
-        ([msgpack.packb({"protocol": 1, "kind": "dance", "sender": "plant-a/line-1/dev-001", "round": 0, "edge_round": 0, "model_version": 0})], protocol.MALFORMED),
-        ([msgpack.packb({"protocol": 1, "kind": "hello", "sender": "plant-a/line-1/dev-001", "round": True, "edge_round": 0, "model_version": 0})], protocol.MALFORMED),
+        (
+            [
+                msgpack.packb(
+                    {
+                        "protocol": 2,
+                        "kind": "hello",
+                        "sender": "plant-a/line-1/dev-001",
+                        "round": 0,
+                        "edge_round": 0,
+                        "model_version": 0,
+                    }
+                )
+            ],
+            protocol.MALFORMED,
+        ),
+        (
+            [
+                msgpack.packb(
+                    {
+                        "protocol": 1,
+                        "kind": "dance",
+                        "sender": "plant-a/line-1/dev-001",
+                        "round": 0,
+                        "edge_round": 0,
+                        "model_version": 0,
+                    }
+                )
+            ],
+            protocol.MALFORMED,
+        ),
+        (
+            [
+                msgpack.packb(
+                    {
+                        "protocol": 1,
+                        "kind": "hello",
+                        "sender": "plant-a/line-1/dev-001",
+                        "round": True,
+                        "edge_round": 0,
+                        "model_version": 0,
+                    }
+                )
+            ],
+            protocol.MALFORMED,
+        ),
         ([], protocol.MALFORMED),
     ],
 )
@@ -67,7 +135,9 @@ def test_malformed_headers_are_rejected(frames, reason):
 
 
 def test_wrong_spec_and_wrong_codec_are_rejected():
-    other = flat_spec({"dense": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(2, np.float32)}})
+    other = flat_spec(
+        {"dense": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(2, np.float32)}}
+    )
     assert rejected(update(spec=other)) == protocol.WRONG_SPEC
     assert rejected(update(codec="int8")) == protocol.WRONG_SPEC
 
@@ -88,13 +158,30 @@ def test_dp_fields_are_checked_before_use():
     model_layouts = {protocol.MODEL: ("none", protocol.model_layout(SPEC))}
 
     def model(**fields):
-        frames = protocol.encode(protocol.MODEL, "plant-a/line-1/dev-001", round=1, spec=SPEC, codec="none",
-                                 arrays=[np.zeros(SPEC.size, np.float32)], **fields)
-        return protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=model_layouts, max_bytes=1 << 20)
+        frames = protocol.encode(
+            protocol.MODEL,
+            "plant-a/line-1/dev-001",
+            round=1,
+            spec=SPEC,
+            codec="none",
+            arrays=[np.zeros(SPEC.size, np.float32)],
+            **fields,
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders=SENDERS,
+            spec=SPEC,
+            layouts=model_layouts,
+            max_bytes=1 << 20,
+        )
 
     assert protocol.header_number(model(clip_norm=0.25).header, "clip_norm", 1.0) == 0.25
     assert protocol.header_number(model().header, "clip_norm", 1.0) == 1.0
-    for bad, reason in ((0.0, protocol.MALFORMED), ("big", protocol.MALFORMED), (float("nan"), protocol.NON_FINITE)):
+    for bad, reason in (
+        (0.0, protocol.MALFORMED),
+        ("big", protocol.MALFORMED),
+        (float("nan"), protocol.NON_FINITE),
+    ):
         with pytest.raises(protocol.MessageRejected) as info:
             model(clip_norm=bad)
         assert info.value.reason == reason
@@ -104,13 +191,39 @@ def test_a_summarys_round_statistics_are_checked_before_the_cloud_records_them()
     layouts = {protocol.SUMMARY: ("none", NONE)}
 
     def summary(**fields):
-        frames = protocol.encode(protocol.SUMMARY, "plant-a/line-1/dev-001", round=1, spec=SPEC, codec="none",
-                                 arrays=[np.zeros(SPEC.size, np.float32)], weight=4.0, loss=1.0, **fields)
-        return protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=layouts, max_bytes=1 << 20)
+        frames = protocol.encode(
+            protocol.SUMMARY,
+            "plant-a/line-1/dev-001",
+            round=1,
+            spec=SPEC,
+            codec="none",
+            arrays=[np.zeros(SPEC.size, np.float32)],
+            weight=4.0,
+            loss=1.0,
+            **fields,
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders=SENDERS,
+            spec=SPEC,
+            layouts=layouts,
+            max_bytes=1 << 20,
+        )
 
-    assert summary(answered=[2, 2], expected=2, late=0, rejected={"stale-round": 1}, secagg_failed=0).header["answered"] == [2, 2]
-    for bad in ({"answered": 5}, {"answered": [2, -1]}, {"late": "x"}, {"expected": 1.5}, {"rejected": {"a": "b"}},
-                {"rejected": [1]}, {"stale": 1}, {"secagg_failed": True}, {"base_version": -2}):
+    assert summary(
+        answered=[2, 2], expected=2, late=0, rejected={"stale-round": 1}, secagg_failed=0
+    ).header["answered"] == [2, 2]
+    for bad in (
+        {"answered": 5},
+        {"answered": [2, -1]},
+        {"late": "x"},
+        {"expected": 1.5},
+        {"rejected": {"a": "b"}},
+        {"rejected": [1]},
+        {"stale": 1},
+        {"secagg_failed": True},
+        {"base_version": -2},
+    ):
         with pytest.raises(protocol.MessageRejected) as info:
             summary(**bad)
         assert info.value.reason == protocol.MALFORMED, bad
@@ -125,7 +238,10 @@ def test_frames_of_the_wrong_length_and_oversized_messages_are_rejected():
 
 
 def test_senders_must_be_known_and_match_their_connection():
-    assert rejected(update(sender="plant-a/line-1/dev-999"), routing_id=b"plant-a/line-1/dev-999") == protocol.UNKNOWN_SENDER
+    assert (
+        rejected(update(sender="plant-a/line-1/dev-999"), routing_id=b"plant-a/line-1/dev-999")
+        == protocol.UNKNOWN_SENDER
+    )
     assert rejected(update(), routing_id=b"plant-a/line-1/dev-002") == protocol.UNKNOWN_SENDER
 
 
@@ -133,14 +249,37 @@ def test_topk_indices_must_be_in_range():
     codec = make_codec("topk", SPEC.size, fraction=0.5)
     layouts = {protocol.UPDATE: ("topk", protocol.codec_layout(codec))}
     values, indices = np.ones(4, np.float32), np.array([0, 1, 2, SPEC.size], np.int32)
-    frames = protocol.encode(protocol.UPDATE, "plant-a/line-1/dev-001", round=1, spec=SPEC, codec="topk", arrays=[values, indices], weight=1.0, loss=0.0)
+    frames = protocol.encode(
+        protocol.UPDATE,
+        "plant-a/line-1/dev-001",
+        round=1,
+        spec=SPEC,
+        codec="topk",
+        arrays=[values, indices],
+        weight=1.0,
+        loss=0.0,
+    )
     with pytest.raises(protocol.MessageRejected) as info:
-        protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=layouts, max_bytes=1 << 20)
+        protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders=SENDERS,
+            spec=SPEC,
+            layouts=layouts,
+            max_bytes=1 << 20,
+        )
     assert info.value.reason == protocol.NON_FINITE
 
 
 def test_kinds_this_node_does_not_take_are_unexpected():
-    frames = protocol.encode(protocol.SUMMARY, "plant-a/line-1/dev-001", spec=SPEC, codec="none", arrays=[np.zeros(SPEC.size, np.float32)], weight=1.0, loss=0.0)
+    frames = protocol.encode(
+        protocol.SUMMARY,
+        "plant-a/line-1/dev-001",
+        spec=SPEC,
+        codec="none",
+        arrays=[np.zeros(SPEC.size, np.float32)],
+        weight=1.0,
+        loss=0.0,
+    )
     assert rejected(frames) == protocol.UNEXPECTED
 
 
@@ -182,8 +321,16 @@ DEV1 = "plant-a/line-1/dev-001"
         (protocol.SECAGG_INBOX, {"shares": {DEV1: 7}}, False),
         (protocol.SECAGG_UNMASK, {"survivors": [DEV1], "dropped": []}, True),
         (protocol.SECAGG_UNMASK, {"survivors": DEV1, "dropped": []}, False),
-        (protocol.SECAGG_REVEAL, {"mask_key_shares": {}, "self_mask_shares": {DEV1: bytes(66)}}, True),
-        (protocol.SECAGG_REVEAL, {"mask_key_shares": {}, "self_mask_shares": {1: bytes(66)}}, False),
+        (
+            protocol.SECAGG_REVEAL,
+            {"mask_key_shares": {}, "self_mask_shares": {DEV1: bytes(66)}},
+            True,
+        ),
+        (
+            protocol.SECAGG_REVEAL,
+            {"mask_key_shares": {}, "self_mask_shares": {1: bytes(66)}},
+            False,
+        ),
     ],
 )
 def test_secagg_fields_are_type_checked(kind, fields, valid):
@@ -195,12 +342,22 @@ def test_secagg_fields_are_type_checked(kind, fields, valid):
 
 
 def test_a_masked_input_is_one_raw_uint32_frame_of_its_layout():
-    layouts = {protocol.SECAGG_MASKED: (protocol.MASKED_CODEC, protocol.masked_layout(SPEC.size + 2))}
+    layouts = {
+        protocol.SECAGG_MASKED: (protocol.MASKED_CODEC, protocol.masked_layout(SPEC.size + 2))
+    }
     words = np.arange(SPEC.size + 2, dtype=np.uint32) * np.uint32(2**27)
 
     def masked(arrays, codec=protocol.MASKED_CODEC):
-        frames = protocol.encode(protocol.SECAGG_MASKED, DEV1, round=1, spec=SPEC, codec=codec, arrays=arrays)
-        return protocol.parse_message([bytes(f) for f in frames], senders=SENDERS, spec=SPEC, layouts=layouts, max_bytes=1 << 20)
+        frames = protocol.encode(
+            protocol.SECAGG_MASKED, DEV1, round=1, spec=SPEC, codec=codec, arrays=arrays
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders=SENDERS,
+            spec=SPEC,
+            layouts=layouts,
+            max_bytes=1 << 20,
+        )
 
     np.testing.assert_array_equal(masked([words]).arrays[0], words)
     for arrays, codec, reason in [

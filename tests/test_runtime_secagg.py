@@ -29,18 +29,18 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from test_runtime_edge import HIERFL, TIMEOUT_MS, Peer, cloud_recv, running_edge
 
 from hierfl.core.algorithms import DeviceData
-from hierfl.kernels import ravel
+from hierfl.core.steps import make_device_step
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import make_plan
+from hierfl.kernels import ravel
 from hierfl.privacy.fixed_point import FixedPoint
 from hierfl.privacy.secagg import DeviceSession, EdgeSession
 from hierfl.runtime import protocol
 from hierfl.runtime.node import node_model
-from hierfl.core.steps import make_device_step
 from hierfl.runtime.secagg_rounds import LOSS_CLIP, session_round
-from test_runtime_edge import HIERFL, TIMEOUT_MS, Peer, cloud_recv, running_edge
 
 DEVICES = tuple(f"plant-a/line-1/dev-00{i}" for i in (1, 2, 3))
 THRESHOLD = 2  # ceil(0.6 * 3)
@@ -79,15 +79,19 @@ devices = 3
 """
 
 
-def words_of(delta: np.ndarray, weight: float, loss: float, normalizer: float, clip: float = 1.0) -> np.ndarray:
+def words_of(
+    delta: np.ndarray, weight: float, loss: float, normalizer: float, clip: float = 1.0
+) -> np.ndarray:
     """The words a device masks, written out from the documented encoding: [w/M * delta, w/M, w/M * loss]."""
     share = weight / normalizer
     n = len(DEVICES)
-    return np.concatenate([
-        FixedPoint(clip, n).encode(share * delta.astype(np.float64)),
-        FixedPoint(1.0, n).encode(np.array([share])),
-        FixedPoint(LOSS_CLIP, n).encode(np.array([share * loss])),
-    ])
+    return np.concatenate(
+        [
+            FixedPoint(clip, n).encode(share * delta.astype(np.float64)),
+            FixedPoint(1.0, n).encode(np.array([share])),
+            FixedPoint(LOSS_CLIP, n).encode(np.array([share * loss])),
+        ]
+    )
 
 
 def plant_normalizer(topology) -> float:
@@ -100,14 +104,39 @@ def to_frames(message: dict, sender: str, round: int, spec) -> list:
     fields = {k: v for k, v in message.items() if k not in ("kind", "round", "device", "masked")}
     if message["kind"] == protocol.SECAGG_MASKED:
         words = np.frombuffer(message["masked"], np.uint32)
-        return protocol.encode(protocol.SECAGG_MASKED, sender, round=round, spec=spec, codec=protocol.MASKED_CODEC, arrays=[words])
+        return protocol.encode(
+            protocol.SECAGG_MASKED,
+            sender,
+            round=round,
+            spec=spec,
+            codec=protocol.MASKED_CODEC,
+            arrays=[words],
+        )
     return protocol.encode(message["kind"], sender, round=round, **fields)
 
 
 def from_header(header: dict, frames: list, sender: str | None = None) -> dict:
     """A received secagg message back as the dict its session takes."""
-    fields = {k: v for k, v in header.items() if k not in ("protocol", "kind", "sender", "round", "edge_round", "model_version", "spec", "codec")}
-    message = {"kind": header["kind"], "round": session_round(header["round"], header["edge_round"]), **fields}
+    fields = {
+        k: v
+        for k, v in header.items()
+        if k
+        not in (
+            "protocol",
+            "kind",
+            "sender",
+            "round",
+            "edge_round",
+            "model_version",
+            "spec",
+            "codec",
+        )
+    }
+    message = {
+        "kind": header["kind"],
+        "round": session_round(header["round"], header["edge_round"]),
+        **fields,
+    }
     if sender is not None:
         message["device"] = sender
     if header["kind"] == protocol.SECAGG_MASKED:
@@ -134,8 +163,14 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
     edge.setsockopt(zmq.LINGER, 0)
     edge.bind(f"ipc://{folder}/edge.ipc")
     logs = {d: open(folder / f"{d.replace('/', '.')}.log", "w") for d in DEVICES}
-    processes = [subprocess.Popen([str(HIERFL), "device", str(topology_file), "--id", d], stdout=logs[d], stderr=subprocess.STDOUT)
-                 for d in DEVICES]
+    processes = [
+        subprocess.Popen(
+            [str(HIERFL), "device", str(topology_file), "--id", d],
+            stdout=logs[d],
+            stderr=subprocess.STDOUT,
+        )
+        for d in DEVICES
+    ]
     seen: list[tuple[str, dict, list[bytes]]] = []
 
     def receive(kind: str, count: int) -> dict[str, tuple[dict, list[bytes]]]:
@@ -144,7 +179,8 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
         while len(got) < count:
             left = int((deadline - time.monotonic()) * 1000)
             assert left > 0 and edge.poll(left), f"only {sorted(got)} sent {kind}:\n" + "".join(
-                (folder / f"{d.replace('/', '.')}.log").read_text()[-800:] for d in DEVICES)
+                (folder / f"{d.replace('/', '.')}.log").read_text()[-800:] for d in DEVICES
+            )
             peer, header, *frames = edge.recv_multipart()
             header = msgpack.unpackb(header)
             seen.append((peer.decode(), header, frames))
@@ -156,7 +192,9 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
         receive(protocol.HELLO, len(DEVICES))
         net = node_model(topology)
         global_flat = np.asarray(ravel(net.spec, net.initial_params))
-        model = protocol.encode(protocol.MODEL, "plant-a", round=1, spec=net.spec, codec="none", arrays=[global_flat])
+        model = protocol.encode(
+            protocol.MODEL, "plant-a", round=1, spec=net.spec, codec="none", arrays=[global_flat]
+        )
         for d in DEVICES:
             edge.send_multipart([d.encode(), *model])
         words = net.spec.size + 2
@@ -192,7 +230,9 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
     sent = {header["kind"] for _, header, _ in seen}
     assert protocol.UPDATE not in sent
     assert sent <= {protocol.HELLO, protocol.HEARTBEAT, *protocol.SECAGG_FROM_DEVICE}
-    assert all(len(frames) == 0 for _, header, frames in seen if header["kind"] != protocol.SECAGG_MASKED)
+    assert all(
+        len(frames) == 0 for _, header, frames in seen if header["kind"] != protocol.SECAGG_MASKED
+    )
 
     # Each device's result, recomputed here with the device's keys and data.
     plan = make_plan(topology)
@@ -203,9 +243,21 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
     plain, delta_sum, weight = {}, np.zeros(net.spec.size), 0.0
     for d in DEVICES:
         i = topology.device(d).index
-        data = DeviceData(jnp.asarray(plan.shards.x[i]), jnp.asarray(plan.shards.y[i]), jnp.asarray(plan.shards.counts[i]),
-                          jnp.int32(topology.device_steps[i]))
-        out = step(global_flat, data, jnp.zeros(codec.residual_size), jnp.int32(1), jnp.int32(0), jnp.int32(i), jnp.float32(1))
+        data = DeviceData(
+            jnp.asarray(plan.shards.x[i]),
+            jnp.asarray(plan.shards.y[i]),
+            jnp.asarray(plan.shards.counts[i]),
+            jnp.int32(topology.device_steps[i]),
+        )
+        out = step(
+            global_flat,
+            data,
+            jnp.zeros(codec.residual_size),
+            jnp.int32(1),
+            jnp.int32(0),
+            jnp.int32(i),
+            jnp.float32(1),
+        )
         delta = np.asarray(out.payload[0])
         plain[d] = words_of(delta, float(out.weight), float(out.loss), normalizer)
         delta_sum += float(out.weight) * delta.astype(np.float64)
@@ -214,7 +266,9 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
         on_wire = np.frombuffer(frames[0], np.uint32)
         assert header["codec"] == protocol.MASKED_CODEC and on_wire.shape == (words,)
         assert np.mean(on_wire == plain[d]) < 0.01, f"{d}'s masked input shows its plaintext words"
-    np.testing.assert_array_equal(total, sum(plain.values()))  # the same words as the updates computed here, exactly
+    np.testing.assert_array_equal(
+        total, sum(plain.values())
+    )  # the same words as the updates computed here, exactly
     step_size = FixedPoint(1.0, len(DEVICES)).step
     recovered = total[:-2].view(np.int32) * step_size * normalizer
     assert np.max(np.abs(recovered - delta_sum)) <= len(DEVICES) * step_size * normalizer
@@ -240,7 +294,14 @@ def open_round(edge) -> tuple[int, np.ndarray]:
     edge["round"] += 1
     spec, r = edge["net"].spec, edge["round"]
     global_flat = np.asarray(ravel(spec, edge["net"].initial_params)) + np.float32(r)
-    edge["cloud"].send_multipart([b"plant-a", *protocol.encode(protocol.MODEL, "cloud", round=r, spec=spec, codec="none", arrays=[global_flat])])
+    edge["cloud"].send_multipart(
+        [
+            b"plant-a",
+            *protocol.encode(
+                protocol.MODEL, "cloud", round=r, spec=spec, codec="none", arrays=[global_flat]
+            ),
+        ]
+    )
     for peer in edge["devices"].values():
         header, _ = peer.recv(protocol.MODEL)
         assert header["round"] == r
@@ -304,8 +365,10 @@ def test_too_many_drops_fail_the_round_safely_and_say_where(edge):
     assert edge["process"].poll() is None
     status = edge["devices"][DEVICES[0]].status()
     assert status["secagg_failed"] == 1 and status["phase"] == "idle"
-    assert f"edge round {r}.0: secure aggregation failed at masked input: 1 usable answers, below the threshold t = 2" \
+    assert (
+        f"edge round {r}.0: secure aggregation failed at masked input: 1 usable answers, below the threshold t = 2"
         in edge["log"].read_text()
+    )
 
 
 def test_bad_secagg_messages_are_refused_with_their_reason(edge):
@@ -313,24 +376,68 @@ def test_bad_secagg_messages_are_refused_with_their_reason(edge):
     devices = [Device(edge, name, r, 20 + seed) for seed, name in enumerate(DEVICES)]
     dev1, spec = devices[0], edge["net"].spec
     keys = dev1.session.advertise()
-    header, = to_frames(keys, dev1.peer.identity, r, spec)
+    (header,) = to_frames(keys, dev1.peer.identity, r, spec)
     masked_header, masked_frame = to_frames(
-        {"kind": protocol.SECAGG_MASKED, "masked": np.zeros(spec.size + 2, np.uint32).tobytes()}, dev1.peer.identity, r, spec)
+        {"kind": protocol.SECAGG_MASKED, "masked": np.zeros(spec.size + 2, np.uint32).tobytes()},
+        dev1.peer.identity,
+        r,
+        spec,
+    )
     stranger = Peer(edge["context"], edge["address"], "plant-a/line-1/dev-999")
     before = dev1.peer.status()["rejected"]
     cases = [
         (dev1.peer, to_frames(keys, dev1.peer.identity, r - 1, spec), protocol.STALE_ROUND),
         (dev1.peer, to_frames(keys, dev1.peer.identity, r + 1, spec), protocol.FUTURE_ROUND),
-        (dev1.peer, to_frames({**keys, "c_pk": "not bytes"}, dev1.peer.identity, r, spec), protocol.MALFORMED),
-        (dev1.peer, to_frames({**keys, "s_pk": b"short"}, dev1.peer.identity, r, spec), protocol.MALFORMED),
-        (dev1.peer, [msgpack.packb({k: v for k, v in msgpack.unpackb(header).items() if k != "c_pk"})], protocol.MALFORMED),
-        (dev1.peer, protocol.encode(protocol.SECAGG_SHARES, dev1.peer.identity, round=r, b_hash=b"x", shares=[1]), protocol.MALFORMED),
+        (
+            dev1.peer,
+            to_frames({**keys, "c_pk": "not bytes"}, dev1.peer.identity, r, spec),
+            protocol.MALFORMED,
+        ),
+        (
+            dev1.peer,
+            to_frames({**keys, "s_pk": b"short"}, dev1.peer.identity, r, spec),
+            protocol.MALFORMED,
+        ),
+        (
+            dev1.peer,
+            [msgpack.packb({k: v for k, v in msgpack.unpackb(header).items() if k != "c_pk"})],
+            protocol.MALFORMED,
+        ),
+        (
+            dev1.peer,
+            protocol.encode(
+                protocol.SECAGG_SHARES, dev1.peer.identity, round=r, b_hash=b"x", shares=[1]
+            ),
+            protocol.MALFORMED,
+        ),
         (dev1.peer, [masked_header, bytes(masked_frame) + bytes(64)], protocol.OVERSIZED),
         (dev1.peer, [header, bytes(2_000_000)], protocol.OVERSIZED),
-        (dev1.peer, [masked_header, masked_frame], protocol.UNEXPECTED),  # a masked input during the keys phase
-        (dev1.peer, protocol.encode(protocol.SECAGG_ROSTER, dev1.peer.identity, round=r, threshold=2, keys={}), protocol.UNEXPECTED),
-        (dev1.peer, protocol.encode(protocol.UPDATE, dev1.peer.identity, round=r, spec=spec, codec="none",
-                                    arrays=[np.zeros(spec.size, np.float32)], weight=1.0, loss=0.1), protocol.UNEXPECTED),
+        (
+            dev1.peer,
+            [masked_header, masked_frame],
+            protocol.UNEXPECTED,
+        ),  # a masked input during the keys phase
+        (
+            dev1.peer,
+            protocol.encode(
+                protocol.SECAGG_ROSTER, dev1.peer.identity, round=r, threshold=2, keys={}
+            ),
+            protocol.UNEXPECTED,
+        ),
+        (
+            dev1.peer,
+            protocol.encode(
+                protocol.UPDATE,
+                dev1.peer.identity,
+                round=r,
+                spec=spec,
+                codec="none",
+                arrays=[np.zeros(spec.size, np.float32)],
+                weight=1.0,
+                loss=0.1,
+            ),
+            protocol.UNEXPECTED,
+        ),
         (stranger, to_frames(keys, "plant-a/line-1/dev-999", r, spec), protocol.UNKNOWN_SENDER),
     ]
     for peer, frames, reason in cases:
@@ -343,9 +450,15 @@ def test_bad_secagg_messages_are_refused_with_their_reason(edge):
     assert dev1.peer.recv(protocol.REJECTED)[0]["reason"] == protocol.DUPLICATE
     counts = dev1.peer.status()["rejected"]
     added = {reason: counts.get(reason, 0) - before.get(reason, 0) for reason in counts}
-    assert {k: v for k, v in added.items() if v} == {protocol.STALE_ROUND: 1, protocol.FUTURE_ROUND: 1, protocol.MALFORMED: 4,
-                                                     protocol.OVERSIZED: 2, protocol.UNEXPECTED: 3, protocol.UNKNOWN_SENDER: 1,
-                                                     protocol.DUPLICATE: 1}
+    assert {k: v for k, v in added.items() if v} == {
+        protocol.STALE_ROUND: 1,
+        protocol.FUTURE_ROUND: 1,
+        protocol.MALFORMED: 4,
+        protocol.OVERSIZED: 2,
+        protocol.UNEXPECTED: 3,
+        protocol.UNKNOWN_SENDER: 1,
+        protocol.DUPLICATE: 1,
+    }
     stranger.socket.close()
 
     # The round still completes with the valid messages.

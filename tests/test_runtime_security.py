@@ -57,13 +57,31 @@ def secure_edge():
     result = hierfl("keys", "generate", str(keys), "cloud", "plant-a", "device", "intruder")
     assert result.returncode == 0, result.stderr
     assert "public key" in result.stdout
-    public = {name: zmq.auth.load_certificate(keys / f"{name}.key")[0].decode() for name in ("cloud", "plant-a", "device")}
+    public = {
+        name: zmq.auth.load_certificate(keys / f"{name}.key")[0].decode()
+        for name in ("cloud", "plant-a", "device")
+    }
     topology = folder / "secure.toml"
-    topology.write_text(TOPOLOGY.format(dir=folder, cloud=public["cloud"], edge=public["plant-a"], device=public["device"]))
+    topology.write_text(
+        TOPOLOGY.format(
+            dir=folder, cloud=public["cloud"], edge=public["plant-a"], device=public["device"]
+        )
+    )
     log = folder / "edge.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([str(HIERFL), "edge", str(topology), "--plant", "plant-a", "--key", str(keys / "plant-a.key_secret")],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                str(HIERFL),
+                "edge",
+                str(topology),
+                "--plant",
+                "plant-a",
+                "--key",
+                str(keys / "plant-a.key_secret"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield {"folder": folder, "keys": keys, "topology": topology, "process": process, "log": log}
     finally:
@@ -72,7 +90,9 @@ def secure_edge():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def ask_status(folder: Path, identity: str, client: Path | None, server_public: bytes | None, timeout_ms: int) -> dict | None:
+def ask_status(
+    folder: Path, identity: str, client: Path | None, server_public: bytes | None, timeout_ms: int
+) -> dict | None:
     """A STATUS request from a DEALER (a CurveZMQ client if `client` keys are given); the reply or None."""
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
@@ -95,14 +115,28 @@ def ask_status(folder: Path, identity: str, client: Path | None, server_public: 
 def test_only_devices_with_listed_keys_get_through(secure_edge):
     folder, keys = secure_edge["folder"], secure_edge["keys"]
     server = zmq.auth.load_certificate(keys / "plant-a.key")[0]
-    listed = ask_status(folder, "plant-a/line-1/dev-001", keys / "device.key_secret", server, timeout_ms=60_000)
+    listed = ask_status(
+        folder, "plant-a/line-1/dev-001", keys / "device.key_secret", server, timeout_ms=60_000
+    )
     assert listed is not None and listed["kind"] == "status", secure_edge["log"].read_text()
-    assert ask_status(folder, "plant-a/line-1/dev-002", keys / "intruder.key_secret", server, timeout_ms=3000) is None
+    assert (
+        ask_status(
+            folder, "plant-a/line-1/dev-002", keys / "intruder.key_secret", server, timeout_ms=3000
+        )
+        is None
+    )
     assert ask_status(folder, "plant-a/line-1/dev-002", None, None, timeout_ms=2000) is None
     assert secure_edge["process"].poll() is None
 
 
 def test_a_node_of_a_secure_topology_needs_its_key(secure_edge):
-    result = hierfl("edge", str(secure_edge["topology"]), "--plant", "plant-a", "--bind", f"ipc://{secure_edge['folder']}/other.ipc")
+    result = hierfl(
+        "edge",
+        str(secure_edge["topology"]),
+        "--plant",
+        "plant-a",
+        "--bind",
+        f"ipc://{secure_edge['folder']}/other.ipc",
+    )
     assert result.returncode == 2
     assert "pass this node's --key" in result.stderr

@@ -46,14 +46,26 @@ class Round:
 
     def run(self, drop_before_shares=(), drop_after_shares=(), drop_after_masked=(), tamper=None):
         roster = wire(self.edge.collect_keys([wire(d.advertise()) for d in self.devices.values()]))
-        shares = [wire(d.share_keys(roster)) for v, d in self.devices.items() if v not in drop_before_shares]
+        shares = [
+            wire(d.share_keys(roster))
+            for v, d in self.devices.items()
+            if v not in drop_before_shares
+        ]
         inboxes = {v: wire(inbox) for v, inbox in self.edge.route_shares(shares).items()}
         if tamper:
             tamper(inboxes)
-        masked = [wire(self.devices[v].masked_input(inboxes[v], self.words[v])) for v in inboxes if v not in drop_after_shares]
+        masked = [
+            wire(self.devices[v].masked_input(inboxes[v], self.words[v]))
+            for v in inboxes
+            if v not in drop_after_shares
+        ]
         self.masked = {m["device"]: np.frombuffer(m["masked"], dtype="<u4") for m in masked}
         request = wire(self.edge.collect_masked(masked))
-        reveals = [wire(self.devices[v].unmask(request)) for v in request["survivors"] if v not in drop_after_masked]
+        reveals = [
+            wire(self.devices[v].unmask(request))
+            for v in request["survivors"]
+            if v not in drop_after_masked
+        ]
         return self.edge.finish(reveals)
 
 
@@ -84,7 +96,9 @@ def test_fixed_point_sums_decode_exactly_to_the_sum_of_rounded_values(clip, summ
     total = np.sum([codec.encode(v) for v in values], axis=0, dtype=np.uint32)
     rounded = np.rint(values * codec.scale).sum(axis=0)  # exact integers, never wrapped
     np.testing.assert_array_equal(total.view(np.int32), rounded)
-    np.testing.assert_allclose(codec.decode(total), values.sum(axis=0), atol=count * codec.step / 2 + 1e-6 * count * clip)
+    np.testing.assert_allclose(
+        codec.decode(total), values.sum(axis=0), atol=count * codec.step / 2 + 1e-6 * count * clip
+    )
 
 
 def test_fixed_point_round_trip_rounds_to_the_step_and_clips():
@@ -133,7 +147,9 @@ def test_edge_sum_is_the_plain_sum_after_decoding():
     codec = FixedPoint(clip=1.0, summands=6)
     words = {d: codec.encode(u) for d, u in updates.items()}
     total = Round(words, threshold=4).run()
-    np.testing.assert_array_equal(total, np.sum(list(words.values()), axis=0, dtype=np.uint32))  # exact mod 2^32
+    np.testing.assert_array_equal(
+        total, np.sum(list(words.values()), axis=0, dtype=np.uint32)
+    )  # exact mod 2^32
     plain = np.sum([u.astype(np.float64) for u in updates.values()], axis=0)
     np.testing.assert_allclose(codec.decode(total), plain, atol=6 * codec.step / 2 + 1e-7)
 
@@ -157,7 +173,9 @@ def test_a_masked_update_is_indistinguishable_from_uniform_noise():
     run = Round(words, threshold=3)
     run.run()
     for masked in run.masked.values():
-        assert uniformity_pvalue(masked) > 1e-6  # fresh OS randomness: a false alarm about once in 10^5 runs
+        assert (
+            uniformity_pvalue(masked) > 1e-6
+        )  # fresh OS randomness: a false alarm about once in 10^5 runs
 
 
 def test_dropouts_above_the_threshold_leave_the_survivors_sum():
@@ -166,9 +184,13 @@ def test_dropouts_above_the_threshold_leave_the_survivors_sum():
     words = {d: codec.encode(u) for d, u in updates.items()}
     ids = device_ids(8)
     # ids[0] never shares keys, ids[1], ids[2] drop before their masked input, ids[3] after it.
-    total = Round(words, threshold=4).run(drop_before_shares=[ids[0]], drop_after_shares=ids[1:3], drop_after_masked=[ids[3]])
+    total = Round(words, threshold=4).run(
+        drop_before_shares=[ids[0]], drop_after_shares=ids[1:3], drop_after_masked=[ids[3]]
+    )
     counted = ids[3:]  # 5 survivors, 4 of them answer the unmasking: exactly t
-    np.testing.assert_array_equal(total, np.sum([words[d] for d in counted], axis=0, dtype=np.uint32))
+    np.testing.assert_array_equal(
+        total, np.sum([words[d] for d in counted], axis=0, dtype=np.uint32)
+    )
     plain = np.sum([updates[d].astype(np.float64) for d in counted], axis=0)
     np.testing.assert_allclose(codec.decode(total), plain, atol=5 * codec.step / 2 + 1e-7)
     # The in-process reference run (fresh keys, same dropouts) gives the same sum.
@@ -203,7 +225,9 @@ def test_a_tampered_share_is_detected_and_names_its_sender():
         sealed[-1] ^= 1
         inboxes[ids[2]]["shares"][ids[0]] = bytes(sealed)
 
-    with pytest.raises(ShareTamperedError, match=f"the share from {ids[0]} failed authentication") as error:
+    with pytest.raises(
+        ShareTamperedError, match=f"the share from {ids[0]} failed authentication"
+    ) as error:
         Round(words, threshold=3).run(tamper=flip_a_bit)
     assert error.value.sender == ids[0]
 
@@ -241,12 +265,19 @@ def test_the_edge_rejects_bad_messages_without_failing_the_round():
     words = {d: np.full(WORDS, 7, dtype=np.uint32) for d in ids}
     run = Round(words, threshold=3)
     adverts = [d.advertise() for d in run.devices.values()]
-    adverts += [{**adverts[0]}, {"kind": "secagg_keys", "round": 2, "device": "x", "c_pk": b"", "s_pk": b""}, {"junk": 1}]
+    adverts += [
+        {**adverts[0]},
+        {"kind": "secagg_keys", "round": 2, "device": "x", "c_pk": b"", "s_pk": b""},
+        {"junk": 1},
+    ]
     roster = run.edge.collect_keys(adverts)
     assert sorted(roster["keys"]) == ids and len(run.edge.rejected) == 3
     inboxes = run.edge.route_shares([d.share_keys(roster) for d in run.devices.values()])
     masked = [run.devices[v].masked_input(inboxes[v], words[v]) for v in ids]
-    masked[0] = {**masked[0], "masked": masked[0]["masked"][:-4]}  # truncated: ids[0] counts as dropped
+    masked[0] = {
+        **masked[0],
+        "masked": masked[0]["masked"][:-4],
+    }  # truncated: ids[0] counts as dropped
     request = run.edge.collect_masked(masked)
     assert request["dropped"] == [ids[0]]
     total = run.edge.finish([run.devices[v].unmask(request) for v in request["survivors"]])
@@ -258,11 +289,15 @@ def test_the_edge_rejects_bad_messages_without_failing_the_round():
 
 def crypto_topology(privacy, plants=([4], [3]), extra="", **kwargs):
     text = topology_text(plants=[list(p) for p in plants], **kwargs)
-    return parse_topology(text.replace("[cloud]", f"[privacy]\n{privacy}\n{extra}\n[cloud]"), "crypto.toml")
+    return parse_topology(
+        text.replace("[cloud]", f"[privacy]\n{privacy}\n{extra}\n[cloud]"), "crypto.toml"
+    )
 
 
 def test_secure_aggregation_fields_load_and_give_the_threshold():
-    topology = crypto_topology("secure_aggregation = true\nsecagg_threshold = 0.6\nsecagg_clip = 0.5")
+    topology = crypto_topology(
+        "secure_aggregation = true\nsecagg_threshold = 0.6\nsecagg_clip = 0.5"
+    )
     privacy = topology.privacy
     assert privacy.secure_aggregation and privacy.secagg_clip == 0.5 and not privacy.enabled
     assert [secagg_threshold(privacy, p.num_devices) for p in topology.plants] == [3, 2]
@@ -273,14 +308,48 @@ def test_secure_aggregation_fields_load_and_give_the_threshold():
 @pytest.mark.parametrize(
     ("privacy", "extra", "plants", "expected"),
     [
-        ("secure_aggregation = true", '[aggregation.edge]\nrule = "median"', ([4], [3]), "aggregation.edge: rule 'median' cannot be combined with privacy.secure_aggregation"),
-        ("secure_aggregation = true", "[aggregation.edge]\nclip_norm = 1.0", ([4], [3]), "aggregation.edge: clip_norm cannot be combined"),
-        ("secure_aggregation = true", "", ([4], [1]), "privacy.secagg_threshold: plant 'plant-1' has 1 device, so t = ceil(0.6 * 1) = 1"),
-        ("secure_aggregation = true\nsecagg_threshold = 0.5", "", ([4], [3]), "privacy.secagg_threshold: must be in (0.5, 1]"),
-        ("secure_aggregation = 1", "", ([4], [3]), "privacy.secure_aggregation: expected true or false, got int 1"),
-        ("secure_aggregation = true", '[compression.device_to_edge]\ncodec = "int8"', ([4], [3]), "compression.device_to_edge.codec: 'int8' cannot be combined"),
-        ('secure_aggregation = true\ndp = "edge"\nclip_quantile = 0.5\nquantile_noise = 1.0', "", ([4], [3]),
-         "privacy.clip_quantile: adaptive clipping cannot be combined with privacy.secure_aggregation"),
+        (
+            "secure_aggregation = true",
+            '[aggregation.edge]\nrule = "median"',
+            ([4], [3]),
+            "aggregation.edge: rule 'median' cannot be combined with privacy.secure_aggregation",
+        ),
+        (
+            "secure_aggregation = true",
+            "[aggregation.edge]\nclip_norm = 1.0",
+            ([4], [3]),
+            "aggregation.edge: clip_norm cannot be combined",
+        ),
+        (
+            "secure_aggregation = true",
+            "",
+            ([4], [1]),
+            "privacy.secagg_threshold: plant 'plant-1' has 1 device, so t = ceil(0.6 * 1) = 1",
+        ),
+        (
+            "secure_aggregation = true\nsecagg_threshold = 0.5",
+            "",
+            ([4], [3]),
+            "privacy.secagg_threshold: must be in (0.5, 1]",
+        ),
+        (
+            "secure_aggregation = 1",
+            "",
+            ([4], [3]),
+            "privacy.secure_aggregation: expected true or false, got int 1",
+        ),
+        (
+            "secure_aggregation = true",
+            '[compression.device_to_edge]\ncodec = "int8"',
+            ([4], [3]),
+            "compression.device_to_edge.codec: 'int8' cannot be combined",
+        ),
+        (
+            'secure_aggregation = true\ndp = "edge"\nclip_quantile = 0.5\nquantile_noise = 1.0',
+            "",
+            ([4], [3]),
+            "privacy.clip_quantile: adaptive clipping cannot be combined with privacy.secure_aggregation",
+        ),
     ],
 )
 def test_meaningless_secure_aggregation_settings_are_rejected(privacy, extra, plants, expected):
@@ -290,11 +359,16 @@ def test_meaningless_secure_aggregation_settings_are_rejected(privacy, extra, pl
 
 
 def test_secure_aggregation_with_scaffold_is_rejected():
-    with pytest.raises(TopologyError, match="privacy.secure_aggregation: cannot be combined with algorithm 'scaffold'"):
+    with pytest.raises(
+        TopologyError,
+        match="privacy.secure_aggregation: cannot be combined with algorithm 'scaffold'",
+    ):
         crypto_topology("secure_aggregation = true", algorithm="scaffold")
 
 
 def test_threshold_rule_matches_the_protocol_requirement():
     # The smallest plant the default threshold accepts has 2 devices (t = 2 of 2).
-    assert crypto_topology("secure_aggregation = true", plants=([2], [2])).plants[0].num_devices == 2
+    assert (
+        crypto_topology("secure_aggregation = true", plants=([2], [2])).plants[0].num_devices == 2
+    )
     assert math.ceil(0.6 * 2) == secagg_threshold(crypto_topology("").privacy, 2) == 2

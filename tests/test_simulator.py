@@ -11,8 +11,8 @@ import pytest
 
 from hierfl.core import rng
 from hierfl.core.algorithms import DeviceData, build_algorithm
-from hierfl.runs.checkpoint import load_params
 from hierfl.data.plan import make_plan
+from hierfl.runs.checkpoint import load_params
 from hierfl.sim.engine import init_global_model, simulate
 
 
@@ -38,17 +38,28 @@ def reference_hierfavg(topology, rounds):
                 deltas, weights = [], []
                 for device in plant.devices:
                     i = device.index
-                    data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.int32(shards.counts[i]))
+                    data = DeviceData(
+                        jnp.asarray(shards.x[i]),
+                        jnp.asarray(shards.y[i]),
+                        jnp.int32(shards.counts[i]),
+                    )
                     start = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), edges[p])
                     result = local_update(start, data, rng.device_key(federation.seed, r, e, i))
                     deltas.append(to64(result.delta))
                     weights.append(float(shards.counts[i]))
-                mean = jax.tree.map(lambda *d: sum(w * x for w, x in zip(weights, d)) / sum(weights), *deltas)
+                mean = jax.tree.map(
+                    lambda *d: sum(w * x for w, x in zip(weights, d)) / sum(weights), *deltas
+                )
                 new_edges.append(jax.tree.map(np.add, edges[p], mean))
             edges = new_edges
-        totals = [float(shards.counts[[d.index for d in plant.devices]].sum()) for plant in topology.plants]
+        totals = [
+            float(shards.counts[[d.index for d in plant.devices]].sum())
+            for plant in topology.plants
+        ]
         edge_deltas = [jax.tree.map(np.subtract, edge, global_params) for edge in edges]
-        mean = jax.tree.map(lambda *d: sum(w * x for w, x in zip(totals, d)) / sum(totals), *edge_deltas)
+        mean = jax.tree.map(
+            lambda *d: sum(w * x for w, x in zip(totals, d)) / sum(totals), *edge_deltas
+        )
         global_params = jax.tree.map(np.add, global_params, mean)
     return global_params
 
@@ -63,16 +74,22 @@ def reference_flat_fedavg(topology, rounds):
     plan = make_plan(topology)
     model, params = init_global_model(plan)
     federation = topology.federation
-    local_update = jax.jit(build_algorithm(model.apply, plan.task, topology, plan.shards.counts).local_update)
+    local_update = jax.jit(
+        build_algorithm(model.apply, plan.task, topology, plan.shards.counts).local_update
+    )
     shards = plan.shards
     global_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     for r in range(1, rounds + 1):
         start = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), global_params)
         weighted = None
         for i in range(shards.num_devices):
-            data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.int32(shards.counts[i]))
+            data = DeviceData(
+                jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.int32(shards.counts[i])
+            )
             delta = local_update(start, data, rng.device_key(federation.seed, r, 0, i)).delta
-            term = jax.tree.map(lambda d: float(shards.counts[i]) * np.asarray(d, np.float64), delta)
+            term = jax.tree.map(
+                lambda d: float(shards.counts[i]) * np.asarray(d, np.float64), delta
+            )
             weighted = term if weighted is None else jax.tree.map(np.add, weighted, term)
         total = float(shards.counts.sum())
         global_params = jax.tree.map(lambda g, w: g + w / total, global_params, weighted)
@@ -99,7 +116,9 @@ def test_edge_rounds_change_the_result(make_topology):
 
 def test_with_one_edge_round_the_hierarchy_is_invisible(make_topology):
     # kappa2 = 1: edge means weighted by edge totals = the flat weighted mean over all devices.
-    topology = make_topology(plants=[[2, 2], [3]], edge_rounds=1, cloud_rounds=2, partition="dirichlet")
+    topology = make_topology(
+        plants=[[2, 2], [3]], edge_rounds=1, cloud_rounds=2, partition="dirichlet"
+    )
     assert_params_close(simulate(topology).params, reference_flat_fedavg(topology, rounds=2))
 
 
@@ -110,7 +129,10 @@ def test_same_seed_same_model_bit_for_bit(make_topology):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
     c = simulate(topology.with_federation(seed=1))
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params))
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3])
@@ -118,11 +140,15 @@ def test_chunking_does_not_change_the_result(make_topology, chunk_size):
     topology = make_topology(plants=[[3], [2, 2]], edge_rounds=2)
     whole = simulate(topology, chunk_size=512).params
     chunked = simulate(topology, chunk_size=chunk_size).params
-    assert_params_close(chunked, jax.tree.map(lambda a: np.asarray(a, np.float64), whole), rtol=1e-5, atol=1e-6)
+    assert_params_close(
+        chunked, jax.tree.map(lambda a: np.asarray(a, np.float64), whole), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fedsgd_runs_and_learns(make_topology):
-    result = simulate(make_topology(plants=[[4]], algorithm="fedsgd", learning_rate=0.5, cloud_rounds=15))
+    result = simulate(
+        make_topology(plants=[[4]], algorithm="fedsgd", learning_rate=0.5, cloud_rounds=15)
+    )
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 
@@ -157,7 +183,9 @@ def test_per_plant_accuracy_is_measured_on_each_plants_own_test_set(make_topolog
     logits = result.model.apply(result.params, jnp.asarray(plan.test.x))
     correct = np.asarray(jnp.argmax(logits, -1) == plan.test.y)
     for p, name in enumerate(topology.plant_names):
-        assert record["plant_accuracy"][name] == pytest.approx(correct[plan.test.plant == p].mean(), abs=1e-6)
+        assert record["plant_accuracy"][name] == pytest.approx(
+            correct[plan.test.plant == p].mean(), abs=1e-6
+        )
     assert record["accuracy"] == pytest.approx(correct.mean(), abs=1e-6)
 
 

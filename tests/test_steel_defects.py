@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hierfl.errors import DataError
 from hierfl.data.tasks import TASKS, PlantRequest
 from hierfl.data.tasks.steel_defects_data import (
     CLASSES,
@@ -19,6 +18,7 @@ from hierfl.data.tasks.steel_defects_data import (
     plant_camera,
     render_images,
 )
+from hierfl.errors import DataError
 
 TASK = TASKS["steel-defects"]
 DEFECT_FREE, CRAZING, INCLUSION, PATCHES, PITTED, ROLLED_IN_SCALE, SCRATCHES = range(7)
@@ -26,10 +26,20 @@ DEFECT_FREE, CRAZING, INCLUSION, PATCHES, PITTED, ROLLED_IN_SCALE, SCRATCHES = r
 
 def test_classes_and_shapes():
     assert CLASSES == (
-        "defect-free", "crazing", "inclusion", "patches", "pitted-surface", "rolled-in-scale", "scratches",
+        "defect-free",
+        "crazing",
+        "inclusion",
+        "patches",
+        "pitted-surface",
+        "rolled-in-scale",
+        "scratches",
     )
     assert SIZE == 32
-    assert TASK.class_names == CLASSES and TASK.input_shape == (32, 32, 1) and TASK.default_model == "cnn"
+    assert (
+        TASK.class_names == CLASSES
+        and TASK.input_shape == (32, 32, 1)
+        and TASK.default_model == "cnn"
+    )
     x, y = generate_plant(0, 0, 30, 0.5)
     assert x.shape == (30, 32, 32) and x.dtype == np.float32
     assert y.shape == (30,) and y.dtype == np.int32
@@ -48,7 +58,10 @@ def test_deterministic_in_the_seed_and_the_plant():
 @pytest.mark.parametrize(
     "n, counts",
     [
-        (100, [15, 15, 14, 14, 14, 14, 14]),  # 100 = 7 * 14 + 2: the two lowest classes take one more
+        (
+            100,
+            [15, 15, 14, 14, 14, 14, 14],
+        ),  # 100 = 7 * 14 + 2: the two lowest classes take one more
         (7, [1] * 7),
         (3, [1, 1, 1, 0, 0, 0, 0]),
     ],
@@ -107,7 +120,9 @@ def surfaces(camera, labels=None, seed=5):
 def test_camera_gain_and_offset_are_affine():
     base = surfaces(Camera(noise=0.0))
     assert 0.05 < base.min() and base.max() < 0.85  # no clipping below, so the map is exact
-    np.testing.assert_allclose(surfaces(Camera(noise=0.0, gain=1.2, offset=-0.05)), 1.2 * base - 0.05, atol=2e-6)
+    np.testing.assert_allclose(
+        surfaces(Camera(noise=0.0, gain=1.2, offset=-0.05)), 1.2 * base - 0.05, atol=2e-6
+    )
 
 
 def test_camera_blur_is_a_gaussian_with_replicated_edges():
@@ -127,7 +142,12 @@ def test_plant_camera_follows_the_documented_formulas():
     cameras = [plant_camera(1.0, np.random.default_rng(i)) for i in range(50)]
     for camera in cameras:
         assert 0.7 <= camera.gain <= 1.3 and -0.1 <= camera.offset <= 0.1
-        assert (camera.blur_px, camera.noise, camera.grain_contrast, camera.grain_length_px) == pytest.approx((0.8, 0.03, 0.08, 3.0))
+        assert (
+            camera.blur_px,
+            camera.noise,
+            camera.grain_contrast,
+            camera.grain_length_px,
+        ) == pytest.approx((0.8, 0.03, 0.08, 3.0))
     assert np.std([c.gain for c in cameras]) > 0.1  # exposure differs between plants
     half = plant_camera(0.5, np.random.default_rng(0))
     assert (half.blur_px, half.noise) == pytest.approx((0.4, 0.0225))
@@ -172,7 +192,9 @@ def test_task_honours_train_samples_and_holds_out_each_class():
     assert plant.x_train.shape == (140, 32, 32, 1) and plant.x_test.shape == (49, 32, 32, 1)
     assert plant.x_train.dtype == np.float32 and plant.y_train.dtype == np.int32
     train_counts = np.bincount(plant.y_train, minlength=7)
-    assert train_counts.min() >= 20 - 5  # 145 left after the split (21 or 20 per class), 5 dropped at random
+    assert (
+        train_counts.min() >= 20 - 5
+    )  # 145 left after the split (21 or 20 per class), 5 dropped at random
     # No image is both a training and a test image.
     train_rows = {row.tobytes() for row in plant.x_train}
     assert not any(row.tobytes() in train_rows for row in plant.x_test)

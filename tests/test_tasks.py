@@ -13,14 +13,16 @@ import pytest
 from flax import nnx
 from sklearn.datasets import load_digits
 
-from hierfl.errors import DataError
 from hierfl.data.tasks import TASKS, PlantRequest, get_task
 from hierfl.data.tasks.base import stratified_test_split
 from hierfl.data.tasks.models import PatchConv, build_model
+from hierfl.errors import DataError
 
 DIGITS = TASKS["digits"]
 BEARING = TASKS["bearing-fault"]
-DIGIT_COUNTS = np.bincount(load_digits().target)  # [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+DIGIT_COUNTS = np.bincount(
+    load_digits().target
+)  # [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
 def held_out(counts, test_fraction):
@@ -32,7 +34,14 @@ def held_out(counts, test_fraction):
 
 
 def test_registry():
-    assert set(TASKS) == {"digits", "bearing-fault", "bearing-rul", "steel-defects", "energy-forecast", "appliance-id"}
+    assert set(TASKS) == {
+        "digits",
+        "bearing-fault",
+        "bearing-rul",
+        "steel-defects",
+        "energy-forecast",
+        "appliance-id",
+    }
     assert get_task("digits") is DIGITS
     with pytest.raises(KeyError, match="bearing-fault, bearing-rul, digits, energy-forecast"):
         get_task("mnist")
@@ -115,10 +124,17 @@ def check_patch_conv(spatial, channels, kernel, strides, dimension_numbers):
     x = jnp.asarray(rng.normal(size=(2, *spatial, c_in)), jnp.float32)
     assert conv.kernel[...].shape == (math.prod(kernel) * c_in, c_out)
     w = conv.kernel[...].reshape(*kernel, c_in, c_out)
-    want = jax.lax.conv_general_dilated(
-        x, w, window_strides=strides, padding="VALID", dimension_numbers=dimension_numbers,
-        precision=jax.lax.Precision.HIGHEST,
-    ) + conv.bias[...]
+    want = (
+        jax.lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=strides,
+            padding="VALID",
+            dimension_numbers=dimension_numbers,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        + conv.bias[...]
+    )
     got = jax.jit(lambda v: conv(v))(x)
     out_spatial = tuple((n - k) // s + 1 for n, k, s in zip(spatial, kernel, strides))
     assert got.shape == (2, *out_spatial, c_out)
@@ -139,8 +155,12 @@ def test_digits_pool_is_the_real_dataset():
     y = np.concatenate([plants[0].y_train, plants[0].y_test])
     assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
     # Same multiset of (image, label) as scikit-learn's, scaled to [0, 1].
-    ours = sorted(map(tuple, np.concatenate([x.reshape(-1, 64) * 16, y[:, None]], axis=1).round().astype(int)))
-    theirs = sorted(map(tuple, np.concatenate([bunch.data, bunch.target[:, None]], axis=1).astype(int)))
+    ours = sorted(
+        map(tuple, np.concatenate([x.reshape(-1, 64) * 16, y[:, None]], axis=1).round().astype(int))
+    )
+    theirs = sorted(
+        map(tuple, np.concatenate([bunch.data, bunch.target[:, None]], axis=1).astype(int))
+    )
     assert ours == theirs
 
 
@@ -150,9 +170,15 @@ def test_digits_sizes_follow_requests():
     train_total = 1797 - test_total  # 1438
     assert (test_total, train_total) == (359, 1438)
     # One exact request of 300, the remaining 1138 shared 1 : 3 by device count.
-    plants = DIGITS.make_plant_data([request(0, 2, 300), request(1, 1), request(2, 3)], test_fraction, 0)
+    plants = DIGITS.make_plant_data(
+        [request(0, 2, 300), request(1, 1), request(2, 3)], test_fraction, 0
+    )
     train_sizes = [len(p.y_train) for p in plants]
-    assert train_sizes == [300, 285, 853]  # 1138 * [1, 3] / 4 = [284.5, 853.5]: the tie goes to the first
+    assert train_sizes == [
+        300,
+        285,
+        853,
+    ]  # 1138 * [1, 3] / 4 = [284.5, 853.5]: the tie goes to the first
     test_sizes = [len(p.y_test) for p in plants]
     assert sum(test_sizes) == 359
     # Test sets are proportional to the train sets: 359 * [300, 284, 854] / 1438.
@@ -190,6 +216,7 @@ def test_digits_deterministic_in_seed():
 
 def test_digits_shift_changes_pixel_statistics():
     plain, shifted = DIGITS.make_plant_data([request(0, 3), request(1, 3, shift=1.0)], 0.2, 0)
+
     # Raw digits are multiples of 1/16 in [0, 1]; a camera shift with sensor noise is not.
     def on_grid(x):
         return np.mean(np.isclose(x * 16, np.round(x * 16), atol=1e-4))
@@ -199,7 +226,10 @@ def test_digits_shift_changes_pixel_statistics():
     for x in (shifted.x_train, shifted.x_test):
         assert x.min() >= 0.0 and x.max() <= 1.0
     # The noise (std 0.15) alone moves the pixel spread measurably.
-    assert abs(shifted.x_train.std() - plain.x_train.std()) > 0.01 or abs(shifted.x_train.mean() - plain.x_train.mean()) > 0.02
+    assert (
+        abs(shifted.x_train.std() - plain.x_train.std()) > 0.01
+        or abs(shifted.x_train.mean() - plain.x_train.mean()) > 0.02
+    )
 
 
 def test_digits_test_sets_are_stratified():
@@ -222,7 +252,9 @@ def test_digits_test_sets_of_unequal_plants_see_every_class():
 
 
 def test_bearing_honours_train_samples_and_holds_out_test_fraction():
-    plants = list(BEARING.make_plant_data([request(0, 4, 192), request(1, 2, 50, shift=0.3)], 0.2, 0))
+    plants = list(
+        BEARING.make_plant_data([request(0, 4, 192), request(1, 2, 50, shift=0.3)], 0.2, 0)
+    )
     assert [len(p.y_train) for p in plants] == [192, 50]
     # 192 / 0.8 / 4 = 60 windows per machine -> 240, 60 per class, 12 each held out.
     assert len(plants[0].y_test) == 48
@@ -279,6 +311,8 @@ def test_bearing_honours_train_samples_when_rounding_is_tight(devices, train, te
 def test_stratified_test_split_holds_out_each_class():
     labels = np.repeat(np.arange(3), [10, 5, 1])
     train, test = stratified_test_split(labels, 0.3, np.random.default_rng(0))
-    np.testing.assert_array_equal(np.bincount(labels[test]), [3, 2, 1])  # 3, 1.5 -> 2, 0.3 -> at least 1
+    np.testing.assert_array_equal(
+        np.bincount(labels[test]), [3, 2, 1]
+    )  # 3, 1.5 -> 2, 0.3 -> at least 1
     assert len(np.intersect1d(train, test)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(16))

@@ -60,22 +60,42 @@ def test_demo_preset():
     assert [len(plant.lines) for plant in topology.plants] == [3, 2]
     assert topology.plant("plant-a").num_devices + topology.plant("plant-b").num_devices == 24
     assert topology.plant("plant-b").shift == 0.2
-    assert topology.data == DataSpec(partition="dirichlet", alpha=0.5, sigma=1.0, samples_per_device=None)
+    assert topology.data == DataSpec(
+        partition="dirichlet", alpha=0.5, sigma=1.0, samples_per_device=None
+    )
     assert topology.test_fraction == 0.2
     plan = topology.federation
     assert (plan.task, plan.model, plan.algorithm) == ("digits", "mlp", "fedavg")
-    assert (plan.cloud_rounds, plan.edge_rounds, plan.local_steps, plan.batch_size) == (20, 2, 10, 32)
+    assert (plan.cloud_rounds, plan.edge_rounds, plan.local_steps, plan.batch_size) == (
+        20,
+        2,
+        10,
+        32,
+    )
     assert plan.learning_rate == 0.1
     device = topology.device("plant-a/line-1/dev-003")
-    assert (device.name, device.plant, device.line, device.index) == ("dev-003", "plant-a", "line-1", 2)
+    assert (device.name, device.plant, device.line, device.index) == (
+        "dev-003",
+        "plant-a",
+        "line-1",
+        2,
+    )
     assert topology.cloud.address == "tcp://127.0.0.1:5550"
-    assert [plant.address for plant in topology.plants] == ["tcp://127.0.0.1:5560", "tcp://127.0.0.1:5561"]
+    assert [plant.address for plant in topology.plants] == [
+        "tcp://127.0.0.1:5560",
+        "tcp://127.0.0.1:5561",
+    ]
 
 
 def test_bearing_preset():
     topology = load_topology("bearing")
     plan = topology.federation
-    assert (plan.task, plan.model, plan.cloud_rounds, plan.learning_rate) == ("bearing-fault", "cnn1d", 30, 0.1)
+    assert (plan.task, plan.model, plan.cloud_rounds, plan.learning_rate) == (
+        "bearing-fault",
+        "cnn1d",
+        30,
+        0.1,
+    )
     assert topology.data.partition == "iid"
     assert topology.data.samples_per_device == 48
     assert topology.plant("plant-b").shift == 0.3
@@ -125,13 +145,21 @@ def test_minimal_topology_defaults():
     topology = parse_topology(MINIMAL)
     plan = topology.federation
     assert plan.model is None
-    assert (plan.algorithm, plan.edge_rounds, plan.local_steps, plan.batch_size) == ("fedavg", 1, 1, 32)
+    assert (plan.algorithm, plan.edge_rounds, plan.local_steps, plan.batch_size) == (
+        "fedavg",
+        1,
+        1,
+        32,
+    )
     assert (plan.server_learning_rate, plan.seed) == (1.0, 0)
     assert topology.data == DataSpec()
     assert topology.test_fraction == 0.2
     assert topology.plant("plant-a").shift == 0.0
     assert topology.source == "<string>"
-    assert [device.id for device in topology.devices] == ["plant-a/line-1/dev-001", "plant-a/line-1/dev-002"]
+    assert [device.id for device in topology.devices] == [
+        "plant-a/line-1/dev-001",
+        "plant-a/line-1/dev-002",
+    ]
 
 
 def test_integer_learning_rate_becomes_float():
@@ -147,7 +175,9 @@ def test_device_names_widen_past_999():
 
 
 def test_explicit_device_names_and_federation_order():
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [[plants.lines]]
 name = "line-2"
 devices = ["press-1", "press-2", "press-3"]
@@ -160,6 +190,7 @@ address = "ipc:///tmp/plant-b"
 name = "line-1"
 devices = 1
 """
+    )
     topology = parse_topology(text)
     assert [device.id for device in topology.devices] == [
         "plant-a/line-1/dev-001",
@@ -175,7 +206,11 @@ devices = 1
 
 
 def test_line_data_overrides_merge_with_defaults():
-    text = replace_once(MINIMAL, "[cloud]", '[data]\npartition = "dirichlet"\nalpha = 0.3\nsamples_per_device = 40\n\n[cloud]')
+    text = replace_once(
+        MINIMAL,
+        "[cloud]",
+        '[data]\npartition = "dirichlet"\nalpha = 0.3\nsamples_per_device = 40\n\n[cloud]',
+    )
     text += """
 [[plants.lines]]
 name = "line-2"
@@ -186,8 +221,12 @@ partition = "quantity"
 sigma = 2
 """
     line_1, line_2 = parse_topology(text).plant("plant-a").lines
-    assert line_1.data == DataSpec(partition="dirichlet", alpha=0.3, sigma=1.0, samples_per_device=40)
-    assert line_2.data == DataSpec(partition="quantity", alpha=0.3, sigma=2.0, samples_per_device=40)
+    assert line_1.data == DataSpec(
+        partition="dirichlet", alpha=0.3, sigma=1.0, samples_per_device=40
+    )
+    assert line_2.data == DataSpec(
+        partition="quantity", alpha=0.3, sigma=2.0, samples_per_device=40
+    )
 
 
 def test_unknown_plant_and_device_raise_key_error():
@@ -220,18 +259,45 @@ devices = 2
 
 BAD = [
     # (edit of MINIMAL: old, new), the one expected problem
-    (("cloud_rounds = 3", "cloud_rounds = '5'"), "federation.cloud_rounds: expected an integer, got str '5'"),
-    (("cloud_rounds = 3", "cloud_rounds = true"), "federation.cloud_rounds: expected an integer, got bool True"),
-    (("cloud_rounds = 3", "cloud_rounds = 2.0"), "federation.cloud_rounds: expected an integer, got float 2.0"),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = '5'"),
+        "federation.cloud_rounds: expected an integer, got str '5'",
+    ),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = true"),
+        "federation.cloud_rounds: expected an integer, got bool True",
+    ),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = 2.0"),
+        "federation.cloud_rounds: expected an integer, got float 2.0",
+    ),
     (("cloud_rounds = 3", "cloud_rounds = 0"), "federation.cloud_rounds: must be >= 1, got 0"),
     (("cloud_rounds = 3\n", ""), "federation.cloud_rounds: missing required key"),
-    (("cloud_rounds = 3", "cloud_rounds = 3\nedge_rounds = 0"), "federation.edge_rounds: must be >= 1, got 0"),
-    (("cloud_rounds = 3", "cloud_rounds = 3\nlocal_steps = -1"), "federation.local_steps: must be >= 1, got -1"),
-    (("cloud_rounds = 3", "cloud_rounds = 3\nbatch_size = 0"), "federation.batch_size: must be >= 1, got 0"),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = 3\nedge_rounds = 0"),
+        "federation.edge_rounds: must be >= 1, got 0",
+    ),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = 3\nlocal_steps = -1"),
+        "federation.local_steps: must be >= 1, got -1",
+    ),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = 3\nbatch_size = 0"),
+        "federation.batch_size: must be >= 1, got 0",
+    ),
     (("cloud_rounds = 3", "cloud_rounds = 3\nseed = -1"), "federation.seed: must be >= 0, got -1"),
-    (("learning_rate = 0.1", "learning_rate = 0"), "federation.learning_rate: must be > 0, got 0.0"),
-    (("learning_rate = 0.1", "learning_rate = true"), "federation.learning_rate: expected a number, got bool True"),
-    (("learning_rate = 0.1", "learning_rate = nan"), "federation.learning_rate: must be finite, got nan"),
+    (
+        ("learning_rate = 0.1", "learning_rate = 0"),
+        "federation.learning_rate: must be > 0, got 0.0",
+    ),
+    (
+        ("learning_rate = 0.1", "learning_rate = true"),
+        "federation.learning_rate: expected a number, got bool True",
+    ),
+    (
+        ("learning_rate = 0.1", "learning_rate = nan"),
+        "federation.learning_rate: must be finite, got nan",
+    ),
     (
         ("learning_rate = 0.1", "learning_rate = 0.1\nserver_learning_rate = -1.0"),
         "federation.server_learning_rate: must be > 0, got -1.0",
@@ -243,15 +309,30 @@ BAD = [
         "federation.cloud_round: unknown key (allowed: algorithm, batch_size, cloud_rounds, edge_rounds, "
         "learning_rate, local_steps, model, mu, name, seed, server_learning_rate, task); did you mean 'cloud_rounds'?",
     ),
-    (("[cloud]", "[data]\npartition = 'zipf'\n[cloud]"), "data.partition: unknown value 'zipf' (choose from: dirichlet, iid, quantity)"),
+    (
+        ("[cloud]", "[data]\npartition = 'zipf'\n[cloud]"),
+        "data.partition: unknown value 'zipf' (choose from: dirichlet, iid, quantity)",
+    ),
     (("[cloud]", "[data]\nalpha = 0.0\n[cloud]"), "data.alpha: must be > 0, got 0.0"),
     (("[cloud]", "[data]\nsigma = -2\n[cloud]"), "data.sigma: must be > 0, got -2.0"),
-    (("[cloud]", "[data]\nsamples_per_device = 0\n[cloud]"), "data.samples_per_device: must be >= 1, got 0"),
-    (("[cloud]", "[data]\ntest_fraction = 1\n[cloud]"), "data.test_fraction: must be in (0, 1), got 1.0"),
-    (("[cloud]", "[data]\ntest_fraction = 0.0\n[cloud]"), "data.test_fraction: must be in (0, 1), got 0.0"),
+    (
+        ("[cloud]", "[data]\nsamples_per_device = 0\n[cloud]"),
+        "data.samples_per_device: must be >= 1, got 0",
+    ),
+    (
+        ("[cloud]", "[data]\ntest_fraction = 1\n[cloud]"),
+        "data.test_fraction: must be in (0, 1), got 1.0",
+    ),
+    (
+        ("[cloud]", "[data]\ntest_fraction = 0.0\n[cloud]"),
+        "data.test_fraction: must be in (0, 1), got 0.0",
+    ),
     (("[federation]", "data = 3\n[federation]"), "data: expected a table, got int 3"),
-    (("[cloud]", "[extra]\n[cloud]"), "extra: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy, runtime)"),
-    (("[cloud]\naddress = \"tcp://127.0.0.1:5550\"", ""), "cloud: missing required table [cloud]"),
+    (
+        ("[cloud]", "[extra]\n[cloud]"),
+        "extra: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy, runtime)",
+    ),
+    (('[cloud]\naddress = "tcp://127.0.0.1:5550"', ""), "cloud: missing required table [cloud]"),
     (('address = "tcp://127.0.0.1:5550"', ""), "cloud.address: missing required key"),
     (
         ('address = "tcp://127.0.0.1:5550"', 'address = "tcp://127.0.0.1:0"'),
@@ -289,27 +370,54 @@ BAD = [
         ('address = "tcp://127.0.0.1:5550"', 'address = "udp://127.0.0.1:5550"'),
         "cloud.address: unsupported transport 'udp' in address 'udp://127.0.0.1:5550'",
     ),
-    (('address = "tcp://127.0.0.1:5550"', 'address = "ipc://"'), "cloud.address: empty path in address 'ipc://'"),
-    (('address = "tcp://127.0.0.1:5550"', 'address = "inproc://"'), "cloud.address: empty name in address 'inproc://'"),
+    (
+        ('address = "tcp://127.0.0.1:5550"', 'address = "ipc://"'),
+        "cloud.address: empty path in address 'ipc://'",
+    ),
+    (
+        ('address = "tcp://127.0.0.1:5550"', 'address = "inproc://"'),
+        "cloud.address: empty name in address 'inproc://'",
+    ),
     (
         ('address = "tcp://127.0.0.1:5560"', 'address = "tcp://127.0.0.1:5550"'),
         "plants[0].address: 'tcp://127.0.0.1:5550' already used by cloud.address",
     ),
-    (('name = "plant-a"', 'name = "plant a"'), "plants[0].name: invalid name 'plant a' (use letters, digits"),
+    (
+        ('name = "plant-a"', 'name = "plant a"'),
+        "plants[0].name: invalid name 'plant a' (use letters, digits",
+    ),
     (('name = "plant-a"', 'name = "a/b"'), "plants[0].name: invalid name 'a/b'"),
     (('name = "plant-a"', 'name = "-a"'), "plants[0].name: invalid name '-a'"),
-    (('name = "plant-a"', 'name = "plant-a"\nshift = 1.5'), "plants[0].shift: must be in [0, 1], got 1.5"),
+    (
+        ('name = "plant-a"', 'name = "plant-a"\nshift = 1.5'),
+        "plants[0].shift: must be in [0, 1], got 1.5",
+    ),
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
         "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift)",
     ),
-    (('name = "line-1"', 'name = "line-1"\ncolour = "red"'), "plants[0].lines[0].colour: unknown key (allowed: data, devices, local_steps, name)"),
+    (
+        ('name = "line-1"', 'name = "line-1"\ncolour = "red"'),
+        "plants[0].lines[0].colour: unknown key (allowed: data, devices, local_steps, name)",
+    ),
     (('name = "line-1"\n', ""), "plants[0].lines[0].name: missing required key"),
     (("devices = 2", "devices = 0"), "plants[0].lines[0].devices: must be >= 1, got 0"),
-    (("devices = 2", "devices = true"), "plants[0].lines[0].devices: expected a device count or an array of device names, got bool True"),
-    (("devices = 2", "devices = []"), "plants[0].lines[0].devices: must list at least one device name"),
-    (("devices = 2", "devices = ['a', 3]"), "plants[0].lines[0].devices[1]: expected a string, got int 3"),
-    (("devices = 2", "devices = ['a', 'b c']"), "plants[0].lines[0].devices[1]: invalid name 'b c'"),
+    (
+        ("devices = 2", "devices = true"),
+        "plants[0].lines[0].devices: expected a device count or an array of device names, got bool True",
+    ),
+    (
+        ("devices = 2", "devices = []"),
+        "plants[0].lines[0].devices: must list at least one device name",
+    ),
+    (
+        ("devices = 2", "devices = ['a', 3]"),
+        "plants[0].lines[0].devices[1]: expected a string, got int 3",
+    ),
+    (
+        ("devices = 2", "devices = ['a', 'b c']"),
+        "plants[0].lines[0].devices[1]: invalid name 'b c'",
+    ),
     (
         ("devices = 2", "devices = ['a', 'b', 'a']"),
         "plants[0].lines[0].devices[2]: duplicate device name 'a' (also plants[0].lines[0].devices[0])",
@@ -330,7 +438,11 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("edit", "expected"), BAD, ids=[expected.split(":")[0] + f"#{i}" for i, (_, expected) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    BAD,
+    ids=[expected.split(":")[0] + f"#{i}" for i, (_, expected) in enumerate(BAD)],
+)
 def test_bad_input_reports_one_precise_problem(edit, expected):
     problems = problems_of(replace_once(MINIMAL, *edit))
     assert len(problems) == 1, problems
@@ -338,7 +450,10 @@ def test_bad_input_reports_one_precise_problem(edit, expected):
 
 
 BAD_WHOLE = [
-    (MINIMAL + PLANT_B.replace("plant-b", "plant-a"), "plants[1].name: duplicate plant name 'plant-a' (also plants[0].name)"),
+    (
+        MINIMAL + PLANT_B.replace("plant-b", "plant-a"),
+        "plants[1].name: duplicate plant name 'plant-a' (also plants[0].name)",
+    ),
     (
         MINIMAL + PLANT_B.replace("5561", "5560"),
         "plants[1].address: 'tcp://127.0.0.1:5560' already used by plants[0].address",
@@ -355,15 +470,26 @@ BAD_WHOLE = [
         MINIMAL + '\n[[plants]]\nname = "plant-b"\naddress = "tcp://127.0.0.1:5561"\nlines = []\n',
         "plants[1].lines: must declare at least one line",
     ),
-    (MINIMAL.split("[[plants]]")[0], "plants: missing required key (declare at least one plant with [[plants]])"),
+    (
+        MINIMAL.split("[[plants]]")[0],
+        "plants: missing required key (declare at least one plant with [[plants]])",
+    ),
     ("plants = []\n" + MINIMAL.split("[[plants]]")[0], "plants: must declare at least one plant"),
     ("plants = [1]\n" + MINIMAL.split("[[plants]]")[0], "plants[0]: expected a table, got int 1"),
-    ("plants = 'x'\n" + MINIMAL.split("[[plants]]")[0], "plants: expected an array of tables ([[plants]]), got str 'x'"),
-    (MINIMAL.split("[cloud]")[0].replace("[federation]", "federation = 1\n[x]"), "federation: expected a table, got int 1"),
+    (
+        "plants = 'x'\n" + MINIMAL.split("[[plants]]")[0],
+        "plants: expected an array of tables ([[plants]]), got str 'x'",
+    ),
+    (
+        MINIMAL.split("[cloud]")[0].replace("[federation]", "federation = 1\n[x]"),
+        "federation: expected a table, got int 1",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), BAD_WHOLE, ids=[expected.split(":")[0] for _, expected in BAD_WHOLE])
+@pytest.mark.parametrize(
+    ("text", "expected"), BAD_WHOLE, ids=[expected.split(":")[0] for _, expected in BAD_WHOLE]
+)
 def test_bad_structure_reports_precise_problem(text, expected):
     assert any(problem.startswith(expected) for problem in problems_of(text)), problems_of(text)
 
@@ -429,7 +555,10 @@ lines = []
 def test_missing_federation_table_is_one_problem():
     text = MINIMAL.replace("[federation]", "[federatoin]")
     problems = problems_of(text)
-    assert problems[0].startswith("federatoin: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, plants, privacy, runtime); did you mean 'federation'?")
+    assert problems[0].startswith(
+        "federatoin: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, "
+        "plants, privacy, runtime); did you mean 'federation'?"
+    )
     # the misplaced keys belong to the unknown table: only the missing table itself is reported
     assert problems[1:] == ("federation: missing required table [federation]",)
 
@@ -459,7 +588,10 @@ def test_toml_syntax_error_names_source_line_and_column():
 def test_syntax_error_in_a_file(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[[plants]\n")
-    with pytest.raises(TopologyError, match=r"invalid topology .*bad\.toml: 1 problem\n  - TOML syntax error: .*line 1"):
+    with pytest.raises(
+        TopologyError,
+        match=r"invalid topology .*bad\.toml: 1 problem\n  - TOML syntax error: .*line 1",
+    ):
         load_topology(path)
 
 
@@ -486,7 +618,10 @@ def test_directory_and_non_utf8_file(tmp_path):
 
 # --- choices and with_federation -----------------------------------------------------------
 
-CHOICES = {"federation.task": {"digits", "bearing-fault"}, "federation.algorithm": {"fedavg", "fedsgd"}}
+CHOICES = {
+    "federation.task": {"digits", "bearing-fault"},
+    "federation.algorithm": {"fedavg", "fedsgd"},
+}
 
 
 def test_choices_accept_known_values():
@@ -548,6 +683,12 @@ def test_with_federation_rejects_bad_values_together():
 
 def test_with_federation_checks_choices():
     topology = load_topology("demo")
-    with pytest.raises(TopologyError, match=r"federation.algorithm: unknown value 'fedprox' \(choose from: fedavg, fedsgd\)"):
+    with pytest.raises(
+        TopologyError,
+        match=r"federation.algorithm: unknown value 'fedprox' \(choose from: fedavg, fedsgd\)",
+    ):
         topology.with_federation(algorithm="fedprox", choices=CHOICES)
-    assert topology.with_federation(algorithm="fedsgd", choices=CHOICES).federation.algorithm == "fedsgd"
+    assert (
+        topology.with_federation(algorithm="fedsgd", choices=CHOICES).federation.algorithm
+        == "fedsgd"
+    )

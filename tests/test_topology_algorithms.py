@@ -11,7 +11,13 @@ from hierfl.topology import ServerOptimizer, TierRule, TopologyError, parse_topo
 SHAPE = [[5, 5], [5, 5], [5]]  # plants of 10, 10 and 5 devices
 
 
-def parse(extra: str = "", federation: str = "", line_extra: str = "", algorithm: str = "fedavg", plants=SHAPE):
+def parse(
+    extra: str = "",
+    federation: str = "",
+    line_extra: str = "",
+    algorithm: str = "fedavg",
+    plants=SHAPE,
+):
     text = topology_text(plants=plants, algorithm=algorithm)
     text = text.replace("seed = 0\n", f"seed = 0\n{federation}\n")
     text = text.replace("[cloud]", f"{extra}\n[cloud]")
@@ -58,7 +64,8 @@ def test_every_tier_and_plant_is_read():
 
 def test_a_plant_may_use_its_own_edge_rule():
     text = topology_text(plants=SHAPE).replace(
-        'address = "tcp://127.0.0.1:7101"\n', 'address = "tcp://127.0.0.1:7101"\n[plants.aggregation]\nrule = "krum"\nbyzantine = 2\n'
+        'address = "tcp://127.0.0.1:7101"\n',
+        'address = "tcp://127.0.0.1:7101"\n[plants.aggregation]\nrule = "krum"\nbyzantine = 2\n',
     )
     topology = parse_topology(text, "test.toml")
     assert [topology.edge_rule(p).rule for p in topology.plants] == ["mean", "krum", "mean"]
@@ -72,17 +79,50 @@ def test_fedprox_gets_a_default_mu():
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        (dict(extra='[aggregation.edge]\nrule = "average"'), "aggregation.edge.rule: unknown value 'average' (choose from: krum, mean, median, multi_krum, trimmed_mean)"),
-        (dict(extra='[aggregation.edge]\nrule = "trimmed_mean"\nbeta = 0.5'), "aggregation.edge.beta: must be in [0, 0.5), got 0.5"),
-        (dict(algorithm="fedprox", federation="mu = -0.1"), "federation.mu: must be >= 0, got -0.1"),
-        (dict(federation="mu = 0.1"), "federation.mu: algorithm 'fedavg' takes no mu (only fedprox does)"),
-        (dict(extra='[aggregation.edge]\nrule = "median"\nbeta = 0.1'), "aggregation.edge.beta: rule 'median' takes no beta (only trimmed_mean does)"),
-        (dict(extra='[aggregation.cloud]\noptimizer = "sgd"\nbeta1 = 0.8'), "aggregation.cloud.beta1: optimizer 'sgd' takes no beta1 (only adam, yogi does)"),
-        (dict(extra='[aggregation.cloud]\noptimizer = "fedadam"'), "aggregation.cloud.optimizer: unknown value 'fedadam' (choose from: adagrad, adam, momentum, sgd, yogi)"),
-        (dict(extra='[aggregation.edge]\noptimizer = "adam"'), "aggregation.edge.optimizer: unknown key"),
-        (dict(extra='[aggregation.plant]\nrule = "mean"'), "aggregation.plant: unknown key (allowed: cloud, edge)"),
-        (dict(extra='[aggregation.edge]\nclip_norm = 0'), "aggregation.edge.clip_norm: must be > 0, got 0.0"),
-        (dict(extra='[attack]\nkind = "sign_flip"\nfraction = 1.0'), "attack.fraction: must be in [0, 1), got 1.0"),
+        (
+            dict(extra='[aggregation.edge]\nrule = "average"'),
+            "aggregation.edge.rule: unknown value 'average' (choose from: krum, mean, median, multi_krum, trimmed_mean)",
+        ),
+        (
+            dict(extra='[aggregation.edge]\nrule = "trimmed_mean"\nbeta = 0.5'),
+            "aggregation.edge.beta: must be in [0, 0.5), got 0.5",
+        ),
+        (
+            dict(algorithm="fedprox", federation="mu = -0.1"),
+            "federation.mu: must be >= 0, got -0.1",
+        ),
+        (
+            dict(federation="mu = 0.1"),
+            "federation.mu: algorithm 'fedavg' takes no mu (only fedprox does)",
+        ),
+        (
+            dict(extra='[aggregation.edge]\nrule = "median"\nbeta = 0.1'),
+            "aggregation.edge.beta: rule 'median' takes no beta (only trimmed_mean does)",
+        ),
+        (
+            dict(extra='[aggregation.cloud]\noptimizer = "sgd"\nbeta1 = 0.8'),
+            "aggregation.cloud.beta1: optimizer 'sgd' takes no beta1 (only adam, yogi does)",
+        ),
+        (
+            dict(extra='[aggregation.cloud]\noptimizer = "fedadam"'),
+            "aggregation.cloud.optimizer: unknown value 'fedadam' (choose from: adagrad, adam, momentum, sgd, yogi)",
+        ),
+        (
+            dict(extra='[aggregation.edge]\noptimizer = "adam"'),
+            "aggregation.edge.optimizer: unknown key",
+        ),
+        (
+            dict(extra='[aggregation.plant]\nrule = "mean"'),
+            "aggregation.plant: unknown key (allowed: cloud, edge)",
+        ),
+        (
+            dict(extra="[aggregation.edge]\nclip_norm = 0"),
+            "aggregation.edge.clip_norm: must be > 0, got 0.0",
+        ),
+        (
+            dict(extra='[attack]\nkind = "sign_flip"\nfraction = 1.0'),
+            "attack.fraction: must be in [0, 1), got 1.0",
+        ),
         (dict(line_extra="local_steps = 0"), "plants[0].lines[1].local_steps: must be >= 1, got 0"),
         (dict(algorithm="fedavgg"), "federation.algorithm: unknown value 'fedavgg'"),
     ],
@@ -129,9 +169,16 @@ def test_meaningless_combinations_are_rejected(kwargs, expected):
 
 def test_python_api_checks_like_the_loader():
     topology = parse()
-    changed = topology.with_aggregation(edge=TierRule("median"), optimizer=ServerOptimizer("yogi", tau=0.01))
-    assert changed.aggregation.edge.rule == "median" and changed.aggregation.optimizer.optimizer == "yogi"
-    with pytest.raises(TopologyError, match=r"aggregation.edge.beta: must be in \[0, 0.5\), got 0.7"):
+    changed = topology.with_aggregation(
+        edge=TierRule("median"), optimizer=ServerOptimizer("yogi", tau=0.01)
+    )
+    assert (
+        changed.aggregation.edge.rule == "median"
+        and changed.aggregation.optimizer.optimizer == "yogi"
+    )
+    with pytest.raises(
+        TopologyError, match=r"aggregation.edge.beta: must be in \[0, 0.5\), got 0.7"
+    ):
         topology.with_aggregation(edge=TierRule("trimmed_mean", beta=0.7))
     with pytest.raises(TopologyError, match="cannot be combined with algorithm 'scaffold'"):
         changed.with_federation(algorithm="scaffold")

@@ -25,7 +25,13 @@ _PRESETS = importlib.resources.files(__package__) / "presets"
 
 def preset_names() -> tuple[str, ...]:
     """The names of the bundled presets (`bearing`, `demo`, `large`), sorted."""
-    return tuple(sorted(entry.name.removesuffix(".toml") for entry in _PRESETS.iterdir() if entry.name.endswith(".toml")))
+    return tuple(
+        sorted(
+            entry.name.removesuffix(".toml")
+            for entry in _PRESETS.iterdir()
+            if entry.name.endswith(".toml")
+        )
+    )
 
 
 def preset_path(name: str) -> Traversable:
@@ -79,7 +85,9 @@ def _read_text(path: pathlib.Path) -> str:
     except OSError as error:
         raise TopologyError([f"cannot read file: {error.strerror}"], str(path)) from None
     except UnicodeDecodeError as error:
-        raise TopologyError([f"not UTF-8 text: {error.reason} at byte {error.start}"], str(path)) from None
+        raise TopologyError(
+            [f"not UTF-8 text: {error.reason} at byte {error.start}"], str(path)
+        ) from None
 
 
 def _not_a_preset(name: str, reason: str) -> str:

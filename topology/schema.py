@@ -93,12 +93,18 @@ def check_choices(choices: Mapping[str, Collection[str]] | None) -> Mapping[str,
     """
     if choices is None:
         return {}
-    supported = sorted(f"federation.{key}" for key, field in FEDERATION_FIELDS.items() if field.kind is str)
+    supported = sorted(
+        f"federation.{key}" for key, field in FEDERATION_FIELDS.items() if field.kind is str
+    )
     for path, allowed in choices.items():
         if path not in supported:
-            raise ValueError(f"choices: unsupported field {path!r} (supported: {', '.join(supported)})")
+            raise ValueError(
+                f"choices: unsupported field {path!r} (supported: {', '.join(supported)})"
+            )
         if isinstance(allowed, str):
-            raise TypeError(f"choices[{path!r}]: expected a collection of strings, got the string {allowed!r}")
+            raise TypeError(
+                f"choices[{path!r}]: expected a collection of strings, got the string {allowed!r}"
+            )
     return choices
 
 
@@ -121,7 +127,9 @@ class Field:
     options: tuple[str, ...] = ()
     pattern: re.Pattern[str] | None = None
 
-    def check(self, value: object, choices: Collection[str] | None = None) -> tuple[Any, str | None]:
+    def check(
+        self, value: object, choices: Collection[str] | None = None
+    ) -> tuple[Any, str | None]:
         """Returns `(normalized value, None)` if `value` is allowed, else `(None, reason)`.
 
         `choices`, when given, further restricts a string field to those values.
@@ -129,12 +137,18 @@ class Field:
         if value is None and self.default is None:
             return None, None
         if self.kind is bool:
-            return (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {describe(value)}")
+            return (
+                (value, None)
+                if isinstance(value, bool)
+                else (None, f"expected true or false, got {describe(value)}")
+            )
         if self.kind is str:
             return self._check_string(value, choices)
         return self._check_number(value)
 
-    def _check_string(self, value: object, choices: Collection[str] | None) -> tuple[Any, str | None]:
+    def _check_string(
+        self, value: object, choices: Collection[str] | None
+    ) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             return None, f"expected a string, got {describe(value)}"
         if not value:
@@ -663,7 +677,10 @@ class Topology:
         """Each device's local steps per edge round (its line's, or the federation's), in device order."""
         default = self.federation.local_steps
         return tuple(
-            line.local_steps or default for plant in self.plants for line in plant.lines for _ in line.devices
+            line.local_steps or default
+            for plant in self.plants
+            for line in plant.lines
+            for _ in line.devices
         )
 
     @functools.cached_property
@@ -684,7 +701,9 @@ class Topology:
         for plant in self.plants:
             if plant.name == name:
                 return plant
-        raise KeyError(f"no plant {name!r} in topology {self.source} (plants: {', '.join(self.plant_names)})")
+        raise KeyError(
+            f"no plant {name!r} in topology {self.source} (plants: {', '.join(self.plant_names)})"
+        )
 
     @functools.cached_property
     def _devices_by_id(self) -> Mapping[str, Device]:
@@ -695,9 +714,13 @@ class Topology:
         try:
             return self._devices_by_id[id]
         except KeyError:
-            raise KeyError(f"no device {id!r} in topology {self.source} (ids are 'plant/line/device')") from None
+            raise KeyError(
+                f"no device {id!r} in topology {self.source} (ids are 'plant/line/device')"
+            ) from None
 
-    def with_federation(self, *, choices: Mapping[str, Collection[str]] | None = None, **overrides: Any) -> Topology:
+    def with_federation(
+        self, *, choices: Mapping[str, Collection[str]] | None = None, **overrides: Any
+    ) -> Topology:
         """A copy with some `[federation]` fields replaced, e.g. `with_federation(cloud_rounds=3)`.
 
         The new values are checked with the loader's rules (and against `choices`, keyed
@@ -720,13 +743,26 @@ class Topology:
         federation = dataclasses.replace(self.federation, **values)
         if federation.algorithm != self.federation.algorithm:
             # A new algorithm gets its own parameters' defaults, unless they are given too.
-            defaults = {k: v for k, v in ALGORITHM_PARAMETERS.get(federation.algorithm, {}).items() if k not in overrides}
-            dropped = {k: None for keys in ALGORITHM_PARAMETERS.values() for k in keys if k not in overrides and k not in defaults}
+            defaults = {
+                k: v
+                for k, v in ALGORITHM_PARAMETERS.get(federation.algorithm, {}).items()
+                if k not in overrides
+            }
+            dropped = {
+                k: None
+                for keys in ALGORITHM_PARAMETERS.values()
+                for k in keys
+                if k not in overrides and k not in defaults
+            }
             federation = dataclasses.replace(federation, **dropped, **defaults)
         return self._checked(dataclasses.replace(self, federation=federation))
 
     def with_aggregation(
-        self, *, edge: TierRule | None = None, cloud: TierRule | None = None, optimizer: ServerOptimizer | None = None
+        self,
+        *,
+        edge: TierRule | None = None,
+        cloud: TierRule | None = None,
+        optimizer: ServerOptimizer | None = None,
     ) -> Topology:
         """A copy with some tiers' rules or the cloud optimizer replaced, checked like a loaded file.
 
@@ -784,7 +820,9 @@ def combination_problems(topology: Topology) -> list[str]:
     senders = [("aggregation.cloud", topology.aggregation.cloud, len(topology.plants), "plants")]
     for i, plant in enumerate(topology.plants):
         path = f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
-        senders.append((path, topology.edge_rule(plant), plant.num_devices, f"devices in plant {plant.name!r}"))
+        senders.append(
+            (path, topology.edge_rule(plant), plant.num_devices, f"devices in plant {plant.name!r}")
+        )
     for path, rule, count, what in senders:
         problems += _rule_problems(path, rule, count, what)
         if rule.robust and federation.algorithm == "scaffold":
@@ -795,9 +833,13 @@ def combination_problems(topology: Topology) -> list[str]:
     for key in ("mu",):
         takers = [name for name, keys in ALGORITHM_PARAMETERS.items() if key in keys]
         if getattr(federation, key) is not None and federation.algorithm not in takers:
-            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)")
+            problems.append(
+                f"federation.{key}: algorithm {federation.algorithm!r} takes no {key} (only {', '.join(takers)} does)"
+            )
         if getattr(federation, key) is None and federation.algorithm in takers:
-            problems.append(f"federation.{key}: algorithm {federation.algorithm!r} needs {key} (a number)")
+            problems.append(
+                f"federation.{key}: algorithm {federation.algorithm!r} needs {key} (a number)"
+            )
     problems += _privacy_problems(topology)
     problems += _crypto_problems(topology)
     if federation.algorithm == "fedsgd":
@@ -819,14 +861,19 @@ def _privacy_problems(topology: Topology) -> list[str]:
         return []
     problems = []
     rules = [("aggregation.cloud", topology.aggregation.cloud)] + [
-        (f"plants[{i}].aggregation" if p.aggregation else "aggregation.edge", topology.edge_rule(p)) for i, p in enumerate(topology.plants)
+        (f"plants[{i}].aggregation" if p.aggregation else "aggregation.edge", topology.edge_rule(p))
+        for i, p in enumerate(topology.plants)
     ]
     for path, rule in rules:
         if rule.rule != "mean" or rule.clip_norm is not None:
             what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
-            problems.append(f"{path}: {what} cannot be combined with privacy.dp = {privacy.dp!r} (DP clips with privacy.clip_norm and needs the mean)")
+            problems.append(
+                f"{path}: {what} cannot be combined with privacy.dp = {privacy.dp!r} (DP clips with privacy.clip_norm and needs the mean)"
+            )
     if topology.federation.algorithm == "scaffold":
-        problems.append(f"privacy.dp: {privacy.dp!r} cannot be combined with algorithm 'scaffold' (its control variates are not privatized)")
+        problems.append(
+            f"privacy.dp: {privacy.dp!r} cannot be combined with algorithm 'scaffold' (its control variates are not privatized)"
+        )
     if privacy.dp == "cloud" and topology.federation.edge_rounds != 1:
         problems.append(
             "privacy.dp: 'cloud' needs federation.edge_rounds = 1 (with more edge rounds the edge's summary is not a sum of "
@@ -834,8 +881,13 @@ def _privacy_problems(topology: Topology) -> list[str]:
         )
     if privacy.clip_quantile is not None:
         if privacy.dp == "device":
-            problems.append("privacy.clip_quantile: adaptive clipping needs a trusted aggregator (dp = 'edge' or 'cloud'), not 'device'")
-        elif privacy.noise_multiplier > 0 and 2 * quantile_noise(privacy, topology) <= privacy.noise_multiplier:
+            problems.append(
+                "privacy.clip_quantile: adaptive clipping needs a trusted aggregator (dp = 'edge' or 'cloud'), not 'device'"
+            )
+        elif (
+            privacy.noise_multiplier > 0
+            and 2 * quantile_noise(privacy, topology) <= privacy.noise_multiplier
+        ):
             problems.append(
                 f"privacy.quantile_noise: must be > noise_multiplier / 2 = {privacy.noise_multiplier / 2:g} "
                 f"for adaptive clipping (got {quantile_noise(privacy, topology):g})"
@@ -852,7 +904,9 @@ def _crypto_problems(topology: Topology) -> list[str]:
     problems = []
     if privacy.secure_aggregation:
         for i, plant in enumerate(topology.plants):
-            path = f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
+            path = (
+                f"plants[{i}].aggregation" if plant.aggregation is not None else "aggregation.edge"
+            )
             rule = topology.edge_rule(plant)
             if rule.rule != "mean" or rule.clip_norm is not None:
                 what = f"rule {rule.rule!r}" if rule.rule != "mean" else "clip_norm"
@@ -912,13 +966,17 @@ def _crypto_problems(topology: Topology) -> list[str]:
             )
         degree, bits = privacy.he_poly_modulus_degree, sum(he_coeff_mod_bit_sizes(privacy))
         if degree not in HE_MAX_COEFF_BITS:
-            problems.append(f"privacy.he_poly_modulus_degree: must be one of {', '.join(map(str, HE_MAX_COEFF_BITS))}, got {degree}")
+            problems.append(
+                f"privacy.he_poly_modulus_degree: must be one of {', '.join(map(str, HE_MAX_COEFF_BITS))}, got {degree}"
+            )
         elif bits > HE_MAX_COEFF_BITS[degree]:
             problems.append(
                 f"privacy.he_scale_bits: {privacy.he_scale_bits} needs coefficient moduli {list(he_coeff_mod_bit_sizes(privacy))} "
                 f"= {bits} bits, above the {HE_MAX_COEFF_BITS[degree]} bits degree {degree} allows at 128-bit security"
             )
-    if (privacy.secure_aggregation or privacy.homomorphic) and topology.federation.algorithm == "scaffold":
+    if (
+        privacy.secure_aggregation or privacy.homomorphic
+    ) and topology.federation.algorithm == "scaffold":
         which = "secure_aggregation" if privacy.secure_aggregation else "homomorphic"
         problems.append(
             f"privacy.{which}: cannot be combined with algorithm 'scaffold' (its control variates would cross the "
@@ -936,7 +994,9 @@ def quantile_noise(privacy: Privacy, topology: Topology) -> float:
 
 def _rule_problems(path: str, rule: TierRule, senders: int, what: str) -> list[str]:
     if rule.rule in ("median", "trimmed_mean") and senders < 3:
-        return [f"{path}.rule: {rule.rule!r} over {senders} {what} is meaningless (needs at least 3)"]
+        return [
+            f"{path}.rule: {rule.rule!r} over {senders} {what} is meaningless (needs at least 3)"
+        ]
     if rule.rule in ("krum", "multi_krum"):
         needed = 2 * rule.byzantine + 3
         if senders < needed:
@@ -944,7 +1004,11 @@ def _rule_problems(path: str, rule: TierRule, senders: int, what: str) -> list[s
                 f"{path}.byzantine: {rule.rule} tolerating {rule.byzantine} byzantine senders needs at least "
                 f"2 * {rule.byzantine} + 3 = {needed}, but there are {senders} {what}"
             ]
-        if rule.rule == "multi_krum" and rule.select is not None and rule.select > senders - rule.byzantine:
+        if (
+            rule.rule == "multi_krum"
+            and rule.select is not None
+            and rule.select > senders - rule.byzantine
+        ):
             return [
                 f"{path}.select: multi_krum can average at most {senders} - {rule.byzantine} = "
                 f"{senders - rule.byzantine} updates, got select = {rule.select} ({senders} {what})"

@@ -16,30 +16,29 @@ from typing import Any, NamedTuple
 from .schema import (
     ALGORITHM_PARAMETERS,
     ATTACK_FIELDS,
-    PRIVACY_FIELDS,
     CODEC_PARAMETERS,
-    OPTIMIZER_FIELDS,
-    OPTIMIZER_PARAMETERS,
-    RULE_FIELDS,
-    RULE_PARAMETERS,
-    TIERS,
+    CURVE_KEY_PATTERN,
     DATA_FIELDS,
+    DEVICE_GROUPINGS,
     FEDERATION_FIELDS,
     LINE_DATA_KEYS,
     LINK_FIELDS,
     LINKS,
     NAME,
-    NAME_RULE,
     NAME_PATTERN,
+    NAME_RULE,
+    OPTIMIZER_FIELDS,
+    OPTIMIZER_PARAMETERS,
     PLANT_CLASS,
     PLANT_SHIFT,
+    PRIVACY_FIELDS,
     REQUIRED,
+    RULE_FIELDS,
+    RULE_PARAMETERS,
+    RUNTIME_FIELDS,
+    TIERS,
     Aggregation,
     Attack,
-    RUNTIME_FIELDS,
-    DEVICE_GROUPINGS,
-    CURVE_KEY_PATTERN,
-    Runtime,
     Cloud,
     Compression,
     DataSpec,
@@ -50,6 +49,7 @@ from .schema import (
     LinkCompression,
     Plant,
     Privacy,
+    Runtime,
     ServerOptimizer,
     TierRule,
     Topology,
@@ -60,7 +60,17 @@ from .schema import (
     unknown_key,
 )
 
-TOP_KEYS = ("federation", "data", "compression", "aggregation", "attack", "privacy", "cloud", "plants", "runtime")
+TOP_KEYS = (
+    "federation",
+    "data",
+    "compression",
+    "aggregation",
+    "attack",
+    "privacy",
+    "cloud",
+    "plants",
+    "runtime",
+)
 ADDRESS = Field(str)
 CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
 PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
@@ -100,15 +110,23 @@ def build_topology(
     registries of tasks, models, algorithms).
     """
     choices = check_choices(choices)
-    problems: list[str] = [unknown_key(key, key, TOP_KEYS) for key in document if key not in TOP_KEYS]
-    federation = _read_table_fields(document, "federation", FEDERATION_FIELDS, problems, choices=choices)
+    problems: list[str] = [
+        unknown_key(key, key, TOP_KEYS) for key in document if key not in TOP_KEYS
+    ]
+    federation = _read_table_fields(
+        document, "federation", FEDERATION_FIELDS, problems, choices=choices
+    )
     _apply_algorithm_parameters(federation, document.get("federation"), problems)
     data_values = _read_table_fields(document, "data", DATA_FIELDS, problems, required=False)
     data = _data_spec(data_values)
     compression = _read_compression(document.get("compression", {}), problems)
     aggregation = _read_aggregation(document.get("aggregation", {}), problems)
-    attack = Attack(**_read_table_fields(document, "attack", ATTACK_FIELDS, problems, required=False))
-    privacy = Privacy(**_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False))
+    attack = Attack(
+        **_read_table_fields(document, "attack", ATTACK_FIELDS, problems, required=False)
+    )
+    privacy = Privacy(
+        **_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False)
+    )
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
@@ -153,10 +171,21 @@ def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
         for line in draft.lines:
             devices = []
             for name in line.device_names:
-                devices.append(Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index))
+                devices.append(
+                    Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index)
+                )
                 index += 1
             lines.append(Line(line.name, tuple(devices), line.data, line.local_steps))
-        plants.append(Plant(draft.name, draft.address, tuple(lines), draft.shift, aggregation=draft.aggregation, classes=draft.classes))
+        plants.append(
+            Plant(
+                draft.name,
+                draft.address,
+                tuple(lines),
+                draft.shift,
+                aggregation=draft.aggregation,
+                classes=draft.classes,
+            )
+        )
     return tuple(plants)
 
 
@@ -169,7 +198,11 @@ def address_problem(address: str) -> str | None:
     if scheme == "tcp":
         return _tcp_problem(address, rest)
     if scheme in ("ipc", "inproc"):
-        return None if rest else f"empty {'path' if scheme == 'ipc' else 'name'} in address {address!r}"
+        return (
+            None
+            if rest
+            else f"empty {'path' if scheme == 'ipc' else 'name'} in address {address!r}"
+        )
     return f"unsupported transport {scheme!r} in address {address!r} (expected {ADDRESS_FORMS})"
 
 
@@ -228,7 +261,10 @@ def _read_table_fields(
         problems.append(f"{key}: expected a table, got {describe(table)}")
         table = None
     if table is None:
-        return {name: None if field.default is REQUIRED else field.default for name, field in fields.items()}
+        return {
+            name: None if field.default is REQUIRED else field.default
+            for name, field in fields.items()
+        }
     return _read_fields(table, key, fields, problems, choices=choices)
 
 
@@ -282,7 +318,9 @@ def _read_compression(table: Any, problems: list[str]) -> Compression:
     return Compression(**links)
 
 
-def _apply_algorithm_parameters(federation: dict[str, Any], table: Any, problems: list[str]) -> None:
+def _apply_algorithm_parameters(
+    federation: dict[str, Any], table: Any, problems: list[str]
+) -> None:
     """Fills the defaults of the chosen algorithm's own fields (e.g. fedprox's `mu`).
 
     A field set for an algorithm that does not take it is reported by
@@ -301,23 +339,42 @@ def _read_aggregation(table: Any, problems: list[str]) -> Aggregation:
     problems += [unknown_key(f"aggregation.{key}", key, TIERS) for key in table if key not in TIERS]
     edge = _read_rule(table.get("edge", {}), "aggregation.edge", problems)
     cloud_table = table.get("cloud", {})
-    cloud = _read_rule(cloud_table, "aggregation.cloud", problems, structural=tuple(OPTIMIZER_FIELDS))
+    cloud = _read_rule(
+        cloud_table, "aggregation.cloud", problems, structural=tuple(OPTIMIZER_FIELDS)
+    )
     optimizer = ServerOptimizer()
     if isinstance(cloud_table, dict):
-        values = _read_fields(cloud_table, "aggregation.cloud", OPTIMIZER_FIELDS, problems, structural=tuple(RULE_FIELDS))
-        _reject_unused("aggregation.cloud", cloud_table, "optimizer", values["optimizer"], OPTIMIZER_PARAMETERS, problems)
+        values = _read_fields(
+            cloud_table,
+            "aggregation.cloud",
+            OPTIMIZER_FIELDS,
+            problems,
+            structural=tuple(RULE_FIELDS),
+        )
+        _reject_unused(
+            "aggregation.cloud",
+            cloud_table,
+            "optimizer",
+            values["optimizer"],
+            OPTIMIZER_PARAMETERS,
+            problems,
+        )
         if None not in values.values():
             optimizer = ServerOptimizer(**values)
     return Aggregation(edge or TierRule(), cloud or TierRule(), optimizer)
 
 
-def _read_rule(table: Any, path: str, problems: list[str], structural: tuple[str, ...] = ()) -> TierRule | None:
+def _read_rule(
+    table: Any, path: str, problems: list[str], structural: tuple[str, ...] = ()
+) -> TierRule | None:
     """One tier's rule (`RULE_FIELDS`), or None if the table is invalid (after recording why)."""
     if not isinstance(table, dict):
         problems.append(f"{path}: expected a table, got {describe(table)}")
         return None
     values = _read_fields(table, path, RULE_FIELDS, problems, structural=structural)
-    _reject_unused(path, table, "rule", values["rule"], RULE_PARAMETERS, problems, always=("clip_norm",))
+    _reject_unused(
+        path, table, "rule", values["rule"], RULE_PARAMETERS, problems, always=("clip_norm",)
+    )
     optional = ("select", "clip_norm")
     if any(values[key] is None for key in RULE_FIELDS if key not in optional):
         return None
@@ -340,7 +397,11 @@ def _reject_unused(
     for key in {key for keys in parameters.values() for key in keys}:
         if key in table and key not in takes:
             users = [name for name, keys in parameters.items() if key in keys]
-            problems.append(f"{path}.{key}: {selector} {choice!r} takes no {key} (only {', '.join(users)} does)")
+            problems.append(
+                f"{path}.{key}: {selector} {choice!r} takes no {key} (only {', '.join(users)} does)"
+            )
+
+
 RUNTIME_KEY_TABLES = ("cloud", "edges", "devices")
 
 
@@ -350,14 +411,20 @@ def _read_runtime(table: Any, plant_names: list[str | None], problems: list[str]
         problems.append(f"runtime: expected a table, got {describe(table)}")
         return Runtime()
     found = len(problems)
-    values = _read_fields(table, "runtime", RUNTIME_FIELDS, problems, structural=("keys", "devices_per_process"))
+    values = _read_fields(
+        table, "runtime", RUNTIME_FIELDS, problems, structural=("keys", "devices_per_process")
+    )
     interval, timeout = values["heartbeat_interval"], values["heartbeat_timeout"]
     if interval is not None and timeout is not None and timeout <= interval:
-        problems.append(f"runtime.heartbeat_timeout: must be greater than heartbeat_interval ({interval}), got {timeout}")
+        problems.append(
+            f"runtime.heartbeat_timeout: must be greater than heartbeat_interval ({interval}), got {timeout}"
+        )
     grouping = table.get("devices_per_process", Runtime.devices_per_process)
     if not _is_device_grouping(grouping):
         choices = ", ".join(f'"{name}"' for name in DEVICE_GROUPINGS)
-        problems.append(f"runtime.devices_per_process: expected {choices} or an integer >= 1, got {describe(grouping)}")
+        problems.append(
+            f"runtime.devices_per_process: expected {choices} or an integer >= 1, got {describe(grouping)}"
+        )
     keys = _read_runtime_keys(table.get("keys", {}), plant_names, problems)
     if len(problems) > found:  # the file is refused; any Runtime will do
         return Runtime()
@@ -371,7 +438,9 @@ def _is_device_grouping(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _read_runtime_keys(table: Any, plant_names: list[str | None], problems: list[str]) -> dict[str, Any]:
+def _read_runtime_keys(
+    table: Any, plant_names: list[str | None], problems: list[str]
+) -> dict[str, Any]:
     """`[runtime.keys]`: `cloud` (one key), `edges` (plant -> key, every plant), `devices` (list)."""
     path = "runtime.keys"
     if not isinstance(table, dict):
@@ -379,16 +448,24 @@ def _read_runtime_keys(table: Any, plant_names: list[str | None], problems: list
         return {}
     if not table:
         return {}
-    problems += [unknown_key(f"{path}.{key}", key, RUNTIME_KEY_TABLES) for key in table if key not in RUNTIME_KEY_TABLES]
+    problems += [
+        unknown_key(f"{path}.{key}", key, RUNTIME_KEY_TABLES)
+        for key in table
+        if key not in RUNTIME_KEY_TABLES
+    ]
     before = len(problems)
     cloud = table.get("cloud")
     if cloud is None:
-        problems.append(f"{path}.cloud: missing required key (the cloud's public key; every secure link needs it)")
+        problems.append(
+            f"{path}.cloud: missing required key (the cloud's public key; every secure link needs it)"
+        )
     else:
         _check_curve_key(cloud, f"{path}.cloud", problems)
     edges = table.get("edges", {})
     if not isinstance(edges, dict):
-        problems.append(f"{path}.edges: expected a table of plant name -> public key, got {describe(edges)}")
+        problems.append(
+            f"{path}.edges: expected a table of plant name -> public key, got {describe(edges)}"
+        )
         edges = {}
     for name in plant_names:
         if name is not None and name not in edges:
@@ -399,7 +476,9 @@ def _read_runtime_keys(table: Any, plant_names: list[str | None], problems: list
         _check_curve_key(key, f"{path}.edges.{name}", problems)
     devices = table.get("devices", [])
     if not isinstance(devices, list) or not devices:
-        problems.append(f"{path}.devices: expected a non-empty array of device public keys, got {describe(devices)}")
+        problems.append(
+            f"{path}.devices: expected a non-empty array of device public keys, got {describe(devices)}"
+        )
         devices = []
     for i, key in enumerate(devices):
         _check_curve_key(key, f"{path}.devices[{i}]", problems)
@@ -410,7 +489,9 @@ def _read_runtime_keys(table: Any, plant_names: list[str | None], problems: list
 
 def _check_curve_key(key: Any, path: str, problems: list[str]) -> None:
     if not isinstance(key, str) or not CURVE_KEY_PATTERN.fullmatch(key):
-        problems.append(f"{path}: expected a 40-character Z85 public key (from `hierfl keys generate`), got {describe(key)}")
+        problems.append(
+            f"{path}: expected a 40-character Z85 public key (from `hierfl keys generate`), got {describe(key)}"
+        )
 
 
 def _data_spec(values: Mapping[str, Any]) -> DataSpec:
@@ -428,13 +509,19 @@ def _checked_address(address: str | None, path: str, problems: list[str]) -> str
     return address
 
 
-def _array_of_tables(value: Any, path: str, header: str, what: str, problems: list[str]) -> list[Any]:
+def _array_of_tables(
+    value: Any, path: str, header: str, what: str, problems: list[str]
+) -> list[Any]:
     """`value` if it is a non-empty array (of `[[header]]` tables), else [] after a problem."""
     if value is REQUIRED:
-        problems.append(f"{path}: missing required key (declare at least one {what} with [[{header}]])")
+        problems.append(
+            f"{path}: missing required key (declare at least one {what} with [[{header}]])"
+        )
         return []
     if not isinstance(value, list):
-        problems.append(f"{path}: expected an array of tables ([[{header}]]), got {describe(value)}")
+        problems.append(
+            f"{path}: expected an array of tables ([[{header}]]), got {describe(value)}"
+        )
         return []
     if not value:
         problems.append(f"{path}: must declare at least one {what}")
@@ -443,10 +530,14 @@ def _array_of_tables(value: Any, path: str, header: str, what: str, problems: li
 
 def _read_plants(value: Any, data: DataSpec, problems: list[str]) -> tuple[_PlantDraft, ...]:
     tables = _array_of_tables(value, "plants", "plants", "plant", problems)
-    drafts = tuple(_read_plant(table, f"plants[{i}]", data, problems) for i, table in enumerate(tables))
+    drafts = tuple(
+        _read_plant(table, f"plants[{i}]", data, problems) for i, table in enumerate(tables)
+    )
     problems += [
         f"{path}: duplicate plant name {name!r} (also {first})"
-        for path, name, first in _repeats((f"plants[{i}].name", d.name) for i, d in enumerate(drafts))
+        for path, name, first in _repeats(
+            (f"plants[{i}].name", d.name) for i, d in enumerate(drafts)
+        )
     ]
     return drafts
 
@@ -455,15 +546,27 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
     if not isinstance(table, dict):
         problems.append(f"{path}: expected a table, got {describe(table)}")
         return _PlantDraft(None, None, None, ())
-    values = _read_fields(table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation", "classes"))
+    values = _read_fields(
+        table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation", "classes")
+    )
     classes = _read_plant_classes(table.get("classes"), f"{path}.classes", problems)
     address = _checked_address(values["address"], f"{path}.address", problems)
-    aggregation = _read_rule(table["aggregation"], f"{path}.aggregation", problems) if "aggregation" in table else None
-    tables = _array_of_tables(table.get("lines", REQUIRED), f"{path}.lines", "plants.lines", "line", problems)
-    lines = tuple(_read_line(line, f"{path}.lines[{i}]", data, problems) for i, line in enumerate(tables))
+    aggregation = (
+        _read_rule(table["aggregation"], f"{path}.aggregation", problems)
+        if "aggregation" in table
+        else None
+    )
+    tables = _array_of_tables(
+        table.get("lines", REQUIRED), f"{path}.lines", "plants.lines", "line", problems
+    )
+    lines = tuple(
+        _read_line(line, f"{path}.lines[{i}]", data, problems) for i, line in enumerate(tables)
+    )
     problems += [
         f"{line_path}: duplicate line name {name!r} (also {first})"
-        for line_path, name, first in _repeats((f"{path}.lines[{i}].name", line.name) for i, line in enumerate(lines))
+        for line_path, name, first in _repeats(
+            (f"{path}.lines[{i}].name", line.name) for i, line in enumerate(lines)
+        )
     ]
     return _PlantDraft(values["name"], address, values["shift"], lines, aggregation, classes)
 
@@ -482,7 +585,9 @@ def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str
             problems.append(f"{path}[{i}]: {reason}")
     problems += [
         f"{item_path}: duplicate class {name!r} (also {first})"
-        for item_path, name, first in _repeats((f"{path}[{i}]", n) for i, n in enumerate(value) if isinstance(n, str))
+        for item_path, name, first in _repeats(
+            (f"{path}[{i}]", n) for i, n in enumerate(value) if isinstance(n, str)
+        )
     ]
     return tuple(value) if len(problems) == before else None
 
@@ -508,7 +613,10 @@ def _read_line_data(table: Any, path: str, defaults: DataSpec, problems: list[st
             "the test split is federation-wide, set it in [data]"
         )
         table = {key: value for key, value in table.items() if key != "test_fraction"}
-    fields = {key: dataclasses.replace(DATA_FIELDS[key], default=getattr(defaults, key)) for key in LINE_DATA_KEYS}
+    fields = {
+        key: dataclasses.replace(DATA_FIELDS[key], default=getattr(defaults, key))
+        for key in LINE_DATA_KEYS
+    }
     return _data_spec(_read_fields(table, path, fields, problems))
 
 
@@ -526,7 +634,9 @@ def _read_devices(value: Any, path: str, problems: list[str]) -> tuple[str, ...]
             return ()
         return device_names(value)
     if not isinstance(value, list):
-        problems.append(f"{path}: expected a device count or an array of device names, got {describe(value)}")
+        problems.append(
+            f"{path}: expected a device count or an array of device names, got {describe(value)}"
+        )
         return ()
     if not value:
         problems.append(f"{path}: must list at least one device name")
@@ -559,4 +669,6 @@ def _repeats(entries: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, str
 
 
 def _address_clashes(entries: Iterable[tuple[str, str | None]]) -> list[str]:
-    return [f"{path}: {address!r} already used by {first}" for path, address, first in _repeats(entries)]
+    return [
+        f"{path}: {address!r} already used by {first}" for path, address, first in _repeats(entries)
+    ]

@@ -35,18 +35,25 @@ SAMPLES_PER_MILL = 3
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topology", type=Path, default=HERE / "topology.toml", help="topology file (default: this example's)")
+    parser.add_argument(
+        "--topology",
+        type=Path,
+        default=HERE / "topology.toml",
+        help="topology file (default: this example's)",
+    )
     parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topology's)")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for the results (default: this example's)")
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for the results (default: this example's)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the four trainings and writes the results; returns what results.json holds."""
-    from hierfl.studies.comparison import Words, collect_results, compare, write_results
     from hierfl.data.loading import load_topology
     from hierfl.data.plan import make_plan
+    from hierfl.studies.comparison import Words, collect_results, compare, write_results
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -63,8 +70,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     samples_figure(plan).savefig(args.out / "samples.png", dpi=120)
     data_seconds = time.perf_counter() - started
 
-    comparison = compare(topology, plan=plan, progress=not args.quiet, announce=lambda title: console.rule(f"[bold]{title}"))
-    label = str(args.topology.relative_to(HERE) if args.topology.is_relative_to(HERE) else args.topology)
+    comparison = compare(
+        topology,
+        plan=plan,
+        progress=not args.quiet,
+        announce=lambda title: console.rule(f"[bold]{title}"),
+    )
+    label = str(
+        args.topology.relative_to(HERE) if args.topology.is_relative_to(HERE) else args.topology
+    )
     results = collect_results(command, label, comparison, words)
     results["seconds"] = {"data": round(data_seconds, 1), **results["seconds"]}
     markdown = write_results(args.out, "results", results, words)
@@ -81,7 +95,9 @@ def samples_figure(plan) -> Figure:
     task, topology, test = plan.task, plan.topology, plan.test
     plants = topology.plants
     columns = SAMPLES_PER_MILL * len(plants)
-    figure = Figure(figsize=(1.1 * columns + 1.6, 1.1 * task.num_classes + 0.6), layout="constrained")
+    figure = Figure(
+        figsize=(1.1 * columns + 1.6, 1.1 * task.num_classes + 0.6), layout="constrained"
+    )
     grid = figure.subplots(task.num_classes, columns, squeeze=False)
     for c, name in enumerate(task.class_names):
         for p, plant in enumerate(plants):

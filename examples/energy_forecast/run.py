@@ -33,15 +33,28 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.studies.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
+    from hierfl.studies.comparison import (
+        Problem,
+        Words,
+        run_example,
+    )  # after request_cpu_devices: this starts JAX
 
     return run_example(
-        sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0], here=HERE,
+        sys.argv[1:] if argv is None else argv,
+        description=__doc__.split("\n\n")[0],
+        here=HERE,
         command="python examples/energy_forecast/run.py",
         problems={
-            "forecast": Problem("topology.toml", "load-forecasting", Words("meter", "meters", "site", "sites", "day", "days")),
-            "appliances": Problem("appliances.toml", "appliance-identification",
-                                  Words("plug", "plugs", "site", "sites", "signature", "signatures")),
+            "forecast": Problem(
+                "topology.toml",
+                "load-forecasting",
+                Words("meter", "meters", "site", "sites", "day", "days"),
+            ),
+            "appliances": Problem(
+                "appliances.toml",
+                "appliance-identification",
+                Words("plug", "plugs", "site", "sites", "signature", "signatures"),
+            ),
         },
     )
 

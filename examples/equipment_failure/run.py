@@ -33,15 +33,27 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the comparisons and writes the results; returns {problem: what results_<problem>.json holds}."""
-    from hierfl.studies.comparison import Problem, Words, run_example  # after request_cpu_devices: this starts JAX
+    from hierfl.studies.comparison import (
+        Problem,
+        Words,
+        run_example,
+    )  # after request_cpu_devices: this starts JAX
 
     return run_example(
-        sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0], here=HERE,
+        sys.argv[1:] if argv is None else argv,
+        description=__doc__.split("\n\n")[0],
+        here=HERE,
         command="python examples/equipment_failure/run.py",
         problems={
-            name: Problem(topology, description, Words("sensor", "sensors", "plant", "plants", "window", "windows"))
-            for name, topology, description in (("fault", "topology.toml", "fault-classification"),
-                                                ("rul", "rul.toml", "remaining-useful-life"))
+            name: Problem(
+                topology,
+                description,
+                Words("sensor", "sensors", "plant", "plants", "window", "windows"),
+            )
+            for name, topology, description in (
+                ("fault", "topology.toml", "fault-classification"),
+                ("rul", "rul.toml", "remaining-useful-life"),
+            )
         },
     )
 

@@ -62,65 +62,158 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hierfl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sim = commands.add_parser("simulate", help="train a federation in one process (vectorized simulator)")
+    sim = commands.add_parser(
+        "simulate", help="train a federation in one process (vectorized simulator)"
+    )
     sim.add_argument("topology", help="topology file (TOML) or preset name (demo, bearing, large)")
-    sim.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
+    sim.add_argument(
+        "--rounds",
+        type=_positive_int,
+        help="cloud rounds to run (default: the file's cloud_rounds)",
+    )
     sim.add_argument("--seed", type=_non_negative_int, help="override federation.seed")
     sim.add_argument("--out", type=Path, help="run directory (default: runs/<name>-<time>)")
-    sim.add_argument("--chunk-size", type=_positive_int, default=512, help="devices trained at once (bounds memory; default 512)")
+    sim.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=512,
+        help="devices trained at once (bounds memory; default 512)",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(handler=run_simulate)
 
     topo = commands.add_parser("topology", help="inspect and check topology files")
     topo_commands = topo.add_subparsers(dest="topology_command", required=True, metavar="ACTION")
-    show = topo_commands.add_parser("show", help="print the plants, lines, devices, data and addresses as a tree")
+    show = topo_commands.add_parser(
+        "show", help="print the plants, lines, devices, data and addresses as a tree"
+    )
     show.add_argument("topology", help="topology file (TOML) or preset name")
-    show.add_argument("--devices", action="store_true", help="list every device with its number of examples")
+    show.add_argument(
+        "--devices", action="store_true", help="list every device with its number of examples"
+    )
     show.set_defaults(handler=run_topology_show)
-    validate = topo_commands.add_parser("validate", help="check a topology file; exit 2 listing every problem")
+    validate = topo_commands.add_parser(
+        "validate", help="check a topology file; exit 2 listing every problem"
+    )
     validate.add_argument("topology", help="topology file (TOML) or preset name")
     validate.set_defaults(handler=run_topology_validate)
     presets = topo_commands.add_parser("presets", help="list the bundled presets")
     presets.set_defaults(handler=run_topology_presets)
 
-    report = commands.add_parser("report", help="write PNG plots and a markdown summary of a run directory")
+    report = commands.add_parser(
+        "report", help="write PNG plots and a markdown summary of a run directory"
+    )
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=run_report)
 
-    export = commands.add_parser("export", help="compile a run's trained model into a versioned .hfl file (jax.export)")
+    export = commands.add_parser(
+        "export", help="compile a run's trained model into a versioned .hfl file (jax.export)"
+    )
     export.add_argument("run_dir", type=Path)
     export.add_argument("--out", type=Path, help="model file to write (default: RUN_DIR/model.hfl)")
-    export.add_argument("--platforms", type=_platforms, default=("cpu", "cuda"), help="comma-separated jax.export platforms (default: cpu,cuda)")
+    export.add_argument(
+        "--platforms",
+        type=_platforms,
+        default=("cpu", "cuda"),
+        help="comma-separated jax.export platforms (default: cpu,cuda)",
+    )
     export.set_defaults(handler=run_export)
 
-    serve = commands.add_parser("serve", help="serve a .hfl model over ZeroMQ with dynamic batching and hot swap")
+    serve = commands.add_parser(
+        "serve", help="serve a .hfl model over ZeroMQ with dynamic batching and hot swap"
+    )
     serve.add_argument("model", type=Path, help="model file written by `hierfl export`")
-    serve.add_argument("--bind", required=True, help="address to listen on: tcp://HOST:PORT (PORT * for any), ipc://PATH")
-    serve.add_argument("--max-batch", type=_positive_int, default=32, help="most rows per model call and per request (default 32)")
-    serve.add_argument("--max-wait-ms", type=_non_negative_float, default=0.0, help="longest a request waits for others to fill a batch (default 0: batch what arrived while the last batch ran)")
-    serve.add_argument("--subscribe", metavar="ADDR", help="take new versions from a model publisher (`hierfl publish`, the cloud)")
-    serve.add_argument("--watch", type=Path, metavar="DIR", help="take new versions from .hfl files appearing in DIR")
-    serve.add_argument("--keep", type=_positive_int, default=3, help="versions held for rollback, the served one included (default 3)")
+    serve.add_argument(
+        "--bind",
+        required=True,
+        help="address to listen on: tcp://HOST:PORT (PORT * for any), ipc://PATH",
+    )
+    serve.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=32,
+        help="most rows per model call and per request (default 32)",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=_non_negative_float,
+        default=0.0,
+        help="longest a request waits for others to fill a batch (default 0: batch what arrived while the last batch ran)",
+    )
+    serve.add_argument(
+        "--subscribe",
+        metavar="ADDR",
+        help="take new versions from a model publisher (`hierfl publish`, the cloud)",
+    )
+    serve.add_argument(
+        "--watch",
+        type=Path,
+        metavar="DIR",
+        help="take new versions from .hfl files appearing in DIR",
+    )
+    serve.add_argument(
+        "--keep",
+        type=_positive_int,
+        default=3,
+        help="versions held for rollback, the served one included (default 3)",
+    )
     serve.set_defaults(handler=run_serve)
 
-    predict = commands.add_parser("predict", help="send examples to an inference server and print its answers")
+    predict = commands.add_parser(
+        "predict", help="send examples to an inference server and print its answers"
+    )
     predict.add_argument("address", help="the server's address, as given to `hierfl serve --bind`")
-    predict.add_argument("input", nargs="?", type=Path, help=".npy file of examples [n, *input_shape] (or one example)")
-    predict.add_argument("--random", type=_positive_int, metavar="N", help="send N random examples instead of a file")
-    predict.add_argument("--seed", type=_non_negative_int, default=0, help="seed of --random (default 0)")
-    predict.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for each reply (default 10)")
+    predict.add_argument(
+        "input",
+        nargs="?",
+        type=Path,
+        help=".npy file of examples [n, *input_shape] (or one example)",
+    )
+    predict.add_argument(
+        "--random", type=_positive_int, metavar="N", help="send N random examples instead of a file"
+    )
+    predict.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of --random (default 0)"
+    )
+    predict.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds to wait for each reply (default 10)",
+    )
     predict.set_defaults(handler=run_predict)
 
-    rollback = commands.add_parser("rollback", help="make an inference server serve its previous model version again")
+    rollback = commands.add_parser(
+        "rollback", help="make an inference server serve its previous model version again"
+    )
     rollback.add_argument("address", help="the server's address")
-    rollback.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for the reply (default 10)")
+    rollback.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds to wait for the reply (default 10)",
+    )
     rollback.set_defaults(handler=run_rollback)
 
-    publish = commands.add_parser("publish", help="announce a .hfl model to subscribed inference servers (PUB socket)")
+    publish = commands.add_parser(
+        "publish", help="announce a .hfl model to subscribed inference servers (PUB socket)"
+    )
     publish.add_argument("model", type=Path, help="model file to publish")
-    publish.add_argument("--bind", required=True, help="address servers subscribe to (`hierfl serve --subscribe`)")
-    publish.add_argument("--every", type=_positive_float, default=2.0, help="seconds between repeats, for servers that join late (default 2)")
-    publish.add_argument("--count", type=_non_negative_int, default=0, help="publications before exiting; 0 = until interrupted (default)")
+    publish.add_argument(
+        "--bind", required=True, help="address servers subscribe to (`hierfl serve --subscribe`)"
+    )
+    publish.add_argument(
+        "--every",
+        type=_positive_float,
+        default=2.0,
+        help="seconds between repeats, for servers that join late (default 2)",
+    )
+    publish.add_argument(
+        "--count",
+        type=_non_negative_int,
+        default=0,
+        help="publications before exiting; 0 = until interrupted (default)",
+    )
     publish.set_defaults(handler=run_publish)
 
     from hierfl.cli.runtime import add_runtime_commands
@@ -142,13 +235,17 @@ def run_simulate(args: argparse.Namespace) -> int:
         f"[bold]{topology.federation.name}[/]: task {topology.federation.task}, "
         f"{len(topology.plants)} plants, {topology.num_devices} devices -> {out}"
     )
-    result = simulate(topology, rounds=args.rounds, out=out, chunk_size=args.chunk_size, progress=not args.quiet)
+    result = simulate(
+        topology, rounds=args.rounds, out=out, chunk_size=args.chunk_size, progress=not args.quiet
+    )
     console.print(summary_table(result.history, topology.plant_names, result.plan.task.metric))
     console.print(f"run directory: {out}   (plots: hierfl report {out})")
     return 0
 
 
-def summary_table(history: list[dict], plant_names: Sequence[str], metric: Metric = ACCURACY) -> Table:
+def summary_table(
+    history: list[dict], plant_names: Sequence[str], metric: Metric = ACCURACY
+) -> Table:
     """The end-of-run table: final and best score (accuracy, or the task's metric), per-plant
     score, bytes per tier, time."""
     last = history[-1]
@@ -165,8 +262,12 @@ def summary_table(history: list[dict], plant_names: Sequence[str], metric: Metri
         table.add_row(f"  {metric.name} {plant}", f"{last[metric.plant_key][plant]:.4f}")
     for tier in ("device_to_edge", "edge_to_cloud", "cloud_to_edge"):
         total = sum(r["bytes"][tier] for r in history)
-        table.add_row(f"bytes {tier.replace('_to_', ' -> ').replace('_', ' ')}", f"{total / 1e6:,.2f} MB")
-    table.add_row("rejected updates (non-finite)", str(sum(r.get("rejected_updates", 0) for r in history)))
+        table.add_row(
+            f"bytes {tier.replace('_to_', ' -> ').replace('_', ' ')}", f"{total / 1e6:,.2f} MB"
+        )
+    table.add_row(
+        "rejected updates (non-finite)", str(sum(r.get("rejected_updates", 0) for r in history))
+    )
     table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
     return table
 
@@ -176,7 +277,9 @@ def run_topology_show(args: argparse.Namespace) -> int:
     from hierfl.data.plan import make_plan
 
     topology = load_topology(args.topology)
-    Console().print(topology_tree(topology, make_plan(topology).shards.counts, list_devices=args.devices))
+    Console().print(
+        topology_tree(topology, make_plan(topology).shards.counts, list_devices=args.devices)
+    )
     return 0
 
 
@@ -219,7 +322,9 @@ def run_topology_validate(args: argparse.Namespace) -> int:
     from hierfl.data.loading import load_topology
 
     topology = load_topology(args.topology)
-    Console().print(f"[green]ok[/]: {topology.source}: {len(topology.plants)} plants, {topology.num_devices} devices")
+    Console().print(
+        f"[green]ok[/]: {topology.source}: {len(topology.plants)} plants, {topology.num_devices} devices"
+    )
     return 0
 
 
@@ -229,7 +334,9 @@ def run_topology_presets(args: argparse.Namespace) -> int:
 
     for name in preset_names():
         t = load_topology(name)
-        print(f"{name:10s} task={t.federation.task:14s} plants={len(t.plants):3d} devices={t.num_devices}")
+        print(
+            f"{name:10s} task={t.federation.task:14s} plants={len(t.plants):3d} devices={t.num_devices}"
+        )
     return 0
 
 
@@ -272,13 +379,21 @@ def run_serve(args: argparse.Namespace) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     config = ServerConfig(
-        bind=args.bind, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        keep_versions=args.keep, subscribe=args.subscribe, watch=args.watch,
+        bind=args.bind,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        keep_versions=args.keep,
+        subscribe=args.subscribe,
+        watch=args.watch,
     )
     server = InferenceServer(args.model, config)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     meta = server.model.meta
-    sources = "".join(f", {name} {value}" for name, value in (("subscribed to", args.subscribe), ("watching", args.watch)) if value)
+    sources = "".join(
+        f", {name} {value}"
+        for name, value in (("subscribed to", args.subscribe), ("watching", args.watch))
+        if value
+    )
     print(
         f"serving {meta.task} {meta.model} version {meta.version} on {server.endpoint} "
         f"({server.info()['platform']}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms{sources})",
@@ -309,11 +424,16 @@ def run_predict(args: argparse.Namespace) -> int:
         x = np.asarray(x, dtype=info.input_dtype)
         prediction = client.predict(x)
     console = Console()
-    console.print(f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})", highlight=False)
+    console.print(
+        f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})",
+        highlight=False,
+    )
     table = Table()
     table.add_column("example", justify="right")
     if not info.class_names:  # a regression model: print its outputs, named if the model names them
-        names = info.output_names or tuple(f"output {j}" for j in range(prediction.logits.shape[-1]))
+        names = info.output_names or tuple(
+            f"output {j}" for j in range(prediction.logits.shape[-1])
+        )
         for name in names:
             table.add_column(name, justify="right")
         for i, row in enumerate(prediction.logits.reshape(len(prediction.logits), -1)):
@@ -334,7 +454,9 @@ def run_rollback(args: argparse.Namespace) -> int:
 
     with Client(args.address, timeout=args.timeout) as client:
         info = client.rollback()
-    print(f"{args.address} now serves {info.task} {info.model} version {info.version} (held: {', '.join(map(str, info.versions))})")
+    print(
+        f"{args.address} now serves {info.task} {info.model} version {info.version} (held: {', '.join(map(str, info.versions))})"
+    )
     return 0
 
 
@@ -346,7 +468,10 @@ def run_publish(args: argparse.Namespace) -> int:
         while True:
             header = publisher.publish(args.model)
             sent += 1
-            print(f"published {header['task']} {header['model']} version {header['version']} on {publisher.endpoint}", flush=True)
+            print(
+                f"published {header['task']} {header['model']} version {header['version']} on {publisher.endpoint}",
+                flush=True,
+            )
             if args.count and sent >= args.count:
                 return 0
             time.sleep(args.every)
@@ -356,7 +481,9 @@ def _platforms(text: str) -> tuple[str, ...]:
     platforms = tuple(p.strip() for p in text.split(",") if p.strip())
     unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
     if not platforms or unknown:
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of cpu, cuda, rocm, tpu; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated list of cpu, cuda, rocm, tpu; got {text!r}"
+        )
     return platforms
 
 

@@ -19,67 +19,154 @@ from hierfl.errors import HierflError
 
 
 def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
-    launch = commands.add_parser("launch", help="run the topology as local processes: cloud, edges, devices (ZeroMQ)")
+    launch = commands.add_parser(
+        "launch", help="run the topology as local processes: cloud, edges, devices (ZeroMQ)"
+    )
     launch.add_argument("topology", help="topology file (TOML) or preset name")
-    launch.add_argument("--out", type=Path, help="run directory: metrics, model, checkpoints, logs/ (default: runs/<name>-<time>)")
-    launch.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
-    launch.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    launch.add_argument("--publish", metavar="ADDR", help="publish every new global model to inference servers at ADDR (PUB socket)")
+    launch.add_argument(
+        "--out",
+        type=Path,
+        help="run directory: metrics, model, checkpoints, logs/ (default: runs/<name>-<time>)",
+    )
+    launch.add_argument(
+        "--rounds",
+        type=_positive_int,
+        help="cloud rounds to run (default: the file's cloud_rounds)",
+    )
+    launch.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    launch.add_argument(
+        "--publish",
+        metavar="ADDR",
+        help="publish every new global model to inference servers at ADDR (PUB socket)",
+    )
     launch.add_argument("--quiet", action="store_true", help="no progress bar")
     launch.set_defaults(handler=run_launch)
 
-    cloud = commands.add_parser("cloud", help="run the cloud node of a topology (binds cloud.address)")
+    cloud = commands.add_parser(
+        "cloud", help="run the cloud node of a topology (binds cloud.address)"
+    )
     cloud.add_argument("topology", help="topology file (TOML) or preset name")
-    cloud.add_argument("--out", type=Path, required=True, help="run directory for metrics.jsonl, model.npz, checkpoints")
-    cloud.add_argument("--rounds", type=_positive_int, help="cloud rounds to run (default: the file's cloud_rounds)")
-    cloud.add_argument("--bind", help="address to bind instead of cloud.address (e.g. tcp://*:5550 on a server)")
-    cloud.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    cloud.add_argument("--key", type=Path, help="this node's secret key file (`hierfl keys generate`), for CurveZMQ")
-    cloud.add_argument("--publish", metavar="ADDR", help="publish every new global model to inference servers at ADDR (PUB socket)")
-    cloud.add_argument("--he-context", type=Path, metavar="FILE",
-                       help="with [privacy] homomorphic: the plants' public CKKS context (ckks-public.bin, `hierfl keys ckks`)")
+    cloud.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run directory for metrics.jsonl, model.npz, checkpoints",
+    )
+    cloud.add_argument(
+        "--rounds",
+        type=_positive_int,
+        help="cloud rounds to run (default: the file's cloud_rounds)",
+    )
+    cloud.add_argument(
+        "--bind", help="address to bind instead of cloud.address (e.g. tcp://*:5550 on a server)"
+    )
+    cloud.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    cloud.add_argument(
+        "--key",
+        type=Path,
+        help="this node's secret key file (`hierfl keys generate`), for CurveZMQ",
+    )
+    cloud.add_argument(
+        "--publish",
+        metavar="ADDR",
+        help="publish every new global model to inference servers at ADDR (PUB socket)",
+    )
+    cloud.add_argument(
+        "--he-context",
+        type=Path,
+        metavar="FILE",
+        help="with [privacy] homomorphic: the plants' public CKKS context (ckks-public.bin, `hierfl keys ckks`)",
+    )
     cloud.set_defaults(handler=run_cloud)
 
-    edge = commands.add_parser("edge", help="run one plant's edge node (binds the plant's address, dials the cloud)")
+    edge = commands.add_parser(
+        "edge", help="run one plant's edge node (binds the plant's address, dials the cloud)"
+    )
     edge.add_argument("topology", help="topology file (TOML) or preset name")
     edge.add_argument("--plant", required=True, help="the plant this edge serves")
-    edge.add_argument("--bind", help="address to bind instead of the plant's address (e.g. tcp://*:5560)")
-    edge.add_argument("--state", type=Path, help="directory for the edge's checkpoint (needed for --resume)")
-    edge.add_argument("--resume", action="store_true", help="continue from the checkpoint in --state")
+    edge.add_argument(
+        "--bind", help="address to bind instead of the plant's address (e.g. tcp://*:5560)"
+    )
+    edge.add_argument(
+        "--state", type=Path, help="directory for the edge's checkpoint (needed for --resume)"
+    )
+    edge.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --state"
+    )
     edge.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
-    edge.add_argument("--he-context", type=Path, metavar="FILE",
-                      help="with [privacy] homomorphic: the plants' secret CKKS context (ckks-secret.bin; never give it to the cloud)")
-    edge.add_argument("--model-out", type=Path, metavar="FILE",
-                      help="with [privacy] homomorphic: where this edge writes the final global model (.npz; the cloud holds none)")
+    edge.add_argument(
+        "--he-context",
+        type=Path,
+        metavar="FILE",
+        help="with [privacy] homomorphic: the plants' secret CKKS context (ckks-secret.bin; never give it to the cloud)",
+    )
+    edge.add_argument(
+        "--model-out",
+        type=Path,
+        metavar="FILE",
+        help="with [privacy] homomorphic: where this edge writes the final global model (.npz; the cloud holds none)",
+    )
     edge.set_defaults(handler=run_edge)
 
     device = commands.add_parser("device", help="run one device node (dials its plant's edge)")
     device.add_argument("topology", help="topology file (TOML) or preset name")
-    device.add_argument("--id", required=True, dest="device_id", help="the device's id, plant/line/device")
+    device.add_argument(
+        "--id", required=True, dest="device_id", help="the device's id, plant/line/device"
+    )
     device.add_argument("--key", type=Path, help="this node's secret key file, for CurveZMQ")
-    device.add_argument("--state", type=Path, help="directory for the device's state (SCAFFOLD's control variate)")
+    device.add_argument(
+        "--state", type=Path, help="directory for the device's state (SCAFFOLD's control variate)"
+    )
     device.add_argument("--resume", action="store_true", help="continue with the state in --state")
     device.set_defaults(handler=run_device)
 
-    devices = commands.add_parser("devices", help="run many devices of one plant in one process (a device host)")
+    devices = commands.add_parser(
+        "devices", help="run many devices of one plant in one process (a device host)"
+    )
     devices.add_argument("topology", help="topology file (TOML) or preset name")
-    devices.add_argument("--plant", required=True, help="the plant whose devices this process runs (all of them by default)")
+    devices.add_argument(
+        "--plant",
+        required=True,
+        help="the plant whose devices this process runs (all of them by default)",
+    )
     devices.add_argument("--line", help="only the devices of this line of the plant")
-    devices.add_argument("--ids", nargs="+", metavar="ID", help="only these devices, by id plant/line/device")
-    devices.add_argument("--key", type=Path, help="the host's secret key file, for CurveZMQ (all its devices use it)")
-    devices.add_argument("--state", type=Path, help="directory for the devices' state (SCAFFOLD's control variates)")
+    devices.add_argument(
+        "--ids", nargs="+", metavar="ID", help="only these devices, by id plant/line/device"
+    )
+    devices.add_argument(
+        "--key", type=Path, help="the host's secret key file, for CurveZMQ (all its devices use it)"
+    )
+    devices.add_argument(
+        "--state", type=Path, help="directory for the devices' state (SCAFFOLD's control variates)"
+    )
     devices.add_argument("--resume", action="store_true", help="continue with the state in --state")
     devices.set_defaults(handler=run_devices)
 
-    keys = commands.add_parser("keys", help="CurveZMQ key pairs for encrypted links; CKKS keys for homomorphic summaries")
+    keys = commands.add_parser(
+        "keys", help="CurveZMQ key pairs for encrypted links; CKKS keys for homomorphic summaries"
+    )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    generate = keys_commands.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
+    generate = keys_commands.add_parser(
+        "generate", help="write NAME.key (public) and NAME.key_secret into DIR"
+    )
     generate.add_argument("directory", type=Path)
-    generate.add_argument("names", nargs="+", help="one key pair per name (cloud, plant names, device names)")
+    generate.add_argument(
+        "names", nargs="+", help="one key pair per name (cloud, plant names, device names)"
+    )
     generate.set_defaults(handler=run_keys_generate)
-    ckks = keys_commands.add_parser("ckks", help="write ckks-secret.bin (every plant's edge) and ckks-public.bin (the cloud) into DIR")
+    ckks = keys_commands.add_parser(
+        "ckks",
+        help="write ckks-secret.bin (every plant's edge) and ckks-public.bin (the cloud) into DIR",
+    )
     ckks.add_argument("directory", type=Path)
-    ckks.add_argument("--topology", help="take he_poly_modulus_degree and he_scale_bits from this topology's [privacy] (default 8192, 40)")
+    ckks.add_argument(
+        "--topology",
+        help="take he_poly_modulus_degree and he_scale_bits from this topology's [privacy] (default 8192, 40)",
+    )
     ckks.set_defaults(handler=run_keys_ckks)
 
 
@@ -111,17 +198,23 @@ def run_launch(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise HierflError("--resume needs --out, the run directory to continue")
     if args.publish and topology.privacy.homomorphic:
-        raise HierflError("--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it")
+        raise HierflError(
+            "--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it"
+        )
     out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console()
     console.print(
         f"[bold]{topology.federation.name}[/]: launching 1 cloud, {len(topology.plants)} edges, "
         f"{topology.num_devices} devices in {len(device_groups(topology))} processes -> {out} (logs in {out / 'logs'})"
     )
-    launch = Launch(topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish)
+    launch = Launch(
+        topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish
+    )
     launch.start()
     try:
-        with LaunchProgress(launch.rounds, topology.federation.name, enabled=not args.quiet) as progress:
+        with LaunchProgress(
+            launch.rounds, topology.federation.name, enabled=not args.quiet
+        ) as progress:
             history = launch.wait(progress.update)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted: stopping every node[/]")
@@ -150,14 +243,22 @@ def runtime_table(history: list[dict]) -> Table:
     table.add_column("value", justify="right")
     for plant, expected in last.get("devices_expected", {}).items():
         answered = [min(r["devices_answered"].get(plant) or [0]) for r in history]
-        table.add_row(f"devices answered {plant} (min / mean per round)", f"{min(answered)} / {sum(answered) / len(answered):.1f} of {expected}")
-    full = sum(len(r.get("edges_answered", [])) == len(r.get("devices_expected", {})) for r in history)
+        table.add_row(
+            f"devices answered {plant} (min / mean per round)",
+            f"{min(answered)} / {sum(answered) / len(answered):.1f} of {expected}",
+        )
+    full = sum(
+        len(r.get("edges_answered", [])) == len(r.get("devices_expected", {})) for r in history
+    )
     table.add_row("rounds with every edge", f"{full} of {len(history)}")
     refused: dict[str, int] = {}
     for node, reasons in last.get("rejected_messages", {}).items():
         for reason, count in reasons.items():
             refused[reason] = refused.get(reason, 0) + count
-    table.add_row("refused messages (last counts)", ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "0")
+    table.add_row(
+        "refused messages (last counts)",
+        ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "0",
+    )
     table.add_row("late updates", str(last.get("late_updates", 0)))
     table.add_row("stale summaries", str(sum(len(r.get("stale_summaries", {})) for r in history)))
     return table
@@ -175,8 +276,16 @@ def run_cloud(args: argparse.Namespace) -> int:
     from hierfl.runtime.cloud import CloudNode
 
     topology = _node_setup(args.topology)
-    node = CloudNode(topology, args.out, rounds=args.rounds, bind=args.bind, resume=args.resume, keys=_keys(args.key),
-                     publish=args.publish, he_context=args.he_context)
+    node = CloudNode(
+        topology,
+        args.out,
+        rounds=args.rounds,
+        bind=args.bind,
+        resume=args.resume,
+        keys=_keys(args.key),
+        publish=args.publish,
+        he_context=args.he_context,
+    )
     _stop_on_signals(node)
     node.run()
     return 0
@@ -187,11 +296,21 @@ def run_edge(args: argparse.Namespace) -> int:
 
     topology = _node_setup(args.topology)
     if args.plant not in topology.plant_names:
-        raise HierflError(f"no plant {args.plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})")
+        raise HierflError(
+            f"no plant {args.plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})"
+        )
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the edge's checkpoint")
-    node = EdgeNode(topology, args.plant, bind=args.bind, state_dir=args.state, resume=args.resume, keys=_keys(args.key),
-                    he_context=args.he_context, model_out=args.model_out)
+    node = EdgeNode(
+        topology,
+        args.plant,
+        bind=args.bind,
+        state_dir=args.state,
+        resume=args.resume,
+        keys=_keys(args.key),
+        he_context=args.he_context,
+        model_out=args.model_out,
+    )
     _stop_on_signals(node)
     node.run()
     return 0
@@ -207,7 +326,9 @@ def run_device(args: argparse.Namespace) -> int:
         raise HierflError(err.args[0]) from None
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the device's state")
-    node = DeviceNode(topology, args.device_id, keys=_keys(args.key), state_dir=args.state, resume=args.resume)
+    node = DeviceNode(
+        topology, args.device_id, keys=_keys(args.key), state_dir=args.state, resume=args.resume
+    )
     _stop_on_signals(node)
     node.run()
     return 0
@@ -220,7 +341,9 @@ def run_devices(args: argparse.Namespace) -> int:
     devices = hosted_devices(topology, args.plant, args.line, args.ids or ())
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the devices' state")
-    node = DeviceHost(topology, devices, keys=_keys(args.key), state_dir=args.state, resume=args.resume)
+    node = DeviceHost(
+        topology, devices, keys=_keys(args.key), state_dir=args.state, resume=args.resume
+    )
     _stop_on_signals(node)
     node.run()
     return 0
@@ -231,7 +354,9 @@ def run_keys_generate(args: argparse.Namespace) -> int:
 
     for name in args.names:
         public, secret = generate_keys(args.directory, name)
-        print(f"{name}: public key {_public_text(public)}  ({public}; secret {secret}, keep it private)")
+        print(
+            f"{name}: public key {_public_text(public)}  ({public}; secret {secret}, keep it private)"
+        )
     return 0
 
 
@@ -239,10 +364,14 @@ def run_keys_ckks(args: argparse.Namespace) -> int:
     from hierfl.privacy.homomorphic import CkksParameters
     from hierfl.runtime.encrypted import write_key_files
 
-    parameters = CkksParameters.of(_load(args.topology).privacy) if args.topology else CkksParameters()
+    parameters = (
+        CkksParameters.of(_load(args.topology).privacy) if args.topology else CkksParameters()
+    )
     secret, public = write_key_files(args.directory, parameters)
     print(f"CKKS degree {parameters.poly_modulus_degree}, scale 2^{parameters.scale_bits}:")
-    print(f"  {secret}: the plants' secret context; copy it to every plant's edge (--he-context) out of band, never to the cloud")
+    print(
+        f"  {secret}: the plants' secret context; copy it to every plant's edge (--he-context) out of band, never to the cloud"
+    )
     print(f"  {public}: the public context; give it to the cloud (--he-context)")
     return 0
 
@@ -258,5 +387,3 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-

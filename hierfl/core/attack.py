@@ -39,7 +39,9 @@ def corrupt(attack: Attack, delta: jax.Array, key: jax.Array) -> jax.Array:
     return delta
 
 
-def apply_attack(attack: Attack, deltas: jax.Array, attacker: jax.Array, keys: jax.Array) -> jax.Array:
+def apply_attack(
+    attack: Attack, deltas: jax.Array, attacker: jax.Array, keys: jax.Array
+) -> jax.Array:
     """A `[K, P]` stack with the rows of `attacker` devices replaced by what they send."""
     if attack.kind == "none":
         return deltas

@@ -34,10 +34,14 @@ def build_codec(link: LinkCompression, size: int) -> Codec:
 
 def build_link_codecs(compression: Compression, size: int) -> LinkCodecs:
     """Both upward links' codecs for a model of `size` parameters."""
-    return LinkCodecs(build_codec(compression.device_to_edge, size), build_codec(compression.edge_to_cloud, size))
+    return LinkCodecs(
+        build_codec(compression.device_to_edge, size), build_codec(compression.edge_to_cloud, size)
+    )
 
 
-def transmit(codec: Codec, result: LocalResult, residual: jax.Array, key: jax.Array) -> tuple[LocalResult, jax.Array]:
+def transmit(
+    codec: Codec, result: LocalResult, residual: jax.Array, key: jax.Array
+) -> tuple[LocalResult, jax.Array]:
     """`result` (flat delta `[P]`) as the receiver decodes it, and the sender's next residual.
 
     A result of weight 0 (a rejected or padding update) is sent as is and leaves the
@@ -57,7 +61,13 @@ def initial_residuals(codec: Codec, leading: tuple[int, ...]) -> jax.Array:
 
 
 def tier_bytes(
-    codecs: LinkCodecs, model_bytes: int, devices: int, edges: int, edge_rounds: int, *, variates: bool = False
+    codecs: LinkCodecs,
+    model_bytes: int,
+    devices: int,
+    edges: int,
+    edge_rounds: int,
+    *,
+    variates: bool = False,
 ) -> dict[str, int]:
     """Bytes of update payload each tier sends in one cloud round.
 

@@ -22,10 +22,16 @@ delta is the rule's result. Updates of weight 0 (absent, rejected) never count.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from hierfl.core.algorithms import Summary
-from hierfl.kernels import clip_by_l2, coordinate_median, multi_krum, trimmed_mean, weighted_mean, weighted_sum
+from hierfl.kernels import (
+    clip_by_l2,
+    coordinate_median,
+    multi_krum,
+    trimmed_mean,
+    weighted_mean,
+    weighted_sum,
+)
 from hierfl.topology.schema import TierRule
 
 

@@ -25,14 +25,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierfl.core import rng, rules
-from hierfl.core.attack import apply_attack
-from hierfl.core.algorithms import Algorithm, DeviceData, LocalResult, Summary, apply_summary, edge_result, screen_nonfinite
+from hierfl.core.algorithms import (
+    Algorithm,
+    DeviceData,
+    LocalResult,
+    Summary,
+    apply_summary,
+    edge_result,
+    screen_nonfinite,
+)
 from hierfl.core.algorithms.fedavg import Params
+from hierfl.core.attack import apply_attack
 from hierfl.kernels import Codec, FlatSpec, ravel, unravel
 from hierfl.privacy import dp
 from hierfl.privacy.config import DpConfig
 from hierfl.topology import Attack, TierRule
-
 
 ALIGNMENT = 64
 
@@ -67,7 +74,9 @@ class DeviceOutput(NamedTuple):
     variate_change: jax.Array | None = None
 
 
-def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+def encode_for_link(
+    codec: Codec, result: LocalResult, residual: jax.Array, key: jax.Array
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
     """The sender's half of `hierfl.core.links.transmit`: the payload of `result.delta` and the next residual.
 
     A result of weight 0 leaves the residual untouched, as `transmit` does.
@@ -77,8 +86,13 @@ def encode_for_link(codec: Codec, result: LocalResult, residual: jax.Array, key:
 
 
 def make_device_step(
-    algorithm: Algorithm, spec: FlatSpec, codec: Codec, seed: int, dp_config: DpConfig | None = None,
-    attack: Attack = Attack(), attackers: np.ndarray | None = None,
+    algorithm: Algorithm,
+    spec: FlatSpec,
+    codec: Codec,
+    seed: int,
+    dp_config: DpConfig | None = None,
+    attack: Attack = Attack(),
+    attackers: np.ndarray | None = None,
 ) -> Callable[..., DeviceOutput]:
     """`device_step(edge_flat, data, residual, cloud_round, edge_round, device_index, clip_norm, variate=None,
     cloud_variate=None) -> DeviceOutput`, jitted.
@@ -99,31 +113,55 @@ def make_device_step(
     """
     marked = jnp.asarray(attackers if attackers is not None else np.zeros(0, bool))
 
-    def device_step(edge_flat, data: DeviceData, residual, cloud_round, edge_round, device_index, clip_norm,
-                    variate=None, cloud_variate=None):
+    def device_step(
+        edge_flat,
+        data: DeviceData,
+        residual,
+        cloud_round,
+        edge_round,
+        device_index,
+        clip_norm,
+        variate=None,
+        cloud_variate=None,
+    ):
         key = rng.device_key(seed, cloud_round, edge_round, device_index)
         if algorithm.control_variates:
-            result = algorithm.local_update(unravel(spec, edge_flat), data, key, unravel(spec, cloud_variate - variate))
+            result = algorithm.local_update(
+                unravel(spec, edge_flat), data, key, unravel(spec, cloud_variate - variate)
+            )
         else:
             result = algorithm.local_update(unravel(spec, edge_flat), data, key)
         delta = ravel(spec, result.delta)
         if attack.kind != "none":
             attack_key = rng.attack_key(seed, cloud_round, edge_round, device_index)
-            delta = apply_attack(attack, delta[None], marked[device_index][None], attack_key[None])[0]
+            delta = apply_attack(attack, delta[None], marked[device_index][None], attack_key[None])[
+                0
+            ]
         result, ok = screen_nonfinite(result._replace(delta=delta))
         unclipped = jnp.bool_(False)
         if dp_config is not None:
-            noise_std = dp_config.noise_multiplier * clip_norm if dp_config.place == "device" else jnp.float32(0)
+            noise_std = (
+                dp_config.noise_multiplier * clip_norm
+                if dp_config.place == "device"
+                else jnp.float32(0)
+            )
             delta, weight, unclipped = dp.device_release(
-                result.delta, result.weight,
+                result.delta,
+                result.weight,
                 dp_config.key(rng.sampling_key(seed, cloud_round, edge_round, device_index)),
                 dp_config.key(rng.privacy_key(seed, cloud_round, edge_round, device_index)),
-                clip_norm, noise_std, dp_config.sample_rate,
+                clip_norm,
+                noise_std,
+                dp_config.sample_rate,
             )
             result = result._replace(delta=delta, weight=weight)
         change = None
         if algorithm.control_variates:
-            change = jnp.where(result.weight > 0, algorithm.variate_delta(result.delta, data.steps, cloud_variate), 0.0)
+            change = jnp.where(
+                result.weight > 0,
+                algorithm.variate_delta(result.delta, data.steps, cloud_variate),
+                0.0,
+            )
         upload_key = rng.device_upload_key(seed, cloud_round, edge_round, device_index)
         payload, residual = encode_for_link(codec, result, residual, upload_key)
         return DeviceOutput(payload, result.weight, result.loss, residual, ok, unclipped, change)
@@ -144,8 +182,17 @@ class EdgeOutcome(NamedTuple):
     unclipped: jax.Array
 
 
-def central_release(dp_config: DpConfig | None, seed: int, summary: Summary, count: jax.Array, devices: int,
-                    cloud_round, edge_round, edge_index, clip_norm) -> tuple[Summary, jax.Array]:
+def central_release(
+    dp_config: DpConfig | None,
+    seed: int,
+    summary: Summary,
+    count: jax.Array,
+    devices: int,
+    cloud_round,
+    edge_round,
+    edge_index,
+    clip_norm,
+) -> tuple[Summary, jax.Array]:
     """An edge round's sum as the edge releases it under central DP (unchanged otherwise).
 
     The edge divides by the *expected* number of devices (`sample_rate * devices`), not
@@ -157,14 +204,20 @@ def central_release(dp_config: DpConfig | None, seed: int, summary: Summary, cou
         return summary, count
     if dp_config.place == "edge":
         key = dp_config.key(rng.sum_noise_key(seed, cloud_round, edge_round, edge_index))
-        summary = summary._replace(delta_sum=dp.privatize_sum(summary.delta_sum, key, dp_config.noise_multiplier * clip_norm))
+        summary = summary._replace(
+            delta_sum=dp.privatize_sum(
+                summary.delta_sum, key, dp_config.noise_multiplier * clip_norm
+            )
+        )
     if dp_config.adaptive:
         key = dp_config.key(rng.count_noise_key(seed, cloud_round, edge_round, edge_index))
         count = count + dp_config.quantile_noise * jax.random.normal(key)
     return summary._replace(weight=jnp.float32(dp_config.sample_rate * devices)), count
 
 
-def make_edge_step(rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0) -> Callable[..., EdgeOutcome]:
+def make_edge_step(
+    rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0
+) -> Callable[..., EdgeOutcome]:
     """`edge_step(edge_flat [P], deltas [K, P], weights [K], unclipped [K], cloud_round, edge_round, edge_index, clip_norm)`, jitted.
 
     One edge round's aggregation: the plant's rule (`topology.edge_rule(plant)`: the
@@ -173,16 +226,30 @@ def make_edge_step(rule: TierRule, dp_config: DpConfig | None = None, seed: int 
     central DP. Rows of devices that did not answer are zeros.
     """
 
-    def edge_step(edge_flat, deltas, weights, unclipped, cloud_round, edge_round, edge_index, clip_norm):
+    def edge_step(
+        edge_flat, deltas, weights, unclipped, cloud_round, edge_round, edge_index, clip_norm
+    ):
         summary = rules.reduce(rule, deltas, weights)
         count = jnp.sum(unclipped.astype(jnp.float32))
-        summary, count = central_release(dp_config, seed, summary, count, deltas.shape[0], cloud_round, edge_round, edge_index, clip_norm)
+        summary, count = central_release(
+            dp_config,
+            seed,
+            summary,
+            count,
+            deltas.shape[0],
+            cloud_round,
+            edge_round,
+            edge_index,
+            clip_norm,
+        )
         return EdgeOutcome(apply_summary(edge_flat, summary), summary.weight, count)
 
     return jax.jit(edge_step)
 
 
-def make_edge_sum_step(dp_config: DpConfig | None, seed: int, devices: int) -> Callable[..., EdgeOutcome]:
+def make_edge_sum_step(
+    dp_config: DpConfig | None, seed: int, devices: int
+) -> Callable[..., EdgeOutcome]:
     """`sum_step(edge_flat [P], delta_sum [P], weight, cloud_round, edge_round, edge_index, clip_norm)`, jitted.
 
     A mean-rule edge round from the sum of its `devices` devices' weighted updates alone:
@@ -191,25 +258,43 @@ def make_edge_sum_step(dp_config: DpConfig | None, seed: int, devices: int) -> C
     """
 
     def sum_step(edge_flat, delta_sum, weight, cloud_round, edge_round, edge_index, clip_norm):
-        summary, count = central_release(dp_config, seed, Summary(delta_sum, weight), jnp.float32(0), devices,
-                                         cloud_round, edge_round, edge_index, clip_norm)
+        summary, count = central_release(
+            dp_config,
+            seed,
+            Summary(delta_sum, weight),
+            jnp.float32(0),
+            devices,
+            cloud_round,
+            edge_round,
+            edge_index,
+            clip_norm,
+        )
         return EdgeOutcome(apply_summary(edge_flat, summary), summary.weight, count)
 
     return jax.jit(sum_step)
 
 
-def make_edge_upload(codec: Codec, seed: int) -> Callable[..., tuple[tuple[jax.Array, ...], jax.Array]]:
+def make_edge_upload(
+    codec: Codec, seed: int
+) -> Callable[..., tuple[tuple[jax.Array, ...], jax.Array]]:
     """`edge_upload(edge_flat, global_flat, weight, residual, cloud_round, edge_index) -> (payload, residual)`, jitted."""
 
     def edge_upload(edge_flat, global_flat, weight, residual, cloud_round, edge_index):
         result = edge_result(edge_flat, global_flat, weight)
-        return encode_for_link(codec, result, residual, rng.edge_upload_key(seed, cloud_round, edge_index))
+        return encode_for_link(
+            codec, result, residual, rng.edge_upload_key(seed, cloud_round, edge_index)
+        )
 
     return jax.jit(edge_upload)
 
 
 def make_cloud_step(
-    algorithm: Algorithm, spec: FlatSpec, rule: TierRule, dp_config: DpConfig | None = None, seed: int = 0, num_edges: int = 0
+    algorithm: Algorithm,
+    spec: FlatSpec,
+    rule: TierRule,
+    dp_config: DpConfig | None = None,
+    seed: int = 0,
+    num_edges: int = 0,
 ) -> Callable[..., tuple[Params, Any]]:
     """`cloud_step(params, server_state, deltas [E', P], weights [E'], cloud_round, clip_norm) -> (params, server_state)`, jitted.
 
@@ -223,7 +308,13 @@ def make_cloud_step(
         total = rules.reduce(rule, deltas, weights)
         if dp_config is not None and dp_config.place == "cloud":
             key = dp_config.key(rng.sum_noise_key(seed, cloud_round, 0, num_edges))
-            total = total._replace(delta_sum=dp.privatize_sum(total.delta_sum, key, dp_config.noise_multiplier * clip_norm))
-        return algorithm.server_update(params, server_state, Summary(unravel(spec, total.delta_sum), total.weight))
+            total = total._replace(
+                delta_sum=dp.privatize_sum(
+                    total.delta_sum, key, dp_config.noise_multiplier * clip_norm
+                )
+            )
+        return algorithm.server_update(
+            params, server_state, Summary(unravel(spec, total.delta_sum), total.weight)
+        )
 
     return jax.jit(cloud_step)

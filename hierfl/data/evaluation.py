@@ -39,7 +39,9 @@ class Scores:
     plant_metrics: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
-def make_evaluator(model: Model, task: Task, test: TestSet, num_plants: int, batch: int = EVAL_BATCH) -> Callable[[Params], Scores]:
+def make_evaluator(
+    model: Model, task: Task, test: TestSet, num_plants: int, batch: int = EVAL_BATCH
+) -> Callable[[Params], Scores]:
     """`evaluate(params) -> Scores` over `test`, in fixed-size padded batches (one compile)."""
     metrics = task.metrics
 
@@ -58,7 +60,9 @@ def make_evaluator(model: Model, task: Task, test: TestSet, num_plants: int, bat
     def evaluate(params: Params) -> Scores:
         losses, values = [], []
         for start in range(0, padded, batch):
-            loss, value = per_example(params, jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch]))
+            loss, value = per_example(
+                params, jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch])
+            )
             losses.append(np.asarray(loss))
             values.append([np.asarray(v) for v in value])
         loss = np.concatenate(losses)[:size].astype(np.float64)
@@ -66,7 +70,9 @@ def make_evaluator(model: Model, task: Task, test: TestSet, num_plants: int, bat
         for k, metric in enumerate(metrics):
             value = np.concatenate([v[k] for v in values])[:size].astype(np.float64)
             overall[metric.name] = metric.reduce(float(value.mean()))
-            plant_means = np.bincount(test.plant, weights=value, minlength=num_plants) / plant_counts
+            plant_means = (
+                np.bincount(test.plant, weights=value, minlength=num_plants) / plant_counts
+            )
             per_plant[metric.name] = tuple(metric.reduce(float(m)) for m in plant_means)
         first = metrics[0].name
         return Scores(float(loss.mean()), overall[first], per_plant[first], overall, per_plant)
@@ -83,18 +89,29 @@ class PlantSums:
     metric_sums: Mapping[str, float]
 
 
-def make_plant_evaluator(model: Model, task: Task, test: TestSet, plant: int, batch: int = EVAL_BATCH) -> Callable[[Params], PlantSums]:
+def make_plant_evaluator(
+    model: Model, task: Task, test: TestSet, plant: int, batch: int = EVAL_BATCH
+) -> Callable[[Params], PlantSums]:
     """`evaluate(params) -> PlantSums` over the test examples of plant index `plant` (one compile)."""
     mine = test.plant == plant
     if not mine.any():
         return lambda params: PlantSums(0, 0.0, {m.name: 0.0 for m in task.metrics})
-    evaluate = make_evaluator(model, task, TestSet(test.x[mine], test.y[mine], np.zeros(int(mine.sum()), np.int32)), 1, batch)
+    evaluate = make_evaluator(
+        model,
+        task,
+        TestSet(test.x[mine], test.y[mine], np.zeros(int(mine.sum()), np.int32)),
+        1,
+        batch,
+    )
     count = int(mine.sum())
 
     def plant_sums(params: Params) -> PlantSums:
         scores = evaluate(params)
         # `make_evaluator` reports means (square-rooted for RMSE); undo that to get sums.
-        sums = {m.name: count * (scores.metrics[m.name] ** 2 if m.root else scores.metrics[m.name]) for m in task.metrics}
+        sums = {
+            m.name: count * (scores.metrics[m.name] ** 2 if m.root else scores.metrics[m.name])
+            for m in task.metrics
+        }
         return PlantSums(count, count * scores.loss, sums)
 
     return plant_sums
@@ -109,9 +126,16 @@ def combine_plant_sums(task: Task, sums: Sequence[PlantSums | None]) -> Scores:
     total = sum(s.count for s in reported)
     overall, per_plant = {}, {}
     for metric in task.metrics:
-        overall[metric.name] = metric.reduce(sum(s.metric_sums[metric.name] for s in reported) / total) if total else math.nan
+        overall[metric.name] = (
+            metric.reduce(sum(s.metric_sums[metric.name] for s in reported) / total)
+            if total
+            else math.nan
+        )
         per_plant[metric.name] = tuple(
-            metric.reduce(s.metric_sums[metric.name] / s.count) if s is not None and s.count > 0 else math.nan for s in sums
+            metric.reduce(s.metric_sums[metric.name] / s.count)
+            if s is not None and s.count > 0
+            else math.nan
+            for s in sums
         )
     loss = sum(s.loss_sum for s in reported) / total if total else math.nan
     first = task.metrics[0].name

@@ -17,9 +17,16 @@ from hierfl.topology import load_topology as load_topology_file
 
 def load_topology(source: str | os.PathLike) -> Topology:
     """Loads a topology file or preset, validated against the known tasks, models and algorithms."""
-    topology = load_topology_file(source, choices={"federation.task": TASKS, "federation.algorithm": ALGORITHMS})
+    topology = load_topology_file(
+        source, choices={"federation.task": TASKS, "federation.algorithm": ALGORITHMS}
+    )
     task, model = TASKS[topology.federation.task], topology.federation.model
     if model is not None and model not in task.models:
         known = ", ".join(sorted(task.models))
-        raise TopologyError([f"federation.model: unknown model {model!r} for task {task.name!r} (choose from: {known})"], topology.source)
+        raise TopologyError(
+            [
+                f"federation.model: unknown model {model!r} for task {task.name!r} (choose from: {known})"
+            ],
+            topology.source,
+        )
     return topology

@@ -17,8 +17,11 @@ from hierfl.errors import DataError
 def class_indices(labels, num_classes: int) -> np.ndarray:
     """`labels` as a 1-D integer array of class indices in [0, num_classes); DataError saying what is wrong otherwise."""
     labels = np.asarray(labels)
-    if (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
-            or (labels.size and (labels.min() < 0 or labels.max() >= num_classes))):
+    if (
+        labels.ndim != 1
+        or not np.issubdtype(labels.dtype, np.integer)
+        or (labels.size and (labels.min() < 0 or labels.max() >= num_classes))
+    ):
         raise DataError(
             f"labels must be a 1-D integer array of class indices in [0, {num_classes}), "
             f"got shape {labels.shape}, dtype {labels.dtype}, values {np.unique(labels)[:8]}"
@@ -26,7 +29,9 @@ def class_indices(labels, num_classes: int) -> np.ndarray:
     return labels
 
 
-def split_stratified(labels: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+def split_stratified(
+    labels: np.ndarray, sizes: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Splits the pool into parts of exactly `sizes`, each with (about) the pool's label mix.
 
     Used to give plants and lines their share. Classes are first interleaved into one
@@ -60,7 +65,9 @@ def iid(num_examples: int, num_parts: int, rng: np.random.Generator) -> list[np.
     return [np.sort(p) for p in np.array_split(rng.permutation(num_examples), num_parts)]
 
 
-def dirichlet(labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Label skew: each class is divided among the parts by proportions ~ Dirichlet(alpha).
 
     Small `alpha` (0.1) gives parts dominated by one or two classes; large `alpha` (100)
@@ -70,13 +77,17 @@ def dirichlet(labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.G
     parts: list[list[np.ndarray]] = [[] for _ in range(num_parts)]
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
-        cuts = (np.cumsum(rng.dirichlet(np.full(num_parts, alpha))) * len(members)).astype(np.int64)[:-1]
+        cuts = (np.cumsum(rng.dirichlet(np.full(num_parts, alpha))) * len(members)).astype(
+            np.int64
+        )[:-1]
         for part, chunk in zip(parts, np.split(members, cuts)):
             part.append(chunk)
     return _ensure_nonempty([np.sort(np.concatenate(p)) for p in parts])
 
 
-def quantity(num_examples: int, num_parts: int, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
+def quantity(
+    num_examples: int, num_parts: int, sigma: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Quantity skew: part sizes proportional to lognormal(0, sigma) draws, contents IID."""
     _check_enough(num_examples, num_parts)
     shares = rng.lognormal(0.0, sigma, size=num_parts)
@@ -126,4 +137,6 @@ def _ensure_nonempty(parts: list[np.ndarray]) -> list[np.ndarray]:
 
 def _check_enough(num_examples: int, num_parts: int) -> None:
     if num_examples < num_parts:
-        raise DataError(f"{num_examples} examples cannot give each of {num_parts} devices at least one")
+        raise DataError(
+            f"{num_examples} examples cannot give each of {num_parts} devices at least one"
+        )

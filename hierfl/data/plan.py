@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 
 from hierfl.data import partition
-from hierfl.errors import DataError
 from hierfl.data.tasks import PlantData, PlantRequest, Task, get_task
+from hierfl.errors import DataError
 from hierfl.topology import DataSpec, Line, Plant, Topology
 
 
@@ -74,10 +74,14 @@ def make_plan(topology: Topology) -> Plan:
     plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
     # One plant's pool at a time: it is divided into device shards and then released.
     for index, (plant, data) in enumerate(zip(topology.plants, plant_data, strict=True)):
-        device_parts.extend(divide_plant(plant, data, np.random.default_rng([seed, 4, index]), task.strata))
+        device_parts.extend(
+            divide_plant(plant, data, np.random.default_rng([seed, 4, index]), task.strata)
+        )
         test_sets.append((data.x_test, data.y_test))
         del data
-    device_edge = np.concatenate([np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)])
+    device_edge = np.concatenate(
+        [np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)]
+    )
     return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
 
 
@@ -87,22 +91,35 @@ def check_plant_classes(topology: Topology, task: Task) -> None:
         unknown = [c for c in plant.classes or () if c not in task.plant_classes]
         if unknown:
             known = ", ".join(task.plant_classes) or "none: the task cannot limit a plant's classes"
-            raise DataError(f"{topology.source}: plants[{i}].classes: task {task.name!r} has no class {unknown[0]!r} (classes: {known})")
+            raise DataError(
+                f"{topology.source}: plants[{i}].classes: task {task.name!r} has no class {unknown[0]!r} (classes: {known})"
+            )
 
 
 def plant_request(plant: Plant, index: int, task: Task) -> PlantRequest:
     """What a plant needs: exact when every line's samples per device is known, else a fair share."""
     per_line = [_samples_per_device(line.data, task) for line in plant.lines]
-    exact = None if None in per_line else sum(n * len(line.devices) for n, line in zip(per_line, plant.lines))
+    exact = (
+        None
+        if None in per_line
+        else sum(n * len(line.devices) for n, line in zip(per_line, plant.lines))
+    )
     return PlantRequest(plant.name, index, plant.num_devices, exact, plant.shift, plant.classes)
 
 
 def _samples_per_device(data: DataSpec, task: Task) -> int | None:
-    return data.samples_per_device if data.samples_per_device is not None else task.default_samples_per_device
+    return (
+        data.samples_per_device
+        if data.samples_per_device is not None
+        else task.default_samples_per_device
+    )
 
 
 def divide_plant(
-    plant: Plant, data: PlantData, rng: np.random.Generator, strata: Callable[[np.ndarray], np.ndarray] | None = None
+    plant: Plant,
+    data: PlantData,
+    rng: np.random.Generator,
+    strata: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each device's (x, y) of the plant, in device order.
 
@@ -120,12 +137,21 @@ def divide_plant(
 
 def line_sizes(plant: Plant, pool: int) -> np.ndarray:
     """How many of the plant's `pool` training examples each line gets."""
-    exact = [line.data.samples_per_device * len(line.devices) if line.data.samples_per_device else None for line in plant.lines]
+    exact = [
+        line.data.samples_per_device * len(line.devices) if line.data.samples_per_device else None
+        for line in plant.lines
+    ]
     fixed = sum(n for n in exact if n is not None)
     if fixed > pool:
-        raise DataError(f"plant {plant.name!r}: lines ask for {fixed} training examples, the plant has {pool}")
+        raise DataError(
+            f"plant {plant.name!r}: lines ask for {fixed} training examples, the plant has {pool}"
+        )
     flexible = [i for i, n in enumerate(exact) if n is None]
-    shares = partition.proportional_sizes(pool - fixed, [len(plant.lines[i].devices) for i in flexible]) if flexible else []
+    shares = (
+        partition.proportional_sizes(pool - fixed, [len(plant.lines[i].devices) for i in flexible])
+        if flexible
+        else []
+    )
     sizes = np.array([n if n is not None else 0 for n in exact], dtype=np.int64)
     sizes[flexible] = shares
     return sizes

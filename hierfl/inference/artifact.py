@@ -101,7 +101,9 @@ class Artifact:
 
 def encode_artifact(artifact: Artifact) -> bytes:
     """The artifact as the bytes of a `.hfl` file, checksum included."""
-    body, function_at = _aligned_sections([artifact.function, *(_raw(a) for a in artifact.params.values())])
+    body, function_at = _aligned_sections(
+        [artifact.function, *(_raw(a) for a in artifact.params.values())]
+    )
     header = _header_of(artifact, function_at)
     packed = msgpack.packb(header, use_bin_type=True)
     head = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed
@@ -124,13 +126,17 @@ def decode_artifact(data: bytes | bytearray | memoryview, source: str = "<bytes>
     function = bytes(_section(body, header.get("function"), "function", source))
     specs = header.get("params")
     if not isinstance(specs, list):
-        raise ArtifactError(f"{source}: header field 'params' must be a list of parameter descriptions")
+        raise ArtifactError(
+            f"{source}: header field 'params' must be a list of parameter descriptions"
+        )
     params = {}
     for i, spec in enumerate(specs):
         name, shape, dtype = _param_spec(spec, i, source)
         raw = _section(body, spec, f"params[{i}] ({name})", source)
         if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise ArtifactError(f"{source}: parameter {name!r} has {len(raw)} bytes, not shape {list(shape)} of {dtype.name}")
+            raise ArtifactError(
+                f"{source}: parameter {name!r} has {len(raw)} bytes, not shape {list(shape)} of {dtype.name}"
+            )
         params[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     return Artifact(meta, function, params)
 
@@ -143,20 +149,31 @@ def read_header(data: bytes | bytearray | memoryview, source: str = "<bytes>") -
     """
     view = memoryview(data).cast("B")
     if len(view) < _PREAMBLE.size or bytes(view[:8]) != MAGIC:
-        raise ArtifactError(f"{source}: not a hierfl model file (it does not start with {MAGIC!r}); write one with `hierfl export`")
+        raise ArtifactError(
+            f"{source}: not a hierfl model file (it does not start with {MAGIC!r}); write one with `hierfl export`"
+        )
     _, version, header_length = _PREAMBLE.unpack_from(view)
     if version != FORMAT_VERSION:
         raise ArtifactError(
             f"{source}: model file format version {version}, but this hierfl reads version {FORMAT_VERSION}; "
             "export the model again with this hierfl, or serve it with the hierfl that wrote it"
         )
-    if len(view) < _PREAMBLE.size + header_length + _CHECKSUM_BYTES or header_length > _MAX_HEADER_BYTES:
-        raise ArtifactError(f"{source}: truncated model file ({len(view)} bytes, header says {header_length} bytes of header)")
+    if (
+        len(view) < _PREAMBLE.size + header_length + _CHECKSUM_BYTES
+        or header_length > _MAX_HEADER_BYTES
+    ):
+        raise ArtifactError(
+            f"{source}: truncated model file ({len(view)} bytes, header says {header_length} bytes of header)"
+        )
     expected = bytes(view[len(view) - _CHECKSUM_BYTES :])
     if hashlib.sha256(view[: len(view) - _CHECKSUM_BYTES]).digest() != expected:
-        raise ArtifactError(f"{source}: checksum mismatch: the file is corrupt or truncated (SHA-256 of its contents differs from the one stored in it)")
+        raise ArtifactError(
+            f"{source}: checksum mismatch: the file is corrupt or truncated (SHA-256 of its contents differs from the one stored in it)"
+        )
     try:
-        header = msgpack.unpackb(view[_PREAMBLE.size : _PREAMBLE.size + header_length], raw=False, strict_map_key=False)
+        header = msgpack.unpackb(
+            view[_PREAMBLE.size : _PREAMBLE.size + header_length], raw=False, strict_map_key=False
+        )
     except (ValueError, TypeError, msgpack.UnpackException) as err:
         raise ArtifactError(f"{source}: unreadable header ({type(err).__name__}: {err})") from None
     if not isinstance(header, dict):
@@ -235,7 +252,13 @@ def _header_of(artifact: Artifact, spans: list[tuple[int, int]]) -> dict[str, An
         "jax_version": meta.jax_version,
         "function": {"offset": function_offset, "nbytes": function_bytes},
         "params": [
-            {"name": name, "shape": list(array.shape), "dtype": np.dtype(array.dtype).name, "offset": offset, "nbytes": nbytes}
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "dtype": np.dtype(array.dtype).name,
+                "offset": offset,
+                "nbytes": nbytes,
+            }
             for (name, array), (offset, nbytes) in zip(artifact.params.items(), param_spans)
         ],
     }
@@ -245,13 +268,17 @@ def _meta_of(header: dict[str, Any], source: str) -> ArtifactMeta:
     def field(name: str, kind: type | tuple[type, ...]) -> Any:
         value = header.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ArtifactError(f"{source}: header field {name!r} is missing or not a {getattr(kind, '__name__', kind)}")
+            raise ArtifactError(
+                f"{source}: header field {name!r} is missing or not a {getattr(kind, '__name__', kind)}"
+            )
         return value
 
     signature, output = field("input", dict), field("output", dict)
     shape, out_shape = signature.get("shape"), output.get("shape")
     if not _is_batched_shape(shape) or not _is_batched_shape(out_shape):
-        raise ArtifactError(f"{source}: header fields 'input.shape' and 'output.shape' must be [null, d1, ...] with positive dims")
+        raise ArtifactError(
+            f"{source}: header fields 'input.shape' and 'output.shape' must be [null, d1, ...] with positive dims"
+        )
     dtype = signature.get("dtype")
     if not isinstance(dtype, str) or not _known_dtype(dtype):
         raise ArtifactError(f"{source}: header field 'input.dtype' is not a dtype name: {dtype!r}")
@@ -320,8 +347,16 @@ def _section(body: memoryview, span: Any, what: str, source: str) -> memoryview:
     if not isinstance(span, dict):
         raise ArtifactError(f"{source}: header lacks the location of {what}")
     offset, nbytes = span.get("offset"), span.get("nbytes")
-    if not (isinstance(offset, int) and isinstance(nbytes, int) and 0 <= offset and 0 <= nbytes and offset + nbytes <= len(body)):
-        raise ArtifactError(f"{source}: {what} lies outside the file (offset {offset!r}, {nbytes!r} bytes, body of {len(body)} bytes)")
+    if not (
+        isinstance(offset, int)
+        and isinstance(nbytes, int)
+        and 0 <= offset
+        and 0 <= nbytes
+        and offset + nbytes <= len(body)
+    ):
+        raise ArtifactError(
+            f"{source}: {what} lies outside the file (offset {offset!r}, {nbytes!r} bytes, body of {len(body)} bytes)"
+        )
     return body[offset : offset + nbytes]
 
 

@@ -84,7 +84,9 @@ class RequestQueue:
 
     def due(self, now: float) -> bool:
         """True when a batch should run now: enough rows, or the oldest request has waited long enough."""
-        return bool(self._items) and (self._rows >= self.max_batch or now - self._items[0].arrived >= self.max_wait)
+        return bool(self._items) and (
+            self._rows >= self.max_batch or now - self._items[0].arrived >= self.max_wait
+        )
 
     def wait_time(self, now: float) -> float | None:
         """Seconds until the oldest request's wait runs out (0 if due now); None if nothing waits."""

@@ -21,7 +21,15 @@ import numpy as np
 import zmq
 
 from hierfl.errors import InferenceError, ProtocolError
-from hierfl.inference.protocol import ERROR, INFO, PREDICT, ROLLBACK, Reply, encode_request, parse_reply
+from hierfl.inference.protocol import (
+    ERROR,
+    INFO,
+    PREDICT,
+    ROLLBACK,
+    Reply,
+    encode_request,
+    parse_reply,
+)
 
 
 class Prediction(NamedTuple):
@@ -74,11 +82,20 @@ class ServerInfo(NamedTuple):
     def from_reply(cls, info: dict[str, Any]) -> ServerInfo:
         try:
             return cls(
-                task=info["task"], model=info["model"], version=info["version"], versions=tuple(info["versions"]),
-                class_names=tuple(info["class_names"]), input_shape=tuple(info["input_shape"]),
-                input_dtype=info["input_dtype"], platform=info["platform"], max_batch=info["max_batch"],
-                max_wait_ms=info["max_wait_ms"], metrics=info.get("metrics") or {}, stats=info.get("stats") or {},
-                checksum=info.get("checksum", ""), output_names=tuple(info.get("output_names") or ()),
+                task=info["task"],
+                model=info["model"],
+                version=info["version"],
+                versions=tuple(info["versions"]),
+                class_names=tuple(info["class_names"]),
+                input_shape=tuple(info["input_shape"]),
+                input_dtype=info["input_dtype"],
+                platform=info["platform"],
+                max_batch=info["max_batch"],
+                max_wait_ms=info["max_wait_ms"],
+                metrics=info.get("metrics") or {},
+                stats=info.get("stats") or {},
+                checksum=info.get("checksum", ""),
+                output_names=tuple(info.get("output_names") or ()),
             )
         except (KeyError, TypeError) as err:
             raise InferenceError(f"malformed info reply (missing {err})") from None
@@ -100,7 +117,9 @@ class Client:
             self._socket.connect(address)
         except zmq.ZMQError as err:
             self.close()
-            raise InferenceError(f"cannot connect to an inference server at {address!r}: {err}") from None
+            raise InferenceError(
+                f"cannot connect to an inference server at {address!r}: {err}"
+            ) from None
 
     def predict(self, x: np.ndarray) -> Prediction:
         """Logits for `x` `[n, *input_shape]` in the server's dtype (`info().input_dtype`).

@@ -43,7 +43,9 @@ class CompiledModel:
         """Logits `[n, *meta.output_shape]` as numpy; `x` is padded to a bucket (split if above the largest)."""
         largest = self.buckets[-1]
         if len(x) > largest:
-            return np.concatenate([self.predict(x[i : i + largest]) for i in range(0, len(x), largest)])
+            return np.concatenate(
+                [self.predict(x[i : i + largest]) for i in range(0, len(x), largest)]
+            )
         bucket = bucket_for(len(x), self.buckets)
         return np.asarray(self.call(list(self.params), pad_rows(x, bucket)))[: len(x)]
 

@@ -23,12 +23,12 @@ import numpy as np
 from jax import export as jax_export
 
 from hierfl import __version__
-from hierfl.runs.checkpoint import flatten_params, load_params
-from hierfl.errors import ArtifactError, RunDirError
-from hierfl.inference.artifact import Artifact, ArtifactMeta
-from hierfl.runs.metrics import read_metrics, read_run_info
 from hierfl.data.tasks import TASKS, Task, bearing, bearing_data, digits
 from hierfl.data.tasks.models import Model, Params, build_model
+from hierfl.errors import ArtifactError, RunDirError
+from hierfl.inference.artifact import Artifact, ArtifactMeta
+from hierfl.runs.checkpoint import flatten_params, load_params
+from hierfl.runs.metrics import read_metrics, read_run_info
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 BATCH_DIM = "batch"
@@ -110,7 +110,9 @@ def export_model(
     return Artifact(meta, function, flat)
 
 
-def export_run(run_dir: str | os.PathLike, *, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> Artifact:
+def export_run(
+    run_dir: str | os.PathLike, *, platforms: Sequence[str] = DEFAULT_PLATFORMS
+) -> Artifact:
     """The artifact of a finished run directory (run.json, metrics.jsonl, model.npz).
 
     The model version is the last cloud round in `metrics.jsonl` and the artifact's
@@ -121,27 +123,43 @@ def export_run(run_dir: str | os.PathLike, *, platforms: Sequence[str] = DEFAULT
     info = read_run_info(run_dir)
     records = read_metrics(run_dir)
     if not records:
-        raise RunDirError(f"{run_dir / 'metrics.jsonl'}: no finished cloud round, so there is no model to export")
+        raise RunDirError(
+            f"{run_dir / 'metrics.jsonl'}: no finished cloud round, so there is no model to export"
+        )
     task_name, model_name = info.get("task"), info.get("model")
     if task_name not in TASKS:
-        raise RunDirError(f"{run_dir / 'run.json'}: unknown task {task_name!r} (known: {', '.join(sorted(TASKS))})")
+        raise RunDirError(
+            f"{run_dir / 'run.json'}: unknown task {task_name!r} (known: {', '.join(sorted(TASKS))})"
+        )
     task = TASKS[task_name]
     if model_name not in task.models:
-        raise RunDirError(f"{run_dir / 'run.json'}: task {task_name!r} has no model {model_name!r} (known: {', '.join(sorted(task.models))})")
+        raise RunDirError(
+            f"{run_dir / 'run.json'}: task {task_name!r} has no model {model_name!r} (known: {', '.join(sorted(task.models))})"
+        )
     model_path = run_dir / "model.npz"
     if not model_path.exists():
         plants = sorted(p.name for p in run_dir.glob("model-*.npz"))
         if plants:  # a run with homomorphic encryption: the plants hold the model, the cloud none
-            raise RunDirError(f"{model_path}: no such file; this run's plants wrote the final model ({', '.join(plants)}): "
-                              "copy one of them to model.npz to export it")
-        raise RunDirError(f"{model_path}: no such file; the run did not finish (model.npz is written after the last cloud round)")
+            raise RunDirError(
+                f"{model_path}: no such file; this run's plants wrote the final model ({', '.join(plants)}): "
+                "copy one of them to model.npz to export it"
+            )
+        raise RunDirError(
+            f"{model_path}: no such file; the run did not finish (model.npz is written after the last cloud round)"
+        )
     model, template = build_model(model_name, task.models[model_name], jax.random.key(0))
     params = load_params(model_path)
     _check_params_fit(params, template, model_path, model_name)
     last = records[-1]
-    run = {key: info[key] for key in ("name", "algorithm", "seed", "topology", "num_plants", "num_devices", "started") if key in info}
+    run = {
+        key: info[key]
+        for key in ("name", "algorithm", "seed", "topology", "num_plants", "num_devices", "started")
+        if key in info
+    }
     run["run_dir"] = str(run_dir)
-    return export_model(model, params, task, version=int(last["round"]), metrics=last, run=run, platforms=platforms)
+    return export_model(
+        model, params, task, version=int(last["round"]), metrics=last, run=run, platforms=platforms
+    )
 
 
 def _check_params_fit(params: Params, template: Params, path: Path, model_name: str) -> None:
@@ -149,7 +167,13 @@ def _check_params_fit(params: Params, template: Params, path: Path, model_name: 
     have = {name: (a.shape, a.dtype) for name, a in flatten_params(params).items()}
     want = {name: (a.shape, a.dtype) for name, a in flatten_params(template).items()}
     if have != want:
-        problems = [f"{n}: expected {want[n][0]} {want[n][1]}, got {have[n][0]} {have[n][1]}" for n in want if n in have and have[n] != want[n]]
+        problems = [
+            f"{n}: expected {want[n][0]} {want[n][1]}, got {have[n][0]} {have[n][1]}"
+            for n in want
+            if n in have and have[n] != want[n]
+        ]
         problems += [f"{n}: missing" for n in want if n not in have]
         problems += [f"{n}: not a parameter of {model_name}" for n in have if n not in want]
-        raise RunDirError(f"{path}: parameters do not fit model {model_name!r}: " + "; ".join(problems[:5]))
+        raise RunDirError(
+            f"{path}: parameters do not fit model {model_name!r}: " + "; ".join(problems[:5])
+        )

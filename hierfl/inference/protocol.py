@@ -106,16 +106,25 @@ def parse_request(frames: Sequence[Any], spec: InputSpec) -> Request:
         raise ProtocolError(f"header field 'id' must be a non-negative integer, got {request_id!r}")
     if header.get("protocol") != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"protocol version {header.get('protocol')!r}; this server speaks version {PROTOCOL_VERSION}", request_id=request_id
+            f"protocol version {header.get('protocol')!r}; this server speaks version {PROTOCOL_VERSION}",
+            request_id=request_id,
         )
     if kind not in REQUEST_KINDS:
-        raise ProtocolError(f"unknown request kind {kind!r} (expected one of {', '.join(REQUEST_KINDS)})", request_id=request_id)
+        raise ProtocolError(
+            f"unknown request kind {kind!r} (expected one of {', '.join(REQUEST_KINDS)})",
+            request_id=request_id,
+        )
     if kind != PREDICT:
         if len(frames) != 1:
-            raise ProtocolError(f"{kind!r} requests are one header frame, got {len(frames)} frames", request_id=request_id)
+            raise ProtocolError(
+                f"{kind!r} requests are one header frame, got {len(frames)} frames",
+                request_id=request_id,
+            )
         return Request(kind, request_id)
     if len(frames) != 2:
-        raise ProtocolError(f"a predict request is [header, data], got {len(frames)} frames", request_id=request_id)
+        raise ProtocolError(
+            f"a predict request is [header, data], got {len(frames)} frames", request_id=request_id
+        )
     try:
         x = _read_array(header, frames[1], spec)
     except ProtocolError as err:
@@ -126,19 +135,45 @@ def parse_request(frames: Sequence[Any], spec: InputSpec) -> Request:
 def encode_prediction(request_id: int, version: int, y: np.ndarray) -> list:
     """Frames of a prediction reply carrying logits `y` (sent without a copy)."""
     y = np.ascontiguousarray(y)
-    header = {"kind": PREDICTION, "protocol": PROTOCOL_VERSION, "id": request_id, "version": version,
-              "shape": list(y.shape), "dtype": y.dtype.name}
+    header = {
+        "kind": PREDICTION,
+        "protocol": PROTOCOL_VERSION,
+        "id": request_id,
+        "version": version,
+        "shape": list(y.shape),
+        "dtype": y.dtype.name,
+    }
     return [msgpack.packb(header), memoryview(y.reshape(-1).view(np.uint8))]
 
 
 def encode_info(request_id: int, version: int, info: dict[str, Any]) -> list:
     """Frames of an info reply (also the answer to rollback): `info` is a msgpack-able map."""
-    return [msgpack.packb({"kind": INFO, "protocol": PROTOCOL_VERSION, "id": request_id, "version": version, "info": info})]
+    return [
+        msgpack.packb(
+            {
+                "kind": INFO,
+                "protocol": PROTOCOL_VERSION,
+                "id": request_id,
+                "version": version,
+                "info": info,
+            }
+        )
+    ]
 
 
 def encode_error(request_id: int | None, version: int, message: str) -> list:
     """Frames of an error reply; `request_id` is None when the request's id could not be read."""
-    return [msgpack.packb({"kind": ERROR, "protocol": PROTOCOL_VERSION, "id": request_id, "version": version, "error": message})]
+    return [
+        msgpack.packb(
+            {
+                "kind": ERROR,
+                "protocol": PROTOCOL_VERSION,
+                "id": request_id,
+                "version": version,
+                "error": message,
+            }
+        )
+    ]
 
 
 def parse_reply(frames: Sequence[Any]) -> Reply:
@@ -148,7 +183,9 @@ def parse_reply(frames: Sequence[Any]) -> Reply:
     header = _read_header(frames[0])
     kind, version = header.get("kind"), header.get("version")
     if header.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError(f"reply in protocol version {header.get('protocol')!r}; this client speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(
+            f"reply in protocol version {header.get('protocol')!r}; this client speaks {PROTOCOL_VERSION}"
+        )
     if kind not in (PREDICTION, INFO, ERROR) or not _is_int(version):
         raise ProtocolError(f"malformed reply header {header!r}")
     request_id = header.get("id") if _is_int(header.get("id")) else None
@@ -157,7 +194,11 @@ def parse_reply(frames: Sequence[Any]) -> Reply:
     if len(frames) != 2:
         raise ProtocolError(f"a prediction reply is [header, logits], got {len(frames)} frames")
     shape, dtype = header.get("shape"), header.get("dtype")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape) or not isinstance(dtype, str):
+    if (
+        not isinstance(shape, list)
+        or not all(_is_int(d) and d >= 0 for d in shape)
+        or not isinstance(dtype, str)
+    ):
         raise ProtocolError(f"malformed prediction header {header!r}")
     data = frame_view(frames[1])
     try:
@@ -165,14 +206,18 @@ def parse_reply(frames: Sequence[Any]) -> Reply:
     except TypeError:
         raise ProtocolError(f"prediction reply has unknown dtype {dtype!r}") from None
     if len(data) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
-        raise ProtocolError(f"prediction reply has {len(data)} bytes of logits for shape {shape} {dtype}")
+        raise ProtocolError(
+            f"prediction reply has {len(data)} bytes of logits for shape {shape} {dtype}"
+        )
     return Reply(kind, request_id, version, header, np.frombuffer(data, dt).reshape(shape))
 
 
 def _read_header(frame: Any) -> dict[str, Any]:
     raw = frame_view(frame)
     if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header frame is {len(raw)} bytes; at most {MAX_HEADER_BYTES} are accepted")
+        raise ProtocolError(
+            f"header frame is {len(raw)} bytes; at most {MAX_HEADER_BYTES} are accepted"
+        )
     try:
         header = msgpack.unpackb(raw, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException) as err:
@@ -192,16 +237,22 @@ def _read_array(header: dict[str, Any], frame: Any, spec: InputSpec) -> np.ndarr
         raise ProtocolError(f"wrong input shape {shape}: the model takes {spec.describe()}")
     rows = shape[0]
     if not 1 <= rows <= spec.max_rows:
-        raise ProtocolError(f"request has {rows} rows: too large or empty; this server takes {spec.describe()}")
+        raise ProtocolError(
+            f"request has {rows} rows: too large or empty; this server takes {spec.describe()}"
+        )
     data = frame_view(frame)
     itemsize = np.dtype(spec.dtype).itemsize
     expected = rows * int(np.prod(spec.shape, dtype=np.int64)) * itemsize
     if len(data) != expected:
-        raise ProtocolError(f"data frame has {len(data)} bytes; shape {shape} of {spec.dtype} needs {expected}")
+        raise ProtocolError(
+            f"data frame has {len(data)} bytes; shape {shape} of {spec.dtype} needs {expected}"
+        )
     x = np.frombuffer(data, spec.dtype).reshape(shape)
     finite = np.isfinite(x)
     if not finite.all():
-        raise ProtocolError(f"input has {x.size - int(finite.sum())} NaN or infinite values; the model takes finite numbers")
+        raise ProtocolError(
+            f"input has {x.size - int(finite.sum())} NaN or infinite values; the model takes finite numbers"
+        )
     return x
 
 

@@ -54,7 +54,9 @@ class ModelPublisher:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._socket = self._context.socket(zmq.PUB)
-        self._socket.setsockopt(zmq.SNDHWM, send_hwm)  # a slow server misses old versions; the cloud never waits
+        self._socket.setsockopt(
+            zmq.SNDHWM, send_hwm
+        )  # a slow server misses old versions; the cloud never waits
         self._socket.setsockopt(zmq.LINGER, 1000)
         try:
             self._socket.bind(bind)
@@ -67,7 +69,9 @@ class ModelPublisher:
         """The address subscribers connect to (with the real port when bound to port `*`)."""
         return self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def publish(self, source: Artifact | bytes | bytearray | memoryview | str | os.PathLike) -> dict[str, Any]:
+    def publish(
+        self, source: Artifact | bytes | bytearray | memoryview | str | os.PathLike
+    ) -> dict[str, Any]:
         """Sends one artifact (an `Artifact`, a `.hfl` file's bytes, or its path); returns the header sent.
 
         The bytes are checked (`read_header`) first, so a corrupt file is never published:
@@ -81,7 +85,9 @@ class ModelPublisher:
             try:
                 data = Path(source).read_bytes()
             except OSError as err:
-                raise ArtifactError(f"{name}: cannot read model file ({err.strerror or err})") from None
+                raise ArtifactError(
+                    f"{name}: cannot read model file ({err.strerror or err})"
+                ) from None
         else:
             data, name = source, "artifact"
         header = publication_header(data, name)
@@ -100,7 +106,9 @@ class ModelPublisher:
         self.close()
 
 
-def publication_header(data: bytes | bytearray | memoryview, source: str = "artifact") -> dict[str, Any]:
+def publication_header(
+    data: bytes | bytearray | memoryview, source: str = "artifact"
+) -> dict[str, Any]:
     """The header announcing the model file `data` (checked with `read_header`)."""
     meta = read_header(data, source)
     return {
@@ -114,7 +122,9 @@ def publication_header(data: bytes | bytearray | memoryview, source: str = "arti
     }
 
 
-def subscribe(context: zmq.Context, address: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> zmq.Socket:
+def subscribe(
+    context: zmq.Context, address: str, max_bytes: int = MAX_ARTIFACT_BYTES
+) -> zmq.Socket:
     """A SUB socket connected to a model publisher at `address`, filtering on TOPIC."""
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
@@ -125,7 +135,9 @@ def subscribe(context: zmq.Context, address: str, max_bytes: int = MAX_ARTIFACT_
         socket.connect(address)
     except zmq.ZMQError as err:
         socket.close()
-        raise ProtocolError(f"cannot subscribe to model publications at {address!r}: {err}") from None
+        raise ProtocolError(
+            f"cannot subscribe to model publications at {address!r}: {err}"
+        ) from None
     return socket
 
 
@@ -136,7 +148,9 @@ def decode_publication(frames: list, max_bytes: int = MAX_ARTIFACT_BYTES) -> Pub
     when it is decoded.
     """
     if len(frames) != 3:
-        raise ProtocolError(f"a model publication is [topic, header, artifact], got {len(frames)} frames")
+        raise ProtocolError(
+            f"a model publication is [topic, header, artifact], got {len(frames)} frames"
+        )
     topic, header_frame, data_frame = (frame_view(f) for f in frames)
     if bytes(topic) != TOPIC:
         raise ProtocolError(f"publication topic {bytes(topic)[:40]!r}, expected {TOPIC!r}")
@@ -145,13 +159,24 @@ def decode_publication(frames: list, max_bytes: int = MAX_ARTIFACT_BYTES) -> Pub
     try:
         header = msgpack.unpackb(header_frame, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException) as err:
-        raise ProtocolError(f"publication header is not msgpack ({type(err).__name__}: {err})") from None
-    if not isinstance(header, dict) or header.get("kind") != "model" or header.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError(f"not a model publication of protocol version {PROTOCOL_VERSION}: {header!r}"[:300])
+        raise ProtocolError(
+            f"publication header is not msgpack ({type(err).__name__}: {err})"
+        ) from None
+    if (
+        not isinstance(header, dict)
+        or header.get("kind") != "model"
+        or header.get("protocol") != PROTOCOL_VERSION
+    ):
+        raise ProtocolError(
+            f"not a model publication of protocol version {PROTOCOL_VERSION}: {header!r}"[:300]
+        )
     nbytes, checksum = header.get("nbytes"), header.get("checksum")
     if not isinstance(nbytes, int) or nbytes != len(data_frame) or nbytes > max_bytes:
-        raise ProtocolError(f"publication says {nbytes!r} bytes, artifact frame has {len(data_frame)} (limit {max_bytes})")
+        raise ProtocolError(
+            f"publication says {nbytes!r} bytes, artifact frame has {len(data_frame)} (limit {max_bytes})"
+        )
     if len(data_frame) < 32 or checksum != file_checksum(data_frame):
-        raise ProtocolError(f"publication checksum {checksum!r} does not match the artifact it carries")
+        raise ProtocolError(
+            f"publication checksum {checksum!r} does not match the artifact it carries"
+        )
     return Publication(header, data_frame)
-

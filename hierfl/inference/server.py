@@ -128,12 +128,18 @@ class InferenceServer:
             self._socket.bind(config.bind)
         except zmq.ZMQError as err:
             self._close_sockets()
-            raise InferenceError(f"cannot bind the inference server to {config.bind!r}: {err}") from None
+            raise InferenceError(
+                f"cannot bind the inference server to {config.bind!r}: {err}"
+            ) from None
         self._loader = None
         if config.subscribe or config.watch is not None:
             self._loader = UpdateLoader(
-                self._context, first, max_batch=config.max_batch, subscribe_to=config.subscribe,
-                watch=config.watch, watch_interval=config.watch_interval_s,
+                self._context,
+                first,
+                max_batch=config.max_batch,
+                subscribe_to=config.subscribe,
+                watch=config.watch,
+                watch_interval=config.watch_interval_s,
             )
 
     @property
@@ -179,7 +185,9 @@ class InferenceServer:
             while not self._stopping.is_set():
                 self._apply_updates()
                 wait = self._queue.wait_time(time.monotonic())
-                timeout = IDLE_POLL_MS if wait is None else min(IDLE_POLL_MS, math.ceil(wait * 1000))
+                timeout = (
+                    IDLE_POLL_MS if wait is None else min(IDLE_POLL_MS, math.ceil(wait * 1000))
+                )
                 if poller.poll(timeout):
                     self._receive()
                 if self._queue.due(time.monotonic()):
@@ -193,7 +201,9 @@ class InferenceServer:
 
     def start(self) -> InferenceServer:
         """Runs `serve_forever` in a background thread; returns self."""
-        self._thread = threading.Thread(target=self.serve_forever, name="hierfl-inference-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="hierfl-inference-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -258,11 +268,20 @@ class InferenceServer:
         try:
             y = model.predict(x)
         except Exception as err:  # e.g. device out of memory: answer, log, keep serving
-            log.exception("model version %d failed on a batch of %d rows", model.meta.version, len(x))
+            log.exception(
+                "model version %d failed on a batch of %d rows", model.meta.version, len(x)
+            )
             self.stats.failed_requests += len(batch)
             for waiting in batch:
                 envelope, request_id = waiting.reply_to
-                self._send(envelope, encode_error(request_id, model.meta.version, f"the model failed: {type(err).__name__}: {err}"))
+                self._send(
+                    envelope,
+                    encode_error(
+                        request_id,
+                        model.meta.version,
+                        f"the model failed: {type(err).__name__}: {err}",
+                    ),
+                )
             return
         self.stats.requests += len(batch)
         self.stats.rows += len(x)
@@ -285,7 +304,12 @@ class InferenceServer:
                 continue
             old = self._versions.swap(update.model)
             self.stats.swaps += 1
-            log.info("now serving version %d (was %d) from %s", update.model.meta.version, old.meta.version, update.source)
+            log.info(
+                "now serving version %d (was %d) from %s",
+                update.model.meta.version,
+                old.meta.version,
+                update.source,
+            )
 
     def _send(self, envelope: list, frames: list) -> None:
         try:
@@ -310,7 +334,9 @@ def _load_first(model: str | os.PathLike | Artifact | bytes, max_batch: int) -> 
             try:
                 data = Path(model).read_bytes()
             except OSError as err:
-                raise ArtifactError(f"{model}: cannot read model file ({err.strerror or err})") from None
+                raise ArtifactError(
+                    f"{model}: cannot read model file ({err.strerror or err})"
+                ) from None
             source = str(model)
         else:
             data, source = model, "<bytes>"

@@ -26,7 +26,13 @@ from typing import NamedTuple
 import zmq
 
 from hierfl.errors import ArtifactError, ProtocolError
-from hierfl.inference.artifact import SUFFIX, ArtifactMeta, decode_artifact, file_checksum, read_header
+from hierfl.inference.artifact import (
+    SUFFIX,
+    ArtifactMeta,
+    decode_artifact,
+    file_checksum,
+    read_header,
+)
 from hierfl.inference.compiled import CompiledModel, compile_artifact
 from hierfl.inference.publisher import MAX_ARTIFACT_BYTES, decode_publication, subscribe
 
@@ -120,7 +126,11 @@ class UpdateLoader:
             self._thread.join()
 
     def _run(self) -> None:
-        socket = subscribe(self._context, self._subscribe_to, self._max_bytes) if self._subscribe_to else None
+        socket = (
+            subscribe(self._context, self._subscribe_to, self._max_bytes)
+            if self._subscribe_to
+            else None
+        )
         next_scan = time.monotonic() + self._watch_interval
         try:
             while not self._stopping.is_set():
@@ -150,7 +160,9 @@ class UpdateLoader:
         files = scan_directory(self._watch)
         changed = changed_files(self._known_files, files)
         self._known_files = files
-        for path in changed:  # newest first; once one loads, older ones would only be swapped out again
+        for (
+            path
+        ) in changed:  # newest first; once one loads, older ones would only be swapped out again
             try:
                 data = path.read_bytes()
             except OSError as err:
@@ -174,12 +186,22 @@ class UpdateLoader:
             reason = incompatibility(self._reference.meta, artifact.meta)
             if reason is not None:
                 raise ArtifactError(f"{source}: cannot replace the served model: {reason}")
-            log.info("loading %s %s version %d from %s", artifact.meta.task, artifact.meta.model, artifact.meta.version, source)
-            model = compile_artifact(artifact, checksum=checksum, max_batch=self._max_batch, reuse=self._last)
+            log.info(
+                "loading %s %s version %d from %s",
+                artifact.meta.task,
+                artifact.meta.model,
+                artifact.meta.version,
+                source,
+            )
+            model = compile_artifact(
+                artifact, checksum=checksum, max_batch=self._max_batch, reuse=self._last
+            )
         except ArtifactError as err:
             self.updates.put(Update(source, error=str(err)))
             return False
-        except Exception as err:  # a failure in XLA must not end the thread; it is logged and reported
+        except (
+            Exception
+        ) as err:  # a failure in XLA must not end the thread; it is logged and reported
             log.exception("loading a model from %s failed", source)
             self.updates.put(Update(source, error=f"{type(err).__name__}: {err}"))
             return False

@@ -46,7 +46,11 @@ def mechanism_events(privacy: Privacy, edge_rounds: int) -> tuple[dp_event.DpEve
     if privacy.dp == "device":
         return dp_event.GaussianDpEvent(privacy.noise_multiplier / 2), edge_rounds
     gaussian = dp_event.GaussianDpEvent(privacy.noise_multiplier)
-    event = gaussian if privacy.sample_rate == 1 else dp_event.PoissonSampledDpEvent(privacy.sample_rate, gaussian)
+    event = (
+        gaussian
+        if privacy.sample_rate == 1
+        else dp_event.PoissonSampledDpEvent(privacy.sample_rate, gaussian)
+    )
     return event, (1 if privacy.dp == "cloud" else edge_rounds)
 
 

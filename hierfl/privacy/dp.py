@@ -15,7 +15,9 @@ import jax.numpy as jnp
 from hierfl.kernels import add_gaussian_noise, clip_by_l2
 
 
-def privatize_update(delta: jax.Array, key: jax.Array, clip_norm: jax.Array, noise_std: jax.Array) -> tuple[jax.Array, jax.Array]:
+def privatize_update(
+    delta: jax.Array, key: jax.Array, clip_norm: jax.Array, noise_std: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """A device's update clipped to `clip_norm` plus N(0, noise_std^2): `(update, norm before clipping)`.
 
     With `noise_std = 0` this is the clipping an aggregator applies to what it receives.
@@ -29,7 +31,13 @@ def privatize_sum(total: jax.Array, key: jax.Array, noise_std: jax.Array) -> jax
     return add_gaussian_noise(total, key, noise_std)
 
 
-def adapt_clip_norm(clip_norm: jax.Array, noised_unclipped: jax.Array, expected: jax.Array, quantile: float, learning_rate: float) -> jax.Array:
+def adapt_clip_norm(
+    clip_norm: jax.Array,
+    noised_unclipped: jax.Array,
+    expected: jax.Array,
+    quantile: float,
+    learning_rate: float,
+) -> jax.Array:
     """Geometric update of the clip norm towards the `quantile` of update norms (Andrew et al. 2021).
 
     `noised_unclipped` is the noised count of updates whose norm was <= `clip_norm`,
@@ -62,4 +70,8 @@ def device_release(
     if sample_rate < 1:
         taking_part = taking_part & (jax.random.uniform(sampling_key) < sample_rate)
     released, norm = privatize_update(delta, noise_key, clip_norm, noise_std)
-    return jnp.where(taking_part, released, 0.0), taking_part.astype(jnp.float32), taking_part & (norm <= clip_norm)
+    return (
+        jnp.where(taking_part, released, 0.0),
+        taking_part.astype(jnp.float32),
+        taking_part & (norm <= clip_norm),
+    )

@@ -39,7 +39,9 @@ class FixedPoint(NamedTuple):
     def scale_bits(self) -> int:
         """log2 of `scale`; may be negative when `summands * clip` exceeds 2^31 (steps above 1)."""
         if self.clip <= 0 or self.summands < 1:
-            raise ValueError(f"FixedPoint: clip must be > 0 and summands >= 1, got clip={self.clip}, summands={self.summands}")
+            raise ValueError(
+                f"FixedPoint: clip must be > 0 and summands >= 1, got clip={self.clip}, summands={self.summands}"
+            )
         return math.floor(math.log2(INT32_MAX / (self.summands * self.clip)))
 
     @property

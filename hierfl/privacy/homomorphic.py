@@ -51,7 +51,16 @@ except ImportError as error:  # an optional dependency: the `he` extra
 from hierfl.topology import Privacy
 from hierfl.topology.schema import he_coeff_mod_bit_sizes
 
-__all__ = ["CkksParameters", "check_ciphertext", "decrypt_aggregate", "encrypt_summary", "generate_keys", "load_context", "public_context", "weighted_sum"]
+__all__ = [
+    "CkksParameters",
+    "check_ciphertext",
+    "decrypt_aggregate",
+    "encrypt_summary",
+    "generate_keys",
+    "load_context",
+    "public_context",
+    "weighted_sum",
+]
 
 
 class CkksParameters(NamedTuple):
@@ -77,7 +86,11 @@ class CkksParameters(NamedTuple):
 
 def generate_keys(parameters: CkksParameters = CkksParameters()) -> bytes:
     """A fresh secret context (parameters, public and secret key), serialized, for the plants only."""
-    context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=parameters.poly_modulus_degree, coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes))
+    context = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=parameters.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes),
+    )
     context.global_scale = 2.0**parameters.scale_bits
     return context.serialize(save_secret_key=True, save_relin_keys=False)
 
@@ -94,33 +107,59 @@ def load_context(data: bytes) -> ts.Context:
     try:
         return ts.context_from(data)
     except Exception as error:  # SEAL raises several types for malformed input
-        raise HomomorphicError(f"not a serialized CKKS context ({len(data)} bytes): {error}") from None
+        raise HomomorphicError(
+            f"not a serialized CKKS context ({len(data)} bytes): {error}"
+        ) from None
 
 
-def encrypt_summary(context: ts.Context, summary: np.ndarray, weight: float, round: int) -> dict[str, Any]:
+def encrypt_summary(
+    context: ts.Context, summary: np.ndarray, weight: float, round: int
+) -> dict[str, Any]:
     """An edge's summary (float `[P]`) encrypted in chunks of `slots` values, with its plaintext weight."""
     values = np.asarray(summary, dtype=np.float64).ravel()
     slots = context.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
-    chunks = [ts.ckks_vector(context, values[start : start + slots]).serialize() for start in range(0, len(values), slots)]
-    return {"kind": "he_summary", "round": round, "size": len(values), "weight": float(weight), "chunks": chunks}
+    chunks = [
+        ts.ckks_vector(context, values[start : start + slots]).serialize()
+        for start in range(0, len(values), slots)
+    ]
+    return {
+        "kind": "he_summary",
+        "round": round,
+        "size": len(values),
+        "weight": float(weight),
+        "chunks": chunks,
+    }
 
 
-def weighted_sum(context: ts.Context, messages: Sequence[Mapping[str, Any]], weights: Sequence[float]) -> dict[str, Any]:
+def weighted_sum(
+    context: ts.Context, messages: Sequence[Mapping[str, Any]], weights: Sequence[float]
+) -> dict[str, Any]:
     """The cloud's step: `sum_i weights[i] * summary_i`, computed on ciphertexts, still encrypted.
 
     `context` must be the public context (HomomorphicError if it holds the secret key, so a
     misconfigured cloud fails loudly instead of quietly being able to decrypt).
     """
     if context.has_secret_key():
-        raise HomomorphicError("the cloud's CKKS context holds the secret key; give the cloud public_context(...) only")
+        raise HomomorphicError(
+            "the cloud's CKKS context holds the secret key; give the cloud public_context(...) only"
+        )
     if not messages or len(messages) != len(weights):
-        raise HomomorphicError(f"weighted_sum: need one weight per summary, got {len(messages)} summaries and {len(weights)} weights")
+        raise HomomorphicError(
+            f"weighted_sum: need one weight per summary, got {len(messages)} summaries and {len(weights)} weights"
+        )
     first = messages[0]
     for message in messages:
         if message.get("kind") != "he_summary" or message.get("round") != first.get("round"):
-            raise HomomorphicError(f"weighted_sum: expected he_summary messages of round {first.get('round')}, got {message.get('kind')!r} of round {message.get('round')!r}")
-        if message.get("size") != first["size"] or len(message.get("chunks", ())) != len(first["chunks"]):
-            raise HomomorphicError(f"weighted_sum: summaries differ in size ({message.get('size')} vs {first['size']} values)")
+            raise HomomorphicError(
+                f"weighted_sum: expected he_summary messages of round {first.get('round')}, "
+                f"got {message.get('kind')!r} of round {message.get('round')!r}"
+            )
+        if message.get("size") != first["size"] or len(message.get("chunks", ())) != len(
+            first["chunks"]
+        ):
+            raise HomomorphicError(
+                f"weighted_sum: summaries differ in size ({message.get('size')} vs {first['size']} values)"
+            )
     chunks = []
     for index in range(len(first["chunks"])):
         total = None
@@ -128,15 +167,27 @@ def weighted_sum(context: ts.Context, messages: Sequence[Mapping[str, Any]], wei
             term = _vector(context, message["chunks"][index]) * float(weight)
             total = term if total is None else total + term
         chunks.append(total.serialize())
-    return {"kind": "he_aggregate", "round": first["round"], "size": first["size"], "chunks": chunks}
+    return {
+        "kind": "he_aggregate",
+        "round": first["round"],
+        "size": first["size"],
+        "chunks": chunks,
+    }
 
 
 def decrypt_aggregate(context: ts.Context, message: Mapping[str, Any]) -> np.ndarray:
     """An edge's last step: the cloud's encrypted aggregate, decrypted to float32 `[P]`."""
     if not context.has_secret_key():
-        raise HomomorphicError("decrypt_aggregate needs the plants' secret context, not the public one")
+        raise HomomorphicError(
+            "decrypt_aggregate needs the plants' secret context, not the public one"
+        )
     size = message["size"]
-    values = np.concatenate([np.asarray(_vector(context, chunk).decrypt(), dtype=np.float64) for chunk in message["chunks"]])
+    values = np.concatenate(
+        [
+            np.asarray(_vector(context, chunk).decrypt(), dtype=np.float64)
+            for chunk in message["chunks"]
+        ]
+    )
     if len(values) != size:
         raise HomomorphicError(f"the aggregate holds {len(values)} values, expected {size}")
     return values.astype(np.float32)
@@ -148,8 +199,14 @@ def check_ciphertext(context: ts.Context, data: bytes, size: int) -> None:
     if vector.size() != size:
         raise HomomorphicError(f"a ciphertext of {vector.size()} values where {size} were expected")
     (ciphertext,) = vector.data.ciphertext()
-    fresh = context.seal_context().data.first_context_data().chain_index() + 1  # moduli below the special prime
-    if (ciphertext.size(), ciphertext.coeff_modulus_size(), ciphertext.scale) != (2, fresh, context.global_scale):
+    fresh = (
+        context.seal_context().data.first_context_data().chain_index() + 1
+    )  # moduli below the special prime
+    if (ciphertext.size(), ciphertext.coeff_modulus_size(), ciphertext.scale) != (
+        2,
+        fresh,
+        context.global_scale,
+    ):
         raise HomomorphicError(
             f"not a freshly encrypted ciphertext ({ciphertext.size()} polynomials, {ciphertext.coeff_modulus_size()} moduli, scale "
             f"2^{math.log2(max(ciphertext.scale, 1.0)):g}; a fresh one has 2, {fresh}, 2^{math.log2(context.global_scale):g})"
@@ -165,4 +222,6 @@ def _vector(context: ts.Context, data: bytes) -> ts.CKKSVector:
     try:
         return ts.ckks_vector_from(context, data)
     except Exception as error:
-        raise HomomorphicError(f"not a CKKS ciphertext under this context ({len(data)} bytes): {error}") from None
+        raise HomomorphicError(
+            f"not a CKKS ciphertext under this context ({len(data)} bytes): {error}"
+        ) from None

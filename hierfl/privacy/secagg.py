@@ -71,13 +71,26 @@ def _public_bytes(key: X25519PrivateKey) -> bytes:
 
 
 def _private_bytes(key: X25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
-def _derive(private: X25519PrivateKey, public: bytes, purpose: bytes, round: int, a: str, b: str) -> bytes:
+def _derive(
+    private: X25519PrivateKey, public: bytes, purpose: bytes, round: int, a: str, b: str
+) -> bytes:
     """A 32-byte key for the pair {a, b} (order-free) from an X25519 agreement, bound to the round."""
     low, high = sorted((a, b))
-    info = b"hierfl-secagg|" + purpose + b"|" + str(round).encode() + b"|" + low.encode() + b"|" + high.encode()
+    info = (
+        b"hierfl-secagg|"
+        + purpose
+        + b"|"
+        + str(round).encode()
+        + b"|"
+        + low.encode()
+        + b"|"
+        + high.encode()
+    )
     shared = private.exchange(X25519PublicKey.from_public_bytes(public))
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 
@@ -105,28 +118,44 @@ class DeviceSession:
         self._s = X25519PrivateKey.generate()  # seeds pairwise masks
         self._b = os.urandom(KEY_BYTES)  # self-mask seed
         self._roster: dict[str, tuple[bytes, bytes]] = {}
-        self._held: dict[str, tuple[int, int]] = {}  # sender -> (share of its s key, share of its b)
+        self._held: dict[
+            str, tuple[int, int]
+        ] = {}  # sender -> (share of its s key, share of its b)
         self._senders: set[str] = set()
         self._unmasked = False
 
     def advertise(self) -> dict[str, Any]:
         """Step 0: this device's two public keys."""
-        return {"kind": "secagg_keys", "round": self.round, "device": self.device, "c_pk": _public_bytes(self._c), "s_pk": _public_bytes(self._s)}
+        return {
+            "kind": "secagg_keys",
+            "round": self.round,
+            "device": self.device,
+            "c_pk": _public_bytes(self._c),
+            "s_pk": _public_bytes(self._s),
+        }
 
     def share_keys(self, roster: Mapping[str, Any]) -> dict[str, Any]:
         """Step 1: Shamir shares of the mask key and of `b`, encrypted for each other device in `roster`."""
         _expect(roster, "secagg_roster", self.round)
         keys = {device: (bytes(pair[0]), bytes(pair[1])) for device, pair in roster["keys"].items()}
-        if roster["threshold"] != self.threshold or self.device not in keys or len(keys) < self.threshold:
+        if (
+            roster["threshold"] != self.threshold
+            or self.device not in keys
+            or len(keys) < self.threshold
+        ):
             raise SecAggError(
                 f"device {self.device}: refusing roster with threshold {roster['threshold']} (expected {self.threshold}) "
                 f"and {len(keys)} devices{'' if self.device in keys else ' not including this device'}"
             )
         if keys[self.device] != (_public_bytes(self._c), _public_bytes(self._s)):
-            raise SecAggError(f"device {self.device}: the roster carries other public keys for this device")
+            raise SecAggError(
+                f"device {self.device}: the roster carries other public keys for this device"
+            )
         self._roster = keys
         order = sorted(keys)
-        s_shares = shamir.split(int.from_bytes(_private_bytes(self._s), "big"), len(order), self.threshold)
+        s_shares = shamir.split(
+            int.from_bytes(_private_bytes(self._s), "big"), len(order), self.threshold
+        )
         b_shares = shamir.split(int.from_bytes(self._b, "big"), len(order), self.threshold)
         shares = {}
         for (x, s_y), (_, b_y), recipient in zip(s_shares, b_shares, order):
@@ -135,7 +164,11 @@ class DeviceSession:
                 continue
             key = _derive(self._c, keys[recipient][0], b"share", self.round, self.device, recipient)
             nonce = os.urandom(NONCE_BYTES)
-            sealed = AESGCM(key).encrypt(nonce, _int_bytes(s_y) + _int_bytes(b_y), _share_aad(self.round, self.device, recipient))
+            sealed = AESGCM(key).encrypt(
+                nonce,
+                _int_bytes(s_y) + _int_bytes(b_y),
+                _share_aad(self.round, self.device, recipient),
+            )
             shares[recipient] = nonce + sealed
         return {
             "kind": "secagg_shares",
@@ -153,27 +186,49 @@ class DeviceSession:
         _expect(inbox, "secagg_inbox", self.round)
         senders = set(inbox["shares"]) | {self.device}
         if not senders <= set(self._roster) or len(senders) < self.threshold:
-            raise SecAggError(f"device {self.device}: the inbox names {len(senders)} senders (threshold {self.threshold}) or devices outside the roster")
+            raise SecAggError(
+                f"device {self.device}: the inbox names {len(senders)} senders (threshold {self.threshold}) or devices outside the roster"
+            )
         for sender, sealed in inbox["shares"].items():
-            key = _derive(self._c, self._roster[sender][0], b"share", self.round, sender, self.device)
+            key = _derive(
+                self._c, self._roster[sender][0], b"share", self.round, sender, self.device
+            )
             try:
-                plain = AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _share_aad(self.round, sender, self.device))
+                plain = AESGCM(key).decrypt(
+                    sealed[:NONCE_BYTES],
+                    sealed[NONCE_BYTES:],
+                    _share_aad(self.round, sender, self.device),
+                )
             except (InvalidTag, ValueError):
                 raise ShareTamperedError(
                     f"device {self.device}: the share from {sender} failed authentication (altered, misrouted or replayed); "
-                    "aborting this round", sender=sender,
+                    "aborting this round",
+                    sender=sender,
                 ) from None
             half = shamir.SHARE_BYTES
-            self._held[sender] = (int.from_bytes(plain[:half], "big"), int.from_bytes(plain[half:], "big"))
+            self._held[sender] = (
+                int.from_bytes(plain[:half], "big"),
+                int.from_bytes(plain[half:], "big"),
+            )
         self._senders = senders
         words = np.asarray(words, dtype=np.uint32)
         if words.shape != (self.words,):
-            raise SecAggError(f"device {self.device}: expected {self.words} words, got shape {words.shape}")
+            raise SecAggError(
+                f"device {self.device}: expected {self.words} words, got shape {words.shape}"
+            )
         masked = words + expand(self._b, self.words)
         for other in sorted(senders - {self.device}):
-            mask = expand(_derive(self._s, self._roster[other][1], b"mask", self.round, self.device, other), self.words)
+            mask = expand(
+                _derive(self._s, self._roster[other][1], b"mask", self.round, self.device, other),
+                self.words,
+            )
             masked = masked + mask if self.device < other else masked - mask
-        return {"kind": "secagg_masked", "round": self.round, "device": self.device, "masked": masked.astype(WORD).tobytes()}
+        return {
+            "kind": "secagg_masked",
+            "round": self.round,
+            "device": self.device,
+            "masked": masked.astype(WORD).tobytes(),
+        }
 
     def unmask(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Step 3: shares of the dropped devices' mask keys and of the survivors' self-masks.
@@ -228,21 +283,35 @@ class EdgeSession:
     def collect_keys(self, messages: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Step 0: the roster of public keys, to send to every device in it."""
         for message, device in self._accepted(messages, "secagg_keys", None):
-            if not all(isinstance(message.get(k), bytes) and len(message[k]) == KEY_BYTES for k in ("c_pk", "s_pk")):
+            if not all(
+                isinstance(message.get(k), bytes) and len(message[k]) == KEY_BYTES
+                for k in ("c_pk", "s_pk")
+            ):
                 self._reject(device, "public keys must be 32 bytes each")
                 continue
             self._keys[device] = (message["c_pk"], message["s_pk"])
         self._require("advertise keys", len(self._keys), "devices advertised keys")
         keys = {device: [c_pk, s_pk] for device, (c_pk, s_pk) in sorted(self._keys.items())}
-        return {"kind": "secagg_roster", "round": self.round, "threshold": self.threshold, "keys": keys}
+        return {
+            "kind": "secagg_roster",
+            "round": self.round,
+            "threshold": self.threshold,
+            "keys": keys,
+        }
 
     def route_shares(self, messages: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         """Step 1: for each device that shared its keys, the inbox of shares addressed to it."""
         received: dict[str, Mapping[str, bytes]] = {}
         for message, device in self._accepted(messages, "secagg_shares", self._keys):
             shares = message.get("shares")
-            if not isinstance(shares, dict) or set(shares) != set(self._keys) - {device} or not all(isinstance(s, bytes) for s in shares.values()):
-                self._reject(device, "shares must be one ciphertext for every other device in the roster")
+            if (
+                not isinstance(shares, dict)
+                or set(shares) != set(self._keys) - {device}
+                or not all(isinstance(s, bytes) for s in shares.values())
+            ):
+                self._reject(
+                    device, "shares must be one ciphertext for every other device in the roster"
+                )
                 continue
             if not isinstance(message.get("b_hash"), bytes) or len(message["b_hash"]) != 32:
                 self._reject(device, "b_hash must be 32 bytes")
@@ -255,7 +324,11 @@ class EdgeSession:
             recipient: {
                 "kind": "secagg_inbox",
                 "round": self.round,
-                "shares": {sender: received[sender][recipient] for sender in self._sharers if sender != recipient},
+                "shares": {
+                    sender: received[sender][recipient]
+                    for sender in self._sharers
+                    if sender != recipient
+                },
             }
             for recipient in self._sharers
         }
@@ -266,14 +339,30 @@ class EdgeSession:
             masked = message.get("masked")
             if isinstance(masked, bytes):
                 masked = np.frombuffer(masked, dtype=WORD)
-            if not isinstance(masked, np.ndarray) or masked.dtype != WORD or masked.shape != (self.words,):
-                self._reject(device, f"masked input must be {4 * self.words} bytes ({self.words} uint32 words)")
+            if (
+                not isinstance(masked, np.ndarray)
+                or masked.dtype != WORD
+                or masked.shape != (self.words,)
+            ):
+                self._reject(
+                    device,
+                    f"masked input must be {4 * self.words} bytes ({self.words} uint32 words)",
+                )
                 continue
             self._masked[device] = masked
         self.survivors = sorted(self._masked)
         self.dropped = sorted(set(self._sharers) - set(self._masked))
-        self._require("masked input", len(self.survivors), f"devices sent masked inputs, {len(self.dropped)} dropped")
-        return {"kind": "secagg_unmask", "round": self.round, "survivors": self.survivors, "dropped": self.dropped}
+        self._require(
+            "masked input",
+            len(self.survivors),
+            f"devices sent masked inputs, {len(self.dropped)} dropped",
+        )
+        return {
+            "kind": "secagg_unmask",
+            "round": self.round,
+            "survivors": self.survivors,
+            "dropped": self.dropped,
+        }
 
     def finish(self, messages: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Step 3: the sum of the survivors' words (uint32 `[P]`), masks removed.
@@ -283,24 +372,47 @@ class EdgeSession:
         """
         reveals: dict[str, Mapping[str, Any]] = {}
         for message, device in self._accepted(messages, "secagg_reveal", self.survivors):
-            key_shares, self_shares = message.get("mask_key_shares"), message.get("self_mask_shares")
+            key_shares, self_shares = (
+                message.get("mask_key_shares"),
+                message.get("self_mask_shares"),
+            )
             if not (
-                isinstance(key_shares, dict) and set(key_shares) == set(self.dropped)
-                and isinstance(self_shares, dict) and set(self_shares) == set(self.survivors)
-                and all(isinstance(s, bytes) and len(s) == shamir.SHARE_BYTES for s in [*key_shares.values(), *self_shares.values()])
+                isinstance(key_shares, dict)
+                and set(key_shares) == set(self.dropped)
+                and isinstance(self_shares, dict)
+                and set(self_shares) == set(self.survivors)
+                and all(
+                    isinstance(s, bytes) and len(s) == shamir.SHARE_BYTES
+                    for s in [*key_shares.values(), *self_shares.values()]
+                )
             ):
-                self._reject(device, "an unmasking answer must hold one 66-byte share per dropped device and per survivor")
+                self._reject(
+                    device,
+                    "an unmasking answer must hold one 66-byte share per dropped device and per survivor",
+                )
                 continue
             reveals[device] = message
-        self._require("unmasking", len(reveals), f"survivors answered the unmasking request of {len(self.survivors)}")
+        self._require(
+            "unmasking",
+            len(reveals),
+            f"survivors answered the unmasking request of {len(self.survivors)}",
+        )
         order = sorted(self._keys)
         holders = sorted(reveals)[: self.threshold]
         weights = shamir.lagrange_at_zero([order.index(holder) + 1 for holder in holders])
 
         def secret(owner: str, field: str) -> bytes:
-            value = sum(int.from_bytes(reveals[h][field][owner], "big") * w for h, w in zip(holders, weights)) % shamir.PRIME
+            value = (
+                sum(
+                    int.from_bytes(reveals[h][field][owner], "big") * w
+                    for h, w in zip(holders, weights)
+                )
+                % shamir.PRIME
+            )
             if value >= 1 << (8 * KEY_BYTES):
-                raise SecAggError(f"the reconstructed {field[:-7].replace('_', ' ')} of {owner} is out of range: corrupt shares")
+                raise SecAggError(
+                    f"the reconstructed {field[:-7].replace('_', ' ')} of {owner} is out of range: corrupt shares"
+                )
             return value.to_bytes(KEY_BYTES, "big")
 
         total = np.zeros(self.words, dtype=np.uint32)
@@ -309,19 +421,28 @@ class EdgeSession:
         for device in self.survivors:
             b = secret(device, "self_mask_shares")
             if hashlib.sha256(b).digest() != self._b_hash[device]:
-                raise SecAggError(f"the reconstructed self-mask of {device} does not match its commitment: corrupt shares")
+                raise SecAggError(
+                    f"the reconstructed self-mask of {device} does not match its commitment: corrupt shares"
+                )
             total -= expand(b, self.words)
         for device in self.dropped:
             key = X25519PrivateKey.from_private_bytes(secret(device, "mask_key_shares"))
             if _public_bytes(key) != self._keys[device][1]:
-                raise SecAggError(f"the reconstructed mask key of {device} does not match its public key: corrupt shares")
+                raise SecAggError(
+                    f"the reconstructed mask key of {device} does not match its public key: corrupt shares"
+                )
             for survivor in self.survivors:
-                mask = expand(_derive(key, self._keys[survivor][1], b"mask", self.round, device, survivor), self.words)
+                mask = expand(
+                    _derive(key, self._keys[survivor][1], b"mask", self.round, device, survivor),
+                    self.words,
+                )
                 # The survivor added +mask if it sorts before the dropped device, else -mask.
                 total = total - mask if survivor < device else total + mask
         return total
 
-    def _accepted(self, messages: Iterable[Mapping[str, Any]], kind: str, expected: Iterable[str] | None) -> list[tuple[Mapping[str, Any], str]]:
+    def _accepted(
+        self, messages: Iterable[Mapping[str, Any]], kind: str, expected: Iterable[str] | None
+    ) -> list[tuple[Mapping[str, Any], str]]:
         allowed = None if expected is None else set(expected)
         seen: set[str] = set()
         accepted = []
@@ -330,7 +451,10 @@ class EdgeSession:
             if not isinstance(device, str):
                 self.rejected.append(f"{kind}: message without a device id")
             elif message.get("kind") != kind or message.get("round") != self.round:
-                self._reject(device, f"expected kind {kind!r} of round {self.round}, got {message.get('kind')!r} of round {message.get('round')!r}")
+                self._reject(
+                    device,
+                    f"expected kind {kind!r} of round {self.round}, got {message.get('kind')!r} of round {message.get('round')!r}",
+                )
             elif allowed is not None and device not in allowed:
                 self._reject(device, f"not expected at this step ({kind})")
             elif device in seen:
@@ -350,10 +474,19 @@ class EdgeSession:
 
 def _expect(message: Mapping[str, Any], kind: str, round: int) -> None:
     if message.get("kind") != kind or message.get("round") != round:
-        raise SecAggError(f"expected a {kind!r} message of round {round}, got {message.get('kind')!r} of round {message.get('round')!r}")
+        raise SecAggError(
+            f"expected a {kind!r} message of round {round}, got {message.get('kind')!r} of round {message.get('round')!r}"
+        )
 
 
-def run_round(updates: Mapping[str, np.ndarray], threshold: int, *, round: int = 0, drop_after_shares: Sequence[str] = (), drop_after_masked: Sequence[str] = ()) -> np.ndarray:
+def run_round(
+    updates: Mapping[str, np.ndarray],
+    threshold: int,
+    *,
+    round: int = 0,
+    drop_after_shares: Sequence[str] = (),
+    drop_after_masked: Sequence[str] = (),
+) -> np.ndarray:
     """All four steps in one process, for tests and benchmarks: the sum of the surviving devices' words.
 
     `updates` maps device id -> uint32 words; devices in `drop_after_shares` vanish after
@@ -364,6 +497,12 @@ def run_round(updates: Mapping[str, np.ndarray], threshold: int, *, round: int =
     edge = EdgeSession(round, threshold, words)
     roster = edge.collect_keys([d.advertise() for d in devices.values()])
     inboxes = edge.route_shares([d.share_keys(roster) for d in devices.values()])
-    masked = [devices[v].masked_input(inboxes[v], updates[v]) for v in inboxes if v not in drop_after_shares]
+    masked = [
+        devices[v].masked_input(inboxes[v], updates[v])
+        for v in inboxes
+        if v not in drop_after_shares
+    ]
     request = edge.collect_masked(masked)
-    return edge.finish([devices[v].unmask(request) for v in request["survivors"] if v not in drop_after_masked])
+    return edge.finish(
+        [devices[v].unmask(request) for v in request["survivors"] if v not in drop_after_masked]
+    )

@@ -28,7 +28,9 @@ def split(secret: int, count: int, threshold: int) -> list[Share]:
     if not 0 <= secret < PRIME:
         raise ValueError("shamir.split: the secret must be an int in [0, 2^521 - 1)")
     if not 1 <= threshold <= count:
-        raise ValueError(f"shamir.split: need 1 <= threshold <= count, got threshold={threshold}, count={count}")
+        raise ValueError(
+            f"shamir.split: need 1 <= threshold <= count, got threshold={threshold}, count={count}"
+        )
     coefficients = [secret] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
     return [(x, _evaluate(coefficients, x)) for x in range(1, count + 1)]
 
@@ -46,7 +48,9 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
     Computed once per set of points, they reconstruct every secret shared to the same holders.
     """
     if not xs or len(set(xs)) != len(xs) or any(x % PRIME == 0 for x in xs):
-        raise ValueError(f"shamir: need one or more shares with distinct nonzero x, got x = {list(xs)}")
+        raise ValueError(
+            f"shamir: need one or more shares with distinct nonzero x, got x = {list(xs)}"
+        )
     weights = []
     for i, x_i in enumerate(xs):
         numerator, denominator = 1, 1

@@ -46,10 +46,22 @@ class CloudCheckpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, round: int, params: Any, server_state: Any, record: dict[str, Any], variate: np.ndarray) -> None:
+    def save(
+        self,
+        round: int,
+        params: Any,
+        server_state: Any,
+        record: dict[str, Any],
+        variate: np.ndarray,
+    ) -> None:
         ocp = self._ocp
         state = _state(params, server_state, variate)
-        self._manager.save(round, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+        self._manager.save(
+            round,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+            ),
+        )
         self._manager.wait_until_finished()
 
     def latest(self, params: Any, server_state: Any, variate: np.ndarray) -> CloudState | None:
@@ -61,14 +73,27 @@ class CloudCheckpoints:
         template = _state(params, server_state, variate)
         try:
             restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), record=ocp.args.JsonRestore())
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(template), record=ocp.args.JsonRestore()
+                ),
             )
         except (ValueError, KeyError, FileNotFoundError) as err:
-            raise RunDirError(f"{self.directory}: cannot restore cloud checkpoint {step} ({err})") from err
-        leaves = [restored.state["server_state"][key] for key in sorted(restored.state["server_state"], key=int)]
+            raise RunDirError(
+                f"{self.directory}: cannot restore cloud checkpoint {step} ({err})"
+            ) from err
+        leaves = [
+            restored.state["server_state"][key]
+            for key in sorted(restored.state["server_state"], key=int)
+        ]
         server = jax.tree.unflatten(jax.tree.structure(server_state), leaves)
-        return CloudState(int(step), restored.state["params"], server, dict(restored.record),
-                          restored.state.get("variate", np.zeros(0, np.float32)))
+        return CloudState(
+            int(step),
+            restored.state["params"],
+            server,
+            dict(restored.record),
+            restored.state.get("variate", np.zeros(0, np.float32)),
+        )
 
     def close(self) -> None:
         self._manager.close()

@@ -53,19 +53,29 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.runs import checkpoint
-from hierfl.errors import HierflError, HomomorphicError
+from hierfl.core.steps import aligned_zeros, make_cloud_step, make_decode
 from hierfl.data.evaluation import Scores, combine_plant_sums, make_evaluator
-from hierfl.kernels import ravel
-from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.data.plan import make_plan
+from hierfl.errors import HierflError, HomomorphicError
+from hierfl.kernels import ravel
 from hierfl.privacy import adapt_clip_norm, privacy_record
 from hierfl.privacy.config import DpConfig, rounds_to_run
+from hierfl.runs import checkpoint
+from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, encode_record
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
-from hierfl.runtime.node import Counters, CurveKeys, Membership, bind_router, node_logger, node_model, drain_router, send_router, start_waiting_over
-from hierfl.core.steps import aligned_zeros, make_cloud_step, make_decode
 from hierfl.runtime.curve import check_keys, start_authenticator
+from hierfl.runtime.node import (
+    Counters,
+    CurveKeys,
+    Membership,
+    bind_router,
+    drain_router,
+    node_logger,
+    node_model,
+    send_router,
+    start_waiting_over,
+)
 from hierfl.topology import Topology
 
 CLOUD = "cloud"
@@ -75,8 +85,18 @@ STARTING, COLLECTING, DONE = "starting", "collecting", "done"
 class CloudNode:
     """The cloud of `topology`, writing to `run_dir`. `run()` trains `rounds` cloud rounds (default: the file's)."""
 
-    def __init__(self, topology: Topology, run_dir: Path, *, rounds: int | None = None, bind: str | None = None,
-                 resume: bool = False, keys: CurveKeys | None = None, publish: str | None = None, he_context: Path | None = None):
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: Path,
+        *,
+        rounds: int | None = None,
+        bind: str | None = None,
+        resume: bool = False,
+        keys: CurveKeys | None = None,
+        publish: str | None = None,
+        he_context: Path | None = None,
+    ):
         self.topology = topology
         self.runtime = runtime = topology.runtime
         secure = check_keys(runtime, keys)
@@ -87,7 +107,12 @@ class CloudNode:
         self.run_dir = Path(run_dir)
         self.log = node_logger("cloud")
         if self.rounds < requested:
-            self.log.warning("privacy.target_epsilon %g allows %d of %d rounds", topology.privacy.target_epsilon, self.rounds, requested)
+            self.log.warning(
+                "privacy.target_epsilon %g allows %d of %d rounds",
+                topology.privacy.target_epsilon,
+                self.rounds,
+                requested,
+            )
         self.net = net = node_model(topology)
         self.edges = {name: row for row, name in enumerate(topology.plant_names)}
         # Rows 0..E-1 hold this round's summaries, rows E..2E-1 stale summaries (offline progress).
@@ -98,11 +123,19 @@ class CloudNode:
             self._setup_encrypted(he_context, publish)
         else:
             if he_context is not None:
-                raise HomomorphicError("--he-context is for topologies with [privacy] homomorphic = true")
+                raise HomomorphicError(
+                    "--he-context is for topologies with [privacy] homomorphic = true"
+                )
             plan = make_plan(topology)
             self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
-            self.cloud_step = make_cloud_step(net.algorithm, net.spec, topology.aggregation.cloud, self.dp,
-                                              topology.federation.seed, len(self.edges))
+            self.cloud_step = make_cloud_step(
+                net.algorithm,
+                net.spec,
+                topology.aggregation.cloud,
+                self.dp,
+                topology.federation.seed,
+                len(self.edges),
+            )
             self.ravel = jax.jit(lambda params: ravel(net.spec, params))
             self.decode = make_decode(net.codecs.edge_to_cloud)
             self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
@@ -130,8 +163,15 @@ class CloudNode:
         self.first_round = True
         self.started = time.monotonic()
         self.context = zmq.Context()
-        self.auth = start_authenticator(self.context, runtime.edge_keys.values()) if secure else None
-        self.socket = bind_router(self.context, bind or topology.cloud.address, max_bytes=runtime.max_message_bytes, keys=keys)
+        self.auth = (
+            start_authenticator(self.context, runtime.edge_keys.values()) if secure else None
+        )
+        self.socket = bind_router(
+            self.context,
+            bind or topology.cloud.address,
+            max_bytes=runtime.max_message_bytes,
+            keys=keys,
+        )
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
         self.running = True
 
@@ -140,38 +180,68 @@ class CloudNode:
         from hierfl.runtime import encrypted
 
         if he_context is None:
-            raise HomomorphicError("privacy.homomorphic: the cloud needs the plants' public CKKS context: --he-context ckks-public.bin (`hierfl keys ckks`)")
+            raise HomomorphicError(
+                "privacy.homomorphic: the cloud needs the plants' public CKKS context: --he-context ckks-public.bin (`hierfl keys ckks`)"
+            )
         if publish:
-            raise HierflError("--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it")
+            raise HierflError(
+                "--publish: with privacy.homomorphic the cloud holds no plaintext model to publish; the plants hold it"
+            )
         self.encrypted = encrypted
         parameters = encrypted.he.CkksParameters.of(self.topology.privacy)
-        problem = encrypted.layout_problem(self.topology, self.net.spec, self.runtime.max_message_bytes)
+        problem = encrypted.layout_problem(
+            self.topology, self.net.spec, self.runtime.max_message_bytes
+        )
         if problem:
             raise HomomorphicError(problem)
-        self.cipher = encrypted.CloudCipher(encrypted.load_cloud_context(he_context, self.topology), self.net.spec, parameters,
-                                            self.topology.federation.server_learning_rate)
-        self.layouts = {protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(self.net.spec, parameters))}
+        self.cipher = encrypted.CloudCipher(
+            encrypted.load_cloud_context(he_context, self.topology),
+            self.net.spec,
+            parameters,
+            self.topology.federation.server_learning_rate,
+        )
+        self.layouts = {
+            protocol.HE_SUMMARY: (
+                encrypted.CODEC,
+                encrypted.cipher_layout(self.net.spec, parameters),
+            )
+        }
         self.chunks: dict[int, tuple[bytes, ...]] = {}
         self.aggregate = encrypted.Aggregate(0)
-        self.history: dict[int, Any] = {}  # the newest aggregates (CATCH_UP_BYTES), by version, for edges that fell behind
-        self.pending: dict[int, dict[str, Any]] = {}  # records waiting for the edges' evaluations, by model version
+        self.history: dict[
+            int, Any
+        ] = {}  # the newest aggregates (CATCH_UP_BYTES), by version, for edges that fell behind
+        self.pending: dict[
+            int, dict[str, Any]
+        ] = {}  # records waiting for the edges' evaluations, by model version
         self.plant_sums: dict[int, dict[str, Any]] = {}
         self.bytes_up = 0
         self.checkpoints = encrypted.EncryptedCheckpoints(self.run_dir / "checkpoints" / "cloud-he")
-        self.log.info("homomorphic encryption: CKKS key %s (public context only); the edges hold the global model", self.cipher.key_id)
+        self.log.info(
+            "homomorphic encryption: CKKS key %s (public context only); the edges hold the global model",
+            self.cipher.key_id,
+        )
 
     def warm_up(self) -> None:
         """Compiles every step of a round before serving, so no round stalls on a compile."""
         if self.cipher is not None:
             return
         self.ravel(self.params)
-        self.cloud_step(self.params, self.server_state, self.deltas, self.weights, jnp.int32(1), self.clip_norm)
+        self.cloud_step(
+            self.params, self.server_state, self.deltas, self.weights, jnp.int32(1), self.clip_norm
+        )
         self.evaluate(self.params)
 
     def run(self) -> None:
         self.warm_up()
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        self.log.info("serving %d edges on %s; rounds %d..%d", len(self.edges), self.socket.LAST_ENDPOINT.decode(), self.round, self.rounds)
+        self.log.info(
+            "serving %d edges on %s; rounds %d..%d",
+            len(self.edges),
+            self.socket.LAST_ENDPOINT.decode(),
+            self.round,
+            self.rounds,
+        )
         self.run_started = time.perf_counter()
         try:
             while self.running and self.round <= self.rounds:
@@ -181,10 +251,15 @@ class CloudNode:
             if self.round > self.rounds:
                 if self.cipher is None:
                     checkpoint.save_params(self.run_dir / "model.npz", self.params)
-                    self.log.info("trained %d cloud rounds; model saved; stopping the edges", self.rounds)
+                    self.log.info(
+                        "trained %d cloud rounds; model saved; stopping the edges", self.rounds
+                    )
                 else:
                     self._finish_encrypted()
-                    self.log.info("trained %d cloud rounds; the plants hold the final model (the cloud has none); stopping the edges", self.rounds)
+                    self.log.info(
+                        "trained %d cloud rounds; the plants hold the final model (the cloud has none); stopping the edges",
+                        self.rounds,
+                    )
                 self._stop_edges()
         finally:
             self.writer.close()
@@ -212,8 +287,15 @@ class CloudNode:
         if self.phase == STARTING:
             alive = len(self.members.alive() & set(self.edges))
             required = math.ceil(self.runtime.min_edge_participation * len(self.edges))
-            if start_waiting_over(alive, len(self.edges), required, now - self.started, start_timeout=self.runtime.start_timeout,
-                                  grace=self.runtime.heartbeat_timeout, resumed=self.resumed):
+            if start_waiting_over(
+                alive,
+                len(self.edges),
+                required,
+                now - self.started,
+                start_timeout=self.runtime.start_timeout,
+                grace=self.runtime.heartbeat_timeout,
+                resumed=self.resumed,
+            ):
                 self._open_round()
         elif self.phase == COLLECTING:
             waiting = (self.expected & self.members.alive()) - set(self.summaries)
@@ -225,8 +307,12 @@ class CloudNode:
 
     def _receive(self, peer: bytes, frames: list) -> None:
         message = protocol.parse_message(
-            frames, senders=self.edges, spec=self.net.spec, layouts=self.layouts,
-            max_bytes=self.runtime.max_message_bytes, routing_id=peer,
+            frames,
+            senders=self.edges,
+            spec=self.net.spec,
+            layouts=self.layouts,
+            max_bytes=self.runtime.max_message_bytes,
+            routing_id=peer,
         )
         joined = self.members.seen(message.sender)
         if joined:
@@ -243,28 +329,51 @@ class CloudNode:
         self.counters.reject(self.log, peer, error)
         if error.reason == protocol.STALE_ROUND:
             self.late += 1
-        send_router(self.socket, peer, protocol.encode(protocol.REJECTED, CLOUD, round=self.round, reason=error.reason, detail=str(error)))
+        send_router(
+            self.socket,
+            peer,
+            protocol.encode(
+                protocol.REJECTED, CLOUD, round=self.round, reason=error.reason, detail=str(error)
+            ),
+        )
 
     def _handle(self, message: protocol.Message) -> None:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
-            send_router(self.socket, message.sender, protocol.encode(protocol.HEARTBEAT, CLOUD, round=self.round))
+            send_router(
+                self.socket,
+                message.sender,
+                protocol.encode(protocol.HEARTBEAT, CLOUD, round=self.round),
+            )
             return
         if message.kind == protocol.EVALUATION and self.cipher is not None:
             self._take_evaluation(message)
             return
         if message.kind != (protocol.SUMMARY if self.cipher is None else protocol.HE_SUMMARY):
-            raise protocol.MessageRejected(protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud")
+            raise protocol.MessageRejected(
+                protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud"
+            )
         if message.round < self.round or (message.round == self.round and self.phase != COLLECTING):
-            raise protocol.MessageRejected(protocol.STALE_ROUND, f"summary for round {message.round}, which is closed (now {self.round})")
+            raise protocol.MessageRejected(
+                protocol.STALE_ROUND,
+                f"summary for round {message.round}, which is closed (now {self.round})",
+            )
         if message.round > self.round:
-            raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"summary for round {message.round}, not started (now {self.round})")
+            raise protocol.MessageRejected(
+                protocol.FUTURE_ROUND,
+                f"summary for round {message.round}, not started (now {self.round})",
+            )
         stale = message.header.get("stale") is True
         received = self.stale if stale else self.summaries
         if message.sender in received:
-            raise protocol.MessageRejected(protocol.DUPLICATE, f"second {'stale ' if stale else ''}summary from {message.sender} in round {message.round}")
+            raise protocol.MessageRejected(
+                protocol.DUPLICATE,
+                f"second {'stale ' if stale else ''}summary from {message.sender} in round {message.round}",
+            )
         base = message.header.get("base_version", 0)
         if stale and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
-            raise protocol.MessageRejected(protocol.MALFORMED, f"a stale summary needs base_version >= 0, got {base!r}")
+            raise protocol.MessageRejected(
+                protocol.MALFORMED, f"a stale summary needs base_version >= 0, got {base!r}"
+            )
         row = self.edges[message.sender] + (len(self.edges) if stale else 0)
         if self.cipher is not None:
             self.chunks[row] = self.cipher.summary_chunks(message)
@@ -303,15 +412,27 @@ class CloudNode:
         if self.cipher is None:
             self.variate_sums[:] = 0
         # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
-        self.deadline = time.monotonic() + self.runtime.edge_deadline + (self.runtime.start_timeout if self.first_round else 0.0)
+        self.deadline = (
+            time.monotonic()
+            + self.runtime.edge_deadline
+            + (self.runtime.start_timeout if self.first_round else 0.0)
+        )
         self.first_round = False
         if self.cipher is not None:
             self.chunks, self.bytes_up = {}, 0
             self.model_frames = self.cipher.aggregate_frames(self.aggregate, self.round)
         else:
             self.model_frames = protocol.encode(
-                protocol.MODEL, CLOUD, round=self.round, model_version=self.round - 1, spec=self.net.spec, codec="none",
-                arrays=[np.asarray(self.ravel(self.params)), *([self.variate] if self.net.variates else [])],
+                protocol.MODEL,
+                CLOUD,
+                round=self.round,
+                model_version=self.round - 1,
+                spec=self.net.spec,
+                codec="none",
+                arrays=[
+                    np.asarray(self.ravel(self.params)),
+                    *([self.variate] if self.net.variates else []),
+                ],
                 **({"clip_norm": float(self.clip_norm)} if self.dp else {}),
             )
         # To the edges alive when the round opened (re-asking the live set now could miss them all
@@ -327,20 +448,42 @@ class CloudNode:
             self._close_encrypted_round(answered >= required and answered > 0)
             return
         if answered >= required and answered > 0:
-            self.params, self.server_state = self.cloud_step(self.params, self.server_state, self.deltas, self.weights,
-                                                             jnp.int32(self.round), self.clip_norm)
+            self.params, self.server_state = self.cloud_step(
+                self.params,
+                self.server_state,
+                self.deltas,
+                self.weights,
+                jnp.int32(self.round),
+                self.clip_norm,
+            )
             if self.dp is not None and self.dp.adaptive:
                 self.clip_norm = self._adapted_clip_norm()
         else:
-            self.log.warning("cloud round %d: %d of %d edges answered (need %d); model unchanged", self.round, answered, total, required)
-        if self.net.variates:  # the devices have moved their variates, whatever happened to the model
-            self.variate = self.variate + self.variate_sums.sum(axis=0) / max(self.examples, np.float32(1))
+            self.log.warning(
+                "cloud round %d: %d of %d edges answered (need %d); model unchanged",
+                self.round,
+                answered,
+                total,
+                required,
+            )
+        if (
+            self.net.variates
+        ):  # the devices have moved their variates, whatever happened to the model
+            self.variate = self.variate + self.variate_sums.sum(axis=0) / max(
+                self.examples, np.float32(1)
+            )
         record = self._record(self.evaluate(self.params))
         self.checkpoints.save(self.round, self.params, self.server_state, record, self.variate)
         self.writer.write(record)
         if self.publisher is not None:
             self.publisher.publish(self.round, self.params, record)
-        self.log.info("cloud round %d: %d/%d edges, accuracy %.4f", self.round, answered, total, record["accuracy"])
+        self.log.info(
+            "cloud round %d: %d/%d edges, accuracy %.4f",
+            self.round,
+            answered,
+            total,
+            record["accuracy"],
+        )
         self._next_round()
 
     def _adapted_clip_norm(self) -> np.float32:
@@ -350,9 +493,16 @@ class CloudNode:
         in the simulator: the actual number that answered is private.
         """
         counted = sum(protocol.header_number(h, "unclipped", 0.0) for h in self.summaries.values())
-        expected = self.topology.federation.edge_rounds * self.dp.sample_rate * self.topology.num_devices
-        adapted = adapt_clip_norm(jnp.float32(self.clip_norm), jnp.float32(counted), jnp.float32(expected),
-                                  self.dp.clip_quantile, self.dp.clip_learning_rate)
+        expected = (
+            self.topology.federation.edge_rounds * self.dp.sample_rate * self.topology.num_devices
+        )
+        adapted = adapt_clip_norm(
+            jnp.float32(self.clip_norm),
+            jnp.float32(counted),
+            jnp.float32(expected),
+            self.dp.clip_quantile,
+            self.dp.clip_learning_rate,
+        )
         return np.float32(adapted)
 
     def _next_round(self) -> None:
@@ -373,10 +523,21 @@ class CloudNode:
             weights = {labels[row]: float(self.weights[row]) for row in self.chunks}
             try:
                 aggregate = self.cipher.aggregate(self.round, summaries, weights)
-            except HomomorphicError as error:  # summaries are checked on receipt; this is a last guard
-                self.log.error("cloud round %d: cannot add the encrypted summaries (%s); model unchanged", self.round, error)
+            except (
+                HomomorphicError
+            ) as error:  # summaries are checked on receipt; this is a last guard
+                self.log.error(
+                    "cloud round %d: cannot add the encrypted summaries (%s); model unchanged",
+                    self.round,
+                    error,
+                )
         else:
-            self.log.warning("cloud round %d: %d of %d edges answered; model unchanged", self.round, len(self.summaries), len(self.edges))
+            self.log.warning(
+                "cloud round %d: %d of %d edges answered; model unchanged",
+                self.round,
+                len(self.summaries),
+                len(self.edges),
+            )
         self.aggregate = aggregate
         self.history[aggregate.version] = aggregate
         kept = self.encrypted.newest_within(self.history, self.encrypted.CATCH_UP_BYTES)
@@ -384,12 +545,20 @@ class CloudNode:
         record = self._record(None)
         record["bytes"]["edge_to_cloud"] = self.bytes_up
         record["bytes"]["cloud_to_edge"] = self.sent_to * down_bytes
-        self._complete_records(force_before=self.round)  # before the checkpoint: a resume keeps every earlier record
+        self._complete_records(
+            force_before=self.round
+        )  # before the checkpoint: a resume keeps every earlier record
         self.checkpoints.save(self.round, aggregate, record)
         self.pending[self.round] = record
         self.plant_sums.setdefault(self.round, {})
-        self.log.info("cloud round %d: %d/%d edges, encrypted aggregate %d bytes (coefficients %s)", self.round, len(self.summaries),
-                      len(self.edges), aggregate.nbytes, {k: round(v, 4) for k, v in aggregate.coefficients.items()})
+        self.log.info(
+            "cloud round %d: %d/%d edges, encrypted aggregate %d bytes (coefficients %s)",
+            self.round,
+            len(self.summaries),
+            len(self.edges),
+            aggregate.nbytes,
+            {k: round(v, 4) for k, v in aggregate.coefficients.items()},
+        )
         self._next_round()
 
     def _send_catch_up(self, edge: str, held: int) -> None:
@@ -402,20 +571,39 @@ class CloudNode:
         missing = range(held + 1, self.aggregate.version + (1 if self.phase == DONE else 0))
         if not missing or any(version not in self.history for version in missing):
             if missing:
-                self.log.warning("edge %s holds global model version %d; the aggregates since are not all kept here (%s)",
-                                 edge, held, ", ".join(map(str, sorted(self.history))) or "none")
+                self.log.warning(
+                    "edge %s holds global model version %d; the aggregates since are not all kept here (%s)",
+                    edge,
+                    held,
+                    ", ".join(map(str, sorted(self.history))) or "none",
+                )
             return
         for version in missing:
-            send_router(self.socket, edge, self.cipher.aggregate_frames(self.history[version], self.round, catch_up=True))
-        self.log.info("edge %s holds global model version %d: sent the aggregates of versions %d..%d", edge, held, missing[0], missing[-1])
+            send_router(
+                self.socket,
+                edge,
+                self.cipher.aggregate_frames(self.history[version], self.round, catch_up=True),
+            )
+        self.log.info(
+            "edge %s holds global model version %d: sent the aggregates of versions %d..%d",
+            edge,
+            held,
+            missing[0],
+            missing[-1],
+        )
 
     def _take_evaluation(self, message: protocol.Message) -> None:
         """An edge's test sums of global model `message.round` (it re-sends them when it gets an aggregate twice)."""
         version = message.round
         if version >= self.round:
-            raise protocol.MessageRejected(protocol.FUTURE_ROUND, f"evaluation of model version {version}, not made yet (now round {self.round})")
+            raise protocol.MessageRejected(
+                protocol.FUTURE_ROUND,
+                f"evaluation of model version {version}, not made yet (now round {self.round})",
+            )
         if version in self.pending:
-            self.plant_sums[version][message.sender] = self.encrypted.evaluation_sums(message.header)
+            self.plant_sums[version][message.sender] = self.encrypted.evaluation_sums(
+                message.header
+            )
             self._complete_records()
 
     def _complete_records(self, force_before: int = 0) -> None:
@@ -430,7 +618,12 @@ class CloudNode:
             self.plant_sums.pop(version, None)
             record.update(self._score_fields(combine_plant_sums(self.net.task, sums)))
             self.writer.write(record)
-            self.log.info("cloud round %d: accuracy %.4f (evaluated by %s)", version, record["accuracy"], ", ".join(sorted(reported)) or "no plant")
+            self.log.info(
+                "cloud round %d: accuracy %.4f (evaluated by %s)",
+                version,
+                record["accuracy"],
+                ", ".join(sorted(reported)) or "no plant",
+            )
 
     def _finish_encrypted(self) -> None:
         """Sends the last aggregate (`final`): the edges apply it, evaluate, and write the final model; waits for their scores."""
@@ -448,8 +641,16 @@ class CloudNode:
     def _score_fields(self, scores: Scores | None) -> dict[str, Any]:
         """The record's test scores (NaN until the edges report them, under homomorphic encryption)."""
         if scores is None:
-            return {"test_loss": math.nan, "accuracy": math.nan, "plant_accuracy": {name: math.nan for name in self.topology.plant_names}}
-        return {"test_loss": scores.loss, "accuracy": scores.score, "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant))}
+            return {
+                "test_loss": math.nan,
+                "accuracy": math.nan,
+                "plant_accuracy": {name: math.nan for name in self.topology.plant_names},
+            }
+        return {
+            "test_loss": scores.loss,
+            "accuracy": scores.score,
+            "plant_accuracy": dict(zip(self.topology.plant_names, scores.per_plant)),
+        }
 
     def _record(self, scores: Scores | None) -> dict[str, Any]:
         now = time.perf_counter()
@@ -474,12 +675,28 @@ class CloudNode:
             "edges_answered": sorted(self.summaries),
             "devices_answered": answered,
             "devices_expected": {p.name: p.num_devices for p in self.topology.plants},
-            "rejected_messages": {"cloud": self.counters.snapshot(), **{n: h.get("rejected", {}) for n, h in self.summaries.items()}},
+            "rejected_messages": {
+                "cloud": self.counters.snapshot(),
+                **{n: h.get("rejected", {}) for n, h in self.summaries.items()},
+            },
             "late_updates": self.late + sum(int(h.get("late", 0)) for h in self.summaries.values()),
-            "stale_summaries": {name: {"weight": h["weight"], "staleness": h["staleness"], "edge_rounds": h["edge_round"]}
-                                for name, h in self.stale.items()},
-            **({"secure_aggregation_failures": {n: h.get("secagg_failed", 0) for n, h in self.summaries.items()}}
-               if self.topology.privacy.secure_aggregation else {}),
+            "stale_summaries": {
+                name: {
+                    "weight": h["weight"],
+                    "staleness": h["staleness"],
+                    "edge_rounds": h["edge_round"],
+                }
+                for name, h in self.stale.items()
+            },
+            **(
+                {
+                    "secure_aggregation_failures": {
+                        n: h.get("secagg_failed", 0) for n, h in self.summaries.items()
+                    }
+                }
+                if self.topology.privacy.secure_aggregation
+                else {}
+            ),
             **privacy_record(self.topology, self.round, float(self.clip_norm)),
         }
 
@@ -515,7 +732,9 @@ class CloudNode:
         if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):
             self.pending[state.round] = state.record
             self.plant_sums[state.round] = {}
-        self.log.info("resumed from the checkpoint of cloud round %d (its encrypted aggregate)", state.round)
+        self.log.info(
+            "resumed from the checkpoint of cloud round %d (its encrypted aggregate)", state.round
+        )
 
 
 def staleness_discount(staleness: int) -> float:
@@ -534,14 +753,26 @@ class RoundPublisher:
         from hierfl.inference.export import export_model
         from hierfl.inference.publisher import ModelPublisher
 
-        self.template = export_model(net.model, net.initial_params, net.task, version=0, run={"name": topology.federation.name})
+        self.template = export_model(
+            net.model,
+            net.initial_params,
+            net.task,
+            version=0,
+            run={"name": topology.federation.name},
+        )
         self.publisher = ModelPublisher(address)
 
     def publish(self, round: int, params: Any, record: dict[str, Any]) -> None:
         from hierfl.runs.checkpoint import flatten_params
 
-        meta = dataclasses.replace(self.template.meta, version=round, metrics={"accuracy": record["accuracy"], "round": round})
-        self.publisher.publish(dataclasses.replace(self.template, meta=meta, params=flatten_params(params)))
+        meta = dataclasses.replace(
+            self.template.meta,
+            version=round,
+            metrics={"accuracy": record["accuracy"], "round": round},
+        )
+        self.publisher.publish(
+            dataclasses.replace(self.template, meta=meta, params=flatten_params(params))
+        )
 
     def close(self) -> None:
         self.publisher.close()
@@ -561,8 +792,13 @@ def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] |
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the crash
-            if isinstance(record, dict) and isinstance(record.get("round"), int) and (
-                record["round"] < last_round or (record["round"] == last_round and last_record is None)
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("round"), int)
+                and (
+                    record["round"] < last_round
+                    or (record["round"] == last_round and last_record is None)
+                )
             ):
                 records[record["round"]] = line + "\n"
     if last_record is not None:
@@ -586,11 +822,27 @@ def write_run_info_for(run_dir: Path, topology: Topology, model_name: str) -> No
 
     federation = topology.federation
     runtime = dataclasses.asdict(topology.runtime)
-    write_run_info(run_dir, {
-        "name": federation.name, "task": federation.task, "model": model_name, "algorithm": federation.algorithm,
-        "topology": topology.source, "seed": federation.seed, "num_plants": len(topology.plants),
-        "num_devices": topology.num_devices, "cloud_rounds": federation.cloud_rounds, "edge_rounds": federation.edge_rounds,
-        "local_steps": federation.local_steps, "batch_size": federation.batch_size, "learning_rate": federation.learning_rate,
-        "compression": dataclasses.asdict(topology.compression), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hierfl_version": __version__, "runtime": {k: v for k, v in runtime.items() if not k.endswith("keys") and k != "cloud_key"},
-    })
+    write_run_info(
+        run_dir,
+        {
+            "name": federation.name,
+            "task": federation.task,
+            "model": model_name,
+            "algorithm": federation.algorithm,
+            "topology": topology.source,
+            "seed": federation.seed,
+            "num_plants": len(topology.plants),
+            "num_devices": topology.num_devices,
+            "cloud_rounds": federation.cloud_rounds,
+            "edge_rounds": federation.edge_rounds,
+            "local_steps": federation.local_steps,
+            "batch_size": federation.batch_size,
+            "learning_rate": federation.learning_rate,
+            "compression": dataclasses.asdict(topology.compression),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hierfl_version": __version__,
+            "runtime": {
+                k: v for k, v in runtime.items() if not k.endswith("keys") and k != "cloud_key"
+            },
+        },
+    )

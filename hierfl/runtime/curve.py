@@ -38,7 +38,9 @@ def load_keys(path: Path) -> CurveKeys:
     except (OSError, ValueError) as err:
         raise HierflError(f"{path}: cannot read a key pair ({err})") from None
     if not secret:
-        raise HierflError(f"{path}: holds no secret key; pass the NAME.key_secret file from `hierfl keys generate`")
+        raise HierflError(
+            f"{path}: holds no secret key; pass the NAME.key_secret file from `hierfl keys generate`"
+        )
     return CurveKeys(public, secret)
 
 
@@ -67,7 +69,11 @@ def start_authenticator(context: zmq.Context, allowed: Collection[str]) -> Threa
 def check_keys(runtime: Runtime, keys: CurveKeys | None) -> bool:
     """Whether this node runs secure links; HierflError when the topology and `--key` disagree."""
     if runtime.secure and keys is None:
-        raise HierflError("the topology lists CurveZMQ keys ([runtime.keys]): pass this node's --key NAME.key_secret")
+        raise HierflError(
+            "the topology lists CurveZMQ keys ([runtime.keys]): pass this node's --key NAME.key_secret"
+        )
     if keys is not None and not runtime.secure:
-        raise HierflError("--key given but the topology lists no [runtime.keys]; add the public keys or leave out --key")
+        raise HierflError(
+            "--key given but the topology lists no [runtime.keys]; add the public keys or leave out --key"
+        )
     return keys is not None

@@ -44,14 +44,21 @@ import zmq
 
 from hierfl.core.algorithms import DeviceData
 from hierfl.core.attack import attacker_mask
-from hierfl.errors import RunDirError, SecAggError
+from hierfl.core.steps import DeviceOutput, make_device_step
 from hierfl.data.plan import DeviceShards, make_plan
+from hierfl.errors import RunDirError, SecAggError
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
-from hierfl.runtime.node import CurveKeys, NodeModel, connect_dealer, node_logger, node_model, node_name
-from hierfl.core.steps import DeviceOutput, make_device_step
-from hierfl.runtime.secagg_rounds import DeviceRound, encode_message, plant_secure_aggregation
 from hierfl.runtime.curve import check_keys
+from hierfl.runtime.node import (
+    CurveKeys,
+    NodeModel,
+    connect_dealer,
+    node_logger,
+    node_model,
+    node_name,
+)
+from hierfl.runtime.secagg_rounds import DeviceRound, encode_message, plant_secure_aggregation
 from hierfl.topology import Topology
 
 
@@ -76,8 +83,15 @@ def device_setup(topology: Topology) -> DeviceSetup:
     shards = make_plan(topology).shards
     net = node_model(topology, shards.counts)
     dp = DpConfig.of(topology)
-    step = make_device_step(net.algorithm, net.spec, net.codecs.device_to_edge, topology.federation.seed, dp,
-                            topology.attack, attacker_mask(topology))
+    step = make_device_step(
+        net.algorithm,
+        net.spec,
+        net.codecs.device_to_edge,
+        topology.federation.seed,
+        dp,
+        topology.attack,
+        attacker_mask(topology),
+    )
     return DeviceSetup(shards, net, step, dp)
 
 
@@ -89,8 +103,17 @@ class DeviceNode:
     (read back with `resume`).
     """
 
-    def __init__(self, topology: Topology, device_id: str, *, keys: CurveKeys | None = None, state_dir: Path | None = None,
-                 resume: bool = False, setup: DeviceSetup | None = None, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        topology: Topology,
+        device_id: str,
+        *,
+        keys: CurveKeys | None = None,
+        state_dir: Path | None = None,
+        resume: bool = False,
+        setup: DeviceSetup | None = None,
+        context: zmq.Context | None = None,
+    ):
         self.topology = topology
         self.device = topology.device(device_id)
         self.plant = topology.plant(self.device.plant)
@@ -101,27 +124,50 @@ class DeviceNode:
         shards, self.net, self.step, self.dp = setup.shards, setup.net, setup.step, setup.dp
         i = self.device.index
         steps = jnp.int32(topology.device_steps[i])
-        self.data = DeviceData(jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps)
+        self.data = DeviceData(
+            jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps
+        )
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
-        self.state_path = Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir is not None else None
+        self.state_path = (
+            Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir is not None else None
+        )
         self.variate = self._restore_variate(resume) if self.net.variates else None
-        self.secure = plant_secure_aggregation(topology, self.plant, shards.counts, self.net.spec) if topology.privacy.secure_aggregation else None
+        self.secure = (
+            plant_secure_aggregation(topology, self.plant, shards.counts, self.net.spec)
+            if topology.privacy.secure_aggregation
+            else None
+        )
         self.secure_round: DeviceRound | None = None
         self.owns_context = context is None
         self.context = zmq.Context() if context is None else context
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
-        self.socket = connect_dealer(self.context, self.plant.address, device_id, max_bytes=self.runtime.max_message_bytes,
-                                     keys=keys, server_key=server_key)
+        self.socket = connect_dealer(
+            self.context,
+            self.plant.address,
+            device_id,
+            max_bytes=self.runtime.max_message_bytes,
+            keys=keys,
+            server_key=server_key,
+        )
         self.running = True
         self.model_version = 0
 
     def warm_up(self) -> None:
         """Compiles the training step before joining, so the first round is not late."""
         flat = np.zeros(self.net.spec.size, np.float32)
-        self.step(flat, self.data, self.residual, jnp.int32(0), jnp.int32(0), jnp.int32(self.device.index), self._clip_norm({}),
-                  self.variate, flat if self.net.variates else None)
+        self.step(
+            flat,
+            self.data,
+            self.residual,
+            jnp.int32(0),
+            jnp.int32(0),
+            jnp.int32(self.device.index),
+            self._clip_norm({}),
+            self.variate,
+            flat if self.net.variates else None,
+        )
 
     def run(self) -> None:
         self.warm_up()
@@ -134,7 +180,12 @@ class DeviceNode:
     def join(self) -> None:
         """Greets the edge; it sends this device the model from the next edge round on."""
         self._send(protocol.HELLO)
-        self.log.info("joined %s at %s (%d examples)", self.plant.name, self.plant.address, int(self.data.count))
+        self.log.info(
+            "joined %s at %s (%d examples)",
+            self.plant.name,
+            self.plant.address,
+            int(self.data.count),
+        )
 
     def heartbeat(self) -> None:
         self._send(protocol.HEARTBEAT)
@@ -159,7 +210,10 @@ class DeviceNode:
                 break
             try:
                 message = protocol.parse_message(
-                    frames, senders={self.plant.name}, spec=self.net.spec, layouts=self.layouts,
+                    frames,
+                    senders={self.plant.name},
+                    spec=self.net.spec,
+                    layouts=self.layouts,
                     max_bytes=self.runtime.max_message_bytes,
                 )
             except protocol.MessageRejected as error:
@@ -179,9 +233,15 @@ class DeviceNode:
     def _train(self, message: protocol.Message) -> None:
         started = time.perf_counter()
         out = self.step(
-            message.arrays[0], self.data, self.residual,
-            jnp.int32(message.round), jnp.int32(message.edge_round), jnp.int32(self.device.index), self._clip_norm(message.header),
-            self.variate, message.arrays[1] if self.net.variates else None,
+            message.arrays[0],
+            self.data,
+            self.residual,
+            jnp.int32(message.round),
+            jnp.int32(message.edge_round),
+            jnp.int32(self.device.index),
+            self._clip_norm(message.header),
+            self.variate,
+            message.arrays[1] if self.net.variates else None,
         )
         self.residual = out.residual
         variate = []
@@ -191,17 +251,34 @@ class DeviceNode:
             variate = [np.asarray(out.variate_change)]
         self.model_version = int(message.header["model_version"])
         if not bool(out.ok):
-            self.log.warning("round %d.%d: local training diverged (non-finite); sending weight 0", message.round, message.edge_round)
+            self.log.warning(
+                "round %d.%d: local training diverged (non-finite); sending weight 0",
+                message.round,
+                message.edge_round,
+            )
         if self.secure is not None:
-            self._start_secagg(message, np.asarray(out.payload[0]), float(out.weight), float(out.loss))
+            self._start_secagg(
+                message, np.asarray(out.payload[0]), float(out.weight), float(out.loss)
+            )
         else:
             self._send(
-                protocol.UPDATE, round=message.round, edge_round=message.edge_round,
-                spec=self.net.spec, codec=self.net.codecs.device_to_edge.name, arrays=[*(np.asarray(a) for a in out.payload), *variate],
-                weight=float(out.weight), loss=float(out.loss), **({"unclipped": bool(out.unclipped)} if self.dp else {}),
+                protocol.UPDATE,
+                round=message.round,
+                edge_round=message.edge_round,
+                spec=self.net.spec,
+                codec=self.net.codecs.device_to_edge.name,
+                arrays=[*(np.asarray(a) for a in out.payload), *variate],
+                weight=float(out.weight),
+                loss=float(out.loss),
+                **({"unclipped": bool(out.unclipped)} if self.dp else {}),
             )
-        self.log.info("round %d.%d: trained in %.3f s, loss %.4f", message.round, message.edge_round,
-                      time.perf_counter() - started, float(out.loss))
+        self.log.info(
+            "round %d.%d: trained in %.3f s, loss %.4f",
+            message.round,
+            message.edge_round,
+            time.perf_counter() - started,
+            float(out.loss),
+        )
 
     def _restore_variate(self, resume: bool) -> np.ndarray:
         """SCAFFOLD's `c_i`: from `--state` when resuming, else (or if there is none yet) zeros."""
@@ -210,7 +287,9 @@ class DeviceNode:
             return np.zeros(size, np.float32)
         variate = np.load(self.state_path)
         if variate.shape != (size,) or variate.dtype != np.float32:
-            raise RunDirError(f"{self.state_path}: a control variate of {variate.dtype} {list(variate.shape)}, the model needs float32 [{size}]")
+            raise RunDirError(
+                f"{self.state_path}: a control variate of {variate.dtype} {list(variate.shape)}, the model needs float32 [{size}]"
+            )
         self.log.info("restored its control variate from %s", self.state_path)
         return variate
 
@@ -225,40 +304,71 @@ class DeviceNode:
 
     def _clip_norm(self, header: dict) -> np.float32:
         """The DP clip norm the edge's model message carries (adaptive clipping moves it), else the file's."""
-        return np.float32(protocol.header_number(header, "clip_norm", self.topology.privacy.clip_norm))
+        return np.float32(
+            protocol.header_number(header, "clip_norm", self.topology.privacy.clip_norm)
+        )
 
-    def _start_secagg(self, message: protocol.Message, delta: np.ndarray, weight: float, loss: float) -> None:
+    def _start_secagg(
+        self, message: protocol.Message, delta: np.ndarray, weight: float, loss: float
+    ) -> None:
         """Encodes the result as fixed-point words and advertises this round's keys (no plain update leaves)."""
         encoding = self.secure.encoding
         clipped = encoding.delta.clipped(encoding.scaled(delta, weight))
         if clipped:
-            self.log.warning("round %d.%d: %d coordinates of the update clipped to secagg_clip = %g",
-                             message.round, message.edge_round, clipped, encoding.delta.clip)
+            self.log.warning(
+                "round %d.%d: %d coordinates of the update clipped to secagg_clip = %g",
+                message.round,
+                message.edge_round,
+                clipped,
+                encoding.delta.clip,
+            )
         if weight > encoding.normalizer:
-            self.log.warning("round %d.%d: weight %g above the plant's normalizer %g; clipped", message.round, message.edge_round,
-                             weight, encoding.normalizer)
+            self.log.warning(
+                "round %d.%d: weight %g above the plant's normalizer %g; clipped",
+                message.round,
+                message.edge_round,
+                weight,
+                encoding.normalizer,
+            )
         words = encoding.encode(delta, weight, loss)
-        self.secure_round = DeviceRound(self.device.id, message.round, message.edge_round, self.secure.threshold, words)
+        self.secure_round = DeviceRound(
+            self.device.id, message.round, message.edge_round, self.secure.threshold, words
+        )
         self._send_secagg(self.secure_round.advertise(), message)
 
     def _answer_secagg(self, message: protocol.Message) -> None:
         """Answers the edge's roster, inbox or unmasking request of the session in progress."""
         session = self.secure_round
         if session is None or not session.matches(message):
-            self.log.warning("round %d.%d: %s outside this device's secure-aggregation session; ignored",
-                             message.round, message.edge_round, message.kind)
+            self.log.warning(
+                "round %d.%d: %s outside this device's secure-aggregation session; ignored",
+                message.round,
+                message.edge_round,
+                message.kind,
+            )
             return
         try:
             reply = session.answer(message)
         except SecAggError as error:
-            self.log.warning("round %d.%d: secure aggregation: %s; sitting this round out", message.round, message.edge_round, error)
+            self.log.warning(
+                "round %d.%d: secure aggregation: %s; sitting this round out",
+                message.round,
+                message.edge_round,
+                error,
+            )
             self.secure_round = None
             return
         self._send_secagg(reply, message)
 
     def _send_secagg(self, reply: dict, message: protocol.Message) -> None:
-        frames = encode_message(reply, self.device.id, round=message.round, edge_round=message.edge_round,
-                                model_version=self.model_version, spec=self.net.spec)
+        frames = encode_message(
+            reply,
+            self.device.id,
+            round=message.round,
+            edge_round=message.edge_round,
+            model_version=self.model_version,
+            spec=self.net.spec,
+        )
         try:
             self.socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:

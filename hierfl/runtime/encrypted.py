@@ -56,8 +56,8 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from hierfl.errors import HomomorphicError
 from hierfl.data.evaluation import PlantSums
+from hierfl.errors import HomomorphicError
 from hierfl.kernels import FlatSpec
 from hierfl.privacy import homomorphic as he
 from hierfl.runtime import protocol
@@ -75,7 +75,9 @@ CATCH_UP_BYTES = 1 << 28
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def write_key_files(directory: Path, parameters: he.CkksParameters, *, overwrite: bool = False) -> tuple[Path, Path]:
+def write_key_files(
+    directory: Path, parameters: he.CkksParameters, *, overwrite: bool = False
+) -> tuple[Path, Path]:
     """A fresh key pair: `DIR/ckks-secret.bin` (for every plant, mode 0600) and `DIR/ckks-public.bin` (for the cloud).
 
     Existing key files are kept (HomomorphicError) unless `overwrite`: new keys would cut
@@ -85,7 +87,9 @@ def write_key_files(directory: Path, parameters: he.CkksParameters, *, overwrite
     secret_path, public_path = directory / SECRET_FILE, directory / PUBLIC_FILE
     existing = [str(p) for p in (secret_path, public_path) if p.exists()]
     if existing and not overwrite:
-        raise HomomorphicError(f"{', '.join(existing)} already exist; the federation's plants may hold that key: remove the files to make new ones")
+        raise HomomorphicError(
+            f"{', '.join(existing)} already exist; the federation's plants may hold that key: remove the files to make new ones"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     secret = he.generate_keys(parameters)
     secret_path.unlink(missing_ok=True)  # so the new file is created with mode 0600
@@ -100,7 +104,9 @@ def load_plant_context(path: Path, topology: Topology):
     """An edge's CKKS context: the plants' secret one, with the topology's parameters."""
     context = _load(path, topology)
     if not context.has_secret_key():
-        raise HomomorphicError(f"{path}: this CKKS context has no secret key; an edge needs the plants' secret context ({SECRET_FILE}), not the cloud's")
+        raise HomomorphicError(
+            f"{path}: this CKKS context has no secret key; an edge needs the plants' secret context ({SECRET_FILE}), not the cloud's"
+        )
     return context
 
 
@@ -123,7 +129,9 @@ def _load(path: Path, topology: Topology):
     context = he.load_context(data)
     problem = parameter_problem(context, he.CkksParameters.of(topology.privacy))
     if problem:
-        raise HomomorphicError(f"{path}: {problem} (make keys for this topology: hierfl keys ckks DIR --topology FILE)")
+        raise HomomorphicError(
+            f"{path}: {problem} (make keys for this topology: hierfl keys ckks DIR --topology FILE)"
+        )
     return context
 
 
@@ -133,9 +141,14 @@ def parameter_problem(context, parameters: he.CkksParameters) -> str | None:
     degree, bits = data.parms().poly_modulus_degree(), data.total_coeff_modulus_bit_count()
     if degree != parameters.poly_modulus_degree:
         return f"CKKS context of degree {degree}, the topology sets privacy.he_poly_modulus_degree = {parameters.poly_modulus_degree}"
-    if bits != sum(parameters.coeff_mod_bit_sizes) or context.global_scale != 2.0**parameters.scale_bits:
-        return (f"CKKS context with {bits} modulus bits and scale 2^{np.log2(context.global_scale):g}, the topology sets "
-                f"privacy.he_scale_bits = {parameters.scale_bits} ({sum(parameters.coeff_mod_bit_sizes)} bits)")
+    if (
+        bits != sum(parameters.coeff_mod_bit_sizes)
+        or context.global_scale != 2.0**parameters.scale_bits
+    ):
+        return (
+            f"CKKS context with {bits} modulus bits and scale 2^{np.log2(context.global_scale):g}, the topology sets "
+            f"privacy.he_scale_bits = {parameters.scale_bits} ({sum(parameters.coeff_mod_bit_sizes)} bits)"
+        )
     return None
 
 
@@ -144,11 +157,15 @@ def key_id(context) -> str:
     public = context.copy()
     if public.has_secret_key():
         public.make_context_public()
-    data = public.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    data = public.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def cipher_layout(spec: FlatSpec, parameters: he.CkksParameters, *, allow_empty: bool = False) -> protocol.CipherLayout:
+def cipher_layout(
+    spec: FlatSpec, parameters: he.CkksParameters, *, allow_empty: bool = False
+) -> protocol.CipherLayout:
     """What a ciphertext message of this model carries: `ceil(P / slots)` chunks, each at most a fresh ciphertext's size.
 
     A fresh ciphertext is 2 polynomials of `degree` coefficients per modulus below the
@@ -156,7 +173,11 @@ def cipher_layout(spec: FlatSpec, parameters: he.CkksParameters, *, allow_empty:
     for the serialization's headers.
     """
     moduli = len(parameters.coeff_mod_bit_sizes) - 1
-    return protocol.CipherLayout(he.chunk_count(spec.size, parameters), 2 * parameters.poly_modulus_degree * moduli * 8 + 4096, allow_empty)
+    return protocol.CipherLayout(
+        he.chunk_count(spec.size, parameters),
+        2 * parameters.poly_modulus_degree * moduli * 8 + 4096,
+        allow_empty,
+    )
 
 
 def layout_problem(topology: Topology, spec: FlatSpec, max_message_bytes: int) -> str | None:
@@ -164,8 +185,10 @@ def layout_problem(topology: Topology, spec: FlatSpec, max_message_bytes: int) -
     layout = cipher_layout(spec, he.CkksParameters.of(topology.privacy))
     need = layout.chunks * layout.max_chunk_bytes + protocol.MAX_HEADER_BYTES
     if need > max_message_bytes:
-        return (f"runtime.max_message_bytes: {max_message_bytes} is below what an encrypted summary of this model may take "
-                f"({layout.chunks} CKKS ciphertexts, up to {need} bytes); raise it")
+        return (
+            f"runtime.max_message_bytes: {max_message_bytes} is below what an encrypted summary of this model may take "
+            f"({layout.chunks} CKKS ciphertexts, up to {need} bytes); raise it"
+        )
     return None
 
 
@@ -199,9 +222,13 @@ class PlantCipher:
         self.check_key(message)
         if not message.arrays:
             return np.zeros(self.spec.size, np.float32)
-        values = he.decrypt_aggregate(self.context, {"size": self.spec.size, "chunks": [a.tobytes() for a in message.arrays]})
+        values = he.decrypt_aggregate(
+            self.context, {"size": self.spec.size, "chunks": [a.tobytes() for a in message.arrays]}
+        )
         if not np.all(np.abs(values) < 2.0**19):
-            raise HomomorphicError("the decrypted aggregate is out of range (|x| >= 2^19): it was not encrypted under this plant's key")
+            raise HomomorphicError(
+                "the decrypted aggregate is out of range (|x| >= 2^19): it was not encrypted under this plant's key"
+            )
         return values
 
 
@@ -221,7 +248,10 @@ def catch_up(held: int, version: int) -> CatchUp:
     if held == version - 1:
         return CatchUp(True)
     if held < version:
-        return_hint = "restart it from a state file (edge-<plant>.npz) of a plant at version " + str(version - 1)
+        return_hint = (
+            "restart it from a state file (edge-<plant>.npz) of a plant at version "
+            + str(version - 1)
+        )
         raise HomomorphicError(
             f"this edge holds global model version {held} and the cloud sends the aggregate of version {version}: an edge "
             f"can catch up by one round only ({version - 1 - held} aggregates are missing); {return_hint}"
@@ -247,7 +277,11 @@ def _round(value: float) -> float:
 
 def evaluation_sums(header: Mapping[str, Any]) -> PlantSums:
     """The `PlantSums` a checked `evaluation` header reports."""
-    return PlantSums(header["count"], float(header["loss_sum"]), {k: float(v) for k, v in header["metric_sums"].items()})
+    return PlantSums(
+        header["count"],
+        float(header["loss_sum"]),
+        {k: float(v) for k, v in header["metric_sums"].items()},
+    )
 
 
 # -- the cloud's half -----------------------------------------------------------------------------
@@ -296,9 +330,13 @@ def coefficients(weights: Sequence[float], learning_rate: float) -> list[float]:
 class CloudCipher:
     """The cloud's CKKS context (public only): checks summaries' keys and adds them."""
 
-    def __init__(self, context, spec: FlatSpec, parameters: he.CkksParameters, learning_rate: float):
+    def __init__(
+        self, context, spec: FlatSpec, parameters: he.CkksParameters, learning_rate: float
+    ):
         if context.has_secret_key():
-            raise HomomorphicError("the cloud's CKKS context holds the secret key; give the cloud the public context only")
+            raise HomomorphicError(
+                "the cloud's CKKS context holds the secret key; give the cloud the public context only"
+            )
         self.context = context
         self.spec = spec
         self.parameters = parameters
@@ -309,7 +347,8 @@ class CloudCipher:
         """The ciphertexts of a checked `he_summary`, copied out of the frames; MessageRejected if not under the cloud's key."""
         if message.header["key_id"] != self.key_id:
             raise protocol.MessageRejected(
-                protocol.WRONG_SPEC, f"summary encrypted under CKKS key {message.header['key_id']}, the federation's key is {self.key_id}"
+                protocol.WRONG_SPEC,
+                f"summary encrypted under CKKS key {message.header['key_id']}, the federation's key is {self.key_id}",
             )
         chunks = tuple(a.tobytes() for a in message.arrays)
         slots = self.parameters.slots
@@ -317,30 +356,56 @@ class CloudCipher:
             for i, chunk in enumerate(chunks):
                 he.check_ciphertext(self.context, chunk, min(slots, self.spec.size - i * slots))
         except HomomorphicError as error:
-            raise protocol.MessageRejected(protocol.MALFORMED, f"ciphertext frame {i}: {error}") from None
+            raise protocol.MessageRejected(
+                protocol.MALFORMED, f"ciphertext frame {i}: {error}"
+            ) from None
         return chunks
 
-    def aggregate(self, version: int, summaries: Mapping[str, tuple[bytes, ...]], weights: Mapping[str, float]) -> Aggregate:
+    def aggregate(
+        self, version: int, summaries: Mapping[str, tuple[bytes, ...]], weights: Mapping[str, float]
+    ) -> Aggregate:
         """A_version: the weighted sum of `summaries` (by sender) with the factors `coefficients(weights)`."""
         names = [name for name in summaries if weights[name] > 0]
         factors = coefficients([weights[n] for n in names], self.learning_rate)
         if not names or not any(factors):
             return Aggregate(version)
-        messages = [{"kind": "he_summary", "round": version, "size": self.spec.size, "chunks": list(summaries[n])} for n in names]
+        messages = [
+            {
+                "kind": "he_summary",
+                "round": version,
+                "size": self.spec.size,
+                "chunks": list(summaries[n]),
+            }
+            for n in names
+        ]
         total = he.weighted_sum(self.context, messages, factors)
         return Aggregate(version, tuple(total["chunks"]), dict(zip(names, factors)))
 
-    def aggregate_frames(self, aggregate: Aggregate, round: int, *, final: bool = False, catch_up: bool = False) -> list:
+    def aggregate_frames(
+        self, aggregate: Aggregate, round: int, *, final: bool = False, catch_up: bool = False
+    ) -> list:
         """The `he_aggregate` frames that open `round` (or, `final`, end the run; `catch_up`, only bring an edge forward)."""
         return protocol.encode(
-            protocol.HE_AGGREGATE, "cloud", round=round, model_version=aggregate.version, final=final, catch_up=catch_up,
-            coefficients=dict(aggregate.coefficients), **cipher_fields(self.spec, self.key_id, aggregate.chunks),
+            protocol.HE_AGGREGATE,
+            "cloud",
+            round=round,
+            model_version=aggregate.version,
+            final=final,
+            catch_up=catch_up,
+            coefficients=dict(aggregate.coefficients),
+            **cipher_fields(self.spec, self.key_id, aggregate.chunks),
         )
 
 
 def cipher_fields(spec: FlatSpec, key: str, chunks: Sequence[bytes]) -> dict[str, Any]:
     """The `protocol.encode` arguments of a ciphertext message: spec, codec, key id and one raw frame per chunk."""
-    return {"spec": spec, "codec": CODEC, "key_id": key, "chunks": len(chunks), "arrays": [np.frombuffer(c, np.uint8) for c in chunks]}
+    return {
+        "spec": spec,
+        "codec": CODEC,
+        "key_id": key,
+        "chunks": len(chunks),
+        "arrays": [np.frombuffer(c, np.uint8) for c in chunks],
+    }
 
 
 # -- the cloud's checkpoints ----------------------------------------------------------------------
@@ -362,8 +427,15 @@ class EncryptedCheckpoints:
 
     def save(self, round: int, aggregate: Aggregate, record: Mapping[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        data = msgpack.packb({"round": round, "version": aggregate.version, "chunks": list(aggregate.chunks),
-                              "coefficients": dict(aggregate.coefficients), "record": _jsonable(record)})
+        data = msgpack.packb(
+            {
+                "round": round,
+                "version": aggregate.version,
+                "chunks": list(aggregate.chunks),
+                "coefficients": dict(aggregate.coefficients),
+                "record": _jsonable(record),
+            }
+        )
         path = self.directory / f"round-{round:06d}.ckpt"
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
@@ -377,12 +449,16 @@ class EncryptedCheckpoints:
             return None
         try:
             state = msgpack.unpackb(files[-1].read_bytes(), raw=False)
-            aggregate = Aggregate(int(state["version"]), tuple(state["chunks"]), dict(state["coefficients"]))
+            aggregate = Aggregate(
+                int(state["version"]), tuple(state["chunks"]), dict(state["coefficients"])
+            )
             return EncryptedState(int(state["round"]), aggregate, dict(state["record"]))
         except (ValueError, KeyError, TypeError) as error:
             from hierfl.errors import RunDirError
 
-            raise RunDirError(f"{files[-1]}: not a readable encrypted cloud checkpoint ({error})") from None
+            raise RunDirError(
+                f"{files[-1]}: not a readable encrypted cloud checkpoint ({error})"
+            ) from None
 
     def _files(self) -> list[Path]:
         return sorted(self.directory.glob("round-*.ckpt")) if self.directory.exists() else []

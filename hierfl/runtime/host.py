@@ -31,13 +31,17 @@ SPARE_SOCKETS = 16
 """ZeroMQ sockets the host's context allows beyond one per device (its default cap is 1,023)."""
 
 
-def hosted_devices(topology: Topology, plant: str, line: str | None = None, ids: Sequence[str] = ()) -> list[Device]:
+def hosted_devices(
+    topology: Topology, plant: str, line: str | None = None, ids: Sequence[str] = ()
+) -> list[Device]:
     """The devices a host of `plant` runs: all its devices, those of `line`, or those listed by id.
 
     Raises HierflError naming the plant, line or id that does not fit the topology.
     """
     if plant not in topology.plant_names:
-        raise HierflError(f"no plant {plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})")
+        raise HierflError(
+            f"no plant {plant!r} in {topology.source} (plants: {', '.join(topology.plant_names)})"
+        )
     chosen = topology.plant(plant)
     devices = list(chosen.devices)
     if line is not None:
@@ -50,7 +54,9 @@ def hosted_devices(topology: Topology, plant: str, line: str | None = None, ids:
         outside = [device_id for device_id in ids if device_id not in by_id]
         if outside:
             where = f"line {line!r} of plant {plant!r}" if line is not None else f"plant {plant!r}"
-            raise HierflError(f"not devices of {where}: {', '.join(outside)} (ids are plant/line/device)")
+            raise HierflError(
+                f"not devices of {where}: {', '.join(outside)} (ids are plant/line/device)"
+            )
         devices = [by_id[device_id] for device_id in dict.fromkeys(ids)]
     return devices
 
@@ -58,13 +64,30 @@ def hosted_devices(topology: Topology, plant: str, line: str | None = None, ids:
 class DeviceHost:
     """Runs `devices` (see `hosted_devices`) in this process. `run()` serves until every one is stopped."""
 
-    def __init__(self, topology: Topology, devices: Sequence[Device], *, keys: CurveKeys | None = None,
-                 state_dir: Path | None = None, resume: bool = False):
+    def __init__(
+        self,
+        topology: Topology,
+        devices: Sequence[Device],
+        *,
+        keys: CurveKeys | None = None,
+        state_dir: Path | None = None,
+        resume: bool = False,
+    ):
         self.context = zmq.Context()
         self.context.max_sockets = max(self.context.max_sockets, len(devices) + SPARE_SOCKETS)
         setup = device_setup(topology)
-        self.nodes = [DeviceNode(topology, device.id, keys=keys, state_dir=state_dir, resume=resume, setup=setup, context=self.context)
-                      for device in devices]
+        self.nodes = [
+            DeviceNode(
+                topology,
+                device.id,
+                keys=keys,
+                state_dir=state_dir,
+                resume=resume,
+                setup=setup,
+                context=self.context,
+            )
+            for device in devices
+        ]
 
     def run(self) -> None:
         try:

@@ -38,10 +38,15 @@ from hierfl.runs.metrics import METRICS_FILE
 from hierfl.runtime.node import node_name
 from hierfl.topology import Device, Topology
 
-SECRET_FILE, PUBLIC_FILE = "ckks-secret.bin", "ckks-public.bin"  # as `hierfl.runtime.encrypted` (which needs TenSEAL) names them
+SECRET_FILE, PUBLIC_FILE = (
+    "ckks-secret.bin",
+    "ckks-public.bin",
+)  # as `hierfl.runtime.encrypted` (which needs TenSEAL) names them
 
 GRACE_SECONDS = 10.0
-NODE_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false"}
+NODE_ENV = {
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false"
+}
 """Node processes are many per machine: one XLA CPU device each, no intra-op thread pool."""
 
 
@@ -74,7 +79,9 @@ def device_groups(topology: Topology) -> list[tuple[Device, ...]]:
         elif grouping == "line":
             groups += [line.devices for line in plant.lines]
         else:
-            groups += [plant.devices[i : i + grouping] for i in range(0, len(plant.devices), grouping)]
+            groups += [
+                plant.devices[i : i + grouping] for i in range(0, len(plant.devices), grouping)
+            ]
     return groups
 
 
@@ -92,7 +99,13 @@ def device_process(topology: Topology, group: tuple[Device, ...]) -> tuple[str, 
         return f"devices-{plant.name}", ["devices", "--plant", plant.name]
     line = next(line for line in plant.lines if line.name == first.line)
     if group == line.devices:
-        return f"devices-{plant.name}.{line.name}", ["devices", "--plant", plant.name, "--line", line.name]
+        return f"devices-{plant.name}.{line.name}", [
+            "devices",
+            "--plant",
+            plant.name,
+            "--line",
+            line.name,
+        ]
     name = f"devices-{first.id.replace('/', '.')}+{len(group) - 1}"  # its first device and how many follow
     return name, ["devices", "--plant", plant.name, "--ids", *(device.id for device in group)]
 
@@ -100,8 +113,16 @@ def device_process(topology: Topology, group: tuple[Device, ...]) -> tuple[str, 
 class Launch:
     """The processes of one launched federation. `start()`, then `wait()`; `stop()` on error or Ctrl-C."""
 
-    def __init__(self, topology: Topology, source: str, run_dir: Path, *, rounds: int | None = None, resume: bool = False,
-                 publish: str | None = None):
+    def __init__(
+        self,
+        topology: Topology,
+        source: str,
+        run_dir: Path,
+        *,
+        rounds: int | None = None,
+        resume: bool = False,
+        publish: str | None = None,
+    ):
         self.topology = topology
         self.source = source
         self.run_dir = Path(run_dir)
@@ -121,10 +142,33 @@ class Launch:
         state = str(self.run_dir / "checkpoints")
         he = self.topology.privacy.homomorphic
         cloud_he = ["--he-context", str(self.keys / PUBLIC_FILE)] if he else []
-        commands = {"cloud": self.command("cloud", self.source, "--out", str(self.run_dir), "--rounds", str(self.rounds), *resume, *publish, *cloud_he)}
+        commands = {
+            "cloud": self.command(
+                "cloud",
+                self.source,
+                "--out",
+                str(self.run_dir),
+                "--rounds",
+                str(self.rounds),
+                *resume,
+                *publish,
+                *cloud_he,
+            )
+        }
         for plant in self.topology.plants:
-            edge_he = ["--he-context", str(self.keys / SECRET_FILE), "--model-out", str(self.final_model(plant.name))] if he else []
-            commands[f"edge-{plant.name}"] = self.command("edge", self.source, "--plant", plant.name, "--state", state, *resume, *edge_he)
+            edge_he = (
+                [
+                    "--he-context",
+                    str(self.keys / SECRET_FILE),
+                    "--model-out",
+                    str(self.final_model(plant.name)),
+                ]
+                if he
+                else []
+            )
+            commands[f"edge-{plant.name}"] = self.command(
+                "edge", self.source, "--plant", plant.name, "--state", state, *resume, *edge_he
+            )
         for group in device_groups(self.topology):
             name, (command, *args) = device_process(self.topology, group)
             commands[name] = self.command(command, self.source, *args, "--state", state, *resume)
@@ -149,23 +193,36 @@ class Launch:
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        if self.topology.privacy.homomorphic and not (self.resume and (self.keys / SECRET_FILE).exists()):
+        if self.topology.privacy.homomorphic and not (
+            self.resume and (self.keys / SECRET_FILE).exists()
+        ):
             from hierfl.privacy.homomorphic import CkksParameters
             from hierfl.runtime.encrypted import write_key_files
 
-            write_key_files(self.keys, CkksParameters.of(self.topology.privacy), overwrite=True)  # a new run, a new key
+            write_key_files(
+                self.keys, CkksParameters.of(self.topology.privacy), overwrite=True
+            )  # a new run, a new key
         env = {**os.environ, **NODE_ENV}
         for name, command in self.node_commands().items():
             self.start_node(name, command, env)
 
-    def start_node(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_node(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         with open(self.logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env or {**os.environ, **NODE_ENV})
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env or {**os.environ, **NODE_ENV},
+            )
         self.processes[name] = process
         return process
 
-    def wait(self, on_record: Callable[[dict[str, Any]], None] | None = None, poll: float = 0.2) -> list[dict[str, Any]]:
+    def wait(
+        self, on_record: Callable[[dict[str, Any]], None] | None = None, poll: float = 0.2
+    ) -> list[dict[str, Any]]:
         """Follows the run until the cloud exits; returns its records. Raises if the cloud failed."""
         metrics = self.run_dir / METRICS_FILE
         seen = 0
@@ -184,7 +241,9 @@ class Launch:
         if cloud.returncode != 0:
             self.stop()
             tail = (self.logs / "cloud.log").read_text(errors="replace")[-2000:]
-            raise NodeFailure(f"the cloud exited with status {cloud.returncode}; its log ends:\n{tail}")
+            raise NodeFailure(
+                f"the cloud exited with status {cloud.returncode}; its log ends:\n{tail}"
+            )
         self.stop(grace=GRACE_SECONDS)
         return history
 
@@ -222,11 +281,18 @@ class LaunchProgress:
 
     def __init__(self, total: int, title: str, enabled: bool = True):
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("acc {task.fields[accuracy]}  {task.fields[answered]}  late {task.fields[late]}"),
-            TimeElapsedColumn(), disable=not enabled,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "acc {task.fields[accuracy]}  {task.fields[answered]}  late {task.fields[late]}"
+            ),
+            TimeElapsedColumn(),
+            disable=not enabled,
         )
-        self.task = self.progress.add_task(title, total=total, accuracy="-", answered="waiting for nodes", late=0)
+        self.task = self.progress.add_task(
+            title, total=total, accuracy="-", answered="waiting for nodes", late=0
+        )
 
     def __enter__(self) -> LaunchProgress:
         self.progress.start()
@@ -238,6 +304,13 @@ class LaunchProgress:
     def update(self, record: dict[str, Any]) -> None:
         expected = record.get("devices_expected", {})
         answered = record.get("devices_answered", {})
-        per_plant = "  ".join(f"{plant} {min(answered.get(plant) or [0])}/{n}" for plant, n in expected.items())
-        self.progress.update(self.task, completed=record["round"], accuracy=f"{record['accuracy']:.4f}",
-                             answered=per_plant, late=record.get("late_updates", 0))
+        per_plant = "  ".join(
+            f"{plant} {min(answered.get(plant) or [0])}/{n}" for plant, n in expected.items()
+        )
+        self.progress.update(
+            self.task,
+            completed=record["round"],
+            accuracy=f"{record['accuracy']:.4f}",
+            answered=per_plant,
+            late=record.get("late_updates", 0),
+        )

@@ -26,13 +26,12 @@ import zmq
 
 from hierfl.core import rng
 from hierfl.core.algorithms import Algorithm, build_algorithm
-from hierfl.kernels import FlatSpec, flat_spec
 from hierfl.core.links import LinkCodecs, build_link_codecs
-from hierfl.runtime import protocol
 from hierfl.data.tasks import Task, get_task
 from hierfl.data.tasks.models import Model, Params, build_model
+from hierfl.kernels import FlatSpec, flat_spec
+from hierfl.runtime import protocol
 from hierfl.topology import Topology
-
 
 CACHE_ENV = "HIERFL_COMPILATION_CACHE"
 
@@ -105,8 +104,14 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     algorithm = build_algorithm(model.apply, task, topology, counts)
     variate = protocol.model_layout(spec) if algorithm.control_variates else protocol.Layout(())
     return NodeModel(
-        model, params, spec, task, algorithm, codecs,
-        protocol.codec_layout(codecs.device_to_edge) + variate, protocol.codec_layout(codecs.edge_to_cloud) + variate,
+        model,
+        params,
+        spec,
+        task,
+        algorithm,
+        codecs,
+        protocol.codec_layout(codecs.device_to_edge) + variate,
+        protocol.codec_layout(codecs.edge_to_cloud) + variate,
         protocol.model_layout(spec) + variate,
     )
 
@@ -159,7 +164,9 @@ def node_logger(name: str) -> logging.Logger:
     log = logging.getLogger(f"hierfl.runtime.{name}")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s " + name + ": %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s " + name + ": %(message)s")
+        )
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
@@ -174,7 +181,9 @@ class CurveKeys:
     secret: bytes
 
 
-def bind_router(context: zmq.Context, address: str, *, max_bytes: int, keys: CurveKeys | None = None) -> zmq.Socket:
+def bind_router(
+    context: zmq.Context, address: str, *, max_bytes: int, keys: CurveKeys | None = None
+) -> zmq.Socket:
     """A ROUTER bound at `address` for many dialing peers; a restarted peer takes over its routing id.
 
     With `keys`, the socket is a CurveZMQ server: traffic is encrypted and clients must
@@ -182,7 +191,9 @@ def bind_router(context: zmq.Context, address: str, *, max_bytes: int, keys: Cur
     """
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes)  # a hard guard; the exact limit is checked per message
+    socket.setsockopt(
+        zmq.MAXMSGSIZE, 2 * max_bytes
+    )  # a hard guard; the exact limit is checked per message
     socket.setsockopt(zmq.LINGER, 500)
     if keys is not None:
         socket.curve_secretkey = keys.secret
@@ -192,8 +203,15 @@ def bind_router(context: zmq.Context, address: str, *, max_bytes: int, keys: Cur
     return socket
 
 
-def connect_dealer(context: zmq.Context, address: str, identity: str, *, max_bytes: int,
-                   keys: CurveKeys | None = None, server_key: bytes | None = None) -> zmq.Socket:
+def connect_dealer(
+    context: zmq.Context,
+    address: str,
+    identity: str,
+    *,
+    max_bytes: int,
+    keys: CurveKeys | None = None,
+    server_key: bytes | None = None,
+) -> zmq.Socket:
     """A DEALER with routing id `identity`, dialing `address` (reconnecting by itself when the server restarts)."""
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.ROUTING_ID, identity.encode())
@@ -215,7 +233,11 @@ def recv_router(socket: zmq.Socket) -> tuple[bytes, list[Any]]:
     return frames[0].bytes, frames[1:]
 
 
-def drain_router(socket: zmq.Socket, handle: Callable[[bytes, list[Any]], None], refuse: Callable[[bytes, Exception], None]) -> None:
+def drain_router(
+    socket: zmq.Socket,
+    handle: Callable[[bytes, list[Any]], None],
+    refuse: Callable[[bytes, Exception], None],
+) -> None:
     """Reads every message queued on a server's ROUTER: `handle(peer, frames)` each, and hands a
     `protocol.MessageRejected` that handling raises to `refuse(peer, error)`, so a bad message
     is answered and counted and the server keeps going."""
@@ -233,7 +255,11 @@ def drain_router(socket: zmq.Socket, handle: Callable[[bytes, list[Any]], None],
 def send_router(socket: zmq.Socket, peer: str | bytes, frames: list[Any]) -> None:
     """Sends to `peer` through a ROUTER; a peer that is gone is silently skipped (heartbeats tell)."""
     try:
-        socket.send_multipart([peer if isinstance(peer, bytes) else peer.encode(), *frames], copy=False, flags=zmq.NOBLOCK)
+        socket.send_multipart(
+            [peer if isinstance(peer, bytes) else peer.encode(), *frames],
+            copy=False,
+            flags=zmq.NOBLOCK,
+        )
     except zmq.Again:
         pass
 
@@ -247,8 +273,16 @@ def _printable(peer: object) -> str:
     return repr(peer)
 
 
-def start_waiting_over(alive: int, total: int, required: int, elapsed: float, *, start_timeout: float,
-                       grace: float, resumed: bool) -> bool:
+def start_waiting_over(
+    alive: int,
+    total: int,
+    required: int,
+    elapsed: float,
+    *,
+    start_timeout: float,
+    grace: float,
+    resumed: bool,
+) -> bool:
     """Whether a server stops waiting for peers before its first round.
 
     It waits for all `total` peers up to `start_timeout` s; a resumed server (whose peers

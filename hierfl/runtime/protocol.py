@@ -69,17 +69,51 @@ MAX_HEADER_BYTES = 1 << 20
 """Headers are a few hundred bytes plus the spec (about 50 bytes a leaf); longer ones are refused unread."""
 
 HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS = (
-    "hello", "heartbeat", "model", "update", "summary", "stop", "rejected", "status",
+    "hello",
+    "heartbeat",
+    "model",
+    "update",
+    "summary",
+    "stop",
+    "rejected",
+    "status",
 )
-SECAGG_KEYS, SECAGG_ROSTER, SECAGG_SHARES, SECAGG_INBOX, SECAGG_MASKED, SECAGG_UNMASK, SECAGG_REVEAL = (
-    "secagg_keys", "secagg_roster", "secagg_shares", "secagg_inbox", "secagg_masked", "secagg_unmask", "secagg_reveal",
+(
+    SECAGG_KEYS,
+    SECAGG_ROSTER,
+    SECAGG_SHARES,
+    SECAGG_INBOX,
+    SECAGG_MASKED,
+    SECAGG_UNMASK,
+    SECAGG_REVEAL,
+) = (
+    "secagg_keys",
+    "secagg_roster",
+    "secagg_shares",
+    "secagg_inbox",
+    "secagg_masked",
+    "secagg_unmask",
+    "secagg_reveal",
 )
 SECAGG_FROM_DEVICE = (SECAGG_KEYS, SECAGG_SHARES, SECAGG_MASKED, SECAGG_REVEAL)
 """The secure-aggregation steps in order, as a device sends them (the edge answers each but the last)."""
 SECAGG_FROM_EDGE = (SECAGG_ROSTER, SECAGG_INBOX, SECAGG_UNMASK)
 HE_SUMMARY, HE_AGGREGATE, EVALUATION = "he_summary", "he_aggregate", "evaluation"
-KINDS = (HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS, *SECAGG_FROM_DEVICE, *SECAGG_FROM_EDGE,
-         HE_SUMMARY, HE_AGGREGATE, EVALUATION)
+KINDS = (
+    HELLO,
+    HEARTBEAT,
+    MODEL,
+    UPDATE,
+    SUMMARY,
+    STOP,
+    REJECTED,
+    STATUS,
+    *SECAGG_FROM_DEVICE,
+    *SECAGG_FROM_EDGE,
+    HE_SUMMARY,
+    HE_AGGREGATE,
+    EVALUATION,
+)
 ARRAY_KINDS = (MODEL, UPDATE, SUMMARY, SECAGG_MASKED)
 MASKED_CODEC = "fixed-point"
 """The codec name a `secagg_masked` message carries: its frame is uint32 words, fixed point mod 2^32."""
@@ -88,13 +122,13 @@ MAX_METRICS = 16
 """An evaluation names at most this many metrics (tasks have one to three)."""
 
 # Reason codes: the keys of the `rejected` counters in logs and metrics.
-MALFORMED = "malformed"          # not a msgpack map of the protocol, wrong field types, wrong frame count
+MALFORMED = "malformed"  # not a msgpack map of the protocol, wrong field types, wrong frame count
 UNKNOWN_SENDER = "unknown-sender"
-WRONG_SPEC = "wrong-spec"        # array spec or codec differ from this node's model and link
-OVERSIZED = "oversized"          # a frame or the whole message over its size
-NON_FINITE = "non-finite"        # NaN/inf values, weight or loss; indices out of range
-UNEXPECTED = "unexpected"        # a kind this node does not take from that peer
-STALE_ROUND = "stale-round"      # an update or summary for a round that is closed (late or replayed)
+WRONG_SPEC = "wrong-spec"  # array spec or codec differ from this node's model and link
+OVERSIZED = "oversized"  # a frame or the whole message over its size
+NON_FINITE = "non-finite"  # NaN/inf values, weight or loss; indices out of range
+UNEXPECTED = "unexpected"  # a kind this node does not take from that peer
+STALE_ROUND = "stale-round"  # an update or summary for a round that is closed (late or replayed)
 FUTURE_ROUND = "future-round"
 DUPLICATE = "duplicate"
 
@@ -117,12 +151,18 @@ def _is_str_list(value: Any) -> bool:
 
 
 def _is_bytes_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, bytes) for k, v in value.items())
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, bytes) for k, v in value.items()
+    )
 
 
 def _is_key_map(value: Any) -> bool:
     return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(isinstance(b, bytes) for b in v) for k, v in value.items()
+        isinstance(k, str)
+        and isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(b, bytes) for b in v)
+        for k, v in value.items()
     )
 
 
@@ -134,11 +174,17 @@ _BYTES = ("bytes", _is_bytes)
 _BYTES_MAP = ("a map of device id -> bytes", _is_bytes_map)
 SECAGG_FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
     SECAGG_KEYS: {"c_pk": _BYTES, "s_pk": _BYTES},
-    SECAGG_ROSTER: {"threshold": ("an int >= 0", _is_count), "keys": ("a map of device id -> [c_pk, s_pk] bytes", _is_key_map)},
+    SECAGG_ROSTER: {
+        "threshold": ("an int >= 0", _is_count),
+        "keys": ("a map of device id -> [c_pk, s_pk] bytes", _is_key_map),
+    },
     SECAGG_SHARES: {"b_hash": _BYTES, "shares": _BYTES_MAP},
     SECAGG_INBOX: {"shares": _BYTES_MAP},
     SECAGG_MASKED: {},
-    SECAGG_UNMASK: {"survivors": ("a list of device ids", _is_str_list), "dropped": ("a list of device ids", _is_str_list)},
+    SECAGG_UNMASK: {
+        "survivors": ("a list of device ids", _is_str_list),
+        "dropped": ("a list of device ids", _is_str_list),
+    },
     SECAGG_REVEAL: {"mask_key_shares": _BYTES_MAP, "self_mask_shares": _BYTES_MAP},
 }
 """The header fields of each secure-aggregation kind (beyond the common ones): `(what it must be, check)`.
@@ -213,12 +259,27 @@ class Message(NamedTuple):
     arrays: tuple[np.ndarray, ...] = ()
 
 
-def encode(kind: str, sender: str, *, round: int = 0, edge_round: int = 0, model_version: int = 0,
-           spec: FlatSpec | None = None, codec: str | None = None, arrays: Sequence[Any] = (), **fields: Any) -> list:
+def encode(
+    kind: str,
+    sender: str,
+    *,
+    round: int = 0,
+    edge_round: int = 0,
+    model_version: int = 0,
+    spec: FlatSpec | None = None,
+    codec: str | None = None,
+    arrays: Sequence[Any] = (),
+    **fields: Any,
+) -> list:
     """The frames of one message; `arrays` (numpy or JAX, C-contiguous) are sent without a copy."""
     header: dict[str, Any] = {
-        "protocol": PROTOCOL_VERSION, "kind": kind, "sender": sender,
-        "round": int(round), "edge_round": int(edge_round), "model_version": int(model_version), **fields,
+        "protocol": PROTOCOL_VERSION,
+        "kind": kind,
+        "sender": sender,
+        "round": int(round),
+        "edge_round": int(edge_round),
+        "model_version": int(model_version),
+        **fields,
     }
     if spec is not None:
         header["spec"] = spec.header()
@@ -247,9 +308,13 @@ def parse_header(frame: Any) -> dict[str, Any]:
     for name, types in _FIELD_TYPES.items():
         value = header.get(name)
         if not isinstance(value, types) or isinstance(value, bool):
-            raise MessageRejected(MALFORMED, f"header field {name!r} must be {types[0].__name__}, got {_short(value)}")
+            raise MessageRejected(
+                MALFORMED, f"header field {name!r} must be {types[0].__name__}, got {_short(value)}"
+            )
     if header["protocol"] != PROTOCOL_VERSION:
-        raise MessageRejected(MALFORMED, f"protocol version {header['protocol']}, this node speaks {PROTOCOL_VERSION}")
+        raise MessageRejected(
+            MALFORMED, f"protocol version {header['protocol']}, this node speaks {PROTOCOL_VERSION}"
+        )
     if header["kind"] not in KINDS:
         raise MessageRejected(MALFORMED, f"unknown kind {_short(header['kind'])}")
     if header["round"] < 0 or header["edge_round"] < 0:
@@ -284,7 +349,10 @@ def parse_message(
     header = parse_header(frames[0])
     kind, sender = header["kind"], header["sender"]
     if routing_id is not None and routing_id != sender.encode():
-        raise MessageRejected(UNKNOWN_SENDER, f"header says sender {_short(sender)} but the connection is {_short(routing_id)}")
+        raise MessageRejected(
+            UNKNOWN_SENDER,
+            f"header says sender {_short(sender)} but the connection is {_short(routing_id)}",
+        )
     if sender not in senders:
         raise MessageRejected(UNKNOWN_SENDER, f"unknown sender {_short(sender)}")
     if kind in SECAGG_FIELDS:
@@ -302,12 +370,16 @@ def parse_message(
     if problem is not None:
         raise MessageRejected(WRONG_SPEC, problem)
     if header.get("codec") != codec:
-        raise MessageRejected(WRONG_SPEC, f"codec {_short(header.get('codec'))}, this link uses {codec!r}")
+        raise MessageRejected(
+            WRONG_SPEC, f"codec {_short(header.get('codec'))}, this link uses {codec!r}"
+        )
     if kind in (UPDATE, SUMMARY, HE_SUMMARY):
         for name in ("weight", "loss"):
             value = header.get(name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise MessageRejected(MALFORMED, f"header field {name!r} must be a number, got {_short(value)}")
+                raise MessageRejected(
+                    MALFORMED, f"header field {name!r} must be a number, got {_short(value)}"
+                )
             if not math.isfinite(value):
                 raise MessageRejected(NON_FINITE, f"{name} is {value}")
         if header["weight"] < 0:
@@ -317,16 +389,29 @@ def parse_message(
         _check_summary_statistics(header)
     payload = frames[1:]
     if kind in CIPHER_KINDS:
-        return Message(kind, sender, header["round"], header["edge_round"], header, _ciphertexts(kind, header, payload, layout))
+        return Message(
+            kind,
+            sender,
+            header["round"],
+            header["edge_round"],
+            header,
+            _ciphertexts(kind, header, payload, layout),
+        )
     if len(payload) != len(layout.frames):
-        raise MessageRejected(MALFORMED, f"{kind} with codec {codec!r} has {len(layout.frames)} array frames, got {len(payload)}")
+        raise MessageRejected(
+            MALFORMED,
+            f"{kind} with codec {codec!r} has {len(layout.frames)} array frames, got {len(payload)}",
+        )
     arrays = []
     for i, (frame, (dtype, shape)) in enumerate(zip(payload, layout.frames)):
         data = frame_bytes(frame)
         expected = jnp.dtype(dtype).itemsize * math.prod(shape)
         if len(data) != expected:
             reason = OVERSIZED if len(data) > expected else MALFORMED
-            raise MessageRejected(reason, f"array frame {i} is {len(data)} bytes, expected {expected} ({dtype} {list(shape)})")
+            raise MessageRejected(
+                reason,
+                f"array frame {i} is {len(data)} bytes, expected {expected} ({dtype} {list(shape)})",
+            )
         arrays.append(np.frombuffer(data, dtype=jnp.dtype(dtype)).reshape(shape))
     _check_values(arrays, spec.size)
     return Message(kind, sender, header["round"], header["edge_round"], header, tuple(arrays))
@@ -343,14 +428,19 @@ def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:
         if value is None:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise MessageRejected(MALFORMED, f"header field {name!r} must be a number, got {_short(value)}")
+            raise MessageRejected(
+                MALFORMED, f"header field {name!r} must be a number, got {_short(value)}"
+            )
         if not math.isfinite(value):
             raise MessageRejected(NON_FINITE, f"{name} is {value}")
         if name == "clip_norm" and value <= 0:
             raise MessageRejected(MALFORMED, f"clip_norm must be > 0, got {value}")
     for name in _OPTIONAL_FLAGS.get(kind, ()):
         if not isinstance(header.get(name, False), bool):
-            raise MessageRejected(MALFORMED, f"header field {name!r} must be true or false, got {_short(header.get(name))}")
+            raise MessageRejected(
+                MALFORMED,
+                f"header field {name!r} must be true or false, got {_short(header.get(name))}",
+            )
 
 
 MAX_EDGE_ROUNDS_REPORTED = 1 << 16
@@ -367,16 +457,33 @@ def _check_summary_statistics(header: dict[str, Any]) -> None:
     refused like any bad message instead of failing the cloud when it writes the record.
     """
     answered = header.get("answered", [])
-    if not isinstance(answered, list) or len(answered) > MAX_EDGE_ROUNDS_REPORTED or not all(map(_is_count, answered)):
-        raise MessageRejected(MALFORMED, f"header field 'answered' must be a list of counts, got {_short(answered)}")
+    if (
+        not isinstance(answered, list)
+        or len(answered) > MAX_EDGE_ROUNDS_REPORTED
+        or not all(map(_is_count, answered))
+    ):
+        raise MessageRejected(
+            MALFORMED, f"header field 'answered' must be a list of counts, got {_short(answered)}"
+        )
     for name in ("expected", "late", "edge_round", "secagg_failed", "base_version"):
         if name in header and not _is_count(header[name]):
-            raise MessageRejected(MALFORMED, f"header field {name!r} must be a count (int >= 0), got {_short(header[name])}")
+            raise MessageRejected(
+                MALFORMED,
+                f"header field {name!r} must be a count (int >= 0), got {_short(header[name])}",
+            )
     rejected = header.get("rejected", {})
-    if not isinstance(rejected, dict) or not all(isinstance(k, str) and len(k) <= 64 and _is_count(v) for k, v in rejected.items()):
-        raise MessageRejected(MALFORMED, f"header field 'rejected' must map reason codes to counts, got {_short(rejected)}")
+    if not isinstance(rejected, dict) or not all(
+        isinstance(k, str) and len(k) <= 64 and _is_count(v) for k, v in rejected.items()
+    ):
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'rejected' must map reason codes to counts, got {_short(rejected)}",
+        )
     if not isinstance(header.get("stale", False), bool):
-        raise MessageRejected(MALFORMED, f"header field 'stale' must be true or false, got {_short(header.get('stale'))}")
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'stale' must be true or false, got {_short(header.get('stale'))}",
+        )
 
 
 def header_number(header: dict[str, Any], name: str, default: float) -> float:
@@ -393,24 +500,40 @@ def header_flag(header: dict[str, Any], name: str) -> bool:
 def _check_fields(kind: str, header: dict[str, Any]) -> None:
     for name, (what, valid) in SECAGG_FIELDS[kind].items():
         if not valid(header.get(name)):
-            raise MessageRejected(MALFORMED, f"{kind}: header field {name!r} must be {what}, got {_short(header.get(name))}")
+            raise MessageRejected(
+                MALFORMED,
+                f"{kind}: header field {name!r} must be {what}, got {_short(header.get(name))}",
+            )
 
 
-def _ciphertexts(kind: str, header: dict[str, Any], payload: Sequence[Any], layout: CipherLayout) -> tuple[np.ndarray, ...]:
+def _ciphertexts(
+    kind: str, header: dict[str, Any], payload: Sequence[Any], layout: CipherLayout
+) -> tuple[np.ndarray, ...]:
     """The ciphertext frames of a checked header, as uint8 views: their count, the header's count and each size."""
     counts = (0, layout.chunks) if layout.allow_empty else (layout.chunks,)
     if len(payload) not in counts:
-        raise MessageRejected(MALFORMED, f"{kind} has {len(payload)} ciphertext frames, expected {' or '.join(map(str, counts))}")
+        raise MessageRejected(
+            MALFORMED,
+            f"{kind} has {len(payload)} ciphertext frames, expected {' or '.join(map(str, counts))}",
+        )
     if header.get("chunks") != len(payload) or isinstance(header.get("chunks"), bool):
-        raise MessageRejected(MALFORMED, f"header field 'chunks' says {_short(header.get('chunks'))}, the message has {len(payload)} ciphertext frames")
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'chunks' says {_short(header.get('chunks'))}, the message has {len(payload)} ciphertext frames",
+        )
     key_id = header.get("key_id")
     if not isinstance(key_id, str) or not 0 < len(key_id) <= 64:
-        raise MessageRejected(MALFORMED, f"header field 'key_id' must be a short string, got {_short(key_id)}")
+        raise MessageRejected(
+            MALFORMED, f"header field 'key_id' must be a short string, got {_short(key_id)}"
+        )
     chunks = []
     for i, frame in enumerate(payload):
         data = frame_bytes(frame)
         if len(data) > layout.max_chunk_bytes:
-            raise MessageRejected(OVERSIZED, f"ciphertext frame {i} is {len(data)} bytes, at most {layout.max_chunk_bytes}")
+            raise MessageRejected(
+                OVERSIZED,
+                f"ciphertext frame {i} is {len(data)} bytes, at most {layout.max_chunk_bytes}",
+            )
         if not len(data):
             raise MessageRejected(MALFORMED, f"ciphertext frame {i} is empty")
         chunks.append(np.frombuffer(data, dtype=np.uint8))
@@ -421,13 +544,24 @@ def _check_evaluation(header: dict[str, Any]) -> None:
     """An evaluation's scalars: `count` examples (int >= 0), `loss_sum`, `metric_sums` {name: sum}, all finite."""
     count = header.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise MessageRejected(MALFORMED, f"header field 'count' must be an int >= 0, got {_short(count)}")
+        raise MessageRejected(
+            MALFORMED, f"header field 'count' must be an int >= 0, got {_short(count)}"
+        )
     sums = header.get("metric_sums")
-    if not isinstance(sums, dict) or len(sums) > MAX_METRICS or not all(isinstance(k, str) for k in sums):
-        raise MessageRejected(MALFORMED, f"header field 'metric_sums' must map at most {MAX_METRICS} names to numbers, got {_short(sums)}")
+    if (
+        not isinstance(sums, dict)
+        or len(sums) > MAX_METRICS
+        or not all(isinstance(k, str) for k in sums)
+    ):
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'metric_sums' must map at most {MAX_METRICS} names to numbers, got {_short(sums)}",
+        )
     for name, value in [("loss_sum", header.get("loss_sum")), *sums.items()]:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise MessageRejected(MALFORMED, f"evaluation value {name!r} must be a number, got {_short(value)}")
+            raise MessageRejected(
+                MALFORMED, f"evaluation value {name!r} must be a number, got {_short(value)}"
+            )
         if not math.isfinite(value):
             raise MessageRejected(NON_FINITE, f"evaluation value {name!r} is {value}")
 
@@ -437,7 +571,12 @@ def _check_values(arrays: list[np.ndarray], size: int) -> None:
         if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
             if not np.isfinite(array.astype(np.float32, copy=False)).all():
                 raise MessageRejected(NON_FINITE, f"array frame {i} has non-finite values")
-        elif array.dtype.kind == "i" and array.dtype.itemsize == 4 and array.size and (array.min() < 0 or array.max() >= size):
+        elif (
+            array.dtype.kind == "i"
+            and array.dtype.itemsize == 4
+            and array.size
+            and (array.min() < 0 or array.max() >= size)
+        ):
             raise MessageRejected(NON_FINITE, f"array frame {i}: indices outside [0, {size})")
 
 

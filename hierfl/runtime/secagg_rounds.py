@@ -104,9 +104,13 @@ class UpdateEncoding(NamedTuple):
     def encode(self, delta: np.ndarray, weight: float, loss: float) -> np.ndarray:
         """A device's words: uint32 `[size + 2]`."""
         share = weight / self.normalizer
-        return np.concatenate([
-            self.delta.encode(self.scaled(delta, weight)), self.weight.encode(np.array([share])), self.loss.encode(np.array([share * loss])),
-        ])
+        return np.concatenate(
+            [
+                self.delta.encode(self.scaled(delta, weight)),
+                self.weight.encode(np.array([share])),
+                self.loss.encode(np.array([share * loss])),
+            ]
+        )
 
     def decode(self, words: np.ndarray) -> tuple[np.ndarray, float, float]:
         """The sum of devices' words -> `(delta_sum float32 [P], weight, loss_sum)`, normalizer undone."""
@@ -133,27 +137,44 @@ def plant_normalizer(topology: Topology, plant: Plant, counts: np.ndarray) -> fl
     return float(max([1, *(int(counts[device.index]) for device in plant.devices)]))
 
 
-def plant_secure_aggregation(topology: Topology, plant: Plant, counts: np.ndarray, spec: FlatSpec) -> SecureAggregation:
+def plant_secure_aggregation(
+    topology: Topology, plant: Plant, counts: np.ndarray, spec: FlatSpec
+) -> SecureAggregation:
     """The setting of `plant` from the topology and the plan's example counts `counts` (all devices)."""
     privacy, devices = topology.privacy, plant.num_devices
     encoding = UpdateEncoding(
-        spec.size, plant_normalizer(topology, plant, counts),
-        FixedPoint(privacy.secagg_clip, devices), FixedPoint(1.0, devices), FixedPoint(LOSS_CLIP, devices),
+        spec.size,
+        plant_normalizer(topology, plant, counts),
+        FixedPoint(privacy.secagg_clip, devices),
+        FixedPoint(1.0, devices),
+        FixedPoint(LOSS_CLIP, devices),
     )
-    return SecureAggregation(secagg_threshold(privacy, devices), encoding, spec, phase_deadline(topology))
+    return SecureAggregation(
+        secagg_threshold(privacy, devices), encoding, spec, phase_deadline(topology)
+    )
 
 
 # -- messages ------------------------------------------------------------------------------------
 
 
-def encode_message(message: Mapping[str, Any], sender: str, *, round: int, edge_round: int, model_version: int, spec: FlatSpec) -> list:
+def encode_message(
+    message: Mapping[str, Any],
+    sender: str,
+    *,
+    round: int,
+    edge_round: int,
+    model_version: int,
+    spec: FlatSpec,
+) -> list:
     """The frames of a secagg step's dict: its fields in the header, a masked input as one raw uint32 frame."""
     kind = message["kind"]
     fields = {name: message[name] for name in protocol.SECAGG_FIELDS[kind]}
     common = {"round": round, "edge_round": edge_round, "model_version": model_version}
     if kind == protocol.SECAGG_MASKED:
         words = np.frombuffer(message["masked"], dtype=WORD)
-        return protocol.encode(kind, sender, **common, spec=spec, codec=protocol.MASKED_CODEC, arrays=[words])
+        return protocol.encode(
+            kind, sender, **common, spec=spec, codec=protocol.MASKED_CODEC, arrays=[words]
+        )
     return protocol.encode(kind, sender, **common, **fields)
 
 
@@ -164,7 +185,11 @@ def session_message(message: protocol.Message) -> dict[str, Any]:
         fields["masked"] = message.arrays[0]
     if message.kind in protocol.SECAGG_FROM_DEVICE:
         fields["device"] = message.sender
-    return {"kind": message.kind, "round": session_round(message.round, message.edge_round), **fields}
+    return {
+        "kind": message.kind,
+        "round": session_round(message.round, message.edge_round),
+        **fields,
+    }
 
 
 # -- the device's half ---------------------------------------------------------------------------
@@ -181,7 +206,9 @@ class DeviceRound:
     def __init__(self, device: str, round: int, edge_round: int, threshold: int, words: np.ndarray):
         self.round, self.edge_round = round, edge_round
         self.words = words
-        self.session = DeviceSession(device, session_round(round, edge_round), threshold, len(words))
+        self.session = DeviceSession(
+            device, session_round(round, edge_round), threshold, len(words)
+        )
 
     def advertise(self) -> dict[str, Any]:
         return self.session.advertise()
@@ -199,7 +226,9 @@ class DeviceRound:
             return self.session.share_keys(request)
         if message.kind == protocol.SECAGG_INBOX:
             if not all(len(sealed) == SEALED_SHARE_BYTES for sealed in request["shares"].values()):
-                raise SecAggError(f"the inbox's encrypted shares must be {SEALED_SHARE_BYTES} bytes each")
+                raise SecAggError(
+                    f"the inbox's encrypted shares must be {SEALED_SHARE_BYTES} bytes each"
+                )
             return self.session.masked_input(request, self.words)
         if message.kind == protocol.SECAGG_UNMASK:
             return self.session.unmask(request)
@@ -218,10 +247,25 @@ class EdgeRound:
     the sum of the survivors' words and `survivors` who is in it.
     """
 
-    def __init__(self, plant: str, round: int, edge_round: int, model_version: int, setting: SecureAggregation, invited: Collection[str]):
-        self.plant, self.round, self.edge_round, self.model_version = plant, round, edge_round, model_version
+    def __init__(
+        self,
+        plant: str,
+        round: int,
+        edge_round: int,
+        model_version: int,
+        setting: SecureAggregation,
+        invited: Collection[str],
+    ):
+        self.plant, self.round, self.edge_round, self.model_version = (
+            plant,
+            round,
+            edge_round,
+            model_version,
+        )
         self.setting = setting
-        self.session = EdgeSession(session_round(round, edge_round), setting.threshold, setting.encoding.words)
+        self.session = EdgeSession(
+            session_round(round, edge_round), setting.threshold, setting.encoding.words
+        )
         self.step = 0
         self.invited = frozenset(invited)
         self.expected: set[str] = set(invited)
@@ -243,16 +287,28 @@ class EdgeRound:
         """Keeps a checked secagg message of this edge round; MessageRejected if it does not belong to the phase."""
         step, sender = protocol.SECAGG_FROM_DEVICE.index(message.kind), message.sender
         if step < self.step:
-            raise protocol.MessageRejected(protocol.STALE_ROUND, f"{message.kind} from {sender} after the {PHASES[step]} phase closed")
+            raise protocol.MessageRejected(
+                protocol.STALE_ROUND,
+                f"{message.kind} from {sender} after the {PHASES[step]} phase closed",
+            )
         if step > self.step:
-            raise protocol.MessageRejected(protocol.UNEXPECTED, f"{message.kind} from {sender} during the {self.phase} phase")
+            raise protocol.MessageRejected(
+                protocol.UNEXPECTED, f"{message.kind} from {sender} during the {self.phase} phase"
+            )
         if sender not in self.expected:
-            raise protocol.MessageRejected(protocol.UNEXPECTED, f"{sender} was not asked in the {self.phase} phase")
+            raise protocol.MessageRejected(
+                protocol.UNEXPECTED, f"{sender} was not asked in the {self.phase} phase"
+            )
         if sender in self.answered:
-            raise protocol.MessageRejected(protocol.DUPLICATE, f"second {message.kind} from {sender} in round {self.round}.{self.edge_round}")
+            raise protocol.MessageRejected(
+                protocol.DUPLICATE,
+                f"second {message.kind} from {sender} in round {self.round}.{self.edge_round}",
+            )
         problem = self._problem(message)
         if problem is not None:
-            raise protocol.MessageRejected(protocol.MALFORMED, f"{message.kind} from {sender}: {problem}")
+            raise protocol.MessageRejected(
+                protocol.MALFORMED, f"{message.kind} from {sender}: {problem}"
+            )
         self._received.append(session_message(message))
         self.answered.add(sender)
 
@@ -294,12 +350,22 @@ class EdgeRound:
         elif kind == protocol.SECAGG_SHARES:
             if set(header["shares"]) != self.roster - {sender}:
                 return "shares must be addressed to exactly the other devices of the roster"
-            if any(len(sealed) != SEALED_SHARE_BYTES for sealed in header["shares"].values()) or len(header["b_hash"]) != 32:
-                return f"encrypted shares must be {SEALED_SHARE_BYTES} bytes each and b_hash 32 bytes"
+            if (
+                any(len(sealed) != SEALED_SHARE_BYTES for sealed in header["shares"].values())
+                or len(header["b_hash"]) != 32
+            ):
+                return (
+                    f"encrypted shares must be {SEALED_SHARE_BYTES} bytes each and b_hash 32 bytes"
+                )
         elif kind == protocol.SECAGG_REVEAL:
-            if set(header["mask_key_shares"]) != set(self.session.dropped) or set(header["self_mask_shares"]) != set(self.session.survivors):
+            if set(header["mask_key_shares"]) != set(self.session.dropped) or set(
+                header["self_mask_shares"]
+            ) != set(self.session.survivors):
                 return "must hold one mask-key share per dropped device and one self-mask share per survivor"
-            if any(len(s) != shamir.SHARE_BYTES for s in [*header["mask_key_shares"].values(), *header["self_mask_shares"].values()]):
+            if any(
+                len(s) != shamir.SHARE_BYTES
+                for s in [*header["mask_key_shares"].values(), *header["self_mask_shares"].values()]
+            ):
                 return f"shares must be {shamir.SHARE_BYTES} bytes each"
         return None
 
@@ -308,7 +374,13 @@ class EdgeRound:
         frames = {}
         for device, message in outgoing.items():
             if id(message) not in encoded:
-                encoded[id(message)] = encode_message(message, self.plant, round=self.round, edge_round=self.edge_round,
-                                                      model_version=self.model_version, spec=self.setting.spec)
+                encoded[id(message)] = encode_message(
+                    message,
+                    self.plant,
+                    round=self.round,
+                    edge_round=self.edge_round,
+                    model_version=self.model_version,
+                    spec=self.setting.spec,
+                )
             frames[device] = encoded[id(message)]
         return frames

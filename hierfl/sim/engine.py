@@ -29,8 +29,6 @@ from jax.sharding import Mesh
 
 from hierfl import __version__, privacy
 from hierfl.core import links, rng, rules
-from hierfl.runs import checkpoint
-from hierfl.sim import parallel
 from hierfl.core.algorithms import (
     Algorithm,
     DeviceData,
@@ -42,15 +40,17 @@ from hierfl.core.algorithms import (
     summarize,
 )
 from hierfl.core.attack import apply_attack, attacker_mask
-from hierfl.kernels import FlatSpec, clip_by_l2, flat_spec, ravel, segment_weighted_sum, unravel
 from hierfl.core.links import LinkCodecs
 from hierfl.data.evaluation import make_evaluator, metric_fields
 from hierfl.data.loading import load_topology
-from hierfl.runs.metrics import MetricsWriter, write_run_info
 from hierfl.data.plan import Plan, make_plan
-from hierfl.privacy.config import DpConfig, rounds_to_run
-from hierfl.runs.progress import RoundProgress
 from hierfl.data.tasks.models import Model, Params, build_model
+from hierfl.kernels import FlatSpec, clip_by_l2, flat_spec, ravel, segment_weighted_sum, unravel
+from hierfl.privacy.config import DpConfig, rounds_to_run
+from hierfl.runs import checkpoint
+from hierfl.runs.metrics import MetricsWriter, write_run_info
+from hierfl.runs.progress import RoundProgress
+from hierfl.sim import parallel
 from hierfl.topology import Attack, TierRule, Topology
 
 DEFAULT_CHUNK_SIZE = 512
@@ -167,7 +167,12 @@ class Tiers:
 
     @classmethod
     def of(cls, topology: Topology) -> Tiers:
-        return cls(tuple(topology.edge_rule(plant) for plant in topology.plants), topology.aggregation.cloud, topology.attack, DpConfig.of(topology))
+        return cls(
+            tuple(topology.edge_rule(plant) for plant in topology.plants),
+            topology.aggregation.cloud,
+            topology.attack,
+            DpConfig.of(topology),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,15 +220,31 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         codecs=codecs,
         chunks=chunks,
         initial=initial,
-        cloud_round=make_cloud_round(algorithm, spec, codecs, tiers, plan.num_edges, federation.edge_rounds, federation.seed, mesh),
+        cloud_round=make_cloud_round(
+            algorithm,
+            spec,
+            codecs,
+            tiers,
+            plan.num_edges,
+            federation.edge_rounds,
+            federation.seed,
+            mesh,
+        ),
         bytes_per_round=links.tier_bytes(
-            codecs, model_bytes, trained_devices, plan.num_edges, federation.edge_rounds, variates=algorithm.control_variates
+            codecs,
+            model_bytes,
+            trained_devices,
+            plan.num_edges,
+            federation.edge_rounds,
+            variates=algorithm.control_variates,
         ),
         trained_devices=trained_devices,
     )
 
 
-def initial_residuals(codecs: LinkCodecs, chunks: DeviceChunks, num_edges: int, mesh: Mesh | None) -> Residuals:
+def initial_residuals(
+    codecs: LinkCodecs, chunks: DeviceChunks, num_edges: int, mesh: Mesh | None
+) -> Residuals:
     """Zero memories for every device (sharded like the chunks, unless empty) and every edge."""
     device = links.initial_residuals(codecs.device_to_edge, chunks.count.shape)
     if codecs.device_to_edge.residual_size:
@@ -231,12 +252,16 @@ def initial_residuals(codecs: LinkCodecs, chunks: DeviceChunks, num_edges: int, 
     return Residuals(device, links.initial_residuals(codecs.edge_to_cloud, (num_edges,)))
 
 
-def initial_variates(size: int, chunks: DeviceChunks, num_edges: int, mesh: Mesh | None) -> Variates:
+def initial_variates(
+    size: int, chunks: DeviceChunks, num_edges: int, mesh: Mesh | None
+) -> Variates:
     """Zero control variates of `size` for every device (sharded like the chunks), edge and the cloud."""
     device = jnp.zeros((*chunks.count.shape, size), jnp.float32)
     if size:
         device = parallel.put_sharded(device, mesh, axis=1)
-    return Variates(device, jnp.zeros((num_edges, size), jnp.float32), jnp.zeros((size,), jnp.float32))
+    return Variates(
+        device, jnp.zeros((num_edges, size), jnp.float32), jnp.zeros((size,), jnp.float32)
+    )
 
 
 def make_cloud_round(
@@ -260,7 +285,9 @@ def make_cloud_round(
     to_flat = jax.vmap(lambda tree: ravel(spec, tree))
     from_flat = jax.vmap(lambda buffer: unravel(spec, buffer))
     robust_edges = tuple(e for e, rule in enumerate(tiers.edge) if rule.robust)
-    clip_norms = jnp.array([rule.clip_norm or jnp.inf for rule in tiers.edge] + [jnp.inf], jnp.float32)
+    clip_norms = jnp.array(
+        [rule.clip_norm or jnp.inf for rule in tiers.edge] + [jnp.inf], jnp.float32
+    )
     clipping = any(rule.clip_norm is not None for rule in tiers.edge)
     scaffold = algorithm.control_variates
     dp = tiers.dp
@@ -270,14 +297,20 @@ def make_cloud_round(
 
     def privatize_devices(results, chunk: DeviceChunks, clip_norm, cloud_round, e):
         """DP on the devices' side (`privacy.device_release`): participation, one vote each, clipping, local noise."""
-        sampling = jax.vmap(lambda i: dp.key(rng.sampling_key(seed, cloud_round, e, i)))(chunk.index)
+        sampling = jax.vmap(lambda i: dp.key(rng.sampling_key(seed, cloud_round, e, i)))(
+            chunk.index
+        )
         noise = jax.vmap(lambda i: dp.key(rng.privacy_key(seed, cloud_round, e, i)))(chunk.index)
         noise_std = dp.noise_multiplier * clip_norm if dp.place == "device" else jnp.float32(0)
         release = jax.vmap(privacy.device_release, in_axes=(0, 0, 0, 0, None, None, None))
-        deltas, weights, unclipped = release(results.delta, results.weight, sampling, noise, clip_norm, noise_std, dp.sample_rate)
+        deltas, weights, unclipped = release(
+            results.delta, results.weight, sampling, noise, clip_norm, noise_std, dp.sample_rate
+        )
         return results._replace(delta=deltas, weight=weights), unclipped
 
-    def train_devices(edge_params, chunk: DeviceChunks, variate, cloud_variate, clip_norm, cloud_round, e):
+    def train_devices(
+        edge_params, chunk: DeviceChunks, variate, cloud_variate, clip_norm, cloud_round, e
+    ):
         """A chunk's local updates (flat, attacked, screened) and its devices' variate changes."""
         start = from_flat(edge_params[jnp.minimum(chunk.edge, num_edges - 1)])
         keys = jax.vmap(lambda i: rng.device_key(seed, cloud_round, e, i))(chunk.index)
@@ -295,21 +328,40 @@ def make_cloud_round(
             return results, ok, unclipped
         if not scaffold:
             return results, ok, variate
-        changes = jax.vmap(algorithm.variate_delta, in_axes=(0, 0, None))(results.delta, chunk.steps, cloud_variate)
+        changes = jax.vmap(algorithm.variate_delta, in_axes=(0, 0, None))(
+            results.delta, chunk.steps, cloud_variate
+        )
         changes = jnp.where((results.weight > 0)[:, None], changes, 0.0)
         return results, ok, changes
 
-    def edge_round(edge_params, chunks: DeviceChunks, residuals, device_variates, cloud_variate, clip_norm, cloud_round, e):
+    def edge_round(
+        edge_params,
+        chunks: DeviceChunks,
+        residuals,
+        device_variates,
+        cloud_variate,
+        clip_norm,
+        cloud_round,
+        e,
+    ):
         def train_chunk(carry, chunk_and_memories):
             chunk, residual, variate = chunk_and_memories
             summary, variate_sum, loss_sum, rejected, unclipped = carry
-            results, ok, changes = train_devices(edge_params, chunk, variate, cloud_variate, clip_norm, cloud_round, e)
+            results, ok, changes = train_devices(
+                edge_params, chunk, variate, cloud_variate, clip_norm, cloud_round, e
+            )
             if dp is not None:
-                unclipped = unclipped + jax.ops.segment_sum(changes.astype(jnp.float32), chunk.edge, num_edges)
+                unclipped = unclipped + jax.ops.segment_sum(
+                    changes.astype(jnp.float32), chunk.edge, num_edges
+                )
             if scaffold:
-                variate_sum = variate_sum + segment_weighted_sum(changes, results.weight, chunk.edge, num_edges)
+                variate_sum = variate_sum + segment_weighted_sum(
+                    changes, results.weight, chunk.edge, num_edges
+                )
                 variate = variate + changes
-            upload_keys = jax.vmap(lambda i: rng.device_upload_key(seed, cloud_round, e, i))(chunk.index)
+            upload_keys = jax.vmap(lambda i: rng.device_upload_key(seed, cloud_round, e, i))(
+                chunk.index
+            )
             results, residual = send_up(codecs.device_to_edge)(results, residual, upload_keys)
             if clipping:
                 clipped, _ = clip_by_l2(results.delta, clip_norms[chunk.edge])
@@ -318,23 +370,51 @@ def make_cloud_round(
             summary = jax.tree.map(jnp.add, summary, per_edge)
             loss_sum = loss_sum + jnp.sum(results.loss * results.weight)
             received = (results.delta, results.weight) if robust_edges else None
-            carry = (summary, variate_sum, loss_sum, rejected + jnp.sum(~ok & (chunk.count > 0)), unclipped)
+            carry = (
+                summary,
+                variate_sum,
+                loss_sum,
+                rejected + jnp.sum(~ok & (chunk.count > 0)),
+                unclipped,
+            )
             return carry, (residual, variate, received)
 
         empty = Summary(jnp.zeros_like(edge_params), jnp.zeros(num_edges, jnp.float32))
         no_variates = jnp.zeros((num_edges, device_variates.shape[-1]), jnp.float32)
-        initial = (empty, no_variates, jnp.float32(0), jnp.int32(0), jnp.zeros(num_edges, jnp.float32))
-        (summary, variate_sum, loss_sum, rejected, unclipped), (residuals, device_variates, received) = jax.lax.scan(
-            train_chunk, initial, (chunks, residuals, device_variates)
+        initial = (
+            empty,
+            no_variates,
+            jnp.float32(0),
+            jnp.int32(0),
+            jnp.zeros(num_edges, jnp.float32),
         )
+        (
+            (summary, variate_sum, loss_sum, rejected, unclipped),
+            (residuals, device_variates, received),
+        ) = jax.lax.scan(train_chunk, initial, (chunks, residuals, device_variates))
         if dp is not None and dp.central:
-            summary, unclipped = central_dp_edge(summary, unclipped, chunks, clip_norm, cloud_round, e)
+            summary, unclipped = central_dp_edge(
+                summary, unclipped, chunks, clip_norm, cloud_round, e
+            )
         new_params = jax.vmap(apply_summary)(edge_params, summary)
         if robust_edges:
-            new_params = robust_edge_params(edge_params, new_params, received, chunks.edge.reshape(-1))
-        return new_params, summary.weight, loss_sum, rejected, residuals, device_variates, variate_sum, unclipped.sum()
+            new_params = robust_edge_params(
+                edge_params, new_params, received, chunks.edge.reshape(-1)
+            )
+        return (
+            new_params,
+            summary.weight,
+            loss_sum,
+            rejected,
+            residuals,
+            device_variates,
+            variate_sum,
+            unclipped.sum(),
+        )
 
-    def central_dp_edge(summary: Summary, unclipped, chunks: DeviceChunks, clip_norm, cloud_round, e):
+    def central_dp_edge(
+        summary: Summary, unclipped, chunks: DeviceChunks, clip_norm, cloud_round, e
+    ):
         """A trusted edge's DP release: noise on its sum (dp = 'edge'), the expected count as its weight.
 
         Dividing by the expected number of devices (not the actual, private one) keeps the
@@ -344,12 +424,18 @@ def make_cloud_round(
         nodes = jnp.arange(num_edges)
         if dp.place == "edge":
             keys = jax.vmap(lambda n: dp.key(rng.sum_noise_key(seed, cloud_round, e, n)))(nodes)
-            noised = jax.vmap(privacy.privatize_sum, in_axes=(0, 0, None))(summary.delta_sum, keys, dp.noise_multiplier * clip_norm)
+            noised = jax.vmap(privacy.privatize_sum, in_axes=(0, 0, None))(
+                summary.delta_sum, keys, dp.noise_multiplier * clip_norm
+            )
             summary = summary._replace(delta_sum=noised)
         if dp.clip_quantile is not None:
             keys = jax.vmap(lambda n: dp.key(rng.count_noise_key(seed, cloud_round, e, n)))(nodes)
-            unclipped = unclipped + dp.quantile_noise * jax.vmap(lambda k: jax.random.normal(k))(keys)
-        devices = jax.ops.segment_sum((chunks.count.reshape(-1) > 0).astype(jnp.float32), chunks.edge.reshape(-1), num_edges)
+            unclipped = unclipped + dp.quantile_noise * jax.vmap(lambda k: jax.random.normal(k))(
+                keys
+            )
+        devices = jax.ops.segment_sum(
+            (chunks.count.reshape(-1) > 0).astype(jnp.float32), chunks.edge.reshape(-1), num_edges
+        )
         return summary._replace(weight=dp.sample_rate * devices), unclipped
 
     def robust_edge_params(edge_params, new_params, received, edge_ids):
@@ -358,47 +444,91 @@ def make_cloud_round(
         stack, weights = deltas.reshape(-1, deltas.shape[-1]), weights.reshape(-1)
         for e in robust_edges:
             own = jnp.where(edge_ids == e, weights, 0.0)
-            new_params = new_params.at[e].set(edge_params[e] + rules.rule_mean(tiers.edge[e], stack, own))
+            new_params = new_params.at[e].set(
+                edge_params[e] + rules.rule_mean(tiers.edge[e], stack, own)
+            )
         return new_params
 
     def cloud_round(state: TrainState, chunks: DeviceChunks, cloud_round):
         global_params, residuals, variates = state.params, state.residuals, state.variates
         global_flat = ravel(spec, global_params)
         edge_params = jnp.broadcast_to(global_flat, (num_edges, global_flat.shape[0]))
-        edge_examples = jax.ops.segment_sum(chunks.count.reshape(-1).astype(jnp.float32), chunks.edge.reshape(-1), num_edges)
+        edge_examples = jax.ops.segment_sum(
+            chunks.count.reshape(-1).astype(jnp.float32), chunks.edge.reshape(-1), num_edges
+        )
 
         def one_edge_round(carry, e):
             params, device_residuals, device_variates, edge_variates, loss_sum, rejected = carry
-            params, weight, loss, bad, device_residuals, device_variates, variate_sum, unclipped = edge_round(
-                params, chunks, device_residuals, device_variates, variates.cloud, state.clip_norm, cloud_round, e
+            params, weight, loss, bad, device_residuals, device_variates, variate_sum, unclipped = (
+                edge_round(
+                    params,
+                    chunks,
+                    device_residuals,
+                    device_variates,
+                    variates.cloud,
+                    state.clip_norm,
+                    cloud_round,
+                    e,
+                )
             )
             edge_variates = edge_variates + variate_sum / jnp.maximum(edge_examples, 1.0)[:, None]
-            carry = (params, device_residuals, device_variates, edge_variates, loss_sum + loss, rejected + bad)
+            carry = (
+                params,
+                device_residuals,
+                device_variates,
+                edge_variates,
+                loss_sum + loss,
+                rejected + bad,
+            )
             return carry, (weight, variate_sum, unclipped)
 
-        initial = (edge_params, residuals.device, variates.device, variates.edge, jnp.float32(0), jnp.int32(0))
-        (edge_params, device_residuals, device_variates, edge_variates, loss_sum, rejected), (weights, variate_sums, unclipped) = (
-            jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
+        initial = (
+            edge_params,
+            residuals.device,
+            variates.device,
+            variates.edge,
+            jnp.float32(0),
+            jnp.int32(0),
         )
+        (
+            (edge_params, device_residuals, device_variates, edge_variates, loss_sum, rejected),
+            (weights, variate_sums, unclipped),
+        ) = jax.lax.scan(one_edge_round, initial, jnp.arange(edge_rounds))
         # An edge's weight is the examples it aggregated, summed over its edge rounds.
         uploads = edge_result(edge_params, global_flat, weights.sum(axis=0))
-        upload_keys = jax.vmap(lambda e: rng.edge_upload_key(seed, cloud_round, e))(jnp.arange(num_edges))
-        uploads, edge_residuals = send_up(codecs.edge_to_cloud)(uploads, residuals.edge, upload_keys)
+        upload_keys = jax.vmap(lambda e: rng.edge_upload_key(seed, cloud_round, e))(
+            jnp.arange(num_edges)
+        )
+        uploads, edge_residuals = send_up(codecs.edge_to_cloud)(
+            uploads, residuals.edge, upload_keys
+        )
         total = rules.reduce(tiers.cloud, uploads.delta, uploads.weight)
         clip_norm = state.clip_norm
         if dp is not None and dp.place == "cloud":
             key = dp.key(rng.sum_noise_key(seed, cloud_round, 0, num_edges))
-            total = total._replace(delta_sum=privacy.privatize_sum(total.delta_sum, key, dp.noise_multiplier * clip_norm))
+            total = total._replace(
+                delta_sum=privacy.privatize_sum(
+                    total.delta_sum, key, dp.noise_multiplier * clip_norm
+                )
+            )
         if dp is not None and dp.clip_quantile is not None:
             expected = edge_rounds * weights[0].sum()
-            clip_norm = privacy.adapt_clip_norm(clip_norm, unclipped.sum(), expected, dp.clip_quantile, dp.clip_learning_rate)
+            clip_norm = privacy.adapt_clip_norm(
+                clip_norm, unclipped.sum(), expected, dp.clip_quantile, dp.clip_learning_rate
+            )
         total = Summary(unravel(spec, total.delta_sum), total.weight)
         params, server_state = algorithm.server_update(global_params, state.server_state, total)
-        cloud_variate = variates.cloud + variate_sums.sum(axis=(0, 1)) / jnp.maximum(edge_examples.sum(), 1.0)
+        cloud_variate = variates.cloud + variate_sums.sum(axis=(0, 1)) / jnp.maximum(
+            edge_examples.sum(), 1.0
+        )
         if mesh is not None and codecs.device_to_edge.residual_size:
-            device_residuals = jax.lax.with_sharding_constraint(device_residuals, parallel.sharding(mesh, axis=1))
+            device_residuals = jax.lax.with_sharding_constraint(
+                device_residuals, parallel.sharding(mesh, axis=1)
+            )
         if mesh is not None and scaffold:
-            device_variates = jax.lax.with_sharding_constraint(device_variates, parallel.sharding(mesh, axis=1))
+            device_variates = jax.lax.with_sharding_constraint(
+                device_variates, parallel.sharding(mesh, axis=1)
+            )
         stats = RoundStats(loss_sum / jnp.maximum(weights.sum(), 1.0), rejected)
         new_state = TrainState(
             params,
@@ -454,7 +584,9 @@ def simulate(
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     budget = rounds_to_run(topology, federation.cloud_rounds)
-    with RoundProgress(federation.cloud_rounds, enabled=progress, title=federation.name, metric=plan.task.metric) as bar:
+    with RoundProgress(
+        federation.cloud_rounds, enabled=progress, title=federation.name, metric=plan.task.metric
+    ) as bar:
         for r in range(1, budget + 1):
             round_started = time.perf_counter()
             state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
@@ -488,28 +620,31 @@ def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
     """Creates the run directory, records what is being run, and opens a fresh metrics file."""
     run_dir.mkdir(parents=True, exist_ok=True)
     topology, federation = plan.topology, plan.topology.federation
-    write_run_info(run_dir, {
-        "name": federation.name,
-        "task": federation.task,
-        "model": model.name,
-        "algorithm": federation.algorithm,
-        "topology": topology.source,
-        "seed": federation.seed,
-        "num_plants": len(topology.plants),
-        "num_devices": topology.num_devices,
-        "cloud_rounds": federation.cloud_rounds,
-        "edge_rounds": federation.edge_rounds,
-        "local_steps": federation.local_steps,
-        "batch_size": federation.batch_size,
-        "learning_rate": federation.learning_rate,
-        "compression": dataclasses.asdict(topology.compression),
-        "metric": plan.task.metric.describe(),
-        "aggregation": dataclasses.asdict(topology.aggregation),
-        "attack": dataclasses.asdict(topology.attack),
-        "privacy": dataclasses.asdict(topology.privacy),
-        "mu": federation.mu,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hierfl_version": __version__,
-    })
+    write_run_info(
+        run_dir,
+        {
+            "name": federation.name,
+            "task": federation.task,
+            "model": model.name,
+            "algorithm": federation.algorithm,
+            "topology": topology.source,
+            "seed": federation.seed,
+            "num_plants": len(topology.plants),
+            "num_devices": topology.num_devices,
+            "cloud_rounds": federation.cloud_rounds,
+            "edge_rounds": federation.edge_rounds,
+            "local_steps": federation.local_steps,
+            "batch_size": federation.batch_size,
+            "learning_rate": federation.learning_rate,
+            "compression": dataclasses.asdict(topology.compression),
+            "metric": plan.task.metric.describe(),
+            "aggregation": dataclasses.asdict(topology.aggregation),
+            "attack": dataclasses.asdict(topology.attack),
+            "privacy": dataclasses.asdict(topology.privacy),
+            "mu": federation.mu,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hierfl_version": __version__,
+        },
+    )
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return MetricsWriter(run_dir)

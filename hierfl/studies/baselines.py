@@ -65,10 +65,10 @@ from hierfl.core import rng
 from hierfl.core.algorithms import DeviceData, fedavg
 from hierfl.data.evaluation import Scores, make_evaluator, metric_fields
 from hierfl.data.plan import Plan
+from hierfl.data.tasks.models import Model, Params
 from hierfl.runs.progress import RoundProgress
 from hierfl.runs.scoring import ACCURACY, Metric
 from hierfl.sim.engine import init_global_model
-from hierfl.data.tasks.models import Model, Params
 from hierfl.topology import Federation, Topology
 
 Record = dict[str, Any]
@@ -189,7 +189,9 @@ def pool_shards(plan: Plan, plants: Sequence[int], capacity: int) -> tuple[Devic
     return DeviceData(x, y, np.int32(count)), len(devices)
 
 
-def make_pool_round(local_update: Callable[[Params, DeviceData, jax.Array], Any], seed: int) -> Callable:
+def make_pool_round(
+    local_update: Callable[[Params, DeviceData, jax.Array], Any], seed: int
+) -> Callable:
     """``pool_round(params, pool, round, segments) -> (params, mean loss)``, jitted.
 
     Runs ``segments`` segments of ``local_update`` in sequence on ``pool``, segment ``s``
@@ -282,7 +284,9 @@ def uplink_at_equal_accuracy(
     """
     name = metric.name
     if target is None:
-        best = [run[metric.best_index([r[name] for r in run])][name] for run in (hierarchical, flat)]
+        best = [
+            run[metric.best_index([r[name] for r in run])][name] for run in (hierarchical, flat)
+        ]
         target = metric.worst_of(best)
     hier_sent = np.cumsum([int(r["bytes"]["edge_to_cloud"]) for r in hierarchical])
     flat_sent = np.cumsum([flat_uplink_bytes(r, message_bytes) for r in flat])
@@ -331,7 +335,14 @@ class _PoolTrainer(NamedTuple):
         )
         evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
         capacity = int(plan.shards.counts.sum())
-        return cls(plan, model, params, make_pool_round(sgd.local_update, federation.seed), evaluate, capacity)
+        return cls(
+            plan,
+            model,
+            params,
+            make_pool_round(sgd.local_update, federation.seed),
+            evaluate,
+            capacity,
+        )
 
 
 def _centralized(trainer: _PoolTrainer, progress: bool) -> BaselineResult:
@@ -340,10 +351,14 @@ def _centralized(trainer: _PoolTrainer, progress: bool) -> BaselineResult:
 
 def _local_only(trainer: _PoolTrainer, progress: bool) -> tuple[BaselineResult, ...]:
     names = trainer.plan.topology.plant_names
-    return tuple(_train_pool(trainer, f"local-only {name}", [p], progress) for p, name in enumerate(names))
+    return tuple(
+        _train_pool(trainer, f"local-only {name}", [p], progress) for p, name in enumerate(names)
+    )
 
 
-def _train_pool(trainer: _PoolTrainer, name: str, plants: Sequence[int], progress: bool) -> BaselineResult:
+def _train_pool(
+    trainer: _PoolTrainer, name: str, plants: Sequence[int], progress: bool
+) -> BaselineResult:
     """Trains one model on the pooled data of ``plants`` with their devices' budget."""
     plan = trainer.plan
     topology = plan.topology

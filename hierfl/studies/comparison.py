@@ -38,6 +38,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
+from hierfl.data.plan import Plan, make_plan
+from hierfl.runs.report import format_bytes, markdown_table
+from hierfl.runs.scoring import Metric, from_description
+from hierfl.sim.engine import simulate
 from hierfl.studies.baselines import (
     Baselines,
     UplinkAtAccuracy,
@@ -48,10 +52,6 @@ from hierfl.studies.baselines import (
     train_baselines,
     uplink_at_equal_accuracy,
 )
-from hierfl.data.plan import Plan, make_plan
-from hierfl.runs.report import format_bytes, markdown_table
-from hierfl.runs.scoring import Metric, from_description
-from hierfl.sim.engine import simulate
 from hierfl.topology import Topology
 
 Record = dict[str, Any]
@@ -83,10 +83,15 @@ class Alternative:
         from hierfl.core.algorithms import ALGORITHMS
         from hierfl.topology import ServerOptimizer
 
-        overrides: dict[str, Any] = {"algorithm": self.algorithm, "server_learning_rate": self.server_learning_rate}
+        overrides: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "server_learning_rate": self.server_learning_rate,
+        }
         if self.mu is not None:
             overrides["mu"] = self.mu
-        topology = topology.with_federation(choices={"federation.algorithm": ALGORITHMS}, **overrides)
+        topology = topology.with_federation(
+            choices={"federation.algorithm": ALGORITHMS}, **overrides
+        )
         return topology.with_aggregation(optimizer=ServerOptimizer(self.optimizer))
 
 
@@ -109,7 +114,9 @@ def parse_alternatives(text: str) -> tuple[Alternative, ...]:
         return ()
     unknown = [name for name in names if name not in ALTERNATIVE_NAMES]
     if unknown or not names:
-        raise ValueError(f"unknown algorithm {unknown[0] if unknown else text!r} (known: {', '.join(ALTERNATIVE_NAMES)}, or none)")
+        raise ValueError(
+            f"unknown algorithm {unknown[0] if unknown else text!r} (known: {', '.join(ALTERNATIVE_NAMES)}, or none)"
+        )
     return tuple(ALTERNATIVE_NAMES[name] for name in names)
 
 
@@ -183,14 +190,28 @@ def compare(
         seconds[alternative.label] = time.perf_counter() - started
 
     message_bytes = model_bytes(hierarchical.params)
-    uplink = uplink_at_equal_accuracy(hierarchical.history, flat.history, message_bytes, metric=plan.task.metric)
-    return Comparison(plan, hierarchical.history, flat.history, baselines, uplink, message_bytes, hierarchical.params, seconds, others)
+    uplink = uplink_at_equal_accuracy(
+        hierarchical.history, flat.history, message_bytes, metric=plan.task.metric
+    )
+    return Comparison(
+        plan,
+        hierarchical.history,
+        flat.history,
+        baselines,
+        uplink,
+        message_bytes,
+        hierarchical.params,
+        seconds,
+        others,
+    )
 
 
 # --- numbers -----------------------------------------------------------------------------
 
 
-def collect_results(command: str, topology_label: str, comparison: Comparison, words: Words = Words()) -> dict[str, Any]:
+def collect_results(
+    command: str, topology_label: str, comparison: Comparison, words: Words = Words()
+) -> dict[str, Any]:
     """Everything the tables and the plot show, as plain JSON values.
 
     Each method's entry holds its final score under the metric's name (``accuracy``,
@@ -198,13 +219,22 @@ def collect_results(command: str, topology_label: str, comparison: Comparison, w
     beside it; curves hold the deciding metric.
     """
     plan, baselines, uplink = comparison.plan, comparison.baselines, comparison.uplink
-    hierarchical, flat, message_bytes = comparison.hierarchical, comparison.flat, comparison.message_bytes
+    hierarchical, flat, message_bytes = (
+        comparison.hierarchical,
+        comparison.flat,
+        comparison.message_bytes,
+    )
     task = plan.task
     metric = task.metric
     topology, federation = plan.topology, plan.topology.federation
     plants = list(topology.plant_names)
     train_examples = int(plan.shards.counts.sum())
-    per_round = topology.num_devices * federation.edge_rounds * federation.local_steps * federation.batch_size
+    per_round = (
+        topology.num_devices
+        * federation.edge_rounds
+        * federation.local_steps
+        * federation.batch_size
+    )
     local = baselines.local_only
 
     def final(record: Record) -> dict[str, Any]:
@@ -215,13 +245,18 @@ def collect_results(command: str, topology_label: str, comparison: Comparison, w
         return entry
 
     def curve(history: Sequence[Record], examples: Sequence[int]) -> dict[str, list]:
-        return {"examples": [int(e) for e in examples], metric.name: [float(r[metric.name]) for r in history]}
+        return {
+            "examples": [int(e) for e in examples],
+            metric.name: [float(r[metric.name]) for r in history],
+        }
 
     rounds = range(len(local[0].history))
     local_entry: dict[str, Any] = {}
     for m in task.metrics:
         local_entry[m.name] = mean_final_accuracy(local, m.name)
-        local_entry[m.plant_key] = {p: float(np.mean([r.final[m.plant_key][p] for r in local])) for p in plants}
+        local_entry[m.plant_key] = {
+            p: float(np.mean([r.final[m.plant_key][p] for r in local])) for p in plants
+        }
     results = {
         "command": command,
         "topology": topology_label,
@@ -230,7 +265,12 @@ def collect_results(command: str, topology_label: str, comparison: Comparison, w
             "task": federation.task,
             "model": federation.model or task.default_model,
             "plants": {
-                p.name: {"shift": p.shift, "lines": len(p.lines), "devices": p.num_devices, **({"classes": list(p.classes)} if p.classes else {})}
+                p.name: {
+                    "shift": p.shift,
+                    "lines": len(p.lines),
+                    "devices": p.num_devices,
+                    **({"classes": list(p.classes)} if p.classes else {}),
+                }
                 for p in topology.plants
             },
             "devices": topology.num_devices,
@@ -241,7 +281,9 @@ def collect_results(command: str, topology_label: str, comparison: Comparison, w
             "learning_rate": federation.learning_rate,
             "seed": federation.seed,
             "train_examples": train_examples,
-            "test_examples": {name: int(np.sum(plan.test.plant == i)) for i, name in enumerate(plants)},
+            "test_examples": {
+                name: int(np.sum(plan.test.plant == i)) for i, name in enumerate(plants)
+            },
             "model_bytes": message_bytes,
         },
         "budget": {
@@ -263,16 +305,26 @@ def collect_results(command: str, topology_label: str, comparison: Comparison, w
             **final(baselines.centralized.final),
             "steps": baselines.centralized.budget.steps,
             f"raw_{words.example}_bytes": int(plan.shards.x[0, 0].nbytes) * train_examples,
-            "curve": curve(baselines.centralized.history, [r["examples_seen"] for r in baselines.centralized.history]),
+            "curve": curve(
+                baselines.centralized.history,
+                [r["examples_seen"] for r in baselines.centralized.history],
+            ),
         },
         "local_only": {
             **local_entry,
             "models": {
-                m.plants[0]: {**final(m.final), "steps": m.budget.steps, "train_examples": m.train_examples} for m in local
+                m.plants[0]: {
+                    **final(m.final),
+                    "steps": m.budget.steps,
+                    "train_examples": m.train_examples,
+                }
+                for m in local
             },
             "curve": {
                 "examples": [sum(m.history[i]["examples_seen"] for m in local) for i in rounds],
-                metric.name: [float(np.mean([m.history[i][metric.name] for m in local])) for i in rounds],
+                metric.name: [
+                    float(np.mean([m.history[i][metric.name] for m in local])) for i in rounds
+                ],
             },
         },
         "uplink_at_equal_accuracy": {
@@ -284,18 +336,26 @@ def collect_results(command: str, topology_label: str, comparison: Comparison, w
             "saving": uplink.saving,
         },
         "bytes_curves": {
-            "hierarchical": np.cumsum([int(r["bytes"]["edge_to_cloud"]) for r in hierarchical]).tolist(),
+            "hierarchical": np.cumsum(
+                [int(r["bytes"]["edge_to_cloud"]) for r in hierarchical]
+            ).tolist(),
             "flat_fedavg": np.cumsum([flat_uplink_bytes(r, message_bytes) for r in flat]).tolist(),
         },
         "seconds": {k: round(v, 1) for k, v in comparison.seconds.items()},
     }
     if comparison.alternatives:
         others = {
-            label: {**final(history[-1]), "edge_to_cloud_bytes": sum(int(r["bytes"]["edge_to_cloud"]) for r in history),
-                    "curve": curve(history, [per_round * r["round"] for r in history])}
+            label: {
+                **final(history[-1]),
+                "edge_to_cloud_bytes": sum(int(r["bytes"]["edge_to_cloud"]) for r in history),
+                "curve": curve(history, [per_round * r["round"] for r in history]),
+            }
             for label, history in comparison.alternatives.items()
         }
-        best = min(others, key=lambda label: others[label][metric.name] * (-1 if metric.higher_is_better else 1))
+        best = min(
+            others,
+            key=lambda label: others[label][metric.name] * (-1 if metric.higher_is_better else 1),
+        )
         # Better, and by enough to show in the table's precision (not a tie in the last digit).
         ours, theirs = others[best][metric.name], results["hierarchical"][metric.name]
         beats = metric.better(ours, theirs) and metric.format(ours) != metric.format(theirs)
@@ -317,7 +377,11 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
     fed = results["federation"]
     plants = list(fed["plants"])
     # The task's other metrics (MAE beside RMSE), each stored with its per-plant values.
-    extra = [key.removeprefix("plant_") for key in results["hierarchical"] if key.startswith("plant_") and key != metric.plant_key]
+    extra = [
+        key.removeprefix("plant_")
+        for key in results["hierarchical"]
+        if key.startswith("plant_") and key != metric.plant_key
+    ]
 
     def show(value: float) -> str:
         return metric.format(value)
@@ -327,17 +391,33 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
         cells += [f"{entry[e]:.3g}" for e in extra]
         return [*cells, *(show(entry[metric.plant_key][p]) for p in plants), sent]
 
-    hier, flat, central, local = (results[k] for k in ("hierarchical", "flat_fedavg", "centralized", "local_only"))
+    hier, flat, central, local = (
+        results[k] for k in ("hierarchical", "flat_fedavg", "centralized", "local_only")
+    )
     raw = central[f"raw_{words.example}_bytes"]
     algorithms = results.get("algorithms")
     best_rows = []
     if algorithms and algorithms["best"]:
         best = algorithms["runs"][algorithms["best"]]
-        best_rows = [row(f"hierarchical FL with {algorithms['best']}, the best other algorithm", best, format_bytes(best["edge_to_cloud_bytes"]))]
+        best_rows = [
+            row(
+                f"hierarchical FL with {algorithms['best']}, the best other algorithm",
+                best,
+                format_bytes(best["edge_to_cloud_bytes"]),
+            )
+        ]
     rows = [
-        row(f"hierarchical FL (HierFAVG, {len(plants)} edges, κ2 = {fed['edge_rounds']})", hier, format_bytes(hier["edge_to_cloud_bytes"])),
+        row(
+            f"hierarchical FL (HierFAVG, {len(plants)} edges, κ2 = {fed['edge_rounds']})",
+            hier,
+            format_bytes(hier["edge_to_cloud_bytes"]),
+        ),
         *best_rows,
-        row(f"flat FedAvg ({fed['devices']} devices → cloud)", flat, format_bytes(flat["edge_to_cloud_bytes"])),
+        row(
+            f"flat FedAvg ({fed['devices']} devices → cloud)",
+            flat,
+            format_bytes(flat["edge_to_cloud_bytes"]),
+        ),
         row(f"local-only, mean of {len(plants)} {words.plants}", local, "0 B"),
         *(row(f"  local-only: {p}'s model", local["models"][p], "0 B") for p in plants),
         row("centralized (upper bound)", central, f"{format_bytes(raw)} of raw {words.examples}"),
@@ -354,44 +434,63 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
     uplink = results["uplink_at_equal_accuracy"]
     budget = results["budget"]
     equal_rows = [
-        ["hierarchical FL", str(uplink["hierarchical_round"]), format_bytes(uplink["hierarchical_bytes"])],
+        [
+            "hierarchical FL",
+            str(uplink["hierarchical_round"]),
+            format_bytes(uplink["hierarchical_bytes"]),
+        ],
         ["flat FedAvg", str(uplink["flat_round"]), format_bytes(uplink["flat_bytes"])],
     ]
     saving = "n/a" if uplink["saving"] is None else f"{uplink['saving']:.1f}x"
     score = metric.name if metric.name == "accuracy" else metric.name.upper()
     test_word = f"test {words.examples}"
-    return "\n\n".join([
-        "## Results",
-        (
-            f"`{results['command']}` (seed {fed['seed']}): {fed['devices']} {words.devices} in {len(plants)} {words.plants}, "
-            f"task `{fed['task']}`, model `{fed['model']}` ({fed['model_bytes']:,} bytes), "
-            f"{fed['train_examples']:,} training {words.examples}, {test_word} per {words.plant}: "
-            + ", ".join(f"{p} {n}" for p, n in fed["test_examples"].items()) + "."
-        ),
-        (
-            f"Every method processes the same {budget['examples']:,} training examples ({budget['epochs']:.0f} epochs) "
-            f"in SGD steps of {fed['batch_size']} at learning rate {fed['learning_rate']:g}: the federation's "
-            f"{fed['cloud_rounds']} cloud rounds x {fed['edge_rounds']} edge rounds x {fed['local_steps']} local steps on "
-            f"every {words.device}. {score[:1].upper()}{score[1:]} is on the {test_word} of {all_plants}, then of each "
-            f"{words.plant}, after the last round."
-        ),
-        markdown_table(header, rows),
-        *([_algorithms_line(algorithms, hier, metric)] if algorithms else []),
-        f"### Edge → cloud bytes at equal {score} ({show(uplink['target'])}, the best {score} both reach)",
-        markdown_table(["run", "first round at target", "edge → cloud bytes until then"], equal_rows),
-        f"Flat FedAvg sends **{saving}** the bytes of the hierarchy to the cloud for the same {score}.",
-        f"![{metric.title} against examples processed and against edge-to-cloud bytes](results.png)",
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                "## Results",
+                (
+                    f"`{results['command']}` (seed {fed['seed']}): {fed['devices']} {words.devices} in {len(plants)} {words.plants}, "
+                    f"task `{fed['task']}`, model `{fed['model']}` ({fed['model_bytes']:,} bytes), "
+                    f"{fed['train_examples']:,} training {words.examples}, {test_word} per {words.plant}: "
+                    + ", ".join(f"{p} {n}" for p, n in fed["test_examples"].items())
+                    + "."
+                ),
+                (
+                    f"Every method processes the same {budget['examples']:,} training examples ({budget['epochs']:.0f} epochs) "
+                    f"in SGD steps of {fed['batch_size']} at learning rate {fed['learning_rate']:g}: the federation's "
+                    f"{fed['cloud_rounds']} cloud rounds x {fed['edge_rounds']} edge rounds x {fed['local_steps']} local steps on "
+                    f"every {words.device}. {score[:1].upper()}{score[1:]} is on the {test_word} of {all_plants}, then of each "
+                    f"{words.plant}, after the last round."
+                ),
+                markdown_table(header, rows),
+                *([_algorithms_line(algorithms, hier, metric)] if algorithms else []),
+                f"### Edge → cloud bytes at equal {score} ({show(uplink['target'])}, the best {score} both reach)",
+                markdown_table(
+                    ["run", "first round at target", "edge → cloud bytes until then"], equal_rows
+                ),
+                f"Flat FedAvg sends **{saving}** the bytes of the hierarchy to the cloud for the same {score}.",
+                f"![{metric.title} against examples processed and against edge-to-cloud bytes](results.png)",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _algorithms_line(algorithms: dict[str, Any], fedavg: dict[str, Any], metric: Metric) -> str:
     """Every other algorithm's final score on the hierarchy, against HierFAVG's."""
-    finals = ", ".join(f"{label} {metric.format(run[metric.name])}" for label, run in algorithms["runs"].items())
-    verdict = (f"the best, {algorithms['best']}, is the row under HierFAVG's" if algorithms["best"]
-               else "none beats FedAvg here, so no row for them")
-    return (f"Other algorithms on the same hierarchy, same budget (`hierfl.studies.comparison.ALTERNATIVES`), final "
-            f"{metric.name if metric.percent else metric.name.upper()} on all: {finals}, against HierFAVG's "
-            f"{metric.format(fedavg[metric.name])}; {verdict}.")
+    finals = ", ".join(
+        f"{label} {metric.format(run[metric.name])}" for label, run in algorithms["runs"].items()
+    )
+    verdict = (
+        f"the best, {algorithms['best']}, is the row under HierFAVG's"
+        if algorithms["best"]
+        else "none beats FedAvg here, so no row for them"
+    )
+    return (
+        f"Other algorithms on the same hierarchy, same budget (`hierfl.studies.comparison.ALTERNATIVES`), final "
+        f"{metric.name if metric.percent else metric.name.upper()} on all: {finals}, against HierFAVG's "
+        f"{metric.format(fedavg[metric.name])}; {verdict}."
+    )
 
 
 def _plant_note(plant: dict[str, Any], show_shift: bool) -> str:
@@ -424,28 +523,62 @@ def results_figure(results: dict[str, Any], words: Words = Words()) -> Figure:
     left, right = figure.subplots(1, 2)
     for name, (label, colour, style) in STYLES.items():
         curve = results[name]["curve"]
-        left.plot(np.asarray(curve["examples"]) / train, curve[key], style, color=colour,
-                  label=label.format(plants=words.plants), linewidth=1.8)
+        left.plot(
+            np.asarray(curve["examples"]) / train,
+            curve[key],
+            style,
+            color=colour,
+            label=label.format(plants=words.plants),
+            linewidth=1.8,
+        )
     left.set_xlabel("epochs (training examples processed / training examples)")
     left.set_ylabel(f"test {metric.title}, all {words.plants}")
-    left.set_title(f"Same budget: {metric.name if metric.percent else metric.title} as training proceeds")
+    left.set_title(
+        f"Same budget: {metric.name if metric.percent else metric.title} as training proceeds"
+    )
     best = (results.get("algorithms") or {}).get("best")
     if best:
         curve = results["algorithms"]["runs"][best]["curve"]
-        left.plot(np.asarray(curve["examples"]) / train, curve[key], ":", color="#9467bd", label=f"hierarchical FL, {best}", linewidth=1.8)
+        left.plot(
+            np.asarray(curve["examples"]) / train,
+            curve[key],
+            ":",
+            color="#9467bd",
+            label=f"hierarchical FL, {best}",
+            linewidth=1.8,
+        )
     for name in ("hierarchical", "flat_fedavg"):
         label, colour, style = STYLES[name]
-        right.plot(results["bytes_curves"][name], results[name]["curve"][key], style, color=colour, label=label,
-                   linewidth=1.8, marker="o", markersize=3)
+        right.plot(
+            results["bytes_curves"][name],
+            results[name]["curve"][key],
+            style,
+            color=colour,
+            label=label,
+            linewidth=1.8,
+            marker="o",
+            markersize=3,
+        )
     uplink = results["uplink_at_equal_accuracy"]
-    right.axhline(uplink["target"], color="grey", linewidth=1, linestyle=":", label=f"target {metric.format(uplink['target'])}")
-    for name, at in (("hierarchical", uplink["hierarchical_bytes"]), ("flat_fedavg", uplink["flat_bytes"])):
+    right.axhline(
+        uplink["target"],
+        color="grey",
+        linewidth=1,
+        linestyle=":",
+        label=f"target {metric.format(uplink['target'])}",
+    )
+    for name, at in (
+        ("hierarchical", uplink["hierarchical_bytes"]),
+        ("flat_fedavg", uplink["flat_bytes"]),
+    ):
         if at is not None:
             right.plot([at], [uplink["target"]], "D", color=STYLES[name][1], markersize=8)
     right.set_xscale("log")
     right.xaxis.set_major_formatter(FuncFormatter(lambda value, _: format_bytes(value)))
     right.set_xlabel("edge → cloud bytes sent (cumulative)")
-    right.set_title(f"Communication: {metric.name if metric.percent else metric.title} against cloud uplink")
+    right.set_title(
+        f"Communication: {metric.name if metric.percent else metric.title} against cloud uplink"
+    )
     # The four methods set the scale; another algorithm's early excursions are cut off.
     top = 1.1 * max(max(results[name]["curve"][key]) for name in STYLES)
     for axes in (left, right):
@@ -462,7 +595,9 @@ def write_results(out: Path, stem: str, results: dict[str, Any], words: Words = 
     """Writes `<stem>.json` (the results), `<stem>.md` (the tables) and `<stem>.png` (the
     plot, linked from the tables) into `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(finite_or_null(results), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    (out / f"{stem}.json").write_text(
+        json.dumps(finite_or_null(results), indent=1, allow_nan=False) + "\n", encoding="utf-8"
+    )
     markdown = results_markdown(results, words).replace("](results.png)", f"]({stem}.png)")
     (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
     results_figure(results, words).savefig(out / f"{stem}.png", dpi=120)
@@ -520,18 +655,33 @@ def run_problems(
         run_dir = None if run_root is None else Path(run_root) / topology.federation.name
         if console is not None:
             console.rule(f"[bold]{name}: task {topology.federation.task}")
-        announce = (lambda title: console.rule(title)) if console is not None else (lambda title: None)
-        comparison = compare(topology, progress=progress, announce=announce, run_dir=run_dir, alternatives=alternatives)
+        announce = (
+            (lambda title: console.rule(title)) if console is not None else (lambda title: None)
+        )
+        comparison = compare(
+            topology,
+            progress=progress,
+            announce=announce,
+            run_dir=run_dir,
+            alternatives=alternatives,
+        )
         if run_dir is not None:
             rows = predict_rows(comparison.plan, predict_examples)
             np.save(run_dir / "predict.npy", comparison.plan.test.x[rows].astype(np.float32))
             np.save(run_dir / "predict_truth.npy", comparison.plan.test.y[rows])
-        label = path.relative_to(relative_to) if relative_to is not None and path.is_relative_to(relative_to) else path
+        label = (
+            path.relative_to(relative_to)
+            if relative_to is not None and path.is_relative_to(relative_to)
+            else path
+        )
         results = collect_results(command, str(label), comparison, words)
         markdown = write_results(out, f"results_{name}", results, words)
         if console is not None:
             console.print(markdown)
-            console.print(f"wrote results_{name}.md, .json, .png to {out}" + (f"; hierarchical run in {run_dir}" if run_dir else ""))
+            console.print(
+                f"wrote results_{name}.md, .json, .png to {out}"
+                + (f"; hierarchical run in {run_dir}" if run_dir else "")
+            )
         every[name] = results
     return every
 
@@ -544,8 +694,9 @@ class Problem(NamedTuple):
     words: Words = Words()
 
 
-def run_example(argv: Sequence[str], *, description: str, here: Path, command: str,
-                problems: dict[str, Problem]) -> dict[str, dict[str, Any]]:
+def run_example(
+    argv: Sequence[str], *, description: str, here: Path, command: str, problems: dict[str, Problem]
+) -> dict[str, dict[str, Any]]:
     """An example's command line and run: `run_problems` for the chosen problems.
 
     The first problem's topology is `--topology`, each other's `--<name>-topology`;
@@ -559,23 +710,49 @@ def run_example(argv: Sequence[str], *, description: str, here: Path, command: s
     argv = list(argv)
     names = list(problems)
     parser = argparse.ArgumentParser(description=description)
-    options = {name: "--topology" if i == 0 else f"--{name}-topology" for i, name in enumerate(names)}
+    options = {
+        name: "--topology" if i == 0 else f"--{name}-topology" for i, name in enumerate(names)
+    }
     for name, option in options.items():
-        parser.add_argument(option, type=Path, default=here / problems[name].topology, dest=f"topology_{name}", metavar="FILE",
-                            help=f"{problems[name].description} federation (default: {problems[name].topology})")
+        parser.add_argument(
+            option,
+            type=Path,
+            default=here / problems[name].topology,
+            dest=f"topology_{name}",
+            metavar="FILE",
+            help=f"{problems[name].description} federation (default: {problems[name].topology})",
+        )
     parser.add_argument("--only", choices=names, help="run one problem (default: all)")
     parser.add_argument("--rounds", type=int, help="cloud rounds (default: the topologies')")
-    parser.add_argument("--out", type=Path, default=here, help="folder for the results (default: this example's)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs"), help="where the hierarchical runs are kept (default: runs/)")
-    parser.add_argument("--algorithms", default="fedprox,fednova,scaffold,fedadam", type=alternatives_argument,
-                        help="other algorithms to train the hierarchy with (comma-separated, or none)")
+    parser.add_argument(
+        "--out", type=Path, default=here, help="folder for the results (default: this example's)"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("runs"),
+        help="where the hierarchical runs are kept (default: runs/)",
+    )
+    parser.add_argument(
+        "--algorithms",
+        default="fedprox,fednova,scaffold,fedadam",
+        type=alternatives_argument,
+        help="other algorithms to train the hierarchy with (comma-separated, or none)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
     for name in (args.only,) if args.only else names:
         results |= run_problems(
-            {name: getattr(args, f"topology_{name}")}, command=" ".join([command, *argv]), out=args.out,
-            words=problems[name].words, rounds=args.rounds, run_root=args.run_dir, progress=not args.quiet,
-            console=Console(quiet=args.quiet), relative_to=here, alternatives=args.algorithms,
+            {name: getattr(args, f"topology_{name}")},
+            command=" ".join([command, *argv]),
+            out=args.out,
+            words=problems[name].words,
+            rounds=args.rounds,
+            run_root=args.run_dir,
+            progress=not args.quiet,
+            console=Console(quiet=args.quiet),
+            relative_to=here,
+            alternatives=args.algorithms,
         )
     return results

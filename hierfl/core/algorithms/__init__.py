@@ -33,10 +33,18 @@ from hierfl.core.algorithms.scaffold import scaffold
 from hierfl.core.algorithms.server import server_optimizer
 from hierfl.topology import Topology
 
-ALGORITHMS = {"fedavg": fedavg, "fedsgd": fedsgd, "fedprox": fedprox, "fednova": fednova, "scaffold": scaffold}
+ALGORITHMS = {
+    "fedavg": fedavg,
+    "fedsgd": fedsgd,
+    "fedprox": fedprox,
+    "fednova": fednova,
+    "scaffold": scaffold,
+}
 
 
-def build_algorithm(apply_fn, task, topology: Topology, counts: Sequence[int] | np.ndarray) -> Algorithm:
+def build_algorithm(
+    apply_fn, task, topology: Topology, counts: Sequence[int] | np.ndarray
+) -> Algorithm:
     """The topology's algorithm with every hyperparameter bound; the loss is `task.example_loss`.
 
     `counts` are the devices' training examples in device order (the plan's), which

@@ -86,7 +86,9 @@ def summarize(result: LocalResult) -> Summary:
     Works on one result or a stack (weight `[K]`, delta leaves `[K, ...]`).
     """
     w = result.weight
-    return Summary(jax.tree.map(lambda d: d * w.reshape(w.shape + (1,) * (d.ndim - w.ndim)), result.delta), w)
+    return Summary(
+        jax.tree.map(lambda d: d * w.reshape(w.shape + (1,) * (d.ndim - w.ndim)), result.delta), w
+    )
 
 
 def screen_nonfinite(result: LocalResult) -> tuple[LocalResult, jax.Array]:
@@ -100,20 +102,28 @@ def screen_nonfinite(result: LocalResult) -> tuple[LocalResult, jax.Array]:
     for leaf in jax.tree.leaves(result.delta):
         ok = ok & jnp.all(jnp.isfinite(leaf))
     delta = jax.tree.map(lambda d: jnp.where(ok, d, jnp.zeros_like(d)), result.delta)
-    return LocalResult(delta, jnp.where(ok, result.weight, 0.0), jnp.where(ok, result.loss, 0.0)), ok
+    return LocalResult(
+        delta, jnp.where(ok, result.weight, 0.0), jnp.where(ok, result.loss, 0.0)
+    ), ok
 
 
 def aggregate(summaries: Summary) -> Summary:
     """Sums a stack of summaries (leading axis K) into one."""
     ones = jnp.ones_like(summaries.weight)
-    return Summary(jax.tree.map(lambda s: weighted_sum(s, ones), summaries.delta_sum), summaries.weight.sum())
+    return Summary(
+        jax.tree.map(lambda s: weighted_sum(s, ones), summaries.delta_sum), summaries.weight.sum()
+    )
 
 
 def segment_aggregate(summaries: Summary, segment_ids: jax.Array, num_segments: int) -> Summary:
     """Sums a stack of summaries per segment (e.g. per edge); ids outside [0, num_segments) are dropped."""
     ones = jnp.ones_like(summaries.weight)
-    delta_sum = jax.tree.map(lambda s: segment_weighted_sum(s, ones, segment_ids, num_segments), summaries.delta_sum)
-    return Summary(delta_sum, jax.ops.segment_sum(summaries.weight, segment_ids, num_segments=num_segments))
+    delta_sum = jax.tree.map(
+        lambda s: segment_weighted_sum(s, ones, segment_ids, num_segments), summaries.delta_sum
+    )
+    return Summary(
+        delta_sum, jax.ops.segment_sum(summaries.weight, segment_ids, num_segments=num_segments)
+    )
 
 
 def mean_delta(summary: Summary) -> Params:
@@ -173,10 +183,14 @@ def make_local_update(
         losses = example_loss(apply_fn(params, x), y)
         return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-    def local_update(params: Params, data: DeviceData, key: jax.Array, correction: Params | None = None) -> LocalResult:
+    def local_update(
+        params: Params, data: DeviceData, key: jax.Array, correction: Params | None = None
+    ) -> LocalResult:
         capacity = data.y.shape[0]
         valid = jnp.arange(capacity) < data.count
-        steps = jnp.int32(local_steps) if data.steps is None else jnp.minimum(data.steps, local_steps)
+        steps = (
+            jnp.int32(local_steps) if data.steps is None else jnp.minimum(data.steps, local_steps)
+        )
         if full_batch:
             batches = jnp.broadcast_to(jnp.arange(capacity), (local_steps, capacity))
             mask = valid.astype(jnp.float32)
@@ -200,7 +214,9 @@ def make_local_update(
             new_p = jax.tree.map(keep, optax.apply_updates(p, updates), p)
             return (new_p, jax.tree.map(keep, new_state, opt_state)), jnp.where(active, loss, 0.0)
 
-        (trained, _), losses = jax.lax.scan(step, (params, tx.init(params)), (jnp.arange(local_steps), batches))
+        (trained, _), losses = jax.lax.scan(
+            step, (params, tx.init(params)), (jnp.arange(local_steps), batches)
+        )
         delta = jax.tree.map(jnp.subtract, trained, params)
         if normalize_to is not None:
             scale = normalize_to / jnp.maximum(steps, 1).astype(jnp.float32)
@@ -267,7 +283,15 @@ def fedavg(
     )
 
 
-def fedsgd(apply_fn: ApplyFn, example_loss: ExampleLoss, *, learning_rate: float, server_learning_rate: float = 1.0, server_tx=None, **_: Any) -> Algorithm:
+def fedsgd(
+    apply_fn: ApplyFn,
+    example_loss: ExampleLoss,
+    *,
+    learning_rate: float,
+    server_learning_rate: float = 1.0,
+    server_tx=None,
+    **_: Any,
+) -> Algorithm:
     """FedSGD: one full-batch gradient step per device per edge round, then FedAvg's averaging."""
     return fedavg(
         apply_fn,

@@ -38,4 +38,6 @@ def fednova(apply_fn, example_loss, *, effective_steps: float, **hyperparameters
     """FedNova: each device's delta rescaled to `effective_steps` steps; otherwise FedAvg."""
     if effective_steps <= 0:
         raise ValueError(f"fednova: effective_steps must be > 0, got {effective_steps}")
-    return fedavg(apply_fn, example_loss, normalize_to=effective_steps, name="fednova", **hyperparameters)
+    return fedavg(
+        apply_fn, example_loss, normalize_to=effective_steps, name="fednova", **hyperparameters
+    )

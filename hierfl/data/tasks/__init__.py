@@ -5,7 +5,17 @@ from __future__ import annotations
 from hierfl.data.tasks import bearing, bearing_rul, digits, energy, steel_defects
 from hierfl.data.tasks.base import PlantData, PlantRequest, Task
 
-TASKS: dict[str, Task] = {t.name: t for t in (digits.TASK, bearing.TASK, bearing_rul.TASK, steel_defects.TASK, energy.FORECAST, energy.APPLIANCES)}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        digits.TASK,
+        bearing.TASK,
+        bearing_rul.TASK,
+        steel_defects.TASK,
+        energy.FORECAST,
+        energy.APPLIANCES,
+    )
+}
 
 
 def get_task(name: str) -> Task:

@@ -77,22 +77,35 @@ def absolute_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(outputs - targets), axis=-1)
 
 
-ACCURACY = Metric("accuracy", higher_is_better=True, label="accuracy", percent=True, example_value=correct)
+ACCURACY = Metric(
+    "accuracy", higher_is_better=True, label="accuracy", percent=True, example_value=correct
+)
 
 
 def rmse(scale: float = 1.0, unit: str = "", what: str = "") -> Metric:
     """Root mean squared error in the target's unit: the model works on targets divided by
     `scale`, so errors are multiplied back. `what` names the target in labels."""
     label = f"RMSE{' of ' + what if what else ''}{f' ({unit})' if unit else ''}"
-    return Metric("rmse", higher_is_better=False, label=label, unit=unit, root=True,
-                  example_value=lambda out, y: squared_error(out, y) * scale**2)
+    return Metric(
+        "rmse",
+        higher_is_better=False,
+        label=label,
+        unit=unit,
+        root=True,
+        example_value=lambda out, y: squared_error(out, y) * scale**2,
+    )
 
 
 def mae(scale: float = 1.0, unit: str = "", what: str = "") -> Metric:
     """Mean absolute error in the target's unit (see `rmse` for `scale`)."""
     label = f"MAE{' of ' + what if what else ''}{f' ({unit})' if unit else ''}"
-    return Metric("mae", higher_is_better=False, label=label, unit=unit,
-                  example_value=lambda out, y: absolute_error(out, y) * scale)
+    return Metric(
+        "mae",
+        higher_is_better=False,
+        label=label,
+        unit=unit,
+        example_value=lambda out, y: absolute_error(out, y) * scale,
+    )
 
 
 def class_strata(y: np.ndarray) -> np.ndarray:
@@ -174,7 +187,9 @@ class Task:
         return self.metric.example_value
 
 
-def stratified_test_split(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_test_split(
+    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test) with `test_fraction` of every class held out (at least one each)."""
     train, test = [], []
     for c in np.unique(labels):

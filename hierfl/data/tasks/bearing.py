@@ -25,7 +25,9 @@ WINDOW = 2048
 """Samples per window: 171 ms at 12 kHz, several shaft turns, so the fault rate is visible."""
 
 
-def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> Iterator[PlantData]:
+def make_plant_data(
+    requests: Sequence[PlantRequest], test_fraction: float, seed: int
+) -> Iterator[PlantData]:
     """Generates each plant's machines and windows, one plant at a time; `test_fraction` held out."""
     for request in requests:
         yield _plant_data(request, test_fraction, seed)
@@ -35,11 +37,21 @@ def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> Plant
     train_samples = request.train_samples or DEFAULT_SAMPLES_PER_DEVICE * request.num_devices
     # Holding out test_fraction of each class rounds per class: generate one spare window
     # per class so that at least `train_samples` always remain for training.
-    classes = None if request.classes is None else tuple(bearing_data.CLASSES.index(c) for c in request.classes)
+    classes = (
+        None
+        if request.classes is None
+        else tuple(bearing_data.CLASSES.index(c) for c in request.classes)
+    )
     spare = len(bearing_data.CLASSES)
     per_machine = math.ceil((train_samples / (1.0 - test_fraction) + spare) / request.num_devices)
     x, y, _ = bearing_data.generate_plant(
-        seed, request.index, request.num_devices, per_machine, request.shift, window=WINDOW, classes=classes
+        seed,
+        request.index,
+        request.num_devices,
+        per_machine,
+        request.shift,
+        window=WINDOW,
+        classes=classes,
     )
     rng = np.random.default_rng([seed, 3, request.index])
     train, test = stratified_test_split(y, test_fraction, rng)

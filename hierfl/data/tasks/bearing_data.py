@@ -66,8 +66,8 @@ import math
 
 import numpy as np
 
-from hierfl.errors import DataError
 from hierfl.data.partition import class_indices
+from hierfl.errors import DataError
 
 FS_HZ = 12_000
 WINDOW = 512
@@ -219,12 +219,16 @@ def generate_windows(
         raise DataError(f"window must be a positive number of samples, got {window}")
     n = labels.shape[0]
     per_window = MachineConditions(
-        *(np.broadcast_to(np.asarray(getattr(conditions, f.name), np.float64), (n,))
-          for f in dataclasses.fields(conditions))
+        *(
+            np.broadcast_to(np.asarray(getattr(conditions, f.name), np.float64), (n,))
+            for f in dataclasses.fields(conditions)
+        )
     )
     if n == 0:
         return np.zeros((0, window), np.float32)
-    severity = np.ones(n) if severity is None else np.broadcast_to(np.asarray(severity, np.float64), (n,))
+    severity = (
+        np.ones(n) if severity is None else np.broadcast_to(np.asarray(severity, np.float64), (n,))
+    )
     # One ring-down length (and so one FFT size) for the whole call: 6 tau of the slowest decay.
     tau_max = 1 / (2 * np.pi * model.damping_ratio * per_window.resonance_hz.min())
     ring = int(math.ceil(6 * tau_max * FS_HZ))
@@ -232,7 +236,14 @@ def generate_windows(
     for start in range(0, n, _CHUNK):
         batch = slice(start, start + _CHUNK)
         x[batch] = _simulate(
-            rng, per_window.take(batch), labels[batch], window, ring, geometry, model, severity[batch]
+            rng,
+            per_window.take(batch),
+            labels[batch],
+            window,
+            ring,
+            geometry,
+            model,
+            severity[batch],
         )
     return x
 
@@ -261,7 +272,7 @@ def _simulate(
     ringdown = np.exp(-lag_s / tau_s[:, None]) * np.sin(2 * np.pi * resonance_hz * lag_s)
     nfft = 1 << (window + 2 * ring - 2).bit_length()
     response = np.fft.irfft(np.fft.rfft(impulses, nfft) * np.fft.rfft(ringdown, nfft), nfft)
-    x = response[:, ring:ring + window].astype(np.float32)
+    x = response[:, ring : ring + window].astype(np.float32)
 
     t_s = (np.arange(window) / FS_HZ).astype(np.float32)
     speed_ratio = conditions.rpm / model.reference_rpm
@@ -347,7 +358,12 @@ def generate_plant(
     if not 0.0 <= shift <= 1.0:
         raise DataError(f"shift is a plant's severity in [0, 1], got {shift}")
     kinds = np.arange(len(CLASSES)) if classes is None else np.asarray(classes, np.int64)
-    if kinds.size == 0 or kinds.min() < 0 or kinds.max() >= len(CLASSES) or len(np.unique(kinds)) != kinds.size:
+    if (
+        kinds.size == 0
+        or kinds.min() < 0
+        or kinds.max() >= len(CLASSES)
+        or len(np.unique(kinds)) != kinds.size
+    ):
         raise DataError(f"classes must be distinct indices into {CLASSES}, got {classes}")
     rng = np.random.default_rng([seed, plant_index])
     machines = plant_conditions(rng, num_machines, shift)

@@ -3,7 +3,8 @@
 Regression on the run-to-failure trajectories of `hierfl.data.tasks.bearing_rul_data`: each
 window is labelled with the hours left until its bearing fails, in (0, 100]. The model
 (`EnvelopeCNN` with one output, scaled by 100 h) predicts the RUL in hours, trained on the
-squared error of RUL / 100 h; the metrics are RMSE and MAE in hours. A plant's devices train on windows of its training machines; its test set is
+squared error of RUL / 100 h; the metrics are RMSE and MAE in hours. A plant's devices train on
+windows of its training machines; its test set is
 whole machines the plant never trained on (`test_fraction` of its windows), so the score
 is that of a new bearing. Plants differ in speed and sensor noise (`shift`); a plant's
 `classes` (topology) are the fault types its machines develop (outer, inner, ball).
@@ -18,7 +19,15 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from hierfl.data.tasks import bearing_rul_data
-from hierfl.data.tasks.base import PlantData, PlantRequest, Task, mae, rmse, squared_error, target_bins
+from hierfl.data.tasks.base import (
+    PlantData,
+    PlantRequest,
+    Task,
+    mae,
+    rmse,
+    squared_error,
+    target_bins,
+)
 from hierfl.data.tasks.models import EnvelopeCNN, ScaledOutput
 
 DEFAULT_SAMPLES_PER_DEVICE = 48
@@ -28,7 +37,9 @@ RUL_SCALE = bearing_rul_data.RECORD_HOURS
 RUL_BINS = 5
 
 
-def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> Iterator[PlantData]:
+def make_plant_data(
+    requests: Sequence[PlantRequest], test_fraction: float, seed: int
+) -> Iterator[PlantData]:
     """Each plant's training machines' windows and its held-out test machines' windows."""
     for request in requests:
         yield _plant_data(request, test_fraction, seed)
@@ -45,12 +56,19 @@ def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> Plant
         seed, request.index, machines, per_machine, request.shift, fault_types, WINDOW
     )
     x_test, rul_test, _, _ = bearing_rul_data.generate_machines(
-        seed, request.index, test_machines, per_machine, request.shift, fault_types, WINDOW, first_machine=machines
+        seed,
+        request.index,
+        test_machines,
+        per_machine,
+        request.shift,
+        fault_types,
+        WINDOW,
+        first_machine=machines,
     )
-    keep = np.sort(np.random.default_rng([seed, 12, request.index]).permutation(len(rul))[:train_samples])
-    return PlantData(
-        x[keep, :, None], _target(rul[keep]), x_test[..., None], _target(rul_test)
+    keep = np.sort(
+        np.random.default_rng([seed, 12, request.index]).permutation(len(rul))[:train_samples]
     )
+    return PlantData(x[keep, :, None], _target(rul[keep]), x_test[..., None], _target(rul_test))
 
 
 def _target(rul_hours: np.ndarray) -> np.ndarray:

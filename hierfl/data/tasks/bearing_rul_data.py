@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierfl.errors import DataError
 from hierfl.data.tasks import bearing_data
+from hierfl.errors import DataError
 
 FAULT_TYPES = ("outer", "inner", "ball")
 """The defects that grow to failure (class names of `bearing_data.CLASSES`)."""
@@ -71,7 +71,9 @@ def generate_machines(
       machine's number), machine-major.
     """
     if num_machines < 1 or windows_per_machine < 1:
-        raise DataError(f"need at least one machine and one window, got {num_machines} x {windows_per_machine}")
+        raise DataError(
+            f"need at least one machine and one window, got {num_machines} x {windows_per_machine}"
+        )
     if not 0.0 <= shift <= 1.0:
         raise DataError(f"shift is a plant's severity in [0, 1], got {shift}")
     unknown = [f for f in fault_types if f not in FAULT_TYPES]
@@ -83,13 +85,28 @@ def generate_machines(
         conditions = bearing_data.plant_conditions(rng, 1, shift)
         fault = FAULT_TYPES.index(fault_types[m % len(fault_types)])
         tau = TAU_HOURS * rng.uniform(0.9, 1.1)
-        rul = RECORD_HOURS * (np.arange(windows_per_machine) + rng.uniform(0, 1, windows_per_machine)) / windows_per_machine
+        rul = (
+            RECORD_HOURS
+            * (np.arange(windows_per_machine) + rng.uniform(0, 1, windows_per_machine))
+            / windows_per_machine
+        )
         rul = rng.permutation(rul)
         label = np.full(windows_per_machine, bearing_data.CLASSES.index(FAULT_TYPES[fault]))
-        xs.append(bearing_data.generate_windows(
-            rng, conditions.take(np.zeros(windows_per_machine, np.int64)), label, window, severity=FAILURE_SEVERITY * defect_size(rul, tau)
-        ))
+        xs.append(
+            bearing_data.generate_windows(
+                rng,
+                conditions.take(np.zeros(windows_per_machine, np.int64)),
+                label,
+                window,
+                severity=FAILURE_SEVERITY * defect_size(rul, tau),
+            )
+        )
         ruls.append(rul)
         faults.append(np.full(windows_per_machine, fault, np.int32))
         machines.append(np.full(windows_per_machine, m, np.int32))
-    return np.concatenate(xs), np.concatenate(ruls), np.concatenate(faults), np.concatenate(machines)
+    return (
+        np.concatenate(xs),
+        np.concatenate(ruls),
+        np.concatenate(faults),
+        np.concatenate(machines),
+    )

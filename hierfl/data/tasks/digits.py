@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hierfl.errors import DataError
 from hierfl.data.partition import proportional_sizes, split_stratified
 from hierfl.data.tasks.base import PlantData, PlantRequest, Task, stratified_test_split
 from hierfl.data.tasks.models import CNN2D, MLP
+from hierfl.errors import DataError
 
 SHAPE = (8, 8, 1)
 
@@ -39,7 +39,9 @@ def shift_images(x: np.ndarray, severity: float, rng: np.random.Generator) -> np
     return np.clip(noisy, 0.0, 1.0).astype(np.float32)
 
 
-def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> list[PlantData]:
+def make_plant_data(
+    requests: Sequence[PlantRequest], test_fraction: float, seed: int
+) -> list[PlantData]:
     """Splits the digits pool into per-plant train and test sets (see the module docstring)."""
     x, y = load_digits_pool()
     rng = np.random.default_rng([seed, 1])
@@ -63,12 +65,18 @@ def _train_sizes(requests: Sequence[PlantRequest], pool: int) -> np.ndarray:
     """Exact requests are served first; the rest of the pool goes to the others by device count."""
     fixed = sum(r.train_samples for r in requests if r.train_samples is not None)
     if fixed > pool:
-        asking = ", ".join(f"{r.name!r} {r.train_samples}" for r in requests if r.train_samples is not None)
-        raise DataError(f"digits: plants ask for {fixed} training examples ({asking}) but the pool has {pool}")
+        asking = ", ".join(
+            f"{r.name!r} {r.train_samples}" for r in requests if r.train_samples is not None
+        )
+        raise DataError(
+            f"digits: plants ask for {fixed} training examples ({asking}) but the pool has {pool}"
+        )
     flexible = [r for r in requests if r.train_samples is None]
     shares = proportional_sizes(pool - fixed, [r.num_devices for r in flexible]) if flexible else []
     share_of = dict(zip((r.index for r in flexible), shares))
-    return np.array([r.train_samples if r.train_samples is not None else share_of[r.index] for r in requests])
+    return np.array(
+        [r.train_samples if r.train_samples is not None else share_of[r.index] for r in requests]
+    )
 
 
 TASK = Task(

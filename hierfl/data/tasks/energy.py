@@ -21,11 +21,20 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from hierfl.errors import DataError
 from hierfl.data.partition import proportional_sizes
 from hierfl.data.tasks import energy_data
-from hierfl.data.tasks.base import PlantData, PlantRequest, Task, mae, rmse, squared_error, stratified_test_split, target_bins
+from hierfl.data.tasks.base import (
+    PlantData,
+    PlantRequest,
+    Task,
+    mae,
+    rmse,
+    squared_error,
+    stratified_test_split,
+    target_bins,
+)
 from hierfl.data.tasks.models import MLP, SeriesCNN
+from hierfl.errors import DataError
 
 HOURS_GIVEN = 20
 HOURS_AHEAD = 4
@@ -34,7 +43,11 @@ _SPLIT = 14  # purpose of a plant's test split: default_rng([seed, _SPLIT, plant
 
 
 def divide_pool(
-    groups: np.ndarray, names: Sequence[str], requests: Sequence[PlantRequest], test_fraction: float, seed: int
+    groups: np.ndarray,
+    names: Sequence[str],
+    requests: Sequence[PlantRequest],
+    test_fraction: float,
+    seed: int,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each plant's (train, test) indices into a fixed pool whose examples fall in `groups`.
 
@@ -45,14 +58,19 @@ def divide_pool(
     that many (DataError if its share is smaller).
     """
     rng = np.random.default_rng([seed, _POOL])
-    kinds = [tuple(names.index(c) for c in r.classes) if r.classes else tuple(range(len(names))) for r in requests]
+    kinds = [
+        tuple(names.index(c) for c in r.classes) if r.classes else tuple(range(len(names)))
+        for r in requests
+    ]
     shares: list[list[np.ndarray]] = [[] for _ in requests]
     for g in range(len(names)):
         takers = [p for p, k in enumerate(kinds) if g in k]
         if not takers:
             continue
         members = rng.permutation(np.flatnonzero(groups == g))
-        sizes = proportional_sizes(len(members), [requests[p].num_devices / len(kinds[p]) for p in takers])
+        sizes = proportional_sizes(
+            len(members), [requests[p].num_devices / len(kinds[p]) for p in takers]
+        )
         for p, chunk in zip(takers, np.split(members, np.cumsum(sizes)[:-1])):
             shares[p].append(chunk)
     divided = []
@@ -73,10 +91,15 @@ def divide_pool(
 
 
 def _fixed_pool_data(load: Callable[[], tuple[np.ndarray, np.ndarray]], names, to_xy) -> Callable:
-    def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> list[PlantData]:
+    def make_plant_data(
+        requests: Sequence[PlantRequest], test_fraction: float, seed: int
+    ) -> list[PlantData]:
         series, groups = load()
         x, y = to_xy(series, groups)
-        return [PlantData(x[train], y[train], x[test], y[test]) for train, test in divide_pool(groups, names, requests, test_fraction, seed)]
+        return [
+            PlantData(x[train], y[train], x[test], y[test])
+            for train, test in divide_pool(groups, names, requests, test_fraction, seed)
+        ]
 
     return make_plant_data
 
@@ -96,7 +119,9 @@ FORECAST = Task(
     class_names=(),
     models={"mlp": lambda rngs: MLP(HOURS_GIVEN, (64, 64), HOURS_AHEAD, rngs=rngs)},
     default_model="mlp",
-    make_plant_data=_fixed_pool_data(energy_data.italy_power_demand, energy_data.SEASONS, _forecast_xy),
+    make_plant_data=_fixed_pool_data(
+        energy_data.italy_power_demand, energy_data.SEASONS, _forecast_xy
+    ),
     example_loss=squared_error,
     metrics=(rmse(what="standardised load"), mae(what="standardised load")),
     target_names=tuple(f"hour_{h}" for h in range(HOURS_GIVEN + 1, 25)),

@@ -32,8 +32,16 @@ SEASONS = ("winter", "summer")
 """ItalyPowerDemand's classes 1 (October-March) and 2 (April-September)."""
 
 APPLIANCES = (
-    "mobile-phone", "coffee-machine", "computer-station", "fridge-freezer", "hi-fi",
-    "lamp", "laptop", "microwave", "printer", "television",
+    "mobile-phone",
+    "coffee-machine",
+    "computer-station",
+    "fridge-freezer",
+    "hi-fi",
+    "lamp",
+    "laptop",
+    "microwave",
+    "printer",
+    "television",
 )
 """ACSF1's classes 0..9, in the order of its documentation."""
 
@@ -58,7 +66,9 @@ def dataset_paths(name: str) -> tuple[Path, Path]:
     paths = (folder / f"{name}_TRAIN.ts", folder / f"{name}_TEST.ts")
     for path in paths:
         if not path.is_file():
-            raise DataError(f"{path}: not found in the installed aeon package; reinstall it with {INSTALL_HINT}")
+            raise DataError(
+                f"{path}: not found in the installed aeon package; reinstall it with {INSTALL_HINT}"
+            )
     return paths
 
 

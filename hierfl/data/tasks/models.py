@@ -22,7 +22,9 @@ Params = dict[str, Any]
 class MLP(nnx.Module):
     """Flattens the input, then Dense-ReLU layers of the given widths, then a Dense head."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], num_classes: int, *, rngs: nnx.Rngs
+    ):
         widths = [in_features, *hidden]
         self.hidden = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
@@ -45,12 +47,22 @@ class PatchConv(nnx.Module):
     instead of a grouped convolution.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int], strides: Sequence[int], *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: Sequence[int],
+        strides: Sequence[int],
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.kernel_size, self.strides = tuple(kernel), tuple(strides)
         fan_in = in_channels
         for k in self.kernel_size:
             fan_in *= k
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (fan_in, out_channels)))
+        self.kernel = nnx.Param(
+            nnx.initializers.lecun_normal()(rngs.params(), (fan_in, out_channels))
+        )
         self.bias = nnx.Param(jnp.zeros((out_channels,)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -59,7 +71,9 @@ class PatchConv(nnx.Module):
             out = (x.shape[axis] - k) // stride + 1
             span = stride * (out - 1) + 1
             patches = [
-                jax.lax.slice_in_dim(p, i, i + span, stride=stride, axis=axis) for p in patches for i in range(k)
+                jax.lax.slice_in_dim(p, i, i + span, stride=stride, axis=axis)
+                for p in patches
+                for i in range(k)
             ]
         return jnp.concatenate(patches, axis=-1) @ self.kernel[...] + self.bias[...]
 
@@ -67,7 +81,9 @@ class PatchConv(nnx.Module):
 class CNN2D(nnx.Module):
     """A small image CNN for [B, H, W, C] inputs: two 3x3 convs, two Dense layers."""
 
-    def __init__(self, in_channels: int, image_hw: tuple[int, int], num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self, in_channels: int, image_hw: tuple[int, int], num_classes: int, *, rngs: nnx.Rngs
+    ):
         self.conv1 = PatchConv(in_channels, 16, (3, 3), (1, 1), rngs=rngs)
         self.conv2 = PatchConv(16, 32, (3, 3), (1, 1), rngs=rngs)
         features = (image_hw[0] - 4) * (image_hw[1] - 4) * 32
@@ -93,12 +109,22 @@ class SurfaceCNN(nnx.Module):
     channels, 6,343 parameters.
     """
 
-    def __init__(self, num_classes: int, *, channels: Sequence[int] = (8, 16, 32), contrast: float = 10.0, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        channels: Sequence[int] = (8, 16, 32),
+        contrast: float = 10.0,
+        rngs: nnx.Rngs,
+    ):
         self.contrast = contrast
         widths = [1, *channels]
         strides = [(1, 1)] + [(2, 2)] * (len(channels) - 1)
         self.convs = nnx.List(
-            [PatchConv(a, b, (3, 3), s, rngs=rngs) for a, b, s in zip(widths[:-1], widths[1:], strides)]
+            [
+                PatchConv(a, b, (3, 3), s, rngs=rngs)
+                for a, b, s in zip(widths[:-1], widths[1:], strides)
+            ]
         )
         self.head = nnx.Linear(2 * widths[-1], num_classes, rngs=rngs)
 
@@ -121,17 +147,30 @@ class EnvelopeCNN(nnx.Module):
     model and the serving box needs no preprocessing code.
     """
 
-    def __init__(self, num_classes: int, *, decimation: int = 8, channels: Sequence[int] = (16, 32, 32, 32), rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        decimation: int = 8,
+        channels: Sequence[int] = (16, 32, 32, 32),
+        rngs: nnx.Rngs,
+    ):
         self.decimation = decimation
         widths = [1, *channels]
-        self.convs = nnx.List([PatchConv(a, b, (7,), (2,), rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.convs = nnx.List(
+            [PatchConv(a, b, (7,), (2,), rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
         self.head = nnx.Linear(2 * widths[-1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, length, _ = x.shape
         rectified = jnp.abs(x - x.mean(axis=1, keepdims=True))
         usable = length // self.decimation * self.decimation
-        envelope = rectified[:, :usable].reshape(batch, usable // self.decimation, self.decimation, -1).mean(axis=2)
+        envelope = (
+            rectified[:, :usable]
+            .reshape(batch, usable // self.decimation, self.decimation, -1)
+            .mean(axis=2)
+        )
         x = envelope / (envelope.mean(axis=1, keepdims=True) + 1e-3) - 1.0
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
@@ -151,7 +190,9 @@ class Model:
         return nnx.merge(self.graphdef, state)(x)
 
 
-def build_model(name: str, make: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -> tuple[Model, Params]:
+def build_model(
+    name: str, make: Callable[[nnx.Rngs], nnx.Module], key: jax.Array
+) -> tuple[Model, Params]:
     """Builds the module with `key`, returns the pure `Model` and its initial params."""
     module = make(nnx.Rngs(params=key))
     graphdef, state = nnx.split(module)
@@ -186,9 +227,18 @@ class SeriesCNN(nnx.Module):
     exported model takes raw series.
     """
 
-    def __init__(self, num_classes: int, *, channels: Sequence[int] = (16, 32, 32, 32), kernel: int = 7, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        channels: Sequence[int] = (16, 32, 32, 32),
+        kernel: int = 7,
+        rngs: nnx.Rngs,
+    ):
         widths = [1, *channels]
-        self.convs = nnx.List([PatchConv(a, b, (kernel,), (2,), rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.convs = nnx.List(
+            [PatchConv(a, b, (kernel,), (2,), rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
         self.head = nnx.Linear(2 * widths[-1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -26,7 +26,9 @@ SIZE = steel_defects_data.SIZE
 _SPLIT = 8  # purpose of the test-split stream: default_rng([seed, _SPLIT, plant_index])
 
 
-def make_plant_data(requests: Sequence[PlantRequest], test_fraction: float, seed: int) -> Iterator[PlantData]:
+def make_plant_data(
+    requests: Sequence[PlantRequest], test_fraction: float, seed: int
+) -> Iterator[PlantData]:
     """Generates each plant's images, one plant at a time; `test_fraction` of each class held out."""
     for request in requests:
         yield _plant_data(request, test_fraction, seed)

@@ -93,8 +93,8 @@ import math
 
 import numpy as np
 
-from hierfl.errors import DataError
 from hierfl.data.partition import class_indices
+from hierfl.errors import DataError
 
 SIZE = 32
 CLASSES = (
@@ -106,7 +106,9 @@ CLASSES = (
     "rolled-in-scale",
     "scratches",
 )
-DEFECT_FREE, CRAZING, INCLUSION, PATCHES, PITTED_SURFACE, ROLLED_IN_SCALE, SCRATCHES = range(len(CLASSES))
+DEFECT_FREE, CRAZING, INCLUSION, PATCHES, PITTED_SURFACE, ROLLED_IN_SCALE, SCRATCHES = range(
+    len(CLASSES)
+)
 
 GRAIN_WIDTH_PX = 0.6
 MOTTLE = 0.02
@@ -147,7 +149,9 @@ def plant_camera(shift: float, rng: np.random.Generator) -> Camera:
     )
 
 
-def render_images(rng: np.random.Generator, labels: np.ndarray, camera: Camera = Camera(), size: int = SIZE) -> np.ndarray:
+def render_images(
+    rng: np.random.Generator, labels: np.ndarray, camera: Camera = Camera(), size: int = SIZE
+) -> np.ndarray:
     """One image per label: the surface, its defect, then the camera.
 
     Args:
@@ -172,7 +176,9 @@ def render_images(rng: np.random.Generator, labels: np.ndarray, camera: Camera =
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def generate_plant(seed: int, plant_index: int, num_images: int, shift: float, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+def generate_plant(
+    seed: int, plant_index: int, num_images: int, shift: float, size: int = SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """The labelled images of one plant: its camera (from ``shift``), balanced classes, shuffled.
 
     Depends only on ``(seed, plant_index)`` and the sizes: the plant's stream is
@@ -202,12 +208,16 @@ def _background(rng: np.random.Generator, n: int, camera: Camera, size: int) -> 
     level = rng.uniform(0.42, 0.58, (n, 1, 1))
     gx, gy = rng.uniform(-0.08, 0.08, (2, n, 1, 1))
     shading = gx * coord[None, None, :] + gy * coord[None, :, None]
-    grain = camera.grain_contrast * _unit_field(rng, n, size, camera.grain_length_px, GRAIN_WIDTH_PX)
+    grain = camera.grain_contrast * _unit_field(
+        rng, n, size, camera.grain_length_px, GRAIN_WIDTH_PX
+    )
     mottle = MOTTLE * _unit_field(rng, n, size, SMOOTH_PX, SMOOTH_PX)
     return level + shading + grain + mottle
 
 
-def _unit_field(rng: np.random.Generator, n: int, size: int, sigma_x: float, sigma_y: float) -> np.ndarray:
+def _unit_field(
+    rng: np.random.Generator, n: int, size: int, sigma_x: float, sigma_y: float
+) -> np.ndarray:
     """Smooth Gaussian noise [n, size, size], each image rescaled to mean 0 and standard deviation 1.
 
     White noise filtered by a Gaussian of standard deviation ``sigma_x`` (along x) and
@@ -217,7 +227,9 @@ def _unit_field(rng: np.random.Generator, n: int, size: int, sigma_x: float, sig
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
     transfer = np.exp(-2 * np.pi**2 * ((sigma_x * fx) ** 2 + (sigma_y * fy) ** 2))
-    field = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, size, size))) * transfer, s=(size, size))
+    field = np.fft.irfft2(
+        np.fft.rfft2(rng.standard_normal((n, size, size))) * transfer, s=(size, size)
+    )
     field -= field.mean(axis=(1, 2), keepdims=True)
     return field / (field.std(axis=(1, 2), keepdims=True) + 1e-12)
 
@@ -234,7 +246,9 @@ def _blur(images: np.ndarray, sigma_x: float, sigma_y: float) -> np.ndarray:
         pad[axis] = (radius, radius)
         padded = np.pad(images, pad, mode="edge")
         length = images.shape[axis]
-        images = sum(w * np.take(padded, np.arange(i, i + length), axis=axis) for i, w in enumerate(taps))
+        images = sum(
+            w * np.take(padded, np.arange(i, i + length), axis=axis) for i, w in enumerate(taps)
+        )
     return images
 
 
@@ -266,7 +280,9 @@ def _present(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarra
 def _oriented(centre_x, centre_y, length, angle, width, amplitude, size):
     """Strokes of ``length`` at ``angle`` (radians from the x axis) around their centres."""
     hx, hy = 0.5 * length * np.cos(angle), 0.5 * length * np.sin(angle)
-    return _strokes(size, centre_x - hx, centre_y - hy, centre_x + hx, centre_y + hy, width, amplitude)
+    return _strokes(
+        size, centre_x - hx, centre_y - hy, centre_x + hx, centre_y + hy, width, amplitude
+    )
 
 
 # --- defects: each returns the defect's additive change to the surface, [n, size, size] ----
@@ -297,7 +313,9 @@ def _inclusion(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     cx, cy = rng.uniform(0.1 * size, 0.9 * size, (2, n, k))
     angle = np.radians(rng.normal(0.0, 10.0, (n, k)))
     amplitude = -rng.uniform(0.2, 0.35, (n, k)) * _present(rng, n, 1, k)
-    return _oriented(cx, cy, rng.uniform(6, 16, (n, k)), angle, rng.uniform(0.8, 1.5, (n, k)), amplitude, size)
+    return _oriented(
+        cx, cy, rng.uniform(6, 16, (n, k)), angle, rng.uniform(0.8, 1.5, (n, k)), amplitude, size
+    )
 
 
 def _patches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -308,7 +326,9 @@ def _patches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     amplitude = rng.uniform(0.15, 0.3, (n, k)) * _present(rng, n, 1, k)
     blobs = np.zeros((n, size, size))
     for j in range(k):
-        e = ((px - cx[:, j, None, None]) / sx[:, j, None, None]) ** 2 + ((py - cy[:, j, None, None]) / sy[:, j, None, None]) ** 2
+        e = ((px - cx[:, j, None, None]) / sx[:, j, None, None]) ** 2 + (
+            (py - cy[:, j, None, None]) / sy[:, j, None, None]
+        ) ** 2
         blobs += amplitude[:, j, None, None] * np.exp(-0.5 * e)
     irregular = np.clip(1.0 + 0.5 * _unit_field(rng, n, size, SMOOTH_PX, SMOOTH_PX), 0.0, None)
     return -np.minimum(blobs * irregular, 0.4)
@@ -331,7 +351,9 @@ def _rolled_in_scale(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     angle = np.radians(rng.normal(0.0, 20.0, (n, k)))
     sign = np.where(rng.random((n, k)) < 0.7, -1.0, 1.0)
     amplitude = sign * rng.uniform(0.15, 0.3, (n, k)) * _present(rng, n, 8, k)
-    return _oriented(cx, cy, rng.uniform(2, 6, (n, k)), angle, rng.uniform(0.7, 1.4, (n, k)), amplitude, size)
+    return _oriented(
+        cx, cy, rng.uniform(2, 6, (n, k)), angle, rng.uniform(0.7, 1.4, (n, k)), amplitude, size
+    )
 
 
 def _scratches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -339,7 +361,9 @@ def _scratches(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     cx, cy = rng.uniform(0.2 * size, 0.8 * size, (2, n, k))
     angle = rng.uniform(0, np.pi, (n, k))
     amplitude = rng.uniform(0.2, 0.35, (n, k)) * _present(rng, n, 1, k)
-    return _oriented(cx, cy, rng.uniform(18, 40, (n, k)), angle, rng.uniform(0.5, 0.8, (n, k)), amplitude, size)
+    return _oriented(
+        cx, cy, rng.uniform(18, 40, (n, k)), angle, rng.uniform(0.5, 0.8, (n, k)), amplitude, size
+    )
 
 
 _DEFECTS = {

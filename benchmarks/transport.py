@@ -11,7 +11,7 @@ Two tables, each with its baseline measured in the same run:
    without a copy. Against it: the edge's receive path as `EdgeNode` runs it on a ROUTER
    socket fed by DEALERs, every message fully checked (`protocol.parse_message`: header,
    sender, array spec, frame length, finiteness), copied into the edge's `[N, P]` stack
-   and, once per N messages (an edge round), aggregated (`rounds.make_edge_step`).
+   and, once per N messages (an edge round), aggregated (`hierfl.core.steps.make_edge_step`).
    Senders block at a high-water mark of 4 messages, so both sides are paced by the
    receiver. Timing starts once every sender has started, imported and connected;
    GB/s counts the payload bytes received.
@@ -122,6 +122,8 @@ def raw_throughput(senders: int, messages: int) -> float:
 
 
 def edge_throughput(senders: int, messages: int) -> float:
+    import jax
+
     from hierfl.core.steps import aligned_zeros, make_edge_step
     from hierfl.kernels import flat_spec, make_codec
     from hierfl.runtime import protocol
@@ -131,7 +133,7 @@ def edge_throughput(senders: int, messages: int) -> float:
     layouts = {protocol.UPDATE: ("none", protocol.codec_layout(make_codec("none", spec.size)))}
     from hierfl.topology import TierRule
 
-    edge_step = make_edge_step(TierRule())  # the weighted mean
+    edge_step = jax.jit(make_edge_step(TierRule()))  # the weighted mean
     ids = [f"plant-a/line-1/dev-{i:03d}" for i in range(senders)]
     rows = {name: i for i, name in enumerate(ids)}
     deltas = aligned_zeros((senders, spec.size))

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import msgpack
 import numpy as np
@@ -238,7 +239,9 @@ def test_devices_send_only_masked_words_whose_sum_is_the_weighted_sum_of_their_u
     plan = make_plan(topology)
     device_net = node_model(topology, plan.shards.counts)
     codec = device_net.codecs.device_to_edge
-    step = make_device_step(device_net.algorithm, device_net.spec, codec, topology.federation.seed)
+    step = jax.jit(
+        make_device_step(device_net.algorithm, device_net.spec, codec, topology.federation.seed)
+    )
     normalizer = float(plan.shards.counts[:3].max())
     plain, delta_sum, weight = {}, np.zeros(net.spec.size), 0.0
     for d in DEVICES:

@@ -22,12 +22,14 @@ delta is the rule's result. Updates of weight 0 (absent, rejected) never count.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from hierfl.core.algorithms import Summary
 from hierfl.kernels import (
     clip_by_l2,
     coordinate_median,
     multi_krum,
+    segment_weighted_sum,
     trimmed_mean,
     weighted_mean,
     weighted_sum,
@@ -73,3 +75,27 @@ def reduce(rule: TierRule, stack: jax.Array, weights: jax.Array) -> Summary:
     if rule.rule == "mean":
         return Summary(weighted_sum(stack, weights), total)
     return Summary(rule_mean(rule, stack, weights) * total, total)
+
+
+def segment_reduce(
+    segment_rules: tuple[TierRule, ...],
+    stack: jax.Array,
+    weights: jax.Array,
+    segment_ids: jax.Array,
+    num_segments: int,
+) -> Summary:
+    """`reduce`'s weighted mean for many tiers at once, as per-segment sums that can be
+    streamed over chunks of senders: what the simulator's edges do with their devices.
+
+    Row `k` of `stack` goes to segment `segment_ids[k]` (rows with an id outside
+    `[0, num_segments)`, e.g. padding, are dropped) and is first clipped to that segment's
+    rule's `clip_norm`. Returns `[num_segments, P]` delta sums and `[num_segments]` weights.
+    A segment whose rule is robust needs the whole stack: its caller replaces its row by
+    `reduce` over all of its rows.
+    """
+    norms = [rule.clip_norm for rule in segment_rules]
+    if any(norm is not None for norm in norms):
+        limits = jnp.array([jnp.inf if n is None else n for n in norms] + [jnp.inf], jnp.float32)
+        stack, _ = clip_by_l2(stack, limits[jnp.clip(segment_ids, 0, num_segments)])
+    delta_sum = segment_weighted_sum(stack, weights, segment_ids, num_segments)
+    return Summary(delta_sum, jax.ops.segment_sum(weights, segment_ids, num_segments=num_segments))

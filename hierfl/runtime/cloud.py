@@ -2,7 +2,7 @@
 
 Each cloud round it sends the global model to every live edge, collects their summaries
 until all live edges answered or `edge_deadline` passed, aggregates what arrived and
-applies the server optimizer (`rounds.make_cloud_step`). Fewer answers than
+applies the server optimizer (`steps.make_cloud_step`). Fewer answers than
 `min_edge_participation` of the plants leave the model unchanged for that round. Then it
 evaluates the model on the held-out test set, checkpoints (orbax), appends the round's
 record to `metrics.jsonl` and, at the end, writes `model.npz` and tells every edge to
@@ -53,12 +53,13 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.core.steps import aligned_zeros, make_cloud_step, make_decode
+from hierfl.core import steps
+from hierfl.core.steps import aligned_zeros
 from hierfl.data.evaluation import Scores, combine_plant_sums, make_evaluator
 from hierfl.data.plan import make_plan
 from hierfl.errors import HierflError, HomomorphicError
 from hierfl.kernels import ravel
-from hierfl.privacy import adapt_clip_norm, privacy_record
+from hierfl.privacy import privacy_record
 from hierfl.privacy.config import DpConfig, rounds_to_run
 from hierfl.runs import checkpoint
 from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, encode_record
@@ -128,16 +129,18 @@ class CloudNode:
                 )
             plan = make_plan(topology)
             self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
-            self.cloud_step = make_cloud_step(
-                net.algorithm,
-                net.spec,
-                topology.aggregation.cloud,
-                self.dp,
-                topology.federation.seed,
-                len(self.edges),
+            self.cloud_step = jax.jit(
+                steps.make_cloud_step(
+                    net.algorithm,
+                    net.spec,
+                    topology.aggregation.cloud,
+                    self.dp,
+                    topology.federation.seed,
+                    len(self.edges),
+                )
             )
             self.ravel = jax.jit(lambda params: ravel(net.spec, params))
-            self.decode = make_decode(net.codecs.edge_to_cloud)
+            self.decode = jax.jit(steps.make_decode(net.codecs.edge_to_cloud))
             self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
             self.deltas = aligned_zeros((2 * len(self.edges), net.spec.size))
             self.params = net.initial_params
@@ -456,8 +459,7 @@ class CloudNode:
                 jnp.int32(self.round),
                 self.clip_norm,
             )
-            if self.dp is not None and self.dp.adaptive:
-                self.clip_norm = self._adapted_clip_norm()
+            self.clip_norm = self._next_clip_norm()
         else:
             self.log.warning(
                 "cloud round %d: %d of %d edges answered (need %d); model unchanged",
@@ -466,12 +468,10 @@ class CloudNode:
                 total,
                 required,
             )
-        if (
-            self.net.variates
-        ):  # the devices have moved their variates, whatever happened to the model
-            self.variate = self.variate + self.variate_sums.sum(axis=0) / max(
-                self.examples, np.float32(1)
-            )
+        # The devices have moved their variates, whatever happened to the model.
+        self.variate = np.asarray(
+            steps.next_cloud_variate(self.variate, self.variate_sums, self.examples)
+        )
         record = self._record(self.evaluate(self.params))
         self.checkpoints.save(self.round, self.params, self.server_state, record, self.variate)
         self.writer.write(record)
@@ -486,24 +486,14 @@ class CloudNode:
         )
         self._next_round()
 
-    def _adapted_clip_norm(self) -> np.float32:
-        """Adaptive clipping's next clip norm from the edges' noised counts of unclipped updates.
-
-        The expected count is every device's (`sample_rate` x devices x edge rounds), as
-        in the simulator: the actual number that answered is private.
-        """
+    def _next_clip_norm(self) -> np.float32:
+        """The clip norm after this round (`steps.next_clip_norm`: adaptive clipping moves it
+        from the edges' noised counts of unclipped updates)."""
         counted = sum(protocol.header_number(h, "unclipped", 0.0) for h in self.summaries.values())
-        expected = (
-            self.topology.federation.edge_rounds * self.dp.sample_rate * self.topology.num_devices
+        edge_rounds, devices = self.topology.federation.edge_rounds, self.topology.num_devices
+        return np.float32(
+            steps.next_clip_norm(self.dp, self.clip_norm, counted, edge_rounds, devices)
         )
-        adapted = adapt_clip_norm(
-            jnp.float32(self.clip_norm),
-            jnp.float32(counted),
-            jnp.float32(expected),
-            self.dp.clip_quantile,
-            self.dp.clip_learning_rate,
-        )
-        return np.float32(adapted)
 
     def _next_round(self) -> None:
         self.round += 1

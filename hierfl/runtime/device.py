@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import zmq
@@ -67,7 +68,7 @@ class DeviceSetup:
     """What every device of a federation derives alike from the topology.
 
     `shards` are the plan's data shards (all devices', as the simulator builds them),
-    `net` the model and its layouts, `step` the jitted `rounds.make_device_step`. A
+    `net` the model and its layouts, `step` the jitted `steps.make_device_step`. A
     device host builds one and shares it among its devices, so they hold one plan and
     compile one training step between them.
     """
@@ -83,14 +84,16 @@ def device_setup(topology: Topology) -> DeviceSetup:
     shards = make_plan(topology).shards
     net = node_model(topology, shards.counts)
     dp = DpConfig.of(topology)
-    step = make_device_step(
-        net.algorithm,
-        net.spec,
-        net.codecs.device_to_edge,
-        topology.federation.seed,
-        dp,
-        topology.attack,
-        attacker_mask(topology),
+    step = jax.jit(
+        make_device_step(
+            net.algorithm,
+            net.spec,
+            net.codecs.device_to_edge,
+            topology.federation.seed,
+            dp,
+            topology.attack,
+            attacker_mask(topology),
+        )
     )
     return DeviceSetup(shards, net, step, dp)
 

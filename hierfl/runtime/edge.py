@@ -3,9 +3,9 @@
 For every global model the cloud sends (cloud round r), the edge runs `edge_rounds`
 edge rounds: it sends its current model to every live device, collects their updates
 until all of them answered or `device_deadline` passed, and applies the mean of what
-arrived (`rounds.make_edge_step`). A round with fewer answers than
+arrived (`steps.make_edge_step`). A round with fewer answers than
 `min_device_participation` of the plant's devices leaves the model unchanged. After the
-last edge round it sends one summary up (`rounds.make_edge_upload`: its model's change
+last edge round it sends one summary up (`steps.make_edge_upload`: its model's change
 since the global model, weighted by the examples aggregated over its edge rounds).
 
 Every incoming message is checked (`protocol.parse_message`) and then against the
@@ -32,7 +32,7 @@ Under central DP (`[privacy] dp = "edge"` or `"cloud"`) the devices clip (to the
 the cloud sends with each model, which adaptive clipping moves) and the edge divides the
 sum by the expected number of devices; a trusted edge also noises the sum and, with
 adaptive clipping, its count of unclipped updates, which goes up in the summary
-(`rounds.make_edge_step`).
+(`steps.make_edge_step`).
 
 With `[privacy] secure_aggregation`, an edge round runs the four steps of secure
 aggregation as phases (keys, shares, masked, unmasking; `hierfl.runtime.secagg_rounds`): the
@@ -59,6 +59,7 @@ import signal
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import zmq
@@ -121,10 +122,10 @@ class EdgeNode:
         self.edge_rounds = topology.federation.edge_rounds
         seed = topology.federation.seed
         self.dp = DpConfig.of(topology)
-        self.edge_step = make_edge_step(topology.edge_rule(self.plant), self.dp, seed)
+        self.edge_step = jax.jit(make_edge_step(topology.edge_rule(self.plant), self.dp, seed))
         self.clip_norm = np.float32(topology.privacy.clip_norm)
-        self.decode = make_decode(net.codecs.device_to_edge)
-        self.upload = make_edge_upload(net.codecs.edge_to_cloud, seed)
+        self.decode = jax.jit(make_decode(net.codecs.device_to_edge))
+        self.upload = jax.jit(make_edge_upload(net.codecs.edge_to_cloud, seed))
         self.device_layouts = {protocol.UPDATE: (net.codecs.device_to_edge.name, net.device_layout)}
         # Secure aggregation's normalizer needs the plan's example counts, CKKS the plant's test examples: built once.
         plan = (
@@ -144,7 +145,7 @@ class EdgeNode:
                 )
             }
         self.secure_round: EdgeRound | None = None
-        self.sum_step = make_edge_sum_step(self.dp, seed, len(self.devices))
+        self.sum_step = jax.jit(make_edge_sum_step(self.dp, seed, len(self.devices)))
         self.secagg_failed = 0
         self.device_bytes = [0, 0]  # received from / sent to devices since the edge round opened
         self.cloud_layouts = {protocol.MODEL: ("none", net.model_layout)}

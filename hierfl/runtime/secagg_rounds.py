@@ -2,7 +2,7 @@
 
 With `[privacy] secure_aggregation = true` a plant's edge must learn only the weighted
 sum of its devices' updates, so a device sends no plain `update`. After training (as
-`rounds.make_device_step` does without it: local update, screening, local DP if set) it
+`steps.make_device_step` does without it: local update, screening, local DP if set) it
 fixed-point encodes one vector of `P + 2` values,
 
     x_u = concat(w_u / M_p * delta_u,  [w_u / M_p],  [w_u / M_p * loss_u])
@@ -14,7 +14,7 @@ in the plan; 1 under local DP). Every coordinate of the update part stays within
 in `[0, 1]` and the loss coordinate in `[0, LOSS_CLIP]`, each with a codec of its own
 (masking adds words mod 2^32 position by position, so each position may use its own
 scale). The sum of the survivors' vectors decodes to `delta_sum / M_p`, `weight / M_p`
-and `loss_sum / M_p`: exactly what a mean-rule edge round needs (`rounds.make_edge_sum_step`).
+and `loss_sum / M_p`: exactly what a mean-rule edge round needs (`steps.make_edge_sum_step`).
 
 Then the device and the edge run the four steps of `hierfl.privacy.secagg`, a fresh
 session per edge round, as protocol messages (`protocol.SECAGG_*`):

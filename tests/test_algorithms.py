@@ -8,56 +8,76 @@ import numpy as np
 import optax
 import pytest
 
+from hierfl.core import rules
 from hierfl.core.algorithms import (
     DeviceData,
-    LocalResult,
     Summary,
-    aggregate,
     apply_summary,
+    edge_result,
     fedavg,
     fedsgd,
     mean_delta,
-    segment_aggregate,
-    summarize,
 )
 from hierfl.data.tasks.base import cross_entropy
+from hierfl.topology import TierRule
 
 
 def linear_apply(params, x):
     return x @ params["w"] + params["b"]
 
 
-def test_aggregate_is_the_hand_computed_weighted_mean():
+def test_the_mean_rule_is_the_hand_computed_weighted_mean():
     # Three devices with deltas 1, 2, 4 (every coordinate) and 10, 30, 60 examples:
     # weighted mean = (10*1 + 30*2 + 60*4) / 100 = 3.1.
-    deltas = {"w": jnp.array([[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]])}
-    results = LocalResult(deltas, jnp.array([10.0, 30.0, 60.0]), jnp.zeros(3))
-    summary = aggregate(summarize(results))
+    deltas = jnp.array([[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]])
+    summary = rules.reduce(TierRule(), deltas, jnp.array([10.0, 30.0, 60.0]))
     assert float(summary.weight) == 100.0
-    np.testing.assert_allclose(np.asarray(summary.delta_sum["w"]), [310.0, 310.0])
-    np.testing.assert_allclose(np.asarray(mean_delta(summary)["w"]), [3.1, 3.1], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(summary.delta_sum), [310.0, 310.0])
+    np.testing.assert_allclose(np.asarray(mean_delta(summary)), [3.1, 3.1], rtol=1e-6)
 
 
-def test_segment_aggregate_sums_per_edge_and_drops_padding():
-    deltas = {"w": jnp.array([1.0, 2.0, 3.0, 100.0])}
-    results = LocalResult(deltas, jnp.array([1.0, 1.0, 2.0, 5.0]), jnp.zeros(4))
+def test_segment_reduce_sums_per_edge_and_drops_padding():
+    deltas = jnp.array([[1.0], [2.0], [3.0], [100.0]])
     # Device 3 is padding: segment id 2 == num_segments, so it must vanish.
-    summary = segment_aggregate(summarize(results), jnp.array([0, 1, 1, 2]), 2)
+    summary = rules.segment_reduce(
+        (TierRule(), TierRule()),
+        deltas,
+        jnp.array([1.0, 1.0, 2.0, 5.0]),
+        jnp.array([0, 1, 1, 2]),
+        2,
+    )
     np.testing.assert_allclose(np.asarray(summary.weight), [1.0, 3.0])
-    np.testing.assert_allclose(np.asarray(summary.delta_sum["w"]), [1.0, 2.0 + 6.0])
-    np.testing.assert_allclose(np.asarray(mean_delta(summary)["w"]), [1.0, 8.0 / 3.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(summary.delta_sum)[:, 0], [1.0, 2.0 + 6.0])
+    means = summary.delta_sum[:, 0] / summary.weight
+    np.testing.assert_allclose(np.asarray(means), [1.0, 8.0 / 3.0], rtol=1e-6)
+
+
+def test_segment_reduce_clips_each_row_by_its_edges_rule():
+    deltas = jnp.array([[3.0, 4.0], [3.0, 4.0], [0.3, 0.4]])
+    edge_rules = (TierRule(clip_norm=1.0), TierRule())
+    summary = rules.segment_reduce(edge_rules, deltas, jnp.ones(3), jnp.array([0, 1, 0]), 2)
+    # Edge 0 clips [3, 4] (norm 5) to [0.6, 0.8] and keeps [0.3, 0.4]; edge 1 does not clip.
+    np.testing.assert_allclose(np.asarray(summary.delta_sum), [[0.9, 1.2], [3.0, 4.0]], rtol=1e-6)
+    for e, rows in [(0, [0, 2]), (1, [1])]:
+        one = rules.reduce(edge_rules[e], deltas[jnp.array(rows)], jnp.ones(len(rows)))
+        np.testing.assert_allclose(
+            np.asarray(summary.delta_sum[e]), np.asarray(one.delta_sum), rtol=1e-6
+        )
 
 
 def test_summaries_compose_across_tiers():
     # Summing device summaries per edge, then the edges, equals summing all devices at once.
     rng = np.random.default_rng(0)
-    deltas = {"w": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)}
-    results = LocalResult(deltas, jnp.asarray(rng.integers(1, 50, 6), jnp.float32), jnp.zeros(6))
-    flat = aggregate(summarize(results))
-    per_edge = segment_aggregate(summarize(results), jnp.array([0, 0, 1, 1, 1, 2]), 3)
-    two_tier = aggregate(per_edge)
+    deltas = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+    weights = jnp.asarray(rng.integers(1, 50, 6), jnp.float32)
+    flat = rules.reduce(TierRule(), deltas, weights)
+    per_edge = rules.segment_reduce(
+        (TierRule(),) * 3, deltas, weights, jnp.array([0, 0, 1, 1, 1, 2]), 3
+    )
+    edge_means = per_edge.delta_sum / per_edge.weight[:, None]
+    two_tier = rules.reduce(TierRule(), edge_means, per_edge.weight)
     np.testing.assert_allclose(
-        np.asarray(two_tier.delta_sum["w"]), np.asarray(flat.delta_sum["w"]), rtol=1e-5
+        np.asarray(two_tier.delta_sum), np.asarray(flat.delta_sum), rtol=1e-5
     )
     assert float(two_tier.weight) == float(flat.weight)
 
@@ -135,7 +155,9 @@ def test_device_with_no_examples_contributes_nothing():
     algorithm = fedavg(linear_apply, cross_entropy, local_steps=2, batch_size=4, learning_rate=0.1)
     result = algorithm.local_update(params, data, jax.random.key(0))
     assert float(result.weight) == 0.0
-    assert float(summarize(result).weight) == 0.0
+    assert (
+        float(rules.reduce(TierRule(), result.delta["w"][None], result.weight[None]).weight) == 0.0
+    )
 
 
 @pytest.mark.parametrize("server_lr", [1.0, 0.5])
@@ -169,12 +191,11 @@ def test_server_update_without_answers_keeps_the_model():
     assert isinstance(optax.sgd(1.0).init(params), type(state))
 
 
-def test_edge_summary_is_the_edge_models_change_times_its_examples():
-    from hierfl.core.algorithms import edge_summary
-
-    global_params = {"w": jnp.array([1.0, 2.0])}
-    edges = {"w": jnp.array([[1.5, 2.0], [0.0, 4.0]])}  # two edges, stacked
-    summary = edge_summary(edges, global_params, jnp.array([10.0, 30.0]))
-    np.testing.assert_allclose(np.asarray(summary.delta_sum["w"]), [[5.0, 0.0], [-30.0, 60.0]])
+def test_edge_result_is_the_edge_models_change_weighted_by_its_examples():
+    global_params = jnp.array([1.0, 2.0])
+    edges = jnp.array([[1.5, 2.0], [0.0, 4.0]])  # two edges, stacked
+    result = edge_result(edges, global_params, jnp.array([10.0, 30.0]))
+    np.testing.assert_allclose(np.asarray(result.delta), [[0.5, 0.0], [-1.0, 2.0]])
     # The cloud's mean: (10 * [0.5, 0] + 30 * [-1, 2]) / 40 = [-0.625, 1.5].
-    np.testing.assert_allclose(np.asarray(mean_delta(aggregate(summary))["w"]), [-0.625, 1.5])
+    summary = rules.reduce(TierRule(), result.delta, result.weight)
+    np.testing.assert_allclose(np.asarray(mean_delta(summary)), [-0.625, 1.5])

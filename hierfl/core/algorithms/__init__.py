@@ -16,16 +16,12 @@ from hierfl.core.algorithms.fedavg import (
     DeviceData,
     LocalResult,
     Summary,
-    aggregate,
     apply_summary,
     edge_result,
-    edge_summary,
     fedavg,
     fedsgd,
     mean_delta,
     screen_nonfinite,
-    segment_aggregate,
-    summarize,
 )
 from hierfl.core.algorithms.fednova import effective_steps, fednova
 from hierfl.core.algorithms.fedprox import fedprox
@@ -76,11 +72,9 @@ __all__ = [
     "DeviceData",
     "LocalResult",
     "Summary",
-    "aggregate",
     "apply_summary",
     "build_algorithm",
     "edge_result",
-    "edge_summary",
     "effective_steps",
     "fedavg",
     "fednova",
@@ -89,7 +83,5 @@ __all__ = [
     "mean_delta",
     "scaffold",
     "screen_nonfinite",
-    "segment_aggregate",
     "server_optimizer",
-    "summarize",
 ]

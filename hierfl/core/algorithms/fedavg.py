@@ -1,17 +1,18 @@
 """FedAvg / HierFAVG and FedSGD as pure functions over params pytrees, and the local
 training loop every device algorithm shares.
 
-The three functions DESIGN.md names, shared by the simulator and the runtime:
+An algorithm is the device's and the cloud's share of a round, as pure functions:
 
 - `local_update(params, data, key, correction=None) -> LocalResult`: a device trains its
   local steps of SGD from `params` and returns its delta (new - old), its weight (example
   count) and its mean training loss. `correction` is a pytree added to every gradient
   (SCAFFOLD's `c - c_i`; None for the others).
-- `aggregate(summaries) -> Summary`: sums a stack of summaries. A summary is a weighted
-  sum of deltas and the total weight, so device results, edge summaries and the cloud's
-  aggregate all have one form and aggregation composes to any depth.
 - `server_update(params, state, summary) -> (params, state)`: the cloud applies an optax
   transformation to the negated mean delta (FedAvg is SGD with learning rate 1 on it).
+
+Aggregation at the edge and the cloud is the tier's rule (`hierfl.core.rules`), the same for
+every algorithm. A `Summary` (a weighted sum of deltas and its total weight) is what every
+tier passes up, so aggregation composes to any depth; `hierfl.core.steps` runs a whole round.
 
 FedSGD is the special case of one local step on the device's full data.
 """
@@ -24,8 +25,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
-from hierfl.kernels import segment_weighted_sum, weighted_sum
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -69,8 +68,6 @@ class Algorithm(NamedTuple):
 
     name: str
     local_update: Callable[..., LocalResult]
-    aggregate: Callable[[Summary], Summary]
-    segment_aggregate: Callable[[Summary, jax.Array, int], Summary]
     server_init: Callable[[Params], optax.OptState]
     server_update: Callable[[Params, optax.OptState, Summary], tuple[Params, optax.OptState]]
     variate_delta: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
@@ -78,17 +75,6 @@ class Algorithm(NamedTuple):
     @property
     def control_variates(self) -> bool:
         return self.variate_delta is not None
-
-
-def summarize(result: LocalResult) -> Summary:
-    """A device's result as a summary of one: its delta times its weight.
-
-    Works on one result or a stack (weight `[K]`, delta leaves `[K, ...]`).
-    """
-    w = result.weight
-    return Summary(
-        jax.tree.map(lambda d: d * w.reshape(w.shape + (1,) * (d.ndim - w.ndim)), result.delta), w
-    )
 
 
 def screen_nonfinite(result: LocalResult) -> tuple[LocalResult, jax.Array]:
@@ -105,25 +91,6 @@ def screen_nonfinite(result: LocalResult) -> tuple[LocalResult, jax.Array]:
     return LocalResult(
         delta, jnp.where(ok, result.weight, 0.0), jnp.where(ok, result.loss, 0.0)
     ), ok
-
-
-def aggregate(summaries: Summary) -> Summary:
-    """Sums a stack of summaries (leading axis K) into one."""
-    ones = jnp.ones_like(summaries.weight)
-    return Summary(
-        jax.tree.map(lambda s: weighted_sum(s, ones), summaries.delta_sum), summaries.weight.sum()
-    )
-
-
-def segment_aggregate(summaries: Summary, segment_ids: jax.Array, num_segments: int) -> Summary:
-    """Sums a stack of summaries per segment (e.g. per edge); ids outside [0, num_segments) are dropped."""
-    ones = jnp.ones_like(summaries.weight)
-    delta_sum = jax.tree.map(
-        lambda s: segment_weighted_sum(s, ones, segment_ids, num_segments), summaries.delta_sum
-    )
-    return Summary(
-        delta_sum, jax.ops.segment_sum(summaries.weight, segment_ids, num_segments=num_segments)
-    )
 
 
 def mean_delta(summary: Summary) -> Params:
@@ -146,11 +113,6 @@ def edge_result(edge_params: Params, global_params: Params, weight: jax.Array) -
     """
     delta = jax.tree.map(jnp.subtract, edge_params, global_params)
     return LocalResult(delta, weight, jnp.zeros_like(weight))
-
-
-def edge_summary(edge_params: Params, global_params: Params, weight: jax.Array) -> Summary:
-    """The edge's upward message as a summary: `summarize(edge_result(...))`."""
-    return summarize(edge_result(edge_params, global_params, weight))
 
 
 def make_local_update(
@@ -275,8 +237,6 @@ def fedavg(
             proximal_mu=proximal_mu,
             normalize_to=normalize_to,
         ),
-        aggregate=aggregate,
-        segment_aggregate=segment_aggregate,
         server_init=server_tx.init,
         server_update=make_server_update(server_tx),
         variate_delta=variate_delta,

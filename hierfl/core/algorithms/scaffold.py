@@ -8,15 +8,13 @@ updates its variate with the paper's option II:
     c_i+ = c_i - c + (x - y_i) / (K_i * lr)        (x: start model, y_i: trained, K_i: steps)
     delta_c_i = c_i+ - c_i = -c - delta_i / (K_i * lr)
 
-Tiers. Each tier keeps the variate of its subtree as the example-weighted mean of its
-children's variates: an edge's `c_e = sum_i n_i c_i / n_e` over its devices, the cloud's
-`c = sum_e n_e c_e / N`. Each device sends `delta_c_i` with its update; the edge adds
-`sum_i n_i delta_c_i / n_e` to `c_e` after every edge round and accumulates the same sum
-for the cloud; after its edge rounds it sends the accumulated `sum n_i delta_c_i` up with
-its summary, and the cloud adds `sum_e (...) / N` to `c`. `n_e` and `N` are the examples
-of all devices of the subtree, answered or not (the paper's `|S| / N` scaling), so a
-device that did not answer keeps its variate and changes nobody's mean: the invariants
-`c_e = mean of its devices' c_i` and `c = mean of the edges' c_e` hold after every round.
+Tiers. The cloud keeps `c` as the example-weighted mean of the devices' variates,
+`c = sum_i n_i c_i / N`. Each device sends `delta_c_i` with its update; the edge adds up
+`sum_i n_i delta_c_i` over its edge rounds and sends it up with its summary; the cloud adds
+`sum_e (...) / N` to `c`. `N` counts the examples of all devices, answered or not (the
+paper's `|S| / N` scaling), so a device that did not answer keeps its variate and changes
+nobody's mean: `c` stays the mean of the devices' `c_i` after every round. (An edge's own
+mean `c_e` is never used, so no tier keeps it.)
 Devices use the cloud's `c`, fixed during a cloud round (edges forward it with the model).
 
 The model side is FedAvg's (weighted means, the cloud's optimizer); every tier must

@@ -224,9 +224,11 @@ def run_launch(args: argparse.Namespace) -> int:
         launch.stop(grace=0)
         raise
     if history:
-        from hierfl.cli.commands import summary_table
+        from hierfl.cli.summary import summary_table
+        from hierfl.data.tasks import get_task
 
-        console.print(summary_table(history, topology.plant_names))
+        metric = get_task(topology.federation.task).metric
+        console.print(summary_table(history, topology.plant_names, metric))
         console.print(runtime_table(history))
     note = " (decrypted at its plant; the cloud holds none)" if topology.privacy.homomorphic else ""
     for model in launch.final_models():

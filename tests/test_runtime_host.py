@@ -13,12 +13,13 @@ import subprocess
 import pytest
 from test_runtime_launch import (
     HIERFL,
+    folder,  # noqa: F401 (a fixture)
     kill9,
     launch_to_the_end,
     max_difference,
     wait_for_record,
     write_topology,
-)  # noqa: F401
+)
 
 from hierfl.data.loading import load_topology
 from hierfl.errors import HierflError

@@ -8,20 +8,9 @@ only dials out. It greets the edge with `hello`, sends a `heartbeat` every
 with one `update`. When several models are queued (it was slow), only the newest is
 trained. It exits on `stop`, SIGTERM or Ctrl-C.
 
-With SCAFFOLD the device also owns its control variate `c_i`: it trains with the cloud's
-`c` that comes with each model, sends the change of `c_i` with its update, and keeps
-`c_i` in `--state DIR` (written after every update), so a device restarted with
-`--resume` goes on with its variate rather than a zero one, which would break the tiers'
-means. An update the
-edge drops (late) has still moved `c_i`: the edge's and cloud's variates then lag that
-device's until SCAFFOLD's next rounds pull them together.
-
-Under `[privacy] secure_aggregation` the device sends no `update`: it encodes its result
-as fixed-point words and runs the four secure-aggregation steps with its edge
-(`hierfl.runtime.secagg_rounds.DeviceRound`, a fresh session per edge round), answering the
-edge's roster, inbox and unmasking request as they come. A request it cannot answer
-safely (a forged share, an inconsistent unmasking request) is logged and the device
-sits that round out.
+With SCAFFOLD the device also owns its control variate `c_i`, and under `[privacy]
+secure_aggregation` its result leaves only masked: both are modes of
+`hierfl.runtime.device_modes`, chosen once at start-up.
 
 A `DeviceNode` needs no process of its own: `serve` runs any number of them from one
 thread, one poll over all their sockets, and a device host (`hierfl.runtime.host`) runs
@@ -47,10 +36,10 @@ from hierfl.core.algorithms import DeviceData
 from hierfl.core.attack import attacker_mask
 from hierfl.core.steps import DeviceOutput, make_device_step
 from hierfl.data.plan import DeviceShards, make_plan
-from hierfl.errors import RunDirError, SecAggError
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys
+from hierfl.runtime.device_modes import NoVariate, PlainUpload, SecureUpload, VariateMemory
 from hierfl.runtime.node import (
     CurveKeys,
     NodeModel,
@@ -59,7 +48,7 @@ from hierfl.runtime.node import (
     node_model,
     node_name,
 )
-from hierfl.runtime.secagg_rounds import DeviceRound, encode_message, plant_secure_aggregation
+from hierfl.runtime.secagg_rounds import plant_secure_aggregation
 from hierfl.topology import Topology
 
 
@@ -133,16 +122,13 @@ class DeviceNode:
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
-        self.state_path = (
-            Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir is not None else None
+        state_path = Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir else None
+        self.variate = (
+            VariateMemory(self.net.spec.size, state_path, resume, self.log)
+            if self.net.variates
+            else NoVariate()
         )
-        self.variate = self._restore_variate(resume) if self.net.variates else None
-        self.secure = (
-            plant_secure_aggregation(topology, self.plant, shards.counts, self.net.spec)
-            if topology.privacy.secure_aggregation
-            else None
-        )
-        self.secure_round: DeviceRound | None = None
+        self.upload = self._upload_mode(topology, shards.counts)
         self.owns_context = context is None
         self.context = zmq.Context() if context is None else context
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
@@ -168,7 +154,7 @@ class DeviceNode:
             jnp.int32(0),
             jnp.int32(self.device.index),
             self._clip_norm({}),
-            self.variate,
+            self.variate.value,
             flat if self.net.variates else None,
         )
 
@@ -229,7 +215,7 @@ class DeviceNode:
             if message.kind == protocol.MODEL:
                 latest = message
             elif message.kind in protocol.SECAGG_FROM_EDGE:
-                self._answer_secagg(message)
+                self.upload.answer(message, self.model_version)
         if latest is not None:
             self._train(latest)
 
@@ -243,15 +229,11 @@ class DeviceNode:
             jnp.int32(message.edge_round),
             jnp.int32(self.device.index),
             self._clip_norm(message.header),
-            self.variate,
-            message.arrays[1] if self.net.variates else None,
+            self.variate.value,
+            self.variate.cloud_variate(message),
         )
         self.residual = out.residual
-        variate = []
-        if self.net.variates:
-            self.variate = np.asarray(self.variate + out.variate_change)
-            self._save_variate()
-            variate = [np.asarray(out.variate_change)]
+        variate = self.variate.frames(out)
         self.model_version = int(message.header["model_version"])
         if not bool(out.ok):
             self.log.warning(
@@ -259,22 +241,7 @@ class DeviceNode:
                 message.round,
                 message.edge_round,
             )
-        if self.secure is not None:
-            self._start_secagg(
-                message, np.asarray(out.payload[0]), float(out.weight), float(out.loss)
-            )
-        else:
-            self._send(
-                protocol.UPDATE,
-                round=message.round,
-                edge_round=message.edge_round,
-                spec=self.net.spec,
-                codec=self.net.codecs.device_to_edge.name,
-                arrays=[*(np.asarray(a) for a in out.payload), *variate],
-                weight=float(out.weight),
-                loss=float(out.loss),
-                **({"unclipped": bool(out.unclipped)} if self.dp else {}),
-            )
+        self.upload.upload(message, out, variate, self.model_version)
         self.log.info(
             "round %d.%d: trained in %.3f s, loss %.4f",
             message.round,
@@ -283,27 +250,15 @@ class DeviceNode:
             float(out.loss),
         )
 
-    def _restore_variate(self, resume: bool) -> np.ndarray:
-        """SCAFFOLD's `c_i`: from `--state` when resuming, else (or if there is none yet) zeros."""
-        size = self.net.spec.size
-        if not resume or self.state_path is None or not self.state_path.exists():
-            return np.zeros(size, np.float32)
-        variate = np.load(self.state_path)
-        if variate.shape != (size,) or variate.dtype != np.float32:
-            raise RunDirError(
-                f"{self.state_path}: a control variate of {variate.dtype} {list(variate.shape)}, the model needs float32 [{size}]"
-            )
-        self.log.info("restored its control variate from %s", self.state_path)
-        return variate
-
-    def _save_variate(self) -> None:
-        if self.state_path is None:
-            return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, self.variate)
-        tmp.replace(self.state_path)
+    def _upload_mode(self, topology: Topology, counts: np.ndarray) -> PlainUpload | SecureUpload:
+        """How this device's results leave: plainly, or masked by secure aggregation."""
+        if topology.privacy.secure_aggregation:
+            secure = plant_secure_aggregation(topology, self.plant, counts, self.net.spec)
+            return SecureUpload(self.device.id, self.net.spec, secure, self._send_frames, self.log)
+        codec = self.net.codecs.device_to_edge.name
+        return PlainUpload(
+            self.device.id, self.net.spec, codec, self.dp is not None, self._send_frames, self.log
+        )
 
     def _clip_norm(self, header: dict) -> np.float32:
         """The DP clip norm the edge's model message carries (adaptive clipping moves it), else the file's."""
@@ -311,74 +266,11 @@ class DeviceNode:
             protocol.header_number(header, "clip_norm", self.topology.privacy.clip_norm)
         )
 
-    def _start_secagg(
-        self, message: protocol.Message, delta: np.ndarray, weight: float, loss: float
-    ) -> None:
-        """Encodes the result as fixed-point words and advertises this round's keys (no plain update leaves)."""
-        encoding = self.secure.encoding
-        clipped = encoding.delta.clipped(encoding.scaled(delta, weight))
-        if clipped:
-            self.log.warning(
-                "round %d.%d: %d coordinates of the update clipped to secagg_clip = %g",
-                message.round,
-                message.edge_round,
-                clipped,
-                encoding.delta.clip,
-            )
-        if weight > encoding.normalizer:
-            self.log.warning(
-                "round %d.%d: weight %g above the plant's normalizer %g; clipped",
-                message.round,
-                message.edge_round,
-                weight,
-                encoding.normalizer,
-            )
-        words = encoding.encode(delta, weight, loss)
-        self.secure_round = DeviceRound(
-            self.device.id, message.round, message.edge_round, self.secure.threshold, words
-        )
-        self._send_secagg(self.secure_round.advertise(), message)
-
-    def _answer_secagg(self, message: protocol.Message) -> None:
-        """Answers the edge's roster, inbox or unmasking request of the session in progress."""
-        session = self.secure_round
-        if session is None or not session.matches(message):
-            self.log.warning(
-                "round %d.%d: %s outside this device's secure-aggregation session; ignored",
-                message.round,
-                message.edge_round,
-                message.kind,
-            )
-            return
-        try:
-            reply = session.answer(message)
-        except SecAggError as error:
-            self.log.warning(
-                "round %d.%d: secure aggregation: %s; sitting this round out",
-                message.round,
-                message.edge_round,
-                error,
-            )
-            self.secure_round = None
-            return
-        self._send_secagg(reply, message)
-
-    def _send_secagg(self, reply: dict, message: protocol.Message) -> None:
-        frames = encode_message(
-            reply,
-            self.device.id,
-            round=message.round,
-            edge_round=message.edge_round,
-            model_version=self.model_version,
-            spec=self.net.spec,
-        )
-        try:
-            self.socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.log.warning("edge not reachable; %s not sent", reply["kind"])
-
     def _send(self, kind: str, **fields) -> None:
         frames = protocol.encode(kind, self.device.id, model_version=self.model_version, **fields)
+        self._send_frames(frames, kind)
+
+    def _send_frames(self, frames: list, kind: str) -> None:
         try:
             self.socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:

@@ -207,6 +207,10 @@ def make_edge_release(dp_config: DpConfig | None, seed: int) -> Callable[..., Ed
     one; a trusted edge (`dp = "edge"`) adds N(0, (z C)^2) to the sum
     (`rng.sum_noise_key`) and, with adaptive clipping, noise to its count of unclipped
     updates (`rng.count_noise_key`).
+
+    An aggregate that is not finite (updates finite one by one whose weighted sum
+    overflows float32) never replaces the model: the edge keeps its model and the round
+    counts weight 0, as if nobody had answered.
     """
 
     def central(summary: Summary, count, devices, cloud_round, edge_round, edge_index, clip_norm):
@@ -244,7 +248,13 @@ def make_edge_release(dp_config: DpConfig | None, seed: int) -> Callable[..., Ed
                 clip_norm,
             )
             summary, count = central(*args)
-        return EdgeOutcome(apply_summary(edge_flat, summary), summary.weight, count)
+        new_flat = apply_summary(edge_flat, summary)
+        ok = all_finite(new_flat) & jnp.isfinite(summary.weight)
+        return EdgeOutcome(
+            jnp.where(ok, new_flat, edge_flat),
+            jnp.where(ok, summary.weight, 0.0),
+            jnp.where(ok, count, 0.0),
+        )
 
     return edge_release
 
@@ -326,6 +336,8 @@ def make_cloud_step(
     cloud (`dp = "cloud"`) adds N(0, (z C)^2) to their sum with the key
     `rng.sum_noise_key(seed, round, 0, num_edges)`; the algorithm's server optimizer
     (FedOpt) applies the result.
+    A step whose model or optimizer state would not be finite (summaries whose weighted sum
+    overflows) leaves both as they were.
     """
 
     def cloud_step(params, server_state, deltas, weights, cloud_round, clip_norm):
@@ -335,9 +347,21 @@ def make_cloud_step(
             noise_std = dp_config.noise_multiplier * clip_norm
             total = total._replace(delta_sum=dp.privatize_sum(total.delta_sum, key, noise_std))
         summary = Summary(unravel(spec, total.delta_sum), total.weight)
-        return algorithm.server_update(params, server_state, summary)
+        new_params, new_state = algorithm.server_update(params, server_state, summary)
+        ok = all_finite(new_params) & all_finite(new_state)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, server_state)
 
     return cloud_step
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every floating-point value in `tree` is finite (integer leaves always are)."""
+    ok = jnp.bool_(True)
+    for leaf in jax.tree.leaves(tree):
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
 
 
 def next_clip_norm(

@@ -27,6 +27,7 @@ pytest.importorskip("tenseal", reason="homomorphic encryption needs the `he` ext
 from test_runtime_edge import Peer  # noqa: E402
 from test_runtime_launch import (
     HIERFL,
+    folder,  # noqa: F401 (a pytest fixture)
     kill9,
     wait_for_offline_rounds,
     wait_for_record,

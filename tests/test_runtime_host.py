@@ -13,6 +13,7 @@ import subprocess
 import pytest
 from test_runtime_launch import (
     HIERFL,
+    folder,  # noqa: F401 (a pytest fixture)
     kill9,
     launch_to_the_end,
     max_difference,

@@ -122,7 +122,7 @@ class EncryptedAggregation:
         self.history = {version: self.history[version] for version in kept}
         record = closing.record(
             unscored(self.net.task, len(self.topology.plants)),
-            self.topology.privacy.clip_norm,
+            float(np.float32(self.topology.privacy.clip_norm)),  # as the simulator records it
         )
         record["bytes"]["edge_to_cloud"] = self.bytes_up
         record["bytes"]["cloud_to_edge"] = closing.models_sent * down_bytes

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from hierfl.core.steps import aligned_zeros
+from hierfl.runs.records import reconcile_metrics
 from hierfl.runtime.checkpoints import CloudCheckpoints
-from hierfl.runtime.cloud import reconcile_metrics, staleness_discount
+from hierfl.runtime.cloud_summaries import staleness_discount
 from hierfl.runtime.node import start_waiting_over
 
 

@@ -46,8 +46,8 @@ from hierfl.errors import HomomorphicError  # noqa: E402
 from hierfl.kernels import flat_spec  # noqa: E402
 from hierfl.privacy import homomorphic as he  # noqa: E402
 from hierfl.runs.checkpoint import load_params  # noqa: E402
+from hierfl.runs.records import reconcile_metrics  # noqa: E402
 from hierfl.runtime import encrypted, protocol  # noqa: E402
-from hierfl.runtime.cloud import reconcile_metrics  # noqa: E402
 from hierfl.runtime.launch import Launch, read_new_records  # noqa: E402
 from hierfl.runtime.node import node_model  # noqa: E402
 from hierfl.sim.engine import simulate  # noqa: E402

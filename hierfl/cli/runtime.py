@@ -191,6 +191,7 @@ def _stop_on_signals(node) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
+    from hierfl.data.tasks import get_task
     from hierfl.runtime.launch import Launch, LaunchProgress, device_groups
 
     topology = _load(args.topology)
@@ -210,10 +211,11 @@ def run_launch(args: argparse.Namespace) -> int:
     launch = Launch(
         topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish
     )
+    metric = get_task(topology.federation.task).metric
     launch.start()
     try:
         with LaunchProgress(
-            launch.rounds, topology.federation.name, enabled=not args.quiet
+            launch.rounds, topology.federation.name, enabled=not args.quiet, metric=metric
         ) as progress:
             history = launch.wait(progress.update)
     except KeyboardInterrupt:
@@ -225,9 +227,7 @@ def run_launch(args: argparse.Namespace) -> int:
         raise
     if history:
         from hierfl.cli.summary import summary_table
-        from hierfl.data.tasks import get_task
 
-        metric = get_task(topology.federation.task).metric
         console.print(summary_table(history, topology.plant_names, metric))
         console.print(runtime_table(history))
     note = " (decrypted at its plant; the cloud holds none)" if topology.privacy.homomorphic else ""

@@ -25,7 +25,9 @@ def flatten_params(params: Any) -> dict[str, np.ndarray]:
     """{'a/b': array} for every leaf of a nested dict pytree."""
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        flat["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = np.asarray(leaf)
+        flat["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = np.asarray(
+            leaf
+        )
     return flat
 
 
@@ -52,7 +54,11 @@ def save_params(path: str | os.PathLike, params: Any) -> Path:
     dtypes = {name: str(value.dtype) for name, value in flat.items()}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **{name: _storable(v) for name, v in flat.items()}, **{DTYPES_KEY: np.array(json.dumps(dtypes))})
+        np.savez(
+            f,
+            **{name: _storable(v) for name, v in flat.items()},
+            **{DTYPES_KEY: np.array(json.dumps(dtypes))},
+        )
     os.replace(tmp, path)
     return path
 
@@ -65,7 +71,9 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
             dtypes = json.loads(str(data[DTYPES_KEY])) if DTYPES_KEY in data.files else {}
             flat = {k: _restore(data[k], dtypes.get(k)) for k in data.files if k != DTYPES_KEY}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise RunDirError(f"{path}: cannot read model parameters ({type(err).__name__}: {err})") from err
+        raise RunDirError(
+            f"{path}: cannot read model parameters ({type(err).__name__}: {err})"
+        ) from err
     return unflatten_params(flat)
 
 

@@ -16,9 +16,10 @@ A run directory holds
   otherwise (a regression task: ``rmse``) has its deciding metric's fields instead, named
   by ``run.json``'s ``metric`` (see ``hierfl.runs.scoring``), e.g. ``rmse`` and ``plant_rmse``.
 
-This module owns the format: the simulator writes through ``MetricsWriter`` and
-``write_run_info``; the report and anything else read through ``read_run_info`` and
-``read_metrics``, which check each record once so readers can trust it.
+This module owns the format: both engines build what they write with
+``hierfl.runs.records`` and write it through ``MetricsWriter`` and ``write_run_info``; the
+report and anything else read through ``read_run_info`` and ``read_metrics``, which check
+each record once so readers can trust it.
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ def write_run_info(run_dir: Path | str, info: Mapping[str, Any]) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RUN_INFO_FILE
-    path.write_text(json.dumps(dict(info), indent=2, default=to_json_value) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(dict(info), indent=2, default=to_json_value) + "\n", encoding="utf-8"
+    )
     return path
 
 

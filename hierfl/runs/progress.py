@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from hierfl.runs.scoring import ACCURACY, Metric
 
@@ -12,7 +19,14 @@ from hierfl.runs.scoring import ACCURACY, Metric
 class RoundProgress:
     """Context manager: `update(record)` advances one round; disabled, it does nothing."""
 
-    def __init__(self, total: int, *, enabled: bool = True, title: str = "training", metric: Metric = ACCURACY):
+    def __init__(
+        self,
+        total: int,
+        *,
+        enabled: bool = True,
+        title: str = "training",
+        metric: Metric = ACCURACY,
+    ):
         self._metric = metric
         short = "acc" if metric.name == "accuracy" else metric.name
         self._progress = Progress(

@@ -123,14 +123,15 @@ def best_round(records: Sequence[Record], metric: Metric = ACCURACY) -> tuple[in
     return int(best["round"]), float(best[metric.name])
 
 
-def plant_accuracy_series(records: Sequence[Record], metric: Metric = ACCURACY) -> dict[str, list[float]]:
+def plant_accuracy_series(
+    records: Sequence[Record], metric: Metric = ACCURACY
+) -> dict[str, list[float]]:
     """Returns, per plant (sorted by name), its accuracy (or ``metric``) at each record,
     NaN where a record has no entry for that plant."""
     key = metric.plant_key
     plants = sorted({plant for record in records for plant in record[key]})
     return {
-        plant: [float(record[key].get(plant, math.nan)) for record in records]
-        for plant in plants
+        plant: [float(record[key].get(plant, math.nan)) for record in records] for plant in plants
     }
 
 
@@ -207,6 +208,7 @@ def run_title(info: Mapping[str, Any]) -> str:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Returns a GitHub markdown table; ``|`` in cells is escaped."""
+
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
@@ -332,8 +334,15 @@ def bytes_figure(info: Mapping[str, Any], records: Sequence[Record]) -> Figure:
             continue  # nothing to draw on a log axis
         values = [math.nan if scale == "log" and sent == 0 else sent for sent in running]
         label = f"{TIER_LABELS[tier]} ({format_bytes(totals[tier])})"
-        axes.plot(x, values, linewidth=2, marker=_marker(records), markersize=3, label=label,
-                  **TIER_STYLES[tier])
+        axes.plot(
+            x,
+            values,
+            linewidth=2,
+            marker=_marker(records),
+            markersize=3,
+            label=label,
+            **TIER_STYLES[tier],
+        )
     axes.set_yscale(scale)
     if scale == "linear":
         axes.set_ylim(bottom=0)
@@ -349,10 +358,22 @@ def loss_figure(info: Mapping[str, Any], records: Sequence[Record]) -> Figure:
     axes = _round_axes(figure, f"Loss — {run_title(info)}", "loss")
     x = rounds(records)
     marker = _marker(records)
-    axes.plot(x, [float(r["loss"]) for r in records], linewidth=2, marker=marker, markersize=3,
-              label="training (mean local)")
-    axes.plot(x, [float(r["test_loss"]) for r in records], linewidth=2, marker=marker, markersize=3,
-              label="test")
+    axes.plot(
+        x,
+        [float(r["loss"]) for r in records],
+        linewidth=2,
+        marker=marker,
+        markersize=3,
+        label="training (mean local)",
+    )
+    axes.plot(
+        x,
+        [float(r["test_loss"]) for r in records],
+        linewidth=2,
+        marker=marker,
+        markersize=3,
+        label="test",
+    )
     axes.legend(loc="best", fontsize="small")
     return figure
 
@@ -372,7 +393,9 @@ def write_report(run_dir: Path | str) -> list[Path]:
     info = read_run_info(run_dir)
     records = read_metrics(run_dir)
     if not records:
-        raise MetricsError(f"{run_dir / METRICS_FILE}: no cloud round recorded yet; nothing to report")
+        raise MetricsError(
+            f"{run_dir / METRICS_FILE}: no cloud round recorded yet; nothing to report"
+        )
 
     written = []
     for name, build in (

@@ -41,7 +41,9 @@ class Metric:
     percent: bool = False
     unit: str = ""
     root: bool = False
-    example_value: Callable[[Any, Any], Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    example_value: Callable[[Any, Any], Any] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def plant_key(self) -> str:

@@ -3,7 +3,7 @@
 The launcher starts the cloud, one edge per plant and the devices (each a `python -m
 hierfl cloud|edge|device|devices ...`), sends each one's output to
 `RUN_DIR/logs/<node>.log`, and follows the cloud's `metrics.jsonl` to show progress:
-round, accuracy, devices answered per plant, late updates. It ends when the cloud has
+round, the task's score, devices answered per plant, late updates. It ends when the cloud has
 trained its rounds (the cloud tells the edges to stop, the edges tell the devices); on
 Ctrl-C or an error it stops every process (SIGTERM, then SIGKILL after a grace period).
 Node processes are the same ones a multi-machine deployment runs by hand.
@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hierfl.errors import HierflError
 from hierfl.runs.metrics import METRICS_FILE
+from hierfl.runs.scoring import ACCURACY, Metric
 from hierfl.runtime.node import node_name
 from hierfl.topology import Device, Topology
 
@@ -277,21 +278,23 @@ def read_new_records(path: Path, seen: int) -> list[dict[str, Any]]:
 
 
 class LaunchProgress:
-    """Rich live progress of a launched run: rounds, accuracy, devices answered per plant, late updates."""
+    """Rich live progress of a launched run: rounds, the task's score, devices answered per plant, late updates."""
 
-    def __init__(self, total: int, title: str, enabled: bool = True):
+    def __init__(self, total: int, title: str, enabled: bool = True, metric: Metric = ACCURACY):
+        self.metric = metric
+        short = "acc" if metric.name == "accuracy" else metric.name
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
-                "acc {task.fields[accuracy]}  {task.fields[answered]}  late {task.fields[late]}"
+                short + " {task.fields[score]}  {task.fields[answered]}  late {task.fields[late]}"
             ),
             TimeElapsedColumn(),
             disable=not enabled,
         )
         self.task = self.progress.add_task(
-            title, total=total, accuracy="-", answered="waiting for nodes", late=0
+            title, total=total, score="-", answered="waiting for nodes", late=0
         )
 
     def __enter__(self) -> LaunchProgress:
@@ -310,7 +313,7 @@ class LaunchProgress:
         self.progress.update(
             self.task,
             completed=record["round"],
-            accuracy=f"{record['accuracy']:.4f}",
+            score=f"{record[self.metric.name]:.4f}",
             answered=per_plant,
             late=record.get("late_updates", 0),
         )

@@ -20,18 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl import __version__, privacy
 from hierfl.core import links, rng
 from hierfl.core.algorithms import build_algorithm
 from hierfl.core.attack import attacker_mask
 from hierfl.core.links import LinkCodecs
-from hierfl.data.evaluation import make_evaluator, metric_fields
+from hierfl.data.evaluation import make_evaluator
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import Plan, make_plan
 from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.kernels import FlatSpec, flat_spec
 from hierfl.privacy.config import rounds_to_run
-from hierfl.runs import checkpoint
+from hierfl.runs import checkpoint, records
 from hierfl.runs.metrics import MetricsWriter, write_run_info
 from hierfl.runs.progress import RoundProgress
 from hierfl.sim import parallel
@@ -222,31 +221,36 @@ def simulate(
     model, state = sim.model, sim.initial
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
 
+    budget = rounds_to_run(topology, federation.cloud_rounds)
     run_dir = Path(out) if out is not None else None
-    writer = _open_run_dir(run_dir, plan, model) if run_dir is not None else None
+    writer = None
+    if run_dir is not None:
+        writer = _open_run_dir(
+            run_dir, records.run_info(topology, model.name, plan.task.metric, budget)
+        )
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
-    budget = rounds_to_run(topology, federation.cloud_rounds)
     with RoundProgress(
-        federation.cloud_rounds, enabled=progress, title=federation.name, metric=plan.task.metric
+        budget, enabled=progress, title=federation.name, metric=plan.task.metric
     ) as bar:
         for r in range(1, budget + 1):
             round_started = time.perf_counter()
             state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
             scores = evaluate(state.params)
             now = time.perf_counter()
-            record = {
-                "round": r,
-                "loss": float(stats.train_loss),
-                "test_loss": scores.loss,
-                **metric_fields(plan.task, scores, topology.plant_names),
-                "bytes": sim.bytes_per_round,
-                "round_seconds": now - round_started,
-                "elapsed_seconds": now - started,
-                "devices": sim.trained_devices,
-                "rejected_updates": int(stats.rejected_updates),
-            }
-            record.update(privacy.privacy_record(topology, r, float(state.clip_norm)))
+            record = records.round_record(
+                topology,
+                plan.task,
+                round=r,
+                loss=float(stats.train_loss),
+                scores=scores,
+                bytes=sim.bytes_per_round,
+                round_seconds=now - round_started,
+                elapsed_seconds=now - started,
+                devices=sim.trained_devices,
+                clip_norm=float(state.clip_norm),
+                rejected_updates=int(stats.rejected_updates),
+            )
             history.append(record)
             if writer is not None:
                 writer.write(record)
@@ -259,35 +263,8 @@ def simulate(
     return SimulationResult(state.params, history, model, plan, run_dir)
 
 
-def _open_run_dir(run_dir: Path, plan: Plan, model: Model) -> MetricsWriter:
-    """Creates the run directory, records what is being run, and opens a fresh metrics file."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    topology, federation = plan.topology, plan.topology.federation
-    write_run_info(
-        run_dir,
-        {
-            "name": federation.name,
-            "task": federation.task,
-            "model": model.name,
-            "algorithm": federation.algorithm,
-            "topology": topology.source,
-            "seed": federation.seed,
-            "num_plants": len(topology.plants),
-            "num_devices": topology.num_devices,
-            "cloud_rounds": federation.cloud_rounds,
-            "edge_rounds": federation.edge_rounds,
-            "local_steps": federation.local_steps,
-            "batch_size": federation.batch_size,
-            "learning_rate": federation.learning_rate,
-            "compression": dataclasses.asdict(topology.compression),
-            "metric": plan.task.metric.describe(),
-            "aggregation": dataclasses.asdict(topology.aggregation),
-            "attack": dataclasses.asdict(topology.attack),
-            "privacy": dataclasses.asdict(topology.privacy),
-            "mu": federation.mu,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "hierfl_version": __version__,
-        },
-    )
+def _open_run_dir(run_dir: Path, info: dict[str, Any]) -> MetricsWriter:
+    """Creates the run directory, writes `info` to `run.json`, and opens a fresh metrics file."""
+    write_run_info(run_dir, info)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return MetricsWriter(run_dir)

@@ -1,0 +1,147 @@
+"""A run's records, built once for both engines: `run.json`'s contents and each round's record.
+
+`hierfl.sim.engine.simulate` and the runtime's cloud (`hierfl.runtime.cloud`) both call
+`run_info` and `round_record`; the cloud adds only its runtime fields (edges answered,
+refused messages, late updates, stale summaries). Scores are the task's metrics under their
+own names (`accuracy`, or `rmse` and `mae` for a regression task; see `hierfl.runs.scoring`),
+and `run.json` names the deciding one, so a report labels and compares the right number.
+The file format (writing, reading, checking) is `hierfl.runs.metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hierfl import __version__
+from hierfl.data.evaluation import Scores, combine_plant_sums, metric_fields
+from hierfl.data.tasks import Task
+from hierfl.privacy import privacy_record
+from hierfl.runs.metrics import encode_record, read_run_info, write_run_info
+from hierfl.runs.scoring import Metric
+from hierfl.topology import Topology
+
+
+def run_info(
+    topology: Topology, model_name: str, metric: Metric, rounds: int, *, runtime: bool = False
+) -> dict[str, Any]:
+    """`run.json`'s contents: what is run, scored by `metric`, for `rounds` cloud rounds.
+
+    `rounds` is what was asked for after the privacy budget's cap (`rounds_to_run`), not
+    the file's `cloud_rounds`. With `runtime`, the runtime settings too (without keys).
+    """
+    federation = topology.federation
+    info = {
+        "name": federation.name,
+        "task": federation.task,
+        "model": model_name,
+        "algorithm": federation.algorithm,
+        "topology": topology.source,
+        "seed": federation.seed,
+        "num_plants": len(topology.plants),
+        "num_devices": topology.num_devices,
+        "cloud_rounds": rounds,
+        "edge_rounds": federation.edge_rounds,
+        "local_steps": federation.local_steps,
+        "batch_size": federation.batch_size,
+        "learning_rate": federation.learning_rate,
+        "compression": dataclasses.asdict(topology.compression),
+        "metric": metric.describe(),
+        "aggregation": dataclasses.asdict(topology.aggregation),
+        "attack": dataclasses.asdict(topology.attack),
+        "privacy": dataclasses.asdict(topology.privacy),
+        "mu": federation.mu,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hierfl_version": __version__,
+    }
+    if runtime:
+        settings = dataclasses.asdict(topology.runtime)
+        info["runtime"] = {
+            k: v for k, v in settings.items() if not k.endswith("keys") and k != "cloud_key"
+        }
+    return info
+
+
+def plan_rounds(run_dir: Path, rounds: int) -> None:
+    """Sets `run.json`'s `cloud_rounds` to `rounds` (a resumed run asked for another count)."""
+    info = read_run_info(run_dir)
+    if info.get("cloud_rounds") != rounds:
+        write_run_info(run_dir, {**info, "cloud_rounds": rounds})
+
+
+def score_fields(task: Task, scores: Scores, plant_names: Sequence[str]) -> dict[str, Any]:
+    """A record's test scores: `test_loss`, then each metric of `task` overall and per plant."""
+    return {"test_loss": scores.loss, **metric_fields(task, scores, plant_names)}
+
+
+def unscored(task: Task, num_plants: int) -> Scores:
+    """Scores not known yet (NaN everywhere): a record waiting for the plants' evaluations."""
+    return combine_plant_sums(task, [None] * num_plants)
+
+
+def round_record(
+    topology: Topology,
+    task: Task,
+    *,
+    round: int,
+    loss: float,
+    scores: Scores,
+    bytes: Mapping[str, int],
+    round_seconds: float,
+    elapsed_seconds: float,
+    devices: int,
+    clip_norm: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Round `round`'s record: the fields both engines write, an engine's `extra` fields, then
+    the privacy fields (`privacy_record`: epsilon, delta and the clip norm, under DP).
+
+    `loss` is the mean training loss, `bytes` each tier's traffic during the round, `devices`
+    how many devices trained, `clip_norm` the clip norm in force after the round.
+    """
+    return {
+        "round": round,
+        "loss": loss,
+        **score_fields(task, scores, topology.plant_names),
+        "bytes": dict(bytes),
+        "round_seconds": round_seconds,
+        "elapsed_seconds": elapsed_seconds,
+        "devices": devices,
+        **extra,
+        **privacy_record(topology, round, clip_norm),
+    }
+
+
+def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] | None) -> bool:
+    """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last).
+
+    With `last_record` None (homomorphic encryption: the checkpoint's record has no scores
+    yet) the file's own record of `last_round` is kept if it has one. Returns whether the
+    file now holds `last_round`.
+    """
+    records: dict[int, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the crash
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("round"), int)
+                and (
+                    record["round"] < last_round
+                    or (record["round"] == last_round and last_record is None)
+                )
+            ):
+                records[record["round"]] = line + "\n"
+    if last_record is not None:
+        records[last_round] = encode_record(last_record)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(records[r] for r in sorted(records)), encoding="utf-8")
+    tmp.replace(path)
+    return last_round in records

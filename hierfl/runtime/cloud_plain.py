@@ -1,0 +1,221 @@
+"""The cloud holding the global model: decoded summaries into a stack, one jitted server step.
+
+Each round the edges' summaries are decoded into rows of a `[2E, P]` stack (rows E..2E-1
+hold stale summaries, an edge's offline progress) and `steps.make_cloud_step` applies the
+aggregation rule and the server optimizer (and, with `dp = "cloud"`, noises the sum). The
+clip norm moves by `steps.next_clip_norm` (adaptive clipping, from the edges' noised counts)
+and SCAFFOLD's variate `c` by `steps.next_cloud_variate`; both go out with every model and
+are checkpointed (orbax) with it. The model is evaluated on the held-out test set after each
+round and, with `publish`, goes out as a versioned inference artifact (`RoundPublisher`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hierfl.core import steps
+from hierfl.core.steps import aligned_zeros
+from hierfl.data.evaluation import make_evaluator
+from hierfl.data.plan import make_plan
+from hierfl.kernels import ravel
+from hierfl.privacy.config import DpConfig
+from hierfl.runs import checkpoint
+from hierfl.runs.metrics import METRICS_FILE
+from hierfl.runs.records import reconcile_metrics
+from hierfl.runtime import protocol
+from hierfl.runtime.checkpoints import CloudCheckpoints
+from hierfl.runtime.cloud_modes import CLOUD, Closing, CloudShell, Resumed
+from hierfl.runtime.node import NodeModel
+from hierfl.topology import Topology
+
+
+class PlainAggregation:
+    """The cloud's global model, server state, clip norm and variate, and the step that moves them."""
+
+    summary_kind = protocol.SUMMARY
+
+    def __init__(
+        self,
+        topology: Topology,
+        net: NodeModel,
+        run_dir: Path,
+        shell: CloudShell,
+        publish: str | None,
+    ):
+        self.topology, self.net, self.run_dir, self.shell = topology, net, run_dir, shell
+        self.dp = DpConfig.of(topology)
+        plan = make_plan(topology)
+        edges = len(topology.plants)
+        self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
+        self.step = jax.jit(
+            steps.make_cloud_step(
+                net.algorithm,
+                net.spec,
+                topology.aggregation.cloud,
+                self.dp,
+                topology.federation.seed,
+                edges,
+            )
+        )
+        self.ravel = jax.jit(lambda params: ravel(net.spec, params))
+        self.decode = jax.jit(steps.make_decode(net.codecs.edge_to_cloud))
+        self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
+        self.deltas = aligned_zeros((2 * edges, net.spec.size))
+        self.weights = np.zeros(2 * edges, np.float32)
+        self.params = net.initial_params
+        self.server_state = net.algorithm.server_init(self.params)
+        self.clip_norm = np.float32(topology.privacy.clip_norm)
+        # SCAFFOLD: the cloud's variate c, this round's variate sums (rows as deltas), the federation's examples.
+        self.variate = np.zeros(net.spec.size if net.variates else 0, np.float32)
+        self.variate_sums = aligned_zeros((2 * edges, self.variate.size))
+        self.examples = np.float32(plan.shards.counts.sum())
+        self.checkpoints = CloudCheckpoints(run_dir / "checkpoints" / "cloud")
+        self.publisher = RoundPublisher(publish, net, topology) if publish else None
+
+    def warm_up(self) -> None:
+        self.ravel(self.params)
+        self.step(
+            self.params, self.server_state, self.deltas, self.weights, jnp.int32(1), self.clip_norm
+        )
+        self.evaluate(self.params)
+
+    def restore(self) -> Resumed | None:
+        state = self.checkpoints.latest(self.params, self.server_state, self.variate)
+        if state is None:
+            self.shell.log.info(
+                "no checkpoint in %s; starting at round 1", self.checkpoints.directory
+            )
+            return None
+        self.params = jax.tree.map(jnp.asarray, state.params)
+        self.server_state = state.server_state
+        self.variate = np.asarray(state.variate, np.float32)
+        self.clip_norm = np.float32(state.record.get("clip_norm", self.clip_norm))
+        reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
+        self.shell.log.info("resumed from the checkpoint of cloud round %d", state.round)
+        return Resumed(state.round + 1, float(state.record.get("elapsed_seconds", 0.0)))
+
+    def open_round(self, round: int) -> list:
+        self.weights[:] = 0
+        self.variate_sums[:] = 0
+        return protocol.encode(
+            protocol.MODEL,
+            CLOUD,
+            round=round,
+            model_version=round - 1,
+            spec=self.net.spec,
+            codec="none",
+            arrays=[
+                np.asarray(self.ravel(self.params)),
+                *([self.variate] if self.net.variates else []),
+            ],
+            **({"clip_norm": float(self.clip_norm)} if self.dp else {}),
+        )
+
+    def take(self, row: int, message: protocol.Message, weight: float) -> None:
+        if self.net.codecs.edge_to_cloud.name == "none":
+            self.deltas[row] = message.arrays[0]
+        else:
+            self.deltas[row] = np.asarray(self.decode(self.net.payload(message.arrays)))
+        if self.net.variates:
+            self.variate_sums[row] = message.arrays[-1]
+        self.weights[row] = weight
+
+    def close_round(self, closing: Closing) -> None:
+        if closing.enough:
+            self.params, self.server_state = self.step(
+                self.params,
+                self.server_state,
+                self.deltas,
+                self.weights,
+                jnp.int32(closing.round),
+                self.clip_norm,
+            )
+            self.clip_norm = self._next_clip_norm(closing.summaries)
+        # The devices have moved their variates, whatever happened to the model.
+        self.variate = np.asarray(
+            steps.next_cloud_variate(self.variate, self.variate_sums, self.examples)
+        )
+        record = closing.record(self.evaluate(self.params), float(self.clip_norm))
+        self.checkpoints.save(closing.round, self.params, self.server_state, record, self.variate)
+        self.shell.write(record)
+        if self.publisher is not None:
+            self.publisher.publish(closing.round, self.params, record)
+        metric = self.net.task.metric.name
+        self.shell.log.info(
+            "cloud round %d: %d/%d edges, %s %.4f",
+            closing.round,
+            len(closing.summaries),
+            closing.edges,
+            metric,
+            record[metric],
+        )
+
+    def _next_clip_norm(self, summaries: Mapping[str, Mapping[str, Any]]) -> np.float32:
+        """The clip norm after this round (`steps.next_clip_norm`: adaptive clipping moves it
+        from the edges' noised counts of unclipped updates)."""
+        counted = sum(protocol.header_number(h, "unclipped", 0.0) for h in summaries.values())
+        edge_rounds, devices = self.topology.federation.edge_rounds, self.topology.num_devices
+        return np.float32(
+            steps.next_clip_norm(self.dp, self.clip_norm, counted, edge_rounds, devices)
+        )
+
+    def hello(self, edge: str, held: int, round: int, done: bool) -> bool:
+        return False
+
+    def evaluation(self, message: protocol.Message, round: int) -> None:
+        raise protocol.MessageRejected(
+            protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud"
+        )
+
+    def finish(self, round: int) -> None:
+        checkpoint.save_params(self.run_dir / "model.npz", self.params)
+        self.shell.log.info("trained %d cloud rounds; model saved; stopping the edges", round - 1)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        if self.publisher is not None:
+            self.publisher.close()
+
+
+class RoundPublisher:
+    """Publishes each round's global model as an inference artifact (see `hierfl.inference.publisher`).
+
+    The model's inference function is exported once (`jax.export`; the params are its
+    arguments), so each round only packs new params with a new version number.
+    """
+
+    def __init__(self, address: str, net: NodeModel, topology: Topology):
+        from hierfl.inference.export import export_model
+        from hierfl.inference.publisher import ModelPublisher
+
+        self.template = export_model(
+            net.model,
+            net.initial_params,
+            net.task,
+            version=0,
+            run={"name": topology.federation.name},
+        )
+        self.metric = net.task.metric.name
+        self.publisher = ModelPublisher(address)
+
+    def publish(self, round: int, params: Any, record: Mapping[str, Any]) -> None:
+        from hierfl.runs.checkpoint import flatten_params
+
+        meta = dataclasses.replace(
+            self.template.meta,
+            version=round,
+            metrics={self.metric: record[self.metric], "round": round},
+        )
+        self.publisher.publish(
+            dataclasses.replace(self.template, meta=meta, params=flatten_params(params))
+        )
+
+    def close(self) -> None:
+        self.publisher.close()

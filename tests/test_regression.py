@@ -18,6 +18,7 @@ import hierfl.data.tasks as tasks
 from conftest import topology_text
 from hierfl.data.partition import quantile_bins
 from hierfl.data.plan import divide_plant, make_plan
+from hierfl.data.scoring import ACCURACY, Metric, from_description, run_metric
 from hierfl.data.tasks import PlantData, Task
 from hierfl.data.tasks.base import mae, rmse, squared_error, target_bins
 from hierfl.data.tasks.bearing_data import CLASSES, generate_plant
@@ -25,7 +26,6 @@ from hierfl.data.tasks.models import MLP
 from hierfl.errors import DataError
 from hierfl.runs.metrics import read_metrics, read_run_info
 from hierfl.runs.report import write_report
-from hierfl.runs.scoring import ACCURACY, Metric, from_description, run_metric
 from hierfl.sim.engine import simulate
 from hierfl.studies.baselines import train_baselines, uplink_at_equal_accuracy
 from hierfl.topology import TopologyError, parse_topology

@@ -320,10 +320,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from hierfl.data.scoring import run_metric
     from hierfl.inference.artifact import write_artifact
     from hierfl.inference.export import export_run
     from hierfl.runs.metrics import read_run_info
-    from hierfl.runs.scoring import run_metric
 
     artifact = export_run(args.run_dir, platforms=args.platforms)
     path = write_artifact(args.out or args.run_dir / "model.hfl", artifact)

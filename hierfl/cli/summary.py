@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
-from hierfl.runs.scoring import ACCURACY, Metric
+from hierfl.data.scoring import ACCURACY, Metric
 
 
 def summary_table(

@@ -1,1 +1,2 @@
-"""Run records (run.json, metrics.jsonl, model.npz), scoring, progress and reports."""
+"""Run records (run.json, metrics.jsonl, model.npz) written once for both engines, progress
+and reports."""

@@ -14,7 +14,7 @@ A run directory holds
 
   ``accuracy`` and ``plant_accuracy`` are the fields of a classification task. A task scored
   otherwise (a regression task: ``rmse``) has its deciding metric's fields instead, named
-  by ``run.json``'s ``metric`` (see ``hierfl.runs.scoring``), e.g. ``rmse`` and ``plant_rmse``.
+  by ``run.json``'s ``metric`` (see ``hierfl.data.scoring``), e.g. ``rmse`` and ``plant_rmse``.
 
 This module owns the format: both engines build what they write with
 ``hierfl.runs.records`` and write it through ``MetricsWriter`` and ``write_run_info``; the

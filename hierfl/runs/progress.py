@@ -13,7 +13,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from hierfl.runs.scoring import ACCURACY, Metric
+from hierfl.data.scoring import ACCURACY, Metric
 
 
 class RoundProgress:

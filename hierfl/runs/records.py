@@ -3,7 +3,7 @@
 `hierfl.sim.engine.simulate` and the runtime's cloud (`hierfl.runtime.cloud`) both call
 `run_info` and `round_record`; the cloud adds only its runtime fields (edges answered,
 refused messages, late updates, stale summaries). Scores are the task's metrics under their
-own names (`accuracy`, or `rmse` and `mae` for a regression task; see `hierfl.runs.scoring`),
+own names (`accuracy`, or `rmse` and `mae` for a regression task; see `hierfl.data.scoring`),
 and `run.json` names the deciding one, so a report labels and compares the right number.
 The file format (writing, reading, checking) is `hierfl.runs.metrics`.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 from hierfl import __version__
 from hierfl.data.evaluation import Scores, combine_plant_sums, metric_fields
+from hierfl.data.scoring import Metric
 from hierfl.data.tasks import Task
 from hierfl.privacy import privacy_record
 from hierfl.runs.metrics import encode_record, read_run_info, write_run_info
-from hierfl.runs.scoring import Metric
 from hierfl.topology import Topology
 
 

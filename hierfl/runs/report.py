@@ -4,7 +4,7 @@
 and writes, into the same directory,
 
 * ``accuracy.png`` -- global test accuracy per cloud round (bold) and one line per plant
-  (for a task scored otherwise, ``<metric>.png``, e.g. ``rmse.png``: see ``hierfl.runs.scoring``);
+  (for a task scored otherwise, ``<metric>.png``, e.g. ``rmse.png``: see ``hierfl.data.scoring``);
 * ``bytes.png`` -- cumulative bytes sent per tier over the cloud rounds;
 * ``loss.png`` -- training loss and test loss per cloud round;
 * ``report.md`` -- run settings, final and best accuracy, per-plant final accuracy, total
@@ -28,8 +28,8 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
+from hierfl.data.scoring import ACCURACY, Metric, run_metric
 from hierfl.runs.metrics import BYTE_TIERS, METRICS_FILE, MetricsError, read_metrics, read_run_info
-from hierfl.runs.scoring import ACCURACY, Metric, run_metric
 
 Record = Mapping[str, Any]
 
@@ -293,7 +293,7 @@ def score_plot(metric: Metric) -> str:
 
 
 def accuracy_figure(info: Mapping[str, Any], records: Sequence[Record]) -> Figure:
-    """Returns a figure of global test accuracy (or the run's metric, see ``hierfl.runs.scoring``)
+    """Returns a figure of global test accuracy (or the run's metric, see ``hierfl.data.scoring``)
     per cloud round (bold, black) and each plant's (thin, one colour per plant), with a legend."""
     metric = run_metric(info)
     figure = Figure(figsize=(8, 5), layout="constrained")

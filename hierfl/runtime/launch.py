@@ -33,9 +33,9 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hierfl.data.scoring import ACCURACY, Metric
 from hierfl.errors import HierflError
 from hierfl.runs.metrics import METRICS_FILE
-from hierfl.runs.scoring import ACCURACY, Metric
 from hierfl.runtime.node import node_name
 from hierfl.topology import Device, Topology
 

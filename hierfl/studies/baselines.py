@@ -65,9 +65,9 @@ from hierfl.core import rng
 from hierfl.core.algorithms import DeviceData, fedavg
 from hierfl.data.evaluation import Scores, make_evaluator, metric_fields
 from hierfl.data.plan import Plan
+from hierfl.data.scoring import ACCURACY, Metric
 from hierfl.data.tasks.models import Model, Params
 from hierfl.runs.progress import RoundProgress
-from hierfl.runs.scoring import ACCURACY, Metric
 from hierfl.sim.engine import init_global_model
 from hierfl.topology import Federation, Topology
 

@@ -12,7 +12,7 @@ and compares the edge->cloud bytes of 1 and 2 at equal score. `collect_results` 
 runs into plain JSON (every number and curve), `results_markdown` into the tables an
 example's README quotes, and `results_figure` into the plot (score against examples
 processed, and against edge->cloud bytes). Scores are the task's metrics
-(`hierfl.runs.scoring`): accuracy for classification, e.g. RMSE (lower is better) for
+(`hierfl.data.scoring`): accuracy for classification, e.g. RMSE (lower is better) for
 regression; every label follows the metric. `Words` name the example's devices, plants
 and examples ("cameras", "mills", "images") so the text reads as the use case.
 `write_results` writes the three files; `run_problems` is a whole example (one comparison
@@ -39,8 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from hierfl.data.plan import Plan, make_plan
+from hierfl.data.scoring import Metric, from_description
 from hierfl.runs.report import format_bytes, markdown_table
-from hierfl.runs.scoring import Metric, from_description
 from hierfl.sim.engine import simulate
 from hierfl.studies.baselines import (
     Baselines,

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from hierfl.data import partition
-from hierfl.runs.scoring import Metric
+from hierfl.data.scoring import Metric
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,10 +28,13 @@ from hierfl.sim.engine import simulate
 TASKS = {
     "digits": ('task = "digits"\nmodel = "mlp"', "accuracy"),
     "bearing-rul": ('task = "bearing-rul"', "rmse"),
+    # SCAFFOLD: every message also carries a variate, which both engines must count alike.
+    "digits-scaffold": ('task = "digits"\nmodel = "mlp"\nalgorithm = "scaffold"', "accuracy"),
 }
 SCORES = {
     "digits": ("accuracy", "plant_accuracy"),
     "bearing-rul": ("rmse", "mae", "plant_rmse", "plant_mae"),
+    "digits-scaffold": ("accuracy", "plant_accuracy"),
 }
 
 

@@ -60,6 +60,33 @@ def initial_residuals(codec: Codec, leading: tuple[int, ...]) -> jax.Array:
     return jnp.zeros((*leading, codec.residual_size), jnp.float32)
 
 
+def traffic(
+    codecs: LinkCodecs,
+    model_bytes: int,
+    *,
+    updates: int,
+    summaries: int,
+    models_sent: int,
+    variates: bool = False,
+) -> dict[str, int]:
+    """Bytes of payload each tier sends for the messages of one cloud round.
+
+    `updates` device updates go up (each answering a model its edge sent down),
+    `summaries` edge summaries go up and `models_sent` global models go down. Uplinks carry
+    their codec's `payload_bytes`, downlinks the float32 model; with control `variates`
+    (SCAFFOLD) every one of these messages also carries a float32 variate (a change up, the
+    cloud's `c` down). Both engines count with this: the simulator from the plan, the cloud
+    from what its edges report.
+    """
+    variate = model_bytes if variates else 0
+    return {
+        "device_to_edge": updates * (codecs.device_to_edge.payload_bytes + variate),
+        "edge_to_device": updates * (model_bytes + variate),
+        "edge_to_cloud": summaries * (codecs.edge_to_cloud.payload_bytes + variate),
+        "cloud_to_edge": models_sent * (model_bytes + variate),
+    }
+
+
 def tier_bytes(
     codecs: LinkCodecs,
     model_bytes: int,
@@ -69,17 +96,9 @@ def tier_bytes(
     *,
     variates: bool = False,
 ) -> dict[str, int]:
-    """Bytes of update payload each tier sends in one cloud round.
-
-    Uplinks send one encoded update per device per edge round and one per edge per cloud
-    round (`payload_bytes` of the link's codec); downlinks send the float32 model. With
-    control `variates` (SCAFFOLD), every uplink message also carries a float32 variate
-    change, and the cloud's variate goes down once per cloud round to every edge and device.
-    """
-    variate = model_bytes if variates else 0
-    return {
-        "device_to_edge": devices * edge_rounds * (codecs.device_to_edge.payload_bytes + variate),
-        "edge_to_device": devices * (edge_rounds * model_bytes + variate),
-        "edge_to_cloud": edges * (codecs.edge_to_cloud.payload_bytes + variate),
-        "cloud_to_edge": edges * (model_bytes + variate),
-    }
+    """`traffic` of a cloud round in which every one of `devices` answers each of its
+    `edge_rounds` and every one of `edges` sends its summary."""
+    updates = devices * edge_rounds
+    return traffic(
+        codecs, model_bytes, updates=updates, summaries=edges, models_sent=edges, variates=variates
+    )

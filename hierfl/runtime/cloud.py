@@ -311,7 +311,9 @@ class CloudNode:
             round=self.round,
             loss=received.loss(),
             scores=scores,
-            bytes=received.traffic(self.net.codecs, self.net.spec.nbytes, self.sent_to),
+            bytes=received.traffic(
+                self.net.codecs, self.net.spec.nbytes, self.sent_to, self.net.variates
+            ),
             round_seconds=now - self.round_started,
             elapsed_seconds=self.elapsed_before + now - self.run_started,
             devices=received.devices(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hierfl.core import links
 from hierfl.core.links import LinkCodecs
 from hierfl.runtime import protocol
 from hierfl.topology import Topology
@@ -85,16 +86,21 @@ class RoundSummaries:
         """Devices that trained: per edge, the most that answered in one of its edge rounds."""
         return sum(max(a, default=0) for a in self.answered().values())
 
-    def traffic(self, codecs: LinkCodecs, model_bytes: int, models_sent: int) -> dict[str, int]:
-        """Each tier's payload bytes this round: every device update up and a model down for
-        it, one summary up per edge that answered, `models_sent` global models down."""
+    def traffic(
+        self, codecs: LinkCodecs, model_bytes: int, models_sent: int, variates: bool
+    ) -> dict[str, int]:
+        """Each tier's payload bytes this round (`links.traffic`): the device updates the
+        edges report, one summary per edge that answered, `models_sent` global models."""
         updates = sum(sum(a) for a in self.answered().values())
-        return {
-            "device_to_edge": updates * codecs.device_to_edge.payload_bytes,
-            "edge_to_device": updates * model_bytes,
-            "edge_to_cloud": len(self.current) * codecs.edge_to_cloud.payload_bytes,
-            "cloud_to_edge": models_sent * model_bytes,
-        }
+        summaries = len(self.current)
+        return links.traffic(
+            codecs,
+            model_bytes,
+            updates=updates,
+            summaries=summaries,
+            models_sent=models_sent,
+            variates=variates,
+        )
 
     def runtime_fields(
         self, topology: Topology, refused: Mapping[str, int], late: int

@@ -197,6 +197,14 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, ver
         ),
         ([b"\xc1 not msgpack"], "header frame is not msgpack"),
         ([b"\x92\x01\x02"], "header must be a msgpack map"),
+        (  # a request id nested a thousand levels deep: Python's repr of it would recurse to death
+            [b"\x83\xa4kind\xa7predict\xa8protocol\x01\xa2id" + b"\x91" * 1000 + b"\x07"],
+            "nests deeper than",
+        ),
+        (
+            [msgpack.packb({"kind": "info", "protocol": 1, "id": 8, "x": [0] * 300})],
+            "exceeds max_array_len",
+        ),
     ]
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)

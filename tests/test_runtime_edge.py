@@ -289,3 +289,74 @@ def test_garbage_frames_never_kill_the_edge(edge, frames):
     after = sum(dev1.status()["rejected"].values())
     assert after == before + 1
     assert edge["process"].poll() is None
+
+
+def test_hostile_headers_and_overflowing_numbers_are_refused_and_the_edge_lives(edge):
+    """A header nested a thousand levels deep, and numbers finite as received but not as float32."""
+    spec, dev1 = edge["net"].spec, edge["devices"][DEV1]
+    base = msgpack.packb(
+        {
+            "protocol": 1,
+            "kind": "hello",
+            "sender": DEV1,
+            "round": 0,
+            "edge_round": 0,
+            "model_version": 0,
+        }
+    )
+    deep = bytes([base[0] + 1]) + base[1:] + msgpack.packb("spec") + b"\x91" * 1000 + b"\x00"
+    deep_sender = msgpack.packb({"protocol": 1, "kind": "update"})
+    deep_sender = (
+        bytes([deep_sender[0] + 1]) + deep_sender[1:] + b"\xa6sender" + b"\x91" * 1000 + b"\x00"
+    )
+
+    def upd(delta, weight):
+        return protocol.encode(
+            protocol.UPDATE,
+            DEV1,
+            round=2,
+            spec=spec,
+            codec="none",
+            arrays=[delta],
+            weight=weight,
+            loss=0.1,
+        )
+
+    small = np.zeros(spec.size, np.float32)
+    cases = [
+        ([deep], protocol.MALFORMED),
+        ([deep_sender], protocol.MALFORMED),
+        (upd(small, 1e39), protocol.NON_FINITE),  # inf as float32
+        (upd(np.full(spec.size, 3e38, np.float32), 2.0), protocol.NON_FINITE),  # 6e38 once weighted
+    ]
+    for frames, reason in cases:
+        before = dict(dev1.status()["rejected"])
+        dev1.send(frames)
+        reply, _ = dev1.recv(protocol.REJECTED)
+        assert reply["reason"] == reason, (reason, reply)
+        assert edge["process"].poll() is None
+        assert dev1.status()["rejected"].get(reason, 0) == before.get(reason, 0) + 1
+
+
+def test_a_second_connection_cannot_take_over_a_live_devices_name(edge):
+    """An impostor dialing with a live device's routing id is refused; the device keeps its link.
+
+    A device that restarts (its old connection closed) is admitted again under its name.
+    """
+    dev1 = edge["devices"][DEV1]
+    assert dev1.status()["phase"]
+    impostor = Peer(edge["context"], edge["address"], DEV1)
+    try:
+        impostor.send_kind(protocol.STATUS)
+        assert not impostor.socket.poll(3000), (
+            "the edge answered a second connection named as a live device"
+        )
+        assert dev1.status()["phase"]  # the real device still gets its answers
+    finally:
+        impostor.socket.close()
+    dev1.socket.close()  # the device dies; its restarted process dials again under the same name
+    time.sleep(0.5)
+    restarted = Peer(edge["context"], edge["address"], DEV1)
+    edge["devices"][DEV1] = restarted
+    assert restarted.status()["phase"]
+    assert edge["process"].poll() is None

@@ -431,3 +431,39 @@ def test_the_cloud_publishes_each_model_and_ctrl_c_stops_every_node(folder):
     assert len(logs) == 1 + 2 + 3
     for log in logs:
         assert log.read_text().rstrip().endswith("stopped"), log.name
+
+
+def test_launch_fails_naming_the_edge_that_cannot_bind_its_port(folder):
+    """Plant-b's edge port is held by another program: launch must stop every node and exit non-zero.
+
+    Before, that edge died with a traceback in its log, its devices dialed the other
+    program, and the cloud trained plant-a alone and printed a normal summary.
+    """
+    import socket
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    topology = write_topology(folder, rounds=2)
+    topology.write_text(
+        topology.read_text().replace(f"ipc://{folder}/b.ipc", f"tcp://127.0.0.1:{port}")
+    )
+    out = folder / "run"
+    try:
+        result = subprocess.run(
+            [str(HIERFL), "launch", str(topology), "--out", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    finally:
+        squatter.close()
+    assert result.returncode != 0, result.stdout
+    assert "simulation summary" not in result.stdout
+    assert "edge-plant-b" in result.stderr, result.stderr
+    assert "Address already in use" in result.stderr
+    edge_log = (out / "logs" / "edge-plant-b.log").read_text()
+    assert "Traceback" not in edge_log, edge_log
+    assert f"cannot bind tcp://127.0.0.1:{port}: Address already in use" in edge_log

@@ -368,3 +368,154 @@ def test_a_masked_input_is_one_raw_uint32_frame_of_its_layout():
         with pytest.raises(protocol.MessageRejected) as info:
             masked(arrays, codec)
         assert info.value.reason == reason
+
+
+def deep(depth: int) -> bytes:
+    """A msgpack value nested `depth` arrays deep (packb itself refuses to build one this deep)."""
+    return b"\x91" * depth + b"\x00"
+
+
+def hello_with(name: str, value: bytes) -> bytes:
+    """A hello header whose field `name` is the raw msgpack `value`."""
+    base = msgpack.packb(
+        {
+            "protocol": 1,
+            "kind": "hello",
+            "sender": "plant-a/line-1/dev-001",
+            "round": 0,
+            "edge_round": 0,
+            "model_version": 0,
+        }
+    )
+    return bytes([base[0] + 1]) + base[1:] + msgpack.packb(name) + value
+
+
+@pytest.mark.parametrize("name", ["sender", "spec", "detail"])
+def test_deeply_nested_headers_are_refused_not_recursed_into(name):
+    if name != "sender":
+        assert parse([hello_with(name, deep(3))]).kind == "hello"
+    for depth in (100, 1000, 100_000):
+        with pytest.raises(protocol.MessageRejected) as info:
+            parse([hello_with(name, deep(depth))])
+        assert info.value.reason == protocol.MALFORMED
+        assert "nests deeper than" in str(info.value) or "not msgpack" in str(info.value)
+
+
+def test_header_lengths_are_limited_while_decoding():
+    long_list = hello_with("answered", msgpack.packb(list(range(200_000))))
+    assert rejected([long_list]) == protocol.MALFORMED
+    many_keys = hello_with("x", msgpack.packb({str(i): 0 for i in range(100_000)}))
+    assert rejected([many_keys]) == protocol.MALFORMED
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def test_numbers_are_checked_in_the_precision_they_are_used_in():
+    assert (
+        rejected(update(weight=1e39)) == protocol.NON_FINITE
+    )  # finite as a double, inf as float32
+    assert rejected(update(loss=-1e39)) == protocol.NON_FINITE
+    assert (
+        rejected(update(loss=1e38, weight=10.0)) == protocol.NON_FINITE
+    )  # loss x weight overflows
+    big = np.full(SPEC.size, 3e38, np.float32)  # finite, but 2 x 3e38 is not
+    assert rejected(update(big, weight=2.0)) == protocol.NON_FINITE
+    assert parse(update(big / 2, weight=1.0)).kind == "update"  # alone, 1.5e38 sums to itself
+    with pytest.raises(protocol.MessageRejected) as info:  # but three of them overflow
+        protocol.parse_message(
+            [bytes(f) for f in update(big / 2, weight=1.0)],
+            senders=SENDERS | {"plant-a/line-1/dev-002", "plant-a/line-1/dev-003"},
+            spec=SPEC,
+            layouts=LAYOUTS,
+            max_bytes=1 << 20,
+        )
+    assert info.value.reason == protocol.NON_FINITE
+    fine = parse(update(np.full(SPEC.size, 1e30, np.float32), weight=1e6))
+    assert fine.header["weight"] == 1e6
+    header = msgpack.unpackb(update()[0])
+    for name, value in [("round", 2**40), ("edge_round", -1), ("model_version", 2**63 - 1)]:
+        frames = update()
+        frames[0] = msgpack.packb({**header, name: value})
+        assert rejected(frames) == protocol.MALFORMED, name
+
+
+def test_int8_updates_are_bounded_by_what_they_decode_to():
+    int8 = make_codec("int8", SPEC.size, block_size=256)
+    layouts = {protocol.UPDATE: ("int8", protocol.codec_layout(int8))}
+    q = np.full(SPEC.size, 127, np.int8)
+
+    def check(scale, weight):
+        frames = protocol.encode(
+            protocol.UPDATE,
+            "plant-a/line-1/dev-001",
+            round=1,
+            spec=SPEC,
+            codec="int8",
+            arrays=[q, np.full(1, scale, np.float32)],
+            weight=weight,
+            loss=0.0,
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders=SENDERS,
+            spec=SPEC,
+            layouts=layouts,
+            max_bytes=1 << 20,
+        )
+
+    assert check(1.0, 10.0).kind == "update"
+    with pytest.raises(protocol.MessageRejected) as info:
+        check(F32_MAX / 127 / 2, 10.0)  # finite scale, but 127 x scale x weight is not
+    assert info.value.reason == protocol.NON_FINITE
+
+
+def test_evaluation_and_summary_numbers_fit_float32():
+    layouts = {protocol.SUMMARY: ("none", NONE)}
+
+    def summary(**fields):
+        frames = protocol.encode(
+            protocol.SUMMARY,
+            "plant-a",
+            round=1,
+            spec=SPEC,
+            codec="none",
+            arrays=[np.zeros(SPEC.size, np.float32)],
+            **{"weight": 10.0, "loss": 1.0, **fields},
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders={"plant-a"},
+            spec=SPEC,
+            layouts=layouts,
+            max_bytes=1 << 20,
+        )
+
+    assert summary().kind == "summary"
+    for fields in ({"weight": 1e39}, {"loss": 1e39}, {"unclipped": 1e39}):
+        with pytest.raises(protocol.MessageRejected) as info:
+            summary(**fields)
+        assert info.value.reason == protocol.NON_FINITE, fields
+    with pytest.raises(protocol.MessageRejected):
+        summary(answered=[2**40])
+
+    def evaluation(**fields):
+        frames = protocol.encode(
+            protocol.EVALUATION,
+            "plant-a",
+            round=1,
+            **{"count": 10, "loss_sum": 1.0, "metric_sums": {}, **fields},
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders={"plant-a"},
+            spec=SPEC,
+            layouts={},
+            max_bytes=1 << 20,
+        )
+
+    assert evaluation().kind == "evaluation"
+    for fields in ({"loss_sum": 1e39}, {"metric_sums": {"accuracy": -1e39}}, {"count": 2**40}):
+        with pytest.raises(protocol.MessageRejected) as info:
+            evaluation(**fields)
+        assert info.value.reason in (protocol.NON_FINITE, protocol.MALFORMED), fields

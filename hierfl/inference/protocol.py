@@ -35,6 +35,12 @@ from hierfl.errors import ProtocolError
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 4096
 """Longer first frames are refused unread: headers are a few dozen bytes."""
+MAX_REQUEST_DEPTH = 4
+"""A request nests two levels (the header map, its `shape` list)."""
+MAX_REQUEST_ITEMS = 64
+"""The longest list or map in a request header: the input's dimensions, the header's fields."""
+MAX_REPLY_DEPTH = 32
+"""An info reply nests its model's metrics; a client still refuses a reply nested absurdly deep."""
 
 PREDICT, INFO, ROLLBACK = "predict", "info", "rollback"
 REQUEST_KINDS = (PREDICT, INFO, ROLLBACK)
@@ -180,7 +186,7 @@ def parse_reply(frames: Sequence[Any]) -> Reply:
     """The reply in `frames` (a DEALER's view: no routing frames); `ProtocolError` if malformed."""
     if not frames:
         raise ProtocolError("empty reply")
-    header = _read_header(frames[0])
+    header = _read_header(frames[0], request=False)
     kind, version = header.get("kind"), header.get("version")
     if header.get("protocol") != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -212,19 +218,47 @@ def parse_reply(frames: Sequence[Any]) -> Reply:
     return Reply(kind, request_id, version, header, np.frombuffer(data, dt).reshape(shape))
 
 
-def _read_header(frame: Any) -> dict[str, Any]:
+def _read_header(frame: Any, *, request: bool = True) -> dict[str, Any]:
+    """The header map of a request (within the request limits) or of a reply (the server's, trusted more)."""
     raw = frame_view(frame)
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(
             f"header frame is {len(raw)} bytes; at most {MAX_HEADER_BYTES} are accepted"
         )
     try:
-        header = msgpack.unpackb(raw, raw=False)
+        header = msgpack.unpackb(
+            raw,
+            raw=False,
+            max_str_len=MAX_HEADER_BYTES,
+            max_bin_len=MAX_HEADER_BYTES,
+            max_array_len=MAX_REQUEST_ITEMS if request else MAX_HEADER_BYTES,
+            max_map_len=MAX_REQUEST_ITEMS if request else MAX_HEADER_BYTES,
+            max_ext_len=0,
+        )
     except (ValueError, TypeError, msgpack.UnpackException) as err:
         raise ProtocolError(f"header frame is not msgpack ({type(err).__name__}: {err})") from None
+    depth = MAX_REQUEST_DEPTH if request else MAX_REPLY_DEPTH
+    if _nesting_depth(header, depth) > depth:
+        # msgpack decodes about a thousand levels, enough to break any recursion into the value (repr)
+        raise ProtocolError(f"header frame nests deeper than {depth} levels")
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
     return header
+
+
+def _nesting_depth(value: Any, limit: int) -> int:
+    """How deep lists and maps nest in `value` (a scalar is 0), counted up to `limit + 1`, without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            if deepest > limit:
+                return deepest
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 def _read_array(header: dict[str, Any], frame: Any, spec: InputSpec) -> np.ndarray:

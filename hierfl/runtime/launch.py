@@ -4,7 +4,8 @@ The launcher starts the cloud, one edge per plant and the devices (each a `pytho
 hierfl cloud|edge|device|devices ...`), sends each one's output to
 `RUN_DIR/logs/<node>.log`, and follows the cloud's `metrics.jsonl` to show progress:
 round, the task's score, devices answered per plant, late updates. It ends when the cloud has
-trained its rounds (the cloud tells the edges to stop, the edges tell the devices); on
+trained its rounds (the cloud tells the edges to stop, the edges tell the devices); when
+any node exits with an error (`NodeFailure`, naming it and its log's last lines), on
 Ctrl-C or an error it stops every process (SIGTERM, then SIGKILL after a grace period).
 Node processes are the same ones a multi-machine deployment runs by hand.
 
@@ -52,7 +53,7 @@ NODE_ENV = {
 
 
 class NodeFailure(HierflError):
-    """A runtime node failed (the cloud exited with an error)."""
+    """A runtime node exited with an error (the cloud, an edge or a device process)."""
 
 
 AUTO_PROCESS_PER_DEVICE = 16
@@ -224,7 +225,12 @@ class Launch:
     def wait(
         self, on_record: Callable[[dict[str, Any]], None] | None = None, poll: float = 0.2
     ) -> list[dict[str, Any]]:
-        """Follows the run until the cloud exits; returns its records. Raises if the cloud failed."""
+        """Follows the run until the cloud exits; returns its records.
+
+        Every node is supervised: one that exits with an error (the cloud, an edge, a
+        device process) stops the whole launch with NodeFailure naming it and the end of
+        its log, so a run never reports success with a plant missing.
+        """
         metrics = self.run_dir / METRICS_FILE
         seen = 0
         history: list[dict[str, Any]] = []
@@ -236,17 +242,35 @@ class Launch:
                 history.append(record)
                 if on_record is not None:
                     on_record(record)
+            failed = self.failed_node()
+            if failed is not None:
+                self.stop()
+                raise self.failure(failed)
             if done:
                 break
             time.sleep(poll)
-        if cloud.returncode != 0:
-            self.stop()
-            tail = (self.logs / "cloud.log").read_text(errors="replace")[-2000:]
-            raise NodeFailure(
-                f"the cloud exited with status {cloud.returncode}; its log ends:\n{tail}"
-            )
         self.stop(grace=GRACE_SECONDS)
         return history
+
+    def failed_node(self) -> str | None:
+        """The first node (in start order) that has exited with a non-zero status, or None."""
+        for name, process in self.processes.items():
+            if process.poll() not in (None, 0):
+                return name
+        return None
+
+    def failure(self, name: str, lines: int = 12) -> NodeFailure:
+        """NodeFailure for node `name`: its exit status and the last `lines` lines of its log."""
+        status = self.processes[name].returncode
+        try:
+            tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            tail = ["(no log)"]
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        return NodeFailure(
+            f"node {name} {how}; stopped every node. The end of {self.logs / name}.log:\n"
+            + "\n".join("  " + line for line in tail)
+        )
 
     def stop(self, grace: float = 5.0) -> None:
         """Waits up to `grace` s for the nodes to exit by themselves, then SIGTERM, then SIGKILL."""

@@ -29,6 +29,7 @@ from hierfl.core.algorithms import Algorithm, build_algorithm
 from hierfl.core.links import LinkCodecs, build_link_codecs
 from hierfl.data.tasks import Task, get_task
 from hierfl.data.tasks.models import Model, Params, build_model
+from hierfl.errors import HierflError
 from hierfl.kernels import FlatSpec, flat_spec
 from hierfl.runtime import protocol
 from hierfl.topology import Topology
@@ -181,16 +182,29 @@ class CurveKeys:
     secret: bytes
 
 
+CONNECTION_HEARTBEAT_MS = (1000, 10_000)
+"""ZMTP heartbeats on every link: a PING each second, a connection silent for 10 s is closed.
+
+A ROUTER refuses a second connection that claims a connected peer's routing id, so a
+peer whose old connection died without closing (its host lost power, the network
+split) is admitted again once the heartbeat has dropped that connection."""
+
+
 def bind_router(
     context: zmq.Context, address: str, *, max_bytes: int, keys: CurveKeys | None = None
 ) -> zmq.Socket:
-    """A ROUTER bound at `address` for many dialing peers; a restarted peer takes over its routing id.
+    """A ROUTER bound at `address` for many dialing peers, each known by its routing id (its name).
 
-    With `keys`, the socket is a CurveZMQ server: traffic is encrypted and clients must
-    pass the context's authenticator (see `hierfl.runtime.curve`).
+    A routing id belongs to its first live connection: a second connection claiming it is
+    not admitted (ZMQ_ROUTER_HANDOVER off; libzmq drops its messages), so no one can cut a
+    live peer off by dialing with its name. A peer that restarts dials a new connection
+    once its old one is closed (by its kernel, or by the heartbeat). With `keys`, the
+    socket is a CurveZMQ server: traffic is encrypted and clients must pass the context's
+    authenticator (see `hierfl.runtime.curve`). HierflError if `address` cannot be bound.
     """
     socket = context.socket(zmq.ROUTER)
-    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
+    _set_heartbeat(socket)
     socket.setsockopt(
         zmq.MAXMSGSIZE, 2 * max_bytes
     )  # a hard guard; the exact limit is checked per message
@@ -199,8 +213,32 @@ def bind_router(
         socket.curve_secretkey = keys.secret
         socket.curve_publickey = keys.public
         socket.curve_server = True
-    socket.bind(address)
+    try:
+        socket.bind(address)
+    except zmq.ZMQError as err:
+        socket.close(linger=0)
+        raise BindError(address, err) from None
     return socket
+
+
+class BindError(HierflError):
+    """A server's address cannot be bound: another program (or another run) holds it, or it is invalid."""
+
+    def __init__(self, address: str, error: zmq.ZMQError):
+        hint = (
+            "; another program holds it: stop it, or give this node another address in the topology"
+            if error.errno == zmq.EADDRINUSE
+            else ""
+        )
+        super().__init__(f"cannot bind {address}: {error.strerror}{hint}")
+        self.address = address
+
+
+def _set_heartbeat(socket: zmq.Socket) -> None:
+    interval, timeout = CONNECTION_HEARTBEAT_MS
+    socket.setsockopt(zmq.HEARTBEAT_IVL, interval)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout)
+    socket.setsockopt(zmq.HEARTBEAT_TTL, timeout)
 
 
 def connect_dealer(
@@ -219,6 +257,7 @@ def connect_dealer(
     socket.setsockopt(zmq.LINGER, 500)
     socket.setsockopt(zmq.RECONNECT_IVL, 100)
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    _set_heartbeat(socket)
     if keys is not None:
         socket.curve_secretkey = keys.secret
         socket.curve_publickey = keys.public

@@ -52,6 +52,7 @@ Arrays are views of the received frames: nothing is copied.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
@@ -67,6 +68,16 @@ from hierfl.kernels import Codec, FlatSpec
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 """Headers are a few hundred bytes plus the spec (about 50 bytes a leaf); longer ones are refused unread."""
+MAX_HEADER_DEPTH = 8
+"""The deepest nesting a header uses is 4 (a secure-aggregation roster: map -> map -> list -> bytes)."""
+MAX_HEADER_ITEMS = 1 << 16
+"""The longest list or map in a header: a spec's leaves, a plant's devices, an edge's answered counts."""
+MAX_STR_BYTES = 1 << 16
+MAX_COUNT = 2**31 - 1
+"""Rounds, versions and counts fit an int32 (they index arrays and seed random keys)."""
+F32_MAX = float(np.finfo(np.float32).max)
+MAX_WEIGHT = 1e12
+"""An update's or summary's weight counts examples: a trillion is far beyond any plant."""
 
 HELLO, HEARTBEAT, MODEL, UPDATE, SUMMARY, STOP, REJECTED, STATUS = (
     "hello",
@@ -167,7 +178,7 @@ def _is_key_map(value: Any) -> bool:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 _BYTES = ("bytes", _is_bytes)
@@ -294,15 +305,55 @@ def frame_bytes(frame: Any) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
+def unpack_header(data: memoryview) -> Any:
+    """Decodes a header within its limits: length of every string, bytes, list and map, and nesting.
+
+    msgpack bounds lengths while decoding; its C decoder stops at about a thousand levels
+    of nesting, which still breaks Python code that recurses into the value (`repr`,
+    `==`), so the depth is then measured without recursion and refused above
+    `MAX_HEADER_DEPTH`. Raises MessageRejected(MALFORMED).
+    """
+    try:
+        header = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_STR_BYTES,
+            max_bin_len=MAX_HEADER_BYTES,
+            max_array_len=MAX_HEADER_ITEMS,
+            max_map_len=MAX_HEADER_ITEMS,
+            max_ext_len=0,
+        )
+    except Exception as err:  # msgpack raises many types (ValueError, ExtraData, StackError, ...)
+        raise MessageRejected(
+            MALFORMED, f"header is not msgpack within its limits ({type(err).__name__}: {err})"
+        ) from None
+    if nesting_depth(header, MAX_HEADER_DEPTH) > MAX_HEADER_DEPTH:
+        raise MessageRejected(MALFORMED, f"header nests deeper than {MAX_HEADER_DEPTH} levels")
+    return header
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep lists and maps nest in `value` (a scalar is 0), counted up to `limit + 1`, without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth) for child in children)
+    return deepest
+
+
 def parse_header(frame: Any) -> dict[str, Any]:
     """The checked header map of a message's first frame; MessageRejected(MALFORMED) otherwise."""
     data = frame_bytes(frame)
     if len(data) > MAX_HEADER_BYTES:
         raise MessageRejected(OVERSIZED, f"header is {len(data)} bytes, at most {MAX_HEADER_BYTES}")
-    try:
-        header = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as err:  # msgpack raises many types (ValueError, ExtraData, FormatError, ...)
-        raise MessageRejected(MALFORMED, f"header is not msgpack ({type(err).__name__})") from None
+    header = unpack_header(data)
     if not isinstance(header, dict):
         raise MessageRejected(MALFORMED, f"header must be a map, got {type(header).__name__}")
     for name, types in _FIELD_TYPES.items():
@@ -317,8 +368,11 @@ def parse_header(frame: Any) -> dict[str, Any]:
         )
     if header["kind"] not in KINDS:
         raise MessageRejected(MALFORMED, f"unknown kind {_short(header['kind'])}")
-    if header["round"] < 0 or header["edge_round"] < 0:
-        raise MessageRejected(MALFORMED, "round and edge_round must be >= 0")
+    for name in ("round", "edge_round", "model_version"):
+        if not 0 <= header[name] <= MAX_COUNT:
+            raise MessageRejected(
+                MALFORMED, f"header field {name!r} must be in [0, {MAX_COUNT}], got {header[name]}"
+            )
     return header
 
 
@@ -361,7 +415,7 @@ def parse_message(
         if len(frames) != 1:
             raise MessageRejected(MALFORMED, f"a {kind} message has 1 frame, got {len(frames)}")
         if kind == EVALUATION:
-            _check_evaluation(header)
+            _check_evaluation(header, max(len(senders), 1))
         return Message(kind, sender, header["round"], header["edge_round"], header)
     if kind not in layouts:
         raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
@@ -374,16 +428,7 @@ def parse_message(
             WRONG_SPEC, f"codec {_short(header.get('codec'))}, this link uses {codec!r}"
         )
     if kind in (UPDATE, SUMMARY, HE_SUMMARY):
-        for name in ("weight", "loss"):
-            value = header.get(name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise MessageRejected(
-                    MALFORMED, f"header field {name!r} must be a number, got {_short(value)}"
-                )
-            if not math.isfinite(value):
-                raise MessageRejected(NON_FINITE, f"{name} is {value}")
-        if header["weight"] < 0:
-            raise MessageRejected(MALFORMED, f"weight must be >= 0, got {header['weight']}")
+        _check_weight_and_loss(header, len(senders))
     _check_optional_fields(kind, header)
     if kind in (SUMMARY, HE_SUMMARY):
         _check_summary_statistics(header)
@@ -414,7 +459,67 @@ def parse_message(
             )
         arrays.append(np.frombuffer(data, dtype=jnp.dtype(dtype)).reshape(shape))
     _check_values(arrays, spec.size)
+    if kind in (UPDATE, SUMMARY):
+        _check_weighted_values(arrays, header["weight"], len(senders))
     return Message(kind, sender, header["round"], header["edge_round"], header, tuple(arrays))
+
+
+def float32_number(name: str, value: Any, *, bound: float = F32_MAX) -> float:
+    """`value` as the float32 it is used as: a number whose magnitude is at most `bound` (<= float32's max).
+
+    A double such as 1e39 is finite as received but inf once cast to float32, which is
+    what the aggregation computes in; MessageRejected(NON_FINITE) names the field.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise MessageRejected(
+            MALFORMED, f"header field {name!r} must be a number, got {_short(value)}"
+        )
+    if not math.isfinite(value) or abs(value) > bound or not np.isfinite(np.float32(value)):
+        raise MessageRejected(
+            NON_FINITE,
+            f"{name} is {value}: outside the float32 range it is used in (|x| <= {bound:.3g})",
+        )
+    return float(value)
+
+
+def _check_weight_and_loss(header: dict[str, Any], senders: int) -> None:
+    """An update's or summary's `weight` (examples, in [0, MAX_WEIGHT]) and `loss`, both float32.
+
+    The receiver sums `senders` of them and of `loss x weight` (a summary's loss is already
+    that product), so each must stay below float32's max divided by their number.
+    """
+    weight = float32_number("weight", header.get("weight"), bound=MAX_WEIGHT)
+    loss = float32_number("loss", header.get("loss"))
+    if weight < 0:
+        raise MessageRejected(MALFORMED, f"weight must be >= 0, got {weight}")
+    if abs(loss) * max(weight, 1.0) > F32_MAX / max(senders, 1):
+        raise MessageRejected(
+            NON_FINITE, f"loss {loss} x weight {weight} overflows float32 once {senders} are summed"
+        )
+
+
+def _check_weighted_values(arrays: list[np.ndarray], weight: float, senders: int) -> None:
+    """Refuses an update or summary whose weighted values could overflow float32 when summed.
+
+    The receiver adds `weight x value` of up to `senders` peers, so a peer's largest
+    decoded magnitude times its weight must be at most float32's max over `senders`.
+    A float frame bounds the values (or, with int8, the scales) and an int8 frame the
+    factor of its scale; int32 frames are indices and do not scale anything.
+    """
+    floats = [a for a in arrays if a.dtype.kind == "f" or a.dtype.name == "bfloat16"]
+    if not floats or weight == 0:
+        return
+    largest = max(float(np.abs(a.astype(np.float32, copy=False)).max(initial=0.0)) for a in floats)
+    factor = max(
+        (float(np.abs(a.astype(np.int32)).max(initial=0)) for a in arrays if a.dtype == np.int8),
+        default=1.0,
+    )
+    if largest * max(factor, 1.0) * weight > F32_MAX / max(senders, 1):
+        raise MessageRejected(
+            NON_FINITE,
+            f"values up to {largest * max(factor, 1.0):.3g} x weight {weight:.3g} overflow float32"
+            f" once {senders} senders are summed",
+        )
 
 
 _OPTIONAL_NUMBERS = {MODEL: ("clip_norm",), SUMMARY: ("unclipped",)}
@@ -427,12 +532,7 @@ def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:
         value = header.get(name)
         if value is None:
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise MessageRejected(
-                MALFORMED, f"header field {name!r} must be a number, got {_short(value)}"
-            )
-        if not math.isfinite(value):
-            raise MessageRejected(NON_FINITE, f"{name} is {value}")
+        float32_number(name, value)
         if name == "clip_norm" and value <= 0:
             raise MessageRejected(MALFORMED, f"clip_norm must be > 0, got {value}")
     for name in _OPTIONAL_FLAGS.get(kind, ()):
@@ -444,10 +544,6 @@ def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:
 
 
 MAX_EDGE_ROUNDS_REPORTED = 1 << 16
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_summary_statistics(header: dict[str, Any]) -> None:
@@ -540,12 +636,16 @@ def _ciphertexts(
     return tuple(chunks)
 
 
-def _check_evaluation(header: dict[str, Any]) -> None:
-    """An evaluation's scalars: `count` examples (int >= 0), `loss_sum`, `metric_sums` {name: sum}, all finite."""
+def _check_evaluation(header: dict[str, Any], senders: int) -> None:
+    """An evaluation's scalars: `count` examples, `loss_sum`, `metric_sums` {name: sum}, all float32.
+
+    The cloud sums them over its `senders` plants, so each is bounded by float32's max over that number.
+    """
     count = header.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+    if not _is_count(count):
         raise MessageRejected(
-            MALFORMED, f"header field 'count' must be an int >= 0, got {_short(count)}"
+            MALFORMED,
+            f"header field 'count' must be an int in [0, {MAX_COUNT}], got {_short(count)}",
         )
     sums = header.get("metric_sums")
     if (
@@ -558,12 +658,7 @@ def _check_evaluation(header: dict[str, Any]) -> None:
             f"header field 'metric_sums' must map at most {MAX_METRICS} names to numbers, got {_short(sums)}",
         )
     for name, value in [("loss_sum", header.get("loss_sum")), *sums.items()]:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise MessageRejected(
-                MALFORMED, f"evaluation value {name!r} must be a number, got {_short(value)}"
-            )
-        if not math.isfinite(value):
-            raise MessageRejected(NON_FINITE, f"evaluation value {name!r} is {value}")
+        float32_number(f"evaluation value {name}", value, bound=F32_MAX / senders)
 
 
 def _check_values(arrays: list[np.ndarray], size: int) -> None:
@@ -580,6 +675,11 @@ def _check_values(arrays: list[np.ndarray], size: int) -> None:
             raise MessageRejected(NON_FINITE, f"array frame {i}: indices outside [0, {size})")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+
+
 def _short(value: object) -> str:
-    text = repr(value)
+    """A peer's value for an error message: short, and never recursing deep (reprlib bounds the levels)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -297,3 +297,24 @@ def test_digits_plants_with_classes_share_a_class_and_use_each_example_once():
     assert np.sum(labels == 1) + np.sum(plan.test.y == 1) == ones
     assert np.sum(labels == 2) + np.sum(plan.test.y == 2) == twos
     assert counts.sum() + len(plan.test.y) == ones + twos
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ({"task": "no-such-task"}, "federation.task: unknown value 'no-such-task'"),
+        (
+            {"model": "transformer"},
+            "federation.model: unknown model 'transformer' for task 'digits'",
+        ),
+        ({"algorithm": "fedmagic"}, "federation.algorithm: unknown value 'fedmagic'"),
+    ],
+)
+def test_make_plan_refuses_unknown_names_as_load_topology_does(override, problem):
+    from hierfl.topology import TopologyError
+
+    changed = load_topology("demo").with_federation(**override)
+    with pytest.raises(TopologyError) as caught:
+        make_plan(changed)
+    assert caught.value.problems[0].startswith(problem), caught.value.problems
+    assert caught.value.source == "demo"

@@ -106,6 +106,36 @@ def test_unknown_task_and_model_are_rejected_at_load_time(tmp_path):
         assert field in result.stderr
 
 
+def test_markup_in_names_is_printed_as_written_not_interpreted(tmp_path):
+    """A name like `[/bold]` is the user's text: rich markup in it must not replace the real error."""
+    text = (Path(__file__).parent / "data" / "tiny.toml").read_text()
+    text = text.replace('name = "tiny"', 'name = "[/bold]"')
+    too_many = tmp_path / "too-many.toml"  # valid, but its line asks for more digits than exist
+    too_many.write_text(text + "[plants.lines.data]\nsamples_per_device = 2000\n")
+    bad_plant = tmp_path / "bad-plant.toml"
+    bad_plant.write_text(text.replace('name = "plant-a"', 'name = "[/bold]"'))
+    valid = tmp_path / "[red]valid.toml"
+    valid.write_text(text)
+
+    simulated = run("simulate", str(too_many), "--out", str(tmp_path / "run"), "--quiet")
+    assert simulated.returncode == 2, simulated.stderr
+    assert "MarkupError" not in simulated.stderr and "Traceback" not in simulated.stderr
+    assert "[/bold]: task digits" in simulated.stdout
+    assert "plants ask for 6000 training examples" in simulated.stderr  # the real error
+
+    refused = run("topology", "validate", str(bad_plant))
+    assert refused.returncode == 2, refused.stderr
+    assert "plants[0].name: invalid name '[/bold]'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    shown = run("topology", "show", str(valid))
+    assert shown.returncode == 0, shown.stderr
+    assert "[/bold]  task=digits" in shown.stdout
+    validated = run("topology", "validate", str(valid))
+    assert validated.returncode == 0, validated.stderr
+    assert f"ok: {valid}: 1 plants, 3 devices" in validated.stdout
+
+
 def test_missing_file_and_missing_run_dir_are_clear_errors(tmp_path):
     missing = run("simulate", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "nope.toml" in missing.stderr and "demo" in missing.stderr

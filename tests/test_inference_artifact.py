@@ -158,6 +158,35 @@ def test_a_malformed_header_with_a_valid_checksum_is_refused(model_file):
             decode_artifact(forged, "forged.hfl")
 
 
+@pytest.mark.parametrize(
+    ("task_name", "outputs", "expected"),
+    [
+        (
+            "digits",
+            2,
+            "model 'mlp' outputs 2 values per example but task 'digits' has 10 class names",
+        ),
+        (
+            "bearing-fault",
+            3,
+            "model 'mlp' outputs 3 values per example but task 'bearing-fault' has 4 class names",
+        ),
+    ],
+)
+def test_export_refuses_a_model_whose_outputs_do_not_match_the_class_names(
+    task_name, outputs, expected
+):
+    from hierfl.data.tasks.models import MLP
+
+    task = TASKS[task_name]
+    inputs = int(np.prod(task.input_shape))
+    model, params = build_model(
+        "mlp", lambda rngs: MLP(inputs, (4,), outputs, rngs=rngs), jax.random.key(0)
+    )
+    with pytest.raises(ArtifactError, match=expected):
+        export_model(model, params, task, version=1, platforms=("cpu",))
+
+
 def test_a_model_exported_for_another_platform_does_not_load_here():
     task = TASKS["digits"]
     model, params = build_model("mlp", task.models["mlp"], jax.random.key(0))

@@ -256,3 +256,65 @@ def test_bearing_preset_lines_see_every_class():
                 f"{plant.name}/{line.name}: {counts.tolist()}"
             )
             d += line.num_devices
+
+
+def classes_toml(classes):
+    return "classes = [" + ", ".join(f'"{c}"' for c in classes) + "]\n"
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "names"),
+    [
+        ("digits", ([1, 7], [0, 3, 8]), [str(d) for d in range(10)]),
+        ("steel-defects", ([0, 6], [2, 3, 4]), None),
+    ],
+)
+def test_a_plants_shards_and_test_set_hold_only_its_classes(task, classes, names):
+    from hierfl.data.tasks import get_task
+
+    names = names or get_task(task).class_names
+    lines = [
+        [classes_toml([names[c] for c in classes[0]]), line_toml("l", 3)],
+        [classes_toml([names[c] for c in classes[1]]), line_toml("l", 2)],
+    ]
+    plan = make_plan(topology([(0.0, lines[0]), (0.0, lines[1])], task=task))
+    for plant, devices, wanted in ((0, range(0, 3), classes[0]), (1, range(3, 5), classes[1])):
+        seen = set(np.concatenate([device_labels(plan, d) for d in devices]).tolist())
+        assert seen == set(wanted), (plant, seen)
+        assert set(plan.test.y[plan.test.plant == plant].tolist()) == set(wanted)
+
+
+def test_digits_plants_with_classes_share_a_class_and_use_each_example_once():
+    lines = [
+        [classes_toml(["1", "2"]), line_toml("l", 2)],
+        [classes_toml(["2"]), line_toml("l", 2)],
+    ]
+    plan = make_plan(topology([(0.0, lines[0]), (0.0, lines[1])]))
+    counts = plan.shards.counts
+    labels = np.concatenate([device_labels(plan, d) for d in range(4)])
+    # Every 1 and 2 is used once, in training or test; plant-1 takes only 2s.
+    ones, twos = DIGIT_COUNTS[1], DIGIT_COUNTS[2]
+    assert np.sum(labels == 1) + np.sum(plan.test.y == 1) == ones
+    assert np.sum(labels == 2) + np.sum(plan.test.y == 2) == twos
+    assert counts.sum() + len(plan.test.y) == ones + twos
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ({"task": "no-such-task"}, "federation.task: unknown value 'no-such-task'"),
+        (
+            {"model": "transformer"},
+            "federation.model: unknown model 'transformer' for task 'digits'",
+        ),
+        ({"algorithm": "fedmagic"}, "federation.algorithm: unknown value 'fedmagic'"),
+    ],
+)
+def test_make_plan_refuses_unknown_names_as_load_topology_does(override, problem):
+    from hierfl.topology import TopologyError
+
+    changed = load_topology("demo").with_federation(**override)
+    with pytest.raises(TopologyError) as caught:
+        make_plan(changed)
+    assert caught.value.problems[0].startswith(problem), caught.value.problems
+    assert caught.value.source == "demo"

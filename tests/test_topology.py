@@ -498,7 +498,6 @@ def test_bad_structure_reports_precise_problem(text, expected):
     "address",
     [
         "tcp://127.0.0.1:5550",
-        "tcp://*:5550",
         "tcp://localhost:1",
         "tcp://edge-3.plant-a.example.com:65535",
         "tcp://[::1]:5550",
@@ -509,6 +508,40 @@ def test_bad_structure_reports_precise_problem(text, expected):
 def test_good_addresses_are_accepted(address):
     text = replace_once(MINIMAL, 'address = "tcp://127.0.0.1:5550"', f'address = "{address}"')
     assert parse_topology(text).cloud.address == address
+
+
+@pytest.mark.parametrize("host", ["*", "0.0.0.0", "[::]"])
+def test_a_wildcard_host_is_refused_where_others_dial_it(host):
+    text = replace_once(
+        MINIMAL, 'address = "tcp://127.0.0.1:5550"', f'address = "tcp://{host}:5550"'
+    )
+    text = replace_once(text, 'address = "tcp://127.0.0.1:5560"', f'address = "tcp://{host}:5560"')
+    cloud, plant = problems_of(text)
+    assert cloud.startswith(
+        f"cloud.address: 'tcp://{host}:5550' is a wildcard host, which nobody can dial; "
+        "give the address the edges dial (e.g. tcp://cloud.example.com:5550) and bind the "
+        f"wildcard with `hierfl cloud --bind tcp://{host}:5550`"
+    ), cloud
+    assert plant.startswith(
+        f"plants[0].address: 'tcp://{host}:5560' is a wildcard host, which nobody can dial; "
+        "give the address the devices dial (e.g. tcp://plant-a.example.com:5560) and bind the "
+        f"wildcard with `hierfl edge --plant plant-a --bind tcp://{host}:5560`"
+    ), plant
+
+
+def test_the_total_number_of_devices_is_capped_before_devices_are_named(monkeypatch):
+    from hierfl.topology import validate
+
+    named = []
+    monkeypatch.setattr(validate, "device_names", lambda count: named.append(count) or ())
+    lines = "".join(
+        f'\n[[plants.lines]]\nname = "line-{i}"\ndevices = 1000000\n' for i in range(2, 12)
+    )
+    assert problems_of(MINIMAL + lines) == (
+        f"plants: 10000002 devices in all, more than the limit of {validate.MAX_DEVICES}; "
+        "a topology declares at most that many devices (is a line's `devices` mistyped?)",
+    )
+    assert named == []  # refused before any device list was built
 
 
 def test_every_problem_is_reported_together():

@@ -77,6 +77,10 @@ PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": 
 LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
 """Guards against a typo such as `devices = 40000000` allocating millions of devices."""
+MAX_DEVICES = 1_000_000
+"""The most devices a whole topology declares: checked on the counts, before any device is named."""
+WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]")
+"""Hosts a server binds to listen on every interface; nobody can dial them."""
 
 ADDRESS_FORMS = "tcp://HOST:PORT, ipc://PATH or inproc://NAME"
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -87,7 +91,8 @@ _PORT = re.compile(r"[0-9]{1,5}")
 
 class _LineDraft(NamedTuple):
     name: str | None
-    device_names: tuple[str, ...]
+    devices: int | tuple[str, ...]
+    """A count from `devices = N` (named when assembled) or the listed names; () if invalid."""
     data: DataSpec | None
     local_steps: int | None = None
 
@@ -128,8 +133,11 @@ def build_topology(
         **_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False)
     )
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
-    cloud_address = _checked_address(cloud.get("address"), "cloud.address", problems)
+    cloud_address = _checked_address(
+        cloud.get("address"), "cloud.address", problems, dialled_by=("edges", "cloud", None)
+    )
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
+    problems += _device_total_problems(drafts)
     runtime = _read_runtime(document.get("runtime", {}), [draft.name for draft in drafts], problems)
     problems += _address_clashes(
         [("cloud.address", cloud_address)]
@@ -170,7 +178,8 @@ def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
         lines = []
         for line in draft.lines:
             devices = []
-            for name in line.device_names:
+            names = device_names(line.devices) if isinstance(line.devices, int) else line.devices
+            for name in names:
                 devices.append(
                     Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index)
                 )
@@ -498,15 +507,54 @@ def _data_spec(values: Mapping[str, Any]) -> DataSpec:
     return DataSpec(**{key: values[key] for key in LINE_DATA_KEYS})
 
 
-def _checked_address(address: str | None, path: str, problems: list[str]) -> str | None:
-    """`address` if it is well-formed, else None (after recording why)."""
+def _checked_address(
+    address: str | None,
+    path: str,
+    problems: list[str],
+    *,
+    dialled_by: tuple[str, str, str | None],
+) -> str | None:
+    """`address` if it is well-formed and dialable, else None (after recording why).
+
+    `dialled_by` is (who dials it, the `hierfl` command that binds it, its plant or None),
+    for the message that explains `--bind`. A topology's addresses are the ones others
+    dial, so a wildcard host (`tcp://*:5560`) is refused: it is what a server binds.
+    """
     if address is None:
         return None
-    reason = address_problem(address)
+    reason = address_problem(address) or _wildcard_problem(address, *dialled_by)
     if reason is not None:
         problems.append(f"{path}: {reason}")
         return None
     return address
+
+
+def _wildcard_problem(address: str, dialers: str, command: str, plant: str | None) -> str | None:
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or host not in WILDCARD_HOSTS:
+        return None
+    example = f"{plant or 'cloud'}.example.com"
+    binds = f"hierfl {command}" + (f" --plant {plant}" if plant else "")
+    return (
+        f"{address!r} is a wildcard host, which nobody can dial; give the address the {dialers} "
+        f"dial (e.g. tcp://{example}:{port}) and bind the wildcard with `{binds} --bind {address}`"
+    )
+
+
+def _device_total_problems(drafts: Iterable[_PlantDraft]) -> list[str]:
+    """A problem if the plants declare more than `MAX_DEVICES` devices in all (counted, not named)."""
+    total = sum(
+        line.devices if isinstance(line.devices, int) else len(line.devices)
+        for draft in drafts
+        for line in draft.lines
+    )
+    if total <= MAX_DEVICES:
+        return []
+    return [
+        f"plants: {total} devices in all, more than the limit of {MAX_DEVICES}; "
+        "a topology declares at most that many devices (is a line's `devices` mistyped?)"
+    ]
 
 
 def _array_of_tables(
@@ -550,7 +598,12 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation", "classes")
     )
     classes = _read_plant_classes(table.get("classes"), f"{path}.classes", problems)
-    address = _checked_address(values["address"], f"{path}.address", problems)
+    address = _checked_address(
+        values["address"],
+        f"{path}.address",
+        problems,
+        dialled_by=("devices", "edge", values["name"] or "PLANT"),
+    )
     aggregation = (
         _read_rule(table["aggregation"], f"{path}.aggregation", problems)
         if "aggregation" in table
@@ -620,8 +673,9 @@ def _read_line_data(table: Any, path: str, defaults: DataSpec, problems: list[st
     return _data_spec(_read_fields(table, path, fields, problems))
 
 
-def _read_devices(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
-    """Device names from `devices = N` (dev-001..) or `devices = ["a", "b"]`; () if invalid."""
+def _read_devices(value: Any, path: str, problems: list[str]) -> int | tuple[str, ...]:
+    """The count N of `devices = N` (named dev-001.. when assembled), or the names of
+    `devices = ["a", "b"]`; () if invalid."""
     if value is REQUIRED:
         problems.append(f"{path}: missing required key")
         return ()
@@ -632,7 +686,7 @@ def _read_devices(value: Any, path: str, problems: list[str]) -> tuple[str, ...]
         if value > MAX_DEVICES_PER_LINE:
             problems.append(f"{path}: must be <= {MAX_DEVICES_PER_LINE}, got {value}")
             return ()
-        return device_names(value)
+        return value
     if not isinstance(value, list):
         problems.append(
             f"{path}: expected a device count or an array of device names, got {describe(value)}"

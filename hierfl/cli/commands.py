@@ -2,7 +2,9 @@
 
 A thin shell: it parses arguments, calls the library, and prints with rich. Every user
 error (bad topology, missing run directory, data the task cannot supply) ends with a
-clear message on stderr and exit status 2, never a traceback.
+clear message on stderr and exit status 2, never a traceback. Text the user wrote (names,
+paths, addresses, messages quoting them) is escaped (`rich.markup.escape`), so a name
+like `[/bold]` is printed as written instead of being read as markup.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (TopologyError, HierflError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -232,14 +235,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console()
     console.print(
-        f"[bold]{topology.federation.name}[/]: task {topology.federation.task}, "
-        f"{len(topology.plants)} plants, {topology.num_devices} devices -> {out}"
+        f"[bold]{escape(topology.federation.name)}[/]: task {topology.federation.task}, "
+        f"{len(topology.plants)} plants, {topology.num_devices} devices -> {escape(str(out))}"
     )
     result = simulate(
         topology, rounds=args.rounds, out=out, chunk_size=args.chunk_size, progress=not args.quiet
     )
     console.print(summary_table(result.history, topology.plant_names, result.plan.task.metric))
-    console.print(f"run directory: {out}   (plots: hierfl report {out})")
+    console.print(f"run directory: {escape(str(out))}   (plots: hierfl report {escape(str(out))})")
     return 0
 
 
@@ -258,26 +261,26 @@ def topology_tree(topology, counts, *, list_devices: bool = False) -> Tree:
     """A rich tree: cloud, plants (edge address, shift), lines (devices, partition, examples per device)."""
     f = topology.federation
     root = Tree(
-        f"[bold]{f.name}[/]  task={f.task} model={f.model or 'default'} algorithm={f.algorithm}  "
+        f"[bold]{escape(f.name)}[/]  task={f.task} model={f.model or 'default'} algorithm={f.algorithm}  "
         f"cloud_rounds={f.cloud_rounds} edge_rounds={f.edge_rounds} local_steps={f.local_steps} "
         f"batch_size={f.batch_size} lr={f.learning_rate} seed={f.seed}"
     )
-    cloud = root.add(f"[bold cyan]cloud[/]  {topology.cloud.address}")
+    cloud = root.add(f"[bold cyan]cloud[/]  {escape(topology.cloud.address)}")
     for plant in topology.plants:
         plant_counts = [int(counts[d.index]) for d in plant.devices]
         node = cloud.add(
-            f"[bold green]{plant.name}[/]  edge {plant.address}  shift={plant.shift:g}  "
+            f"[bold green]{escape(plant.name)}[/]  edge {escape(plant.address)}  shift={plant.shift:g}  "
             f"{plant.num_devices} devices, {sum(plant_counts)} examples"
         )
         for line in plant.lines:
             line_counts = [int(counts[d.index]) for d in line.devices]
             line_node = node.add(
-                f"[yellow]{line.name}[/]  {len(line.devices)} devices  partition={_describe_partition(line.data)}  "
+                f"[yellow]{escape(line.name)}[/]  {len(line.devices)} devices  partition={_describe_partition(line.data)}  "
                 f"examples/device min {min(line_counts)} mean {sum(line_counts) / len(line_counts):.1f} max {max(line_counts)}"
             )
             if list_devices:
                 for device, n in zip(line.devices, line_counts):
-                    line_node.add(f"{device.id}  {n} examples")
+                    line_node.add(f"{escape(device.id)}  {n} examples")
     return root
 
 
@@ -294,7 +297,7 @@ def run_topology_validate(args: argparse.Namespace) -> int:
 
     topology = load_topology(args.topology)
     Console().print(
-        f"[green]ok[/]: {topology.source}: {len(topology.plants)} plants, {topology.num_devices} devices"
+        f"[green]ok[/]: {escape(topology.source)}: {len(topology.plants)} plants, {topology.num_devices} devices"
     )
     return 0
 
@@ -398,6 +401,7 @@ def run_predict(args: argparse.Namespace) -> int:
     console.print(
         f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})",
         highlight=False,
+        markup=False,
     )
     table = Table()
     table.add_column("example", justify="right")
@@ -406,7 +410,7 @@ def run_predict(args: argparse.Namespace) -> int:
             f"output {j}" for j in range(prediction.logits.shape[-1])
         )
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(escape(name), justify="right")
         for i, row in enumerate(prediction.logits.reshape(len(prediction.logits), -1)):
             table.add_row(str(i), *(f"{v:.4g}" for v in row))
         console.print(table)
@@ -415,7 +419,7 @@ def run_predict(args: argparse.Namespace) -> int:
     table.add_column("probability", justify="right")
     probabilities = prediction.probabilities
     for i, (k, label) in enumerate(zip(prediction.classes, prediction.labels)):
-        table.add_row(str(i), label, f"{probabilities[i, k]:.3f}")
+        table.add_row(str(i), escape(label), f"{probabilities[i, k]:.3f}")
     console.print(table)
     return 0
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hierfl.errors import HierflError
@@ -205,8 +206,9 @@ def run_launch(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console()
     console.print(
-        f"[bold]{topology.federation.name}[/]: launching 1 cloud, {len(topology.plants)} edges, "
-        f"{topology.num_devices} devices in {len(device_groups(topology))} processes -> {out} (logs in {out / 'logs'})"
+        f"[bold]{escape(topology.federation.name)}[/]: launching 1 cloud, {len(topology.plants)} edges, "
+        f"{topology.num_devices} devices in {len(device_groups(topology))} processes -> {escape(str(out))} "
+        f"(logs in {escape(str(out / 'logs'))})"
     )
     launch = Launch(
         topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish
@@ -215,7 +217,7 @@ def run_launch(args: argparse.Namespace) -> int:
     launch.start()
     try:
         with LaunchProgress(
-            launch.rounds, topology.federation.name, enabled=not args.quiet, metric=metric
+            launch.rounds, escape(topology.federation.name), enabled=not args.quiet, metric=metric
         ) as progress:
             history = launch.wait(progress.update)
     except KeyboardInterrupt:
@@ -232,8 +234,8 @@ def run_launch(args: argparse.Namespace) -> int:
         console.print(runtime_table(history))
     note = " (decrypted at its plant; the cloud holds none)" if topology.privacy.homomorphic else ""
     for model in launch.final_models():
-        console.print(f"final model{note}: {model}")
-    console.print(f"run directory: {out}")
+        console.print(f"final model{note}: {escape(str(model))}")
+    console.print(f"run directory: {escape(str(out))}")
     return 0
 
 

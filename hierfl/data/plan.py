@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from hierfl.data import partition
+from hierfl.data.loading import check_names
 from hierfl.data.tasks import PlantData, PlantRequest, Task, get_task
 from hierfl.errors import DataError
 from hierfl.topology import DataSpec, Line, Plant, Topology
@@ -64,7 +65,12 @@ class Plan:
 
 
 def make_plan(topology: Topology) -> Plan:
-    """Builds the plan; raises DataError if the task cannot supply what the topology asks."""
+    """Builds the plan; raises DataError if the task cannot supply what the topology asks.
+
+    A topology changed in code (`with_federation(task=...)`) is not checked against our
+    registries, so its names are checked here first: TopologyError, as at load time.
+    """
+    check_names(topology)
     task = get_task(topology.federation.task)
     seed = topology.federation.seed
     check_plant_classes(topology, task)

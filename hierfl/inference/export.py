@@ -69,7 +69,8 @@ def export_model(
 
     `x` is `[batch, *task.input_shape]` float32 with a symbolic `batch`; the function
     returns logits `[batch, task.num_classes]` (a regression task's values `[batch, H]`). Raises `ArtifactError` if the function
-    cannot be lowered for one of `platforms`.
+    cannot be lowered for one of `platforms`, or if its outputs do not match the task's
+    class (or target) names, which would serve every prediction under the wrong label.
     """
     flat = flatten_params(params)
     treedef = jax.tree.structure(params)
@@ -90,6 +91,7 @@ def export_model(
             f"cannot export model {model.name!r} for platforms {list(platforms)}: {type(err).__name__}: {err}"
         ) from err
     (out_aval,) = exported.out_avals
+    _check_outputs(model, task, tuple(out_aval.shape[1:]))
     meta = ArtifactMeta(
         task=task.name,
         model=model.name,
@@ -108,6 +110,22 @@ def export_model(
         jax_version=jax.__version__,
     )
     return Artifact(meta, function, flat)
+
+
+def _check_outputs(model: Model, task: Task, output_shape: tuple) -> None:
+    """ArtifactError unless the model gives one value per class name (or per target name)."""
+    names, what = (
+        (task.target_names, "target names")
+        if task.is_regression
+        else (task.class_names, "class names")
+    )
+    if output_shape != (len(names),):
+        outputs = output_shape[0] if len(output_shape) == 1 else f"shape {list(output_shape)} of"
+        raise ArtifactError(
+            f"cannot export model {model.name!r}: model {model.name!r} outputs {outputs} values per example "
+            f"but task {task.name!r} has {len(names)} {what} ({', '.join(names)}); "
+            "every prediction would be served under the wrong label: export the task's own model"
+        )
 
 
 def export_run(

@@ -30,7 +30,9 @@ class RoundProgress:
         self._metric = metric
         short = "acc" if metric.name == "accuracy" else metric.name
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn(
+                "{task.description}", style="bold", markup=False
+            ),  # the user's name, as written
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(short + " {task.fields[score]}  loss {task.fields[loss]}"),

@@ -4,6 +4,9 @@ The data ships inside the scikit-learn wheel: nothing is downloaded. Pixels are 
 [0, 1] and shaped `[8, 8, 1]`. Plants share the pool in proportion to their devices,
 stratified by class; a plant's `shift` applies a camera-like change to its train and test
 images alike (contrast gain, brightness offset, sensor noise), drawn once per plant.
+When a plant's `classes` (topology) limit it to some digits, the pool is divided class by
+class instead (`divide_pool`, as the energy tasks do): each digit is shared among the
+plants that have it, and each plant holds out `test_fraction` of its own digits.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from hierfl.data.partition import proportional_sizes, split_stratified
-from hierfl.data.tasks.base import PlantData, PlantRequest, Task, stratified_test_split
+from hierfl.data.tasks.base import (
+    PlantData,
+    PlantRequest,
+    Task,
+    divide_pool,
+    stratified_test_split,
+)
 from hierfl.data.tasks.models import CNN2D, MLP
 from hierfl.errors import DataError
 
 SHAPE = (8, 8, 1)
+CLASSES = tuple(str(d) for d in range(10))
 
 
 def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
@@ -44,21 +54,33 @@ def make_plant_data(
 ) -> list[PlantData]:
     """Splits the digits pool into per-plant train and test sets (see the module docstring)."""
     x, y = load_digits_pool()
+    if any(request.classes is not None for request in requests):
+        parts = divide_pool(y, CLASSES, requests, test_fraction, seed)
+    else:
+        parts = _shares_of_the_pool(y, requests, test_fraction, seed)
+    plants = []
+    for request, (train, test) in zip(requests, parts):
+        shift_rng = np.random.default_rng([seed, 2, request.index])
+        camera_state = shift_rng.bit_generator.state
+        x_train = shift_images(x[train], request.shift, shift_rng)
+        shift_rng.bit_generator.state = camera_state  # same camera for the plant's test images
+        x_test = shift_images(x[test], request.shift, shift_rng)
+        plants.append(PlantData(x_train, y[train], x_test, y[test]))
+    return plants
+
+
+def _shares_of_the_pool(
+    y: np.ndarray, requests: Sequence[PlantRequest], test_fraction: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each plant's (train, test) indices when every plant has every digit: one stratified
+    test split of the pool, then stratified shares of train and test by `_train_sizes`."""
     rng = np.random.default_rng([seed, 1])
     train_idx, test_idx = stratified_test_split(y, test_fraction, rng)
     train_sizes = _train_sizes(requests, len(train_idx))
     test_sizes = proportional_sizes(len(test_idx), train_sizes)
     train_parts = split_stratified(y[train_idx], train_sizes, rng)
     test_parts = split_stratified(y[test_idx], test_sizes, rng)
-    plants = []
-    for request, tr, te in zip(requests, train_parts, test_parts):
-        shift_rng = np.random.default_rng([seed, 2, request.index])
-        camera_state = shift_rng.bit_generator.state
-        x_train = shift_images(x[train_idx[tr]], request.shift, shift_rng)
-        shift_rng.bit_generator.state = camera_state  # same camera for the plant's test images
-        x_test = shift_images(x[test_idx[te]], request.shift, shift_rng)
-        plants.append(PlantData(x_train, y[train_idx[tr]], x_test, y[test_idx[te]]))
-    return plants
+    return [(train_idx[tr], test_idx[te]) for tr, te in zip(train_parts, test_parts)]
 
 
 def _train_sizes(requests: Sequence[PlantRequest], pool: int) -> np.ndarray:
@@ -83,7 +105,7 @@ TASK = Task(
     name="digits",
     description="scikit-learn 8x8 handwritten digits (real data, 10 classes)",
     input_shape=SHAPE,
-    class_names=tuple(str(d) for d in range(10)),
+    class_names=CLASSES,
     models={
         "mlp": lambda rngs: MLP(64, (128,), 10, rngs=rngs),
         "cnn": lambda rngs: CNN2D(1, (8, 8), 10, rngs=rngs),

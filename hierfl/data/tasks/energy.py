@@ -21,73 +21,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from hierfl.data.partition import proportional_sizes
 from hierfl.data.tasks import energy_data
 from hierfl.data.tasks.base import (
     PlantData,
     PlantRequest,
     Task,
+    divide_pool,
     mae,
     rmse,
     squared_error,
-    stratified_test_split,
     target_bins,
 )
 from hierfl.data.tasks.models import MLP, SeriesCNN
-from hierfl.errors import DataError
 
 HOURS_GIVEN = 20
 HOURS_AHEAD = 4
-_POOL = 13  # purpose of the pool-division stream: default_rng([seed, _POOL])
-_SPLIT = 14  # purpose of a plant's test split: default_rng([seed, _SPLIT, plant])
-
-
-def divide_pool(
-    groups: np.ndarray,
-    names: Sequence[str],
-    requests: Sequence[PlantRequest],
-    test_fraction: float,
-    seed: int,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each plant's (train, test) indices into a fixed pool whose examples fall in `groups`.
-
-    `groups[i]` indexes `names` (classes, seasons). A plant takes only the groups its
-    request's `classes` name (all by default); each group is shared among the plants that
-    take it in proportion to `num_devices / len(classes)`. The plant's share is then split
-    by group into test (`test_fraction`) and train; a plant asking for `train_samples` gets
-    that many (DataError if its share is smaller).
-    """
-    rng = np.random.default_rng([seed, _POOL])
-    kinds = [
-        tuple(names.index(c) for c in r.classes) if r.classes else tuple(range(len(names)))
-        for r in requests
-    ]
-    shares: list[list[np.ndarray]] = [[] for _ in requests]
-    for g in range(len(names)):
-        takers = [p for p, k in enumerate(kinds) if g in k]
-        if not takers:
-            continue
-        members = rng.permutation(np.flatnonzero(groups == g))
-        sizes = proportional_sizes(
-            len(members), [requests[p].num_devices / len(kinds[p]) for p in takers]
-        )
-        for p, chunk in zip(takers, np.split(members, np.cumsum(sizes)[:-1])):
-            shares[p].append(chunk)
-    divided = []
-    for p, request in enumerate(requests):
-        share = np.sort(np.concatenate(shares[p]))
-        split_rng = np.random.default_rng([seed, _SPLIT, request.index])
-        train, test = stratified_test_split(groups[share], test_fraction, split_rng)
-        train, test = share[train], share[test]
-        if request.train_samples is not None:
-            if request.train_samples > len(train):
-                raise DataError(
-                    f"plant {request.name!r} asks for {request.train_samples} training examples; "
-                    f"its share of the pool has {len(train)}"
-                )
-            train = np.sort(split_rng.permutation(train)[: request.train_samples])
-        divided.append((train, test))
-    return divided
 
 
 def _fixed_pool_data(load: Callable[[], tuple[np.ndarray, np.ndarray]], names, to_xy) -> Callable:

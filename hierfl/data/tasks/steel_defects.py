@@ -6,8 +6,9 @@ rolled-in scale, scratches). The images come from the procedural generator in
 `hierfl.data.tasks.steel_defects_data` (deterministic in the seed, documented there). Each
 plant has its own camera and strip texture, drawn from its `shift`: exposure, focus blur,
 sensor noise and a coarser texture, so plants are distinct domains; a plant's train and
-test images come from the same camera. A plant's images are balanced over the classes;
-label skew between devices comes from the lines' partitions (e.g. dirichlet).
+test images come from the same camera. A plant's images are balanced over the classes
+its `classes` (topology) name, all of them by default; label skew between devices comes
+from the lines' partitions (e.g. dirichlet).
 """
 
 from __future__ import annotations
@@ -38,9 +39,16 @@ def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> Plant
     train_samples = request.train_samples or DEFAULT_SAMPLES_PER_DEVICE * request.num_devices
     # Holding out test_fraction of each class rounds per class: one spare image per class
     # guarantees that at least `train_samples` remain for training.
-    spare = len(steel_defects_data.CLASSES)
+    classes = (
+        None
+        if request.classes is None
+        else tuple(steel_defects_data.CLASSES.index(c) for c in request.classes)
+    )
+    spare = len(steel_defects_data.CLASSES if classes is None else classes)
     total = math.ceil(train_samples / (1.0 - test_fraction)) + spare
-    x, y = steel_defects_data.generate_plant(seed, request.index, total, request.shift)
+    x, y = steel_defects_data.generate_plant(
+        seed, request.index, total, request.shift, classes=classes
+    )
     rng = np.random.default_rng([seed, _SPLIT, request.index])
     train, test = stratified_test_split(y, test_fraction, rng)
     train = np.sort(rng.permutation(train)[:train_samples])

@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -177,9 +178,17 @@ def render_images(
 
 
 def generate_plant(
-    seed: int, plant_index: int, num_images: int, shift: float, size: int = SIZE
+    seed: int,
+    plant_index: int,
+    num_images: int,
+    shift: float,
+    size: int = SIZE,
+    classes: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The labelled images of one plant: its camera (from ``shift``), balanced classes, shuffled.
+
+    ``classes`` (indices into ``CLASSES``, default all) limits the plant to those classes,
+    balanced among themselves; with all of them the images are the same as with None.
 
     Depends only on ``(seed, plant_index)`` and the sizes: the plant's stream is
     ``np.random.default_rng([seed, 7, plant_index])``, independent of how many plants exist.
@@ -195,7 +204,12 @@ def generate_plant(
         raise DataError(f"shift is a plant's severity in [0, 1], got {shift}")
     rng = np.random.default_rng([seed, _GENERATE, plant_index])
     camera = plant_camera(shift, rng)
-    y = rng.permutation(np.arange(num_images) % len(CLASSES)).astype(np.int32)
+    kinds = np.arange(len(CLASSES)) if classes is None else np.asarray(classes, np.int64)
+    if kinds.size == 0 or kinds.min() < 0 or kinds.max() >= len(CLASSES):
+        raise DataError(
+            f"classes must be indices into CLASSES (0..{len(CLASSES) - 1}), got {classes}"
+        )
+    y = rng.permutation(kinds[np.arange(num_images) % len(kinds)]).astype(np.int32)
     return render_images(rng, y, camera, size), y
 
 

@@ -4,23 +4,23 @@ For each global model from the cloud (cloud round r) the edge runs `edge_rounds`
 rounds: it sends its model to every live device, collects their answers until all
 answered or the deadline passed, and aggregates them (fewer than
 `min_device_participation` of the plant's devices leave the model unchanged); then it
-sends one summary up, its change since the global model. How a round collects and
-aggregates is its `rounds` (`edge_rounds`: plain updates, or secure aggregation's
-phases); how it talks to the cloud its `uplink` (`edge_uplink`: models in and encoded
-summaries out, or CKKS aggregates in and encrypted summaries out). Both are chosen once.
+sends one summary up, its change since the global model (`edge_cycle.EdgeCycle`). How a
+round collects and aggregates is its `rounds` (`edge_rounds`: plain updates, or secure
+aggregation's phases); how it talks to the cloud its `uplink` (`edge_uplink`: models in
+and encoded summaries out, or CKKS aggregates in and encrypted summaries out). Both are
+chosen once, at start-up.
 
 Every message is checked (`protocol.parse_message`, then against the round in progress:
 `update_problem`); a refused one is logged, counted and answered with `rejected`. While
-the cloud is silent after a summary (`heartbeat_timeout`) the edge runs up to
-`edge_rounds` offline rounds and sends them as a stale summary when it is back
-(`edge_tally.OfflineRounds`; not under DP). Devices join at any time and count as gone
-after `heartbeat_timeout` of silence. The edge checkpoints after each summary.
+the cloud is silent after a summary (`heartbeat_timeout`) the edge runs offline edge
+rounds and sends them as a stale summary when it is back (not under DP). Devices join at
+any time and count as gone after `heartbeat_timeout` of silence. The edge checkpoints
+its last finished cloud round and its uplink's state after each summary.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import signal
 import time
 from pathlib import Path
@@ -30,12 +30,12 @@ import numpy as np
 import zmq
 
 from hierfl.data.plan import make_plan
-from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys, start_authenticator
+from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
 from hierfl.runtime.edge_rounds import edge_rounds
-from hierfl.runtime.edge_tally import OfflineRounds, Tally, edge_variates
-from hierfl.runtime.edge_uplink import CloudModel, FromCloud, edge_uplink
+from hierfl.runtime.edge_tally import edge_variates
+from hierfl.runtime.edge_uplink import FromCloud, edge_uplink
 from hierfl.runtime.node import (
     Counters,
     CurveKeys,
@@ -50,8 +50,8 @@ from hierfl.runtime.node import (
 )
 from hierfl.topology import Topology
 
-IDLE, STARTING, COLLECTING = "idle", "starting", "collecting"
 CLOUD = "cloud"
+__all__ = ["EdgeNode", "update_problem"]  # update_problem: the round check, in edge_cycle
 
 
 class EdgeNode:
@@ -74,36 +74,25 @@ class EdgeNode:
         self.runtime = runtime = topology.runtime
         secure = check_keys(runtime, keys)
         self.log = node_logger(f"edge {plant_name}")
-        self.net = node_model(topology)
+        self.net = net = node_model(topology)
         self.devices = frozenset(device.id for device in self.plant.devices)
-        self.edge_rounds = topology.federation.edge_rounds
         self.members, self.counters = Membership(runtime.heartbeat_timeout), Counters()
         plan = functools.cache(lambda: make_plan(topology))  # built once, if a mode needs it
-        self.variates = edge_variates(self.net, len(self.devices))
+        variates = edge_variates(net, len(self.devices))
         self.rounds = edge_rounds(
-            topology, self.plant, self.net, self.variates, plan, self.log, self.counters
+            topology, self.plant, net, variates, plan, self.log, self.counters
         )
         self.uplink = edge_uplink(
-            topology,
-            self.plant,
-            self.net,
-            plan,
-            self.log,
-            he_context=he_context,
-            model_out=model_out,
+            topology, self.plant, net, plan, self.log, he_context=he_context, model_out=model_out
         )
-        offline_limit = 0 if DpConfig.of(topology) is not None else self.edge_rounds
-        self.offline = OfflineRounds(offline_limit, Tally(self.variates.zeros()))
-        self.clip_norm = np.float32(topology.privacy.clip_norm)
         self.state_path = (
             Path(state_dir) / f"edge-{plant_name}.npz" if state_dir is not None else None
         )
-        self.late, self.finished_round = 0, 0
-        self.opened_once, self.resumed = False, resume
-        if resume:
-            self._restore()
-        self.phase, self.round, self.edge_round = IDLE, 0, 0
-        self.model_version = self.uplink.version  # what hello tells the cloud
+        self.late, self.resumed = 0, resume
+        finished = self._restore() if resume else 0
+        self.cycle = EdgeCycle(
+            topology, self.index, net.spec, self.rounds, self.uplink, variates, self.log, finished
+        )
         self.deadline, self.device_bytes = 0.0, [0, 0]  # bytes from / to devices this edge round
         self.started = self.cloud_seen = time.monotonic()
         self.context = zmq.Context()
@@ -125,17 +114,15 @@ class EdgeNode:
 
     def warm_up(self) -> None:
         """Compiles aggregation and upload (and CKKS's plant evaluation) before the first round."""
-        self.rounds.warm_up(jnp.zeros(self.net.spec.size, jnp.float32), self.clip_norm)
+        clip_norm = np.float32(self.topology.privacy.clip_norm)
+        self.rounds.warm_up(jnp.zeros(self.net.spec.size, jnp.float32), clip_norm)
         self.uplink.warm_up()
 
     def run(self) -> None:
         self.warm_up()
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        endpoint = self.devices_socket.LAST_ENDPOINT.decode()
-        cloud_address = self.topology.cloud.address
-        self.log.info(
-            "serving %d devices on %s; cloud at %s", len(self.devices), endpoint, cloud_address
-        )
+        endpoint, cloud = self.devices_socket.LAST_ENDPOINT.decode(), self.topology.cloud.address
+        self.log.info("serving %d devices on %s; cloud at %s", len(self.devices), endpoint, cloud)
         self._send_cloud(protocol.HELLO)
         poller = zmq.Poller()
         poller.register(self.devices_socket, zmq.POLLIN)
@@ -143,7 +130,7 @@ class EdgeNode:
         next_beat = time.monotonic() + self.runtime.heartbeat_interval
         try:
             while self.running:
-                wait = min(next_beat - time.monotonic(), 0.05 if self.phase != IDLE else 1.0)
+                wait = min(next_beat - time.monotonic(), 0.05 if self.cycle.phase != IDLE else 1.0)
                 events = dict(poller.poll(max(0, int(wait * 1000))))
                 if self.devices_socket in events:
                     drain_router(self.devices_socket, self._receive_device, self._refuse_device)
@@ -166,27 +153,42 @@ class EdgeNode:
 
     def _advance(self) -> None:
         """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
-        now, runtime = time.monotonic(), self.runtime
-        silent = now - self.cloud_seen > runtime.heartbeat_timeout
-        if self.phase == IDLE and self.opened_once and self.offline.may_open() and silent:
-            self._open_offline_round()
-        elif self.phase == STARTING:
-            alive = len(self.members.alive() & self.devices)
-            required = math.ceil(runtime.min_device_participation * len(self.devices))
+        now, runtime, cycle = time.monotonic(), self.runtime, self.cycle
+        if cycle.may_go_offline() and now - self.cloud_seen > runtime.heartbeat_timeout:
+            self._post(cycle.open_offline(self._alive()))
+        elif cycle.phase == STARTING:
             if start_waiting_over(
-                alive,
+                len(self._alive()),
                 len(self.devices),
-                required,
+                cycle.required(),
                 now - self.started,
                 start_timeout=runtime.start_timeout,
                 grace=runtime.heartbeat_timeout,
                 resumed=self.resumed,
             ):
-                self._open_edge_round()
-        elif self.phase == COLLECTING:
+                self._post(cycle.open(self._alive()))
+        elif cycle.phase == COLLECTING:
             waiting = (self.rounds.expected & self.members.alive()) - self.rounds.answered
             if not waiting or now >= self.deadline:
-                self._close_edge_round()
+                health = {"rejected": self.counters.snapshot(), "late": self.late}
+                self._post(cycle.close(self._alive(), self.device_bytes, health))
+
+    def _alive(self) -> set[str]:
+        return self.members.alive() & self.devices
+
+    def _post(self, outbox: Outbox) -> None:
+        """Sends what a step of the cycle produced, and keeps its deadline and checkpoint."""
+        for kind, fields in outbox.cloud:
+            self._send_cloud(kind, **fields)
+        if outbox.opened:
+            self.device_bytes = [0, 0]
+        if outbox.wait is not None:
+            self.deadline = time.monotonic() + outbox.wait
+        for device, frames in outbox.devices.items():
+            self.device_bytes[1] += sum(len(protocol.frame_bytes(f)) for f in frames)
+            send_router(self.devices_socket, device, frames)
+        if outbox.checkpoint:
+            self._checkpoint()
 
     # -- messages from devices --------------------------------------------------------------------
 
@@ -208,43 +210,24 @@ class EdgeNode:
         self.counters.reject(self.log, peer, error)
         if error.reason == protocol.STALE_ROUND:
             self.late += 1
-        fields = {"round": self.round, "reason": error.reason, "detail": str(error)}
-        send_router(
-            self.devices_socket, peer, protocol.encode(protocol.REJECTED, self.plant.name, **fields)
-        )
+        fields = {"round": self.cycle.round, "reason": error.reason, "detail": str(error)}
+        reply = protocol.encode(protocol.REJECTED, self.plant.name, **fields)
+        send_router(self.devices_socket, peer, reply)
 
     def _handle_device(self, message: protocol.Message) -> None:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
             return
         if message.kind == protocol.STATUS:
-            reply = protocol.encode(
-                protocol.STATUS, self.plant.name, round=self.round, **self.status()
-            )
+            fields = {"round": self.cycle.round, **self.status()}
+            reply = protocol.encode(protocol.STATUS, self.plant.name, **fields)
             send_router(self.devices_socket, message.sender, reply)
             return
-        if message.kind not in self.rounds.kinds:
-            raise protocol.MessageRejected(protocol.UNEXPECTED, unwelcome_kind(message.kind))
-        problem = update_problem(
-            (message.round, message.edge_round),
-            (self.round, self.edge_round),
-            self.phase == COLLECTING,
-            message.kind,
-        )
-        if problem is not None:
-            raise protocol.MessageRejected(*problem)
-        self.rounds.receive(message)
+        self.cycle.receive(message)
 
     def status(self) -> dict:
         """What a `status` request answers: phase, round, live devices, rejected counts."""
-        return {
-            "phase": self.phase,
-            "edge_round_open": self.edge_round,
-            "alive": sorted(self.members.alive()),
-            "rejected": self.counters.snapshot(),
-            "late": self.late,
-            "finished_round": self.finished_round,
-            **self.rounds.status(self.phase == COLLECTING),
-        }
+        alive, rejected = sorted(self.members.alive()), self.counters.snapshot()
+        return {**self.cycle.status(), "alive": alive, "rejected": rejected, "late": self.late}
 
     # -- messages from the cloud ------------------------------------------------------------------
 
@@ -268,7 +251,9 @@ class EdgeNode:
             self.cloud_seen = time.monotonic()
             if message.kind == protocol.STOP:
                 self.log.info("the cloud says stop")
-                self._broadcast(protocol.encode(protocol.STOP, self.plant.name, round=self.round))
+                stop = protocol.encode(protocol.STOP, self.plant.name, round=self.cycle.round)
+                for device in self.devices:  # those not connected are skipped by ZeroMQ
+                    send_router(self.devices_socket, device, stop)
                 self.running = False
                 return
             if message.kind == protocol.REJECTED:
@@ -282,190 +267,13 @@ class EdgeNode:
         for kind, fields in taken.replies:
             self._send_cloud(kind, **fields)
         if taken.model is not None:
-            self._start_cloud_round(taken.model)
-
-    def _start_cloud_round(self, model: CloudModel) -> None:
-        if self.offline.active:
-            self._send_stale_summary(model.round)
-        elif model.round < self.round or (model.round == self.round and self.phase != IDLE):
-            self.log.info(
-                "ignoring the cloud's model for round %d (at round %d, %s)",
-                model.round,
-                self.round,
-                self.phase,
-            )
-            return
-        if self.phase != IDLE:
-            self.log.warning(
-                "cloud round %d started before this edge finished round %d; abandoning it",
-                model.round,
-                self.round,
-            )
-        self.round, self.edge_round, self.model_version = model.round, 0, model.version
-        self.clip_norm = np.float32(model.clip_norm)
-        self.global_flat = self.edge_flat = np.array(model.flat)
-        self.variate_frames = list(model.variate_frames)
-        self.tally = Tally(self.variates.zeros())
-        self.phase = COLLECTING if self.opened_once else STARTING
-        if self.opened_once:
-            self._open_edge_round()
-
-    # -- edge rounds ------------------------------------------------------------------------------
-
-    def _open_edge_round(self) -> None:
-        self.opened_once, self.phase = True, COLLECTING
-        invited = self.members.alive() & self.devices
-        self.deadline = time.monotonic() + self.runtime.device_deadline
-        self.device_bytes = [0, 0]
-        self.rounds.open(invited, self.round, self.edge_round, self.model_version)
-        frames = protocol.encode(
-            protocol.MODEL,
-            self.plant.name,
-            round=self.round,
-            edge_round=self.edge_round,
-            model_version=self.model_version,
-            spec=self.net.spec,
-            codec="none",
-            arrays=[self.edge_flat, *self.variate_frames],
-            clip_norm=float(self.clip_norm),
-        )
-        self._send_devices({device: frames for device in sorted(invited)})
-
-    def _open_offline_round(self) -> None:
-        """An edge round while the cloud is silent: numbered as the next cloud round, from the edge's own model."""
-        if not self.offline.active:
-            self.log.warning(
-                "the cloud is silent; running offline edge rounds from the plant model"
-            )
-            self.offline.active = True
-            self.round, self.edge_round = self.finished_round + 1, 0
-        self._open_edge_round()
-
-    def _close_edge_round(self) -> None:
-        phase = self.rounds.next_phase()
-        if phase is not None:  # secure aggregation's next phase
-            frames, seconds = phase
-            self._send_devices(frames)
-            self.deadline = time.monotonic() + seconds
-            return
-        tally = self.offline.tally if self.offline.active else self.tally
-        answered, total = len(self.rounds.answered), len(self.devices)
-        required = math.ceil(self.runtime.min_device_participation * total)
-        tally.add_variates(self.rounds.variate_sum())
-        if answered >= required and answered > 0:
-            result = self.rounds.aggregate(
-                self.edge_flat, self.round, self.edge_round, self.clip_norm
-            )
-            self.edge_flat = result.edge_flat
-            tally.add(result)
-        else:
-            self.log.warning(
-                "edge round %d.%d: %d of %d devices answered (need %d); model unchanged",
-                self.round,
-                self.edge_round,
-                answered,
-                total,
-                required,
-            )
-        missing = sorted(self.rounds.expected - self.rounds.answered)
-        self.log.info(
-            "edge round %d.%d closed: %d/%d answered%s; %d bytes from devices, %d to them",
-            self.round,
-            self.edge_round,
-            answered,
-            total,
-            f", missing {', '.join(missing)}" if missing else "",
-            *self.device_bytes,
-        )
-        self.edge_round += 1
-        if self.offline.active:
-            self.offline.rounds += 1
-            self.phase = IDLE
-            return
-        tally.answered.append(answered)
-        if self.edge_round < self.edge_rounds:
-            self._open_edge_round()
-        else:
-            self._send_summary()
-
-    # -- summaries --------------------------------------------------------------------------------
-
-    def _send_summary(self) -> None:
-        tally = self.tally
-        kind, payload = self.uplink.summary(
-            self.edge_flat,
-            self.global_flat,
-            tally.weight,
-            self.round,
-            self.index,
-            self.variates.frames(tally.variate_sum),
-        )
-        self._send_cloud(
-            kind,
-            round=self.round,
-            edge_round=self.edge_rounds,
-            **payload,
-            weight=tally.weight,
-            loss=tally.loss,
-            answered=tally.answered,
-            expected=len(self.devices),
-            rejected=self.counters.snapshot(),
-            late=self.late,
-            unclipped=tally.unclipped,
-            **self.rounds.summary_fields(),
-        )
-        self.phase = IDLE
-        self.finished_round = self.round
-        self.offline.summarized(self.edge_flat)
-        self._checkpoint()
-        self.log.info("cloud round %d: summary sent (weight %g)", self.round, tally.weight)
-
-    def _send_stale_summary(self, cloud_round: int) -> None:
-        """Sends the offline rounds' progress (since the last summary) as a stale summary for `cloud_round`."""
-        offline = self.offline
-        if offline.tally.weight > 0:
-            kind, payload = self.uplink.summary(
-                self.edge_flat,
-                offline.base,
-                offline.tally.weight,
-                cloud_round,
-                len(self.topology.plants) + self.index,  # a key apart from the round's summary
-                self.variates.frames(offline.tally.variate_sum),
-            )
-            self._send_cloud(
-                kind,
-                round=cloud_round,
-                edge_round=offline.rounds,
-                **payload,
-                weight=offline.tally.weight,
-                loss=offline.tally.loss,
-                stale=True,
-                base_version=self.finished_round,
-            )
-            self.log.info(
-                "the cloud is back: sent %d offline edge rounds (weight %g, from version %d) as a stale summary",
-                offline.rounds,
-                offline.tally.weight,
-                self.finished_round,
-            )
-        offline.sent(self.variates.zeros())
-        self.phase = IDLE
+            self._post(self.cycle.start(taken.model, self._alive()))
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _send_devices(self, frames: dict[str, list]) -> None:
-        """Sends each device its frames, counting the bytes."""
-        for device, message in frames.items():
-            self.device_bytes[1] += sum(len(protocol.frame_bytes(f)) for f in message)
-            send_router(self.devices_socket, device, message)
-
-    def _broadcast(self, frames: list) -> None:
-        """Sends to every device of the plant (those not connected are skipped by ZeroMQ)."""
-        for device in self.devices:
-            send_router(self.devices_socket, device, frames)
-
     def _send_cloud(self, kind: str, **fields) -> None:
-        frames = protocol.encode(kind, self.plant.name, model_version=self.model_version, **fields)
+        fields = {"model_version": self.cycle.model_version, **fields}
+        frames = protocol.encode(kind, self.plant.name, **fields)
         try:
             self.cloud.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -477,44 +285,18 @@ class EdgeNode:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        round_ = self.cycle.finished_round
         with open(tmp, "wb") as f:
-            np.savez(f, round=self.finished_round, late=self.late, **self.uplink.state())
+            np.savez(f, round=round_, late=self.late, **self.uplink.state())
         tmp.replace(self.state_path)
 
-    def _restore(self) -> None:
+    def _restore(self) -> int:
+        """Reads the checkpoint back (the late count, the uplink's state): the last finished cloud round."""
         if self.state_path is None or not self.state_path.exists():
             self.log.info("no edge checkpoint to resume from; starting fresh")
-            return
+            return 0
         with np.load(self.state_path) as state:
-            self.finished_round = int(state["round"])
-            self.late = int(state["late"])
+            finished_round, self.late = int(state["round"]), int(state["late"])
             version = self.uplink.restore(state)
-        self.log.info("resumed after cloud round %d%s", self.finished_round, version)
-
-
-def unwelcome_kind(kind: str) -> str:
-    """Why a device message of `kind` is not one this edge's rounds collect."""
-    if kind in protocol.SECAGG_FROM_DEVICE:
-        return f"{kind}: this plant runs no secure aggregation"
-    return f"devices do not send {kind} messages"
-
-
-def update_problem(
-    update: tuple[int, int], current: tuple[int, int], open_: bool, kind: str = protocol.UPDATE
-) -> tuple[str, str] | None:
-    """Why an update (or another device message of `kind`) for `(round, edge_round)` is not welcome now, or None.
-
-    Returns `(reason code, message)`. `current` is the edge's (cloud round, edge round);
-    `open_` whether it collects updates.
-    """
-    if update < current or (update == current and not open_):
-        return (
-            protocol.STALE_ROUND,
-            f"{kind} for round {update[0]}.{update[1]}, which is closed (now {current[0]}.{current[1]})",
-        )
-    if update > current:
-        return (
-            protocol.FUTURE_ROUND,
-            f"{kind} for round {update[0]}.{update[1]}, not started (now {current[0]}.{current[1]})",
-        )
-    return None
+        self.log.info("resumed after cloud round %d%s", finished_round, version)
+        return finished_round

@@ -170,8 +170,11 @@ class EdgeNode:
         elif cycle.phase == COLLECTING:
             waiting = (self.rounds.expected & self.members.alive()) - self.rounds.answered
             if not waiting or now >= self.deadline:
-                health = {"rejected": self.counters.snapshot(), "late": self.late}
-                self._post(cycle.close(self._alive(), self.device_bytes, health))
+                self._post(cycle.close(self._alive(), self.device_bytes, self._health))
+
+    def _health(self) -> dict:
+        """What a summary reports of the edge itself: messages rejected by reason, late ones."""
+        return {"rejected": self.counters.snapshot(), "late": self.late}
 
     def _alive(self) -> set[str]:
         return self.members.alive() & self.devices

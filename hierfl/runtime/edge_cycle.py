@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -55,17 +55,16 @@ class EdgeCycle:
     ):
         self.plant = topology.plant_names[index]
         self.index, self.stale_key_index = index, len(topology.plants) + index
-        self.devices = len(topology.plants[index].devices)
+        self.num_devices = len(topology.plants[index].devices)
         self.edge_rounds = topology.federation.edge_rounds
         self.runtime = topology.runtime
-        self.spec, self.rounds, self.uplink, self.variates, self.log = (
-            spec,
-            rounds,
-            uplink,
-            variates,
-            log,
-        )
+        self.spec, self.log = spec, log
+        self.rounds, self.uplink, self.variates = rounds, uplink, variates
         self.phase, self.round, self.edge_round = IDLE, 0, 0
+        self.clip_norm = np.float32(topology.privacy.clip_norm)
+        self.global_flat = self.edge_flat = np.zeros(spec.size, np.float32)  # set by `start`
+        self.variate_frames: list[np.ndarray] = []
+        self.tally = Tally(variates.zeros())
         self.model_version = uplink.version  # what hello tells the cloud
         self.finished_round, self.opened_once = finished_round, False
         # Under DP no offline rounds: they would release updates the accountant does not count.
@@ -158,9 +157,11 @@ class EdgeCycle:
             self.round, self.edge_round = self.finished_round + 1, 0
         return self.open(invited)
 
-    def close(self, invited: Collection[str], device_bytes: list[int], health: dict) -> Outbox:
+    def close(
+        self, invited: Collection[str], device_bytes: list[int], health: Callable[[], dict]
+    ) -> Outbox:
         """Ends the phase in progress: the next phase, the next edge round, or the summary
-        (with `health`: the edge's rejected and late counts)."""
+        (with `health()`: the edge's rejected and late counts as they are then)."""
         phase = self.rounds.next_phase()
         if phase is not None:  # secure aggregation's next phase
             return Outbox(phase[0], wait=phase[1])
@@ -179,7 +180,7 @@ class EdgeCycle:
                 self.round,
                 self.edge_round,
                 answered,
-                self.devices,
+                self.num_devices,
                 required,
             )
         self._log_closed(answered, device_bytes)
@@ -194,7 +195,7 @@ class EdgeCycle:
         return self._summary(health)
 
     def required(self) -> int:
-        return math.ceil(self.runtime.min_device_participation * self.devices)
+        return math.ceil(self.runtime.min_device_participation * self.num_devices)
 
     def _log_closed(self, answered: int, device_bytes: list[int]) -> None:
         missing = sorted(self.rounds.expected - self.rounds.answered)
@@ -203,12 +204,12 @@ class EdgeCycle:
             self.round,
             self.edge_round,
             answered,
-            self.devices,
+            self.num_devices,
             f", missing {', '.join(missing)}" if missing else "",
             *device_bytes,
         )
 
-    def _summary(self, health: dict) -> Outbox:
+    def _summary(self, health: Callable[[], dict]) -> Outbox:
         """The cloud round's summary: the edge's change since the global model."""
         tally = self.tally
         kind, payload = self.uplink.summary(
@@ -226,8 +227,8 @@ class EdgeCycle:
             "weight": tally.weight,
             "loss": tally.loss,
             "answered": tally.answered,
-            "expected": self.devices,
-            **health,
+            "expected": self.num_devices,
+            **health(),
             "unclipped": tally.unclipped,
             **self.rounds.summary_fields(),
         }

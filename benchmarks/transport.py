@@ -8,7 +8,7 @@ Two tables, each with its baseline measured in the same run:
 
 1. Throughput of 4 MB messages (1M float32 parameters) from `--senders` device processes
    over tcp loopback. Baseline: raw pyzmq PUSH/PULL, zero-copy sends, receiving frames
-   without a copy. Against it: the edge's receive path as `EdgeNode` runs it on a ROUTER
+   without a copy. Against it: the edge's receive path as its `PlainRounds` run it on a ROUTER
    socket fed by DEALERs, every message fully checked (`protocol.parse_message`: header,
    sender, array spec, frame length, finiteness), copied into the edge's `[N, P]` stack
    and, once per N messages (an edge round), aggregated (`hierfl.core.steps.make_edge_step`).

@@ -27,7 +27,7 @@ not report in time is missing from that record's scores (NaN). Evaluations are
 plaintext scalars rounded to `EVALUATION_DIGITS` significant digits: the threat model
 forbids returning exact decryptions to the cloud (IND-CPA-D attacks on CKKS).
 
-Stale summaries (an edge's offline progress, see `edge.py`) are encrypted the same way
+Stale summaries (an edge's offline progress, see `edge_cycle.py`) are encrypted the same way
 and join the weighted sum with their discounted weight. Checkpoints and resume:
 
 - the cloud saves, after each round, the round number, the encrypted aggregate A_r and
@@ -192,7 +192,7 @@ def layout_problem(topology: Topology, spec: FlatSpec, max_message_bytes: int) -
     return None
 
 
-# -- the edge's half ------------------------------------------------------------------------------
+# -- the edge's half (its uplink: `edge_encrypted.EncryptedUplink`) -------------------------------
 
 
 class PlantCipher:

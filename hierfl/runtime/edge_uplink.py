@@ -1,0 +1,149 @@
+"""How an edge talks to the cloud: what it takes from it, and how its summaries leave.
+
+`PlainUplink` takes `model` messages (the global model, the clip norm, SCAFFOLD's `c`)
+and sends summaries encoded with the uplink's codec (`steps.make_edge_upload`, jitted
+once, with its error-feedback residual). `EncryptedUplink` (`[privacy] homomorphic`,
+`hierfl.runtime.edge_encrypted`) holds the global model itself and takes encrypted
+aggregates instead. Both answer a cloud message with a `FromCloud`, so the edge's shell
+never asks which one it has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hierfl.core import steps
+from hierfl.data.plan import Plan
+from hierfl.errors import HomomorphicError
+from hierfl.runtime import protocol
+from hierfl.runtime.node import NodeModel
+from hierfl.topology import Plant, Topology
+
+
+class CloudModel(NamedTuple):
+    """A global model to run cloud round `round` from: its `version`, values `[P]`, the clip
+    norm, and the frames every model an edge sends its devices adds (SCAFFOLD's `c`)."""
+
+    round: int
+    version: int
+    flat: np.ndarray
+    clip_norm: float
+    variate_frames: tuple[np.ndarray, ...] = ()
+
+
+class FromCloud(NamedTuple):
+    """What an edge does with a message from the cloud: checkpoint if its state `changed`,
+    send `replies` (`(kind, fields)`) up, then start a cloud round from `model`."""
+
+    model: CloudModel | None = None
+    replies: tuple[tuple[str, dict[str, Any]], ...] = ()
+    changed: bool = False
+
+
+class Uplink(Protocol):
+    """What the shell asks of a cloud link (see the module docstring)."""
+
+    layouts: dict  # `protocol.parse_message` layouts of the cloud messages it takes
+    version: int  # the global model version the edge holds (its `hello` says it)
+
+    def warm_up(self) -> None: ...
+    def receive(self, message: protocol.Message) -> FromCloud: ...
+    def summary(
+        self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list
+    ) -> tuple[str, dict[str, Any]]: ...
+    def state(self) -> dict[str, np.ndarray]: ...
+    def restore(self, state) -> str: ...
+
+
+def edge_uplink(
+    topology: Topology,
+    plant: Plant,
+    net: NodeModel,
+    plan: Callable[[], Plan],
+    log: logging.Logger,
+    *,
+    he_context: Path | None,
+    model_out: Path | None,
+) -> Uplink:
+    """The plant's cloud link; `plan()` builds the plan (CKKS's plant test examples)."""
+    index = topology.plant_names.index(plant.name)
+    if topology.privacy.homomorphic:
+        from hierfl.runtime.edge_encrypted import EncryptedUplink
+
+        return EncryptedUplink(
+            topology,
+            plant,
+            net,
+            plan().test,
+            index,
+            log,
+            he_context=he_context,
+            model_out=model_out,
+        )
+    if he_context is not None or model_out is not None:
+        raise HomomorphicError(
+            "--he-context and --model-out are for topologies with [privacy] homomorphic = true"
+        )
+    return PlainUplink(topology, net, index)
+
+
+class PlainUplink:
+    """The cloud sends models; summaries leave through the uplink's codec."""
+
+    version = 0  # a plain edge holds no global model between rounds
+
+    def __init__(self, topology: Topology, net: NodeModel, index: int):
+        codec = net.codecs.edge_to_cloud
+        self.net, self.index, self.codec = net, index, codec.name
+        self.default_clip_norm = topology.privacy.clip_norm
+        self.layouts = {protocol.MODEL: ("none", net.model_layout)}
+        self.upload = jax.jit(steps.make_edge_upload(codec, topology.federation.seed))
+        self.residual = np.zeros(codec.residual_size, np.float32)
+
+    def warm_up(self) -> None:
+        flat = jnp.zeros(self.net.spec.size, jnp.float32)
+        self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
+
+    def receive(self, message: protocol.Message) -> FromCloud:
+        """A checked `model`: start its round."""
+        header = message.header
+        return FromCloud(
+            CloudModel(
+                message.round,
+                int(header["model_version"]),
+                message.arrays[0],
+                protocol.header_number(header, "clip_norm", self.default_clip_norm),
+                tuple(np.array(a) for a in message.arrays[1:]),
+            )
+        )
+
+    def summary(
+        self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list
+    ) -> tuple[str, dict[str, Any]]:
+        """A `summary` of `edge_flat - base_flat` weighted by `weight`, encoded with the key
+        of `key_index`, the `extra` frames (SCAFFOLD's variate sum) after the payload."""
+        payload, residual = self.upload(
+            edge_flat,
+            base_flat,
+            jnp.float32(weight),
+            self.residual,
+            jnp.int32(round),
+            jnp.int32(key_index),
+        )
+        self.residual = np.asarray(residual)
+        arrays = [*(np.asarray(a) for a in payload), *extra]
+        return protocol.SUMMARY, {"spec": self.net.spec, "codec": self.codec, "arrays": arrays}
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"residual": self.residual}
+
+    def restore(self, state) -> str:
+        self.residual = np.array(state["residual"], np.float32)
+        return ""

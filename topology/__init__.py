@@ -9,6 +9,7 @@ This package depends on nothing else of hierfl.
 from .load import load_topology, parse_topology, preset_names, preset_path
 from .schema import (
     CODECS,
+    DEVICE_PATH_KEYS,
     LINKS,
     OPTIMIZERS,
     RULES,
@@ -28,10 +29,13 @@ from .schema import (
     TierRule,
     Topology,
     TopologyError,
+    fill_template,
+    template_problem,
 )
 
 __all__ = [
     "CODECS",
+    "DEVICE_PATH_KEYS",
     "LINKS",
     "OPTIMIZERS",
     "RULES",
@@ -51,8 +55,10 @@ __all__ = [
     "TierRule",
     "Topology",
     "TopologyError",
+    "fill_template",
     "load_topology",
     "parse_topology",
     "preset_names",
     "preset_path",
+    "template_problem",
 ]

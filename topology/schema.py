@@ -16,6 +16,7 @@ import difflib
 import functools
 import math
 import re
+import string
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -214,10 +215,43 @@ DATA_FIELDS: Mapping[str, Field] = {
     "sigma": Field(float, default=1.0, low=0, low_open=True),
     "samples_per_device": Field(int, default=None, low=1),
     "test_fraction": Field(float, default=0.2, low=0, high=1, low_open=True, high_open=True),
+    "path": Field(str, default=None),
+    "test_data": Field(str, default=None),
+    "on_bad_rows": Field(str, default="refuse", options=("drop", "refuse")),
 }
-"""The `[data]` table. A line's `[plants.lines.data]` may override all but `test_fraction`."""
+"""The `[data]` table. A line's `[plants.lines.data]` may override the keys of `LINE_DATA_KEYS`;
+a plant may set its own `test_data`."""
 
-LINE_DATA_KEYS = ("partition", "alpha", "sigma", "samples_per_device")
+LINE_DATA_KEYS = ("partition", "alpha", "sigma", "samples_per_device", "path")
+
+DEVICE_PATH_KEYS = ("plant", "line", "device")
+"""What a device's `path` template may name: `data/{plant}/{line}/{device}.csv`."""
+
+TEST_PATH_KEYS = ("plant",)
+"""What a plant's `test_data` template may name: `data/{plant}/test.csv`."""
+
+
+def template_problem(template: str, keys: Collection[str]) -> str | None:
+    """Why `template` is not a path template over `keys` (`{plant}`...), or None if it is."""
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as error:
+        return f"invalid path template {template!r}: {error} (write a literal brace as '{{{{' or '}}}}')"
+    allowed = ", ".join("{" + key + "}" for key in keys)
+    for name, spec, conversion in fields:
+        if name not in keys or spec or conversion:
+            return f"unknown placeholder {{{name}}} in {template!r} (use {allowed})"
+    return None
+
+
+def fill_template(template: str, **names: str) -> str:
+    """The path `template` names for these names (checked by `template_problem` at load)."""
+    return template.format(**names)
+
 
 NAME = Field(str, pattern=NAME_PATTERN)
 """A plant, line or device name."""
@@ -385,6 +419,9 @@ class DataSpec:
     alpha: float = 0.5
     sigma: float = 1.0
     samples_per_device: int | None = None
+    path: str | None = None
+    """Where each device's data is, as a template over `DEVICE_PATH_KEYS`; None for a task
+    that generates its data. Relative paths are relative to the topology file's folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,7 +566,9 @@ class Plant:
     modelling different machines, sensors or lighting between sites. `aggregation` is the
     plant's own edge rule, or None for the federation's `[aggregation.edge]`. `classes` limits
     the plant's data to some of the task's classes (e.g. the fault types its machines
-    develop), None for all of them.
+    develop), None for all of them. `test_data` is where the plant's held-out examples are
+    (its own `test_data` or the `[data]` template filled with its name), None for a task
+    that generates its data.
     """
 
     name: str
@@ -538,6 +577,7 @@ class Plant:
     shift: float = 0.0
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
+    test_data: str | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -667,6 +707,21 @@ class Topology:
     privacy: Privacy = Privacy()
     source: str = "<string>"
     runtime: Runtime = Runtime()
+    on_bad_rows: str = "refuse"
+    """What a device does with a row of NaN/inf or empty cells in its files: "refuse" the
+    data (the default) or "drop" the row and count it."""
+
+    def data_path(self, device: Device) -> str | None:
+        """Where `device`'s data is (its line's `path` template filled in), None if generated."""
+        template = self.line_of(device).data.path
+        if template is None:
+            return None
+        return fill_template(template, plant=device.plant, line=device.line, device=device.name)
+
+    def line_of(self, device: Device) -> Line:
+        """The line `device` belongs to."""
+        plant = self.plant(device.plant)
+        return next(line for line in plant.lines if line.name == device.line)
 
     def edge_rule(self, plant: Plant) -> TierRule:
         """The rule `plant`'s edge aggregates its devices with: its own, or `[aggregation.edge]`."""

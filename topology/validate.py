@@ -20,6 +20,7 @@ from .schema import (
     CURVE_KEY_PATTERN,
     DATA_FIELDS,
     DEVICE_GROUPINGS,
+    DEVICE_PATH_KEYS,
     FEDERATION_FIELDS,
     LINE_DATA_KEYS,
     LINK_FIELDS,
@@ -36,6 +37,7 @@ from .schema import (
     RULE_FIELDS,
     RULE_PARAMETERS,
     RUNTIME_FIELDS,
+    TEST_PATH_KEYS,
     TIERS,
     Aggregation,
     Attack,
@@ -57,6 +59,8 @@ from .schema import (
     check_choices,
     combination_problems,
     describe,
+    fill_template,
+    template_problem,
     unknown_key,
 )
 
@@ -73,7 +77,12 @@ TOP_KEYS = (
 )
 ADDRESS = Field(str)
 CLOUD_FIELDS: Mapping[str, Field] = {"address": ADDRESS}
-PLANT_FIELDS: Mapping[str, Field] = {"name": NAME, "address": ADDRESS, "shift": PLANT_SHIFT}
+PLANT_FIELDS: Mapping[str, Field] = {
+    "name": NAME,
+    "address": ADDRESS,
+    "shift": PLANT_SHIFT,
+    "test_data": Field(str, default=None),
+}
 LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
 """Guards against a typo such as `devices = 40000000` allocating millions of devices."""
@@ -104,6 +113,7 @@ class _PlantDraft(NamedTuple):
     lines: tuple[_LineDraft, ...]
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
+    test_data: str | None = None
 
 
 def build_topology(
@@ -124,6 +134,8 @@ def build_topology(
     _apply_algorithm_parameters(federation, document.get("federation"), problems)
     data_values = _read_table_fields(document, "data", DATA_FIELDS, problems, required=False)
     data = _data_spec(data_values)
+    problems += _template_problems("data.path", data_values["path"], DEVICE_PATH_KEYS)
+    problems += _template_problems("data.test_data", data_values["test_data"], TEST_PATH_KEYS)
     compression = _read_compression(document.get("compression", {}), problems)
     aggregation = _read_aggregation(document.get("aggregation", {}), problems)
     attack = Attack(
@@ -148,9 +160,10 @@ def build_topology(
     topology = Topology(
         federation=Federation(**federation),
         cloud=Cloud(address=cloud_address),
-        plants=assemble_plants(drafts),
+        plants=assemble_plants(drafts, data_values["test_data"]),
         data=data,
         test_fraction=data_values["test_fraction"],
+        on_bad_rows=data_values["on_bad_rows"],
         compression=compression,
         aggregation=aggregation,
         attack=attack,
@@ -170,8 +183,11 @@ def device_names(count: int) -> tuple[str, ...]:
     return tuple(f"dev-{number:0{width}d}" for number in range(1, count + 1))
 
 
-def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
-    """Plants from checked drafts, numbering devices 0..N-1 in federation order."""
+def assemble_plants(
+    drafts: Iterable[_PlantDraft], test_data: str | None = None
+) -> tuple[Plant, ...]:
+    """Plants from checked drafts, numbering devices 0..N-1 in federation order; a plant
+    without its own `test_data` gets the `[data]` template `test_data` filled with its name."""
     plants = []
     index = 0
     for draft in drafts:
@@ -193,6 +209,7 @@ def assemble_plants(drafts: Iterable[_PlantDraft]) -> tuple[Plant, ...]:
                 draft.shift,
                 aggregation=draft.aggregation,
                 classes=draft.classes,
+                test_data=_plant_test_data(draft, test_data),
             )
         )
     return tuple(plants)
@@ -576,6 +593,17 @@ def _array_of_tables(
     return value
 
 
+def _plant_test_data(draft: _PlantDraft, template: str | None) -> str | None:
+    if draft.test_data is not None:
+        return fill_template(draft.test_data, plant=draft.name)
+    return None if template is None else fill_template(template, plant=draft.name)
+
+
+def _template_problems(path: str, template: str | None, keys: Collection[str]) -> list[str]:
+    problem = None if template is None else template_problem(template, keys)
+    return [] if problem is None else [f"{path}: {problem}"]
+
+
 def _read_plants(value: Any, data: DataSpec, problems: list[str]) -> tuple[_PlantDraft, ...]:
     tables = _array_of_tables(value, "plants", "plants", "plant", problems)
     drafts = tuple(
@@ -598,6 +626,7 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         table, path, PLANT_FIELDS, problems, structural=("lines", "aggregation", "classes")
     )
     classes = _read_plant_classes(table.get("classes"), f"{path}.classes", problems)
+    problems += _template_problems(f"{path}.test_data", values["test_data"], TEST_PATH_KEYS)
     address = _checked_address(
         values["address"],
         f"{path}.address",
@@ -621,7 +650,9 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
             (f"{path}.lines[{i}].name", line.name) for i, line in enumerate(lines)
         )
     ]
-    return _PlantDraft(values["name"], address, values["shift"], lines, aggregation, classes)
+    return _PlantDraft(
+        values["name"], address, values["shift"], lines, aggregation, classes, values["test_data"]
+    )
 
 
 def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:
@@ -670,7 +701,10 @@ def _read_line_data(table: Any, path: str, defaults: DataSpec, problems: list[st
         key: dataclasses.replace(DATA_FIELDS[key], default=getattr(defaults, key))
         for key in LINE_DATA_KEYS
     }
-    return _data_spec(_read_fields(table, path, fields, problems))
+    values = _read_fields(table, path, fields, problems)
+    if "path" in table:
+        problems += _template_problems(f"{path}.path", values["path"], DEVICE_PATH_KEYS)
+    return _data_spec(values)
 
 
 def _read_devices(value: Any, path: str, problems: list[str]) -> int | tuple[str, ...]:

@@ -26,6 +26,7 @@ from hierfl.errors import HierflError, TopologyError
 
 EPILOG = """\
 examples:
+  hierfl new my_plants --template tabular  a starter: your own data and model, per device
   hierfl simulate demo                     train the bundled demo federation (digits, 24 devices)
   hierfl simulate my_plants.toml --rounds 5 --out runs/try1
   hierfl topology show bearing             print a topology as a tree
@@ -64,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hierfl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    new = commands.add_parser(
+        "new", help="write a starter project: a topology, a task module and per-device data"
+    )
+    new.add_argument("directory", type=Path, help="the project folder to create (new or empty)")
+    new.add_argument(
+        "--template",
+        choices=("tabular", "images", "timeseries"),
+        default="tabular",
+        help="tabular: press failure from CSV files; images: surface defects from image "
+        "folders; timeseries: next-hour energy from CSV windows (default: tabular)",
+    )
+    new.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the data")
+    new.set_defaults(handler=run_new)
 
     sim = commands.add_parser(
         "simulate", help="train a federation in one process (vectorized simulator)"
@@ -223,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runtime_commands(commands)
     return parser
+
+
+def run_new(args: argparse.Namespace) -> int:
+    from hierfl.starters import write_starter
+
+    written = write_starter(args.directory, args.template, args.seed)
+    data = [path for path in written if "data" in path.relative_to(args.directory).parts]
+    topology = args.directory / "topology.toml"
+    console = Console()
+    console.print(
+        f"wrote {escape(str(args.directory))}: {len(written) - len(data)} project files and "
+        f"{len(data)} data files ({args.template} starter)",
+        highlight=False,
+    )
+    for path in written:
+        if path not in data:
+            console.print(f"  {escape(str(path))}", highlight=False)
+    console.print(
+        f"next: hierfl simulate {escape(str(topology))}   (or: hierfl launch {escape(str(topology))})",
+        highlight=False,
+    )
+    return 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:

@@ -123,6 +123,7 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         "--state", type=Path, help="directory for the device's state (SCAFFOLD's control variate)"
     )
     device.add_argument("--resume", action="store_true", help="continue with the state in --state")
+    device.add_argument("--data", metavar="PATH", help=DATA_HELP)
     device.set_defaults(handler=run_device)
 
     devices = commands.add_parser(
@@ -145,6 +146,7 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         "--state", type=Path, help="directory for the devices' state (SCAFFOLD's control variates)"
     )
     devices.add_argument("--resume", action="store_true", help="continue with the state in --state")
+    devices.add_argument("--data", metavar="PATH", help=DATA_HELP)
     devices.set_defaults(handler=run_devices)
 
     keys = commands.add_parser(
@@ -171,10 +173,22 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     ckks.set_defaults(handler=run_keys_ckks)
 
 
-def _load(source: str):
-    from hierfl.data.loading import load_topology
+DATA_HELP = (
+    "where this machine keeps the device's data, instead of the topology's [data] path; "
+    "a template over {plant}, {line} and {device} for several devices"
+)
 
-    return load_topology(source)
+
+def _load(source: str):
+    """The topology, checked, and refused if the runtime cannot run it."""
+    from hierfl.data.loading import load_topology
+    from hierfl.runtime.node import runtime_problem
+
+    topology = load_topology(source)
+    problem = runtime_problem(topology)
+    if problem is not None:
+        raise HierflError(problem)
+    return topology
 
 
 def _node_setup(source: str):
@@ -192,7 +206,7 @@ def _stop_on_signals(node) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
-    from hierfl.data.tasks import get_task
+    from hierfl.data.loading import topology_task
     from hierfl.runtime.launch import Launch, LaunchProgress, device_groups
 
     topology = _load(args.topology)
@@ -213,7 +227,7 @@ def run_launch(args: argparse.Namespace) -> int:
     launch = Launch(
         topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish
     )
-    metric = get_task(topology.federation.task).metric
+    metric = topology_task(topology).metric
     launch.start()
     try:
         with LaunchProgress(
@@ -232,6 +246,8 @@ def run_launch(args: argparse.Namespace) -> int:
 
         console.print(summary_table(history, topology.plant_names, metric))
         console.print(runtime_table(history))
+    for reason in launch.stayed_out():
+        console.print(f"[yellow]stayed out:[/] {escape(reason)}", highlight=False)
     note = " (decrypted at its plant; the cloud holds none)" if topology.privacy.homomorphic else ""
     for model in launch.final_models():
         console.print(f"final model{note}: {escape(str(model))}")
@@ -321,7 +337,9 @@ def run_edge(args: argparse.Namespace) -> int:
 
 
 def run_device(args: argparse.Namespace) -> int:
-    from hierfl.runtime.device import DeviceNode
+    from hierfl.errors import DataError
+    from hierfl.runtime.device import STAYED_OUT, STAYS_OUT, DeviceNode, device_setup
+    from hierfl.runtime.node import node_logger
 
     topology = _node_setup(args.topology)
     try:
@@ -330,15 +348,26 @@ def run_device(args: argparse.Namespace) -> int:
         raise HierflError(err.args[0]) from None
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the device's state")
-    node = DeviceNode(
-        topology, args.device_id, keys=_keys(args.key), state_dir=args.state, resume=args.resume
-    )
+    setup = device_setup(topology, _data_template(topology, args.data))
+    try:
+        node = DeviceNode(
+            topology,
+            args.device_id,
+            keys=_keys(args.key),
+            state_dir=args.state,
+            resume=args.resume,
+            setup=setup,
+        )
+    except DataError as error:
+        node_logger(args.device_id).error("%s%s", STAYS_OUT, error)
+        return STAYED_OUT
     _stop_on_signals(node)
     node.run()
     return 0
 
 
 def run_devices(args: argparse.Namespace) -> int:
+    from hierfl.runtime.device import STAYED_OUT
     from hierfl.runtime.host import DeviceHost, hosted_devices
 
     topology = _node_setup(args.topology)
@@ -346,8 +375,15 @@ def run_devices(args: argparse.Namespace) -> int:
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the devices' state")
     node = DeviceHost(
-        topology, devices, keys=_keys(args.key), state_dir=args.state, resume=args.resume
+        topology,
+        devices,
+        keys=_keys(args.key),
+        state_dir=args.state,
+        resume=args.resume,
+        data=_data_template(topology, args.data),
     )
+    if not node.nodes:
+        return STAYED_OUT
     _stop_on_signals(node)
     node.run()
     return 0
@@ -378,6 +414,24 @@ def run_keys_ckks(args: argparse.Namespace) -> int:
     )
     print(f"  {public}: the public context; give it to the cloud (--he-context)")
     return 0
+
+
+def _data_template(topology, data: str | None) -> str | None:
+    """`--data`, checked: a path template over {plant}, {line}, {device}, for a task that reads files."""
+    from hierfl.data.loading import topology_task
+    from hierfl.topology import DEVICE_PATH_KEYS, template_problem
+
+    if data is None:
+        return None
+    task = topology_task(topology)
+    if not task.reads_files:
+        raise HierflError(
+            f"--data: task {task.name!r} generates its data; --data is for a task that reads files"
+        )
+    problem = template_problem(data, DEVICE_PATH_KEYS)
+    if problem is not None:
+        raise HierflError(f"--data: {problem}")
+    return data
 
 
 def _public_text(path: Path) -> str:

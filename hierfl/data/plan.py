@@ -1,5 +1,9 @@
 """From a topology to a Plan: the task's data, divided plant -> line -> device, as arrays.
 
+A task that reads files takes each device's examples from its own files and each plant's
+test examples from the plant's test data (`hierfl.data.device_files`); what follows is
+how a task that generates its data divides it.
+
 The plan is everything the simulator and the runtime derive from a topology before the
 first round: which edge each device reports to, and each device's training shard. Data is
 divided top-down: the task gives each plant its train/test pool; a plant's pool is split
@@ -11,13 +15,13 @@ dirichlet, quantity) divides the line's pool among its devices. Deterministic in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from hierfl.data import partition
-from hierfl.data.loading import check_names
-from hierfl.data.tasks import PlantData, PlantRequest, Task, get_task
+from hierfl.data import device_files, partition
+from hierfl.data.loading import check_names, topology_task
+from hierfl.data.tasks import PlantData, PlantRequest, Task
 from hierfl.errors import DataError
 from hierfl.topology import DataSpec, Line, Plant, Topology
 
@@ -71,7 +75,13 @@ def make_plan(topology: Topology) -> Plan:
     registries, so its names are checked here first: TopologyError, as at load time.
     """
     check_names(topology)
-    task = get_task(topology.federation.task)
+    task = topology_task(topology)
+    device_edge = np.concatenate(
+        [np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)]
+    )
+    if task.reads_files:
+        devices, tests = device_files.read_all(topology, task)
+        return Plan(topology, task, device_edge, pad_shards(devices), stack_test_sets(tests))
     seed = topology.federation.seed
     check_plant_classes(topology, task)
     requests = [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
@@ -85,10 +95,25 @@ def make_plan(topology: Topology) -> Plan:
         )
         test_sets.append((data.x_test, data.y_test))
         del data
-    device_edge = np.concatenate(
-        [np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)]
-    )
     return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
+
+
+def test_set(topology: Topology, plants: Sequence[int] | None = None) -> TestSet:
+    """The held-out examples of the plants at indices `plants` (all by default), tagged with
+    their plant index. A task that reads files reads only those plants' test data; a task
+    that generates its data builds the plan (its plants' test sets come from one split)."""
+    task = topology_task(topology)
+    chosen = range(len(topology.plants)) if plants is None else plants
+    if not task.reads_files:
+        test = make_plan(topology).test
+        mine = np.isin(test.plant, list(chosen))
+        return TestSet(test.x[mine], test.y[mine], test.plant[mine])
+    parts = [device_files.read_plant_test(topology, task, topology.plants[i]) for i in chosen]
+    return TestSet(
+        x=np.concatenate([p.x for p in parts]).astype(np.float32),
+        y=np.concatenate([p.y for p in parts]),
+        plant=np.concatenate([np.full(len(p.y), i, np.int32) for i, p in zip(chosen, parts)]),
+    )
 
 
 def check_plant_classes(topology: Topology, task: Task) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 from jax import export as jax_export
 
 from hierfl import __version__
-from hierfl.data.tasks import TASKS, Task, bearing, bearing_data, digits
+from hierfl.data.tasks import Task, bearing, bearing_data, digits
+from hierfl.data.tasks.imports import TaskImportError, resolve_task
 from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.errors import ArtifactError, RunDirError
 from hierfl.inference.artifact import Artifact, ArtifactMeta
@@ -145,11 +146,11 @@ def export_run(
             f"{run_dir / 'metrics.jsonl'}: no finished cloud round, so there is no model to export"
         )
     task_name, model_name = info.get("task"), info.get("model")
-    if task_name not in TASKS:
-        raise RunDirError(
-            f"{run_dir / 'run.json'}: unknown task {task_name!r} (known: {', '.join(sorted(TASKS))})"
-        )
-    task = TASKS[task_name]
+    folder = info.get("task_folder")
+    try:
+        task = resolve_task(str(task_name), Path(folder) if isinstance(folder, str) else None)
+    except TaskImportError as error:
+        raise RunDirError(f"{run_dir / 'run.json'}: {error}") from None
     if model_name not in task.models:
         raise RunDirError(
             f"{run_dir / 'run.json'}: task {task_name!r} has no model {model_name!r} (known: {', '.join(sorted(task.models))})"

@@ -21,9 +21,17 @@ from hierfl import __version__
 from hierfl.data.evaluation import Scores, combine_plant_sums, metric_fields
 from hierfl.data.scoring import Metric
 from hierfl.data.tasks import Task
+from hierfl.data.tasks.imports import topology_folder
 from hierfl.privacy import privacy_record
 from hierfl.runs.metrics import encode_record, read_run_info, write_run_info
 from hierfl.topology import Topology
+
+
+def _task_folder(topology: Topology) -> str | None:
+    """Where a user's task module is found besides sys.path (the topology file's folder),
+    so `hierfl export` finds it from anywhere; None for a preset or a topology in code."""
+    folder = topology_folder(topology.source)
+    return None if folder is None else str(folder)
 
 
 def run_info(
@@ -41,6 +49,7 @@ def run_info(
         "model": model_name,
         "algorithm": federation.algorithm,
         "topology": topology.source,
+        "task_folder": _task_folder(topology),
         "seed": federation.seed,
         "num_plants": len(topology.plants),
         "num_devices": topology.num_devices,

@@ -23,7 +23,7 @@ import numpy as np
 from hierfl.core import steps
 from hierfl.core.steps import aligned_zeros
 from hierfl.data.evaluation import make_evaluator
-from hierfl.data.plan import make_plan
+from hierfl.data.plan import make_plan, test_set
 from hierfl.kernels import ravel
 from hierfl.privacy.config import DpConfig
 from hierfl.runs import checkpoint
@@ -51,9 +51,8 @@ class PlainAggregation:
     ):
         self.topology, self.net, self.run_dir, self.shell = topology, net, run_dir, shell
         self.dp = DpConfig.of(topology)
-        plan = make_plan(topology)
         edges = len(topology.plants)
-        self.evaluate = make_evaluator(net.model, plan.task, plan.test, plan.num_edges)
+        self.evaluate = make_evaluator(net.model, net.task, test_set(topology), edges)
         self.step = jax.jit(
             steps.make_cloud_step(
                 net.algorithm,
@@ -75,7 +74,7 @@ class PlainAggregation:
         # SCAFFOLD: the cloud's variate c, this round's variate sums (rows as deltas), the federation's examples.
         self.variate = np.zeros(net.spec.size if net.variates else 0, np.float32)
         self.variate_sums = aligned_zeros((2 * edges, self.variate.size))
-        self.examples = np.float32(plan.shards.counts.sum())
+        self.examples = np.float32(make_plan(topology).shards.counts.sum() if net.variates else 0)
         self.checkpoints = CloudCheckpoints(run_dir / "checkpoints" / "cloud")
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
 

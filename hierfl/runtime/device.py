@@ -1,8 +1,8 @@
 """A device node: dials its plant's edge, trains on every model it receives, sends the update up.
 
-The device owns its data shard (built deterministically from the topology, as the
-simulator's plan does, so it trains on exactly the same examples) and the
-error-feedback residual of its uplink. It never binds a port: behind a plant firewall it
+The device owns its examples (read from its own files, or generated from the seed as the
+simulator's plan does: `hierfl.runtime.device_data`) and the error-feedback residual of
+its uplink. It never binds a port: behind a plant firewall it
 only dials out. It greets the edge with `hello`, sends a `heartbeat` every
 `heartbeat_interval` seconds while idle, and answers each `model` message of its edge
 with one `update`. When several models are queued (it was slow), only the newest is
@@ -14,8 +14,8 @@ secure_aggregation` its result leaves only masked: both are modes of
 
 A `DeviceNode` needs no process of its own: `serve` runs any number of them from one
 thread, one poll over all their sockets, and a device host (`hierfl.runtime.host`) runs
-many devices of a plant that way, sharing one `DeviceSetup` (the plan and the compiled
-step) and one ZeroMQ context. Each keeps its own socket and routing id, so its edge sees
+many devices of a plant that way, sharing one `DeviceSetup` (the data source and the
+compiled step) and one ZeroMQ context. Each keeps its own socket and routing id, so its edge sees
 the same device either way.
 """
 
@@ -35,10 +35,11 @@ import zmq
 from hierfl.core.algorithms import DeviceData
 from hierfl.core.attack import attacker_mask
 from hierfl.core.steps import DeviceOutput, make_device_step
-from hierfl.data.plan import DeviceShards, make_plan
+from hierfl.data.loading import topology_task
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys
+from hierfl.runtime.device_data import OwnFiles, PlanShards, device_data_source
 from hierfl.runtime.device_modes import NoVariate, PlainUpload, SecureUpload, VariateMemory
 from hierfl.runtime.node import (
     CurveKeys,
@@ -51,27 +52,35 @@ from hierfl.runtime.node import (
 from hierfl.runtime.secagg_rounds import plant_secure_aggregation
 from hierfl.topology import Topology
 
+STAYED_OUT = 3
+"""A device process's exit status when its data cannot be used: it logged why and stayed
+out of training (the launcher tells it apart from a crash; the others train on)."""
+
+STAYS_OUT = "stays out: "
+"""How a device's log line saying why it stayed out begins (after the logger's prefix)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DeviceSetup:
     """What every device of a federation derives alike from the topology.
 
-    `shards` are the plan's data shards (all devices', as the simulator builds them),
-    `net` the model and its layouts, `step` the jitted `steps.make_device_step`. A
-    device host builds one and shares it among its devices, so they hold one plan and
-    compile one training step between them.
+    `data` is where each device's examples come from (its own files, or the plan of a
+    task that generates its data), `net` the model and its layouts, `step` the jitted
+    `steps.make_device_step`. A device host builds one and shares it among its devices,
+    so they compile one training step between them.
     """
 
-    shards: DeviceShards
+    data: OwnFiles | PlanShards
     net: NodeModel
     step: Callable[..., DeviceOutput]
     dp: DpConfig | None
 
 
-def device_setup(topology: Topology) -> DeviceSetup:
-    """Builds the plan, the model and the training step (traced on its first call, compiled once)."""
-    shards = make_plan(topology).shards
-    net = node_model(topology, shards.counts)
+def device_setup(topology: Topology, data: str | None = None) -> DeviceSetup:
+    """Builds the data source, the model and the training step (traced on its first call,
+    compiled once). `data` is the `--data` path template given on this machine, if any."""
+    source = device_data_source(topology, topology_task(topology), data)
+    net = node_model(topology, source.counts)
     dp = DpConfig.of(topology)
     step = jax.jit(
         make_device_step(
@@ -84,7 +93,7 @@ def device_setup(topology: Topology) -> DeviceSetup:
             attacker_mask(topology),
         )
     )
-    return DeviceSetup(shards, net, step, dp)
+    return DeviceSetup(source, net, step, dp)
 
 
 class DeviceNode:
@@ -113,12 +122,10 @@ class DeviceNode:
         check_keys(self.runtime, keys)
         self.log = node_logger(device_id)
         setup = setup or device_setup(topology)
-        shards, self.net, self.step, self.dp = setup.shards, setup.net, setup.step, setup.dp
-        i = self.device.index
-        steps = jnp.int32(topology.device_steps[i])
-        self.data = DeviceData(
-            jnp.asarray(shards.x[i]), jnp.asarray(shards.y[i]), jnp.asarray(shards.counts[i]), steps
-        )
+        self.net, self.step, self.dp = setup.net, setup.step, setup.dp
+        x, y, count = setup.data.examples(self.device)
+        steps = jnp.int32(topology.device_steps[self.device.index])
+        self.data = DeviceData(jnp.asarray(x), jnp.asarray(y), jnp.int32(count), steps)
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
@@ -128,7 +135,7 @@ class DeviceNode:
             if self.net.variates
             else NoVariate()
         )
-        self.upload = self._upload_mode(topology, shards.counts)
+        self.upload = self._upload_mode(topology, setup.data.counts)
         self.owns_context = context is None
         self.context = zmq.Context() if context is None else context
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
@@ -250,7 +257,9 @@ class DeviceNode:
             float(out.loss),
         )
 
-    def _upload_mode(self, topology: Topology, counts: np.ndarray) -> PlainUpload | SecureUpload:
+    def _upload_mode(
+        self, topology: Topology, counts: np.ndarray | None
+    ) -> PlainUpload | SecureUpload:
         """How this device's results leave: plainly, or masked by secure aggregation."""
         if topology.privacy.secure_aggregation:
             secure = plant_secure_aggregation(topology, self.plant, counts, self.net.spec)

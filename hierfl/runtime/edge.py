@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.data.plan import make_plan
+from hierfl.data.plan import make_plan, test_set
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
@@ -83,7 +83,13 @@ class EdgeNode:
             topology, self.plant, net, variates, plan, self.log, self.counters
         )
         self.uplink = edge_uplink(
-            topology, self.plant, net, plan, self.log, he_context=he_context, model_out=model_out
+            topology,
+            self.plant,
+            net,
+            lambda: test_set(topology, [self.index]),
+            self.log,
+            he_context=he_context,
+            model_out=model_out,
         )
         self.state_path = (
             Path(state_dir) / f"edge-{plant_name}.npz" if state_dir is not None else None

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierfl.core import steps
-from hierfl.data.plan import Plan
+from hierfl.data.plan import TestSet
 from hierfl.errors import HomomorphicError
 from hierfl.runtime import protocol
 from hierfl.runtime.node import NodeModel
@@ -66,13 +66,14 @@ def edge_uplink(
     topology: Topology,
     plant: Plant,
     net: NodeModel,
-    plan: Callable[[], Plan],
+    test: Callable[[], TestSet],
     log: logging.Logger,
     *,
     he_context: Path | None,
     model_out: Path | None,
 ) -> Uplink:
-    """The plant's cloud link; `plan()` builds the plan (CKKS's plant test examples)."""
+    """The plant's cloud link; `test()` reads the plant's test examples (CKKS evaluates
+    the global model at the plant)."""
     index = topology.plant_names.index(plant.name)
     if topology.privacy.homomorphic:
         from hierfl.runtime.edge_encrypted import EncryptedUplink
@@ -81,7 +82,7 @@ def edge_uplink(
             topology,
             plant,
             net,
-            plan().test,
+            test(),
             index,
             log,
             he_context=he_context,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import zmq
 
-from hierfl.errors import HierflError
-from hierfl.runtime.device import DeviceNode, device_setup, serve
-from hierfl.runtime.node import CurveKeys
+from hierfl.errors import DataError, HierflError
+from hierfl.runtime.device import STAYS_OUT, DeviceNode, device_setup, serve
+from hierfl.runtime.node import CurveKeys, node_logger
 from hierfl.topology import Device, Topology
 
 SPARE_SOCKETS = 16
@@ -72,22 +72,27 @@ class DeviceHost:
         keys: CurveKeys | None = None,
         state_dir: Path | None = None,
         resume: bool = False,
+        data: str | None = None,
     ):
         self.context = zmq.Context()
         self.context.max_sockets = max(self.context.max_sockets, len(devices) + SPARE_SOCKETS)
-        setup = device_setup(topology)
-        self.nodes = [
-            DeviceNode(
-                topology,
-                device.id,
-                keys=keys,
-                state_dir=state_dir,
-                resume=resume,
-                setup=setup,
-                context=self.context,
-            )
-            for device in devices
-        ]
+        setup = device_setup(topology, data)
+        self.nodes = []
+        for device in devices:
+            try:
+                node = DeviceNode(
+                    topology,
+                    device.id,
+                    keys=keys,
+                    state_dir=state_dir,
+                    resume=resume,
+                    setup=setup,
+                    context=self.context,
+                )
+            except DataError as error:  # this device stays out; the host runs the others
+                node_logger(device.id).error("%s%s", STAYS_OUT, error)
+                continue
+            self.nodes.append(node)
 
     def run(self) -> None:
         try:

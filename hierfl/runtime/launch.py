@@ -37,6 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hierfl.data.scoring import ACCURACY, Metric
 from hierfl.errors import HierflError
 from hierfl.runs.metrics import METRICS_FILE
+from hierfl.runtime.device import STAYED_OUT, STAYS_OUT
 from hierfl.runtime.node import node_name
 from hierfl.topology import Device, Topology
 
@@ -253,11 +254,34 @@ class Launch:
         return history
 
     def failed_node(self) -> str | None:
-        """The first node (in start order) that has exited with a non-zero status, or None."""
+        """The first node (in start order) that has exited with a non-zero status, or None.
+
+        A device process that stayed out (`STAYED_OUT`: its data could not be used, it said
+        why in its log) has not failed: its edge and the cloud train on without it.
+        """
         for name, process in self.processes.items():
-            if process.poll() not in (None, 0):
-                return name
+            status = process.poll()
+            if status in (None, 0) or (status == STAYED_OUT and name in self.device_nodes):
+                continue
+            return name
         return None
+
+    @property
+    def device_nodes(self) -> set[str]:
+        return {name for name in self.processes if name != "cloud" and not name.startswith("edge-")}
+
+    def stayed_out(self) -> list[str]:
+        """Why each device that stayed out did (the reason its process logged)."""
+        reasons = []
+        for name in sorted(self.device_nodes):
+            try:
+                text = (self.logs / f"{name}.log").read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            reasons += [
+                line.split(STAYS_OUT, 1)[1] for line in text.splitlines() if STAYS_OUT in line
+            ]
+        return reasons
 
     def failure(self, name: str, lines: int = 12) -> NodeFailure:
         """NodeFailure for node `name`: its exit status and the last `lines` lines of its log."""

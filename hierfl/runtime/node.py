@@ -27,7 +27,8 @@ import zmq
 from hierfl.core import rng
 from hierfl.core.algorithms import Algorithm, build_algorithm
 from hierfl.core.links import LinkCodecs, build_link_codecs
-from hierfl.data.tasks import Task, get_task
+from hierfl.data.loading import topology_task
+from hierfl.data.tasks import Task
 from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.errors import HierflError
 from hierfl.kernels import FlatSpec, flat_spec
@@ -96,7 +97,7 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     the cloud never run a local update, so they need none.
     """
     federation = topology.federation
-    task = get_task(federation.task)
+    task = topology_task(topology)
     name = federation.model or task.default_model
     model, params = build_model(name, task.models[name], rng.init_key(federation.seed))
     spec = flat_spec(params)
@@ -114,6 +115,35 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
         protocol.codec_layout(codecs.device_to_edge) + variate,
         protocol.codec_layout(codecs.edge_to_cloud) + variate,
         protocol.model_layout(spec) + variate,
+    )
+
+
+NEEDS_EVERY_COUNT = {
+    "fednova": "FedNova's effective step count",
+    "scaffold": "SCAFFOLD's control variate",
+}
+"""Algorithms whose shells need every device's example count (the plan's)."""
+
+
+def runtime_problem(topology: Topology) -> str | None:
+    """Why the runtime cannot run `topology` yet, or None.
+
+    A device of a task that reads files holds only its own data, so no node knows the
+    other devices' example counts; what is computed from them (`NEEDS_EVERY_COUNT`, and
+    secure aggregation's weight bound) runs in the simulator only, until devices report
+    their counts up the tree before round 1.
+    """
+    if not topology_task(topology).reads_files:
+        return None
+    needs = NEEDS_EVERY_COUNT.get(topology.federation.algorithm)
+    if needs is None and topology.privacy.secure_aggregation:
+        needs = "secure aggregation's weight bound"
+    if needs is None:
+        return None
+    return (
+        f"{topology.source}: {needs} needs every device's example count, and each device of "
+        f"task {topology.federation.task!r} reads only its own files; the runtime cannot run "
+        "this combination yet (the simulator can: hierfl simulate)"
     )
 
 

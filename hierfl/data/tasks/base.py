@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -146,6 +147,11 @@ class Task:
     not the output classes (a regression task's fault types); by default the class names.
     `default_samples_per_device` is used by generating tasks when a line sets none;
     it is None for fixed-pool tasks, whose pool is split evenly.
+
+    A task gets its data one of two ways, exactly one of them set: `make_plant_data`
+    generates every plant's examples from the seed (the bundled tasks), or `loader` reads
+    each device's own files (`hierfl.data.files`: a built-in loader, or the user's
+    function `path -> (x, y)`) from the paths the topology gives (`[data] path`).
     """
 
     name: str
@@ -154,13 +160,31 @@ class Task:
     class_names: tuple[str, ...]
     models: Mapping[str, Callable[[nnx.Rngs], nnx.Module]]
     default_model: str
-    make_plant_data: MakePlantData
+    make_plant_data: MakePlantData | None = None
     default_samples_per_device: int | None = None
     example_loss: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
     metrics: tuple[Metric, ...] = (ACCURACY,)
     target_names: tuple[str, ...] = ()
     strata: Callable[[np.ndarray], np.ndarray] = class_strata
     example_classes: tuple[str, ...] = ()
+    loader: Any = None
+
+    def __post_init__(self):
+        if (self.make_plant_data is None) == (self.loader is None):
+            raise ValueError(
+                f"task {self.name!r}: give exactly one of make_plant_data (generated data) "
+                "and loader (each device's files)"
+            )
+        if self.default_model not in self.models:
+            raise ValueError(
+                f"task {self.name!r}: default_model {self.default_model!r} is not one of its "
+                f"models ({', '.join(sorted(self.models))})"
+            )
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether each device reads its own files (else the task generates every plant's data)."""
+        return self.loader is not None
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,53 @@
+"""Press failure: will this hydraulic press fail within the next shift?
+
+Each press logs one row per cycle window to its own CSV file (data/PLANT/LINE/PRESS.csv):
+six sensor readings and a label, "ok" or "failure". The files never leave the press's
+machine; hierfl trains one model across all presses of all plants.
+
+Change anything here: the features, the model, the loader. `hierfl simulate topology.toml`
+and `hierfl launch topology.toml` pick it up through the topology's
+`task = "press_tasks:press_failure"`.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+import hierfl
+
+FEATURES = (
+    "temperature_c",
+    "vibration_rms",
+    "pressure_bar",
+    "motor_current_a",
+    "cycle_time_s",
+    "oil_quality",
+)
+CENTER = (60.0, 1.2, 150.0, 20.0, 12.0, 0.8)
+"""Typical value of each feature, and below its typical spread: the model standardizes its
+input with them, so that raw readings in their own units can be sent to it."""
+SPREAD = (6.0, 0.6, 10.0, 2.5, 1.0, 0.1)
+
+
+class PressNet(nnx.Module):
+    """Standardized readings -> two hidden layers -> one logit per class."""
+
+    def __init__(self, spec: hierfl.InputSpec, classes: int, *, rngs: nnx.Rngs):
+        width = spec.shape[0]
+        self.hidden = nnx.Linear(width, 32, rngs=rngs)
+        self.hidden2 = nnx.Linear(32, 16, rngs=rngs)
+        self.head = nnx.Linear(16, classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = (x - jnp.asarray(CENTER)) / jnp.asarray(SPREAD)
+        x = nnx.relu(self.hidden(x))
+        x = nnx.relu(self.hidden2(x))
+        return self.head(x)
+
+
+press_failure = hierfl.task(
+    "press-failure",
+    classes=("ok", "failure"),
+    model=lambda rngs, spec: PressNet(spec, 2, rngs=rngs),
+    data=hierfl.csv(FEATURES, label="failure"),
+    description="hydraulic press failure within the next shift, from six sensor readings",
+)

@@ -302,7 +302,7 @@ def test_digits_plants_with_classes_share_a_class_and_use_each_example_once():
 @pytest.mark.parametrize(
     ("override", "problem"),
     [
-        ({"task": "no-such-task"}, "federation.task: unknown value 'no-such-task'"),
+        ({"task": "no-such-task"}, "federation.task: unknown task 'no-such-task'"),
         (
             {"model": "transformer"},
             "federation.model: unknown model 'transformer' for task 'digits'",

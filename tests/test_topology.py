@@ -394,7 +394,7 @@ BAD = [
     ),
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
-        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift)",
+        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift, test_data)",
     ),
     (
         ('name = "line-1"', 'name = "line-1"\ncolour = "red"'),
@@ -425,7 +425,7 @@ BAD = [
     (("devices = 2\n", ""), "plants[0].lines[0].devices: missing required key"),
     (
         ("devices = 2", "devices = 2\n[plants.lines.data]\ntest_fraction = 0.5"),
-        "plants[0].lines[0].data.test_fraction: unknown key (allowed: alpha, partition, samples_per_device, sigma)",
+        "plants[0].lines[0].data.test_fraction: unknown key (allowed: alpha, partition, path, samples_per_device, sigma)",
     ),
     (
         ("devices = 2", "devices = 2\n[plants.lines.data]\npartition = 'x'"),

@@ -98,7 +98,7 @@ def make_plan(topology: Topology) -> Plan:
     return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
 
 
-def test_set(topology: Topology, plants: Sequence[int] | None = None) -> TestSet:
+def held_out_examples(topology: Topology, plants: Sequence[int] | None = None) -> TestSet:
     """The held-out examples of the plants at indices `plants` (all by default), tagged with
     their plant index. A task that reads files reads only those plants' test data; a task
     that generates its data builds the plan (its plants' test sets come from one split)."""

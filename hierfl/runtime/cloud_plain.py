@@ -23,7 +23,7 @@ import numpy as np
 from hierfl.core import steps
 from hierfl.core.steps import aligned_zeros
 from hierfl.data.evaluation import make_evaluator
-from hierfl.data.plan import make_plan, test_set
+from hierfl.data.plan import held_out_examples, make_plan
 from hierfl.kernels import ravel
 from hierfl.privacy.config import DpConfig
 from hierfl.runs import checkpoint
@@ -52,7 +52,7 @@ class PlainAggregation:
         self.topology, self.net, self.run_dir, self.shell = topology, net, run_dir, shell
         self.dp = DpConfig.of(topology)
         edges = len(topology.plants)
-        self.evaluate = make_evaluator(net.model, net.task, test_set(topology), edges)
+        self.evaluate = make_evaluator(net.model, net.task, held_out_examples(topology), edges)
         self.step = jax.jit(
             steps.make_cloud_step(
                 net.algorithm,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.data.plan import make_plan, test_set
+from hierfl.data.plan import held_out_examples, make_plan
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
@@ -86,7 +86,7 @@ class EdgeNode:
             topology,
             self.plant,
             net,
-            lambda: test_set(topology, [self.index]),
+            lambda: held_out_examples(topology, [self.index]),
             self.log,
             he_context=he_context,
             model_out=model_out,

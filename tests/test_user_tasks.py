@@ -1,0 +1,348 @@
+"""A user's own task and data: `hierfl.task`, `task = "module:attribute"`, per-device files.
+
+Each test writes a small user project into a folder, as a user would: a task module, CSV
+files per device and per plant, and a topology naming them, then loads it the way every
+command does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hierfl
+from hierfl.data.loading import load_topology, topology_task
+from hierfl.data.plan import held_out_examples, make_plan
+from hierfl.errors import DataError, HierflError
+from hierfl.runtime.device import STAYED_OUT
+from hierfl.runtime.device_data import OwnFiles
+from hierfl.runtime.launch import Launch
+from hierfl.runtime.node import runtime_problem
+from hierfl.topology import TopologyError
+
+HIERFL = Path(sys.executable).parent / "hierfl"
+
+TASK_MODULE = """
+from flax import nnx
+import hierfl
+
+class Net(nnx.Module):
+    def __init__(self, spec, outputs, *, rngs):
+        self.layer = nnx.Linear(spec.shape[0], outputs, rngs=rngs)
+    def __call__(self, x):
+        return self.layer(x)
+
+gauges = hierfl.task(
+    "gauges",
+    classes=("ok", "failure"),
+    model=lambda rngs, spec: Net(spec, {outputs}, rngs=rngs),
+    data=hierfl.csv(("a", "b", "c"), label="failure"),
+)
+not_a_task = 42
+"""
+
+TOPOLOGY = """
+[federation]
+name = "gauges"
+task = "{task}"
+algorithm = "{algorithm}"
+cloud_rounds = 2
+local_steps = 2
+batch_size = 4
+learning_rate = 0.1
+seed = 0
+
+[data]
+{data}
+
+[cloud]
+address = "tcp://127.0.0.1:7200"
+
+[[plants]]
+name = "plant-a"
+address = "tcp://127.0.0.1:7201"
+[[plants.lines]]
+name = "line-1"
+devices = ["gauge-1", "gauge-2"]
+
+[[plants]]
+name = "plant-b"
+address = "tcp://127.0.0.1:7202"
+[[plants.lines]]
+name = "line-1"
+devices = ["gauge-1"]
+"""
+DATA = 'path = "data/{plant}/{line}/{device}.csv"\ntest_data = "data/{plant}/test.csv"'
+DEVICES = ("plant-a/line-1/gauge-1", "plant-a/line-1/gauge-2", "plant-b/line-1/gauge-1")
+
+
+def rows(rng: np.random.Generator, count: int) -> list[str]:
+    x = rng.normal(size=(count, 3)).round(3)
+    labels = np.where(x[:, 0] + x[:, 1] > 0, "failure", "ok")
+    return [f"{a},{b},{c},{label}" for (a, b, c), label in zip(x, labels)]
+
+
+def write_csv(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(["a,b,c,failure", *lines]) + "\n")
+    return path
+
+
+def write_project(
+    folder: Path,
+    *,
+    task: str = "gauge_tasks:gauges",
+    algorithm: str = "fedavg",
+    data: str = DATA,
+    outputs: int = 2,
+    module: str = "gauge_tasks",
+) -> Path:
+    """A user project in `folder`: task module, a CSV per device and per plant, topology.toml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(TASK_MODULE.format(outputs=outputs))
+    rng = np.random.default_rng(0)
+    for n, device in enumerate(DEVICES):
+        write_csv(folder / "data" / f"{device}.csv", rows(rng, 10 + 5 * n))
+    for plant in ("plant-a", "plant-b"):
+        write_csv(folder / "data" / plant / "test.csv", rows(rng, 8))
+    path = folder / "topology.toml"
+    path.write_text(TOPOLOGY.format(task=task, algorithm=algorithm, data=data))
+    return path
+
+
+def problems(path: Path) -> tuple[str, ...]:
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path)
+    return caught.value.problems
+
+
+def read_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=str)
+    return table[:, :3].astype(np.float32), (table[:, 3] == "failure").astype(np.int32)
+
+
+def test_the_plan_of_a_file_task_holds_each_device_file_and_each_plant_test_file(tmp_path):
+    topology = load_topology(write_project(tmp_path))
+    task = topology_task(topology)
+    assert (task.name, task.class_names, task.input_shape, task.reads_files) == (
+        "gauges",
+        ("ok", "failure"),
+        (3,),
+        True,
+    )
+    plan = make_plan(topology)
+    assert plan.shards.counts.tolist() == [10, 15, 20]
+    for d, device in enumerate(DEVICES):
+        x, y = read_rows(tmp_path / "data" / f"{device}.csv")
+        count = plan.shards.counts[d]
+        np.testing.assert_array_equal(plan.shards.x[d, :count], x)
+        np.testing.assert_array_equal(plan.shards.y[d, :count], y)
+    x_b, y_b = read_rows(tmp_path / "data" / "plant-b" / "test.csv")
+    only_b = held_out_examples(topology, [1])
+    np.testing.assert_array_equal(only_b.x, x_b)
+    np.testing.assert_array_equal(only_b.y, y_b)
+    assert only_b.plant.tolist() == [1] * 8
+    assert plan.test.plant.tolist() == [0] * 8 + [1] * 8
+
+
+def test_a_device_reads_only_its_own_file(tmp_path):
+    topology = load_topology(write_project(tmp_path))
+    task = topology_task(topology)
+    mine = topology.device("plant-a/line-1/gauge-2")
+    for device in DEVICES:  # every other device's file is gone: this device does not need them
+        if device != mine.id:
+            (tmp_path / "data" / f"{device}.csv").unlink()
+    x, y, count = OwnFiles(topology, task).examples(mine)
+    want_x, want_y = read_rows(tmp_path / "data" / f"{mine.id}.csv")
+    assert (count, x.shape, y.shape) == (15, (16, 3), (16,))  # padded to a power of two
+    np.testing.assert_array_equal(x[:count], want_x)
+    np.testing.assert_array_equal(y[:count], want_y)
+    assert not x[count:].any() and not y[count:].any()
+    with pytest.raises(DataError) as missing:
+        OwnFiles(topology, task).examples(topology.device("plant-a/line-1/gauge-1"))
+    assert str(missing.value).startswith("device plant-a/line-1/gauge-1: ")
+    assert "gauge-1.csv" in str(missing.value)
+
+
+def test_data_override_names_a_path_on_the_device_machine(tmp_path):
+    topology = load_topology(write_project(tmp_path))
+    moved = tmp_path / "machine" / "gauge-2" / "log.csv"
+    moved.parent.mkdir(parents=True)
+    os.replace(tmp_path / "data" / "plant-a" / "line-1" / "gauge-2.csv", moved)
+    source = OwnFiles(topology, topology_task(topology), str(tmp_path / "machine/{device}/log.csv"))
+    _, _, count = source.examples(topology.device("plant-a/line-1/gauge-2"))
+    assert count == 15
+
+
+def test_bad_rows_are_refused_naming_device_file_row_and_column(tmp_path):
+    path = write_project(tmp_path)
+    bad = tmp_path / "data" / "plant-a" / "line-1" / "gauge-2.csv"
+    lines = bad.read_text().splitlines()
+    lines[4] = "0.5,abc,1.0,ok"  # data row 4
+    bad.write_text("\n".join(lines) + "\n")
+    other = tmp_path / "data" / "plant-b" / "line-1" / "gauge-1.csv"
+    other.write_text(other.read_text().replace(",ok\n", ",broken\n", 1))
+    with pytest.raises(DataError) as caught:
+        make_plan(load_topology(path))
+    message = str(caught.value)
+    assert message.startswith("2 data problems:"), message
+    assert "device plant-a/line-1/gauge-2: " in message and "row 4, column 'b'" in message
+    assert str(bad) in message
+    assert "device plant-b/line-1/gauge-1: " in message and "'broken' is not a class" in message
+
+
+def test_on_bad_rows_drop_drops_and_counts(tmp_path):
+    path = write_project(tmp_path, data=DATA + '\non_bad_rows = "drop"')
+    bad = tmp_path / "data" / "plant-a" / "line-1" / "gauge-1.csv"
+    lines = bad.read_text().splitlines()
+    lines[2] = "nan,0.1,0.2,ok"
+    bad.write_text("\n".join(lines) + "\n")
+    assert make_plan(load_topology(path)).shards.counts.tolist() == [9, 15, 20]
+
+
+@pytest.mark.parametrize(
+    ("task", "reason"),
+    [
+        ("no_such_module:gauges", "task module 'no_such_module' not found"),
+        ("gauge_tasks:nothing", "module 'gauge_tasks' ("),
+        ("gauge_tasks:not_a_task", "task 'gauge_tasks:not_a_task' is a int, not a task"),
+        ("gauge tasks:gauges", "'gauge tasks' is not a module name"),
+        ("press", "unknown task 'press': name a bundled task"),
+    ],
+)
+def test_a_task_import_string_that_does_not_resolve_is_a_topology_problem(tmp_path, task, reason):
+    found = problems(write_project(tmp_path, task=task))
+    assert len(found) == 1 and found[0].startswith("federation.task: "), found
+    assert reason in found[0], found
+
+
+def test_a_task_module_that_raises_is_reported_with_its_error(tmp_path):
+    path = write_project(tmp_path)
+    (tmp_path / "gauge_tasks.py").write_text("import hierfl\nraise RuntimeError('no licence')\n")
+    (found,) = problems(path)
+    assert found == (
+        "federation.task: importing task module 'gauge_tasks' failed: RuntimeError: no licence"
+    )
+
+
+def test_a_model_whose_outputs_do_not_fit_the_classes_is_refused(tmp_path):
+    (found,) = problems(write_project(tmp_path, outputs=3))
+    assert found == (
+        "federation.model: model 'model' of task 'gauges' outputs shape (3,) per example; "
+        "the task has 2 classes (ok, failure), so it must output (2,)"
+    )
+
+
+def test_where_data_is_must_suit_the_task(tmp_path):
+    assert problems(write_project(tmp_path / "a", data="")) == (
+        "data.path: task 'gauges' reads each device's files: say where, e.g. "
+        '[data] path = "data/{plant}/{line}/{device}.csv"',
+        "data.test_data: task 'gauges' evaluates on each plant's held-out files: say where, "
+        'e.g. [data] test_data = "data/{plant}/test.csv"',
+    )
+    generated = problems(write_project(tmp_path / "b", task="digits"))
+    assert generated == (
+        "data.path: task 'digits' generates its data; a path is for a task that reads each "
+        "device's files",
+        "data.test_data: task 'digits' generates its data, test data included",
+    )
+    assert problems(write_project(tmp_path / "c", data='path = "d/{machine}.csv"'))[0] == (
+        "data.path: unknown placeholder {machine} in 'd/{machine}.csv' (use {plant}, {line}, {device})"
+    )
+
+
+def test_two_projects_with_a_task_module_of_the_same_name_each_get_their_own(tmp_path):
+    first = load_topology(write_project(tmp_path / "one", outputs=2))
+    second_path = write_project(tmp_path / "two", outputs=2)
+    (tmp_path / "two" / "gauge_tasks.py").write_text(
+        TASK_MODULE.format(outputs=2).replace('"gauges",', '"gauges-two",')
+    )
+    second = load_topology(second_path)
+    assert topology_task(first).name == "gauges"
+    assert topology_task(second).name == "gauges-two"
+
+
+def test_the_runtime_refuses_what_needs_every_device_count(tmp_path):
+    topology = load_topology(write_project(tmp_path, algorithm="fednova"))
+    problem = runtime_problem(topology)
+    assert problem is not None and "FedNova's effective step count" in problem
+    assert runtime_problem(load_topology(write_project(tmp_path / "plain"))) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": ("ok", "bad"), "targets": ("t",)}, "give exactly one of classes="),
+        ({"classes": ("ok",)}, "classes= must be at least 2 non-empty names"),
+        ({"classes": "ok"}, "must be a sequence of names, not the string 'ok'"),
+        ({"classes": ("ok", "bad"), "input_shape": None}, "input_shape is unknown"),
+        ({"classes": ("ok", "bad"), "data": "data.csv"}, "data= must be a loader"),
+        ({"classes": ("ok", "bad"), "model": "mlp"}, "model 'model' must be a function"),
+    ],
+)
+def test_hierfl_task_says_what_is_wrong(kwargs, message):
+    arguments = {
+        "model": lambda rngs, spec: None,
+        "data": lambda path: (np.zeros((1, 3)), np.zeros(1)),
+        "input_shape": (3,),
+        **kwargs,
+    }
+    with pytest.raises((ValueError, TypeError)) as caught:
+        hierfl.task("t", **arguments)
+    assert message in str(caught.value)
+
+
+def test_a_device_process_with_bad_data_stays_out_and_says_why(tmp_path):
+    path = write_project(tmp_path)
+    bad = tmp_path / "data" / "plant-a" / "line-1" / "gauge-1.csv"
+    bad.write_text("a,b,failure\n1,2,ok\n")
+    result = subprocess.run(
+        [str(HIERFL), "device", str(path), "--id", "plant-a/line-1/gauge-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == STAYED_OUT, result.stderr
+    assert "plant-a/line-1/gauge-1: stays out: device plant-a/line-1/gauge-1: " in result.stderr
+    assert f"{bad}: missing column 'c'" in result.stderr
+
+
+def test_data_for_a_task_that_generates_its_data_is_refused():
+    result = subprocess.run(
+        [str(HIERFL), "device", "demo", "--id", "plant-a/line-1/dev-001", "--data", "x.csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 2
+    assert "--data: task 'digits' generates its data" in result.stderr
+
+
+def test_the_launcher_lets_a_device_that_stayed_out_go_and_names_it(tmp_path):
+    topology = load_topology(write_project(tmp_path))
+    launch = Launch(topology, str(tmp_path / "topology.toml"), tmp_path / "run")
+    launch.logs.mkdir(parents=True)
+    line = "plant-a/line-1/gauge-1: stays out: device plant-a/line-1/gauge-1: x.csv: no such file"
+    (launch.logs / "device-plant-a.line-1.gauge-1.log").write_text(f"2026 ERROR {line}\n")
+    launch.processes["device-plant-a.line-1.gauge-1"] = subprocess.Popen(
+        [sys.executable, "-c", f"raise SystemExit({STAYED_OUT})"]
+    )
+    launch.processes["device-plant-a.line-1.gauge-1"].wait()
+    assert launch.failed_node() is None
+    assert launch.stayed_out() == ["device plant-a/line-1/gauge-1: x.csv: no such file"]
+    launch.processes["edge-plant-a"] = subprocess.Popen(
+        [sys.executable, "-c", f"raise SystemExit({STAYED_OUT})"]
+    )
+    launch.processes["edge-plant-a"].wait()
+    assert launch.failed_node() == "edge-plant-a"  # only devices may stay out
+
+
+def test_a_hierfl_error_is_what_a_bad_project_raises(tmp_path):
+    with pytest.raises(HierflError):
+        load_topology(write_project(tmp_path, task="gauge_tasks:nothing"))

@@ -73,6 +73,11 @@ def test_the_file_records_version_metrics_signature_and_weights(trained, model_f
     last_round = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert meta.version == last_round["round"] == 2
     assert meta.metrics == last_round
+    # A classifier's figures travel with it (nested: per class, per plant).
+    assert {"macro_f1", "per_class", "confusion", "chance", "plant_confusion"} <= set(meta.metrics)
+    assert sum(map(sum, meta.metrics["confusion"])) == sum(
+        meta.metrics["per_class"][c]["support"] for c in meta.class_names
+    )
     assert (meta.task, meta.model) == ("digits", "mlp")
     assert meta.class_names == tuple(str(d) for d in range(10))
     assert (meta.input_shape, meta.input_dtype, meta.output_shape) == ((8, 8, 1), "float32", (10,))

@@ -317,3 +317,63 @@ def test_write_report_with_empty_metrics_raises(tmp_path):
     MetricsWriter(tmp_path).close()
     with pytest.raises(MetricsError, match="no cloud round recorded yet"):
         write_report(tmp_path)
+
+
+# --- a classifier's figures ------------------------------------------------------------
+
+FIGURES = {
+    "macro_f1": 0.6905,
+    "auroc": 0.9312,
+    "per_class": {
+        "ok": {"precision": 0.8889, "recall": 0.9524, "f1": 0.9196, "support": 84},
+        "fault": {"precision": 0.6, "recall": 0.375, "f1": 0.4616, "support": 16},
+    },
+    "confusion": [[80, 4], [10, 6]],
+    "chance": {"class": "ok", "accuracy": 0.84, "macro_f1": 0.4566},
+    "plant_macro_f1": {"plant-b": 0.5, "plant-a": float("nan")},
+    "plant_auroc": {"plant-b": 0.875, "plant-a": float("nan")},
+    "plant_per_class": {
+        "plant-b": {
+            "ok": {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 2},
+            "fault": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2},
+        },
+        "plant-a": None,
+    },
+    "plant_confusion": {"plant-b": [[2, 0], [2, 0]], "plant-a": None},
+    "plant_chance": {
+        "plant-b": {"class": "ok", "accuracy": 0.5, "macro_f1": 0.3333},
+        "plant-a": None,
+    },
+}
+
+
+def test_report_shows_a_classifiers_figures_and_chance_level(tmp_path):
+    write_run_info(tmp_path, RUN_INFO)
+    with MetricsWriter(tmp_path) as writer:
+        for record in ROUNDS:
+            writer.write({**record, **FIGURES})
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Per class (round 3)" in text
+    assert (
+        "Global macro F1 **0.691**, AUROC **0.931**. Chance level: always predicting 'ok' "
+        "scores 84.00% accuracy, macro F1 0.457." in text
+    )
+    assert "| class | precision | recall | F1 | support |" in text
+    assert "| ok | 0.889 | 0.952 | 0.920 | 84 |" in text
+    assert "| fault | 0.600 | 0.375 | 0.462 | 16 |" in text
+    assert "| true \\ predicted | ok | fault |\n| --- | --- | --- |\n| ok | 80 | 4 |\n" in text
+    assert "| fault | 10 | 6 |" in text
+    # Plants sorted by name; plant-a did not report this round.
+    assert "| plant | accuracy | macro F1 | AUROC | chance |" in text
+    assert "| plant-a | 93.75% | n/a | n/a | n/a |" in text
+    assert "| plant-b | 68.75% | 0.500 | 0.875 | 'ok' 50.00%, macro F1 0.333 |" in text
+    assert "#### plant-a\n\nNot evaluated in this round." in text
+    assert "#### plant-b\n\n| class | precision | recall | F1 | support |" in text
+    assert text.index("## Per class") < text.index("## Communication")
+
+
+def test_report_without_figures_has_no_per_class_section(run_dir):
+    write_report(run_dir)
+    text = (run_dir / "report.md").read_text()
+    assert "Per class" not in text and "Chance level" not in text and "macro F1" not in text

@@ -125,6 +125,10 @@ def test_launch_with_ckks_summaries_trains_the_simulators_model(folder, privacy)
     for record, expected in zip(records, reference.history):
         assert record["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
         assert record["plant_accuracy"] == pytest.approx(expected["plant_accuracy"], abs=1e-3)
+        # Counts travel exact: the plants' confusion matrices add up to the whole test set's.
+        assert np.sum(record["confusion"]) == np.sum(expected["confusion"])
+        assert record["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-2)
+        assert record["plant_confusion"].keys() == expected["plant_confusion"].keys()
         assert record["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-3)
         assert record.get("epsilon") == expected.get("epsilon")
     model_bytes = node_model(load_topology(topology)).spec.nbytes
@@ -521,8 +525,18 @@ def test_the_cloud_refuses_bad_ciphertexts_and_keeps_serving(folder):
         assert len(chunks) == good["chunks"]
         aggregate = he.decrypt_aggregate(plant.context, {"size": spec.size, "chunks": chunks})
         np.testing.assert_allclose(aggregate, delta, atol=1e-6)
-        # The record of round 1 waits for the plants' scores, then combines them.
-        for edge, correct in ((a, 30.0), (b, 10.0)):
+        # The record of round 1 waits for the plants' scores, then combines them. plant-a
+        # got 30 of 40 zeros right (10 taken for ones), plant-b 10 of 40 ones (30 for zeros).
+        confusion = {"plant-a": np.zeros((10, 10), int), "plant-b": np.zeros((10, 10), int)}
+        confusion["plant-a"][0, :2] = (30, 10)
+        confusion["plant-b"][1, :2] = (30, 10)
+        bad = confusion["plant-a"].tolist()
+        bad[9][9] = 1  # 41 examples counted, 40 reported
+        for edge, correct, counts in (
+            (a, 30.0, bad),
+            (a, 30.0, confusion["plant-a"].tolist()),
+            (b, 10.0, confusion["plant-b"].tolist()),
+        ):
             edge.send(
                 protocol.encode(
                     protocol.EVALUATION,
@@ -531,8 +545,12 @@ def test_the_cloud_refuses_bad_ciphertexts_and_keeps_serving(folder):
                     count=40,
                     loss_sum=20.0,
                     metric_sums={"accuracy": correct},
+                    confusion=counts,
+                    histogram=[],
                 )
             )
+            if counts is bad:
+                assert a.recv(protocol.REJECTED)[0]["reason"] == protocol.MALFORMED
         assert process.wait(timeout=60) == 0, log.read_text()
     finally:
         if process.poll() is None:
@@ -546,6 +564,15 @@ def test_the_cloud_refuses_bad_ciphertexts_and_keeps_serving(folder):
         and record["accuracy"] == 0.5
         and record["plant_accuracy"] == {"plant-a": 0.75, "plant-b": 0.25}
     )
+    # Pooled: zeros 30 right, 10 taken for ones; ones 10 right, 30 taken for zeros.
+    # 0: precision 30/60, recall 30/40, F1 60/100; 1: 10/20, 10/40, F1 20/60; macro over 0 and 1.
+    assert record["confusion"][0][:2] == [30, 10] and record["confusion"][1][:2] == [30, 10]
+    assert record["per_class"]["0"] == {"precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 40}
+    assert record["macro_f1"] == pytest.approx((0.6 + 1 / 3) / 2)
+    assert record["plant_macro_f1"]["plant-a"] == pytest.approx((60 / 70 + 0) / 2)
+    assert record["chance"] == {"class": "0", "accuracy": 0.5, "macro_f1": pytest.approx(1 / 3)}
+    # The round's refusals are counted when it closes, before the evaluations (the bad one
+    # was refused above).
     assert record["test_loss"] == 0.5 and record["rejected_messages"]["cloud"] == {
         "malformed": 3,
         "wrong-spec": 1,
@@ -690,10 +717,34 @@ def test_plant_sums_combine_to_the_clouds_scores(tmp_path):
         whole.score, abs=1e-9
     ) and combined.loss == pytest.approx(whole.loss, rel=1e-6)
     assert combined.per_plant == pytest.approx(whole.per_plant, abs=1e-9)
+    np.testing.assert_array_equal(combined.classification.confusion, whole.classification.confusion)
+    assert combined.classification.macro_f1 == whole.classification.macro_f1
     partial = combine_plant_sums(plan.task, [sums[0], None])
     assert partial.score == pytest.approx(whole.per_plant[0]) and np.isnan(partial.per_plant[1])
-    released = encrypted.release_evaluation(PlantSums(123456, 1.23456789, {"accuracy": 98765.4321}))
-    assert released == {"count": 123456, "loss_sum": 1.235, "metric_sums": {"accuracy": 98770.0}}
+    # Scalars leave rounded; counts exact, and they arrive as they left.
+    confusion = np.zeros((10, 10), np.int64)
+    confusion[3, 3], confusion[3, 5] = 123450, 6
+    released = encrypted.release_evaluation(
+        PlantSums(123456, 1.23456789, {"accuracy": 98765.4321}, confusion)
+    )
+    assert released == {
+        "count": 123456,
+        "loss_sum": 1.235,
+        "metric_sums": {"accuracy": 98770.0},
+        "confusion": confusion.tolist(),
+        "histogram": [],
+    }
+    for sent in sums:
+        message = protocol.parse_message(
+            protocol.encode(protocol.EVALUATION, "plant-a", **encrypted.release_evaluation(sent)),
+            senders={"plant-a"},
+            spec=net.spec,
+            layouts={protocol.EVALUATION: (protocol.SUMS, protocol.EvaluationLayout(10, 0))},
+            max_bytes=1 << 20,
+        )
+        received = encrypted.evaluation_sums(message.header)
+        np.testing.assert_array_equal(received.confusion, sent.confusion)
+        assert received.confusion.dtype == np.int64 and received.histogram.shape == (0, 0)
 
 
 def test_ciphertext_messages_are_checked_before_use():

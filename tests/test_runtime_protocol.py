@@ -500,22 +500,106 @@ def test_evaluation_and_summary_numbers_fit_float32():
         summary(answered=[2**40])
 
     def evaluation(**fields):
-        frames = protocol.encode(
-            protocol.EVALUATION,
-            "plant-a",
-            round=1,
-            **{"count": 10, "loss_sum": 1.0, "metric_sums": {}, **fields},
-        )
-        return protocol.parse_message(
-            [bytes(f) for f in frames],
-            senders={"plant-a"},
-            spec=SPEC,
-            layouts={},
-            max_bytes=1 << 20,
-        )
+        return parse_evaluation(protocol.EvaluationLayout(0, 0), **fields)
 
     assert evaluation().kind == "evaluation"
     for fields in ({"loss_sum": 1e39}, {"metric_sums": {"accuracy": -1e39}}, {"count": 2**40}):
         with pytest.raises(protocol.MessageRejected) as info:
             evaluation(**fields)
         assert info.value.reason in (protocol.NON_FINITE, protocol.MALFORMED), fields
+
+
+def parse_evaluation(layout, **fields):
+    """An `evaluation` of 10 examples with `fields` replaced, parsed by a node whose task's counts are `layout`."""
+    header = {
+        "count": 10,
+        "loss_sum": 1.0,
+        "metric_sums": {"accuracy": 7.0},
+        "confusion": [],
+        "histogram": [],
+        **fields,
+    }
+    frames = protocol.encode(protocol.EVALUATION, "plant-a", round=1, **header)
+    return protocol.parse_message(
+        [bytes(f) for f in frames],
+        senders={"plant-a"},
+        spec=SPEC,
+        layouts={protocol.EVALUATION: (protocol.SUMS, layout)},
+        max_bytes=1 << 20,
+    )
+
+
+TWO_CLASSES = protocol.EvaluationLayout(classes=2, bins=4)
+CONFUSION = [[6, 1], [2, 1]]  # 7 ok, 3 faults
+HISTOGRAM = [[4, 2, 1, 0], [0, 1, 1, 1]]  # rows add up to the confusion's
+MISSING = object()
+
+
+def test_an_evaluation_carries_its_tasks_counts():
+    message = parse_evaluation(TWO_CLASSES, confusion=CONFUSION, histogram=HISTOGRAM)
+    assert message.header["confusion"] == CONFUSION and message.header["histogram"] == HISTOGRAM
+    three = protocol.EvaluationLayout(classes=3, bins=0)
+    assert parse_evaluation(three, confusion=[[3, 0, 0], [0, 3, 1], [0, 0, 3]]).kind == "evaluation"
+    assert parse_evaluation(protocol.EvaluationLayout(0, 0)).kind == "evaluation"  # regression
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"confusion": None}, "'confusion' must be 2 lists of 2 counts"),
+        ({"confusion": MISSING}, "'confusion' must be 2 lists of 2 counts"),  # required
+        ({"confusion": [[6, 1, 0], [2, 1, 0]]}, "'confusion' must be 2 lists of 2 counts"),
+        ({"confusion": [[6, 1], [2, 1], [0, 0]]}, "'confusion' must be 2 lists of 2 counts"),
+        ({"confusion": [[6, 1], 3]}, "'confusion' must be 2 lists of 2 counts"),
+        ({"confusion": [[6, 1], [[2], 1]]}, "must hold counts"),  # nested deeper
+        ({"confusion": [[6, 1], [2.0, 1]]}, "must hold counts"),
+        ({"confusion": [[6, 1], [True, 2]]}, "must hold counts"),
+        ({"confusion": [[7, 1], [3, -1]]}, "must hold counts"),
+        ({"confusion": [[2**63, 1], [2, 1]]}, "must hold counts"),  # beyond int64
+        ({"confusion": [[6, 1], [2, 2]]}, "'confusion' counts 11 examples, 'count' says 10"),
+        ({"histogram": []}, "'histogram' must be 2 lists of 4 counts"),
+        ({"histogram": [[4, 2, 1, 0, 0], [0, 1, 1, 1, 0]]}, "'histogram' must be 2 lists of 4"),
+        ({"histogram": [[4, 2, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]]}, "must be 2 lists of 4"),
+        ({"histogram": [[4, 2, 1, 0], [0, 1, 1, "1"]]}, "must hold counts"),
+        ({"histogram": [[4, 2, 1, 1], [0, 1, 1, 1]]}, "'histogram' counts 11 examples"),
+        (
+            {"histogram": [[4, 2, 0, 0], [0, 1, 1, 2]]},
+            "'histogram' counts [6, 4] examples of classes 0 and 1, 'confusion' [7, 3]",
+        ),
+    ],
+)
+def test_malformed_evaluation_counts_are_refused(fields, problem):
+    header = {"confusion": CONFUSION, "histogram": HISTOGRAM, **fields}
+    header = {k: v for k, v in header.items() if v is not MISSING}
+    with pytest.raises(protocol.MessageRejected) as info:
+        parse_evaluation(TWO_CLASSES, **header)
+    assert info.value.reason == protocol.MALFORMED
+    assert problem in str(info.value)
+
+
+def test_a_regression_tasks_evaluation_has_no_counts_and_a_node_without_evaluations_takes_none():
+    regression = protocol.EvaluationLayout(0, 0)
+    with pytest.raises(protocol.MessageRejected, match="'confusion' must be an empty list"):
+        parse_evaluation(regression, confusion=[[10]])
+    with pytest.raises(protocol.MessageRejected, match="'histogram' must be an empty list"):
+        parse_evaluation(regression, histogram=[[1], [1]])
+    frames = protocol.encode(
+        protocol.EVALUATION, "plant-a", round=1, count=1, loss_sum=0.0, metric_sums={}
+    )
+    with pytest.raises(protocol.MessageRejected) as info:
+        protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders={"plant-a"},
+            spec=SPEC,
+            layouts=LAYOUTS,
+            max_bytes=1 << 20,
+        )
+    assert info.value.reason == protocol.UNEXPECTED
+
+
+def test_evaluation_counts_cannot_nest_deeper_than_the_header_allows():
+    deep: list = [1]
+    for _ in range(protocol.MAX_HEADER_DEPTH + 2):
+        deep = [deep]
+    with pytest.raises(protocol.MessageRejected, match="nests deeper"):
+        parse_evaluation(TWO_CLASSES, confusion=deep, histogram=HISTOGRAM)

@@ -1,9 +1,13 @@
-"""Evaluation of a global model on the held-out test set: overall and per plant.
+"""Evaluation of a global model on held-out test examples: sums per plant, combined into scores.
 
-The cloud evaluates the whole test set (`make_evaluator`). Where the cloud holds no
-plaintext model (homomorphic encryption, `hierfl.runtime.encrypted`), each plant's edge
-evaluates the global model on its own test examples (`make_plant_evaluator`) and
-reports sums, which `combine_plant_sums` turns into the same `Scores`.
+Every figure is computed from per-plant sums that add up exactly across plants
+(`PlantSums`: example count, loss and metric sums, and for a classifier the confusion
+matrix and, with two classes, a histogram of the probability of class 1). `make_evaluator`
+computes each plant's sums over the whole test set and combines them with
+`combine_plant_sums`, the same function the cloud applies to sums the edges send
+(`make_plant_evaluator`, one plant's test examples; under homomorphic encryption,
+`hierfl.runtime.encrypted`). So evaluating at the edges is a matter of sending `PlantSums`.
+The figures themselves are `hierfl.data.classification`'s.
 """
 
 from __future__ import annotations
@@ -17,11 +21,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hierfl.data import classification
+from hierfl.data.classification import ClassFigures
 from hierfl.data.plan import TestSet
 from hierfl.data.tasks import Task
 from hierfl.data.tasks.models import Model, Params
 
 EVAL_BATCH = 1024
+
+
+def _no_counts() -> np.ndarray:
+    return np.zeros((0, 0), np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantSums:
+    """One plant's test examples scored, as sums that add across plants.
+
+    `count` examples, the sum of their losses, the sum of each metric's example values;
+    for a classifier the `confusion` matrix `[C, C]` (int64 counts, rows the true class,
+    columns the predicted one) and for two classes the `histogram` `[2, BINS]` of the
+    predicted probability of class 1 per true class (`hierfl.data.classification`). Both
+    are `[0, 0]` where the task has none (`count_shapes`).
+    """
+
+    count: int
+    loss_sum: float
+    metric_sums: Mapping[str, float]
+    confusion: np.ndarray = dataclasses.field(default_factory=_no_counts)
+    histogram: np.ndarray = dataclasses.field(default_factory=_no_counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +58,9 @@ class Scores:
 
     `score` and `per_plant` are the deciding metric's (`task.metric`: accuracy for
     classification); `metrics` and `plant_metrics` hold every metric of the task by name.
+    A classifier's `classification` (overall) and `plant_classification` are its per-class
+    figures, macro F1, AUROC and chance level (`classification.ClassFigures`); None where
+    nothing was counted (a plant that did not report) and for regression tasks.
     """
 
     loss: float
@@ -37,56 +68,104 @@ class Scores:
     per_plant: tuple[float, ...]
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     plant_metrics: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    classification: ClassFigures | None = None
+    plant_classification: tuple[ClassFigures | None, ...] = ()
+
+
+def count_shapes(task: Task) -> tuple[int, int]:
+    """`(classes, bins)`: a `PlantSums.confusion` is `[classes, classes]` and its `histogram`
+    `[2, bins]`; 0 where the task has none (regression; bins unless two classes)."""
+    classes = 0 if task.is_regression else task.num_classes
+    return classes, classification.BINS if classes == 2 else 0
+
+
+def make_sums_evaluator(
+    model: Model, task: Task, test: TestSet, num_plants: int, batch: int = EVAL_BATCH
+) -> Callable[[Params], list[PlantSums]]:
+    """`evaluate(params) -> [PlantSums] * num_plants` over `test`, by `test.plant`.
+
+    One compiled function over fixed-size padded batches gives each example's loss, metric
+    values and, for a classifier, predicted class and (two classes) probability of class 1;
+    numpy `bincount`s add them per plant. Padding rows are cut off before counting.
+    """
+    metrics = task.metrics
+    classes, bins = count_shapes(task)
+
+    @jax.jit
+    def per_example(params, x, y):
+        outputs = model.apply(params, x)
+        values = tuple(m.example_value(outputs, y) for m in metrics)
+        predicted = jnp.argmax(outputs, axis=-1).astype(jnp.int32) if classes else None
+        probability = jax.nn.softmax(outputs, axis=-1)[:, 1] if bins else None
+        return task.example_loss(outputs, y), values, predicted, probability
+
+    size = len(test.y)
+    batch = max(min(batch, size), 1)
+    padded = -(-size // batch) * batch
+    x = np.concatenate([test.x, np.zeros((padded - size, *test.x.shape[1:]), test.x.dtype)])
+    y = np.concatenate([test.y, np.zeros((padded - size, *test.y.shape[1:]), test.y.dtype)])
+    plant = np.asarray(test.plant, np.int64)
+    counts = np.bincount(plant, minlength=num_plants)
+
+    def evaluate(params: Params) -> list[PlantSums]:
+        outputs = [
+            per_example(params, jnp.asarray(x[s : s + batch]), jnp.asarray(y[s : s + batch]))
+            for s in range(0, padded, batch)
+        ]
+
+        def examples(pick: Callable, dtype: Any) -> np.ndarray:
+            return np.concatenate([np.asarray(pick(o)) for o in outputs])[:size].astype(dtype)
+
+        def per_plant(values: np.ndarray) -> np.ndarray:
+            return np.bincount(plant, weights=values, minlength=num_plants)
+
+        loss_sums = per_plant(examples(lambda o: o[0], np.float64))
+        metric_sums = {
+            m.name: per_plant(examples(lambda o, k=k: o[1][k], np.float64))
+            for k, m in enumerate(metrics)
+        }
+        confusion = histogram = np.zeros((num_plants, 0, 0), np.int64)
+        if classes:
+            true = np.asarray(test.y, np.int64)
+            predicted = examples(lambda o: o[2], np.int64)
+            confusion = classification.confusion_counts(true, predicted, plant, num_plants, classes)
+            if bins:
+                probability = examples(lambda o: o[3], np.float64)
+                histogram = classification.histogram_counts(
+                    true, probability, plant, num_plants, bins
+                )
+        return [
+            PlantSums(
+                int(counts[p]),
+                float(loss_sums[p]),
+                {name: float(sums[p]) for name, sums in metric_sums.items()},
+                confusion[p],
+                histogram[p],
+            )
+            for p in range(num_plants)
+        ]
+
+    return evaluate
 
 
 def make_evaluator(
     model: Model, task: Task, test: TestSet, num_plants: int, batch: int = EVAL_BATCH
 ) -> Callable[[Params], Scores]:
-    """`evaluate(params) -> Scores` over `test`, in fixed-size padded batches (one compile)."""
-    metrics = task.metrics
-
-    @jax.jit
-    def per_example(params, x, y):
-        outputs = model.apply(params, x)
-        return task.example_loss(outputs, y), tuple(m.example_value(outputs, y) for m in metrics)
-
-    size = len(test.y)
-    batch = min(batch, size)
-    padded = -(-size // batch) * batch
-    x = np.concatenate([test.x, np.zeros((padded - size, *test.x.shape[1:]), test.x.dtype)])
-    y = np.concatenate([test.y, np.zeros((padded - size, *test.y.shape[1:]), test.y.dtype)])
-    plant_counts = np.maximum(np.bincount(test.plant, minlength=num_plants), 1)
-
-    def evaluate(params: Params) -> Scores:
-        losses, values = [], []
-        for start in range(0, padded, batch):
-            loss, value = per_example(
-                params, jnp.asarray(x[start : start + batch]), jnp.asarray(y[start : start + batch])
-            )
-            losses.append(np.asarray(loss))
-            values.append([np.asarray(v) for v in value])
-        loss = np.concatenate(losses)[:size].astype(np.float64)
-        overall, per_plant = {}, {}
-        for k, metric in enumerate(metrics):
-            value = np.concatenate([v[k] for v in values])[:size].astype(np.float64)
-            overall[metric.name] = metric.reduce(float(value.mean()))
-            plant_means = (
-                np.bincount(test.plant, weights=value, minlength=num_plants) / plant_counts
-            )
-            per_plant[metric.name] = tuple(metric.reduce(float(m)) for m in plant_means)
-        first = metrics[0].name
-        return Scores(float(loss.mean()), overall[first], per_plant[first], overall, per_plant)
-
-    return evaluate
+    """`evaluate(params) -> Scores` over `test`: each plant's sums, combined (one compile)."""
+    sums = make_sums_evaluator(model, task, test, num_plants, batch)
+    return lambda params: combine_plant_sums(task, sums(params))
 
 
-@dataclasses.dataclass(frozen=True)
-class PlantSums:
-    """One plant's test examples scored: `count`, the sum of example losses, and the sum of each metric's example values."""
-
-    count: int
-    loss_sum: float
-    metric_sums: Mapping[str, float]
+def empty_sums(task: Task) -> PlantSums:
+    """The sums of no example (a plant without test examples)."""
+    classes, bins = count_shapes(task)
+    return PlantSums(
+        0,
+        0.0,
+        {m.name: 0.0 for m in task.metrics},
+        np.zeros((classes, classes), np.int64),
+        np.zeros((2, bins) if bins else (0, 0), np.int64),
+    )
 
 
 def make_plant_evaluator(
@@ -95,32 +174,18 @@ def make_plant_evaluator(
     """`evaluate(params) -> PlantSums` over the test examples of plant index `plant` (one compile)."""
     mine = test.plant == plant
     if not mine.any():
-        return lambda params: PlantSums(0, 0.0, {m.name: 0.0 for m in task.metrics})
-    evaluate = make_evaluator(
-        model,
-        task,
-        TestSet(test.x[mine], test.y[mine], np.zeros(int(mine.sum()), np.int32)),
-        1,
-        batch,
-    )
-    count = int(mine.sum())
-
-    def plant_sums(params: Params) -> PlantSums:
-        scores = evaluate(params)
-        # `make_evaluator` reports means (square-rooted for RMSE); undo that to get sums.
-        sums = {
-            m.name: count * (scores.metrics[m.name] ** 2 if m.root else scores.metrics[m.name])
-            for m in task.metrics
-        }
-        return PlantSums(count, count * scores.loss, sums)
-
-    return plant_sums
+        return lambda params: empty_sums(task)
+    own = TestSet(test.x[mine], test.y[mine], np.zeros(int(mine.sum()), np.int32))
+    sums = make_sums_evaluator(model, task, own, 1, batch)
+    return lambda params: sums(params)[0]
 
 
 def combine_plant_sums(task: Task, sums: Sequence[PlantSums | None]) -> Scores:
     """The `Scores` of the whole test set from each plant's sums (None: that plant did not report).
 
-    Overall values are over the plants that reported; a missing plant's per-plant value is NaN.
+    Overall values are over the plants that reported; a missing plant's per-plant values
+    are NaN (its figures None). Counts add exactly, so a classifier's overall figures are
+    those of the reporting plants' pooled test sets.
     """
     reported = [s for s in sums if s is not None and s.count > 0]
     total = sum(s.count for s in reported)
@@ -139,17 +204,42 @@ def combine_plant_sums(task: Task, sums: Sequence[PlantSums | None]) -> Scores:
         )
     loss = sum(s.loss_sum for s in reported) / total if total else math.nan
     first = task.metrics[0].name
-    return Scores(loss, overall[first], per_plant[first], overall, per_plant)
+    overall_figures, plant_figures = None, ()
+    if count_shapes(task)[0]:
+        plant_figures = tuple(
+            classification.class_figures(s.confusion, s.histogram) if s is not None else None
+            for s in sums
+        )
+        if reported:
+            overall_figures = classification.class_figures(
+                sum(s.confusion for s in reported), sum(s.histogram for s in reported)
+            )
+    return Scores(
+        loss, overall[first], per_plant[first], overall, per_plant, overall_figures, plant_figures
+    )
 
 
 def metric_fields(task: Task, scores: Scores, plant_names: Sequence[str]) -> dict[str, Any]:
     """The round record's metric entries: each metric by name, then per plant as `plant_<name>`.
 
-    For a classification task that is `{"accuracy": ..., "plant_accuracy": {plant: ...}}`.
+    For a classification task that is `{"accuracy": ..., "plant_accuracy": {plant: ...}}`,
+    then the figures of `classification.record_fields` (`macro_f1`, `auroc` with two
+    classes, `per_class`, `confusion`, `chance`), overall and per plant as `plant_<name>`.
     """
     fields: dict[str, Any] = {}
     for metric in task.metrics:
         fields[metric.name] = scores.metrics[metric.name]
     for metric in task.metrics:
         fields[metric.plant_key] = dict(zip(plant_names, scores.plant_metrics[metric.name]))
+    classes, bins = count_shapes(task)
+    if not classes:
+        return fields
+
+    def entries(found: ClassFigures | None) -> dict[str, Any]:
+        return classification.record_fields(found, task.class_names, two_classes=bool(bins))
+
+    fields.update(entries(scores.classification))
+    plants = [entries(scores.plant_classification[p]) for p in range(len(plant_names))]
+    for key in entries(None):
+        fields[f"plant_{key}"] = {p: entry[key] for p, entry in zip(plant_names, plants)}
     return fields

@@ -15,6 +15,12 @@ A run directory holds
   ``accuracy`` and ``plant_accuracy`` are the fields of a classification task. A task scored
   otherwise (a regression task: ``rmse``) has its deciding metric's fields instead, named
   by ``run.json``'s ``metric`` (see ``hierfl.data.scoring``), e.g. ``rmse`` and ``plant_rmse``.
+  A classification task's records also carry ``macro_f1``, ``auroc`` (two classes only),
+  ``per_class`` (class -> ``precision``, ``recall``, ``f1``, ``support``), ``confusion``
+  (rows: true class, columns: predicted) and ``chance`` (``class``, ``accuracy``,
+  ``macro_f1`` of always predicting the test set's majority class), and each per plant as
+  ``plant_<name>`` (plant -> value); NaN or null where nothing was evaluated
+  (``hierfl.data.classification``). Readers need not use them.
 
 This module owns the format: both engines build what they write with
 ``hierfl.runs.records`` and write it through ``MetricsWriter`` and ``write_run_info``; the

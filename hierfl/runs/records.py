@@ -4,7 +4,9 @@
 `run_info` and `round_record`; the cloud adds only its runtime fields (edges answered,
 refused messages, late updates, stale summaries). Scores are the task's metrics under their
 own names (`accuracy`, or `rmse` and `mae` for a regression task; see `hierfl.data.scoring`),
-and `run.json` names the deciding one, so a report labels and compares the right number.
+and `run.json` names the deciding one, so a report labels and compares the right number. A
+classifier's records add its per-class figures, macro F1, AUROC, confusion matrix and
+chance level, overall and per plant (`hierfl.data.evaluation.metric_fields`).
 The file format (writing, reading, checking) is `hierfl.runs.metrics`.
 """
 

@@ -8,7 +8,10 @@ and writes, into the same directory,
 * ``bytes.png`` -- cumulative bytes sent per tier over the cloud rounds;
 * ``loss.png`` -- training loss and test loss per cloud round;
 * ``report.md`` -- run settings, final and best accuracy, per-plant final accuracy, total
-  bytes per tier and the edge->cloud / device->edge ratio, wall time, and the plots.
+  bytes per tier and the edge->cloud / device->edge ratio, wall time, and the plots. For a
+  classifier whose records carry them (``hierfl.data.classification``), the final round's
+  per-class precision, recall, F1 and support, macro F1, AUROC (two classes), confusion
+  matrix and chance level, globally and per plant.
 
 The numbers are computed by small pure functions over the round records; the figures are
 built with matplotlib's object API (``Figure``, no pyplot), so nothing touches global
@@ -180,6 +183,13 @@ def format_accuracy(accuracy: float) -> str:
     return f"{100 * accuracy:.2f}%"
 
 
+def format_figure(value: Any) -> str:
+    """Returns a figure in [0, 1] (F1, AUROC) with three decimals: ``"0.913"``; ``"n/a"`` if missing or NaN."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    return f"{float(value):.3f}"
+
+
 def format_setting(value: Any) -> str:
     """Returns a ``run.json`` value as table text: floats in shortest form, containers as
     JSON, everything else via ``str``."""
@@ -252,6 +262,7 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
         if plant_rows
         else f"No per-plant {metric.title} recorded.",
         f"![Test {metric.title} per cloud round]({score_plot(metric)})",
+        *classification_markdown(last),
         "## Communication",
         markdown_table(("tier", "total", "bytes"), byte_rows),
         f"Edge → cloud / device → edge bytes: {ratio_text}.",
@@ -265,6 +276,96 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
         f"slowest {format_duration(max(round_seconds))}.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def chance_text(chance: Mapping[str, Any] | None, where: str = "the test set") -> str:
+    """Returns what always predicting the majority class of ``where`` scores, from a record's
+    ``chance`` entry: ``"always predicting 'ok' scores 84.00% accuracy, macro F1 0.457"``."""
+    if chance is None:
+        return f"no examples of {where} were evaluated"
+    return (
+        f"always predicting {chance['class']!r} scores {format_accuracy(chance['accuracy'])} "
+        f"accuracy, macro F1 {format_figure(chance['macro_f1'])}"
+    )
+
+
+def class_rows(per_class: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """Returns ``(class, precision, recall, F1, support)`` rows of a record's ``per_class`` entry."""
+    return [
+        (
+            name,
+            format_figure(entry["precision"]),
+            format_figure(entry["recall"]),
+            format_figure(entry["f1"]),
+            str(entry["support"]),
+        )
+        for name, entry in per_class.items()
+    ]
+
+
+def confusion_markdown(class_names: Sequence[str], confusion: Sequence[Sequence[int]]) -> str:
+    """Returns a confusion matrix as a table: one row per true class, one column per predicted class."""
+    rows = [(name, *map(str, row)) for name, row in zip(class_names, confusion)]
+    return markdown_table(("true \\ predicted", *class_names), rows)
+
+
+CLASS_HEADER = ("class", "precision", "recall", "F1", "support")
+
+
+def classification_markdown(record: Record) -> list[str]:
+    """Returns the report's sections on a classifier's final round ``record``: per-class table,
+    macro F1, AUROC, confusion matrix and chance level, globally and per plant; none for a
+    record without them (a regression task, or a run recorded before they existed)."""
+    if not isinstance(record.get("per_class"), Mapping):
+        return []
+    per_class = record["per_class"]
+    two_classes = "auroc" in record
+    auroc = f", AUROC **{format_figure(record['auroc'])}**" if two_classes else ""
+    sections = [
+        f"## Per class (round {record['round']})",
+        f"Global macro F1 **{format_figure(record['macro_f1'])}**{auroc}. "
+        f"Chance level: {chance_text(record.get('chance'))}.",
+        markdown_table(CLASS_HEADER, class_rows(per_class)),
+        "Confusion matrix (rows: true class, columns: predicted class):",
+        confusion_markdown(list(per_class), record["confusion"]),
+    ]
+    plants = sorted(record.get("plant_per_class") or {})
+    if not plants:
+        return sections
+    header = ("plant", "accuracy", "macro F1", *(("AUROC",) if two_classes else ()), "chance")
+
+    def plant_row(plant: str) -> tuple[str, ...]:
+        accuracy = record.get("plant_accuracy", {}).get(plant)
+        chance = (record.get("plant_chance") or {}).get(plant)
+        cells = [
+            plant,
+            "n/a" if accuracy is None or math.isnan(accuracy) else format_accuracy(accuracy),
+            format_figure(record["plant_macro_f1"].get(plant)),
+        ]
+        if two_classes:
+            cells.append(format_figure(record["plant_auroc"].get(plant)))
+        cells.append(
+            "n/a"
+            if chance is None
+            else f"{chance['class']!r} {format_accuracy(chance['accuracy'])}, "
+            f"macro F1 {format_figure(chance['macro_f1'])}"
+        )
+        return tuple(cells)
+
+    sections += [
+        "### Per plant",
+        "Each plant's own test set; chance: always predicting its majority class.",
+        markdown_table(header, [plant_row(plant) for plant in plants]),
+    ]
+    for plant in plants:
+        entry = record["plant_per_class"][plant]
+        sections += [
+            f"#### {plant}",
+            markdown_table(CLASS_HEADER, class_rows(entry))
+            if isinstance(entry, Mapping)
+            else "Not evaluated in this round.",
+        ]
+    return sections
 
 
 # --- figures -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hierfl.data.evaluation import PlantSums, combine_plant_sums
+from hierfl.data.evaluation import PlantSums, combine_plant_sums, count_shapes
 from hierfl.errors import HierflError, HomomorphicError
 from hierfl.runs.metrics import METRICS_FILE
 from hierfl.runs.records import reconcile_metrics, score_fields, unscored
@@ -59,7 +59,11 @@ class EncryptedAggregation:
             topology.federation.server_learning_rate,
         )
         self.layouts = {
-            protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(net.spec, parameters))
+            protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(net.spec, parameters)),
+            protocol.EVALUATION: (
+                protocol.SUMS,
+                protocol.EvaluationLayout(*count_shapes(net.task)),
+            ),
         }
         self.labels = encrypted.row_labels(topology.plant_names)
         self.weights = np.zeros(len(self.labels), np.float32)

@@ -67,8 +67,8 @@ class CloudMode(Protocol):
 
     summary_kind: str
     """The message kind an edge's summary has in this mode."""
-    layouts: Mapping[str, tuple[str, protocol.Layout]]
-    """What `protocol.parse_message` checks a summary's frames against."""
+    layouts: Mapping[str, tuple[str, Any]]
+    """What `protocol.parse_message` checks a summary's frames (and an evaluation's counts) against."""
 
     def warm_up(self) -> None:
         """Compiles what a round runs, before serving."""

@@ -25,7 +25,10 @@ The cloud writes round r's record to `metrics.jsonl` once the edges' evaluations
 version r arrive (during round r + 1, or after the final aggregate); a plant that does
 not report in time is missing from that record's scores (NaN). Evaluations are
 plaintext scalars rounded to `EVALUATION_DIGITS` significant digits: the threat model
-forbids returning exact decryptions to the cloud (IND-CPA-D attacks on CKKS).
+forbids returning exact decryptions to the cloud (IND-CPA-D attacks on CKKS). A
+classifier's evaluation also carries counts, exact: the confusion matrix (argmax
+decisions) and, for two classes, the histogram of the probability of class 1 in
+`hierfl.data.classification.BINS` bins, coarse functions of the decrypted model.
 
 Stale summaries (an edge's offline progress, see `edge_cycle.py`) are encrypted the same way
 and join the weighted sum with their discounted weight. Checkpoints and resume:
@@ -263,11 +266,14 @@ def catch_up(held: int, version: int) -> CatchUp:
 
 
 def release_evaluation(sums: PlantSums) -> dict[str, Any]:
-    """`protocol.encode` fields of an `evaluation`: the plant's test sums, rounded to `EVALUATION_DIGITS` significant digits."""
+    """`protocol.encode` fields of an `evaluation`: the plant's test sums, the scalars rounded to
+    `EVALUATION_DIGITS` significant digits, the counts (confusion matrix, histogram) exact."""
     return {
         "count": int(sums.count),
         "loss_sum": _round(sums.loss_sum),
         "metric_sums": {name: _round(value) for name, value in sums.metric_sums.items()},
+        "confusion": np.asarray(sums.confusion, np.int64).tolist(),
+        "histogram": np.asarray(sums.histogram, np.int64).tolist(),
     }
 
 
@@ -281,7 +287,14 @@ def evaluation_sums(header: Mapping[str, Any]) -> PlantSums:
         header["count"],
         float(header["loss_sum"]),
         {k: float(v) for k, v in header["metric_sums"].items()},
+        _counts(header["confusion"]),
+        _counts(header["histogram"]),
     )
+
+
+def _counts(rows: list[list[int]]) -> np.ndarray:
+    """A checked list of equally long rows of counts as an int64 array `[rows, columns]` (`[0, 0]` if empty)."""
+    return np.array(rows, np.int64).reshape(len(rows), len(rows[0]) if rows else 0)
 
 
 # -- the cloud's half -----------------------------------------------------------------------------

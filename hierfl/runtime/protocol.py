@@ -38,7 +38,11 @@ add `"codec": "ckks"`, the spec, `"key_id"` (the public key's fingerprint) and
 `"chunks"` (their count); their frames after the header are the CKKS ciphertexts, one raw
 frame per chunk of `slots` values (never inside the header). `evaluation` (edge -> cloud,
 no frames; `round` is the model version evaluated) reports the plant's test scores of a
-global model as plaintext scalars: `count`, `loss_sum`, `metric_sums`.
+global model as plaintext sums: the scalars `count`, `loss_sum`, `metric_sums`, and the
+counts `confusion` (a classifier's `[C, C]` confusion matrix, rows the true class) and
+`histogram` (a two-class task's `[2, B]` histogram of the probability of class 1), each
+a list of rows of ints, `[]` where the task has none. A node that takes evaluations lists
+`EVALUATION` in its layouts with the `EvaluationLayout` of its task.
 
 `parse_message` checks everything a message says about itself before any array is
 viewed: header size and type, protocol version, kind, field types, a known sender (the
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -131,6 +135,9 @@ MASKED_CODEC = "fixed-point"
 CIPHER_KINDS = (HE_SUMMARY, HE_AGGREGATE)
 MAX_METRICS = 16
 """An evaluation names at most this many metrics (tasks have one to three)."""
+SUMS = "sums"
+"""The codec name of `evaluation` in a node's layouts: plain sums in the header, no frames."""
+MAX_INT64 = 2**63 - 1
 
 # Reason codes: the keys of the `rejected` counters in logs and metrics.
 MALFORMED = "malformed"  # not a msgpack map of the protocol, wrong field types, wrong frame count
@@ -235,6 +242,14 @@ def codec_layout(codec: Codec) -> Layout:
         jax.random.key(0),
     )
     return Layout(tuple((jnp.dtype(leaf.dtype).name, tuple(leaf.shape)) for leaf in payload))
+
+
+class EvaluationLayout(NamedTuple):
+    """The counts an `evaluation` of this node's task carries: a `classes` x `classes` confusion
+    matrix (0: a regression task, none) and a 2 x `bins` histogram (0: none; two classes only)."""
+
+    classes: int
+    bins: int
 
 
 class CipherLayout(NamedTuple):
@@ -381,7 +396,7 @@ def parse_message(
     *,
     senders: Collection[str],
     spec: FlatSpec,
-    layouts: dict[str, tuple[str, Layout | CipherLayout]],
+    layouts: Mapping[str, tuple[str, Layout | CipherLayout | EvaluationLayout]],
     max_bytes: int,
     routing_id: bytes | None = None,
 ) -> Message:
@@ -389,8 +404,9 @@ def parse_message(
 
     `senders`: who may send to this node; `routing_id`: the peer's id as the ROUTER saw
     it (the header's sender must match it). `layouts` maps each array kind this node
-    accepts to `(codec name, Layout)`, and each ciphertext kind to `("ckks", CipherLayout)`;
-    messages of other array or ciphertext kinds are UNEXPECTED. Ciphertext frames are
+    accepts to `(codec name, Layout)`, each ciphertext kind to `("ckks", CipherLayout)`, and
+    `evaluation`, where it takes them, to `(SUMS, EvaluationLayout)`; messages of other
+    array or ciphertext kinds, or evaluations it does not take, are UNEXPECTED. Ciphertext frames are
     returned as uint8 views; only their count and size are checked here (whether they
     decode under the node's CKKS context is `hierfl.runtime.encrypted`'s check).
     Raises MessageRejected naming the first problem found.
@@ -415,7 +431,9 @@ def parse_message(
         if len(frames) != 1:
             raise MessageRejected(MALFORMED, f"a {kind} message has 1 frame, got {len(frames)}")
         if kind == EVALUATION:
-            _check_evaluation(header, max(len(senders), 1))
+            if kind not in layouts:
+                raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
+            _check_evaluation(header, max(len(senders), 1), layouts[kind][1])
         return Message(kind, sender, header["round"], header["edge_round"], header)
     if kind not in layouts:
         raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
@@ -636,10 +654,12 @@ def _ciphertexts(
     return tuple(chunks)
 
 
-def _check_evaluation(header: dict[str, Any], senders: int) -> None:
-    """An evaluation's scalars: `count` examples, `loss_sum`, `metric_sums` {name: sum}, all float32.
+def _check_evaluation(header: dict[str, Any], senders: int, layout: EvaluationLayout) -> None:
+    """An evaluation's sums: `count` examples, `loss_sum` and `metric_sums` {name: sum}, all
+    float32, and the counts of `layout` (`_check_counts`), whose rows agree with each other.
 
-    The cloud sums them over its `senders` plants, so each is bounded by float32's max over that number.
+    The cloud sums the scalars over its `senders` plants, so each is bounded by float32's
+    max over that number.
     """
     count = header.get("count")
     if not _is_count(count):
@@ -659,6 +679,46 @@ def _check_evaluation(header: dict[str, Any], senders: int) -> None:
         )
     for name, value in [("loss_sum", header.get("loss_sum")), *sums.items()]:
         float32_number(f"evaluation value {name}", value, bound=F32_MAX / senders)
+    confusion = _check_counts(header, "confusion", layout.classes, layout.classes, count)
+    histogram = _check_counts(header, "histogram", 2 if layout.bins else 0, layout.bins, count)
+    if histogram and [sum(row) for row in histogram] != [sum(row) for row in confusion]:
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'histogram' counts {[sum(row) for row in histogram]} examples of classes 0 "
+            f"and 1, 'confusion' {[sum(row) for row in confusion]}",
+        )
+
+
+def _check_counts(
+    header: dict[str, Any], name: str, rows: int, columns: int, count: int
+) -> list[list[int]]:
+    """A header's `rows` lists of `columns` counts each (ints in [0, MAX_INT64]: two levels of
+    nesting, no deeper) that add up to `count`; `[]` where `rows` is 0."""
+    value = header.get(name)
+    if (
+        not isinstance(value, list)
+        or len(value) != rows
+        or not all(isinstance(row, list) and len(row) == columns for row in value)
+    ):
+        shape = f"{rows} lists of {columns} counts" if rows else "an empty list"
+        raise MessageRejected(
+            MALFORMED, f"header field {name!r} must be {shape} for this task, got {_short(value)}"
+        )
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INT64
+        for row in value
+        for v in row
+    ):
+        raise MessageRejected(
+            MALFORMED,
+            f"header field {name!r} must hold counts (ints in [0, 2^63 - 1]), got {_short(value)}",
+        )
+    total = sum(map(sum, value))
+    if rows and total != count:
+        raise MessageRejected(
+            MALFORMED, f"header field {name!r} counts {total} examples, 'count' says {count}"
+        )
+    return value
 
 
 def _check_values(arrays: list[np.ndarray], size: int) -> None:

@@ -69,3 +69,15 @@ def test_privacy_runtime_writes_a_launchable_topology_for_each_protection(bench,
             secure,
             homomorphic,
         )
+
+
+def test_data_loaders_read_what_pyarrow_alone_reads(bench, tmp_path):
+    data = bench("data")
+    paths = data.write_files(tmp_path, rows=500)
+    for fmt, path in paths.items():
+        x, y = data.ours(fmt, path)
+        x_plain, y_plain = data.baseline(fmt, path)
+        assert x.shape == (500, 16) and x.dtype == np.float32
+        np.testing.assert_array_equal(x, x_plain)
+        np.testing.assert_array_equal(y, y_plain)
+        assert 0 < y.mean() < 0.5  # about 10% failures

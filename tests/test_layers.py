@@ -46,6 +46,13 @@ FORBIDDEN = {
     "hierfl.sim": ["hierfl.runtime", "hierfl.inference", "hierfl.cli", "hierfl.studies"],
     "hierfl.runtime": ["hierfl.sim", "hierfl.cli", "hierfl.studies"],
     "hierfl.inference": ["hierfl.sim", "hierfl.runtime", "hierfl.cli", "hierfl.studies"],
+    "hierfl.starters": [
+        "hierfl.sim",
+        "hierfl.runtime",
+        "hierfl.inference",
+        "hierfl.cli",
+        "hierfl.studies",
+    ],
 }
 # Layers whose own imports may do no input/output: pure functions over arrays.
 NO_IO = {"hierfl.kernels", "hierfl.core"}

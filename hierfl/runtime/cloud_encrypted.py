@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from hierfl.data.evaluation import PlantSums, combine_plant_sums, count_shapes
+from hierfl.data.evaluation import count_shapes
 from hierfl.errors import HierflError, HomomorphicError
 from hierfl.runs.metrics import METRICS_FILE
-from hierfl.runs.records import reconcile_metrics, score_fields, unscored
+from hierfl.runs.records import reconcile_metrics, unscored
 from hierfl.runtime import encrypted, protocol
 from hierfl.runtime.cloud_modes import Closing, CloudShell, Resumed
+from hierfl.runtime.evaluations import PendingScores
 from hierfl.runtime.node import NodeModel
 from hierfl.topology import Topology
 
@@ -73,9 +74,7 @@ class EncryptedAggregation:
         self.aggregate = encrypted.Aggregate(0)
         # The newest aggregates (CATCH_UP_BYTES), by version, for edges that fell behind.
         self.history: dict[int, encrypted.Aggregate] = {}
-        # Records waiting for the edges' evaluations, and the evaluations so far, by model version.
-        self.pending: dict[int, dict[str, Any]] = {}
-        self.plant_sums: dict[int, dict[str, PlantSums]] = {}
+        self.scores = PendingScores(net.task, topology.plant_names, self._write)
         self.checkpoints = encrypted.EncryptedCheckpoints(run_dir / "checkpoints" / "cloud-he")
         shell.log.info(
             "homomorphic encryption: CKKS key %s (public context only); the edges hold the global model",
@@ -96,8 +95,7 @@ class EncryptedAggregation:
         self.aggregate = state.aggregate
         self.history = {state.aggregate.version: state.aggregate}
         if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):
-            self.pending[state.round] = state.record
-            self.plant_sums[state.round] = {}
+            self.scores.add(state.round, state.record)
         self.shell.log.info(
             "resumed from the checkpoint of cloud round %d (its encrypted aggregate)", state.round
         )
@@ -133,8 +131,7 @@ class EncryptedAggregation:
         # Before the checkpoint: a resume keeps every earlier record.
         self._complete_records(force_before=closing.round)
         self.checkpoints.save(closing.round, aggregate, record)
-        self.pending[closing.round] = record
-        self.plant_sums.setdefault(closing.round, {})
+        self.scores.add(closing.round, record)
         self.shell.log.info(
             "cloud round %d: %d/%d edges, encrypted aggregate %d bytes (coefficients %s)",
             closing.round,
@@ -191,39 +188,24 @@ class EncryptedAggregation:
 
     def evaluation(self, message: protocol.Message, round: int) -> None:
         """An edge's test sums of global model `message.round` (it re-sends them when it gets an aggregate twice)."""
-        version = message.round
-        if version >= round:
-            raise protocol.MessageRejected(
-                protocol.FUTURE_ROUND,
-                f"evaluation of model version {version}, not made yet (now round {round})",
-            )
-        if version in self.pending:
-            self.plant_sums[version][message.sender] = encrypted.evaluation_sums(message.header)
-            self._complete_records()
+        self.scores.take(message, round)
+        self._complete_records()
 
     def _complete_records(self, force_before: int = 0) -> bool:
         """Writes, in round order, the pending records every live edge has evaluated (all before
         `force_before`, with what came); whether none is left pending."""
+        return self.scores.complete(self.shell.alive_edges(), force_before)
+
+    def _write(self, record: dict[str, Any], version: int, reporters: list[str]) -> None:
+        self.shell.write(record)
         metric = self.net.task.metric.name
-        for version in sorted(self.pending):
-            reported = self.plant_sums.get(version, {})
-            waiting = self.shell.alive_edges() - set(reported)
-            if version >= force_before and (waiting or not reported):
-                return False
-            sums = [reported.get(name) for name in self.topology.plant_names]
-            record = self.pending.pop(version)
-            self.plant_sums.pop(version, None)
-            scores = combine_plant_sums(self.net.task, sums)
-            record.update(score_fields(self.net.task, scores, self.topology.plant_names))
-            self.shell.write(record)
-            self.shell.log.info(
-                "cloud round %d: %s %.4f (evaluated by %s)",
-                version,
-                metric,
-                record[metric],
-                ", ".join(sorted(reported)) or "no plant",
-            )
-        return True
+        self.shell.log.info(
+            "cloud round %d: %s %.4f (evaluated by %s)",
+            version,
+            metric,
+            record[metric],
+            ", ".join(reporters) or "no plant",
+        )
 
     def finish(self, round: int) -> None:
         """Sends the last aggregate (`final`): the edges apply it, evaluate, and write the final model; waits for their scores."""

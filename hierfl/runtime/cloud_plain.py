@@ -5,8 +5,9 @@ hold stale summaries, an edge's offline progress) and `steps.make_cloud_step` ap
 aggregation rule and the server optimizer (and, with `dp = "cloud"`, noises the sum). The
 clip norm moves by `steps.next_clip_norm` (adaptive clipping, from the edges' noised counts)
 and SCAFFOLD's variate `c` by `steps.next_cloud_variate`; both go out with every model and
-are checkpointed (orbax) with it. The model is evaluated on the held-out test set after each
-round and, with `publish`, goes out as a versioned inference artifact (`RoundPublisher`).
+are checkpointed (orbax) with it. The cloud holds no data: each round's record waits for
+the edges' evaluations of the model it made (`hierfl.runtime.evaluations`), and, with
+`publish`, that model then goes out as a versioned inference artifact (`RoundPublisher`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import numpy as np
 
 from hierfl.core import steps
 from hierfl.core.steps import aligned_zeros
-from hierfl.data.evaluation import make_evaluator
-from hierfl.data.plan import held_out_examples, make_plan
+from hierfl.data.evaluation import count_shapes
+from hierfl.data.plan import make_plan
 from hierfl.kernels import ravel
 from hierfl.privacy.config import DpConfig
 from hierfl.runs import checkpoint
 from hierfl.runs.metrics import METRICS_FILE
-from hierfl.runs.records import reconcile_metrics
+from hierfl.runs.records import reconcile_metrics, unscored
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.cloud_modes import CLOUD, Closing, CloudShell, Resumed
+from hierfl.runtime.evaluations import PendingScores
 from hierfl.runtime.node import NodeModel
 from hierfl.topology import Topology
 
@@ -52,7 +54,6 @@ class PlainAggregation:
         self.topology, self.net, self.run_dir, self.shell = topology, net, run_dir, shell
         self.dp = DpConfig.of(topology)
         edges = len(topology.plants)
-        self.evaluate = make_evaluator(net.model, net.task, held_out_examples(topology), edges)
         self.step = jax.jit(
             steps.make_cloud_step(
                 net.algorithm,
@@ -65,7 +66,15 @@ class PlainAggregation:
         )
         self.ravel = jax.jit(lambda params: ravel(net.spec, params))
         self.decode = jax.jit(steps.make_decode(net.codecs.edge_to_cloud))
-        self.layouts = {protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout)}
+        self.layouts = {
+            protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout),
+            protocol.EVALUATION: (
+                protocol.SUMS,
+                protocol.EvaluationLayout(*count_shapes(net.task)),
+            ),
+        }
+        self.scores = PendingScores(net.task, topology.plant_names, self._write)
+        self.models: dict[int, Any] = {}  # models whose record awaits scores, for the publisher
         self.deltas = aligned_zeros((2 * edges, net.spec.size))
         self.weights = np.zeros(2 * edges, np.float32)
         self.params = net.initial_params
@@ -83,7 +92,6 @@ class PlainAggregation:
         self.step(
             self.params, self.server_state, self.deltas, self.weights, jnp.int32(1), self.clip_norm
         )
-        self.evaluate(self.params)
 
     def restore(self) -> Resumed | None:
         state = self.checkpoints.latest(self.params, self.server_state, self.variate)
@@ -96,7 +104,11 @@ class PlainAggregation:
         self.server_state = state.server_state
         self.variate = np.asarray(state.variate, np.float32)
         self.clip_norm = np.float32(state.record.get("clip_norm", self.clip_norm))
-        reconcile_metrics(self.run_dir / METRICS_FILE, state.round, state.record)
+        # The checkpoint's record has no scores: they come from the edges' evaluations of
+        # its model, which the next round's model message asks for, unless the file has them.
+        if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):
+            self.scores.add(state.round, state.record)
+            self.models[state.round] = self.params
         self.shell.log.info("resumed from the checkpoint of cloud round %d", state.round)
         return Resumed(state.round + 1, float(state.record.get("elapsed_seconds", 0.0)))
 
@@ -141,19 +153,31 @@ class PlainAggregation:
         self.variate = np.asarray(
             steps.next_cloud_variate(self.variate, self.variate_sums, self.examples)
         )
-        record = closing.record(self.evaluate(self.params), float(self.clip_norm))
+        record = closing.record(
+            unscored(self.net.task, len(self.topology.plants)), float(self.clip_norm)
+        )
+        # Before the checkpoint: a resume keeps every earlier record.
+        self.scores.complete(self.shell.alive_edges(), force_before=closing.round)
         self.checkpoints.save(closing.round, self.params, self.server_state, record, self.variate)
+        self.scores.add(closing.round, record)
+        if self.publisher is not None:
+            self.models[closing.round] = self.params
+        self.shell.log.info(
+            "cloud round %d: %d/%d edges", closing.round, len(closing.summaries), closing.edges
+        )
+
+    def _write(self, record: dict[str, Any], version: int, reporters: list[str]) -> None:
+        """Round `version`'s record, now scored by the plants in `reporters`."""
         self.shell.write(record)
         if self.publisher is not None:
-            self.publisher.publish(closing.round, self.params, record)
+            self.publisher.publish(version, self.models.pop(version, self.params), record)
         metric = self.net.task.metric.name
         self.shell.log.info(
-            "cloud round %d: %d/%d edges, %s %.4f",
-            closing.round,
-            len(closing.summaries),
-            closing.edges,
+            "cloud round %d: %s %.4f (evaluated by %s)",
+            version,
             metric,
             record[metric],
+            ", ".join(reporters) or "no plant",
         )
 
     def _next_clip_norm(self, summaries: Mapping[str, Mapping[str, Any]]) -> np.float32:
@@ -169,12 +193,32 @@ class PlainAggregation:
         return False
 
     def evaluation(self, message: protocol.Message, round: int) -> None:
-        raise protocol.MessageRejected(
-            protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud"
-        )
+        """An edge's test sums of global model `message.round`."""
+        self.scores.take(message, round)
+        self.scores.complete(self.shell.alive_edges())
 
     def finish(self, round: int) -> None:
+        """Saves the final model, sends it to the edges to evaluate (`final`: no round
+        starts from it) and waits for their scores of it, then the last record is written."""
         checkpoint.save_params(self.run_dir / "model.npz", self.params)
+        frames = protocol.encode(
+            protocol.MODEL,
+            CLOUD,
+            round=round,
+            model_version=round - 1,
+            spec=self.net.spec,
+            codec="none",
+            arrays=[
+                np.asarray(self.ravel(self.params)),
+                *([self.variate] if self.net.variates else []),
+            ],
+            final=True,
+        )
+        for edge in sorted(self.shell.alive_edges()):
+            self.shell.send(edge, frames)
+        alive = self.shell.alive_edges
+        self.shell.serve(lambda: self.scores.complete(alive()), self.topology.runtime.edge_deadline)
+        self.scores.complete(alive(), force_before=round)
         self.shell.log.info("trained %d cloud rounds; model saved; stopping the edges", round - 1)
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 The cloud sends encrypted aggregates instead of models. `EncryptedUplink` decrypts each
 onto its copy of the global model (once per version), answers with the plant's test
-scores (rounded: `encrypted.release_evaluation`), starts the round from that model, and
+scores (rounded: `evaluations.release_evaluation`), starts the round from that model, and
 sends its summaries encrypted; the final aggregate ends the run and the model is written
 to `--model-out`. Its checkpoint state is the decrypted model and its version. The
 protocol and its checks are `hierfl.runtime.encrypted`'s.
@@ -22,6 +22,7 @@ from hierfl.errors import HomomorphicError
 from hierfl.kernels import ravel, unravel
 from hierfl.runtime import encrypted, protocol
 from hierfl.runtime.edge_uplink import CloudModel, FromCloud
+from hierfl.runtime.evaluations import release_evaluation
 from hierfl.runtime.node import NodeModel
 from hierfl.topology import Plant, Topology
 
@@ -108,7 +109,10 @@ class EncryptedUplink:
         self.version = version
         if evaluate:
             scores = self.evaluate(unravel(self.net.spec, self.flat))
-            self.evaluation = (version, encrypted.release_evaluation(scores))
+            self.evaluation = (
+                version,
+                release_evaluation(scores, digits=encrypted.EVALUATION_DIGITS),
+            )
         return True
 
     def _write_final_model(self) -> None:

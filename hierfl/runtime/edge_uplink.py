@@ -20,9 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierfl.core import steps
+from hierfl.data.evaluation import make_plant_evaluator
 from hierfl.data.plan import TestSet
 from hierfl.errors import HomomorphicError
+from hierfl.kernels import unravel
 from hierfl.runtime import protocol
+from hierfl.runtime.evaluations import release_evaluation
 from hierfl.runtime.node import NodeModel
 from hierfl.topology import Plant, Topology
 
@@ -72,8 +75,8 @@ def edge_uplink(
     he_context: Path | None,
     model_out: Path | None,
 ) -> Uplink:
-    """The plant's cloud link; `test()` reads the plant's test examples (CKKS evaluates
-    the global model at the plant)."""
+    """The plant's cloud link; `test()` reads the plant's test examples (the edge evaluates
+    each global model on them: `hierfl.runtime.evaluations`)."""
     index = topology.plant_names.index(plant.name)
     if topology.privacy.homomorphic:
         from hierfl.runtime.edge_encrypted import EncryptedUplink
@@ -92,38 +95,55 @@ def edge_uplink(
         raise HomomorphicError(
             "--he-context and --model-out are for topologies with [privacy] homomorphic = true"
         )
-    return PlainUplink(topology, net, index)
+    return PlainUplink(topology, net, index, test())
 
 
 class PlainUplink:
-    """The cloud sends models; summaries leave through the uplink's codec."""
+    """The cloud sends models; summaries leave through the uplink's codec. Each new global
+    model is evaluated on the plant's test examples and its sums sent up (`evaluation`)."""
 
     version = 0  # a plain edge holds no global model between rounds
 
-    def __init__(self, topology: Topology, net: NodeModel, index: int):
+    def __init__(self, topology: Topology, net: NodeModel, index: int, test: TestSet):
         codec = net.codecs.edge_to_cloud
         self.net, self.index, self.codec = net, index, codec.name
         self.default_clip_norm = topology.privacy.clip_norm
         self.layouts = {protocol.MODEL: ("none", net.model_layout)}
         self.upload = jax.jit(steps.make_edge_upload(codec, topology.federation.seed))
         self.residual = np.zeros(codec.residual_size, np.float32)
+        self.evaluate = make_plant_evaluator(net.model, net.task, test, index)
+        self.evaluation: tuple[int, dict[str, Any]] | None = None
 
     def warm_up(self) -> None:
         flat = jnp.zeros(self.net.spec.size, jnp.float32)
         self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
+        self.evaluate(self.net.initial_params)
 
     def receive(self, message: protocol.Message) -> FromCloud:
-        """A checked `model`: start its round."""
+        """A checked `model`: its scores on the plant's test data sent up (version 1 on),
+        then its round started (unless it is the `final` model, which only is evaluated)."""
         header = message.header
-        return FromCloud(
-            CloudModel(
-                message.round,
-                int(header["model_version"]),
-                message.arrays[0],
-                protocol.header_number(header, "clip_norm", self.default_clip_norm),
-                tuple(np.array(a) for a in message.arrays[1:]),
-            )
+        version = int(header["model_version"])
+        replies = self._evaluation(version, message.arrays[0])
+        if header.get("final") is True:
+            return FromCloud(replies=replies)
+        model = CloudModel(
+            message.round,
+            version,
+            message.arrays[0],
+            protocol.header_number(header, "clip_norm", self.default_clip_norm),
+            tuple(np.array(a) for a in message.arrays[1:]),
         )
+        return FromCloud(model, replies)
+
+    def _evaluation(self, version: int, flat: np.ndarray) -> tuple[tuple[str, dict], ...]:
+        """The `evaluation` reply for global model `version` (computed once per version)."""
+        if version < 1:
+            return ()  # the initial model: no round's record awaits its scores
+        if self.evaluation is None or self.evaluation[0] != version:
+            sums = self.evaluate(unravel(self.net.spec, np.asarray(flat)))
+            self.evaluation = (version, release_evaluation(sums))
+        return ((protocol.EVALUATION, {"round": version, **self.evaluation[1]}),)
 
     def summary(
         self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list

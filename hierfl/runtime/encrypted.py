@@ -59,7 +59,6 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from hierfl.data.evaluation import PlantSums
 from hierfl.errors import HomomorphicError
 from hierfl.kernels import FlatSpec
 from hierfl.privacy import homomorphic as he
@@ -263,38 +262,6 @@ def catch_up(held: int, version: int) -> CatchUp:
         f"this edge holds global model version {held}, ahead of the cloud's version {version}: the cloud lost its "
         "checkpoints; resume the cloud from them or restart the whole run"
     )
-
-
-def release_evaluation(sums: PlantSums) -> dict[str, Any]:
-    """`protocol.encode` fields of an `evaluation`: the plant's test sums, the scalars rounded to
-    `EVALUATION_DIGITS` significant digits, the counts (confusion matrix, histogram) exact."""
-    return {
-        "count": int(sums.count),
-        "loss_sum": _round(sums.loss_sum),
-        "metric_sums": {name: _round(value) for name, value in sums.metric_sums.items()},
-        "confusion": np.asarray(sums.confusion, np.int64).tolist(),
-        "histogram": np.asarray(sums.histogram, np.int64).tolist(),
-    }
-
-
-def _round(value: float) -> float:
-    return float(f"{float(value):.{EVALUATION_DIGITS}g}")
-
-
-def evaluation_sums(header: Mapping[str, Any]) -> PlantSums:
-    """The `PlantSums` a checked `evaluation` header reports."""
-    return PlantSums(
-        header["count"],
-        float(header["loss_sum"]),
-        {k: float(v) for k, v in header["metric_sums"].items()},
-        _counts(header["confusion"]),
-        _counts(header["histogram"]),
-    )
-
-
-def _counts(rows: list[list[int]]) -> np.ndarray:
-    """A checked list of equally long rows of counts as an int64 array `[rows, columns]` (`[0, 0]` if empty)."""
-    return np.array(rows, np.int64).reshape(len(rows), len(rows[0]) if rows else 0)
 
 
 # -- the cloud's half -----------------------------------------------------------------------------

@@ -7,9 +7,12 @@ command does.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +344,34 @@ def test_the_launcher_lets_a_device_that_stayed_out_go_and_names_it(tmp_path):
     )
     launch.processes["edge-plant-a"].wait()
     assert launch.failed_node() == "edge-plant-a"  # only devices may stay out
+
+
+def test_a_launch_trains_without_the_device_whose_data_is_bad_and_the_metrics_name_it():
+    folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))  # short: ipc:// paths
+    try:
+        path = write_project(folder)
+        text = path.read_text().replace("tcp://127.0.0.1:72", f"ipc://{folder}/n")
+        path.write_text(text + "\n[runtime]\nmin_device_participation = 0.5\n")
+        bad = folder / "data" / "plant-a" / "line-1" / "gauge-2.csv"
+        bad.write_text(bad.read_text().replace("\n", "\n,,,\n", 1))  # data row 1 is empty
+        result = subprocess.run(
+            [str(HIERFL), "launch", str(path), "--out", str(folder / "run"), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "300"},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        reason = f"device plant-a/line-1/gauge-2: {bad}: row 1, column 'a': empty cell"
+        assert f"stayed out: {reason}" in result.stdout
+        records = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").open()]
+        assert [r["round"] for r in records] == [1, 2]
+        for record in records:
+            assert record["devices_out"]["plant-a"]["plant-a/line-1/gauge-2"].startswith(reason)
+            assert record["devices_answered"] == {"plant-a": [1], "plant-b": [1]}
+            assert 0.0 <= record["accuracy"] <= 1.0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_hierfl_error_is_what_a_bad_project_raises(tmp_path):

@@ -338,8 +338,7 @@ def run_edge(args: argparse.Namespace) -> int:
 
 def run_device(args: argparse.Namespace) -> int:
     from hierfl.errors import DataError
-    from hierfl.runtime.device import STAYED_OUT, STAYS_OUT, DeviceNode, device_setup
-    from hierfl.runtime.node import node_logger
+    from hierfl.runtime.device import STAYED_OUT, DeviceNode, device_setup, stay_out
 
     topology = _node_setup(args.topology)
     try:
@@ -359,7 +358,7 @@ def run_device(args: argparse.Namespace) -> int:
             setup=setup,
         )
     except DataError as error:
-        node_logger(args.device_id).error("%s%s", STAYS_OUT, error)
+        stay_out(topology, args.device_id, str(error), keys=_keys(args.key))
         return STAYED_OUT
     _stop_on_signals(node)
     node.run()

@@ -106,7 +106,8 @@ class RoundSummaries:
         self, topology: Topology, refused: Mapping[str, int], late: int
     ) -> dict[str, Any]:
         """The record's runtime fields: who answered, what was refused (`refused`: the cloud's
-        counts), late updates (`late`: the cloud's), stale summaries, secure-aggregation failures."""
+        counts), late updates (`late`: the cloud's), stale summaries, the devices that stay out
+        (`devices_out`: plant -> device -> why), secure-aggregation failures."""
         summaries = self.current
         fields = {
             "edges_answered": sorted(summaries),
@@ -126,6 +127,9 @@ class RoundSummaries:
                 for name, h in self.stale.items()
             },
         }
+        out = {n: h["out"] for n, h in summaries.items() if h.get("out")}
+        if out:
+            fields["devices_out"] = out
         if topology.privacy.secure_aggregation:
             fields["secure_aggregation_failures"] = {
                 n: h.get("secagg_failed", 0) for n, h in summaries.items()

@@ -286,6 +286,42 @@ class DeviceNode:
             self.log.warning("edge not reachable; %s not sent", kind)
 
 
+def stay_out(
+    topology: Topology,
+    device_id: str,
+    reason: str,
+    *,
+    keys: CurveKeys | None = None,
+    context: zmq.Context | None = None,
+) -> None:
+    """Logs why device `device_id` stays out of training and tells its edge (an `out`
+    message, which the edge reports up with its summaries: the metrics name the device).
+
+    Waits for the message to leave at most the start timeout (the edge may still be
+    starting), capped at a minute.
+    """
+    log = node_logger(device_id)
+    log.error("%s%s", STAYS_OUT, reason)
+    plant = topology.plant(topology.device(device_id).plant)
+    runtime = topology.runtime
+    own = context is None
+    context = zmq.Context() if own else context
+    server_key = runtime.edge_keys.get(plant.name, "").encode() or None
+    socket = connect_dealer(
+        context,
+        plant.address,
+        device_id,
+        max_bytes=runtime.max_message_bytes,
+        keys=keys,
+        server_key=server_key,
+    )
+    reason = reason[: protocol.MAX_REASON]
+    socket.send_multipart(protocol.encode(protocol.OUT, device_id, reason=reason))
+    socket.close(linger=int(1000 * min(runtime.start_timeout, 60.0)))
+    if own:
+        context.term()
+
+
 def serve(nodes: Sequence[DeviceNode]) -> None:
     """Serves `nodes` from this thread until each has stopped (its edge said stop, or `stop()`).
 

@@ -95,6 +95,7 @@ class EdgeNode:
             Path(state_dir) / f"edge-{plant_name}.npz" if state_dir is not None else None
         )
         self.late, self.resumed = 0, resume
+        self.out: dict[str, str] = {}  # devices that said they stay out, and why
         finished = self._restore() if resume else 0
         self.cycle = EdgeCycle(
             topology, self.index, net.spec, self.rounds, self.uplink, variates, self.log, finished
@@ -165,7 +166,7 @@ class EdgeNode:
         elif cycle.phase == STARTING:
             if start_waiting_over(
                 len(self._alive()),
-                len(self.devices),
+                len(self.devices - set(self.out)),  # no need to wait for those that stay out
                 cycle.required(),
                 now - self.started,
                 start_timeout=runtime.start_timeout,
@@ -179,8 +180,10 @@ class EdgeNode:
                 self._post(cycle.close(self._alive(), self.device_bytes, self._health))
 
     def _health(self) -> dict:
-        """What a summary reports of the edge itself: messages rejected by reason, late ones."""
-        return {"rejected": self.counters.snapshot(), "late": self.late}
+        """What a summary reports of the edge itself: messages rejected by reason, late ones,
+        and the devices that stay out (with their reasons)."""
+        out = {"out": dict(self.out)} if self.out else {}
+        return {"rejected": self.counters.snapshot(), "late": self.late, **out}
 
     def _alive(self) -> set[str]:
         return self.members.alive() & self.devices
@@ -211,6 +214,11 @@ class EdgeNode:
             max_bytes=self.runtime.max_message_bytes,
             routing_id=peer,
         )
+        if message.kind == protocol.OUT:  # never a member: no round waits for it
+            self.out[message.sender] = message.header["reason"]
+            self.log.warning("device %s stays out: %s", message.sender, message.header["reason"])
+            return
+        self.out.pop(message.sender, None)  # it came back (its data fixed)
         if self.members.seen(message.sender):
             self.log.info("device %s joined", message.sender)
         self._handle_device(message)

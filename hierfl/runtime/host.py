@@ -23,8 +23,8 @@ from pathlib import Path
 import zmq
 
 from hierfl.errors import DataError, HierflError
-from hierfl.runtime.device import STAYS_OUT, DeviceNode, device_setup, serve
-from hierfl.runtime.node import CurveKeys, node_logger
+from hierfl.runtime.device import DeviceNode, device_setup, serve, stay_out
+from hierfl.runtime.node import CurveKeys
 from hierfl.topology import Device, Topology
 
 SPARE_SOCKETS = 16
@@ -90,7 +90,7 @@ class DeviceHost:
                     context=self.context,
                 )
             except DataError as error:  # this device stays out; the host runs the others
-                node_logger(device.id).error("%s%s", STAYS_OUT, error)
+                stay_out(topology, device.id, str(error), keys=keys, context=self.context)
                 continue
             self.nodes.append(node)
 

@@ -114,6 +114,10 @@ SECAGG_FROM_DEVICE = (SECAGG_KEYS, SECAGG_SHARES, SECAGG_MASKED, SECAGG_REVEAL)
 """The secure-aggregation steps in order, as a device sends them (the edge answers each but the last)."""
 SECAGG_FROM_EDGE = (SECAGG_ROSTER, SECAGG_INBOX, SECAGG_UNMASK)
 HE_SUMMARY, HE_AGGREGATE, EVALUATION = "he_summary", "he_aggregate", "evaluation"
+OUT = "out"
+"""device -> edge, no frames: the device stays out of training; `reason` says why (its data)."""
+MAX_REASON = 2000
+"""The longest reason an `out` message (and a summary's `out` map) carries, in characters."""
 KINDS = (
     HELLO,
     HEARTBEAT,
@@ -128,6 +132,7 @@ KINDS = (
     HE_SUMMARY,
     HE_AGGREGATE,
     EVALUATION,
+    OUT,
 )
 ARRAY_KINDS = (MODEL, UPDATE, SUMMARY, SECAGG_MASKED)
 MASKED_CODEC = "fixed-point"
@@ -434,6 +439,12 @@ def parse_message(
             if kind not in layouts:
                 raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
             _check_evaluation(header, max(len(senders), 1), layouts[kind][1])
+        if kind == OUT and not _is_reason(header.get("reason")):
+            raise MessageRejected(
+                MALFORMED,
+                f"header field 'reason' must be text of at most {MAX_REASON} characters, "
+                f"got {_short(header.get('reason'))}",
+            )
         return Message(kind, sender, header["round"], header["edge_round"], header)
     if kind not in layouts:
         raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
@@ -564,6 +575,10 @@ def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:
 MAX_EDGE_ROUNDS_REPORTED = 1 << 16
 
 
+def _is_reason(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_REASON
+
+
 def _check_summary_statistics(header: dict[str, Any]) -> None:
     """The round statistics an edge reports with a summary, each optional, each of its type.
 
@@ -592,6 +607,14 @@ def _check_summary_statistics(header: dict[str, Any]) -> None:
         raise MessageRejected(
             MALFORMED,
             f"header field 'rejected' must map reason codes to counts, got {_short(rejected)}",
+        )
+    out = header.get("out", {})
+    if not isinstance(out, dict) or not all(
+        isinstance(k, str) and len(k) <= 255 and _is_reason(v) for k, v in out.items()
+    ):
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'out' must map device ids to reasons, got {_short(out)}",
         )
     if not isinstance(header.get("stale", False), bool):
         raise MessageRejected(

@@ -231,8 +231,8 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, ver
     with Client(server, timeout=REPLY_TIMEOUT) as client:
         assert client.predict(versions["probes"][:1]).version == 1
         assert client.info().stats["rejected_requests"] >= len(bad)
-        with pytest.raises(InferenceError, match="no previous version to roll back to"):
-            client.rollback()
+        with pytest.raises(InferenceError, match="this server has none: start it with --control"):
+            client.rollback()  # a control command, and this server has no control socket
 
 
 def test_predict_command(server, versions, tmp_path):
@@ -358,11 +358,14 @@ def check_load(processes, versions, folder: Path) -> None:
 
 def test_hot_swap_from_a_publisher_under_load_loses_no_request(versions, sockets):
     address, publisher_address = f"ipc://{sockets}/serve.ipc", f"ipc://{sockets}/models.ipc"
+    control = f"ipc://{sockets}/control/serve.ipc"
     server = start(
         "serve",
         str(versions["files"][1]),
         "--bind",
         address,
+        "--control",
+        control,
         "--subscribe",
         publisher_address,
         "--max-batch",
@@ -390,8 +393,12 @@ def test_hot_swap_from_a_publisher_under_load_loses_no_request(versions, sockets
             assert (info.version, info.versions) == (2, (1, 2))
             assert info.stats["swaps"] == 1  # republished copies of version 2 are not loaded again
             assert info.stats["rejected_requests"] == 0 and info.stats["failed_requests"] == 0
-        rolled = subprocess.run(
+        refused = subprocess.run(
             [str(HIERFL), "rollback", address], capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 2 and "control command" in refused.stderr
+        rolled = subprocess.run(
+            [str(HIERFL), "rollback", control], capture_output=True, text=True, timeout=120
         )
         assert rolled.returncode == 0, rolled.stderr
         assert "version 1" in rolled.stdout

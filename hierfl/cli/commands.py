@@ -2,9 +2,10 @@
 
 A thin shell: it parses arguments, calls the library, and prints with rich. Every user
 error (bad topology, missing run directory, data the task cannot supply) ends with a
-clear message on stderr and exit status 2, never a traceback. Text the user wrote (names,
-paths, addresses, messages quoting them) is escaped (`rich.markup.escape`), so a name
-like `[/bold]` is printed as written instead of being read as markup.
+clear message on stderr and exit status 2, never a traceback; the message is printed as
+plain text, unwrapped, so a shape like `[n, 8]` or a long path survives as written. Text
+the user wrote (names, paths, addresses) that goes into rich markup elsewhere is escaped
+(`rich.markup.escape`), so a name like `[/bold]` is printed as written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from hierfl import __version__
@@ -32,7 +34,8 @@ examples:
   hierfl topology validate my_plants.toml  check a file; every problem is listed
   hierfl report runs/try1                  plots (PNG) and a markdown summary of a run
   hierfl export runs/try1 --out model.hfl  compile the trained model into one versioned file
-  hierfl serve model.hfl --bind tcp://127.0.0.1:5600      edge inference server
+  hierfl serve model.hfl --bind tcp://127.0.0.1:5600 --control ipc://$XDG_RUNTIME_DIR/hfl/control
+                                           edge inference server; rollback on the control socket
   hierfl predict tcp://127.0.0.1:5600 --random 4          quick check against a server
   hierfl launch demo --out runs/rt1        the same federation as processes over ZeroMQ
 """
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (TopologyError, HierflError) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(Text("error: ", style="bold red") + Text(str(e)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -132,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on: tcp://HOST:PORT (PORT * for any), ipc://PATH",
     )
     serve.add_argument(
+        "--control",
+        metavar="ADDR",
+        help="control socket for `hierfl rollback`: ipc://PATH in a folder only you can enter "
+        "(made 0700 if missing); without it the server takes no control commands",
+    )
+    serve.add_argument(
         "--max-batch",
         type=_positive_int,
         default=32,
@@ -189,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser(
         "rollback", help="make an inference server serve its previous model version again"
     )
-    rollback.add_argument("address", help="the server's address")
+    rollback.add_argument(
+        "address", help="the server's control socket, as given to `hierfl serve --control`"
+    )
     rollback.add_argument(
         "--timeout",
         type=_positive_float,
@@ -354,6 +365,7 @@ def run_serve(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     config = ServerConfig(
         bind=args.bind,
+        control=args.control,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         keep_versions=args.keep,
@@ -365,7 +377,11 @@ def run_serve(args: argparse.Namespace) -> int:
     meta = server.model.meta
     sources = "".join(
         f", {name} {value}"
-        for name, value in (("subscribed to", args.subscribe), ("watching", args.watch))
+        for name, value in (
+            ("control", args.control),
+            ("subscribed to", args.subscribe),
+            ("watching", args.watch),
+        )
         if value
     )
     print(

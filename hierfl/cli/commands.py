@@ -11,6 +11,7 @@ the user wrote (names, paths, addresses) that goes into rich markup elsewhere is
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ examples:
   hierfl export runs/try1 --out model.hfl  compile the trained model into one versioned file
   hierfl serve model.hfl --bind tcp://127.0.0.1:5600 --control ipc://$XDG_RUNTIME_DIR/hfl/control
                                            edge inference server; rollback on the control socket
-  hierfl predict tcp://127.0.0.1:5600 --random 4          quick check against a server
+  hierfl predict tcp://127.0.0.1:5600 readings.csv        one example per row; or --random 4
   hierfl launch demo --out runs/rt1        the same federation as processes over ZeroMQ
 """
 
@@ -148,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-wait-ms",
-        type=_non_negative_float,
+        type=_wait_ms,
         default=0.0,
-        help="longest a request waits for others to fill a batch (default 0: batch what arrived while the last batch ran)",
+        help="longest a request waits for others to fill a batch, at most 600000 (default 0: batch what arrived while the last batch ran)",
     )
     serve.add_argument(
         "--subscribe",
@@ -179,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         "input",
         nargs="?",
         type=Path,
-        help=".npy file of examples [n, *input_shape] (or one example)",
+        help="examples: a .npy array [n, *input_shape] (or one example), or a CSV file with one "
+        "example per row (numbers in C order, optional header row); more rows than the server's "
+        "max batch are sent in batches; a NaN or infinite value is refused before sending, naming its row",
     )
     predict.add_argument(
         "--random", type=_positive_int, metavar="N", help="send N random examples instead of a file"
@@ -396,46 +399,54 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from hierfl.cli.inputs import read_examples
     from hierfl.inference.client import Client
 
     with Client(args.address, timeout=args.timeout) as client:
         info = client.info()
         if args.input is not None:
-            try:
-                x = np.load(args.input)
-            except (OSError, ValueError) as err:
-                raise HierflError(f"{args.input}: cannot read examples ({err})") from None
-            if x.shape == info.input_shape:
-                x = x[None]
+            x = read_examples(args.input, info.input_shape, info.input_dtype)
         elif args.random is not None:
-            x = np.random.default_rng(args.seed).standard_normal((args.random, *info.input_shape))
+            rng = np.random.default_rng(args.seed)
+            x = rng.standard_normal((args.random, *info.input_shape)).astype(info.input_dtype)
         else:
-            raise HierflError("give an .npy file of examples or --random N")
-        x = np.asarray(x, dtype=info.input_dtype)
-        prediction = client.predict(x)
+            raise HierflError("give a .npy or CSV file of examples, or --random N")
+        predictions = [
+            client.predict(x[start : start + info.max_batch])
+            for start in range(0, len(x), info.max_batch)
+        ]
+    logits = np.concatenate([p.logits for p in predictions])
+    versions = np.concatenate([np.full(len(p.logits), p.version) for p in predictions])
+    answered = sorted(set(versions.tolist()))
     console = Console()
     console.print(
-        f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})",
+        f"{info.task} {info.model} version{'s' if len(answered) > 1 else ''} "
+        f"{', '.join(map(str, answered))} on {args.address} ({info.platform})",
         highlight=False,
         markup=False,
     )
     table = Table()
     table.add_column("example", justify="right")
+    if len(answered) > 1:  # a new version was swapped in between two batches
+        table.add_column("version", justify="right")
+
+    def first_cells(i: int) -> list[str]:
+        return [str(i), str(versions[i])] if len(answered) > 1 else [str(i)]
+
     if not info.class_names:  # a regression model: print its outputs, named if the model names them
-        names = info.output_names or tuple(
-            f"output {j}" for j in range(prediction.logits.shape[-1])
-        )
+        names = info.output_names or tuple(f"output {j}" for j in range(logits.shape[-1]))
         for name in names:
             table.add_column(escape(name), justify="right")
-        for i, row in enumerate(prediction.logits.reshape(len(prediction.logits), -1)):
-            table.add_row(str(i), *(f"{v:.4g}" for v in row))
+        for i, row in enumerate(logits.reshape(len(logits), -1)):
+            table.add_row(*first_cells(i), *(f"{v:.4g}" for v in row))
         console.print(table)
         return 0
     table.add_column("class")
     table.add_column("probability", justify="right")
+    prediction = predictions[0]._replace(logits=logits)
     probabilities = prediction.probabilities
     for i, (k, label) in enumerate(zip(prediction.classes, prediction.labels)):
-        table.add_row(str(i), escape(label), f"{probabilities[i, k]:.3f}")
+        table.add_row(*first_cells(i), escape(label), f"{probabilities[i, k]:.3f}")
     console.print(table)
     return 0
 
@@ -480,15 +491,21 @@ def _platforms(text: str) -> tuple[str, ...]:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+def _wait_ms(text: str) -> float:
+    """A batching wait in milliseconds: finite, in [0, MAX_WAIT_MS] (`inf` would stall every request)."""
+    from hierfl.inference.batching import MAX_WAIT_MS
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= value <= MAX_WAIT_MS:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_WAIT_MS}] ms, got {text}")
     return value
 
 

@@ -30,7 +30,7 @@ import zmq
 
 from hierfl.errors import ArtifactError, InferenceError, ProtocolError
 from hierfl.inference.artifact import Artifact, decode_artifact, encode_artifact, file_checksum
-from hierfl.inference.batching import RequestQueue, Waiting, split_rows
+from hierfl.inference.batching import MAX_WAIT_MS, RequestQueue, Waiting, split_rows
 from hierfl.inference.compiled import CompiledModel, compile_artifact, describe_platform
 from hierfl.inference.control import bind_control, control_path
 from hierfl.inference.protocol import (
@@ -64,7 +64,7 @@ class ServerConfig:
     max_batch: most rows run in one call; also the most rows one request may carry.
     control: the control socket's address, `ipc://PATH` in a folder private to this user (made
       0700 if missing), where `rollback` is taken; None: no control commands at all.
-    max_wait_ms: longest a request waits for others to fill a batch. 0 (the default) runs at once
+    max_wait_ms: longest a request waits for others to fill a batch, at most MAX_WAIT_MS. 0 (the default) runs at once
       what has arrived: requests that come in while a batch runs form the next batch, so
       batches grow with the load at no latency cost. A positive wait only pays off when many
       independent senders fire without waiting for replies (benchmarks/inference.py).
@@ -85,8 +85,10 @@ class ServerConfig:
     def __post_init__(self):
         if self.max_batch < 1:
             raise InferenceError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.max_wait_ms < 0:
-            raise InferenceError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:  # also refuses NaN
+            raise InferenceError(
+                f"max_wait_ms must be in [0, {MAX_WAIT_MS}], got {self.max_wait_ms}"
+            )
         if self.keep_versions < 1:
             raise InferenceError(f"keep_versions must be >= 1, got {self.keep_versions}")
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
+from hierfl.cli.commands import build_parser
 from hierfl.data.tasks import TASKS
 from hierfl.data.tasks.models import build_model
 from hierfl.errors import InferenceError
@@ -231,8 +232,8 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, ver
     with Client(server, timeout=REPLY_TIMEOUT) as client:
         assert client.predict(versions["probes"][:1]).version == 1
         assert client.info().stats["rejected_requests"] >= len(bad)
-        with pytest.raises(InferenceError, match="no previous version to roll back to"):
-            client.rollback()
+        with pytest.raises(InferenceError, match="this server has none: start it with --control"):
+            client.rollback()  # a control command, and this server has no control socket
 
 
 def test_predict_command(server, versions, tmp_path):
@@ -276,6 +277,97 @@ def test_predict_command(server, versions, tmp_path):
     assert (
         nobody.returncode == 2 and "no reply" in nobody.stderr and "Traceback" not in nobody.stderr
     )
+
+
+def hierfl_predict(*args: str, columns: int = 200) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(HIERFL), "predict", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": str(columns)},
+    )
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of each body row of a rich table."""
+    return [
+        [cell.strip() for cell in line.strip("│").split("│")]
+        for line in stdout.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def test_predict_sends_a_csv_file_in_batches_and_answers_every_row_in_order(
+    server, versions, tmp_path
+):
+    probes, expected = versions["probes"], versions["expected"][1]
+    table = tmp_path / "readings.csv"  # a header row, then one example of 64 numbers per row
+    header = ",".join(f"p{k}" for k in range(64))
+    table.write_text(
+        header
+        + "\n"
+        + "\n".join(",".join(map(repr, row)) for row in probes[:10].reshape(10, 64).tolist())
+        + "\n"
+    )
+    done = hierfl_predict(server, str(table))
+    assert done.returncode == 0, done.stderr
+    rows = table_rows(done.stdout)
+    assert [r[0] for r in rows] == [str(i) for i in range(10)]  # 10 rows through max batch 4
+    assert [r[1] for r in rows] == [str(k) for k in expected[:10].argmax(axis=1)]
+    many = tmp_path / "many.npy"
+    np.save(many, probes[:9])
+    done = hierfl_predict(server, str(many))
+    assert done.returncode == 0, done.stderr
+    assert [r[1] for r in table_rows(done.stdout)] == [str(k) for k in expected[:9].argmax(axis=1)]
+
+
+def test_predict_refuses_bad_input_in_one_line_naming_the_place(server, versions, tmp_path):
+    with Client(server, timeout=REPLY_TIMEOUT) as client:
+        rejected = client.info().stats["rejected_requests"]
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 5), np.float32))
+    nan = tmp_path / "nan.npy"
+    x = versions["probes"][:6].copy()
+    x[2, 0, 0, 0] = x[5, 1, 1, 0] = np.nan
+    np.save(nan, x)
+    text = tmp_path / "bad.csv"
+    text.write_text("a,b\n" + "0.5,1\n" * 2 + "0.5,oops\n")
+    cases = [
+        (wrong, "wrong.npy: examples of shape [3, 5]; the model takes [n, 8, 8, 1]"),
+        (nan, "nan.npy: examples 2, 5 (counted from 0) hold NaN"),
+        (text, "bad.csv, row 4, column 2 ('b'): 'oops' is not a number"),
+    ]
+    for path, expected in cases:
+        refused = hierfl_predict(server, str(path), columns=60)  # a message is never wrapped
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stderr.count("\n") == 1 and expected in refused.stderr, refused.stderr
+    with Client(server, timeout=REPLY_TIMEOUT) as client:  # refused before sending
+        assert client.info().stats["rejected_requests"] == rejected
+
+
+def test_serve_refuses_a_wait_that_is_not_a_finite_number_of_milliseconds(capsys):
+    """`--max-wait-ms inf` used to pass and kill the server at its first request."""
+    parser = build_parser()
+    for value in ("inf", "nan", "-1", "1e300"):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(
+                ["serve", "m.hfl", "--bind", "tcp://127.0.0.1:*", "--max-wait-ms", value]
+            )
+        assert exited.value.code == 2
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert error.endswith(f"--max-wait-ms: must be in [0, 600000] ms, got {value}"), error
+    args = parser.parse_args(["serve", "m.hfl", "--bind", "tcp://*:5600", "--max-wait-ms", "2.5"])
+    assert args.max_wait_ms == 2.5
+    for command in (
+        ["predict", "tcp://h:1", "--timeout"],
+        ["publish", "m.hfl", "--bind", "x", "--every"],
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "inf"])
+        assert "must be a finite number > 0, got inf" in capsys.readouterr().err
+    with pytest.raises(InferenceError, match="max_wait_ms must be in"):
+        ServerConfig(bind="tcp://127.0.0.1:*", max_wait_ms=float("inf"))
 
 
 def test_requests_from_several_peers_are_batched_and_answered_row_by_row(versions, sockets):
@@ -358,11 +450,14 @@ def check_load(processes, versions, folder: Path) -> None:
 
 def test_hot_swap_from_a_publisher_under_load_loses_no_request(versions, sockets):
     address, publisher_address = f"ipc://{sockets}/serve.ipc", f"ipc://{sockets}/models.ipc"
+    control = f"ipc://{sockets}/control/serve.ipc"
     server = start(
         "serve",
         str(versions["files"][1]),
         "--bind",
         address,
+        "--control",
+        control,
         "--subscribe",
         publisher_address,
         "--max-batch",
@@ -390,8 +485,12 @@ def test_hot_swap_from_a_publisher_under_load_loses_no_request(versions, sockets
             assert (info.version, info.versions) == (2, (1, 2))
             assert info.stats["swaps"] == 1  # republished copies of version 2 are not loaded again
             assert info.stats["rejected_requests"] == 0 and info.stats["failed_requests"] == 0
-        rolled = subprocess.run(
+        refused = subprocess.run(
             [str(HIERFL), "rollback", address], capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 2 and "control command" in refused.stderr
+        rolled = subprocess.run(
+            [str(HIERFL), "rollback", control], capture_output=True, text=True, timeout=120
         )
         assert rolled.returncode == 0, rolled.stderr
         assert "version 1" in rolled.stdout

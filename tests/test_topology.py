@@ -285,7 +285,10 @@ BAD = [
         ("cloud_rounds = 3", "cloud_rounds = 3\nbatch_size = 0"),
         "federation.batch_size: must be >= 1, got 0",
     ),
-    (("cloud_rounds = 3", "cloud_rounds = 3\nseed = -1"), "federation.seed: must be >= 0, got -1"),
+    (
+        ("cloud_rounds = 3", "cloud_rounds = 3\nseed = -1"),
+        "federation.seed: must be in [0, 4294967295], got -1",
+    ),
     (
         ("learning_rate = 0.1", "learning_rate = 0"),
         "federation.learning_rate: must be > 0, got 0.0",

@@ -31,6 +31,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 NAME_RULE = "use letters, digits, '_', '.', '-', starting with a letter or digit"
 
 
+MAX_PRINTED_PROBLEMS = 50
+"""A topology's message lists this many problems, then counts the rest (fix the first, run again)."""
+
+
 class TopologyError(HierflError, ValueError):
     """A topology is invalid. Carries every problem found, not just the first.
 
@@ -50,7 +54,9 @@ class TopologyError(HierflError, ValueError):
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
         lines = [f"invalid topology {self.source}: {count} {noun}"]
-        lines += [f"  - {problem}" for problem in self.problems]
+        lines += [f"  - {problem}" for problem in self.problems[:MAX_PRINTED_PROBLEMS]]
+        if count > MAX_PRINTED_PROBLEMS:  # `problems` keeps them all
+            lines.append(f"  ... and {count - MAX_PRINTED_PROBLEMS} more")
         return "\n".join(lines)
 
 
@@ -190,6 +196,9 @@ class Field:
         return f"{'<' if self.high_open else '<='} {self.high}"
 
 
+MAX_SEED = 2**32 - 1
+"""JAX's keys take a 32-bit seed: a larger one would give the same run as a smaller one."""
+
 FEDERATION_FIELDS: Mapping[str, Field] = {
     "name": Field(str),
     "task": Field(str),
@@ -201,7 +210,7 @@ FEDERATION_FIELDS: Mapping[str, Field] = {
     "batch_size": Field(int, default=32, low=1),
     "learning_rate": Field(float, low=0, low_open=True),
     "server_learning_rate": Field(float, default=1.0, low=0, low_open=True),
-    "seed": Field(int, default=0, low=0),
+    "seed": Field(int, default=0, low=0, high=MAX_SEED),
     "mu": Field(float, default=None, low=0),
 }
 """The `[federation]` table: the task, the device algorithm and the training plan."""

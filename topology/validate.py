@@ -88,6 +88,13 @@ MAX_DEVICES_PER_LINE = 1_000_000
 """Guards against a typo such as `devices = 40000000` allocating millions of devices."""
 MAX_DEVICES = 1_000_000
 """The most devices a whole topology declares: checked on the counts, before any device is named."""
+MAX_NAME_BYTES = 200
+"""The longest federation name and device id (`plant/line/device`), in UTF-8 bytes. A device id
+is the device's ZeroMQ routing id (libzmq takes at most 255 bytes; a plant's name is its edge's)
+and part of its log and state file names; the federation name names the run directory
+`<name>-<time>`; a file name has at most 255 bytes."""
+MAX_IPC_PATH_BYTES = 107
+"""The longest path of an `ipc://` address: Linux's `sun_path` holds 108 bytes with the final NUL."""
 WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]")
 """Hosts a server binds to listen on every interface; nobody can dial them."""
 
@@ -150,6 +157,7 @@ def build_topology(
     )
     drafts = _read_plants(document.get("plants", REQUIRED), data, problems)
     problems += _device_total_problems(drafts)
+    problems += _name_length_problems(federation.get("name"), drafts)
     runtime = _read_runtime(document.get("runtime", {}), [draft.name for draft in drafts], problems)
     problems += _address_clashes(
         [("cloud.address", cloud_address)]
@@ -179,8 +187,12 @@ def build_topology(
 
 def device_names(count: int) -> tuple[str, ...]:
     """`dev-001`, `dev-002`, ...: names for `count` devices, zero-padded to at least 3 digits."""
-    width = max(3, len(str(count)))
-    return tuple(f"dev-{number:0{width}d}" for number in range(1, count + 1))
+    return tuple(device_name(number, count) for number in range(1, count + 1))
+
+
+def device_name(number: int, count: int) -> str:
+    """The name of device `number` (from 1) of a line declared with `devices = count`."""
+    return f"dev-{number:0{max(3, len(str(count)))}d}"
 
 
 def assemble_plants(
@@ -223,12 +235,15 @@ def address_problem(address: str) -> str | None:
         return f"malformed address {address!r} (expected {ADDRESS_FORMS})"
     if scheme == "tcp":
         return _tcp_problem(address, rest)
-    if scheme in ("ipc", "inproc"):
+    if scheme in ("ipc", "inproc") and not rest:
+        return f"empty {'path' if scheme == 'ipc' else 'name'} in address {address!r}"
+    if scheme == "ipc" and len(rest.encode()) > MAX_IPC_PATH_BYTES:
         return (
-            None
-            if rest
-            else f"empty {'path' if scheme == 'ipc' else 'name'} in address {address!r}"
+            f"the path of {address!r} is {len(rest.encode())} bytes; a socket path has at most "
+            f"{MAX_IPC_PATH_BYTES} (use a shorter path)"
         )
+    if scheme in ("ipc", "inproc"):
+        return None
     return f"unsupported transport {scheme!r} in address {address!r} (expected {ADDRESS_FORMS})"
 
 
@@ -572,6 +587,63 @@ def _device_total_problems(drafts: Iterable[_PlantDraft]) -> list[str]:
         f"plants: {total} devices in all, more than the limit of {MAX_DEVICES}; "
         "a topology declares at most that many devices (is a line's `devices` mistyped?)"
     ]
+
+
+def _name_length_problems(federation_name: Any, drafts: Iterable[_PlantDraft]) -> list[str]:
+    """A problem for the federation name and each line whose device ids exceed MAX_NAME_BYTES.
+
+    A too-long plant name is named itself; otherwise the line's first device whose id
+    `plant/line/device` is too long (its line's name if the devices are counted), with how
+    many more of that line are.
+    """
+    problems = []
+    if isinstance(federation_name, str) and _bytes(federation_name) > MAX_NAME_BYTES:
+        problems.append(
+            f"federation.name: {_bytes(federation_name)} bytes, more than {MAX_NAME_BYTES}; "
+            "it names the run directory, and a file name has at most 255 bytes"
+        )
+    routing = "a device's ZeroMQ routing id and log file name"
+    for i, plant in enumerate(drafts):
+        if plant.name is not None and _bytes(plant.name) > MAX_NAME_BYTES:
+            problems.append(
+                f"plants[{i}].name: {_bytes(plant.name)} bytes, more than {MAX_NAME_BYTES}; "
+                f"it begins {routing}s (`plant/line/device`)"
+            )
+            continue
+        for j, line in enumerate(plant.lines if plant.name is not None else ()):
+            if line.name is None:
+                continue
+            prefix = f"{plant.name}/{line.name}/"
+            if isinstance(line.devices, int):  # dev-001..: all as long as the last
+                count = line.devices
+                too_long = _bytes(prefix + device_name(count, count)) > MAX_NAME_BYTES
+                long = range(count) if too_long else range(0)
+                field, first = f"plants[{i}].lines[{j}].name", prefix + device_name(1, count)
+            else:
+                long = [
+                    k
+                    for k, name in enumerate(line.devices)
+                    if _bytes(prefix + name) > MAX_NAME_BYTES
+                ]
+                field = f"plants[{i}].lines[{j}].devices[{long[0]}]" if long else ""
+                first = prefix + line.devices[long[0]] if long else ""
+            if not long:
+                continue
+            more = f" (and {len(long) - 1} more devices of this line)" if len(long) > 1 else ""
+            problems.append(
+                f"{field}: device id {_cut(first)} is {_bytes(first)} bytes, more than "
+                f"{MAX_NAME_BYTES}{more}; it is {routing}: shorten the plant, line or device name"
+            )
+    return problems
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode())
+
+
+def _cut(text: str, limit: int = 48) -> str:
+    """`repr(text)`, cut to about `limit` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _array_of_tables(

@@ -2,14 +2,16 @@
 
 A thin shell: it parses arguments, calls the library, and prints with rich. Every user
 error (bad topology, missing run directory, data the task cannot supply) ends with a
-clear message on stderr and exit status 2, never a traceback. Text the user wrote (names,
-paths, addresses, messages quoting them) is escaped (`rich.markup.escape`), so a name
-like `[/bold]` is printed as written instead of being read as markup.
+clear message on stderr and exit status 2, never a traceback; the message is printed as
+plain text, unwrapped, so a shape like `[n, 8]` or a long path survives as written. Text
+the user wrote (names, paths, addresses) that goes into rich markup elsewhere is escaped
+(`rich.markup.escape`), so a name like `[/bold]` is printed as written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from hierfl import __version__
@@ -33,8 +36,9 @@ examples:
   hierfl topology validate my_plants.toml  check a file; every problem is listed
   hierfl report runs/try1                  plots (PNG) and a markdown summary of a run
   hierfl export runs/try1 --out model.hfl  compile the trained model into one versioned file
-  hierfl serve model.hfl --bind tcp://127.0.0.1:5600      edge inference server
-  hierfl predict tcp://127.0.0.1:5600 --random 4          quick check against a server
+  hierfl serve model.hfl --bind tcp://127.0.0.1:5600 --control ipc://$XDG_RUNTIME_DIR/hfl/control
+                                           edge inference server; rollback on the control socket
+  hierfl predict tcp://127.0.0.1:5600 readings.csv        one example per row; or --random 4
   hierfl launch demo --out runs/rt1        the same federation as processes over ZeroMQ
 """
 
@@ -49,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (TopologyError, HierflError) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(Text("error: ", style="bold red") + Text(str(e)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -147,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on: tcp://HOST:PORT (PORT * for any), ipc://PATH",
     )
     serve.add_argument(
+        "--control",
+        metavar="ADDR",
+        help="control socket for `hierfl rollback`: ipc://PATH in a folder only you can enter "
+        "(made 0700 if missing); without it the server takes no control commands",
+    )
+    serve.add_argument(
         "--max-batch",
         type=_positive_int,
         default=32,
@@ -154,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-wait-ms",
-        type=_non_negative_float,
+        type=_wait_ms,
         default=0.0,
-        help="longest a request waits for others to fill a batch (default 0: batch what arrived while the last batch ran)",
+        help="longest a request waits for others to fill a batch, at most 600000 (default 0: batch what arrived while the last batch ran)",
     )
     serve.add_argument(
         "--subscribe",
@@ -185,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "input",
         nargs="?",
         type=Path,
-        help=".npy file of examples [n, *input_shape] (or one example)",
+        help="examples: a .npy array [n, *input_shape] (or one example), or a CSV file with one "
+        "example per row (numbers in C order, optional header row); more rows than the server's "
+        "max batch are sent in batches; a NaN or infinite value is refused before sending, naming its row",
     )
     predict.add_argument(
         "--random", type=_positive_int, metavar="N", help="send N random examples instead of a file"
@@ -204,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser(
         "rollback", help="make an inference server serve its previous model version again"
     )
-    rollback.add_argument("address", help="the server's address")
+    rollback.add_argument(
+        "address", help="the server's control socket, as given to `hierfl serve --control`"
+    )
     rollback.add_argument(
         "--timeout",
         type=_positive_float,
@@ -391,6 +405,7 @@ def run_serve(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     config = ServerConfig(
         bind=args.bind,
+        control=args.control,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         keep_versions=args.keep,
@@ -402,7 +417,11 @@ def run_serve(args: argparse.Namespace) -> int:
     meta = server.model.meta
     sources = "".join(
         f", {name} {value}"
-        for name, value in (("subscribed to", args.subscribe), ("watching", args.watch))
+        for name, value in (
+            ("control", args.control),
+            ("subscribed to", args.subscribe),
+            ("watching", args.watch),
+        )
         if value
     )
     print(
@@ -417,46 +436,54 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from hierfl.cli.inputs import read_examples
     from hierfl.inference.client import Client
 
     with Client(args.address, timeout=args.timeout) as client:
         info = client.info()
         if args.input is not None:
-            try:
-                x = np.load(args.input)
-            except (OSError, ValueError) as err:
-                raise HierflError(f"{args.input}: cannot read examples ({err})") from None
-            if x.shape == info.input_shape:
-                x = x[None]
+            x = read_examples(args.input, info.input_shape, info.input_dtype)
         elif args.random is not None:
-            x = np.random.default_rng(args.seed).standard_normal((args.random, *info.input_shape))
+            rng = np.random.default_rng(args.seed)
+            x = rng.standard_normal((args.random, *info.input_shape)).astype(info.input_dtype)
         else:
-            raise HierflError("give an .npy file of examples or --random N")
-        x = np.asarray(x, dtype=info.input_dtype)
-        prediction = client.predict(x)
+            raise HierflError("give a .npy or CSV file of examples, or --random N")
+        predictions = [
+            client.predict(x[start : start + info.max_batch])
+            for start in range(0, len(x), info.max_batch)
+        ]
+    logits = np.concatenate([p.logits for p in predictions])
+    versions = np.concatenate([np.full(len(p.logits), p.version) for p in predictions])
+    answered = sorted(set(versions.tolist()))
     console = Console()
     console.print(
-        f"{info.task} {info.model} version {prediction.version} on {args.address} ({info.platform})",
+        f"{info.task} {info.model} version{'s' if len(answered) > 1 else ''} "
+        f"{', '.join(map(str, answered))} on {args.address} ({info.platform})",
         highlight=False,
         markup=False,
     )
     table = Table()
     table.add_column("example", justify="right")
+    if len(answered) > 1:  # a new version was swapped in between two batches
+        table.add_column("version", justify="right")
+
+    def first_cells(i: int) -> list[str]:
+        return [str(i), str(versions[i])] if len(answered) > 1 else [str(i)]
+
     if not info.class_names:  # a regression model: print its outputs, named if the model names them
-        names = info.output_names or tuple(
-            f"output {j}" for j in range(prediction.logits.shape[-1])
-        )
+        names = info.output_names or tuple(f"output {j}" for j in range(logits.shape[-1]))
         for name in names:
             table.add_column(escape(name), justify="right")
-        for i, row in enumerate(prediction.logits.reshape(len(prediction.logits), -1)):
-            table.add_row(str(i), *(f"{v:.4g}" for v in row))
+        for i, row in enumerate(logits.reshape(len(logits), -1)):
+            table.add_row(*first_cells(i), *(f"{v:.4g}" for v in row))
         console.print(table)
         return 0
     table.add_column("class")
     table.add_column("probability", justify="right")
+    prediction = predictions[0]._replace(logits=logits)
     probabilities = prediction.probabilities
     for i, (k, label) in enumerate(zip(prediction.classes, prediction.labels)):
-        table.add_row(str(i), escape(label), f"{probabilities[i, k]:.3f}")
+        table.add_row(*first_cells(i), escape(label), f"{probabilities[i, k]:.3f}")
     console.print(table)
     return 0
 
@@ -501,15 +528,21 @@ def _platforms(text: str) -> tuple[str, ...]:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+def _wait_ms(text: str) -> float:
+    """A batching wait in milliseconds: finite, in [0, MAX_WAIT_MS] (`inf` would stall every request)."""
+    from hierfl.inference.batching import MAX_WAIT_MS
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= value <= MAX_WAIT_MS:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_WAIT_MS}] ms, got {text}")
     return value
 
 

@@ -158,7 +158,10 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     )
     generate.add_argument("directory", type=Path)
     generate.add_argument(
-        "names", nargs="+", help="one key pair per name (cloud, plant names, device names)"
+        "names",
+        nargs="+",
+        type=_key_name,
+        help="one key pair per name (cloud, plant names, device names): plain names, no paths",
     )
     generate.set_defaults(handler=run_keys_generate)
     ckks = keys_commands.add_parser(
@@ -437,6 +440,17 @@ def _public_text(path: Path) -> str:
     from hierfl.runtime.curve import load_public_key
 
     return load_public_key(path)
+
+
+def _key_name(text: str) -> str:
+    """A key pair's name: a plain file name (as plant and device names are), so its files stay in DIR."""
+    from hierfl.topology.schema import NAME_PATTERN, NAME_RULE
+
+    if not NAME_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain name ({NAME_RULE}); the key files are written into DIR"
+        )
+    return text
 
 
 def _positive_int(text: str) -> int:

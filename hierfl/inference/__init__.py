@@ -10,7 +10,8 @@ Modules, one concept each: `artifact` (the .hfl file format), `export` (model ->
 `compiled` (artifact -> a model ready on the device), `batching` (dynamic batching rules),
 `protocol` (the request/reply wire format), `versions` (served model and rollback),
 `publisher` (PUB/SUB announcements of new versions), `updates` (loading new versions
-beside the served one), `server` (the serving loop), `client`.
+beside the served one), `control` (the private socket rollback is taken on), `server`
+(the serving loop), `client`.
 
 Names are imported lazily: `from hierfl.inference import Client` loads neither JAX nor
 the exporter, so a client machine needs only numpy and pyzmq.

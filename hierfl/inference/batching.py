@@ -17,6 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+MAX_WAIT_MS = 600_000
+"""The longest a request may be held for a fuller batch (10 minutes); beyond it a wait is a mistake."""
+
 
 def bucket_sizes(max_batch: int) -> tuple[int, ...]:
     """(1, 2, 4, ..., max_batch): powers of two below `max_batch`, then `max_batch`."""

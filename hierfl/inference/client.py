@@ -6,6 +6,8 @@ Needs only numpy and pyzmq (no JAX), so it runs on a weak line PC or a PLC gatew
     with Client("tcp://edge-a:5600") as client:
         prediction = client.predict(windows)      # windows: [n, 2048, 1] float32
         prediction.labels, prediction.version
+    with Client("ipc:///run/hierfl/control") as control:  # the server's --control socket
+        control.rollback()
 
 One DEALER socket, one request in flight at a time: use one `Client` per thread.
 """
@@ -141,7 +143,9 @@ class Client:
     def rollback(self) -> ServerInfo:
         """Asks the server to serve its previous version again; returns what it serves then.
 
-        `InferenceError` if the server holds no previous version.
+        Only a client of the server's control socket (`hierfl serve --control`) may: the
+        request socket refuses it. `InferenceError` if refused, or if the server holds no
+        previous version.
         """
         return ServerInfo.from_reply(self._call(ROLLBACK).header.get("info") or {})
 

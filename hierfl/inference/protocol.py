@@ -9,6 +9,10 @@ integer the client chooses; the reply echoes it). Requests:
     info      {"kind": "info", "protocol": 1, "id": 8}
     rollback  {"kind": "rollback", "protocol": 1, "id": 9}
 
+`rollback` is a control command: a server takes it only on its control socket (a local
+`ipc://` socket in a folder private to the server's user, `ServerConfig.control`) and
+refuses it on the request socket, which anyone who can reach the server may use.
+
 Replies all carry `version`, the model version (cloud round) that answered, or that is
 served now for `info`, `rollback` and errors:
 
@@ -17,8 +21,9 @@ served now for `info`, `rollback` and errors:
     error       {"kind": "error", ..., "version": 20, "error": "why the request was refused"}
 
 The server checks every header field before it looks at a data frame, and a data frame's
-length before it views it as an array (`parse_request`); a bad request gets an error
-reply naming the problem and never reaches the model. The functions here are pure: they
+length before it views it as an array (`parse_request`): the fields of the request's kind
+and no others, each once and of its exact type (`protocol` the integer 1, not 1.0 or
+true). A bad request gets an error reply naming the problem and never reaches the model. The functions here are pure: they
 turn frames into checked values and back, without sockets.
 """
 
@@ -44,6 +49,14 @@ MAX_REPLY_DEPTH = 32
 
 PREDICT, INFO, ROLLBACK = "predict", "info", "rollback"
 REQUEST_KINDS = (PREDICT, INFO, ROLLBACK)
+CONTROL_KINDS = (ROLLBACK,)
+"""Requests that change what a server serves: taken only on its control socket."""
+REQUEST_FIELDS = {
+    PREDICT: ("kind", "protocol", "id", "shape", "dtype"),
+    INFO: ("kind", "protocol", "id"),
+    ROLLBACK: ("kind", "protocol", "id"),
+}
+"""The header fields of each request kind: no others are accepted."""
 PREDICTION, ERROR = "prediction", "error"
 
 
@@ -109,15 +122,25 @@ def parse_request(frames: Sequence[Any], spec: InputSpec) -> Request:
     kind = header.get("kind")
     request_id = header.get("id")
     if not _is_int(request_id) or request_id < 0:
-        raise ProtocolError(f"header field 'id' must be a non-negative integer, got {request_id!r}")
-    if header.get("protocol") != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"protocol version {header.get('protocol')!r}; this server speaks version {PROTOCOL_VERSION}",
+            f"header field 'id' must be a non-negative integer, got {_short(request_id)}"
+        )
+    protocol = header.get("protocol")
+    if not _is_int(protocol) or protocol != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {_short(protocol)}; this server speaks version {PROTOCOL_VERSION} (an integer)",
             request_id=request_id,
         )
-    if kind not in REQUEST_KINDS:
+    if not isinstance(kind, str) or kind not in REQUEST_KINDS:
         raise ProtocolError(
-            f"unknown request kind {kind!r} (expected one of {', '.join(REQUEST_KINDS)})",
+            f"unknown request kind {_short(kind)} (expected one of {', '.join(REQUEST_KINDS)})",
+            request_id=request_id,
+        )
+    unknown = [key for key in header if key not in REQUEST_FIELDS[kind]]
+    if unknown:
+        raise ProtocolError(
+            f"unknown header field {_short(unknown[0])} in a {kind} request "
+            f"(its fields: {', '.join(REQUEST_FIELDS[kind])})",
             request_id=request_id,
         )
     if kind != PREDICT:
@@ -234,6 +257,7 @@ def _read_header(frame: Any, *, request: bool = True) -> dict[str, Any]:
             max_array_len=MAX_REQUEST_ITEMS if request else MAX_HEADER_BYTES,
             max_map_len=MAX_REQUEST_ITEMS if request else MAX_HEADER_BYTES,
             max_ext_len=0,
+            object_pairs_hook=_unique_keys,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as err:
         raise ProtocolError(f"header frame is not msgpack ({type(err).__name__}: {err})") from None
@@ -244,6 +268,16 @@ def _read_header(frame: Any, *, request: bool = True) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
     return header
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A decoded msgpack map; ValueError if a key repeats (msgpack itself keeps the last)."""
+    table = dict(pairs)
+    if len(table) != len(pairs):
+        seen: set[Any] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {_short(repeated)} appears more than once in a map")
+    return table
 
 
 def _nesting_depth(value: Any, limit: int) -> int:
@@ -264,9 +298,9 @@ def _nesting_depth(value: Any, limit: int) -> int:
 def _read_array(header: dict[str, Any], frame: Any, spec: InputSpec) -> np.ndarray:
     shape, dtype = header.get("shape"), header.get("dtype")
     if not isinstance(shape, list) or not shape or not all(_is_int(d) for d in shape):
-        raise ProtocolError(f"header field 'shape' must be a list of integers, got {shape!r}")
+        raise ProtocolError(f"header field 'shape' must be a list of integers, got {_short(shape)}")
     if dtype != spec.dtype:
-        raise ProtocolError(f"dtype {dtype!r}: the model takes {spec.dtype} inputs")
+        raise ProtocolError(f"dtype {_short(dtype)}: the model takes {spec.dtype} inputs")
     if tuple(shape[1:]) != spec.shape:
         raise ProtocolError(f"wrong input shape {shape}: the model takes {spec.describe()}")
     rows = shape[0]
@@ -294,6 +328,12 @@ def frame_view(frame: Any) -> memoryview:
     """The bytes of a received frame (a `zmq.Frame` or any buffer) as a flat memoryview, without a copy."""
     buffer = getattr(frame, "buffer", None)  # zmq.Frame: its bytes without a copy
     return (buffer if buffer is not None else memoryview(frame)).cast("B")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: error replies quote what a peer sent, within reason."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(value: Any) -> bool:

@@ -7,7 +7,8 @@ the model that computed them. New versions are loaded, compiled and warmed up by
 `UpdateLoader` thread beside the served one; the serving thread swaps the ready model in
 between two batches. So a request is answered by exactly one complete model, old or new,
 and none is dropped by a swap; a client's replies switch from the old version to the new
-one once. A `rollback` request serves the previous version again, the same way.
+one once. A `rollback` request serves the previous version again, the same way; it is
+taken only on the control socket (`hierfl.inference.control`), never on the request socket.
 
 The model runs on JAX's default device: the GPU when there is one, else the CPU.
 """
@@ -29,9 +30,11 @@ import zmq
 
 from hierfl.errors import ArtifactError, InferenceError, ProtocolError
 from hierfl.inference.artifact import Artifact, decode_artifact, encode_artifact, file_checksum
-from hierfl.inference.batching import RequestQueue, Waiting, split_rows
+from hierfl.inference.batching import MAX_WAIT_MS, RequestQueue, Waiting, split_rows
 from hierfl.inference.compiled import CompiledModel, compile_artifact, describe_platform
+from hierfl.inference.control import bind_control, control_path
 from hierfl.inference.protocol import (
+    CONTROL_KINDS,
     INFO,
     PREDICT,
     ROLLBACK,
@@ -59,7 +62,9 @@ class ServerConfig:
 
     bind: address of the ROUTER socket (tcp://HOST:PORT, tcp://HOST:* for any free port, ipc://PATH).
     max_batch: most rows run in one call; also the most rows one request may carry.
-    max_wait_ms: longest a request waits for others to fill a batch. 0 (the default) runs at once
+    control: the control socket's address, `ipc://PATH` in a folder private to this user (made
+      0700 if missing), where `rollback` is taken; None: no control commands at all.
+    max_wait_ms: longest a request waits for others to fill a batch, at most MAX_WAIT_MS. 0 (the default) runs at once
       what has arrived: requests that come in while a batch runs form the next batch, so
       batches grow with the load at no latency cost. A positive wait only pays off when many
       independent senders fire without waiting for replies (benchmarks/inference.py).
@@ -69,6 +74,7 @@ class ServerConfig:
     """
 
     bind: str
+    control: str | None = None
     max_batch: int = 32
     max_wait_ms: float = 0.0
     keep_versions: int = 3
@@ -79,8 +85,10 @@ class ServerConfig:
     def __post_init__(self):
         if self.max_batch < 1:
             raise InferenceError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.max_wait_ms < 0:
-            raise InferenceError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:  # also refuses NaN
+            raise InferenceError(
+                f"max_wait_ms must be in [0, {MAX_WAIT_MS}], got {self.max_wait_ms}"
+            )
         if self.keep_versions < 1:
             raise InferenceError(f"keep_versions must be >= 1, got {self.keep_versions}")
 
@@ -93,6 +101,8 @@ class ServerStats:
     rows: int = 0
     batches: int = 0
     rejected_requests: int = 0
+    refused_control: int = 0
+    """Control commands (rollback) sent to the request socket: refused, and counted in rejected_requests too."""
     failed_requests: int = 0
     rejected_artifacts: int = 0
     swaps: int = 0
@@ -111,6 +121,8 @@ class InferenceServer:
     def __init__(self, model: str | os.PathLike | Artifact | bytes, config: ServerConfig):
         self.config = config
         self.stats = ServerStats()
+        if config.control is not None:
+            control_path(config.control)  # refused before the model is compiled
         first = _load_first(model, config.max_batch)
         self._versions: ModelVersions[CompiledModel] = ModelVersions(first, config.keep_versions)
         self._spec = InputSpec(first.meta.input_shape, first.meta.input_dtype, config.max_batch)
@@ -124,6 +136,7 @@ class InferenceServer:
         row_bytes = int(np.prod(self._spec.shape)) * np.dtype(self._spec.dtype).itemsize
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(64 << 20, 4 * config.max_batch * row_bytes))
         self._socket.setsockopt(zmq.LINGER, 1000)
+        self._control: zmq.Socket | None = None
         try:
             self._socket.bind(config.bind)
         except zmq.ZMQError as err:
@@ -131,6 +144,12 @@ class InferenceServer:
             raise InferenceError(
                 f"cannot bind the inference server to {config.bind!r}: {err}"
             ) from None
+        if config.control is not None:
+            try:
+                self._control = bind_control(self._context, config.control)
+            except InferenceError:
+                self._close_sockets()
+                raise
         self._loader = None
         if config.subscribe or config.watch is not None:
             self._loader = UpdateLoader(
@@ -170,6 +189,7 @@ class InferenceServer:
             "platform": self._platform,
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
+            "control": self.config.control,
             "subscribe": self.config.subscribe,
             "watch": None if self.config.watch is None else str(self.config.watch),
             "stats": dataclasses.asdict(self.stats),
@@ -179,6 +199,8 @@ class InferenceServer:
         """Serves until `stop()`; requests still queued then are answered before it returns."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
+        if self._control is not None:
+            poller.register(self._control, zmq.POLLIN)
         if self._loader is not None:
             self._loader.start()
         try:
@@ -188,7 +210,10 @@ class InferenceServer:
                 timeout = (
                     IDLE_POLL_MS if wait is None else min(IDLE_POLL_MS, math.ceil(wait * 1000))
                 )
-                if poller.poll(timeout):
+                ready = dict(poller.poll(timeout))
+                if self._control in ready:
+                    self._receive_control()
+                if self._socket in ready:
                     self._receive()
                 if self._queue.due(time.monotonic()):
                     self._run_batch()
@@ -234,10 +259,14 @@ class InferenceServer:
                 return
 
     def _handle(self, frames: list, now: float) -> None:
+        """One message from the request socket: a prediction is queued, info answered, the rest refused."""
         envelope, message = split_envelope(frames)
         version = self.model.meta.version
         try:
             request = parse_request(message, self._spec)
+            if request.kind in CONTROL_KINDS:
+                self.stats.refused_control += 1
+                raise ProtocolError(self._control_refusal(request.kind), request_id=request.id)
         except ProtocolError as err:
             self.stats.rejected_requests += 1
             log.warning("refused request %s: %s", err.request_id, err)
@@ -247,19 +276,54 @@ class InferenceServer:
             self._queue.add(Waiting(request.x, now, (envelope, request.id)))
         elif request.kind == INFO:
             self._send(envelope, encode_info(request.id, version, self.info()))
-        elif request.kind == ROLLBACK:
-            self._rollback(envelope, request.id)
+
+    def _control_refusal(self, kind: str) -> str:
+        where = (
+            f"send it to the control socket {self.config.control}"
+            if self.config.control
+            else "this server has none: start it with --control ipc://DIR/NAME (DIR private to its user)"
+        )
+        return f"{kind!r} is a control command, taken only on the server's control socket, not on the request socket; {where}"
+
+    def _receive_control(self) -> None:
+        """Every message waiting on the control socket: info and rollback are answered, predictions refused."""
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = self._control.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            envelope, message = split_envelope(frames)
+            version = self.model.meta.version
+            try:
+                request = parse_request(message, self._spec)
+                if request.kind == PREDICT:
+                    raise ProtocolError(
+                        f"the control socket takes {', '.join((INFO, *CONTROL_KINDS))}; "
+                        f"send predictions to {self.endpoint}",
+                        request_id=request.id,
+                    )
+            except ProtocolError as err:
+                self.stats.rejected_requests += 1
+                log.warning("refused control request %s: %s", err.request_id, err)
+                self._send(envelope, encode_error(err.request_id, version, str(err)), self._control)
+                continue
+            if request.kind == ROLLBACK:
+                self._rollback(envelope, request.id)
+            else:
+                self._send(envelope, encode_info(request.id, version, self.info()), self._control)
 
     def _rollback(self, envelope: list, request_id: int) -> None:
         old = self.model.meta.version
         try:
             self._versions.rollback()
         except InferenceError as err:
-            self._send(envelope, encode_error(request_id, old, str(err)))
+            self._send(envelope, encode_error(request_id, old, str(err)), self._control)
             return
         self.stats.rollbacks += 1
         log.info("rolled back: serving version %d again (was %d)", self.model.meta.version, old)
-        self._send(envelope, encode_info(request_id, self.model.meta.version, self.info()))
+        self._send(
+            envelope, encode_info(request_id, self.model.meta.version, self.info()), self._control
+        )
 
     def _run_batch(self) -> None:
         batch = self._queue.take()
@@ -311,15 +375,17 @@ class InferenceServer:
                 update.source,
             )
 
-    def _send(self, envelope: list, frames: list) -> None:
+    def _send(self, envelope: list, frames: list, socket: zmq.Socket | None = None) -> None:
+        """Sends a reply on `socket` (the request socket by default)."""
         try:
-            self._socket.send_multipart([*envelope, *frames], copy=False)
+            (socket or self._socket).send_multipart([*envelope, *frames], copy=False)
         except zmq.ZMQError as err:  # the peer is gone or its queue is full: it will time out
             log.warning("could not send a reply: %s", err)
 
     def _close_sockets(self) -> None:
-        if not self._socket.closed:
-            self._socket.close()
+        for socket in (self._socket, self._control):
+            if socket is not None and not socket.closed:
+                socket.close()
         if not self._context.closed:
             self._context.term()
 

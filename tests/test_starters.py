@@ -114,9 +114,20 @@ def test_a_new_project_trains_in_both_engines_and_is_served(folder):
         with Client(address, timeout=5.0) as client:
             info = wait_for_server(client, server, folder / "serve.log")
             assert (info.task, info.version, info.input_shape) == ("press-failure", 3, (6,))
-            batches = range(0, len(test.x), info.max_batch)
-            served = [client.predict(test.x[i : i + info.max_batch]).classes for i in batches]
-        np.testing.assert_array_equal(np.concatenate(served), expected)
+            assert info.features == (
+                "temperature_c",
+                "vibration_rms",
+                "pressure_bar",
+                "motor_current_a",
+                "cycle_time_s",
+                "oil_quality",
+            )
+        # The plant's test file as it is (its label column too): predict picks the features.
+        predicted = hierfl("predict", address, str(project / "data" / "plant-a" / "test.csv"))
+        served = re.findall(r"│\s+(\d+) │ (ok|failure)\s+│", predicted.stdout)
+        assert [int(i) for i, _ in served] == list(range(len(test.x)))
+        names = np.array(task.class_names)
+        np.testing.assert_array_equal([label for _, label in served], names[expected])
         assert (expected == test.y).mean() == pytest.approx(
             records[-1]["plant_accuracy"]["plant-a"]
         )

@@ -442,7 +442,7 @@ def run_predict(args: argparse.Namespace) -> int:
     with Client(args.address, timeout=args.timeout) as client:
         info = client.info()
         if args.input is not None:
-            x = read_examples(args.input, info.input_shape, info.input_dtype)
+            x = read_examples(args.input, info.input_shape, info.input_dtype, info.features)
         elif args.random is not None:
             rng = np.random.default_rng(args.seed)
             x = rng.standard_normal((args.random, *info.input_shape)).astype(info.input_dtype)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,15 @@ MAX_NAMED = 10
 """The most rows or examples a refusal lists before it counts the rest."""
 
 
-def read_examples(path: Path, input_shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """The examples in file `path` as `[n, *input_shape]` of `dtype`; HierflError naming what is wrong."""
+def read_examples(
+    path: Path, input_shape: tuple[int, ...], dtype: str, features: Sequence[str] = ()
+) -> np.ndarray:
+    """The examples in file `path` as `[n, *input_shape]` of `dtype`; HierflError naming what is wrong.
+
+    `features` are the model's named input columns (a model trained on named columns): a
+    CSV file with a header then gives those columns, in that order, and may hold others
+    (a label, a timestamp), which are left out.
+    """
     try:
         with open(path, "rb") as file:
             magic = file.read(len(NPY_MAGIC))
@@ -48,7 +56,7 @@ def read_examples(path: Path, input_shape: tuple[int, ...], dtype: str) -> np.nd
         ):  # out of the dtype's range: refused below
             x = x.astype(dtype)
         return _finite(x, str(path))
-    values, rows, columns = read_csv(path)
+    values, rows, columns = read_csv(path, features)
     size = math.prod(input_shape)
     if values.shape[1] != size:
         raise HierflError(
@@ -68,12 +76,14 @@ def read_examples(path: Path, input_shape: tuple[int, ...], dtype: str) -> np.nd
     return x.reshape(len(x), *input_shape)
 
 
-def read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str]]:
-    """`(values [rows, columns] float64, each row's number in the file, each column's name)` of a CSV file."""
+def read_csv(path: Path, features: Sequence[str] = ()) -> tuple[np.ndarray, list[int], list[str]]:
+    """`(values [rows, columns] float64, each row's number in the file, each column's name)` of
+    a CSV file: all its columns, or, when it has a header, the named `features` in order."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     values: list[list[float]] = []
     rows: list[int] = []
     names: list[str] | None = None
+    keep: list[int] | None = None  # the columns read, when the header names the features
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             reader = csv.reader(file, delimiter=delimiter)
@@ -81,9 +91,16 @@ def read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str]]:
                 row = reader.line_num
                 if not any(cell.strip() for cell in cells):
                     continue  # a blank line
+                if keep is not None:
+                    if len(cells) != len(names):
+                        raise HierflError(
+                            f"{path}, row {row}: {len(cells)} columns, the header has {len(names)}"
+                        )
+                    cells = [cells[j] for j in keep]
                 numbers = [_number(cell) for cell in cells]
                 if not values and names is None and None in numbers:
                     names = [cell.strip() for cell in cells]  # the header row
+                    keep = _feature_columns(path, names, features)
                     continue
                 if None in numbers:
                     column = numbers.index(None)
@@ -108,9 +125,24 @@ def read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str]]:
         raise HierflError(
             f"{path}: no rows of numbers (one example per row, numbers separated by '{delimiter}')"
         )
+    if keep is not None:
+        names = [names[j] for j in keep]
     if names is not None and len(names) != len(values[0]):
         names = None  # a header that does not fit the rows names nothing
     return np.array(values), rows, [_column(j, names) for j in range(len(values[0]))]
+
+
+def _feature_columns(path: Path, header: list[str], features: Sequence[str]) -> list[int] | None:
+    """The header's indices of `features` (None when there are none to pick)."""
+    if not features:
+        return None
+    missing = [name for name in features if name not in header]
+    if missing:
+        raise HierflError(
+            f"{path}: no column {missing[0]!r}; the model reads {', '.join(features)} "
+            f"(the header has: {', '.join(header)})"
+        )
+    return [header.index(name) for name in features]
 
 
 def as_examples(x: np.ndarray, input_shape: tuple[int, ...], source: str) -> np.ndarray:

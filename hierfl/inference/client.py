@@ -79,6 +79,8 @@ class ServerInfo(NamedTuple):
     stats: dict[str, int]
     checksum: str
     output_names: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    """The named input columns, in order, when the model was trained on named columns."""
 
     @classmethod
     def from_reply(cls, info: dict[str, Any]) -> ServerInfo:
@@ -98,6 +100,7 @@ class ServerInfo(NamedTuple):
                 stats=info.get("stats") or {},
                 checksum=info.get("checksum", ""),
                 output_names=tuple(info.get("output_names") or ()),
+                features=tuple((info.get("preprocessing") or {}).get("features") or ()),
             )
         except (KeyError, TypeError) as err:
             raise InferenceError(f"malformed info reply (missing {err})") from None

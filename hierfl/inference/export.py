@@ -56,6 +56,16 @@ A task missing here is exported with its description only.
 """
 
 
+def preprocessing(task: Task) -> dict[str, Any]:
+    """What a caller does to raw data before sending it: the bundled task's constants, or
+    for a user's task its description and, when its loader reads named columns, their
+    names (`features`), so `hierfl predict` picks them out of a CSV file by its header."""
+    if task.name in PREPROCESSING and not task.reads_files:
+        return PREPROCESSING[task.name]
+    features = getattr(task.loader, "features", None)
+    return {"description": task.description, **({"features": list(features)} if features else {})}
+
+
 def export_model(
     model: Model,
     params: Params,
@@ -103,7 +113,7 @@ def export_model(
         input_dtype=INPUT_DTYPE,
         output_shape=tuple(int(d) for d in out_aval.shape[1:]),
         platforms=tuple(exported.platforms),
-        preprocessing=PREPROCESSING.get(task.name, {"description": task.description}),
+        preprocessing=preprocessing(task),
         metrics=dict(metrics or {}),
         run=dict(run or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

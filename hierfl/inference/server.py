@@ -185,6 +185,7 @@ class InferenceServer:
             "input_dtype": meta.input_dtype,
             "output_shape": list(meta.output_shape),
             "output_names": list(meta.output_names),
+            "preprocessing": _plain(meta.preprocessing),
             "metrics": _plain(meta.metrics),
             "platform": self._platform,
             "max_batch": self.config.max_batch,

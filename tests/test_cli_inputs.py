@@ -106,3 +106,18 @@ def test_files_that_are_neither_arrays_nor_csv_text(tmp_path):
         read_examples(binary, SHAPE, "float32")
     with pytest.raises(HierflError, match="missing.csv: cannot read examples"):
         read_examples(tmp_path / "missing.csv", SHAPE, "float32")
+
+
+def test_a_model_of_named_columns_takes_them_from_the_header_in_its_order(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_text("when,b,label,a\n2026-01-01,2.5,ok,1\n2026-01-02,-1,failure,0.5\n")
+    x = read_examples(path, (2,), "float32", features=("a", "b"))
+    np.testing.assert_array_equal(x, np.array([[1.0, 2.5], [0.5, -1.0]], np.float32))
+    with pytest.raises(HierflError) as missing:
+        read_examples(path, (3,), "float32", features=("a", "b", "c"))
+    assert str(missing.value) == (
+        f"{path}: no column 'c'; the model reads a, b, c (the header has: when, b, label, a)"
+    )
+    path.write_text("b,label,a\n2.5,ok,x\n")
+    with pytest.raises(HierflError, match=r"row 2, column 3 \('a'\): 'x' is not a number"):
+        read_examples(path, (2,), "float32", features=("a", "b"))

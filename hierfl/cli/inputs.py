@@ -104,8 +104,9 @@ def read_csv(path: Path, features: Sequence[str] = ()) -> tuple[np.ndarray, list
                     continue
                 if None in numbers:
                     column = numbers.index(None)
+                    where = _column(column if keep is None else keep[column], names)
                     raise HierflError(
-                        f"{path}, row {row}, {_column(column, names)}: {cells[column].strip()!r} is not a number"
+                        f"{path}, row {row}, {where}: {cells[column].strip()!r} is not a number"
                     )
                 if values and len(numbers) != len(values[0]):
                     raise HierflError(

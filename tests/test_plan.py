@@ -318,3 +318,31 @@ def test_make_plan_refuses_unknown_names_as_load_topology_does(override, problem
         make_plan(changed)
     assert caught.value.problems[0].startswith(problem), caught.value.problems
     assert caught.value.source == "demo"
+
+
+@pytest.mark.parametrize("preset", ["demo", "bearing"])
+def test_one_plant_is_exactly_its_part_of_the_plan(preset):
+    from hierfl.data.plan import held_out_examples, one_plant, plant_counts
+
+    topology = load_topology(preset)
+    plan = make_plan(topology)
+    for index, plant in enumerate(topology.plants):
+        devices, test = one_plant(topology, index)
+        first = plant.devices[0].index
+        assert len(devices) == plant.num_devices
+        for offset, (x, y) in enumerate(devices):
+            d = first + offset
+            count = plan.shards.counts[d]
+            assert len(y) == count
+            np.testing.assert_array_equal(x, plan.shards.x[d, :count])
+            np.testing.assert_array_equal(y, plan.shards.y[d, :count])
+        mine = plan.test.plant == index
+        np.testing.assert_array_equal(test.x, plan.test.x[mine])
+        np.testing.assert_array_equal(test.y, plan.test.y[mine])
+        assert set(test.plant.tolist()) == {index}
+        held_out = held_out_examples(topology, [index])
+        np.testing.assert_array_equal(held_out.y, plan.test.y[mine])
+        counts = plant_counts(topology, index, devices)
+        span = slice(first, first + plant.num_devices)
+        np.testing.assert_array_equal(counts[span], plan.shards.counts[span])
+        assert counts.sum() == sum(len(y) for _, y in devices)

@@ -350,7 +350,8 @@ def run_device(args: argparse.Namespace) -> int:
         raise HierflError(err.args[0]) from None
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the device's state")
-    setup = device_setup(topology, _data_template(topology, args.data))
+    plant = topology.device(args.device_id).plant
+    setup = device_setup(topology, plant, _data_template(topology, args.data))
     try:
         node = DeviceNode(
             topology,

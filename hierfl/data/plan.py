@@ -22,6 +22,7 @@ import numpy as np
 from hierfl.data import device_files, partition
 from hierfl.data.loading import check_names, topology_task
 from hierfl.data.tasks import PlantData, PlantRequest, Task
+from hierfl.data.tasks.base import plant_data
 from hierfl.errors import DataError
 from hierfl.topology import DataSpec, Line, Plant, Topology
 
@@ -82,37 +83,77 @@ def make_plan(topology: Topology) -> Plan:
     if task.reads_files:
         devices, tests = device_files.read_all(topology, task)
         return Plan(topology, task, device_edge, pad_shards(devices), stack_test_sets(tests))
-    seed = topology.federation.seed
     check_plant_classes(topology, task)
-    requests = [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
+    requests = plant_requests(topology, task)
+    made = task.make_plant_data(requests, topology.test_fraction, topology.federation.seed)
     device_parts: list[tuple[np.ndarray, np.ndarray]] = []
     test_sets: list[tuple[np.ndarray, np.ndarray]] = []
-    plant_data = task.make_plant_data(requests, topology.test_fraction, seed)
     # One plant's pool at a time: it is divided into device shards and then released.
-    for index, (plant, data) in enumerate(zip(topology.plants, plant_data, strict=True)):
-        device_parts.extend(
-            divide_plant(plant, data, np.random.default_rng([seed, 4, index]), task.strata)
-        )
+    for index, data in enumerate(made):
+        device_parts.extend(plant_devices(topology, task, index, data))
         test_sets.append((data.x_test, data.y_test))
         del data
     return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
 
 
+def plant_requests(topology: Topology, task: Task) -> list[PlantRequest]:
+    return [plant_request(plant, index, task) for index, plant in enumerate(topology.plants)]
+
+
+def plant_devices(
+    topology: Topology, task: Task, index: int, data: PlantData
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's (x, y) of plant number `index`, from the plant's data, as `make_plan`
+    divides it (deterministic in the seed and the plant's index alone)."""
+    rng = np.random.default_rng([topology.federation.seed, 4, index])
+    return divide_plant(topology.plants[index], data, rng, task.strata)
+
+
+def one_plant(
+    topology: Topology, index: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], TestSet]:
+    """Plant number `index`'s part of the plan of a task that generates its data: its devices'
+    (x, y), in device order, and its test set; exactly the plan's, without the other plants'
+    data (made only where the task cannot make one plant's alone: `tasks.base.plant_data`)."""
+    check_names(topology)
+    task = topology_task(topology)
+    check_plant_classes(topology, task)
+    data = plant_data(
+        task,
+        plant_requests(topology, task),
+        index,
+        topology.test_fraction,
+        topology.federation.seed,
+    )
+    test = stack_test_sets([(data.x_test, data.y_test)])
+    return plant_devices(topology, task, index, data), TestSet(
+        test.x, test.y, np.full(len(test.y), index, np.int32)
+    )
+
+
+def plant_counts(topology: Topology, index: int, devices: Sequence[tuple]) -> np.ndarray:
+    """Every device's example count, `[devices]` int32, with plant number `index`'s devices'
+    from `devices` (their (x, y)) and the others' zero (a plant's nodes know no more)."""
+    counts = np.zeros(topology.num_devices, np.int32)
+    first = topology.plants[index].devices[0].index
+    counts[first : first + len(devices)] = [len(y) for _, y in devices]
+    return counts
+
+
 def held_out_examples(topology: Topology, plants: Sequence[int] | None = None) -> TestSet:
     """The held-out examples of the plants at indices `plants` (all by default), tagged with
-    their plant index. A task that reads files reads only those plants' test data; a task
-    that generates its data builds the plan (its plants' test sets come from one split)."""
+    their plant index: each plant's test data file, or its part of a generated plan."""
     task = topology_task(topology)
     chosen = range(len(topology.plants)) if plants is None else plants
-    if not task.reads_files:
-        test = make_plan(topology).test
-        mine = np.isin(test.plant, list(chosen))
-        return TestSet(test.x[mine], test.y[mine], test.plant[mine])
-    parts = [device_files.read_plant_test(topology, task, topology.plants[i]) for i in chosen]
+    if task.reads_files:
+        parts = [device_files.read_plant_test(topology, task, topology.plants[i]) for i in chosen]
+        sets = [TestSet(p.x, p.y, np.full(len(p.y), i, np.int32)) for i, p in zip(chosen, parts)]
+    else:
+        sets = [one_plant(topology, i)[1] for i in chosen]
     return TestSet(
-        x=np.concatenate([p.x for p in parts]).astype(np.float32),
-        y=np.concatenate([p.y for p in parts]),
-        plant=np.concatenate([np.full(len(p.y), i, np.int32) for i, p in zip(chosen, parts)]),
+        x=np.concatenate([s.x for s in sets]).astype(np.float32),
+        y=np.concatenate([s.y for s in sets]),
+        plant=np.concatenate([s.plant for s in sets]),
     )
 
 

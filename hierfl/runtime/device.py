@@ -39,7 +39,7 @@ from hierfl.data.loading import topology_task
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys
-from hierfl.runtime.device_data import OwnFiles, PlanShards, device_data_source
+from hierfl.runtime.device_data import OwnFiles, PlanShards, PlantShards, device_data_source
 from hierfl.runtime.device_modes import NoVariate, PlainUpload, SecureUpload, VariateMemory
 from hierfl.runtime.node import (
     CurveKeys,
@@ -70,16 +70,17 @@ class DeviceSetup:
     so they compile one training step between them.
     """
 
-    data: OwnFiles | PlanShards
+    data: OwnFiles | PlantShards | PlanShards
     net: NodeModel
     step: Callable[..., DeviceOutput]
     dp: DpConfig | None
 
 
-def device_setup(topology: Topology, data: str | None = None) -> DeviceSetup:
-    """Builds the data source, the model and the training step (traced on its first call,
-    compiled once). `data` is the `--data` path template given on this machine, if any."""
-    source = device_data_source(topology, topology_task(topology), data)
+def device_setup(topology: Topology, plant: str, data: str | None = None) -> DeviceSetup:
+    """Builds the data source of devices of `plant`, the model and the training step (traced
+    on its first call, compiled once). `data` is the `--data` path template given on this
+    machine, if any."""
+    source = device_data_source(topology, topology_task(topology), plant, data)
     net = node_model(topology, source.counts)
     dp = DpConfig.of(topology)
     step = jax.jit(
@@ -121,7 +122,7 @@ class DeviceNode:
         self.runtime = topology.runtime
         check_keys(self.runtime, keys)
         self.log = node_logger(device_id)
-        setup = setup or device_setup(topology)
+        setup = setup or device_setup(topology, self.device.plant)
         self.net, self.step, self.dp = setup.net, setup.step, setup.dp
         x, y, count = setup.data.examples(self.device)
         steps = jnp.int32(topology.device_steps[self.device.index])

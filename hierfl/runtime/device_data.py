@@ -4,9 +4,12 @@ Chosen once at start-up by `device_data_source`:
 - `OwnFiles` (a task that reads files): each device reads only its own path (the topology's
   template, or the `--data` template given on its machine) when it is created. The other
   devices' example counts are not known here (`counts` is None).
-- `PlanShards` (a bundled task that generates its data): the simulator's plan, so every
-  device trains on exactly the examples the simulator gives it; `counts` are every
-  device's (FedNova, secure aggregation and SCAFFOLD use them).
+- `PlantShards` (a bundled task that generates its data): the plant's part of the
+  simulator's plan (`plan.one_plant`), so every device trains on exactly the examples the
+  simulator gives it, and no process makes other plants' data; `counts` hold the plant's
+  devices' (secure aggregation's weight bound), the others' zero.
+- `PlanShards`: the whole plan, where the device's step needs every device's count
+  (FedNova's effective steps).
 
 `examples(device)` gives `(x, y, count)`: x and y padded with zeros past `count`. Local
 training reads only the first `count` rows and draws their order from per-index random
@@ -21,9 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from hierfl.data.device_files import read_device
-from hierfl.data.plan import make_plan
+from hierfl.data.plan import make_plan, one_plant, pad_shards, plant_counts
 from hierfl.data.tasks.base import Task
 from hierfl.topology import Device, Topology
+
+STEP_NEEDS_EVERY_COUNT = ("fednova",)
+"""Algorithms whose device step is built from every device's example count."""
 
 
 class OwnFiles:
@@ -41,6 +47,20 @@ class OwnFiles:
         count = len(read.y)
         length = 1 << (count - 1).bit_length()
         return _padded(read.x, length), _padded(read.y, length), count
+
+
+class PlantShards:
+    """The examples of the devices of plant number `index` (a task that generates its data)."""
+
+    def __init__(self, topology: Topology, index: int):
+        devices, _ = one_plant(topology, index)
+        self.first = topology.plants[index].devices[0].index
+        self.shards = pad_shards(devices)
+        self.counts = plant_counts(topology, index, devices)
+
+    def examples(self, device: Device) -> tuple[np.ndarray, np.ndarray, int]:
+        i = device.index - self.first
+        return self.shards.x[i], self.shards.y[i], int(self.shards.counts[i])
 
 
 class PlanShards:
@@ -64,7 +84,11 @@ def _padded(a: np.ndarray, length: int) -> np.ndarray:
 
 
 def device_data_source(
-    topology: Topology, task: Task, override: str | None = None
-) -> OwnFiles | PlanShards:
-    """The source for this topology's task (`override`: the `--data` path template)."""
-    return OwnFiles(topology, task, override) if task.reads_files else PlanShards(topology)
+    topology: Topology, task: Task, plant: str, override: str | None = None
+) -> OwnFiles | PlantShards | PlanShards:
+    """The source for devices of `plant` (`override`: the `--data` path template)."""
+    if task.reads_files:
+        return OwnFiles(topology, task, override)
+    if topology.federation.algorithm in STEP_NEEDS_EVERY_COUNT:
+        return PlanShards(topology)
+    return PlantShards(topology, topology.plant_names.index(plant))

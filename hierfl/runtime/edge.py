@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from hierfl.data.plan import held_out_examples, make_plan
+from hierfl.data.plan import held_out_examples, one_plant, plant_counts
 from hierfl.runtime import protocol
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
@@ -77,10 +77,13 @@ class EdgeNode:
         self.net = net = node_model(topology)
         self.devices = frozenset(device.id for device in self.plant.devices)
         self.members, self.counters = Membership(runtime.heartbeat_timeout), Counters()
-        plan = functools.cache(lambda: make_plan(topology))  # built once, if a mode needs it
+        # Secure aggregation's weight bound: the plant's devices' counts (its part of the plan).
+        counts = functools.cache(
+            lambda: plant_counts(topology, self.index, one_plant(topology, self.index)[0])
+        )
         variates = edge_variates(net, len(self.devices))
         self.rounds = edge_rounds(
-            topology, self.plant, net, variates, plan, self.log, self.counters
+            topology, self.plant, net, variates, counts, self.log, self.counters
         )
         self.uplink = edge_uplink(
             topology,

@@ -24,7 +24,6 @@ import numpy as np
 
 from hierfl.core import steps
 from hierfl.core.steps import aligned_zeros
-from hierfl.data.plan import Plan
 from hierfl.errors import SecAggError
 from hierfl.kernels import Codec
 from hierfl.privacy.config import DpConfig
@@ -68,14 +67,15 @@ def edge_rounds(
     plant: Plant,
     net: NodeModel,
     variates: VariateSums | NoVariates,
-    plan: Callable[[], Plan],
+    counts: Callable[[], np.ndarray],
     log: logging.Logger,
     counters: Counters,
 ) -> EdgeRounds:
-    """The plant's mode of collecting; `plan()` builds the plan (secure aggregation's counts)."""
+    """The plant's mode of collecting; `counts()` gives the devices' example counts (secure
+    aggregation's weight bound: the plant's own, the others' zero)."""
     index = topology.plant_names.index(plant.name)
     if topology.privacy.secure_aggregation:
-        return SecureRounds(topology, plant, net, plan().shards.counts, index, log, counters)
+        return SecureRounds(topology, plant, net, counts(), index, log, counters)
     return PlainRounds(topology, plant, net, variates, index)
 
 

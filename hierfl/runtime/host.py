@@ -76,7 +76,7 @@ class DeviceHost:
     ):
         self.context = zmq.Context()
         self.context.max_sockets = max(self.context.max_sockets, len(devices) + SPARE_SOCKETS)
-        setup = device_setup(topology, data)
+        setup = device_setup(topology, devices[0].plant, data)
         self.nodes = []
         for device in devices:
             try:

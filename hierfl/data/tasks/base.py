@@ -16,7 +16,8 @@ which stratified splits and Dirichlet label skew work on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -129,6 +130,34 @@ def target_bins(num_bins: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 MakePlantData = Callable[[Sequence[PlantRequest], float, int], Iterable[PlantData]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerPlant:
+    """A task's data made for each plant on its own, by `one(request, test_fraction, seed)`.
+
+    Called like any `MakePlantData` (one plant after the other, lazily); `plant_data` makes
+    one plant's alone, which is all a device process of that plant needs.
+    """
+
+    one: Callable[[PlantRequest, float, int], PlantData]
+
+    def __call__(
+        self, requests: Sequence[PlantRequest], test_fraction: float, seed: int
+    ) -> Iterator[PlantData]:
+        return (self.one(request, test_fraction, seed) for request in requests)
+
+
+def plant_data(
+    task: Task, requests: Sequence[PlantRequest], index: int, test_fraction: float, seed: int
+) -> PlantData:
+    """Plant `index`'s data alone: made on its own where the task makes each plant's so
+    (`PerPlant`), else taken from the whole federation's (a fixed pool divided among the
+    plants, which needs every plant's request)."""
+    make = task.make_plant_data
+    if isinstance(make, PerPlant):
+        return make.one(requests[index], test_fraction, seed)
+    return next(itertools.islice(make(requests, test_fraction, seed), index, None))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,25 +12,16 @@ window's envelope (`EnvelopeCNN`) learns them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from hierfl.data.tasks import bearing_data
-from hierfl.data.tasks.base import PlantData, PlantRequest, Task, stratified_test_split
+from hierfl.data.tasks.base import PerPlant, PlantData, PlantRequest, Task, stratified_test_split
 from hierfl.data.tasks.models import EnvelopeCNN
 
 DEFAULT_SAMPLES_PER_DEVICE = 48
 WINDOW = 2048
 """Samples per window: 171 ms at 12 kHz, several shaft turns, so the fault rate is visible."""
-
-
-def make_plant_data(
-    requests: Sequence[PlantRequest], test_fraction: float, seed: int
-) -> Iterator[PlantData]:
-    """Generates each plant's machines and windows, one plant at a time; `test_fraction` held out."""
-    for request in requests:
-        yield _plant_data(request, test_fraction, seed)
 
 
 def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> PlantData:
@@ -67,6 +58,6 @@ TASK = Task(
     class_names=bearing_data.CLASSES,
     models={"cnn1d": lambda rngs: EnvelopeCNN(len(bearing_data.CLASSES), rngs=rngs)},
     default_model="cnn1d",
-    make_plant_data=make_plant_data,
+    make_plant_data=PerPlant(_plant_data),
     default_samples_per_device=DEFAULT_SAMPLES_PER_DEVICE,
 )

@@ -14,12 +14,12 @@ Stratified splits and Dirichlet skew work on 5 RUL bins (quantiles of the target
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from hierfl.data.tasks import bearing_rul_data
 from hierfl.data.tasks.base import (
+    PerPlant,
     PlantData,
     PlantRequest,
     Task,
@@ -35,14 +35,6 @@ WINDOW = 2048
 RUL_SCALE = bearing_rul_data.RECORD_HOURS
 """The network learns RUL / RUL_SCALE (in (0, 1]); the model's output is multiplied back to hours."""
 RUL_BINS = 5
-
-
-def make_plant_data(
-    requests: Sequence[PlantRequest], test_fraction: float, seed: int
-) -> Iterator[PlantData]:
-    """Each plant's training machines' windows and its held-out test machines' windows."""
-    for request in requests:
-        yield _plant_data(request, test_fraction, seed)
 
 
 def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> PlantData:
@@ -87,7 +79,7 @@ TASK = Task(
     class_names=(),
     models={"cnn1d": lambda rngs: ScaledOutput(EnvelopeCNN(1, rngs=rngs), RUL_SCALE)},
     default_model="cnn1d",
-    make_plant_data=make_plant_data,
+    make_plant_data=PerPlant(_plant_data),
     default_samples_per_device=DEFAULT_SAMPLES_PER_DEVICE,
     example_loss=unit_squared_error,
     metrics=(rmse(unit="h", what="RUL"), mae(unit="h", what="RUL")),

@@ -14,25 +14,16 @@ from the lines' partitions (e.g. dirichlet).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from hierfl.data.tasks import steel_defects_data
-from hierfl.data.tasks.base import PlantData, PlantRequest, Task, stratified_test_split
+from hierfl.data.tasks.base import PerPlant, PlantData, PlantRequest, Task, stratified_test_split
 from hierfl.data.tasks.models import SurfaceCNN
 
 DEFAULT_SAMPLES_PER_DEVICE = 64
 SIZE = steel_defects_data.SIZE
 _SPLIT = 8  # purpose of the test-split stream: default_rng([seed, _SPLIT, plant_index])
-
-
-def make_plant_data(
-    requests: Sequence[PlantRequest], test_fraction: float, seed: int
-) -> Iterator[PlantData]:
-    """Generates each plant's images, one plant at a time; `test_fraction` of each class held out."""
-    for request in requests:
-        yield _plant_data(request, test_fraction, seed)
 
 
 def _plant_data(request: PlantRequest, test_fraction: float, seed: int) -> PlantData:
@@ -63,6 +54,6 @@ TASK = Task(
     class_names=steel_defects_data.CLASSES,
     models={"cnn": lambda rngs: SurfaceCNN(len(steel_defects_data.CLASSES), rngs=rngs)},
     default_model="cnn",
-    make_plant_data=make_plant_data,
+    make_plant_data=PerPlant(_plant_data),
     default_samples_per_device=DEFAULT_SAMPLES_PER_DEVICE,
 )

@@ -20,8 +20,9 @@ rise of its peak RSS (VmHWM) over its RSS just before the read: what the OS gave
 pyarrow's allocations included (tracemalloc does not see them), and memory pyarrow's allocator
 kept after freeing it. `x final` is that rise over the bytes of the final x and y.
 
-Part 2, a device's start-up time and memory, is to be added: its section is marked below, and
-`main` calls it where marked, on the same files.
+Part 2, a device host's start-up data and memory on the `large` preset: the whole plan, as
+every device process built it before, against its own plant's part only, as it does now
+(the same rows either way).
 The last stdout line is the whole result as one JSON object.
 """
 
@@ -126,11 +127,16 @@ def child(reader: str, fmt: str, path: Path) -> None:
 
 
 def run_child(reader: str, fmt: str, path: Path) -> dict:
+    return run_command(["--child", reader, fmt, str(path)])
+
+
+def run_command(arguments: list[str]) -> dict:
+    """Runs this program with `arguments` in a fresh process; its last line, as JSON."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, __file__, "--child", reader, fmt, str(path)]
+    command = [sys.executable, __file__, *arguments]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -177,10 +183,67 @@ def print_loaders(result: dict, rows: int) -> None:
             )
 
 
-# --- Part 2: a device's start-up time and memory (to be added) -----------------------------
-# From a device process's start to its first local step, and its peak memory, per loader on
-# the files above: a function here returning a dict for result["startup"] and printing its
-# table, called from main() at the marked line.
+# --- Part 2: a device host's start-up data and memory, before and after ---------------------
+# A device host of the `large` preset (bearing-fault, 10 plants x 104 devices) gets its
+# devices' examples. Before this change every device process built the whole federation's
+# plan (all 10 plants' vibration windows) and kept its own rows; now it makes only its own
+# plant's (`PlantShards`, `plan.one_plant`), exactly the plan's part. Each in a fresh
+# child process, the two taking turns, best time of `--repeat`, peak RSS rise as in Part 1.
+
+STARTUP = {
+    "before": "the whole plan (make_plan), as each device process built it before",
+    "after": "its own plant only (plan.one_plant), as a device host does now",
+}
+
+
+def startup_child(how: str) -> None:
+    """Makes a device host's data for plant-00 of `large` the `how` way; prints seconds and peak rise."""
+    from hierfl.data.loading import load_topology
+    from hierfl.runtime.device_data import PlanShards, PlantShards
+
+    topology = load_topology("large")
+    reset_peak()
+    held = memory_status("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    started = time.perf_counter()
+    source = PlanShards(topology) if how == "before" else PlantShards(topology, 0)
+    rows = sum(source.examples(d)[2] for d in topology.plants[0].devices)
+    seconds = time.perf_counter() - started
+    peak = memory_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "rise": peak - held, "rows": int(rows)}))
+
+
+def startup(repeat: int) -> dict:
+    """Part 2: best seconds and peak rise of a device host's data, before and after."""
+    runs = {how: [] for how in STARTUP}
+    for _ in range(repeat):
+        for how in runs:
+            runs[how].append(run_command(["--startup-child", how]))
+    result = {}
+    for how, measured in runs.items():
+        assert len({m["rows"] for m in measured}) == 1
+        result[how] = {
+            "seconds": min(m["seconds"] for m in measured),
+            "peak_rise_mb": max(m["rise"] for m in measured) / 1e6,
+            "rows": measured[0]["rows"],
+        }
+    assert result["before"]["rows"] == result["after"]["rows"]  # the same examples, made two ways
+    result["speedup"] = result["before"]["seconds"] / result["after"]["seconds"]
+    result["memory_ratio"] = result["before"]["peak_rise_mb"] / result["after"]["peak_rise_mb"]
+    return result
+
+
+def print_startup(result: dict) -> None:
+    print(
+        "\nA device host of plant-00 of `large` (104 devices of 10 plants x 104) gets its examples:"
+    )
+    print(f"{'how':<72} {'seconds':>8} {'peak MB':>8}")
+    for how, label in STARTUP.items():
+        m = result[how]
+        print(f"{label:<72} {m['seconds']:>8.2f} {m['peak_rise_mb']:>8.0f}")
+    print(
+        f"now {result['speedup']:.1f}x faster with {result['memory_ratio']:.1f}x less peak memory "
+        f"({result['after']['rows']:,} training rows either way)"
+    )
 
 
 def main() -> None:
@@ -196,7 +259,12 @@ def main() -> None:
     parser.add_argument(
         "--child", nargs=3, metavar=("READER", "FORMAT", "PATH"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--startup-child", choices=tuple(STARTUP), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-startup", action="store_true", help="Part 1 only")
     args = parser.parse_args()
+    if args.startup_child:
+        startup_child(args.startup_child)
+        return
     if args.child:
         reader, fmt, path = args.child
         child(reader, fmt, Path(path))
@@ -216,7 +284,9 @@ def main() -> None:
         result["loaders"] = loaders(paths, rows, args.repeat)
         print_loaders(result["loaders"], rows)
         sys.stdout.flush()
-        # Part 2 (device start-up time and memory) runs here, on the same files.
+    if not args.skip_startup:
+        result["startup"] = startup(args.repeat)
+        print_startup(result["startup"])
 
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

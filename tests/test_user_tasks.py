@@ -377,3 +377,24 @@ def test_a_launch_trains_without_the_device_whose_data_is_bad_and_the_metrics_na
 def test_a_hierfl_error_is_what_a_bad_project_raises(tmp_path):
     with pytest.raises(HierflError):
         load_topology(write_project(tmp_path, task="gauge_tasks:nothing"))
+
+
+def test_a_device_may_say_where_its_own_data_is(tmp_path):
+    path = write_project(tmp_path)
+    moved = tmp_path / "elsewhere" / "g1.csv"
+    moved.parent.mkdir()
+    os.replace(tmp_path / "data" / "plant-b" / "line-1" / "gauge-1.csv", moved)
+    text = path.read_text().replace(
+        'devices = ["gauge-1"]', f'devices = [{{ name = "gauge-1", data = "{moved}" }}]'
+    )
+    path.write_text(text)
+    topology = load_topology(path)
+    device = topology.device("plant-b/line-1/gauge-1")
+    assert topology.data_path(device) == str(moved)
+    assert make_plan(topology).shards.counts.tolist() == [10, 15, 20]
+    path.write_text(text.replace(f'data = "{moved}"', 'data = "x/{machine}.csv", colour = 1'))
+    assert problems(path) == (
+        "plants[1].lines[0].devices[0].colour: unknown key (allowed: data, name)",
+        "plants[1].lines[0].devices[0].data: unknown placeholder {machine} in 'x/{machine}.csv' "
+        "(use {plant}, {line}, {device})",
+    )

@@ -444,6 +444,9 @@ class Device:
     plant: str
     line: str
     index: int
+    data: str | None = None
+    """Where this device's data is, when it says so itself (`{ name = ..., data = ... }` in
+    its line's `devices`); else its line's `path` template applies."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -722,7 +725,7 @@ class Topology:
 
     def data_path(self, device: Device) -> str | None:
         """Where `device`'s data is (its line's `path` template filled in), None if generated."""
-        template = self.line_of(device).data.path
+        template = device.data or self.line_of(device).data.path
         if template is None:
             return None
         return fill_template(template, plant=device.plant, line=device.line, device=device.name)

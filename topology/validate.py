@@ -111,6 +111,8 @@ class _LineDraft(NamedTuple):
     """A count from `devices = N` (named when assembled) or the listed names; () if invalid."""
     data: DataSpec | None
     local_steps: int | None = None
+    paths: Mapping[str, str] = {}
+    """The data paths of the devices listed as tables with their own `data`, by name."""
 
 
 class _PlantDraft(NamedTuple):
@@ -209,7 +211,14 @@ def assemble_plants(
             names = device_names(line.devices) if isinstance(line.devices, int) else line.devices
             for name in names:
                 devices.append(
-                    Device(f"{draft.name}/{line.name}/{name}", name, draft.name, line.name, index)
+                    Device(
+                        f"{draft.name}/{line.name}/{name}",
+                        name,
+                        draft.name,
+                        line.name,
+                        index,
+                        data=line.paths.get(name),
+                    )
                 )
                 index += 1
             lines.append(Line(line.name, tuple(devices), line.data, line.local_steps))
@@ -753,9 +762,39 @@ def _read_line(table: Any, path: str, defaults: DataSpec, problems: list[str]) -
         problems.append(f"{path}: expected a table, got {describe(table)}")
         return _LineDraft(None, (), None)
     values = _read_fields(table, path, LINE_FIELDS, problems, structural=("devices", "data"))
-    names = _read_devices(table.get("devices", REQUIRED), f"{path}.devices", problems)
+    entries, paths = _device_entries(table.get("devices", REQUIRED), f"{path}.devices", problems)
+    names = _read_devices(entries, f"{path}.devices", problems)
     data = _read_line_data(table.get("data", {}), f"{path}.data", defaults, problems)
-    return _LineDraft(values["name"], names, data, values["local_steps"])
+    return _LineDraft(values["name"], names, data, values["local_steps"], paths)
+
+
+def _device_entries(value: Any, path: str, problems: list[str]) -> tuple[Any, dict[str, str]]:
+    """`devices` with each `{ name = "...", data = "..." }` entry replaced by its name, and
+    the data path of each device that gives its own (a template over {plant}, {line}, {device})."""
+    if not isinstance(value, list):
+        return value, {}
+    names, paths = [], {}
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            names.append(entry)
+            continue
+        problems += [
+            unknown_key(f"{path}[{i}].{key}", key, ("data", "name"))
+            for key in entry
+            if key not in ("data", "name")
+        ]
+        name, data = entry.get("name", REQUIRED), entry.get("data")
+        if name is REQUIRED:
+            problems.append(f"{path}[{i}].name: missing required key")
+            name = None
+        if data is not None and (not isinstance(data, str) or not data):
+            problems.append(f"{path}[{i}].data: expected a path, got {describe(data)}")
+        elif data is not None:
+            problems += _template_problems(f"{path}[{i}].data", data, DEVICE_PATH_KEYS)
+            if isinstance(name, str):
+                paths[name] = data
+        names.append(name)
+    return names, paths
 
 
 def _read_line_data(table: Any, path: str, defaults: DataSpec, problems: list[str]) -> DataSpec:

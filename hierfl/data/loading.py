@@ -93,11 +93,18 @@ def model_output_shape(task: Task, name: str) -> tuple[int, ...]:
     return tuple(jax.eval_shape(forward).shape[1:])
 
 
+def _line_path(line) -> str | None:
+    """The line's path template, or, when each of its devices gives its own, the first of those."""
+    if line.data.path is not None or not all(device.data for device in line.devices):
+        return line.data.path
+    return line.devices[0].data
+
+
 def _data_problems(topology: Topology, task: Task) -> list[str]:
     """Where the topology says data is, against where the task gets it (one problem per
     table that says it wrongly: `[data]` itself, or the line or plant that overrides it)."""
     lines = [
-        (f"plants[{p}].lines[{i}].data.path", line.data.path)
+        (f"plants[{p}].lines[{i}].data.path", _line_path(line))
         for p, plant in enumerate(topology.plants)
         for i, line in enumerate(plant.lines)
     ]

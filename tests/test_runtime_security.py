@@ -34,7 +34,7 @@ heartbeat_interval = 0.5
 [runtime.keys]
 cloud = "{cloud}"
 edges = {{ plant-a = "{edge}" }}
-devices = ["{device}"]
+devices = {devices}
 
 [[plants]]
 name = "plant-a"
@@ -50,8 +50,15 @@ def hierfl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(HIERFL), *args], capture_output=True, text=True, timeout=120)
 
 
+LISTED = '["{device}"]'
+"""Any listed key may connect as any device."""
+BOUND = '{{ "plant-a/line-1/dev-001" = "{device}", "plant-a/line-1/dev-002" = "{intruder}" }}'
+"""Each device its own key."""
+
+
 @pytest.fixture
-def secure_edge():
+def secure_edge(request):
+    devices = getattr(request, "param", LISTED)
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
     keys = folder / "keys"
     result = hierfl("keys", "generate", str(keys), "cloud", "plant-a", "device", "intruder")
@@ -59,12 +66,15 @@ def secure_edge():
     assert "public key" in result.stdout
     public = {
         name: zmq.auth.load_certificate(keys / f"{name}.key")[0].decode()
-        for name in ("cloud", "plant-a", "device")
+        for name in ("cloud", "plant-a", "device", "intruder")
     }
     topology = folder / "secure.toml"
     topology.write_text(
         TOPOLOGY.format(
-            dir=folder, cloud=public["cloud"], edge=public["plant-a"], device=public["device"]
+            dir=folder,
+            cloud=public["cloud"],
+            edge=public["plant-a"],
+            devices=devices.format(device=public["device"], intruder=public["intruder"]),
         )
     )
     log = folder / "edge.log"
@@ -129,6 +139,28 @@ def test_only_devices_with_listed_keys_get_through(secure_edge):
     assert secure_edge["process"].poll() is None
 
 
+@pytest.mark.parametrize("secure_edge", [BOUND], indirect=True)
+def test_a_device_bound_to_its_key_cannot_be_claimed_with_another_listed_key(secure_edge):
+    folder, keys = secure_edge["folder"], secure_edge["keys"]
+    server = zmq.auth.load_certificate(keys / "plant-a.key")[0]
+    own = ask_status(
+        folder, "plant-a/line-1/dev-001", keys / "device.key_secret", server, timeout_ms=60_000
+    )
+    assert own is not None and own["kind"] == "status", secure_edge["log"].read_text()
+    claimed = ask_status(
+        folder, "plant-a/line-1/dev-002", keys / "device.key_secret", server, timeout_ms=10_000
+    )
+    assert claimed is not None and claimed["kind"] == "rejected", claimed
+    assert claimed["reason"] == protocol.UNKNOWN_SENDER
+    assert "another peer claims its name" in claimed["detail"]
+    second = ask_status(
+        folder, "plant-a/line-1/dev-002", keys / "intruder.key_secret", server, timeout_ms=10_000
+    )
+    assert second is not None and second["kind"] == "status"
+    assert secure_edge["process"].poll() is None
+    assert "another peer claims its name" in secure_edge["log"].read_text()
+
+
 def test_a_node_of_a_secure_topology_needs_its_key(secure_edge):
     result = hierfl(
         "edge",
@@ -140,3 +172,27 @@ def test_a_node_of_a_secure_topology_needs_its_key(secure_edge):
     )
     assert result.returncode == 2
     assert "pass this node's --key" in result.stderr
+
+
+def test_a_key_bound_to_a_device_the_topology_lacks_is_a_problem(tmp_path):
+    from hierfl.topology import TopologyError, parse_topology
+
+    public = [zmq.curve_keypair()[0].decode() for _ in range(3)]
+    devices = f'{{ "plant-a/line-1/dev-009" = "{public[2]}", "plant-a/line-1" = "{public[2]}" }}'
+    text = TOPOLOGY.format(dir=tmp_path, cloud=public[0], edge=public[1], devices=devices)
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(text)
+    assert caught.value.problems == (
+        "runtime.keys.devices.plant-a/line-1: not a device id (plant/line/device)",
+    )
+    with pytest.raises(TopologyError) as unknown:
+        parse_topology(text.replace(', "plant-a/line-1" = "' + public[2] + '"', ""))
+    assert unknown.value.problems == (
+        'runtime.keys.devices."plant-a/line-1/dev-009": no device of that id in the topology',
+    )
+    known = text.replace("dev-009", "dev-002").replace(
+        ', "plant-a/line-1" = "' + public[2] + '"', ""
+    )
+    runtime = parse_topology(known).runtime
+    assert runtime.device_key_of == {"plant-a/line-1/dev-002": public[2]}
+    assert runtime.device_keys == (public[2],)

@@ -681,6 +681,9 @@ class Runtime:
     cloud_key: str | None = None
     edge_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
     device_keys: tuple[str, ...] = ()
+    device_key_of: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Device id -> its own key, when `[runtime.keys] devices` is a table: then a device's
+    messages are taken only over a connection made with its key."""
     devices_per_process: str | int = "auto"
 
     @property
@@ -882,7 +885,11 @@ def combination_problems(topology: Topology) -> list[str]:
     weighted means of a subtree and so need the mean rule at every tier, FedSGD takes
     exactly one full-batch step so lines cannot set their own `local_steps`.
     """
-    problems: list[str] = []
+    problems: list[str] = [
+        f'runtime.keys.devices."{device_id}": no device of that id in the topology'
+        for device_id in topology.runtime.device_key_of
+        if device_id not in topology._devices_by_id
+    ]
     federation = topology.federation
     senders = [("aggregation.cloud", topology.aggregation.cloud, len(topology.plants), "plants")]
     for i, plant in enumerate(topology.plants):

@@ -491,7 +491,8 @@ def _is_device_grouping(value: object) -> bool:
 def _read_runtime_keys(
     table: Any, plant_names: list[str | None], problems: list[str]
 ) -> dict[str, Any]:
-    """`[runtime.keys]`: `cloud` (one key), `edges` (plant -> key, every plant), `devices` (list)."""
+    """`[runtime.keys]`: `cloud` (one key), `edges` (plant -> key, every plant), `devices` (a
+    list of keys any device may use, or a table of device id -> that device's own key)."""
     path = "runtime.keys"
     if not isinstance(table, dict):
         problems.append(f"{path}: expected a table, got {describe(table)}")
@@ -525,16 +526,30 @@ def _read_runtime_keys(
             problems.append(f"{path}.edges.{name}: no plant of that name")
         _check_curve_key(key, f"{path}.edges.{name}", problems)
     devices = table.get("devices", [])
+    bound = dict(devices) if isinstance(devices, dict) else {}
+    if isinstance(devices, dict):
+        for device_id, key in bound.items():
+            if len(device_id.split("/")) != 3:
+                problems.append(f"{path}.devices.{device_id}: not a device id (plant/line/device)")
+            _check_curve_key(key, f'{path}.devices."{device_id}"', problems)
+        devices = list(bound.values())
     if not isinstance(devices, list) or not devices:
         problems.append(
-            f"{path}.devices: expected a non-empty array of device public keys, got {describe(devices)}"
+            f"{path}.devices: expected a non-empty array of device public keys, or a table of "
+            f"device id -> its public key, got {describe(devices)}"
         )
         devices = []
-    for i, key in enumerate(devices):
-        _check_curve_key(key, f"{path}.devices[{i}]", problems)
+    if not bound:
+        for i, key in enumerate(devices):
+            _check_curve_key(key, f"{path}.devices[{i}]", problems)
     if len(problems) > before:
         return {}
-    return {"cloud_key": cloud, "edge_keys": dict(edges), "device_keys": tuple(devices)}
+    return {
+        "cloud_key": cloud,
+        "edge_keys": dict(edges),
+        "device_keys": tuple(dict.fromkeys(devices)),
+        "device_key_of": bound,
+    }
 
 
 def _check_curve_key(key: Any, path: str, problems: list[str]) -> None:

@@ -42,6 +42,7 @@ from hierfl.runtime.node import (
     CurveKeys,
     Membership,
     bind_router,
+    check_peer_key,
     drain_router,
     node_logger,
     node_model,
@@ -219,6 +220,8 @@ class CloudNode:
             max_bytes=self.runtime.max_message_bytes,
             routing_id=peer,
         )
+        if self.auth is not None:
+            check_peer_key(frames, message.sender, self.runtime.edge_keys)
         joined = self.members.seen(message.sender)
         if joined:
             self.log.info("edge %s joined", message.sender)

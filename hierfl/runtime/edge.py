@@ -41,6 +41,7 @@ from hierfl.runtime.node import (
     CurveKeys,
     Membership,
     bind_router,
+    check_peer_key,
     connect_dealer,
     drain_router,
     node_logger,
@@ -217,6 +218,8 @@ class EdgeNode:
             max_bytes=self.runtime.max_message_bytes,
             routing_id=peer,
         )
+        if self.auth is not None:
+            check_peer_key(frames, message.sender, self.runtime.device_key_of)
         if message.kind == protocol.OUT:  # never a member: no round waits for it
             self.out[message.sender] = message.header["reason"]
             self.log.warning("device %s stays out: %s", message.sender, message.header["reason"])

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +294,22 @@ def connect_dealer(
         socket.curve_serverkey = server_key
     socket.connect(address)
     return socket
+
+
+def check_peer_key(frames: list[Any], sender: str, keys: Mapping[str, str]) -> None:
+    """MessageRejected unless a message of `sender` came over a connection made with the key
+    `keys` binds it to (CurveZMQ: the ZAP handler gives each message its peer's public key
+    as `User-Id`). Senders `keys` does not name are not bound."""
+    key = keys.get(sender)
+    if key is None:
+        return
+    used = frames[0].get("User-Id")
+    if used != key:
+        raise protocol.MessageRejected(
+            protocol.UNKNOWN_SENDER,
+            f"{sender} connects with its own key {key[:8]}..., this connection's is "
+            f"{(used or 'none')[:8]}...: another peer claims its name",
+        )
 
 
 def recv_router(socket: zmq.Socket) -> tuple[bytes, list[Any]]:

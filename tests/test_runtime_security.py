@@ -196,3 +196,94 @@ def test_a_key_bound_to_a_device_the_topology_lacks_is_a_problem(tmp_path):
     runtime = parse_topology(known).runtime
     assert runtime.device_key_of == {"plant-a/line-1/dev-002": public[2]}
     assert runtime.device_keys == (public[2],)
+
+
+TWO_PLANTS = """
+[federation]
+name = "secure"
+task = "digits"
+model = "mlp"
+cloud_rounds = 1
+learning_rate = 0.1
+
+[cloud]
+address = "ipc://{dir}/cloud.ipc"
+
+[runtime]
+heartbeat_interval = 0.5
+start_timeout = 60.0
+
+[runtime.keys]
+cloud = "{cloud}"
+edges = {{ plant-a = "{a}", plant-b = "{b}" }}
+devices = ["{a}"]
+
+[[plants]]
+name = "plant-a"
+address = "ipc://{dir}/a.ipc"
+[[plants.lines]]
+name = "line-1"
+devices = 1
+
+[[plants]]
+name = "plant-b"
+address = "ipc://{dir}/b.ipc"
+[[plants.lines]]
+name = "line-1"
+devices = 1
+"""
+
+
+def test_the_cloud_takes_an_edge_only_over_its_own_key():
+    folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
+    keys = folder / "keys"
+    assert hierfl("keys", "generate", str(keys), "cloud", "plant-a", "plant-b").returncode == 0
+    public = {
+        name: zmq.auth.load_certificate(keys / f"{name}.key")[0].decode()
+        for name in ("cloud", "plant-a", "plant-b")
+    }
+    topology = folder / "two.toml"
+    topology.write_text(
+        TWO_PLANTS.format(
+            dir=folder, cloud=public["cloud"], a=public["plant-a"], b=public["plant-b"]
+        )
+    )
+    log = folder / "cloud.log"
+    with open(log, "w") as out:
+        cloud = subprocess.Popen(
+            [str(HIERFL), "cloud", str(topology), "--out", str(folder / "run")]
+            + ["--key", str(keys / "cloud.key_secret")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def hello(name: str, key: str) -> dict | None:
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.ROUTING_ID, name.encode())
+        socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(
+            keys / f"{key}.key_secret"
+        )
+        socket.curve_serverkey = public["cloud"].encode()
+        socket.connect(f"ipc://{folder}/cloud.ipc")
+        try:
+            socket.send_multipart(protocol.encode(protocol.HELLO, name, model_version=0))
+            if not socket.poll(60_000):
+                return None
+            return msgpack.unpackb(socket.recv_multipart()[0])
+        finally:
+            socket.close()
+            context.term()
+
+    try:
+        own = hello("plant-a", "plant-a")
+        assert own is not None and own["kind"] == "heartbeat", log.read_text()
+        claimed = hello("plant-b", "plant-a")
+        assert claimed is not None and claimed["kind"] == "rejected", claimed
+        assert claimed["reason"] == protocol.UNKNOWN_SENDER
+        assert cloud.poll() is None
+    finally:
+        cloud.terminate()
+        cloud.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -15,8 +15,9 @@ Chosen once at start-up by `device_data_source`:
 training reads only the first `count` rows and draws their order from per-index random
 values (prefix-stable across lengths), so a device trains the same however far its rows
 are padded: `PlanShards` gives the plan's rows (one length for all, one compile), and
-`OwnFiles` pads to the next power of two, so the devices of a host share a few compiled
-steps rather than one per example count.
+`OwnFiles` pads to the next of a few lengths per octave (`padded_length`: at most 1/8
+more rows), so the devices of a host share a few compiled steps rather than one per
+example count, and a device with gigabytes of rows needs little more than its data.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class OwnFiles:
         column if its data cannot be used."""
         read = read_device(self.topology, self.task, device, self.override)
         count = len(read.y)
-        length = 1 << (count - 1).bit_length()
+        length = padded_length(count)
         return _padded(read.x, length), _padded(read.y, length), count
 
 
@@ -76,6 +77,15 @@ class PlanShards:
     def examples(self, device: Device) -> tuple[np.ndarray, np.ndarray, int]:
         i = device.index
         return self.shards.x[i], self.shards.y[i], int(self.shards.counts[i])
+
+
+def padded_length(count: int) -> int:
+    """`count` rounded up to 8..15 times a power of two (16 at least): 8 lengths per octave,
+    at most 1/8 more rows than `count`."""
+    if count <= 16:
+        return 16
+    step = 1 << (count.bit_length() - 4)
+    return -(-count // step) * step
 
 
 def _padded(a: np.ndarray, length: int) -> np.ndarray:

@@ -115,6 +115,10 @@ class PlainAggregation:
     def open_round(self, round: int) -> list:
         self.weights[:] = 0
         self.variate_sums[:] = 0
+        return self._model_frames(round)
+
+    def _model_frames(self, round: int, **fields: Any) -> list:
+        """A `model` message of the global model, which cloud round `round` starts from."""
         return protocol.encode(
             protocol.MODEL,
             CLOUD,
@@ -127,6 +131,7 @@ class PlainAggregation:
                 *([self.variate] if self.net.variates else []),
             ],
             **({"clip_norm": float(self.clip_norm)} if self.dp else {}),
+            **fields,
         )
 
     def take(self, row: int, message: protocol.Message, weight: float) -> None:
@@ -201,19 +206,7 @@ class PlainAggregation:
         """Saves the final model, sends it to the edges to evaluate (`final`: no round
         starts from it) and waits for their scores of it, then the last record is written."""
         checkpoint.save_params(self.run_dir / "model.npz", self.params)
-        frames = protocol.encode(
-            protocol.MODEL,
-            CLOUD,
-            round=round,
-            model_version=round - 1,
-            spec=self.net.spec,
-            codec="none",
-            arrays=[
-                np.asarray(self.ravel(self.params)),
-                *([self.variate] if self.net.variates else []),
-            ],
-            final=True,
-        )
+        frames = self._model_frames(round, final=True)
         for edge in sorted(self.shell.alive_edges()):
             self.shell.send(edge, frames)
         alive = self.shell.alive_edges

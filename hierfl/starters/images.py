@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hierfl.starters.layout import device_rng, test_rng
+from hierfl.starters.layout import each_device, each_plant
 
 DEVICE = "camera"
 CLASSES = ("ok", "scratch", "spot")
@@ -61,16 +61,11 @@ def write_data(
 ) -> list[Path]:
     """Every camera's folder (`folder/PLANT/LINE/CAMERA/<class>/`) and each plant's `test/`."""
     written = []
-    plants = sorted({plant for plant, _ in devices})
-    for (plant, line), names in devices.items():
-        p = plants.index(plant)
-        for d, name in enumerate(names):
-            rng = device_rng(seed, p, line, d)
-            mix = rng.dirichlet(np.full(len(CLASSES), 2.0))
-            count = int(rng.integers(60, 100))
-            written += write_images(folder / plant / line / name, rng, count, mix, 0.55 - 0.1 * p)
-    for p, plant in enumerate(plants):
-        rng = test_rng(seed, p)
+    for plant, p, line, name, rng in each_device(devices, seed):
+        mix = rng.dirichlet(np.full(len(CLASSES), 2.0))
+        count = int(rng.integers(60, 100))
+        written += write_images(folder / plant / line / name, rng, count, mix, 0.55 - 0.1 * p)
+    for plant, p, rng in each_plant(devices, seed):
         even = np.full(len(CLASSES), 1 / len(CLASSES))
         written += write_images(folder / plant / "test", rng, TEST_IMAGES, even, 0.55 - 0.1 * p)
     return written

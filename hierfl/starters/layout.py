@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,31 @@ def device_rng(seed: int, plant: int, line: str, device: int) -> np.random.Gener
 def test_rng(seed: int, plant: int) -> np.random.Generator:
     """The stream of plant number `plant`'s held-out test data."""
     return np.random.default_rng([seed, plant, _TEST])
+
+
+def each_device(
+    devices: Mapping[tuple[str, str], Sequence[str]], seed: int
+) -> Iterator[tuple[str, int, str, str, np.random.Generator]]:
+    """`(plant, plant number, line, device name, its stream)` for every device of `devices`
+    ((plant, line) -> names), plants numbered in name order."""
+    plants = sorted({plant for plant, _ in devices})
+    for (plant, line), names in devices.items():
+        for d, name in enumerate(names):
+            yield (
+                plant,
+                plants.index(plant),
+                line,
+                name,
+                device_rng(seed, plants.index(plant), line, d),
+            )
+
+
+def each_plant(
+    devices: Mapping[tuple[str, str], Sequence[str]], seed: int
+) -> Iterator[tuple[str, int, np.random.Generator]]:
+    """`(plant, plant number, its test stream)` for every plant of `devices`."""
+    for p, plant in enumerate(sorted({plant for plant, _ in devices})):
+        yield plant, p, test_rng(seed, p)
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hierfl.starters.layout import device_rng, test_rng, write_csv
+from hierfl.starters.layout import each_device, each_plant, write_csv
 
 DEVICE = "press"
 COLUMNS = (
@@ -48,21 +48,14 @@ def write_data(
     folder: Path, devices: Mapping[tuple[str, str], tuple[str, ...]], seed: int
 ) -> list[Path]:
     """Every press's CSV (`folder/PLANT/LINE/PRESS.csv`) and each plant's `test.csv`."""
-    written = []
-    plants = sorted({plant for plant, _ in devices})
-    for (plant, line), names in devices.items():
-        p = plants.index(plant)
-        for d, name in enumerate(names):
-            rng = device_rng(seed, p, line, d)
-            wear = rng.uniform(-0.5, 1.0)
-            rows = press_rows(rng, int(rng.integers(120, 240)), p, wear)
-            written.append(
-                write_csv(folder / plant / line / f"{name}.csv", [*COLUMNS, "failure"], rows)
-            )
-    for p, plant in enumerate(plants):
-        rng = test_rng(seed, p)
+    written, header = [], [*COLUMNS, "failure"]
+    for plant, p, line, name, rng in each_device(devices, seed):
+        wear = rng.uniform(-0.5, 1.0)
+        rows = press_rows(rng, int(rng.integers(120, 240)), p, wear)
+        written.append(write_csv(folder / plant / line / f"{name}.csv", header, rows))
+    for plant, p, rng in each_plant(devices, seed):
         rows = press_rows(rng, TEST_ROWS, p, 0.4)
-        written.append(write_csv(folder / plant / "test.csv", [*COLUMNS, "failure"], rows))
+        written.append(write_csv(folder / plant / "test.csv", header, rows))
     return written
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hierfl.starters.layout import device_rng, test_rng, write_csv
+from hierfl.starters.layout import each_device, each_plant, write_csv
 
 DEVICE = "meter"
 WINDOW = 24
@@ -38,18 +38,11 @@ def write_data(
 ) -> list[Path]:
     """Every meter's CSV (`folder/PLANT/LINE/METER.csv`) and each plant's `test.csv`."""
     written = []
-    plants = sorted({plant for plant, _ in devices})
-    for (plant, line), names in devices.items():
-        p = plants.index(plant)
-        for d, name in enumerate(names):
-            rng = device_rng(seed, p, line, d)
-            base = (40.0 + 15.0 * p) * rng.uniform(0.7, 1.3)
-            series = load_curve(rng, int(rng.integers(24 * 7, 24 * 14)), base)
-            written.append(
-                write_csv(folder / plant / line / f"{name}.csv", COLUMNS, windows(series))
-            )
-    for p, plant in enumerate(plants):
-        rng = test_rng(seed, p)
+    for plant, p, line, name, rng in each_device(devices, seed):
+        base = (40.0 + 15.0 * p) * rng.uniform(0.7, 1.3)
+        series = load_curve(rng, int(rng.integers(24 * 7, 24 * 14)), base)
+        written.append(write_csv(folder / plant / line / f"{name}.csv", COLUMNS, windows(series)))
+    for plant, p, rng in each_plant(devices, seed):
         series = load_curve(rng, TEST_HOURS, 40.0 + 15.0 * p)
         written.append(write_csv(folder / plant / "test.csv", COLUMNS, windows(series)))
     return written

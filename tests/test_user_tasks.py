@@ -45,6 +45,7 @@ gauges = hierfl.task(
     classes=("ok", "failure"),
     model=lambda rngs, spec: Net(spec, {outputs}, rngs=rngs),
     data=hierfl.csv(("a", "b", "c"), label="failure"),
+    standardize={standardize},
 )
 not_a_task = 42
 """
@@ -104,10 +105,13 @@ def write_project(
     data: str = DATA,
     outputs: int = 2,
     module: str = "gauge_tasks",
+    standardize: bool = False,
 ) -> Path:
     """A user project in `folder`: task module, a CSV per device and per plant, topology.toml."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{module}.py").write_text(TASK_MODULE.format(outputs=outputs))
+    (folder / f"{module}.py").write_text(
+        TASK_MODULE.format(outputs=outputs, standardize=standardize)
+    )
     rng = np.random.default_rng(0)
     for n, device in enumerate(DEVICES):
         write_csv(folder / "data" / f"{device}.csv", rows(rng, 10 + 5 * n))
@@ -263,7 +267,7 @@ def test_two_projects_with_a_task_module_of_the_same_name_each_get_their_own(tmp
     first = load_topology(write_project(tmp_path / "one", outputs=2))
     second_path = write_project(tmp_path / "two", outputs=2)
     (tmp_path / "two" / "gauge_tasks.py").write_text(
-        TASK_MODULE.format(outputs=2).replace('"gauges",', '"gauges-two",')
+        TASK_MODULE.format(outputs=2, standardize=False).replace('"gauges",', '"gauges-two",')
     )
     second = load_topology(second_path)
     assert topology_task(first).name == "gauges"
@@ -398,3 +402,68 @@ def test_a_device_may_say_where_its_own_data_is(tmp_path):
         "plants[1].lines[0].devices[0].data: unknown placeholder {machine} in 'x/{machine}.csv' "
         "(use {plant}, {line}, {device})",
     )
+
+
+def test_the_census_standardizes_with_the_pooled_mean_and_std(tmp_path):
+    topology = load_topology(write_project(tmp_path, standardize=True))
+    plan = make_plan(topology)
+    rows = np.concatenate(
+        [read_rows(tmp_path / "data" / f"{device}.csv")[0] for device in DEVICES]
+    ).astype(np.float64)
+    assert plan.census.examples == len(rows) == 45
+    np.testing.assert_allclose(plan.census.mean, rows.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(plan.census.std, rows.std(axis=0), rtol=1e-5)
+    first = plan.shards.x[0, : plan.shards.counts[0]]
+    raw = read_rows(tmp_path / "data" / f"{DEVICES[0]}.csv")[0]
+    np.testing.assert_allclose(first, (raw - rows.mean(axis=0)) / rows.std(axis=0), atol=1e-5)
+    x_test, _ = read_rows(tmp_path / "data" / "plant-a" / "test.csv")
+    np.testing.assert_allclose(
+        plan.test.x[:8], (x_test - rows.mean(axis=0)) / rows.std(axis=0), atol=1e-5
+    )
+
+
+def test_a_standardized_run_exports_a_model_that_is_sent_raw_readings(tmp_path):
+    from hierfl.inference.compiled import compile_artifact
+    from hierfl.inference.export import export_run
+
+    path = write_project(tmp_path, standardize=True)
+    result = hierfl.simulate(path, out=tmp_path / "run")
+    described = json.loads((tmp_path / "run" / "census.json").read_text())
+    assert described["examples"] == 45 and len(described["mean"]) == 3
+    artifact = export_run(tmp_path / "run", platforms=("cpu",))
+    assert artifact.meta.preprocessing["standardize"] == described
+    x_raw, _ = read_rows(tmp_path / "data" / "plant-b" / "test.csv")
+    served = compile_artifact(artifact).predict(x_raw)
+    scaled = (x_raw - np.float32(described["mean"])) / np.float32(described["std"])
+    expected = np.asarray(result.model.apply(result.params, scaled))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_launch_with_a_census_trains_the_model_simulate_trains():
+    """Standardized inputs and SCAFFOLD on devices that read only their own files: the
+    runtime's census (counts and sums up the tree, mean and std down) gives what the
+    simulator computes from every row."""
+    from hierfl.runs.checkpoint import flatten_params, load_params
+
+    folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
+    try:
+        path = write_project(folder, algorithm="scaffold", standardize=True)
+        path.write_text(path.read_text().replace("tcp://127.0.0.1:72", f"ipc://{folder}/n"))
+        hierfl.simulate(path, out=folder / "sim")
+        result = subprocess.run(
+            [str(HIERFL), "launch", str(path), "--out", str(folder / "rt"), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        simulated = json.loads((folder / "sim" / "census.json").read_text())
+        launched = json.loads((folder / "rt" / "census.json").read_text())
+        assert launched["examples"] == simulated["examples"] == 45
+        np.testing.assert_allclose(launched["mean"], simulated["mean"], rtol=1e-6)
+        np.testing.assert_allclose(launched["std"], simulated["std"], rtol=1e-6)
+        a = flatten_params(load_params(folder / "sim" / "model.npz"))
+        b = flatten_params(load_params(folder / "rt" / "model.npz"))
+        assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-5
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from hierfl.data import device_files, partition
+from hierfl.data import census, device_files, partition
+from hierfl.data.census import Census
 from hierfl.data.loading import check_names, topology_task
 from hierfl.data.tasks import PlantData, PlantRequest, Task
 from hierfl.data.tasks.base import plant_data
@@ -63,6 +64,9 @@ class Plan:
     device_edge: np.ndarray
     shards: DeviceShards
     test: TestSet
+    census: Census | None = None
+    """The federation's example count and, for a task that standardizes, the channels'
+    mean and std; `shards` and `test` are standardized with them already."""
 
     @property
     def num_edges(self) -> int:
@@ -82,7 +86,8 @@ def make_plan(topology: Topology) -> Plan:
     )
     if task.reads_files:
         devices, tests = device_files.read_all(topology, task)
-        return Plan(topology, task, device_edge, pad_shards(devices), stack_test_sets(tests))
+        plan = Plan(topology, task, device_edge, pad_shards(devices), stack_test_sets(tests))
+        return with_census(plan)
     check_plant_classes(topology, task)
     requests = plant_requests(topology, task)
     made = task.make_plant_data(requests, topology.test_fraction, topology.federation.seed)
@@ -93,7 +98,24 @@ def make_plan(topology: Topology) -> Plan:
         device_parts.extend(plant_devices(topology, task, index, data))
         test_sets.append((data.x_test, data.y_test))
         del data
-    return Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
+    plan = Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
+    return with_census(plan)
+
+
+def with_census(plan: Plan) -> Plan:
+    """The plan with its census, and its examples standardized where the task says so (the
+    sums the runtime's census adds up the tree, here over every device's rows at once)."""
+    task, shards = plan.task, plan.shards
+    found = census.of_shards(shards.x, shards.counts, task.input_shape, task.standardize)
+    shards = dataclasses.replace(shards, x=found.standardize(shards.x))
+    return dataclasses.replace(
+        plan, shards=shards, test=standardized(plan.test, found), census=found
+    )
+
+
+def standardized(test: TestSet, found: Census) -> TestSet:
+    """`test` with its examples standardized by the census `found` (as they are, without statistics)."""
+    return dataclasses.replace(test, x=found.standardize(test.x))
 
 
 def plant_requests(topology: Topology, task: Task) -> list[PlantRequest]:

@@ -23,13 +23,15 @@ import numpy as np
 from jax import export as jax_export
 
 from hierfl import __version__
+from hierfl.data.census import Census
+from hierfl.data.census import from_description as census_from
 from hierfl.data.tasks import Task, bearing, bearing_data, digits
 from hierfl.data.tasks.imports import TaskImportError, resolve_task
 from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.errors import ArtifactError, RunDirError
 from hierfl.inference.artifact import Artifact, ArtifactMeta
 from hierfl.runs.checkpoint import flatten_params, load_params
-from hierfl.runs.metrics import read_metrics, read_run_info
+from hierfl.runs.metrics import read_census, read_metrics, read_run_info
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 BATCH_DIM = "batch"
@@ -75,6 +77,7 @@ def export_model(
     metrics: Mapping[str, Any] | None = None,
     run: Mapping[str, Any] | None = None,
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    census: Census | None = None,
 ) -> Artifact:
     """Lowers `model.apply(params, x)` for `platforms` and packs it with the params as an `Artifact`.
 
@@ -82,11 +85,17 @@ def export_model(
     returns logits `[batch, task.num_classes]` (a regression task's values `[batch, H]`). Raises `ArtifactError` if the function
     cannot be lowered for one of `platforms`, or if its outputs do not match the task's
     class (or target) names, which would serve every prediction under the wrong label.
+    With a `census` that standardizes, the function standardizes `x` first with its mean
+    and std (inside the artifact, so the server is sent raw readings), and the artifact's
+    preprocessing records them.
     """
     flat = flatten_params(params)
     treedef = jax.tree.structure(params)
+    scale = census if census is not None and census.standardizes else None
 
     def infer(param_leaves, x):
+        if scale is not None:
+            x = (x - scale.mean) / scale.std
         return model.apply(jax.tree.unflatten(treedef, param_leaves), x)
 
     (batch,) = jax_export.symbolic_shape(BATCH_DIM)
@@ -113,7 +122,8 @@ def export_model(
         input_dtype=INPUT_DTYPE,
         output_shape=tuple(int(d) for d in out_aval.shape[1:]),
         platforms=tuple(exported.platforms),
-        preprocessing=preprocessing(task),
+        preprocessing=preprocessing(task)
+        | ({"standardize": census.describe()} if scale is not None else {}),
         metrics=dict(metrics or {}),
         run=dict(run or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -186,8 +196,16 @@ def export_run(
         if key in info
     }
     run["run_dir"] = str(run_dir)
+    described = read_census(run_dir)
     return export_model(
-        model, params, task, version=int(last["round"]), metrics=last, run=run, platforms=platforms
+        model,
+        params,
+        task,
+        version=int(last["round"]),
+        metrics=last,
+        run=run,
+        platforms=platforms,
+        census=None if described is None else census_from(described),
     )
 
 

@@ -125,6 +125,31 @@ def write_run_info(run_dir: Path | str, info: Mapping[str, Any]) -> Path:
     return path
 
 
+CENSUS_FILE = "census.json"
+
+
+def write_census(run_dir: Path | str, described: Mapping[str, Any]) -> Path:
+    """Writes a run's census (`Census.describe()`: examples, and each channel's mean and std
+    when the task standardizes) to ``RUN_DIR/census.json``; export applies it."""
+    path = Path(run_dir) / CENSUS_FILE
+    path.write_text(json.dumps(dict(described), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_census(run_dir: Path | str) -> dict[str, Any] | None:
+    """``RUN_DIR/census.json``'s contents, None if the run has none (older runs)."""
+    path = Path(run_dir) / CENSUS_FILE
+    try:
+        described = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        raise MetricsError(f"{path}: not a census file ({error})") from None
+    if not isinstance(described, dict) or not isinstance(described.get("examples"), int):
+        raise MetricsError(f"{path}: not a census file (no example count)")
+    return described
+
+
 def read_run_info(run_dir: Path | str) -> dict[str, Any]:
     """Returns the contents of ``RUN_DIR/run.json``.
 

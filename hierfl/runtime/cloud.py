@@ -33,7 +33,8 @@ from hierfl.data.evaluation import Scores
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import records
 from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, write_run_info
-from hierfl.runtime import protocol
+from hierfl.runtime import census_pass, protocol
+from hierfl.runtime.census_pass import CloudCensus, needs_census
 from hierfl.runtime.cloud_modes import CLOUD, Closing, cloud_mode
 from hierfl.runtime.cloud_summaries import RoundSummaries, check_round
 from hierfl.runtime.curve import check_keys, start_authenticator
@@ -96,6 +97,15 @@ class CloudNode:
         self.resumed = resume
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._open_records(resume)
+        task = self.net.task
+        self.census = (
+            CloudCensus(task, self.run_dir, resume) if needs_census(topology, task) else None
+        )
+        self.layouts = dict(self.mode.layouts)
+        if self.census is not None:
+            self.layouts |= census_pass.layouts(task, part=True)
+            if self.census.result is not None:  # kept by the run this one resumes
+                self.mode.use_census(self.census.result)
         self.phase = STARTING
         self.first_round = True
         self.started = time.monotonic()
@@ -189,7 +199,9 @@ class CloudNode:
     def _advance(self) -> None:
         now = time.monotonic()
         if self.phase == STARTING:
-            if start_waiting_over(
+            if self.census is not None and self.census.result is None:
+                self._census_down(now)
+            elif start_waiting_over(
                 len(self.alive_edges()),
                 len(self.edges),
                 self._required(),
@@ -204,6 +216,31 @@ class CloudNode:
             if not waiting or now >= self.deadline:
                 self._close_round()
 
+    def _census_down(self, now: float) -> None:
+        """Finishes the census once every plant reported (or waiting is over) and sends it down."""
+        reported = self.census.reported() & set(self.edges)
+        if not start_waiting_over(
+            len(reported),
+            len(self.edges),
+            len(self.edges),
+            now - self.started,
+            start_timeout=self.runtime.start_timeout,
+            grace=self.runtime.heartbeat_timeout,
+            resumed=self.resumed,
+        ):
+            return
+        found = self.census.finish()
+        self.mode.use_census(found)
+        self.log.info(
+            "census: %d examples from %s", found.examples, ", ".join(sorted(reported)) or "no plant"
+        )
+        for edge in sorted(self.alive_edges()):
+            self._send_census(edge)
+
+    def _send_census(self, edge: str) -> None:
+        fields = census_pass.result_fields(self.census.result)
+        self.send(edge, protocol.encode(protocol.CENSUS, CLOUD, **fields))
+
     def _required(self) -> int:
         """The edges a round needs to change the model (`min_edge_participation` of the plants)."""
         return math.ceil(self.runtime.min_edge_participation * len(self.edges))
@@ -216,7 +253,7 @@ class CloudNode:
             frames,
             senders=self.edges,
             spec=self.net.spec,
-            layouts=self.mode.layouts,
+            layouts=self.layouts,
             max_bytes=self.runtime.max_message_bytes,
             routing_id=peer,
         )
@@ -230,6 +267,8 @@ class CloudNode:
         restarted = message.kind == protocol.HELLO and self.mode.hello(
             message.sender, message.header["model_version"], self.round, self.phase == DONE
         )
+        if (joined or restarted) and self.census is not None and self.census.result is not None:
+            self._send_census(message.sender)
         if joined or restarted:
             self._send_open_round(message.sender)
         self._handle(message)
@@ -246,6 +285,10 @@ class CloudNode:
     def _handle(self, message: protocol.Message) -> None:
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
             self.send(message.sender, protocol.encode(protocol.HEARTBEAT, CLOUD, round=self.round))
+        elif message.kind == protocol.CENSUS:
+            self.census.take(message.sender, message.header)
+            if self.census.result is not None:  # an edge that reports late, or again
+                self._send_census(message.sender)
         elif message.kind == protocol.EVALUATION:
             self.mode.evaluation(message, self.round)
         elif message.kind == self.mode.summary_kind:

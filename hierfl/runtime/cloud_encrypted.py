@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hierfl.data.census import Census
 from hierfl.data.evaluation import count_shapes
 from hierfl.errors import HierflError, HomomorphicError
 from hierfl.runs.metrics import METRICS_FILE
@@ -154,6 +155,9 @@ class EncryptedAggregation:
                 error,
             )
             return encrypted.Aggregate(version)
+
+    def use_census(self, found: Census) -> None:
+        pass  # the edges standardize their data; the cloud holds no model to publish
 
     def hello(self, edge: str, held: int, round: int, done: bool) -> bool:
         """Sends an edge holding global model `held` the aggregates after it, up to the one the open round carries.

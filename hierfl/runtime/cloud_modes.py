@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from hierfl.data.census import Census
 from hierfl.data.evaluation import Scores
 from hierfl.errors import HomomorphicError
 from hierfl.runtime import protocol
@@ -84,6 +85,10 @@ class CloudMode(Protocol):
 
     def close_round(self, closing: Closing) -> None:
         """Aggregates the stack, checkpoints, and writes (or holds back) the round's record."""
+
+    def use_census(self, found: Census) -> None:
+        """The federation's census, before round 1 (example count; channels' mean and std)."""
+        ...
 
     def hello(self, edge: str, held: int, round: int, done: bool) -> bool:
         """An edge (re)started holding global model `held`; whether it needs the open round's frames again."""

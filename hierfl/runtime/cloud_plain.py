@@ -23,6 +23,7 @@ import numpy as np
 
 from hierfl.core import steps
 from hierfl.core.steps import aligned_zeros
+from hierfl.data.census import Census
 from hierfl.data.evaluation import count_shapes
 from hierfl.data.plan import make_plan
 from hierfl.kernels import ravel
@@ -83,7 +84,13 @@ class PlainAggregation:
         # SCAFFOLD: the cloud's variate c, this round's variate sums (rows as deltas), the federation's examples.
         self.variate = np.zeros(net.spec.size if net.variates else 0, np.float32)
         self.variate_sums = aligned_zeros((2 * edges, self.variate.size))
-        self.examples = np.float32(make_plan(topology).shards.counts.sum() if net.variates else 0)
+        # SCAFFOLD's c moves by the federation's examples: the plan's count, or, for a task
+        # whose devices alone read their files, the census's (`use_census`, before round 1).
+        variates_of_plan = net.variates and not net.task.reads_files
+        self.examples = np.float32(
+            make_plan(topology).shards.counts.sum() if variates_of_plan else 0
+        )
+        self.census: Census | None = None
         self.checkpoints = CloudCheckpoints(run_dir / "checkpoints" / "cloud")
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
 
@@ -194,6 +201,14 @@ class PlainAggregation:
             steps.next_clip_norm(self.dp, self.clip_norm, counted, edge_rounds, devices)
         )
 
+    def use_census(self, found: Census) -> None:
+        """The census: the examples SCAFFOLD's variate needs; published models standardize."""
+        self.census = found
+        if self.net.variates and self.net.task.reads_files:
+            self.examples = np.float32(found.examples)
+        if self.publisher is not None:
+            self.publisher.use_census(found)
+
     def hello(self, edge: str, held: int, round: int, done: bool) -> bool:
         return False
 
@@ -228,18 +243,25 @@ class RoundPublisher:
     """
 
     def __init__(self, address: str, net: NodeModel, topology: Topology):
-        from hierfl.inference.export import export_model
         from hierfl.inference.publisher import ModelPublisher
 
-        self.template = export_model(
-            net.model,
-            net.initial_params,
-            net.task,
-            version=0,
-            run={"name": topology.federation.name},
-        )
+        self.net, self.run = net, {"name": topology.federation.name}
+        self.template = self._export(None)
         self.metric = net.task.metric.name
         self.publisher = ModelPublisher(address)
+
+    def _export(self, found: Census | None):
+        from hierfl.inference.export import export_model
+
+        net = self.net
+        return export_model(
+            net.model, net.initial_params, net.task, version=0, run=self.run, census=found
+        )
+
+    def use_census(self, found: Census) -> None:
+        """Exports the function again, standardizing its input with the census."""
+        if found.standardizes:
+            self.template = self._export(found)
 
     def publish(self, round: int, params: Any, record: Mapping[str, Any]) -> None:
         from hierfl.runs.checkpoint import flatten_params

@@ -35,9 +35,11 @@ import zmq
 from hierfl.core.algorithms import DeviceData
 from hierfl.core.attack import attacker_mask
 from hierfl.core.steps import DeviceOutput, make_device_step
+from hierfl.data import census
 from hierfl.data.loading import topology_task
 from hierfl.privacy.config import DpConfig
-from hierfl.runtime import protocol
+from hierfl.runtime import census_pass, protocol
+from hierfl.runtime.census_pass import needs_census
 from hierfl.runtime.curve import check_keys
 from hierfl.runtime.device_data import OwnFiles, PlanShards, PlantShards, device_data_source
 from hierfl.runtime.device_modes import NoVariate, PlainUpload, SecureUpload, VariateMemory
@@ -130,6 +132,10 @@ class DeviceNode:
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
+        # With a census, the device reports its part and trains once the result is in.
+        self.raw_x = x if needs_census(topology, self.net.task) else None
+        if self.raw_x is not None:
+            self.layouts |= census_pass.layouts(self.net.task, part=False)
         state_path = Path(state_dir) / f"{node_name(device_id)}.npy" if state_dir else None
         self.variate = (
             VariateMemory(self.net.spec.size, state_path, resume, self.log)
@@ -175,8 +181,13 @@ class DeviceNode:
         self.running = False
 
     def join(self) -> None:
-        """Greets the edge; it sends this device the model from the next edge round on."""
+        """Greets the edge (with its census part, when there is a census); the edge sends
+        this device the model from the next edge round on."""
         self._send(protocol.HELLO)
+        if self.raw_x is not None:
+            count = int(self.data.count)
+            part = census.part_of(self.raw_x[:count], self.net.task.standardize)
+            self._send(protocol.CENSUS, **census_pass.part_fields(part))
         self.log.info(
             "joined %s at %s (%d examples)",
             self.plant.name,
@@ -220,12 +231,25 @@ class DeviceNode:
                 self.log.info("the edge says stop")
                 self.running = False
                 return
-            if message.kind == protocol.MODEL:
+            if message.kind == protocol.CENSUS:
+                self._take_census(message)
+            elif message.kind == protocol.MODEL and self.raw_x is not None:
+                self.log.info("round %d: no census result yet; model skipped", message.round)
+            elif message.kind == protocol.MODEL:
                 latest = message
             elif message.kind in protocol.SECAGG_FROM_EDGE:
                 self.upload.answer(message, self.model_version)
         if latest is not None:
             self._train(latest)
+
+    def _take_census(self, message: protocol.Message) -> None:
+        """The federation's census: examples standardized with it, training may start."""
+        if self.raw_x is None:
+            return  # had it already (the edge sends it again to devices that rejoin)
+        found = census_pass.result_from(message.header)
+        self.data = self.data._replace(x=jnp.asarray(found.standardize(self.raw_x)))
+        self.raw_x = None
+        self.log.info("census: %d examples in the federation", found.examples)
 
     def _train(self, message: protocol.Message) -> None:
         started = time.perf_counter()

@@ -30,7 +30,8 @@ import numpy as np
 import zmq
 
 from hierfl.data.plan import held_out_examples, one_plant, plant_counts
-from hierfl.runtime import protocol
+from hierfl.runtime import census_pass, protocol
+from hierfl.runtime.census_pass import PlantCensus, needs_census
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
 from hierfl.runtime.edge_rounds import edge_rounds
@@ -100,6 +101,12 @@ class EdgeNode:
         )
         self.late, self.resumed = 0, resume
         self.out: dict[str, str] = {}  # devices that said they stay out, and why
+        self.census = PlantCensus(net.task) if needs_census(topology, net.task) else None
+        self.device_layouts = dict(self.rounds.layouts)
+        self.cloud_layouts = dict(self.uplink.layouts)
+        if self.census is not None:
+            self.device_layouts |= census_pass.layouts(net.task, part=True)
+            self.cloud_layouts |= census_pass.layouts(net.task, part=False)
         finished = self._restore() if resume else 0
         self.cycle = EdgeCycle(
             topology, self.index, net.spec, self.rounds, self.uplink, variates, self.log, finished
@@ -165,6 +172,7 @@ class EdgeNode:
     def _advance(self) -> None:
         """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
         now, runtime, cycle = time.monotonic(), self.runtime, self.cycle
+        self._census_up(now)
         if cycle.may_go_offline() and now - self.cloud_seen > runtime.heartbeat_timeout:
             self._post(cycle.open_offline(self._alive()))
         elif cycle.phase == STARTING:
@@ -214,7 +222,7 @@ class EdgeNode:
             frames,
             senders=self.devices,
             spec=self.net.spec,
-            layouts=self.rounds.layouts,
+            layouts=self.device_layouts,
             max_bytes=self.runtime.max_message_bytes,
             routing_id=peer,
         )
@@ -245,7 +253,49 @@ class EdgeNode:
             reply = protocol.encode(protocol.STATUS, self.plant.name, **fields)
             send_router(self.devices_socket, message.sender, reply)
             return
+        if message.kind == protocol.CENSUS:
+            self.census.take(message.sender, message.header)
+            if self.census.result is not None:  # a device that reports late, or rejoins
+                self._send_census(message.sender)
+            return
         self.cycle.receive(message)
+
+    # -- the census ---------------------------------------------------------------------------------
+
+    def _census_up(self, now: float) -> None:
+        """Sends the plant's census part up once its devices have reported (or waiting is over)."""
+        census, runtime = self.census, self.runtime
+        if census is None or census.sent or census.result is not None:
+            return
+        expected = self.devices - set(self.out)
+        reported = census.reported() & expected
+        if start_waiting_over(
+            len(reported),
+            len(expected),
+            len(expected),
+            now - self.started,
+            start_timeout=runtime.start_timeout,
+            grace=runtime.heartbeat_timeout,
+            resumed=self.resumed,
+        ):
+            self._send_cloud(protocol.CENSUS, **census.plant_part())
+            self.log.info("census: %d of %d devices reported", len(reported), len(expected))
+
+    def _take_census(self, message: protocol.Message) -> None:
+        """The federation's census from the cloud: kept, passed on to every device, and used
+        to standardize the plant's test data."""
+        if self.census.result is not None:
+            return
+        self.census.result = census_pass.result_from(message.header)
+        self.uplink.use_census(self.census.result)
+        for device in sorted(self.devices):  # those not connected are skipped by ZeroMQ
+            self._send_census(device)
+
+    def _send_census(self, device: str) -> None:
+        fields = census_pass.result_fields(self.census.result)
+        send_router(
+            self.devices_socket, device, protocol.encode(protocol.CENSUS, self.plant.name, **fields)
+        )
 
     def status(self) -> dict:
         """What a `status` request answers: phase, round, live devices, rejected counts."""
@@ -265,7 +315,7 @@ class EdgeNode:
                     frames,
                     senders={CLOUD},
                     spec=self.net.spec,
-                    layouts=self.uplink.layouts,
+                    layouts=self.cloud_layouts,
                     max_bytes=self.runtime.max_message_bytes,
                 )
             except protocol.MessageRejected as error:
@@ -279,7 +329,9 @@ class EdgeNode:
                     send_router(self.devices_socket, device, stop)
                 self.running = False
                 return
-            if message.kind == protocol.REJECTED:
+            if message.kind == protocol.CENSUS:
+                self._take_census(message)
+            elif message.kind == protocol.REJECTED:
                 self.log.warning("the cloud rejected our message: %s", message.header.get("detail"))
             elif message.kind in self.uplink.layouts:
                 self._take(self.uplink.receive(message))

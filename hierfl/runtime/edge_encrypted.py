@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from hierfl.data.census import Census
 from hierfl.data.evaluation import make_plant_evaluator
-from hierfl.data.plan import TestSet
+from hierfl.data.plan import TestSet, standardized
 from hierfl.errors import HomomorphicError
 from hierfl.kernels import ravel, unravel
 from hierfl.runtime import encrypted, protocol
@@ -61,6 +62,7 @@ class EncryptedUplink:
         self.version = 0
         self.evaluation: tuple[int, dict] | None = None
         self.model_out = Path(model_out) if model_out is not None else None
+        self.test, self.index = test, index
         self.evaluate = make_plant_evaluator(net.model, net.task, test, index)
         log.info(
             "homomorphic encryption: CKKS key %s; summaries leave encrypted", self.cipher.key_id
@@ -68,6 +70,11 @@ class EncryptedUplink:
 
     def warm_up(self) -> None:
         self.evaluate(self.net.initial_params)
+
+    def use_census(self, found: Census) -> None:
+        """Evaluates on the plant's test data standardized by the federation's census."""
+        test = standardized(self.test, found)
+        self.evaluate = make_plant_evaluator(self.net.model, self.net.task, test, self.index)
 
     def receive(self, message: protocol.Message) -> FromCloud:
         """A checked `he_aggregate`: decrypted onto the global model (once per version), its

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierfl.core import steps
+from hierfl.data.census import Census
 from hierfl.data.evaluation import make_plant_evaluator
-from hierfl.data.plan import TestSet
+from hierfl.data.plan import TestSet, standardized
 from hierfl.errors import HomomorphicError
 from hierfl.kernels import unravel
 from hierfl.runtime import protocol
@@ -57,6 +58,7 @@ class Uplink(Protocol):
     version: int  # the global model version the edge holds (its `hello` says it)
 
     def warm_up(self) -> None: ...
+    def use_census(self, found: Census) -> None: ...
     def receive(self, message: protocol.Message) -> FromCloud: ...
     def summary(
         self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list
@@ -111,8 +113,14 @@ class PlainUplink:
         self.layouts = {protocol.MODEL: ("none", net.model_layout)}
         self.upload = jax.jit(steps.make_edge_upload(codec, topology.federation.seed))
         self.residual = np.zeros(codec.residual_size, np.float32)
+        self.test = test
         self.evaluate = make_plant_evaluator(net.model, net.task, test, index)
         self.evaluation: tuple[int, dict[str, Any]] | None = None
+
+    def use_census(self, found: Census) -> None:
+        """Evaluates on the plant's test data standardized by the federation's census."""
+        test = standardized(self.test, found)
+        self.evaluate = make_plant_evaluator(self.net.model, self.net.task, test, self.index)
 
     def warm_up(self) -> None:
         flat = jnp.zeros(self.net.spec.size, jnp.float32)

@@ -118,20 +118,18 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     )
 
 
-NEEDS_EVERY_COUNT = {
-    "fednova": "FedNova's effective step count",
-    "scaffold": "SCAFFOLD's control variate",
-}
-"""Algorithms whose shells need every device's example count (the plan's)."""
+NEEDS_EVERY_COUNT = {"fednova": "FedNova's effective step count"}
+"""Algorithms whose device step is built from every device's example count."""
 
 
 def runtime_problem(topology: Topology) -> str | None:
     """Why the runtime cannot run `topology` yet, or None.
 
-    A device of a task that reads files holds only its own data, so no node knows the
-    other devices' example counts; what is computed from them (`NEEDS_EVERY_COUNT`, and
-    secure aggregation's weight bound) runs in the simulator only, until devices report
-    their counts up the tree before round 1.
+    A device of a task that reads files holds only its own data. The census before round 1
+    gives the cloud the federation's example count (SCAFFOLD's variate), but a device's
+    compiled step cannot wait for other devices' counts (`NEEDS_EVERY_COUNT`), nor can
+    secure aggregation's weight bound, which every device of a plant must agree on before
+    its first masked update: those run in the simulator only.
     """
     if not topology_task(topology).reads_files:
         return None

@@ -116,6 +116,10 @@ SECAGG_FROM_EDGE = (SECAGG_ROSTER, SECAGG_INBOX, SECAGG_UNMASK)
 HE_SUMMARY, HE_AGGREGATE, EVALUATION = "he_summary", "he_aggregate", "evaluation"
 OUT = "out"
 """device -> edge, no frames: the device stays out of training; `reason` says why (its data)."""
+CENSUS = "census"
+"""No frames. Up the tree (device -> edge -> cloud) a part: `examples` and, for a task that
+standardizes, `sums` and `squares` per input channel; down (cloud -> edge -> device) the
+result: `examples` and, then, each channel's `mean` and `std` (`hierfl.data.census`)."""
 MAX_REASON = 2000
 """The longest reason an `out` message (and a summary's `out` map) carries, in characters."""
 KINDS = (
@@ -133,6 +137,7 @@ KINDS = (
     HE_AGGREGATE,
     EVALUATION,
     OUT,
+    CENSUS,
 )
 ARRAY_KINDS = (MODEL, UPDATE, SUMMARY, SECAGG_MASKED)
 MASKED_CODEC = "fixed-point"
@@ -187,6 +192,10 @@ def _is_key_map(value: Any) -> bool:
         and all(isinstance(b, bytes) for b in v)
         for k, v in value.items()
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_count(value: Any) -> bool:
@@ -255,6 +264,14 @@ class EvaluationLayout(NamedTuple):
 
     classes: int
     bins: int
+
+
+class CensusLayout(NamedTuple):
+    """What a `census` of this node's task carries: `channels` numbers per statistic (0: the
+    task does not standardize: counts only), and whether it is a part (up) or the result."""
+
+    channels: int
+    part: bool
 
 
 class CipherLayout(NamedTuple):
@@ -439,6 +456,10 @@ def parse_message(
             if kind not in layouts:
                 raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
             _check_evaluation(header, max(len(senders), 1), layouts[kind][1])
+        if kind == CENSUS:
+            if kind not in layouts:
+                raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
+            _check_census(header, layouts[kind][1])
         if kind == OUT and not _is_reason(header.get("reason")):
             raise MessageRejected(
                 MALFORMED,
@@ -675,6 +696,41 @@ def _ciphertexts(
             raise MessageRejected(MALFORMED, f"ciphertext frame {i} is empty")
         chunks.append(np.frombuffer(data, dtype=np.uint8))
     return tuple(chunks)
+
+
+def _check_census(header: dict[str, Any], layout: CensusLayout) -> None:
+    """A census part (`examples`, `sums`, `squares`) or result (`examples`, `mean`, `std`):
+    the count an int64, every statistic `layout.channels` finite numbers (sums and squares
+    float64, mean and std float32; std > 0, squares >= 0)."""
+    examples = header.get("examples")
+    if (
+        not isinstance(examples, int)
+        or isinstance(examples, bool)
+        or not 0 <= examples <= MAX_INT64
+    ):
+        raise MessageRejected(
+            MALFORMED, f"header field 'examples' must be a count, got {_short(examples)}"
+        )
+    names = ("sums", "squares") if layout.part else ("mean", "std")
+    for name in names:
+        values = header.get(name, [] if not layout.channels else None)
+        if (
+            not isinstance(values, list)
+            or len(values) != layout.channels
+            or not all(_is_number(v) and math.isfinite(v) for v in values)
+        ):
+            raise MessageRejected(
+                MALFORMED,
+                f"header field {name!r} must be {layout.channels} finite numbers, got {_short(values)}",
+            )
+        if layout.part:
+            continue
+        if any(abs(v) > F32_MAX for v in values) or (name == "std" and any(v <= 0 for v in values)):
+            raise MessageRejected(
+                MALFORMED, f"header field {name!r} must be float32 (std > 0), got {_short(values)}"
+            )
+    if layout.part and any(v < 0 for v in header.get("squares", [])):
+        raise MessageRejected(MALFORMED, "header field 'squares' must be sums of squares (>= 0)")
 
 
 def _check_evaluation(header: dict[str, Any], senders: int, layout: EvaluationLayout) -> None:

@@ -31,7 +31,7 @@ from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.kernels import FlatSpec, flat_spec
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import checkpoint, records
-from hierfl.runs.metrics import MetricsWriter, write_run_info
+from hierfl.runs.metrics import MetricsWriter, write_census, write_run_info
 from hierfl.runs.progress import RoundProgress
 from hierfl.sim import parallel
 from hierfl.sim.round import (
@@ -228,6 +228,7 @@ def simulate(
         writer = _open_run_dir(
             run_dir, records.run_info(topology, model.name, plan.task.metric, budget)
         )
+        write_census(run_dir, plan.census.describe())
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     with RoundProgress(

@@ -197,6 +197,9 @@ class Task:
     strata: Callable[[np.ndarray], np.ndarray] = class_strata
     example_classes: tuple[str, ...] = ()
     loader: Any = None
+    standardize: bool = False
+    """Whether examples are standardized per input channel with the federation's mean and
+    std, found by a census before round 1 (`hierfl.data.census`; no row leaves a device)."""
 
     def __post_init__(self):
         if (self.make_plant_data is None) == (self.loader is None):

@@ -74,6 +74,7 @@ def task(
     metrics: Sequence[Metric] | None = None,
     description: str = "",
     default_model: str | None = None,
+    standardize: bool = False,
 ) -> Task:
     """A task whose devices read their own files.
 
@@ -87,6 +88,10 @@ def task(
     error, scored by RMSE and MAE). `input_shape` is one example's shape; it may be left
     out when the loader knows it (a CSV loader with its `features` listed, an image
     folder with its `size`). `loss(outputs, y) -> [B]` and `metrics` replace the defaults.
+    With `standardize`, every example is standardized per input channel (the last axis: a
+    table's features) with the federation's mean and std, which a census finds before round
+    1 from each device's counts, sums and sums of squares (never its rows); the exported
+    model applies the same scaling, so it is served raw readings.
 
     Raises ValueError or TypeError naming what is wrong (the topology's loader reports
     it as a problem of `federation.task`).
@@ -110,6 +115,7 @@ def task(
         target_names=target_names,
         strata=target_bins(4) if regression else class_strata,
         loader=_checked_loader(name, data),
+        standardize=bool(standardize),
     )
 
 

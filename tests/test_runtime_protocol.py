@@ -603,3 +603,39 @@ def test_evaluation_counts_cannot_nest_deeper_than_the_header_allows():
         deep = [deep]
     with pytest.raises(protocol.MessageRejected, match="nests deeper"):
         parse_evaluation(TWO_CLASSES, confusion=deep, histogram=HISTOGRAM)
+
+
+@pytest.mark.parametrize(
+    ("part", "fields", "reason"),
+    [
+        (True, {"examples": 3, "sums": [1.0, 2.0], "squares": [1.0, 4.0]}, None),
+        (False, {"examples": 3, "mean": [0.5, -1.0], "std": [1.0, 2.0]}, None),
+        (True, {"examples": -1, "sums": [1.0, 2.0], "squares": [1.0, 4.0]}, "examples"),
+        (True, {"examples": 3, "sums": [1.0], "squares": [1.0, 4.0]}, "'sums' must be 2"),
+        (True, {"examples": 3, "sums": [1.0, float("nan")], "squares": [1.0, 4.0]}, "'sums'"),
+        (True, {"examples": 3, "sums": [1.0, 2.0], "squares": [1.0, -4.0]}, "'squares'"),
+        (True, {"examples": 3, "sums": [1.0, True], "squares": [1.0, 4.0]}, "'sums'"),
+        (False, {"examples": 3, "mean": [0.5, -1.0], "std": [1.0, 0.0]}, "std > 0"),
+        (False, {"examples": 3, "mean": [0.5, 1e39], "std": [1.0, 2.0]}, "'mean' must be float32"),
+        (False, {"examples": 3}, "'mean' must be 2"),
+    ],
+)
+def test_a_census_is_checked_before_it_is_used(part, fields, reason):
+    frames = protocol.encode(protocol.CENSUS, "plant-a/line-1/dev-001", **fields)
+    layouts = {protocol.CENSUS: (protocol.CENSUS, protocol.CensusLayout(2, part))}
+
+    def parse_census():
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders=SENDERS,
+            spec=SPEC,
+            layouts=layouts,
+            max_bytes=1 << 20,
+        )
+
+    if reason is None:
+        assert parse_census().header["examples"] == 3
+        return
+    with pytest.raises(protocol.MessageRejected) as info:
+        parse_census()
+    assert info.value.reason == protocol.MALFORMED and reason in str(info.value)

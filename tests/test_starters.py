@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hierfl.data import census
 from hierfl.data.files import Schema, read_examples
 from hierfl.data.loading import load_topology, topology_task
 from hierfl.errors import HierflError, InferenceError
@@ -110,7 +111,11 @@ def test_a_new_project_trains_in_both_engines_and_is_served(folder):
             project / "data" / "plant-a" / "test.csv",
             Schema(task.input_shape, task.class_names),
         )
-        expected = expected_classes(task, trained, test.x)
+        found = census.from_description(json.loads((folder / "rt" / "census.json").read_text()))
+        assert found.standardizes and found.examples == sum(
+            int(n) for *_, n in re.findall(r"(\S+): joined .* \((\d+) examples\)", logs_text(logs))
+        )
+        expected = expected_classes(task, trained, found.standardize(test.x))
         with Client(address, timeout=5.0) as client:
             info = wait_for_server(client, server, folder / "serve.log")
             assert (info.task, info.version, info.input_shape) == ("press-failure", 3, (6,))
@@ -134,6 +139,10 @@ def test_a_new_project_trains_in_both_engines_and_is_served(folder):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def logs_text(logs: Path) -> str:
+    return "".join(path.read_text() for path in sorted(logs.glob("devices-*.log")))
 
 
 def expected_classes(task, params, x: np.ndarray) -> np.ndarray:

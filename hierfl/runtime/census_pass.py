@@ -15,7 +15,7 @@ holds the only count of its examples and the cloud needs the total (SCAFFOLD's v
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class PlantCensus:
         self.parts: dict[str, Part] = {}
         self.sent = False
         self.result: Census | None = None
+        self.informed: set[str] = set()  # devices the result was sent to
 
     def take(self, device: str, header: Mapping[str, Any]) -> None:
         self.parts[device] = part_from(header)
@@ -117,7 +118,3 @@ class CloudCensus:
         self.result = census.finish(census.add(self.parts.values()), per_channel)
         write_census(self.run_dir, self.result.describe())
         return self.result
-
-
-def reporters(parts: Iterable[str]) -> str:
-    return ", ".join(sorted(parts)) or "none"

@@ -233,13 +233,13 @@ class DeviceNode:
                 return
             if message.kind == protocol.CENSUS:
                 self._take_census(message)
-            elif message.kind == protocol.MODEL and self.raw_x is not None:
-                self.log.info("round %d: no census result yet; model skipped", message.round)
             elif message.kind == protocol.MODEL:
                 latest = message
             elif message.kind in protocol.SECAGG_FROM_EDGE:
                 self.upload.answer(message, self.model_version)
-        if latest is not None:
+        if latest is not None and self.raw_x is not None:
+            self.log.info("round %d: no census result yet; model skipped", latest.round)
+        elif latest is not None:
             self._train(latest)
 
     def _take_census(self, message: protocol.Message) -> None:

@@ -209,6 +209,9 @@ class EdgeNode:
         if outbox.wait is not None:
             self.deadline = time.monotonic() + outbox.wait
         for device, frames in outbox.devices.items():
+            if self.census is not None and self.census.result is not None:
+                if device not in self.census.informed:  # the census before any model
+                    self._send_census(device)
             self.device_bytes[1] += sum(len(protocol.frame_bytes(f)) for f in frames)
             send_router(self.devices_socket, device, frames)
         if outbox.checkpoint:
@@ -292,6 +295,7 @@ class EdgeNode:
             self._send_census(device)
 
     def _send_census(self, device: str) -> None:
+        self.census.informed.add(device)
         fields = census_pass.result_fields(self.census.result)
         send_router(
             self.devices_socket, device, protocol.encode(protocol.CENSUS, self.plant.name, **fields)

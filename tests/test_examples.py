@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hierfl.data.loading import load_topology
+from hierfl.data.loading import load_topology, topology_task
 from hierfl.data.tasks import TASKS
 
 needs_aeon = pytest.mark.skipif(
@@ -191,15 +192,73 @@ def check_common(results: dict, plants: set[str], devices: int, model_bytes: int
         assert set(results[method][f"plant_{metric}"]) == plants, method
 
 
+def load_script(folder: str, name: str):
+    """An example's script `name`.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f"example_{folder}_{name}", EXAMPLES / folder / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_equipment_failure_topologies_are_three_plants_with_unshared_faults():
-    for name, task in (("topology.toml", "bearing-fault"), ("rul.toml", "bearing-rul")):
-        topology = load_topology(EXAMPLES / "equipment_failure" / name)
-        assert topology.federation.task == task and len(topology.plants) == 3
-        assert len({plant.shift for plant in topology.plants}) == 3
-        seen = [set(plant.classes) for plant in topology.plants]
-        assert any(
-            kind not in other for plant in seen for kind in plant for other in seen
-        )  # some plant lacks a fault
+    fault = load_topology(EXAMPLES / "equipment_failure" / "topology.toml")
+    assert fault.federation.task == "bearing_tasks:bearing_fault"  # the example's own task
+    plants = load_script("equipment_failure", "write_data").PLANTS
+    assert list(plants) == list(fault.plant_names)
+    assert len({plant.shift for plant in plants.values()}) == 3
+    kinds = [set(plant.faults) for plant in plants.values()]
+    assert set().union(*kinds) == {"healthy", "outer", "inner", "ball"}
+    assert all(len(k) < 4 for k in kinds)  # no plant sees every fault
+    rul = load_topology(EXAMPLES / "equipment_failure" / "rul.toml")
+    assert rul.federation.task == "bearing-rul" and len(rul.plants) == 3
+    assert len({plant.shift for plant in rul.plants}) == 3
+    seen = [set(plant.classes) for plant in rul.plants]
+    assert any(
+        kind not in other for plant in seen for kind in plant for other in seen
+    )  # some plant lacks a fault
+
+
+def copy_fault_example(folder: Path, topology: str | None = None) -> Path:
+    """The fault problem's task module and topology (or `topology`'s text) in `folder`,
+    as a user's project holds them; returns the topology's path."""
+    source = EXAMPLES / "equipment_failure"
+    (folder / "bearing_tasks.py").write_text((source / "bearing_tasks.py").read_text())
+    path = folder / "topology.toml"
+    path.write_text(topology if topology is not None else (source / "topology.toml").read_text())
+    return path
+
+
+def test_equipment_failure_machines_each_have_their_own_file(tmp_path):
+    from hierfl.data.device_files import read_device
+
+    topology_path = copy_fault_example(tmp_path)
+    write_data = load_script("equipment_failure", "write_data")
+    written = write_data.write_machine_files(topology_path, windows=8)
+
+    topology = load_topology(topology_path)
+    machines = [tmp_path / "data" / d.plant / d.line / f"{d.name}.npz" for d in topology.devices]
+    tests = [tmp_path / "data" / plant / "test.npz" for plant in topology.plant_names]
+    assert len(set(machines)) == 22 and written == machines + tests
+    assert all(path.is_file() for path in written)
+    for device in topology.devices:
+        mine = np.load(tmp_path / "data" / device.plant / device.line / f"{device.name}.npz")
+        faults = set(write_data.PLANTS[device.plant].faults)
+        assert mine["x"].shape[1:] == (2048,) and mine["x"].dtype == np.float32
+        assert 0 < len(mine["y"]) < 8 and set(mine["y"]) <= faults  # some held out
+        # hierfl reads this machine's file and no other for it.
+        examples = read_device(topology, topology_task(topology), device)
+        np.testing.assert_array_equal(examples.x, mine["x"])
+    for plant, path in zip(topology.plant_names, tests):
+        assert set(np.load(path)["y"]) == set(write_data.PLANTS[plant].faults)
+    # Deterministic in the seed, and nothing is rewritten while every file is there.
+    before = np.load(machines[5])["x"]
+    assert write_data.write_missing_files(topology_path, windows=8) == []
+    machines[5].unlink()
+    assert len(write_data.write_missing_files(topology_path, windows=8)) == 25
+    np.testing.assert_array_equal(np.load(machines[5])["x"], before)
 
 
 def test_equipment_failure_runs_end_to_end(tmp_path):
@@ -264,6 +323,91 @@ def test_equipment_failure_runs_end_to_end(tmp_path):
         p.name for p in run_dir.iterdir()
     }
     assert np.load(run_dir / "predict.npy").shape[1:] == (2048, 1)
+
+
+SPECTRUM_NET_BYTES = 4 * ((33 * 64 + 64) + (64 * 64 + 64) + (64 * 4 + 4))
+"""bearing_tasks.EnvelopeSpectrumNet: 33 Welch bins -> 64 -> 64 -> 4 classes, float32."""
+
+REDUCED_FAULT_FILES = """
+[federation]
+name = "fault-files-smoke"
+task = "bearing_tasks:bearing_fault"
+cloud_rounds = 2
+edge_rounds = 2
+local_steps = 2
+batch_size = 4
+learning_rate = 0.05
+seed = 0
+
+[data]
+path = "data/{plant}/{line}/{device}.npz"
+test_data = "data/{plant}/test.npz"
+
+[cloud]
+address = "tcp://127.0.0.1:7480"
+
+[[plants]]
+name = "plant-north"
+address = "tcp://127.0.0.1:7481"
+
+[[plants.lines]]
+name = "line-1"
+devices = ["spindle-1", "spindle-2"]
+
+[[plants]]
+name = "plant-south"
+address = "tcp://127.0.0.1:7482"
+
+[[plants.lines]]
+name = "line-1"
+devices = ["spindle-1"]
+"""
+
+
+def test_equipment_failure_fault_trains_from_the_machines_files(tmp_path):
+    topology = copy_fault_example(tmp_path, REDUCED_FAULT_FILES)
+    out = tmp_path / "out"
+    results = load_example("equipment_failure").main(
+        [
+            "--only",
+            "fault",
+            "--topology",
+            str(topology),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "runs"),
+            "--algorithms",
+            "none",
+            "--quiet",
+        ]
+    )
+
+    # run.py wrote the three machines' files and the two plants' test files first.
+    data = tmp_path / "data"
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.npz")) == [
+        "plant-north/line-1/spindle-1.npz",
+        "plant-north/line-1/spindle-2.npz",
+        "plant-north/test.npz",
+        "plant-south/line-1/spindle-1.npz",
+        "plant-south/test.npz",
+    ]
+    fault = results["fault"]
+    check_common(fault, {"plant-north", "plant-south"}, 3, SPECTRUM_NET_BYTES)
+    # 64 windows per machine, classes balanced in the machine; of each class's 22 or 21
+    # windows 6 or 5 (a quarter, rounded) are held out: 16 per machine.
+    assert fault["federation"]["train_examples"] == 3 * 48
+    assert fault["federation"]["test_examples"] == {"plant-north": 32, "plant-south": 16}
+    assert fault["federation"]["task"] == "bearing_tasks:bearing_fault"
+    for method in ("hierarchical", "flat_fedavg", "centralized", "local_only"):
+        assert 0.0 <= fault[method]["accuracy"] <= 1.0, method
+    text = (out / "results_fault.md").read_text()
+    assert (
+        "| plant-north | plant-south |" in text
+    )  # the topology says nothing of the plants' faults
+    run_dir = tmp_path / "runs" / "fault-files-smoke"
+    assert np.load(run_dir / "predict.npy").shape == (4, 2048)  # one window of each class
+    assert sorted(np.load(run_dir / "predict_truth.npy")) == [0, 1, 2, 3]
 
 
 # --- energy forecasting --------------------------------------------------------------------

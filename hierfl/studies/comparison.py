@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -428,7 +428,7 @@ def results_markdown(results: dict[str, Any], words: Words = Words()) -> str:
         "method",
         f"{metric.title}, {all_plants}",
         *(f"{e.upper()}, {all_plants}" for e in extra),
-        *(f"{p} ({_plant_note(fed['plants'][p], show_shift)})" for p in plants),
+        *(_plant_header(p, fed["plants"][p], show_shift) for p in plants),
         "edge → cloud",
     ]
     uplink = results["uplink_at_equal_accuracy"]
@@ -493,13 +493,15 @@ def _algorithms_line(algorithms: dict[str, Any], fedavg: dict[str, Any], metric:
     )
 
 
-def _plant_note(plant: dict[str, Any], show_shift: bool) -> str:
-    """A plant's column note: its shift (where plants differ by one) and its classes (three at most by name)."""
-    notes = [f"shift {plant['shift']:g}"] if show_shift or not plant.get("classes") else []
+def _plant_header(name: str, plant: dict[str, Any], show_shift: bool) -> str:
+    """A plant's column: its name, then its shift (where plants differ by one) and its
+    classes (three at most by name); the name alone when the topology says neither (a
+    task that reads files: the plant is what its files hold)."""
+    notes = [f"shift {plant['shift']:g}"] if show_shift else []
     classes = plant.get("classes") or []
     if classes:
         notes.append(", ".join(classes) if len(classes) <= 3 else f"{len(classes)} classes")
-    return "; ".join(notes)
+    return f"{name} ({'; '.join(notes)})" if notes else name
 
 
 # --- figure ------------------------------------------------------------------------------
@@ -687,11 +689,14 @@ def run_problems(
 
 
 class Problem(NamedTuple):
-    """One problem of an example: its topology file (in the example's folder), what it is, its words."""
+    """One problem of an example: its topology file (in the example's folder), what it is,
+    its words, and `prepare(topology_path)`, if any, called before it trains (e.g. to
+    write the devices' data files the topology names)."""
 
     topology: str
     description: str
     words: Words = Words()
+    prepare: Callable[[Path], None] | None = None
 
 
 def run_example(
@@ -743,8 +748,11 @@ def run_example(
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
     for name in (args.only,) if args.only else names:
+        path = getattr(args, f"topology_{name}")
+        if problems[name].prepare is not None:
+            problems[name].prepare(path)
         results |= run_problems(
-            {name: getattr(args, f"topology_{name}")},
+            {name: path},
             command=" ".join([command, *argv]),
             out=args.out,
             words=problems[name].words,

@@ -48,6 +48,7 @@ from hierfl.privacy import homomorphic as he  # noqa: E402
 from hierfl.runs.checkpoint import load_params  # noqa: E402
 from hierfl.runs.records import reconcile_metrics  # noqa: E402
 from hierfl.runtime import encrypted, protocol  # noqa: E402
+from hierfl.runtime.evaluations import evaluation_sums, release_evaluation  # noqa: E402
 from hierfl.runtime.launch import Launch, read_new_records  # noqa: E402
 from hierfl.runtime.node import node_model  # noqa: E402
 from hierfl.sim.engine import simulate  # noqa: E402
@@ -724,8 +725,9 @@ def test_plant_sums_combine_to_the_clouds_scores(tmp_path):
     # Scalars leave rounded; counts exact, and they arrive as they left.
     confusion = np.zeros((10, 10), np.int64)
     confusion[3, 3], confusion[3, 5] = 123450, 6
-    released = encrypted.release_evaluation(
-        PlantSums(123456, 1.23456789, {"accuracy": 98765.4321}, confusion)
+    released = release_evaluation(
+        PlantSums(123456, 1.23456789, {"accuracy": 98765.4321}, confusion),
+        digits=encrypted.EVALUATION_DIGITS,
     )
     assert released == {
         "count": 123456,
@@ -736,13 +738,13 @@ def test_plant_sums_combine_to_the_clouds_scores(tmp_path):
     }
     for sent in sums:
         message = protocol.parse_message(
-            protocol.encode(protocol.EVALUATION, "plant-a", **encrypted.release_evaluation(sent)),
+            protocol.encode(protocol.EVALUATION, "plant-a", **release_evaluation(sent)),
             senders={"plant-a"},
             spec=net.spec,
             layouts={protocol.EVALUATION: (protocol.SUMS, protocol.EvaluationLayout(10, 0))},
             max_bytes=1 << 20,
         )
-        received = encrypted.evaluation_sums(message.header)
+        received = evaluation_sums(message.header)
         np.testing.assert_array_equal(received.confusion, sent.confusion)
         assert received.confusion.dtype == np.int64 and received.histogram.shape == (0, 0)
 

@@ -653,6 +653,7 @@ def nodes() -> Iterator[Nodes]:
 
 @pytest.mark.parametrize("way", WAYS)
 def test_hostile_messages_are_refused_counted_and_survived(nodes, way):
+    """Messages broken `way`: each refused with a reason it allows, counted, and survived."""
     nodes.alive()
     edge_before, cloud_from = nodes.edge_refusals(), len(nodes.log("cloud"))
     sent = {"edge": collections.Counter(), "cloud": collections.Counter()}

@@ -1,7 +1,7 @@
 """Memory over a long run: `hierfl launch` of many short rounds, every node's resident memory sampled.
 
-    python benchmarks/soak.py                 # 1,000 cloud rounds, 2 plants x 2 devices (about 8 minutes on 2 cores)
-    python benchmarks/soak.py --quick         # 100 rounds
+    python benchmarks/soak.py                 # 1,000 cloud rounds, 2 plants x 2 devices (about 2.5 minutes on 2 cores)
+    python benchmarks/soak.py --quick         # 100 rounds (about 45 s, mostly start-up)
     python benchmarks/soak.py --rounds 5000 --json soak.json
 
 One tiny federation (digits MLP, one edge round of one local step per cloud round, each

@@ -8,6 +8,7 @@ when central DP came in. The figures they return are checked for sense, not spee
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -81,3 +82,22 @@ def test_data_loaders_read_what_pyarrow_alone_reads(bench, tmp_path):
         np.testing.assert_array_equal(x, x_plain)
         np.testing.assert_array_equal(y, y_plain)
         assert 0 < y.mean() < 0.5  # about 10% failures
+
+
+def test_soak_reads_node_memory_and_measures_its_growth(bench):
+    from hierfl.topology import parse_topology
+
+    soak = bench("soak")
+    mine = soak.memory_kb(os.getpid())
+    assert 0 < mine["RssAnon"] <= mine["VmRSS"] <= mine["VmHWM"]
+    assert soak.memory_kb(2**22 + 1) is None  # above Linux's largest pid: no such process
+    samples = [(r, 1000 + 2 * r) for r in range(101)]  # 2 kB more each round
+    figures = soak.growth(samples, warmup=10, window=10, rounds=100)
+    assert figures["start_kb"] == 1000 + 2 * 14.5  # the median of rounds 10..19
+    assert figures["end_kb"] == 1000 + 2 * 95  # of rounds 90..100
+    assert figures["growth"] == pytest.approx((1190 - 1029) / 1029)
+    assert figures["kb_per_round"] == pytest.approx(2.0)
+    text = soak.TOPOLOGY.format(rounds=3, dir="/tmp/x")
+    text += "".join(soak.PLANT.format(index=i, dir="/tmp/x", devices=2) for i in range(2))
+    topology = parse_topology(text, "soak.toml")
+    assert (topology.num_devices, topology.federation.cloud_rounds) == (4, 3)

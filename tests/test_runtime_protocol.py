@@ -639,3 +639,35 @@ def test_a_census_is_checked_before_it_is_used(part, fields, reason):
     with pytest.raises(protocol.MessageRejected) as info:
         parse_census()
     assert info.value.reason == protocol.MALFORMED and reason in str(info.value)
+
+
+def test_an_evaluation_must_sum_exactly_the_tasks_metrics():
+    """An evaluation without the task's metric once passed the checks and crashed the cloud
+    (a KeyError when it combined the plants' sums): found by tests/test_runtime_fuzz.py."""
+    layout = protocol.EvaluationLayout(0, 0, ("accuracy",))
+
+    def evaluation(sums):
+        frames = protocol.encode(
+            protocol.EVALUATION,
+            "plant-a",
+            round=1,
+            count=4,
+            loss_sum=1.0,
+            metric_sums=sums,
+            confusion=[],
+            histogram=[],
+        )
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders={"plant-a"},
+            spec=SPEC,
+            layouts={protocol.EVALUATION: (protocol.SUMS, layout)},
+            max_bytes=1 << 20,
+        )
+
+    assert evaluation({"accuracy": 3.0}).header["metric_sums"] == {"accuracy": 3.0}
+    for sums in ({}, {"rmse": 1.0}, {"accuracy": 3.0, "extra": 1.0}):
+        with pytest.raises(protocol.MessageRejected) as info:
+            evaluation(sums)
+        assert info.value.reason == protocol.MALFORMED
+        assert "exactly the task's metrics (accuracy)" in str(info.value)

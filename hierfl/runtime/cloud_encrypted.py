@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 
 from hierfl.data.census import Census
-from hierfl.data.evaluation import count_shapes
 from hierfl.errors import HierflError, HomomorphicError
 from hierfl.runs.metrics import METRICS_FILE
 from hierfl.runs.records import reconcile_metrics, unscored
 from hierfl.runtime import encrypted, protocol
 from hierfl.runtime.cloud_modes import Closing, CloudShell, Resumed
-from hierfl.runtime.evaluations import PendingScores
+from hierfl.runtime.evaluations import PendingScores, evaluation_layout
 from hierfl.runtime.node import NodeModel
 from hierfl.topology import Topology
 
@@ -64,7 +63,7 @@ class EncryptedAggregation:
             protocol.HE_SUMMARY: (encrypted.CODEC, encrypted.cipher_layout(net.spec, parameters)),
             protocol.EVALUATION: (
                 protocol.SUMS,
-                protocol.EvaluationLayout(*count_shapes(net.task)),
+                evaluation_layout(net.task),
             ),
         }
         self.labels = encrypted.row_labels(topology.plant_names)

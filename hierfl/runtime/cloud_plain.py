@@ -24,7 +24,6 @@ import numpy as np
 from hierfl.core import steps
 from hierfl.core.steps import aligned_zeros
 from hierfl.data.census import Census
-from hierfl.data.evaluation import count_shapes
 from hierfl.data.plan import make_plan
 from hierfl.kernels import ravel
 from hierfl.privacy.config import DpConfig
@@ -34,7 +33,7 @@ from hierfl.runs.records import reconcile_metrics, unscored
 from hierfl.runtime import protocol
 from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.cloud_modes import CLOUD, Closing, CloudShell, Resumed
-from hierfl.runtime.evaluations import PendingScores
+from hierfl.runtime.evaluations import PendingScores, evaluation_layout
 from hierfl.runtime.node import NodeModel
 from hierfl.topology import Topology
 
@@ -71,7 +70,7 @@ class PlainAggregation:
             protocol.SUMMARY: (net.codecs.edge_to_cloud.name, net.edge_layout),
             protocol.EVALUATION: (
                 protocol.SUMS,
-                protocol.EvaluationLayout(*count_shapes(net.task)),
+                evaluation_layout(net.task),
             ),
         }
         self.scores = PendingScores(net.task, topology.plant_names, self._write)

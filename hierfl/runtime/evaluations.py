@@ -20,10 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from hierfl.data.evaluation import PlantSums, combine_plant_sums
+from hierfl.data.evaluation import PlantSums, combine_plant_sums, count_shapes
 from hierfl.data.tasks import Task
 from hierfl.runs.records import score_fields
 from hierfl.runtime import protocol
+
+
+def evaluation_layout(task: Task) -> protocol.EvaluationLayout:
+    """What an `evaluation` of `task` must carry: its counts' shapes and its metrics' names."""
+    return protocol.EvaluationLayout(*count_shapes(task), tuple(m.name for m in task.metrics))
 
 
 def release_evaluation(sums: PlantSums, digits: int | None = None) -> dict[str, Any]:

@@ -260,10 +260,12 @@ def codec_layout(codec: Codec) -> Layout:
 
 class EvaluationLayout(NamedTuple):
     """The counts an `evaluation` of this node's task carries: a `classes` x `classes` confusion
-    matrix (0: a regression task, none) and a 2 x `bins` histogram (0: none; two classes only)."""
+    matrix (0: a regression task, none) and a 2 x `bins` histogram (0: none; two classes only),
+    and the names of its `metrics`, exactly the keys of its `metric_sums` (unchecked if empty)."""
 
     classes: int
     bins: int
+    metrics: tuple[str, ...] = ()
 
 
 class CensusLayout(NamedTuple):
@@ -755,6 +757,12 @@ def _check_evaluation(header: dict[str, Any], senders: int, layout: EvaluationLa
         raise MessageRejected(
             MALFORMED,
             f"header field 'metric_sums' must map at most {MAX_METRICS} names to numbers, got {_short(sums)}",
+        )
+    if layout.metrics and sorted(sums) != sorted(layout.metrics):
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'metric_sums' must sum exactly the task's metrics "
+            f"({', '.join(layout.metrics)}), got {_short(sorted(sums))}",
         )
     for name, value in [("loss_sum", header.get("loss_sum")), *sums.items()]:
         float32_number(f"evaluation value {name}", value, bound=F32_MAX / senders)

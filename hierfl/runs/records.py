@@ -136,7 +136,8 @@ def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] |
     """
     records: dict[int, str] = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        # A crash can leave a line cut short, or bytes that are not text: those are skipped.
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

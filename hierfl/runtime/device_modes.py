@@ -24,6 +24,7 @@ from hierfl.errors import RunDirError, SecAggError
 from hierfl.kernels import FlatSpec
 from hierfl.runtime import protocol
 from hierfl.runtime.secagg_rounds import DeviceRound, SecureAggregation, encode_message
+from hierfl.runtime.state_files import read_array
 
 Send = Callable[[list, str], None]
 
@@ -51,7 +52,7 @@ class VariateMemory:
         self.path = path
         self.value = np.zeros(size, np.float32)
         if resume and path is not None and path.exists():
-            stored = np.load(path)
+            stored = read_array(path, "control variate file")
             if stored.shape != (size,) or stored.dtype != np.float32:
                 raise RunDirError(
                     f"{path}: a control variate of {stored.dtype} {list(stored.shape)}, "

@@ -30,6 +30,7 @@ import numpy as np
 import zmq
 
 from hierfl.data.plan import held_out_examples, one_plant, plant_counts
+from hierfl.errors import RunDirError
 from hierfl.runtime import census_pass, protocol
 from hierfl.runtime.census_pass import PlantCensus, needs_census
 from hierfl.runtime.curve import check_keys, start_authenticator
@@ -50,6 +51,7 @@ from hierfl.runtime.node import (
     send_router,
     start_waiting_over,
 )
+from hierfl.runtime.state_files import read_arrays
 from hierfl.topology import Topology
 
 CLOUD = "cloud"
@@ -374,8 +376,13 @@ class EdgeNode:
         if self.state_path is None or not self.state_path.exists():
             self.log.info("no edge checkpoint to resume from; starting fresh")
             return 0
-        with np.load(self.state_path) as state:
+        state = read_arrays(self.state_path, "edge state file", ("round", "late", "residual"))
+        try:
             finished_round, self.late = int(state["round"]), int(state["late"])
             version = self.uplink.restore(state)
+        except (TypeError, ValueError) as error:  # arrays of the wrong shape or kind
+            raise RunDirError(
+                f"{self.state_path}: not this edge's state ({error}); move it away to start afresh"
+            ) from None
         self.log.info("resumed after cloud round %d%s", finished_round, version)
         return finished_round

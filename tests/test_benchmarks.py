@@ -101,3 +101,20 @@ def test_soak_reads_node_memory_and_measures_its_growth(bench):
     text += "".join(soak.PLANT.format(index=i, dir="/tmp/x", devices=2) for i in range(2))
     topology = parse_topology(text, "soak.toml")
     assert (topology.num_devices, topology.federation.cloud_rounds) == (4, 3)
+
+
+def test_chaos_counts_rounds_recorded_twice_and_missing(bench):
+    from hierfl.topology import parse_topology
+
+    chaos = bench("chaos")
+    records = [{"round": r} for r in (1, 2, 2, 4, 5, 5, 5)]
+    assert chaos.round_counts(records, rounds=6) == {
+        "completed": 4,
+        "duplicated": [2, 5],
+        "missing": [3, 6],
+    }
+    assert chaos.round_counts([], rounds=2) == {"completed": 0, "duplicated": [], "missing": [1, 2]}
+    text = chaos.TOPOLOGY.format(rounds=3, seed=1, dir="/tmp/x")
+    text += "".join(chaos.PLANT.format(index=i, dir="/tmp/x") for i in range(2))
+    topology = parse_topology(text, "chaos.toml")
+    assert (topology.num_devices, topology.federation.cloud_rounds) == (8, 3)

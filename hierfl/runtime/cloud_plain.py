@@ -89,7 +89,6 @@ class PlainAggregation:
         self.examples = np.float32(
             make_plan(topology).shards.counts.sum() if variates_of_plan else 0
         )
-        self.census: Census | None = None
         self.checkpoints = CloudCheckpoints(run_dir / "checkpoints" / "cloud")
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
 
@@ -202,7 +201,6 @@ class PlainAggregation:
 
     def use_census(self, found: Census) -> None:
         """The census: the examples SCAFFOLD's variate needs; published models standardize."""
-        self.census = found
         if self.net.variates and self.net.task.reads_files:
             self.examples = np.float32(found.examples)
         if self.publisher is not None:

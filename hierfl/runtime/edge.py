@@ -81,10 +81,12 @@ class EdgeNode:
         self.net = net = node_model(topology)
         self.devices = frozenset(device.id for device in self.plant.devices)
         self.members, self.counters = Membership(runtime.heartbeat_timeout), Counters()
-        # Secure aggregation's weight bound: the plant's devices' counts (its part of the plan).
-        counts = functools.cache(
-            lambda: plant_counts(topology, self.index, one_plant(topology, self.index)[0])
-        )
+        # A bundled task's plant part, made once if a mode needs it: secure aggregation's
+        # weight bound (the plant's devices' counts) and the test examples the edge evaluates on.
+        part = functools.cache(lambda: one_plant(topology, self.index))
+        counts = lambda: plant_counts(topology, self.index, part()[0])  # noqa: E731
+        files = net.task.reads_files
+        test = (lambda: held_out_examples(topology, [self.index])) if files else lambda: part()[1]
         variates = edge_variates(net, len(self.devices))
         self.rounds = edge_rounds(
             topology, self.plant, net, variates, counts, self.log, self.counters
@@ -93,7 +95,7 @@ class EdgeNode:
             topology,
             self.plant,
             net,
-            lambda: held_out_examples(topology, [self.index]),
+            test,
             self.log,
             he_context=he_context,
             model_out=model_out,

@@ -109,6 +109,7 @@ def running_edge(topology_text: str, devices: tuple[str, ...] = (DEV1, DEV2)):
     cloud = context.socket(zmq.ROUTER)
     cloud.setsockopt(zmq.LINGER, 0)
     cloud.bind(f"ipc://{folder}/cloud.ipc")
+    net = node_model(topology)  # before the edge starts: the fake devices speak as soon as it does
     log = folder / "edge.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -126,7 +127,7 @@ def running_edge(topology_text: str, devices: tuple[str, ...] = (DEV1, DEV2)):
             "topology": topology,
             "context": context,
             "log": log,
-            "net": node_model(topology),
+            "net": net,
             "address": f"ipc://{folder}/edge.ipc",
         }
     finally:
@@ -336,6 +337,31 @@ def test_hostile_headers_and_overflowing_numbers_are_refused_and_the_edge_lives(
         assert reply["reason"] == reason, (reason, reply)
         assert edge["process"].poll() is None
         assert dev1.status()["rejected"].get(reason, 0) == before.get(reason, 0) + 1
+
+
+def test_a_connection_held_back_under_a_live_devices_name_is_logged_with_its_address():
+    """ZeroMQ drops every message of a second connection under a connected device's name before
+    the edge sees it; the edge logs that connection once it has been silent for heartbeat_timeout."""
+    with running_edge(
+        TOPOLOGY.replace("heartbeat_timeout = 600.0", "heartbeat_timeout = 2.0")
+    ) as edge:
+        for device in edge["devices"].values():
+            assert device.status()["phase"]  # connected, and heard
+        impostor = Peer(edge["context"], edge["address"], DEV1)
+        try:
+            impostor.send_kind(protocol.STATUS)
+            deadline = time.monotonic() + 15
+            while "has delivered no message" not in edge["log"].read_text():
+                assert time.monotonic() < deadline, edge["log"].read_text()
+                time.sleep(0.2)
+        finally:
+            impostor.socket.close()
+        held_back = [
+            line for line in edge["log"].read_text().splitlines() if "delivered no message" in line
+        ]
+        assert len(held_back) == 1, edge["log"].read_text()  # the real devices spoke
+        assert "edge.ipc" in held_back[0] and "name of a connected peer" in held_back[0]
+        assert edge["process"].poll() is None
 
 
 def test_a_second_connection_cannot_take_over_a_live_devices_name(edge):

@@ -274,11 +274,16 @@ def test_two_projects_with_a_task_module_of_the_same_name_each_get_their_own(tmp
     assert topology_task(second).name == "gauges-two"
 
 
-def test_the_runtime_refuses_what_needs_every_device_count(tmp_path):
-    topology = load_topology(write_project(tmp_path, algorithm="fednova"))
-    problem = runtime_problem(topology)
-    assert problem is not None and "FedNova's effective step count" in problem
-    assert runtime_problem(load_topology(write_project(tmp_path / "plain"))) is None
+def test_the_runtime_asks_for_the_secure_aggregation_bound_only_devices_could_know(tmp_path):
+    path = write_project(tmp_path)
+    text = path.read_text().replace('devices = ["gauge-1"]', 'devices = ["gauge-1", "gauge-2"]')
+    path.write_text(text + "\n[privacy]\nsecure_aggregation = true\n")
+    problem = runtime_problem(load_topology(path))
+    assert problem is not None and "declare that bound (e.g. secagg_max_examples = " in problem
+    path.write_text(text + SECURE)
+    assert runtime_problem(load_topology(path)) is None
+    fednova = load_topology(write_project(tmp_path / "fednova", algorithm="fednova"))
+    assert runtime_problem(fednova) is None
 
 
 @pytest.mark.parametrize(
@@ -351,13 +356,18 @@ def test_the_launcher_lets_a_device_that_stayed_out_go_and_names_it(tmp_path):
 
 
 def test_a_launch_trains_without_the_device_whose_data_is_bad_and_the_metrics_name_it():
+    """A device whose file has a cell that is no number stays out; one whose file has an
+    empty and a NaN row drops both (on_bad_rows = "drop") and trains; the records say so."""
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))  # short: ipc:// paths
     try:
         path = write_project(folder)
         text = path.read_text().replace("tcp://127.0.0.1:72", f"ipc://{folder}/n")
+        text = text.replace("test_data = ", 'on_bad_rows = "drop"\ntest_data = ')
         path.write_text(text + "\n[runtime]\nmin_device_participation = 0.5\n")
         bad = folder / "data" / "plant-a" / "line-1" / "gauge-2.csv"
-        bad.write_text(bad.read_text().replace("\n", "\n,,,\n", 1))  # data row 1 is empty
+        bad.write_text(bad.read_text().replace("\n", "\nx,1,1,ok\n", 1))  # not a number
+        dropped = folder / "data" / "plant-b" / "line-1" / "gauge-1.csv"
+        dropped.write_text(dropped.read_text().replace("\n", "\n,,,\n1,nan,1,ok\n", 1))
         result = subprocess.run(
             [str(HIERFL), "launch", str(path), "--out", str(folder / "run"), "--quiet"],
             capture_output=True,
@@ -366,12 +376,13 @@ def test_a_launch_trains_without_the_device_whose_data_is_bad_and_the_metrics_na
             env={**os.environ, "COLUMNS": "300"},
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        reason = f"device plant-a/line-1/gauge-2: {bad}: row 1, column 'a': empty cell"
+        reason = f"device plant-a/line-1/gauge-2: {bad}: row 1, column 'a': "
         assert f"stayed out: {reason}" in result.stdout
         records = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").open()]
         assert [r["round"] for r in records] == [1, 2]
         for record in records:
             assert record["devices_out"]["plant-a"]["plant-a/line-1/gauge-2"].startswith(reason)
+            assert record["rows_dropped"] == {"plant-b": {"plant-b/line-1/gauge-1": 2}}
             assert record["devices_answered"] == {"plant-a": [1], "plant-b": [1]}
             assert 0.0 <= record["accuracy"] <= 1.0
     finally:
@@ -439,16 +450,32 @@ def test_a_standardized_run_exports_a_model_that_is_sent_raw_readings(tmp_path):
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
-def test_launch_with_a_census_trains_the_model_simulate_trains():
-    """Standardized inputs and SCAFFOLD on devices that read only their own files: the
-    runtime's census (counts and sums up the tree, mean and std down) gives what the
-    simulator computes from every row."""
+SECURE = "\n[privacy]\nsecure_aggregation = true\nsecagg_max_examples = 100\n"
+
+
+@pytest.mark.parametrize("variant", ["scaffold", "fednova", "secure-aggregation"])
+def test_launch_on_devices_own_files_trains_the_model_simulate_trains(variant):
+    """Devices that read only their own files: the runtime's census (counts and sums up the
+    tree, mean and std down) gives what the simulator computes from every row, with
+    standardized inputs and SCAFFOLD; and FedNova's effective step count, with plant-b's
+    line running 5 local steps to plant-a's 2 (45 examples: (2 x 25 + 5 x 20) / 45).
+    Secure aggregation encodes weights against the topology's declared bound."""
     from hierfl.runs.checkpoint import flatten_params, load_params
 
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
     try:
-        path = write_project(folder, algorithm="scaffold", standardize=True)
-        path.write_text(path.read_text().replace("tcp://127.0.0.1:72", f"ipc://{folder}/n"))
+        algorithm = variant.replace("secure-aggregation", "fedavg")
+        path = write_project(folder, algorithm=algorithm, standardize=variant == "scaffold")
+        text = path.read_text().replace("tcp://127.0.0.1:72", f"ipc://{folder}/n")
+        if variant == "fednova":
+            text = text.replace('devices = ["gauge-1"]', 'devices = ["gauge-1"]\nlocal_steps = 5')
+        if variant == "secure-aggregation":  # secure aggregation needs 2 devices per plant
+            text = (
+                text.replace('devices = ["gauge-1"]', 'devices = ["gauge-1", "gauge-2"]') + SECURE
+            )
+            rng = np.random.default_rng(1)
+            write_csv(folder / "data" / "plant-b" / "line-1" / "gauge-2.csv", rows(rng, 12))
+        path.write_text(text)
         hierfl.simulate(path, out=folder / "sim")
         result = subprocess.run(
             [str(HIERFL), "launch", str(path), "--out", str(folder / "rt"), "--quiet"],
@@ -457,13 +484,35 @@ def test_launch_with_a_census_trains_the_model_simulate_trains():
             timeout=300,
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        simulated = json.loads((folder / "sim" / "census.json").read_text())
-        launched = json.loads((folder / "rt" / "census.json").read_text())
-        assert launched["examples"] == simulated["examples"] == 45
-        np.testing.assert_allclose(launched["mean"], simulated["mean"], rtol=1e-6)
-        np.testing.assert_allclose(launched["std"], simulated["std"], rtol=1e-6)
+        if variant != "secure-aggregation":
+            simulated = json.loads((folder / "sim" / "census.json").read_text())
+            launched = json.loads((folder / "rt" / "census.json").read_text())
+            assert launched["examples"] == simulated["examples"] == 45
+        if variant == "scaffold":
+            np.testing.assert_allclose(launched["mean"], simulated["mean"], rtol=1e-6)
+            np.testing.assert_allclose(launched["std"], simulated["std"], rtol=1e-6)
+        if variant == "fednova":
+            assert launched["effective_steps"] == pytest.approx((2 * 25 + 5 * 20) / 45)
         a = flatten_params(load_params(folder / "sim" / "model.npz"))
         b = flatten_params(load_params(folder / "rt" / "model.npz"))
         assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-5
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_device_over_the_declared_secure_aggregation_bound_stays_out(tmp_path):
+    path = write_project(tmp_path)
+    text = path.read_text().replace('devices = ["gauge-1"]', 'devices = ["gauge-1", "gauge-2"]')
+    path.write_text(text + SECURE.replace("100", "14"))
+    write_csv(
+        tmp_path / "data" / "plant-b" / "line-1" / "gauge-2.csv", rows(np.random.default_rng(1), 12)
+    )
+    topology = load_topology(path)
+    source = OwnFiles(topology, topology_task(topology))
+    assert source.examples(topology.device("plant-a/line-1/gauge-1"))[2] == 10
+    with pytest.raises(DataError) as caught:
+        source.examples(topology.device("plant-a/line-1/gauge-2"))
+    assert str(caught.value) == (
+        "device plant-a/line-1/gauge-2: 15 examples, more than privacy.secagg_max_examples = 14 "
+        "(secure aggregation encodes each weight as a fraction of that bound); raise the bound"
+    )

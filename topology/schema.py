@@ -369,6 +369,7 @@ PRIVACY_FIELDS: Mapping[str, Field] = {
     "secure_aggregation": Field(bool, default=False),
     "secagg_threshold": Field(float, default=0.6, low=0.5, high=1, low_open=True),
     "secagg_clip": Field(float, default=1.0, low=0, low_open=True),
+    "secagg_max_examples": Field(int, default=None, low=1, high=2**31 - 1),
     "homomorphic": Field(bool, default=False),
     "he_poly_modulus_degree": Field(int, default=8192, low=4096, high=32768),
     "he_scale_bits": Field(int, default=40, low=20, high=40),
@@ -541,7 +542,10 @@ class Privacy:
     `secure_aggregation` masks device updates so each edge learns only their sum
     (`hierfl.privacy.secagg`): a round survives dropouts while `t = ceil(secagg_threshold *
     devices in the plant)` devices remain; each coordinate a device sends is clipped to
-    `[-secagg_clip, secagg_clip]` and fixed-point encoded mod 2^32. `homomorphic` encrypts
+    `[-secagg_clip, secagg_clip]` and fixed-point encoded mod 2^32, its weight (example
+    count) as a fraction of the plant's largest: `secagg_max_examples` declares that bound
+    (required in the runtime for a task that reads files, whose counts only the devices
+    know; a device holding more stays out). `homomorphic` encrypts
     each edge summary with CKKS (`hierfl.privacy.homomorphic`) so the cloud adds
     ciphertexts it cannot read; `he_poly_modulus_degree` and `he_scale_bits` set the
     ring and the scale (coefficient moduli from `he_coeff_mod_bit_sizes`).
@@ -561,6 +565,7 @@ class Privacy:
     secure_aggregation: bool = False
     secagg_threshold: float = 0.6
     secagg_clip: float = 1.0
+    secagg_max_examples: int | None = None
     homomorphic: bool = False
     he_poly_modulus_degree: int = 8192
     he_scale_bits: int = 40

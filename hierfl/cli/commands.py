@@ -293,6 +293,12 @@ def run_simulate(args: argparse.Namespace) -> int:
         topology, rounds=args.rounds, out=out, chunk_size=args.chunk_size, progress=not args.quiet
     )
     console.print(summary_table(result.history, topology.plant_names, result.plan.task.metric))
+    dropped = result.plan.rows_dropped
+    if dropped:
+        console.print(
+            f'on_bad_rows = "drop" dropped {sum(dropped.values())} bad rows of '
+            f"{len(dropped)} files (by device and test set in run.json's rows_dropped)"
+        )
     console.print(f"run directory: {escape(str(out))}   (plots: hierfl report {escape(str(out))})")
     return 0
 

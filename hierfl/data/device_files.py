@@ -10,8 +10,12 @@ refusal is a DataError that names the device or plant, then the file, row and co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from hierfl.data.files import Examples, Schema, read_examples
 from hierfl.data.tasks.base import Task
@@ -69,28 +73,39 @@ def read_plant_test(topology: Topology, task: Task, plant: Plant) -> Examples:
         raise DataError(f"plant {plant.name} test data: {error}") from None
 
 
-def read_all(
-    topology: Topology, task: Task
-) -> tuple[list[tuple[object, object]], list[tuple[object, object]]]:
-    """Every device's (x, y) in device order and every plant's test (x, y), as the simulator
-    needs them. DataError listing every device and plant whose data cannot be used."""
-    devices, tests, problems = [], [], []
+class AllData(NamedTuple):
+    """What the simulator reads: every device's (x, y) in device order, every plant's test
+    (x, y), and the bad rows `on_bad_rows = "drop"` dropped, by device id or `<plant> test data`."""
+
+    devices: list[tuple[np.ndarray, np.ndarray]]
+    tests: list[tuple[np.ndarray, np.ndarray]]
+    rows_dropped: dict[str, int]
+
+
+def read_all(topology: Topology, task: Task) -> AllData:
+    """Every device's and plant's data, as the simulator needs them. DataError listing every
+    device and plant whose data cannot be used."""
+    data, problems = AllData([], [], {}), []
     for device in topology.devices:
-        _collect(lambda d=device: read_device(topology, task, d), devices, problems)
+        read = functools.partial(read_device, topology, task, device)
+        _collect(read, device.id, data.devices, data.rows_dropped, problems)
     for plant in topology.plants:
-        _collect(lambda p=plant: read_plant_test(topology, task, p), tests, problems)
+        read = functools.partial(read_plant_test, topology, task, plant)
+        _collect(read, f"{plant.name} test data", data.tests, data.rows_dropped, problems)
     if problems:
         raise DataError(_joined(problems))
-    return devices, tests
+    return data
 
 
-def _collect(read, into: list, problems: list[str]) -> None:
+def _collect(read, name: str, into: list, dropped: dict[str, int], problems: list[str]) -> None:
     try:
         examples = read()
     except DataError as error:
         problems.append(str(error))
         return
     into.append((examples.x, examples.y))
+    if examples.dropped:
+        dropped[name] = int(examples.dropped)
 
 
 MAX_LISTED = 20

@@ -15,7 +15,7 @@ dirichlet, quantity) divides the line's pool among its devices. Deterministic in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,6 +67,8 @@ class Plan:
     census: Census | None = None
     """The federation's example count and, for a task that standardizes, the channels'
     mean and std; `shards` and `test` are standardized with them already."""
+    rows_dropped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Bad rows that `on_bad_rows = "drop"` dropped, by device id or `<plant> test data`."""
 
     @property
     def num_edges(self) -> int:
@@ -85,8 +87,15 @@ def make_plan(topology: Topology) -> Plan:
         [np.full(p.num_devices, i, np.int32) for i, p in enumerate(topology.plants)]
     )
     if task.reads_files:
-        devices, tests = device_files.read_all(topology, task)
-        plan = Plan(topology, task, device_edge, pad_shards(devices), stack_test_sets(tests))
+        read = device_files.read_all(topology, task)
+        plan = Plan(
+            topology,
+            task,
+            device_edge,
+            pad_shards(read.devices),
+            stack_test_sets(read.tests),
+            rows_dropped=read.rows_dropped,
+        )
         return with_census(plan)
     check_plant_classes(topology, task)
     requests = plant_requests(topology, task)

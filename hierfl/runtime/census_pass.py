@@ -10,7 +10,9 @@ to its devices, and to any device that reports later. Every node then standardiz
 holds: a device its examples, an edge its test data, the cloud its published models.
 
 It runs when the task standardizes its inputs, or when a device of a task that reads files
-holds the only count of its examples and the cloud needs the total (SCAFFOLD's variate).
+holds the only count of its examples and the federation needs the total (SCAFFOLD's variate
+at the cloud; FedNova's effective step count, `sum steps x examples / sum examples`, which
+every device's compiled step is built with once the result is in).
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from hierfl.topology import Topology
 
 def needs_census(topology: Topology, task: Task) -> bool:
     """Whether the runtime runs a census before round 1 (see the module docstring)."""
-    return task.standardize or (task.reads_files and topology.federation.algorithm == "scaffold")
+    return task.standardize or (task.reads_files and topology.federation.algorithm in COUNTED)
+
+
+COUNTED = ("scaffold", "fednova")
+"""Algorithms that need the federation's counts, which only the devices of a task that reads
+files know: SCAFFOLD's total examples, FedNova's effective step count."""
 
 
 def channels(task: Task) -> int:
@@ -50,6 +57,7 @@ def part_fields(part: Part) -> dict[str, Any]:
         "examples": int(part.examples),
         "sums": [float(v) for v in part.sums],
         "squares": [float(v) for v in part.squares],
+        "step_examples": int(part.step_examples),
     }
 
 
@@ -59,6 +67,7 @@ def part_from(header: Mapping[str, Any]) -> Part:
         int(header["examples"]),
         np.asarray(header.get("sums", []), np.float64),
         np.asarray(header.get("squares", []), np.float64),
+        int(header.get("step_examples", 0)),
     )
 
 

@@ -37,6 +37,7 @@ from hierfl.runtime import census_pass, protocol
 from hierfl.runtime.census_pass import CloudCensus, needs_census
 from hierfl.runtime.cloud_modes import CLOUD, Closing, cloud_mode
 from hierfl.runtime.cloud_summaries import RoundSummaries, check_round
+from hierfl.runtime.connections import ConnectionWatch
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.node import (
     Counters,
@@ -119,6 +120,7 @@ class CloudNode:
             max_bytes=runtime.max_message_bytes,
             keys=keys,
         )
+        self.watch = ConnectionWatch(self.socket, runtime.heartbeat_timeout, self.log)
         self.running = True
 
     def _open_records(self, resume: bool) -> None:
@@ -161,6 +163,7 @@ class CloudNode:
         finally:
             self.writer.close()
             self.mode.close()
+            self.watch.close()
             self.socket.close(linger=1000)
             if self.auth:
                 self.auth.stop()
@@ -246,7 +249,8 @@ class CloudNode:
         return math.ceil(self.runtime.min_edge_participation * len(self.edges))
 
     def _drain(self) -> None:
-        drain_router(self.socket, self._receive, self._refuse)
+        drain_router(self.socket, self._receive, self._refuse, self.watch.heard)
+        self.watch.check()
 
     def _receive(self, peer: bytes, frames: list) -> None:
         message = protocol.parse_message(

@@ -107,7 +107,8 @@ class RoundSummaries:
     ) -> dict[str, Any]:
         """The record's runtime fields: who answered, what was refused (`refused`: the cloud's
         counts), late updates (`late`: the cloud's), stale summaries, the devices that stay out
-        (`devices_out`: plant -> device -> why), secure-aggregation failures."""
+        (`devices_out`: plant -> device -> why), bad rows they dropped (`rows_dropped`: plant ->
+        device -> rows), secure-aggregation failures."""
         summaries = self.current
         fields = {
             "edges_answered": sorted(summaries),
@@ -130,6 +131,9 @@ class RoundSummaries:
         out = {n: h["out"] for n, h in summaries.items() if h.get("out")}
         if out:
             fields["devices_out"] = out
+        dropped = {n: h["rows_dropped"] for n, h in summaries.items() if h.get("rows_dropped")}
+        if dropped:
+            fields["rows_dropped"] = dropped
         if topology.privacy.secure_aggregation:
             fields["secure_aggregation_failures"] = {
                 n: h.get("secagg_failed", 0) for n, h in summaries.items()

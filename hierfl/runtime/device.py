@@ -36,6 +36,7 @@ from hierfl.core.algorithms import DeviceData
 from hierfl.core.attack import attacker_mask
 from hierfl.core.steps import DeviceOutput, make_device_step
 from hierfl.data import census
+from hierfl.data.census import Census
 from hierfl.data.loading import topology_task
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import census_pass, protocol
@@ -47,6 +48,7 @@ from hierfl.runtime.node import (
     CurveKeys,
     NodeModel,
     connect_dealer,
+    dealer,
     node_logger,
     node_model,
     node_name,
@@ -76,6 +78,20 @@ class DeviceSetup:
     net: NodeModel
     step: Callable[..., DeviceOutput]
     dp: DpConfig | None
+    with_census: dict[float, DeviceSetup] = dataclasses.field(default_factory=dict, repr=False)
+
+    def after_census(self, topology: Topology, found: Census) -> DeviceSetup:
+        """The setup to train with once the census is in: under FedNova, the model and step
+        built with the census's effective step count (once for all devices of a host)."""
+        effective = found.effective_steps
+        if effective is None or topology.federation.algorithm != "fednova":
+            return self
+        if effective not in self.with_census:
+            net = node_model(topology, effective=effective)
+            self.with_census[effective] = DeviceSetup(
+                self.data, net, device_step(topology, net), self.dp
+            )
+        return self.with_census[effective]
 
 
 def device_setup(topology: Topology, plant: str, data: str | None = None) -> DeviceSetup:
@@ -84,19 +100,22 @@ def device_setup(topology: Topology, plant: str, data: str | None = None) -> Dev
     machine, if any."""
     source = device_data_source(topology, topology_task(topology), plant, data)
     net = node_model(topology, source.counts)
-    dp = DpConfig.of(topology)
-    step = jax.jit(
+    return DeviceSetup(source, net, device_step(topology, net), DpConfig.of(topology))
+
+
+def device_step(topology: Topology, net: NodeModel) -> Callable[..., DeviceOutput]:
+    """The jitted `steps.make_device_step` of `net`'s algorithm."""
+    return jax.jit(
         make_device_step(
             net.algorithm,
             net.spec,
             net.codecs.device_to_edge,
             topology.federation.seed,
-            dp,
+            DpConfig.of(topology),
             topology.attack,
             attacker_mask(topology),
         )
     )
-    return DeviceSetup(source, net, step, dp)
 
 
 class DeviceNode:
@@ -124,9 +143,10 @@ class DeviceNode:
         self.runtime = topology.runtime
         check_keys(self.runtime, keys)
         self.log = node_logger(device_id)
-        setup = setup or device_setup(topology, self.device.plant)
+        self.setup = setup = setup or device_setup(topology, self.device.plant)
         self.net, self.step, self.dp = setup.net, setup.step, setup.dp
         x, y, count = setup.data.examples(self.device)
+        self.rows_dropped = setup.data.rows_dropped(self.device)
         steps = jnp.int32(topology.device_steps[self.device.index])
         self.data = DeviceData(jnp.asarray(x), jnp.asarray(y), jnp.int32(count), steps)
         codec = self.net.codecs.device_to_edge
@@ -146,9 +166,8 @@ class DeviceNode:
         self.owns_context = context is None
         self.context = zmq.Context() if context is None else context
         server_key = self.runtime.edge_keys.get(self.plant.name, "").encode() or None
-        self.socket = connect_dealer(
+        self.socket = dealer(
             self.context,
-            self.plant.address,
             device_id,
             max_bytes=self.runtime.max_message_bytes,
             keys=keys,
@@ -183,10 +202,21 @@ class DeviceNode:
     def join(self) -> None:
         """Greets the edge (with its census part, when there is a census); the edge sends
         this device the model from the next edge round on."""
-        self._send(protocol.HELLO)
+        self.socket.connect(self.plant.address)
+        if self.rows_dropped:
+            self.log.warning(
+                'dropped %d bad rows of its data (on_bad_rows = "drop")', self.rows_dropped
+            )
+            self._send(protocol.HELLO, rows_dropped=self.rows_dropped)
+        else:
+            self._send(protocol.HELLO)
         if self.raw_x is not None:
             count = int(self.data.count)
-            part = census.part_of(self.raw_x[:count], self.net.task.standardize)
+            steps = self.topology.device_steps[self.device.index]
+            fednova = self.topology.federation.algorithm == "fednova"
+            part = census.part_of(
+                self.raw_x[:count], self.net.task.standardize, steps if fednova else None
+            )
             self._send(protocol.CENSUS, **census_pass.part_fields(part))
         self.log.info(
             "joined %s at %s (%d examples)",
@@ -249,6 +279,8 @@ class DeviceNode:
         found = census_pass.result_from(message.header)
         self.data = self.data._replace(x=jnp.asarray(found.standardize(self.raw_x)))
         self.raw_x = None
+        setup = self.setup.after_census(self.topology, found)
+        self.net, self.step = setup.net, setup.step
         self.log.info("census: %d examples in the federation", found.examples)
 
     def _train(self, message: protocol.Message) -> None:

@@ -27,6 +27,8 @@ import numpy as np
 from hierfl.data.device_files import read_device
 from hierfl.data.plan import make_plan, one_plant, pad_shards, plant_counts
 from hierfl.data.tasks.base import Task
+from hierfl.errors import DataError
+from hierfl.runtime.secagg_rounds import weight_bound_problem
 from hierfl.topology import Device, Topology
 
 STEP_NEEDS_EVERY_COUNT = ("fednova",)
@@ -40,12 +42,21 @@ class OwnFiles:
 
     def __init__(self, topology: Topology, task: Task, override: str | None = None):
         self.topology, self.task, self.override = topology, task, override
+        self.dropped: dict[str, int] = {}
+
+    def rows_dropped(self, device: Device) -> int:
+        """Bad rows of `device`'s file that `on_bad_rows = "drop"` dropped (after `examples`)."""
+        return self.dropped.get(device.id, 0)
 
     def examples(self, device: Device) -> tuple[np.ndarray, np.ndarray, int]:
         """`device`'s padded (x, y, count); DataError naming the device, file, row and
         column if its data cannot be used."""
         read = read_device(self.topology, self.task, device, self.override)
         count = len(read.y)
+        self.dropped[device.id] = int(read.dropped)
+        problem = weight_bound_problem(self.topology, device.id, count)
+        if problem is not None:
+            raise DataError(problem)
         length = padded_length(count)
         return _padded(read.x, length), _padded(read.y, length), count
 
@@ -58,6 +69,9 @@ class PlantShards:
         self.first = topology.plants[index].devices[0].index
         self.shards = pad_shards(devices)
         self.counts = plant_counts(topology, index, devices)
+
+    def rows_dropped(self, device: Device) -> int:
+        return 0
 
     def examples(self, device: Device) -> tuple[np.ndarray, np.ndarray, int]:
         i = device.index - self.first
@@ -73,6 +87,9 @@ class PlanShards:
     @property
     def counts(self) -> np.ndarray:
         return self.shards.counts
+
+    def rows_dropped(self, device: Device) -> int:
+        return 0
 
     def examples(self, device: Device) -> tuple[np.ndarray, np.ndarray, int]:
         i = device.index

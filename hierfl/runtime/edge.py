@@ -33,6 +33,7 @@ from hierfl.data.plan import held_out_examples, one_plant, plant_counts
 from hierfl.errors import RunDirError
 from hierfl.runtime import census_pass, protocol
 from hierfl.runtime.census_pass import PlantCensus, needs_census
+from hierfl.runtime.connections import ConnectionWatch
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
 from hierfl.runtime.edge_rounds import edge_rounds
@@ -44,7 +45,7 @@ from hierfl.runtime.node import (
     Membership,
     bind_router,
     check_peer_key,
-    connect_dealer,
+    dealer,
     drain_router,
     node_logger,
     node_model,
@@ -84,8 +85,8 @@ class EdgeNode:
         # A bundled task's plant part, made once if a mode needs it: secure aggregation's
         # weight bound (the plant's devices' counts) and the test examples the edge evaluates on.
         part = functools.cache(lambda: one_plant(topology, self.index))
-        counts = lambda: plant_counts(topology, self.index, part()[0])  # noqa: E731
         files = net.task.reads_files
+        counts = lambda: None if files else plant_counts(topology, self.index, part()[0])  # noqa: E731
         test = (lambda: held_out_examples(topology, [self.index])) if files else lambda: part()[1]
         variates = edge_variates(net, len(self.devices))
         self.rounds = edge_rounds(
@@ -105,6 +106,7 @@ class EdgeNode:
         )
         self.late, self.resumed = 0, resume
         self.out: dict[str, str] = {}  # devices that said they stay out, and why
+        self.rows_dropped: dict[str, int] = {}  # bad rows its devices dropped from their data
         self.census = PlantCensus(net.task) if needs_census(topology, net.task) else None
         self.device_layouts = dict(self.rounds.layouts)
         self.cloud_layouts = dict(self.uplink.layouts)
@@ -122,9 +124,9 @@ class EdgeNode:
         self.devices_socket = bind_router(
             self.context, bind or self.plant.address, max_bytes=runtime.max_message_bytes, keys=keys
         )
-        self.cloud = connect_dealer(
+        self.watch = ConnectionWatch(self.devices_socket, runtime.heartbeat_timeout, self.log)
+        self.cloud = dealer(
             self.context,
-            topology.cloud.address,
             plant_name,
             max_bytes=runtime.max_message_bytes,
             keys=keys,
@@ -145,6 +147,7 @@ class EdgeNode:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         endpoint, cloud = self.devices_socket.LAST_ENDPOINT.decode(), self.topology.cloud.address
         self.log.info("serving %d devices on %s; cloud at %s", len(self.devices), endpoint, cloud)
+        self.cloud.connect(cloud)
         self._send_cloud(protocol.HELLO)
         poller = zmq.Poller()
         poller.register(self.devices_socket, zmq.POLLIN)
@@ -155,14 +158,21 @@ class EdgeNode:
                 wait = min(next_beat - time.monotonic(), 0.05 if self.cycle.phase != IDLE else 1.0)
                 events = dict(poller.poll(max(0, int(wait * 1000))))
                 if self.devices_socket in events:
-                    drain_router(self.devices_socket, self._receive_device, self._refuse_device)
+                    drain_router(
+                        self.devices_socket,
+                        self._receive_device,
+                        self._refuse_device,
+                        self.watch.heard,
+                    )
                 if self.cloud in events:
                     self._drain_cloud()
                 if time.monotonic() >= next_beat:
                     self._send_cloud(protocol.HEARTBEAT)
+                    self.watch.check()
                     next_beat = time.monotonic() + self.runtime.heartbeat_interval
                 self._advance()
         finally:
+            self.watch.close()
             self.devices_socket.close(linger=500)
             self.cloud.close(linger=500)
             if self.auth:
@@ -197,9 +207,10 @@ class EdgeNode:
 
     def _health(self) -> dict:
         """What a summary reports of the edge itself: messages rejected by reason, late ones,
-        and the devices that stay out (with their reasons)."""
+        the devices that stay out (with their reasons) and bad rows its devices dropped."""
         out = {"out": dict(self.out)} if self.out else {}
-        return {"rejected": self.counters.snapshot(), "late": self.late, **out}
+        dropped = {"rows_dropped": dict(self.rows_dropped)} if self.rows_dropped else {}
+        return {"rejected": self.counters.snapshot(), "late": self.late, **out, **dropped}
 
     def _alive(self) -> set[str]:
         return self.members.alive() & self.devices
@@ -253,6 +264,8 @@ class EdgeNode:
         send_router(self.devices_socket, peer, reply)
 
     def _handle_device(self, message: protocol.Message) -> None:
+        if message.kind == protocol.HELLO and message.header.get("rows_dropped"):
+            self.rows_dropped[message.sender] = message.header["rows_dropped"]
         if message.kind in (protocol.HELLO, protocol.HEARTBEAT):
             return
         if message.kind == protocol.STATUS:

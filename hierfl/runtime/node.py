@@ -89,12 +89,15 @@ class NodeModel:
         return arrays[:-1] if self.variates else arrays
 
 
-def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeModel:
+def node_model(
+    topology: Topology, counts: np.ndarray | None = None, effective: float | None = None
+) -> NodeModel:
     """Builds the global model (from the run's init key, as the simulator does) and its layouts.
 
-    `counts` are the devices' example counts (the plan's): a device passes them, since
-    FedNova's local update rescales by the federation's effective steps; the edge and
-    the cloud never run a local update, so they need none.
+    `counts` are the devices' example counts (the plan's), or `effective` their effective
+    step count (the census's): a device passes one, since FedNova's local update rescales
+    by the federation's effective steps; the edge and the cloud never run a local update,
+    so they need neither.
     """
     federation = topology.federation
     task = topology_task(topology)
@@ -103,7 +106,7 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     spec = flat_spec(params)
     codecs = build_link_codecs(topology.compression, spec.size)
     counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
-    algorithm = build_algorithm(model.apply, task, topology, counts)
+    algorithm = build_algorithm(model.apply, task, topology, counts, effective)
     variate = protocol.model_layout(spec) if algorithm.control_variates else protocol.Layout(())
     return NodeModel(
         model,
@@ -118,30 +121,24 @@ def node_model(topology: Topology, counts: np.ndarray | None = None) -> NodeMode
     )
 
 
-NEEDS_EVERY_COUNT = {"fednova": "FedNova's effective step count"}
-"""Algorithms whose device step is built from every device's example count."""
-
-
 def runtime_problem(topology: Topology) -> str | None:
     """Why the runtime cannot run `topology` yet, or None.
 
     A device of a task that reads files holds only its own data. The census before round 1
-    gives the cloud the federation's example count (SCAFFOLD's variate), but a device's
-    compiled step cannot wait for other devices' counts (`NEEDS_EVERY_COUNT`), nor can
-    secure aggregation's weight bound, which every device of a plant must agree on before
-    its first masked update: those run in the simulator only.
+    gives the cloud the federation's example count (SCAFFOLD's variate) and every device
+    FedNova's effective step count, but secure aggregation's weight bound must be known to
+    every device of a plant before its first masked update, so the topology declares it.
     """
-    if not topology_task(topology).reads_files:
+    privacy = topology.privacy
+    if not (topology_task(topology).reads_files and privacy.secure_aggregation):
         return None
-    needs = NEEDS_EVERY_COUNT.get(topology.federation.algorithm)
-    if needs is None and topology.privacy.secure_aggregation:
-        needs = "secure aggregation's weight bound"
-    if needs is None:
+    if privacy.enabled or privacy.secagg_max_examples is not None:
         return None
     return (
-        f"{topology.source}: {needs} needs every device's example count, and each device of "
-        f"task {topology.federation.task!r} reads only its own files; the runtime cannot run "
-        "this combination yet (the simulator can: hierfl simulate)"
+        f"{topology.source}: privacy.secagg_max_examples: secure aggregation encodes each "
+        "device's weight (its example count) as a fraction of the most examples a device "
+        f"holds, and each device of task {topology.federation.task!r} reads only its own "
+        "files; declare that bound (e.g. secagg_max_examples = 100000) for the runtime"
     )
 
 
@@ -279,6 +276,21 @@ def connect_dealer(
     server_key: bytes | None = None,
 ) -> zmq.Socket:
     """A DEALER with routing id `identity`, dialing `address` (reconnecting by itself when the server restarts)."""
+    socket = dealer(context, identity, max_bytes=max_bytes, keys=keys, server_key=server_key)
+    socket.connect(address)
+    return socket
+
+
+def dealer(
+    context: zmq.Context,
+    identity: str,
+    *,
+    max_bytes: int,
+    keys: CurveKeys | None = None,
+    server_key: bytes | None = None,
+) -> zmq.Socket:
+    """A DEALER with routing id `identity`, not yet dialing: a peer connects when it is about to
+    speak (a server takes a connection that stays silent for long for one it holds back)."""
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.ROUTING_ID, identity.encode())
     socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_bytes)
@@ -290,7 +302,6 @@ def connect_dealer(
         socket.curve_secretkey = keys.secret
         socket.curve_publickey = keys.public
         socket.curve_serverkey = server_key
-    socket.connect(address)
     return socket
 
 
@@ -320,15 +331,18 @@ def drain_router(
     socket: zmq.Socket,
     handle: Callable[[bytes, list[Any]], None],
     refuse: Callable[[bytes, Exception], None],
+    heard: Callable[[list[Any]], None],
 ) -> None:
-    """Reads every message queued on a server's ROUTER: `handle(peer, frames)` each, and hands a
-    `protocol.MessageRejected` that handling raises to `refuse(peer, error)`, so a bad message
-    is answered and counted and the server keeps going."""
+    """Reads every message queued on a server's ROUTER: `heard(frames)` and `handle(peer, frames)`
+    each, and hands a `protocol.MessageRejected` that handling raises to `refuse(peer, error)`,
+    so a bad message is answered and counted and the server keeps going."""
     while True:
         try:
             peer, frames = recv_router(socket)
         except zmq.Again:
             return
+        if frames:
+            heard(frames)
         try:
             handle(peer, frames)
         except protocol.MessageRejected as error:

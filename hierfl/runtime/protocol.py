@@ -118,8 +118,9 @@ OUT = "out"
 """device -> edge, no frames: the device stays out of training; `reason` says why (its data)."""
 CENSUS = "census"
 """No frames. Up the tree (device -> edge -> cloud) a part: `examples` and, for a task that
-standardizes, `sums` and `squares` per input channel; down (cloud -> edge -> device) the
-result: `examples` and, then, each channel's `mean` and `std` (`hierfl.data.census`)."""
+standardizes, `sums` and `squares` per input channel, and `step_examples` (FedNova: local
+steps x examples); down (cloud -> edge -> device) the result: `examples` and, then, each
+channel's `mean` and `std`, and FedNova's `effective_steps` (`hierfl.data.census`)."""
 MAX_REASON = 2000
 """The longest reason an `out` message (and a summary's `out` map) carries, in characters."""
 KINDS = (
@@ -462,6 +463,11 @@ def parse_message(
             if kind not in layouts:
                 raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
             _check_census(header, layouts[kind][1])
+        if kind == HELLO and not _is_count(header.get("rows_dropped", 0)):
+            raise MessageRejected(
+                MALFORMED,
+                f"header field 'rows_dropped' must be a count, got {_short(header['rows_dropped'])}",
+            )
         if kind == OUT and not _is_reason(header.get("reason")):
             raise MessageRejected(
                 MALFORMED,
@@ -639,6 +645,14 @@ def _check_summary_statistics(header: dict[str, Any]) -> None:
             MALFORMED,
             f"header field 'out' must map device ids to reasons, got {_short(out)}",
         )
+    dropped = header.get("rows_dropped", {})
+    if not isinstance(dropped, dict) or not all(
+        isinstance(k, str) and len(k) <= 255 and _is_count(v) for k, v in dropped.items()
+    ):
+        raise MessageRejected(
+            MALFORMED,
+            f"header field 'rows_dropped' must map device ids to counts, got {_short(dropped)}",
+        )
     if not isinstance(header.get("stale", False), bool):
         raise MessageRejected(
             MALFORMED,
@@ -701,8 +715,8 @@ def _ciphertexts(
 
 
 def _check_census(header: dict[str, Any], layout: CensusLayout) -> None:
-    """A census part (`examples`, `sums`, `squares`) or result (`examples`, `mean`, `std`):
-    the count an int64, every statistic `layout.channels` finite numbers (sums and squares
+    """A census part (`examples`, `sums`, `squares`, `step_examples`) or result (`examples`,
+    `mean`, `std`, optional `effective_steps` > 0): the counts int64, every statistic `layout.channels` finite numbers (sums and squares
     float64, mean and std float32; std > 0, squares >= 0)."""
     examples = header.get("examples")
     if (
@@ -713,6 +727,22 @@ def _check_census(header: dict[str, Any], layout: CensusLayout) -> None:
         raise MessageRejected(
             MALFORMED, f"header field 'examples' must be a count, got {_short(examples)}"
         )
+    step_examples = header.get("step_examples", 0)
+    if layout.part and (
+        not isinstance(step_examples, int)
+        or isinstance(step_examples, bool)
+        or not 0 <= step_examples <= MAX_INT64
+    ):
+        raise MessageRejected(
+            MALFORMED, f"header field 'step_examples' must be a count, got {_short(step_examples)}"
+        )
+    effective = header.get("effective_steps")
+    if not layout.part and effective is not None:
+        if not _is_number(effective) or not 0 < effective <= F32_MAX:
+            raise MessageRejected(
+                MALFORMED,
+                f"header field 'effective_steps' must be a positive float32, got {_short(effective)}",
+            )
     names = ("sums", "squares") if layout.part else ("mean", "std")
     for name in names:
         values = header.get(name, [] if not layout.channels else None)

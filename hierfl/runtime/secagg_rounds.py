@@ -9,7 +9,7 @@ fixed-point encodes one vector of `P + 2` values,
 
 with `w_u` its weight (examples, or local DP's one vote) and `M_p` the plant's public
 *normalizer*, the largest weight one of its devices can send (the largest example count
-in the plan; 1 under local DP). Every coordinate of the update part stays within
+in the plan, or `secagg_max_examples`; 1 under local DP). Every coordinate of the update part stays within
 `|delta_u|`, so `secagg_clip` bounds what it always bounded; the weight coordinate lies
 in `[0, 1]` and the loss coordinate in `[0, LOSS_CLIP]`, each with a codec of its own
 (masking adds words mod 2^32 position by position, so each position may use its own
@@ -130,17 +130,36 @@ class SecureAggregation(NamedTuple):
     phase_deadline: float
 
 
-def plant_normalizer(topology: Topology, plant: Plant, counts: np.ndarray) -> float:
-    """`M_p`: the largest weight a device of `plant` sends (its largest example count; 1 under DP, one vote each)."""
-    if topology.privacy.enabled:
+def plant_normalizer(topology: Topology, plant: Plant, counts: np.ndarray | None) -> float:
+    """`M_p`: the largest weight a device of `plant` sends: 1 under DP (one vote each), else
+    `privacy.secagg_max_examples` where the topology declares it, else its devices' largest
+    example count in `counts` (the plan's)."""
+    privacy = topology.privacy
+    if privacy.enabled:
         return 1.0
+    if privacy.secagg_max_examples is not None:
+        return float(privacy.secagg_max_examples)
     return float(max([1, *(int(counts[device.index]) for device in plant.devices)]))
 
 
+def weight_bound_problem(topology: Topology, device_id: str, count: int) -> str | None:
+    """Why a device of `count` examples cannot take part in secure aggregation (its weight
+    over the declared bound would not encode), or None."""
+    privacy = topology.privacy
+    bound = privacy.secagg_max_examples
+    if not privacy.secure_aggregation or privacy.enabled or bound is None or count <= bound:
+        return None
+    return (
+        f"device {device_id}: {count} examples, more than privacy.secagg_max_examples = {bound} "
+        "(secure aggregation encodes each weight as a fraction of that bound); raise the bound"
+    )
+
+
 def plant_secure_aggregation(
-    topology: Topology, plant: Plant, counts: np.ndarray, spec: FlatSpec
+    topology: Topology, plant: Plant, counts: np.ndarray | None, spec: FlatSpec
 ) -> SecureAggregation:
-    """The setting of `plant` from the topology and the plan's example counts `counts` (all devices)."""
+    """The setting of `plant` from the topology and the plan's example counts `counts` (all
+    devices; None where the topology declares the bound, or under DP)."""
     privacy, devices = topology.privacy, plant.num_devices
     encoding = UpdateEncoding(
         spec.size,

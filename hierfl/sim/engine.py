@@ -225,9 +225,10 @@ def simulate(
     run_dir = Path(out) if out is not None else None
     writer = None
     if run_dir is not None:
-        writer = _open_run_dir(
-            run_dir, records.run_info(topology, model.name, plan.task.metric, budget)
-        )
+        info = records.run_info(topology, model.name, plan.task.metric, budget)
+        if plan.rows_dropped:
+            info["rows_dropped"] = dict(plan.rows_dropped)
+        writer = _open_run_dir(run_dir, info)
         write_census(run_dir, plan.census.describe())
     history: list[dict[str, Any]] = []
     started = time.perf_counter()

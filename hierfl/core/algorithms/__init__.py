@@ -39,12 +39,17 @@ ALGORITHMS = {
 
 
 def build_algorithm(
-    apply_fn, task, topology: Topology, counts: Sequence[int] | np.ndarray
+    apply_fn,
+    task,
+    topology: Topology,
+    counts: Sequence[int] | np.ndarray,
+    effective: float | None = None,
 ) -> Algorithm:
     """The topology's algorithm with every hyperparameter bound; the loss is `task.example_loss`.
 
     `counts` are the devices' training examples in device order (the plan's), which
-    FedNova needs for its effective step count. The device with the most `local_steps`
+    FedNova needs for its effective step count, unless `effective` gives that count (a
+    runtime device learns it from the census). The device with the most `local_steps`
     sets the length of the local loop; the others stop at their own budget.
     """
     federation = topology.federation
@@ -54,7 +59,9 @@ def build_algorithm(
     if name == "fedprox":
         extras["mu"] = federation.mu
     if name == "fednova":
-        extras["effective_steps"] = effective_steps(steps, counts)
+        extras["effective_steps"] = (
+            effective_steps(steps, counts) if effective is None else effective
+        )
     return ALGORITHMS[name](
         apply_fn,
         task.example_loss,

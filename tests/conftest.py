@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
 
 from hierfl.data.loading import load_topology
+from hierfl.runtime.launch import Launch, read_new_records
 from hierfl.topology import parse_topology
 
 
@@ -64,3 +73,103 @@ def make_topology():
 @pytest.fixture(scope="session")
 def demo_topology():
     return load_topology("demo")
+
+
+# -- launched federations (every node a real OS process on loopback, ipc://) --
+
+TOPOLOGY = """
+[federation]
+name = "{name}"
+task = "digits"
+model = "mlp"
+cloud_rounds = {rounds}
+edge_rounds = 2
+local_steps = 3
+batch_size = 16
+learning_rate = 0.1
+seed = 7
+
+[cloud]
+address = "ipc://{dir}/cloud.ipc"
+
+[runtime]
+device_deadline = {device_deadline}
+edge_deadline = 60.0
+heartbeat_interval = 0.3
+heartbeat_timeout = {heartbeat_timeout}
+start_timeout = 120.0
+{extra}
+
+[[plants]]
+name = "plant-a"
+address = "ipc://{dir}/a.ipc"
+[[plants.lines]]
+name = "line-1"
+devices = {devices_a}
+
+[[plants]]
+name = "plant-b"
+address = "ipc://{dir}/b.ipc"
+shift = 0.2
+[[plants.lines]]
+name = "line-1"
+devices = 2
+"""
+
+
+@pytest.fixture
+def folder():
+    """A short directory (ipc:// socket paths are limited to about 100 characters); kept after
+    the test when HIERFL_KEEP_TEST_DIRS is set, to read the nodes' logs."""
+    path = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
+    yield path
+    if not os.environ.get("HIERFL_KEEP_TEST_DIRS"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_topology(
+    folder: Path,
+    *,
+    name="rt",
+    rounds=2,
+    devices_a=2,
+    device_deadline=60.0,
+    heartbeat_timeout=2.0,
+    extra="",
+    codecs="",
+) -> Path:
+    """A 2-plant digits topology on ipc:// sockets in `folder`; plant-b has 2 devices."""
+    path = folder / f"{name}.toml"
+    text = TOPOLOGY.format(
+        name=name,
+        rounds=rounds,
+        dir=folder,
+        devices_a=devices_a,
+        device_deadline=device_deadline,
+        heartbeat_timeout=heartbeat_timeout,
+        extra=extra,
+    )
+    path.write_text(text + codecs)
+    return path
+
+
+def wait_for_record(
+    run_dir: Path, condition, what: str, launch: Launch, timeout: float = 120.0
+) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in read_new_records(run_dir / "metrics.jsonl", 0):
+            if condition(record):
+                return record
+        assert launch.processes["cloud"].poll() is None, (
+            run_dir / "logs" / "cloud.log"
+        ).read_text()[-3000:]
+        time.sleep(0.1)
+    raise AssertionError(
+        f"gave up waiting for {what}:\n" + (run_dir / "logs" / "cloud.log").read_text()[-3000:]
+    )
+
+
+def kill9(process: subprocess.Popen) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()

@@ -46,6 +46,19 @@ FORBIDDEN = {
     "hierfl.sim": ["hierfl.runtime", "hierfl.inference", "hierfl.cli", "hierfl.studies"],
     "hierfl.runtime": ["hierfl.sim", "hierfl.cli", "hierfl.studies"],
     "hierfl.inference": ["hierfl.sim", "hierfl.runtime", "hierfl.cli", "hierfl.studies"],
+    # A pure reader of run directories: never a node, a socket or JAX.
+    "hierfl.dashboard": [
+        "hierfl.core",
+        "hierfl.data",
+        "hierfl.privacy",
+        "hierfl.sim",
+        "hierfl.runtime",
+        "hierfl.inference",
+        "hierfl.cli",
+        "hierfl.studies",
+        "jax",
+        "zmq",
+    ],
     "hierfl.starters": [
         "hierfl.sim",
         "hierfl.runtime",

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runtime_launch import HIERFL, folder, write_topology  # noqa: F401
+from test_runtime_launch import HIERFL
 
+from conftest import write_topology
 from hierfl.data.loading import load_topology
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs.metrics import read_metrics, read_run_info

@@ -25,15 +25,9 @@ import zmq
 pytest.importorskip("tenseal", reason="homomorphic encryption needs the `he` extra (TenSEAL)")
 
 from test_runtime_edge import Peer  # noqa: E402
-from test_runtime_launch import (
-    HIERFL,
-    folder,  # noqa: F401 (a fixture)
-    kill9,
-    wait_for_offline_rounds,
-    wait_for_record,
-    write_topology,
-)  # noqa: E402, F401
+from test_runtime_launch import HIERFL, wait_for_offline_rounds  # noqa: E402
 
+from conftest import kill9, wait_for_record, write_topology  # noqa: E402
 from hierfl.data.evaluation import (
     PlantSums,
     combine_plant_sums,

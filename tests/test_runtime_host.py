@@ -11,16 +11,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from test_runtime_launch import (
-    HIERFL,
-    folder,  # noqa: F401 (a fixture)
-    kill9,
-    launch_to_the_end,
-    max_difference,
-    wait_for_record,
-    write_topology,
-)
+from test_runtime_launch import HIERFL, launch_to_the_end, max_difference
 
+from conftest import kill9, wait_for_record, write_topology
 from hierfl.data.loading import load_topology
 from hierfl.errors import HierflError
 from hierfl.runs.checkpoint import load_params

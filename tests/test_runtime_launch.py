@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import kill9, wait_for_record, write_topology
 from hierfl.data.loading import load_topology
 from hierfl.inference.artifact import decode_artifact
 from hierfl.inference.publisher import decode_publication, subscribe
@@ -32,45 +31,6 @@ from hierfl.runtime.launch import Launch, node_name, read_new_records
 from hierfl.sim.engine import simulate
 
 HIERFL = Path(sys.executable).parent / "hierfl"
-
-TOPOLOGY = """
-[federation]
-name = "{name}"
-task = "digits"
-model = "mlp"
-cloud_rounds = {rounds}
-edge_rounds = 2
-local_steps = 3
-batch_size = 16
-learning_rate = 0.1
-seed = 7
-
-[cloud]
-address = "ipc://{dir}/cloud.ipc"
-
-[runtime]
-device_deadline = {device_deadline}
-edge_deadline = 60.0
-heartbeat_interval = 0.3
-heartbeat_timeout = {heartbeat_timeout}
-start_timeout = 120.0
-{extra}
-
-[[plants]]
-name = "plant-a"
-address = "ipc://{dir}/a.ipc"
-[[plants.lines]]
-name = "line-1"
-devices = {devices_a}
-
-[[plants]]
-name = "plant-b"
-address = "ipc://{dir}/b.ipc"
-shift = 0.2
-[[plants.lines]]
-name = "line-1"
-devices = 2
-"""
 
 CODECS = """
 [compression.device_to_edge]
@@ -93,42 +53,6 @@ kind = "gaussian"
 fraction = 0.5
 scale = 0.01
 """
-
-
-@pytest.fixture
-def folder():
-    """A short directory (ipc:// socket paths are limited to about 100 characters); kept after
-    the test when HIERFL_KEEP_TEST_DIRS is set, to read the nodes' logs."""
-    path = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
-    yield path
-    if not os.environ.get("HIERFL_KEEP_TEST_DIRS"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def write_topology(
-    folder: Path,
-    *,
-    name="rt",
-    rounds=2,
-    devices_a=2,
-    device_deadline=60.0,
-    heartbeat_timeout=2.0,
-    extra="",
-    codecs="",
-) -> Path:
-    """A 2-plant digits topology on ipc:// sockets in `folder`; plant-b has 2 devices."""
-    path = folder / f"{name}.toml"
-    text = TOPOLOGY.format(
-        name=name,
-        rounds=rounds,
-        dir=folder,
-        devices_a=devices_a,
-        device_deadline=device_deadline,
-        heartbeat_timeout=heartbeat_timeout,
-        extra=extra,
-    )
-    path.write_text(text + codecs)
-    return path
 
 
 def launch_to_the_end(topology: Path, out: Path) -> list[dict]:
@@ -267,23 +191,6 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
         assert records[-1]["clip_norm"] != 0.5
 
 
-def wait_for_record(
-    run_dir: Path, condition, what: str, launch: Launch, timeout: float = 120.0
-) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in read_new_records(run_dir / "metrics.jsonl", 0):
-            if condition(record):
-                return record
-        assert launch.processes["cloud"].poll() is None, (
-            run_dir / "logs" / "cloud.log"
-        ).read_text()[-3000:]
-        time.sleep(0.1)
-    raise AssertionError(
-        f"gave up waiting for {what}:\n" + (run_dir / "logs" / "cloud.log").read_text()[-3000:]
-    )
-
-
 def wait_for_offline_rounds(
     run_dir: Path, edges: list[str], offsets: dict[str, int], timeout: float = 120.0
 ) -> None:
@@ -301,11 +208,6 @@ def wait_for_offline_rounds(
         "gave up waiting for offline edge rounds:\n"
         + "\n".join(f"--- {e}\n{t[-1500:]}" for e, t in logs.items())
     )
-
-
-def kill9(process: subprocess.Popen) -> None:
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def test_devices_edges_and_the_cloud_die_and_come_back(folder):

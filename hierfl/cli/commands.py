@@ -40,15 +40,17 @@ examples:
                                            edge inference server; rollback on the control socket
   hierfl predict tcp://127.0.0.1:5600 readings.csv        one example per row; or --random 4
   hierfl launch demo --out runs/rt1        the same federation as processes over ZeroMQ
+  hierfl dashboard runs/rt1                a live web page of the run: http://127.0.0.1:8470/
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hierfl.sim.parallel import request_cpu_devices
-
-    request_cpu_devices()  # before JAX starts: the simulator shards devices over all cores
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.uses_jax:
+        from hierfl.sim.parallel import request_cpu_devices
+
+        request_cpu_devices()  # before JAX starts: the simulator shards devices over all cores
     err = Console(stderr=True)
     try:
         return args.handler(args)
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hierfl {__version__}")
+    parser.set_defaults(uses_jax=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     new = commands.add_parser(
@@ -128,6 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.set_defaults(handler=run_report)
 
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="a live web page of a run directory (simulate, launch or cloud), and /metrics for Prometheus",
+    )
+    dashboard.add_argument("run_dir", type=Path, help="the run directory to follow")
+    dashboard.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="HOST or HOST:PORT to listen on (default 127.0.0.1:8470; port 0: any free one); "
+        "on any address but loopback every request needs the token",
+    )
+    dashboard.add_argument(
+        "--token",
+        help="the token requests must carry (default: none on loopback, a fresh one otherwise, printed in the URL)",
+    )
+    dashboard.set_defaults(handler=run_dashboard, uses_jax=False)
+
     export = commands.add_parser(
         "export", help="compile a run's trained model into a versioned .hfl file (jax.export)"
     )
@@ -184,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=3,
         help="versions held for rollback, the served one included (default 3)",
+    )
+    serve.add_argument(
+        "--status",
+        type=Path,
+        metavar="DIR",
+        help="write the version served, each second, to DIR/serve-NAME.json for `hierfl dashboard` "
+        "(RUN_DIR/status on the cloud's machine, or a folder synced there)",
+    )
+    serve.add_argument(
+        "--name",
+        type=_file_name,
+        default="server",
+        help="this server's name on the dashboard, e.g. plant-a-line-1 (default: server)",
     )
     serve.set_defaults(handler=run_serve)
 
@@ -252,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runtime_commands(commands)
     return parser
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from hierfl.dashboard.app import dashboard_token, parse_bind, serve
+
+    host, port = parse_bind(args.bind, DASHBOARD_PORT)
+    serve(args.run_dir, host, port, dashboard_token(host, args.token))
+    return 0
+
+
+DASHBOARD_PORT = 8470
 
 
 def run_new(args: argparse.Namespace) -> int:
@@ -420,6 +465,8 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     server = InferenceServer(args.model, config)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    if args.status is not None:
+        _report_serving(server, args.status, args.name)
     meta = server.model.meta
     sources = "".join(
         f", {name} {value}"
@@ -520,6 +567,31 @@ def run_publish(args: argparse.Namespace) -> int:
             if args.count and sent >= args.count:
                 return 0
             time.sleep(args.every)
+
+
+def _report_serving(server, folder: Path, name: str) -> None:
+    """Writes the versions `server` holds to `folder`/serve-`name`.json each second, from a daemon thread."""
+    import threading
+
+    from hierfl.runs.live import LiveStatus, status_path
+
+    def describe() -> dict:
+        return {"version": server.model.meta.version, "versions": server.info()["versions"]}
+
+    live = LiveStatus(status_path(folder, f"serve-{name}"), describe)
+
+    def loop() -> None:
+        while True:
+            live.write()
+            time.sleep(live.every)
+
+    threading.Thread(target=loop, name="serve-status", daemon=True).start()
+
+
+def _file_name(text: str) -> str:
+    if not text or not all(c.isalnum() or c in "._-" for c in text) or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-' only")
+    return text
 
 
 def _platforms(text: str) -> tuple[str, ...]:

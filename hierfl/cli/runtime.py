@@ -111,6 +111,13 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="with [privacy] homomorphic: where this edge writes the final global model (.npz; the cloud holds none)",
     )
+    edge.add_argument(
+        "--status",
+        type=Path,
+        metavar="DIR",
+        help="write the edge's live status to DIR/edge-PLANT.json for `hierfl dashboard` "
+        "(RUN_DIR/status when the cloud's run directory is shared; `hierfl launch` does this)",
+    )
     edge.set_defaults(handler=run_edge)
 
     device = commands.add_parser("device", help="run one device node (dials its plant's edge)")
@@ -333,6 +340,7 @@ def run_edge(args: argparse.Namespace) -> int:
         keys=_keys(args.key),
         he_context=args.he_context,
         model_out=args.model_out,
+        status_dir=args.status,
     )
     _stop_on_signals(node)
     node.run()

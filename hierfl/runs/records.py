@@ -42,7 +42,7 @@ def run_info(
     """`run.json`'s contents: what is run, scored by `metric`, for `rounds` cloud rounds.
 
     `rounds` is what was asked for after the privacy budget's cap (`rounds_to_run`), not
-    the file's `cloud_rounds`. With `runtime`, the runtime settings too (without keys).
+    the file's `cloud_rounds`; `tree` names every plant, line and device. With `runtime`, the runtime settings too (without keys).
     """
     federation = topology.federation
     info = {
@@ -55,6 +55,7 @@ def run_info(
         "seed": federation.seed,
         "num_plants": len(topology.plants),
         "num_devices": topology.num_devices,
+        "tree": federation_tree(topology),
         "cloud_rounds": rounds,
         "edge_rounds": federation.edge_rounds,
         "local_steps": federation.local_steps,
@@ -75,6 +76,14 @@ def run_info(
             k: v for k, v in settings.items() if not k.endswith("keys") and k != "cloud_key"
         }
     return info
+
+
+def federation_tree(topology: Topology) -> dict[str, dict[str, list[str]]]:
+    """The federation's nodes for a live view: plant -> line -> its devices' names."""
+    return {
+        plant.name: {line.name: [device.name for device in line.devices] for line in plant.lines}
+        for plant in topology.plants
+    }
 
 
 def plan_rounds(run_dir: Path, rounds: int) -> None:

@@ -32,6 +32,7 @@ import zmq
 from hierfl.data.evaluation import Scores
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import records
+from hierfl.runs.live import STATUS_DIR, live_status
 from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, write_run_info
 from hierfl.runtime import census_pass, protocol
 from hierfl.runtime.census_pass import CloudCensus, needs_census
@@ -108,6 +109,8 @@ class CloudNode:
             if self.census.result is not None:  # kept by the run this one resumes
                 self.mode.use_census(self.census.result)
         self.phase = STARTING
+        self.publish = publish
+        self.live = live_status(self.run_dir / STATUS_DIR, "cloud", self._live_status)
         self.first_round = True
         self.started = time.monotonic()
         self.context = zmq.Context()
@@ -156,11 +159,14 @@ class CloudNode:
                 if self.socket.poll(50, zmq.POLLIN):
                     self._drain()
                 self._advance()
+                self.live.update()
             if self.round > self.rounds:
                 self.phase = DONE
                 self.mode.finish(self.round)
                 self._stop_edges()
         finally:
+            self.running = False
+            self.live.write()
             self.writer.close()
             self.mode.close()
             self.watch.close()
@@ -190,6 +196,7 @@ class CloudNode:
         while self.running and not done() and time.monotonic() < deadline:
             if self.socket.poll(50, zmq.POLLIN):
                 self._drain()
+            self.live.update()
 
     # -- the round ----------------------------------------------------------------------------------
 
@@ -331,6 +338,37 @@ class CloudNode:
         for edge in sorted(self.expected):
             self.send(edge, self.model_frames)
         self.sent_to = len(self.expected)
+        self.live.write()
+
+    def _live_status(self) -> dict[str, Any]:
+        """What the dashboard shows of the cloud and its edges (`hierfl.runs.live`)."""
+        collecting = self.phase == COLLECTING
+        answered = set(self.received.current) if collecting else set()
+        expected = self.expected if collecting else set()
+        silences = self.members.silences()
+        edges = {
+            edge: {
+                "silent_for": silences.get(edge),
+                "expected": edge in expected,
+                "answered": edge in answered,
+            }
+            for edge in self.edges
+        }
+        return {
+            "node": "cloud",
+            "running": self.running,
+            "phase": self.phase,
+            "round": self.round,
+            "rounds": self.rounds,
+            "deadline_in": self.deadline - time.monotonic() if collecting else None,
+            "resumed": self.resumed,
+            "heartbeat_timeout": self.runtime.heartbeat_timeout,
+            "edges": edges,
+            "rejected": self.counters.snapshot(),
+            "refusals": list(self.counters.recent),
+            "late": self.late,
+            "publish": self.publish,
+        }
 
     def _close_round(self) -> None:
         answered, total, required = len(self.received.current), len(self.edges), self._required()

@@ -31,6 +31,7 @@ import zmq
 
 from hierfl.data.plan import held_out_examples, one_plant, plant_counts
 from hierfl.errors import RunDirError
+from hierfl.runs.live import live_status
 from hierfl.runtime import census_pass, protocol
 from hierfl.runtime.census_pass import PlantCensus, needs_census
 from hierfl.runtime.connections import ConnectionWatch
@@ -73,6 +74,7 @@ class EdgeNode:
         keys: CurveKeys | None = None,
         he_context: Path | None = None,
         model_out: Path | None = None,
+        status_dir: Path | None = None,
     ):
         self.topology, self.plant = topology, topology.plant(plant_name)
         self.index = topology.plant_names.index(plant_name)
@@ -118,6 +120,7 @@ class EdgeNode:
             topology, self.index, net.spec, self.rounds, self.uplink, variates, self.log, finished
         )
         self.deadline, self.device_bytes = 0.0, [0, 0]  # bytes from / to devices this edge round
+        self.live = live_status(status_dir, f"edge-{plant_name}", self._live_status)
         self.started = self.cloud_seen = time.monotonic()
         self.context = zmq.Context()
         self.auth = start_authenticator(self.context, runtime.device_keys) if secure else None
@@ -171,7 +174,10 @@ class EdgeNode:
                     self.watch.check()
                     next_beat = time.monotonic() + self.runtime.heartbeat_interval
                 self._advance()
+                self.live.update()
         finally:
+            self.running = False
+            self.live.write()
             self.watch.close()
             self.devices_socket.close(linger=500)
             self.cloud.close(linger=500)
@@ -211,6 +217,37 @@ class EdgeNode:
         out = {"out": dict(self.out)} if self.out else {}
         dropped = {"rows_dropped": dict(self.rows_dropped)} if self.rows_dropped else {}
         return {"rejected": self.counters.snapshot(), "late": self.late, **out, **dropped}
+
+    def _live_status(self) -> dict:
+        """What the dashboard shows of the plant and its devices (`hierfl.runs.live`)."""
+        cycle, rounds, now = self.cycle, self.rounds, time.monotonic()
+        silences = self.members.silences()
+        devices = {
+            device: {
+                "silent_for": silences.get(device),
+                "expected": device in rounds.expected,
+                "answered": device in rounds.answered,
+            }
+            for device in sorted(self.devices)
+        }
+        return {
+            "node": f"edge-{self.plant.name}",
+            "running": self.running,
+            "phase": cycle.phase,
+            "round": cycle.round,
+            "edge_round": cycle.edge_round,
+            "edge_rounds": cycle.edge_rounds,
+            "deadline_in": self.deadline - now if cycle.phase == COLLECTING else None,
+            "offline": cycle.offline.active,
+            "resumed": self.resumed,
+            "cloud_silent_for": now - self.cloud_seen,
+            "heartbeat_timeout": self.runtime.heartbeat_timeout,
+            "devices": devices,
+            "out": dict(self.out),
+            "rejected": self.counters.snapshot(),
+            "refusals": list(self.counters.recent),
+            "late": self.late,
+        }
 
     def _alive(self) -> set[str]:
         return self.members.alive() & self.devices

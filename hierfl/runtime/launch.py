@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hierfl.data.scoring import ACCURACY, Metric
 from hierfl.errors import HierflError
+from hierfl.runs.live import STATUS_DIR
 from hierfl.runs.metrics import METRICS_FILE
 from hierfl.runtime.device import STAYED_OUT, STAYS_OUT
 from hierfl.runtime.node import node_name
@@ -170,7 +171,16 @@ class Launch:
                 else []
             )
             commands[f"edge-{plant.name}"] = self.command(
-                "edge", self.source, "--plant", plant.name, "--state", state, *resume, *edge_he
+                "edge",
+                self.source,
+                "--plant",
+                plant.name,
+                "--state",
+                state,
+                "--status",
+                str(self.run_dir / STATUS_DIR),
+                *resume,
+                *edge_he,
             )
         for group in device_groups(self.topology):
             name, (command, *args) = device_process(self.topology, group)

@@ -161,19 +161,33 @@ class Membership:
         now = self._clock()
         return {peer for peer, last in self._last.items() if now - last <= self.timeout}
 
+    def silences(self) -> dict[str, float]:
+        """Seconds since each peer was last heard."""
+        now = self._clock()
+        return {peer: now - last for peer, last in self._last.items()}
+
     def forget(self, peers: Iterable[str]) -> None:
         for peer in peers:
             self._last.pop(peer, None)
 
 
 class Counters:
-    """Rejected messages by reason (`protocol` reason codes), for logs and metrics."""
+    """Rejected messages by reason (`protocol` reason codes), for logs and metrics, and the
+    last `RECENT_REFUSALS` of them (sender, reason, detail, wall-clock time) for the live status."""
+
+    RECENT_REFUSALS = 20
 
     def __init__(self) -> None:
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=self.RECENT_REFUSALS
+        )
 
     def reject(self, log: logging.Logger, peer: object, error: protocol.MessageRejected) -> None:
         self.rejected[error.reason] += 1
+        sender = peer.decode("utf-8", "replace") if isinstance(peer, bytes) else str(peer)
+        refusal = {"sender": sender[:120], "reason": error.reason, "detail": str(error)[:300]}
+        self.recent.append({**refusal, "at": time.time()})
         log.warning("rejected message from %s: %s: %s", _printable(peer), error.reason, error)
 
     def snapshot(self) -> dict[str, int]:

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hierfl.kernels import dither
+from hierfl.kernels import dither, selection
 
 CODECS = ("none", "float16", "bfloat16", "int8", "topk")
 DEFAULT_BLOCK_SIZE = 256
@@ -157,9 +157,12 @@ def _int8_codec(size: int, block_size: int) -> Codec:
 
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """The `k` entries of `x` `[P]` largest in magnitude: `(values, indices int32)`, largest first."""
-    _, indices = jax.lax.top_k(jnp.abs(x), k)
-    return x[indices], indices.astype(jnp.int32)
+    """The `k` entries of `x` `[P]` largest in magnitude: `(values, indices int32)`, largest first.
+
+    Ties go to the lower index; `selection.top_k_indices` says how they are found.
+    """
+    indices = selection.top_k_indices(x, k)
+    return x[indices], indices
 
 
 def scatter(values: jax.Array, indices: jax.Array, size: int) -> jax.Array:
@@ -176,7 +179,7 @@ def _topk_codec(size: int, fraction: float) -> Codec:
         del key
         corrected = x + residual
         values, indices = top_k(corrected, k)
-        return (values, indices), corrected - scatter(values, indices, size)
+        return (values, indices), corrected.at[indices].set(0.0)
 
     def decode(payload):
         return scatter(*payload, size)

@@ -21,7 +21,8 @@ The codecs:
 - `topk`: the `k = ceil(fraction * P)` largest-magnitude entries of `x + residual` as
   (values float32, indices int32), 8 bytes each. Error feedback (Stich et al. 2018): what
   was not sent stays in the sender's residual and is added to its next update, so over
-  rounds the sum of what was sent tracks the sum of the true updates.
+  rounds the sum of what was sent tracks the sum of the true updates. On a CPU the
+  selection runs in numpy (`selection`: XLA:CPU's top_k sorts the whole update).
 """
 
 from __future__ import annotations

@@ -54,7 +54,16 @@ def top_k_magnitude(x: np.ndarray, k: int) -> np.ndarray:
     candidates = _candidates(x, k)
     magnitude = np.abs(x[candidates])
     keep = _top_k_of_candidates(magnitude, k)
-    return _largest_first(magnitude[keep], candidates[keep])
+    chosen = _largest_first(magnitude[keep], candidates[keep])
+    return chosen if len(chosen) == k else _with_nan(x, k)
+
+
+def _with_nan(x: np.ndarray, k: int) -> np.ndarray:
+    """Exactly k indices where NaNs kept the selection short: NaN counts as the largest
+    magnitude (as in `jax.lax.top_k`), ties to the lower index. A diverged update takes this
+    path, and is then sent with weight 0."""
+    magnitude = np.nan_to_num(np.abs(x), nan=np.inf, posinf=np.inf)
+    return np.argsort(-magnitude, kind="stable")[:k].astype(np.int32)
 
 
 def _candidates(x: np.ndarray, k: int) -> np.ndarray:

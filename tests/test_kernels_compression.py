@@ -433,3 +433,15 @@ def test_dither_shape_jit_and_vmap():
     batched = jax.jit(jax.vmap(lambda k: dither.uniform(k, (3, 5, 7))))(keys)
     for i in range(3):
         np.testing.assert_array_equal(batched[i], jit_uniform(keys[i], (3, 5, 7)))
+
+
+def test_top_k_selection_returns_k_indices_even_for_an_update_of_nans():
+    """A diverged device's update (NaN) still gets exactly k indices (and weight 0 later)."""
+    from hierfl.kernels.selection import top_k_magnitude
+
+    x = np.full(10_000, np.nan, np.float32)
+    assert top_k_magnitude(x, 50).tolist() == list(range(50))
+    x = np.random.default_rng(0).normal(size=10_000).astype(np.float32)
+    x[[7, 9]] = np.nan
+    chosen = top_k_magnitude(x, 50)
+    assert len(chosen) == 50 and len(set(chosen.tolist())) == 50

@@ -199,6 +199,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
     from hierfl.inference.export import export_model
 
     console = Console(width=120)
+    load_before = os.getloadavg()
     task = TASKS["bearing-fault"]
     model, params = build_model("cnn1d", task.models["cnn1d"], jax.random.key(0))
     model_file = write_artifact(folder / "cnn1d.hfl", export_model(model, params, task, version=1))
@@ -288,8 +289,14 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
         for b, w in BATCH_CONFIGS
         if b > 1
     }
+    load_after = os.getloadavg()
     console.print(
-        f"server overhead per request (p50, 1 client, max batch 1, minus floor p50): {overhead_ms:.3f} ms"
+        f"server overhead per request (p50, 1 client, max batch 1, minus floor p50): {overhead_ms:.3f} ms "
+        f"(server p50 = {served[config_key(1, 0.0, 1)]['p50_ms'] / floor['p50_ms']:.2f}x the floor's)"
+    )
+    console.print(
+        f"load average (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in load_before)} before, "
+        f"{', '.join(f'{v:.2f}' for v in load_after)} after"
     )
     for name, gain in gains.items():
         console.print(
@@ -303,6 +310,8 @@ def benchmark(args: argparse.Namespace, folder: Path) -> None:
             "jax": jax.__version__,
         },
         "duration_s": args.duration,
+        "load_before": load_before,
+        "load_after": load_after,
         "floor": floor,
         "exported_in_process": exported_floor,
         "floor_batch32": batch32_floor,

@@ -5,7 +5,8 @@ stacked `[K, P]`) and return arrays: aggregation (weighted and per-segment sums 
 coordinate median, trimmed mean, Krum), compression per link (`compression`: int8, top-k with
 error feedback, float16/bfloat16 casts), and privacy building blocks (`privacy`: L2
 clipping, Gaussian noise). They do no I/O and know nothing of topologies, so the
-simulator and the runtime call the same code, on CPU or GPU through XLA.
+simulator and the runtime call the same code, on CPU or GPU through XLA (top-k's selection
+on a CPU through numpy: `selection`).
 """
 
 from hierfl.kernels.aggregation import (

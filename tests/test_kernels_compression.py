@@ -305,6 +305,46 @@ def test_topk_selects_the_largest_magnitudes_like_numpy(seed, fraction):
     np.testing.assert_allclose(new_residual, corrected - dense, atol=1e-7)
 
 
+def stable_top_k(x, k):
+    """Indices of the k largest |x|, largest first, ties to the lower index (numpy's stable sort)."""
+    return np.argsort(-np.abs(np.asarray(x, np.float64)), kind="stable")[:k]
+
+
+@pytest.mark.parametrize(
+    "size, fraction, levels", [(1000, 0.01, 3), (1000, 0.3, 2), (200_000, 0.01, 50), (4096, 0.5, 1)]
+)
+def test_topk_with_ties_is_a_sort_of_the_magnitudes(size, fraction, levels):
+    # Rounded values: thousands of equal magnitudes, so the k-th largest is tied and the pick
+    # among the tied entries decides the indices. Sent: the same magnitudes as a sort, largest
+    # first, ties to the lower index (what jax.lax.top_k returns), and the residual keeps the rest.
+    rng = np.random.default_rng(size + levels)
+    x = np.round(rng.normal(size=size) * levels).astype(np.float32)
+    codec = make_codec("topk", size, fraction=fraction)
+    k = math.ceil(fraction * size)
+    (values, indices), residual = encode(codec, x)
+    expected = stable_top_k(x, k)
+    np.testing.assert_array_equal(np.abs(values), np.abs(x[expected]))
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_array_equal(indices, jax.lax.top_k(jnp.abs(jnp.asarray(x)), k)[1])
+    kept = x.copy()
+    kept[expected] = 0.0
+    np.testing.assert_array_equal(residual, kept)
+
+
+def test_topk_is_exact_when_the_sampled_threshold_keeps_too_few():
+    # The threshold comes from every 2nd entry here (P = 10,000, a sample of about 4,096): the
+    # sampled entries are the 5,000 large ones, so a threshold from them admits fewer than
+    # k = 6,000 entries; the selection then takes every entry as a candidate.
+    size, k = 10_000, 6_000
+    x = np.full(size, 0.5, np.float32)
+    x[::2] = 100.0 + np.arange(size // 2, dtype=np.float32)
+    x[1::2] += np.arange(size // 2, dtype=np.float32) * 1e-4
+    codec = make_codec("topk", size, fraction=k / size)
+    (values, indices), _ = encode(codec, x)
+    np.testing.assert_array_equal(indices, stable_top_k(x, k))
+    np.testing.assert_array_equal(values, x[stable_top_k(x, k)])
+
+
 def run_topk_rounds(codec, updates, feedback=True):
     """Decoded updates and residuals over the rounds, the sender keeping (or dropping) its residual."""
 
@@ -393,3 +433,15 @@ def test_dither_shape_jit_and_vmap():
     batched = jax.jit(jax.vmap(lambda k: dither.uniform(k, (3, 5, 7))))(keys)
     for i in range(3):
         np.testing.assert_array_equal(batched[i], jit_uniform(keys[i], (3, 5, 7)))
+
+
+def test_top_k_selection_returns_k_indices_even_for_an_update_of_nans():
+    """A diverged device's update (NaN) still gets exactly k indices (and weight 0 later)."""
+    from hierfl.kernels.selection import top_k_magnitude
+
+    x = np.full(10_000, np.nan, np.float32)
+    assert top_k_magnitude(x, 50).tolist() == list(range(50))
+    x = np.random.default_rng(0).normal(size=10_000).astype(np.float32)
+    x[[7, 9]] = np.nan
+    chosen = top_k_magnitude(x, 50)
+    assert len(chosen) == 50 and len(set(chosen.tolist())) == 50

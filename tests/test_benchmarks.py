@@ -118,3 +118,15 @@ def test_chaos_counts_rounds_recorded_twice_and_missing(bench):
     text += "".join(chaos.PLANT.format(index=i, dir="/tmp/x") for i in range(2))
     topology = parse_topology(text, "chaos.toml")
     assert (topology.num_devices, topology.federation.cloud_rounds) == (8, 3)
+
+
+def test_dashboard_benchmark_reads_process_figures_and_the_files_it_compares_with(bench, tmp_path):
+    dashboard = bench("dashboard")
+    assert dashboard.cpu_seconds(os.getpid()) > 0
+    assert 1 < dashboard.resident_mb(os.getpid()) < 100_000
+    (tmp_path / "status").mkdir()
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "status" / "cloud.json").write_text('{"round": 3}')
+    assert dashboard.read_like_a_script(tmp_path) == 4
+    assert dashboard.rounds_recorded(tmp_path) == 2

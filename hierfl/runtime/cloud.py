@@ -123,7 +123,6 @@ class CloudNode:
             max_bytes=runtime.max_message_bytes,
             keys=keys,
         )
-        self.watch = ConnectionWatch(self.socket, runtime.heartbeat_timeout, self.log)
         self.running = True
 
     def _open_records(self, resume: bool) -> None:
@@ -154,6 +153,7 @@ class CloudNode:
             self.rounds,
         )
         self.run_started = time.perf_counter()
+        self.watch = ConnectionWatch(self.socket, self.runtime.heartbeat_timeout, self.log)
         try:
             while self.running and self.round <= self.rounds:
                 if self.socket.poll(50, zmq.POLLIN):

@@ -127,7 +127,6 @@ class EdgeNode:
         self.devices_socket = bind_router(
             self.context, bind or self.plant.address, max_bytes=runtime.max_message_bytes, keys=keys
         )
-        self.watch = ConnectionWatch(self.devices_socket, runtime.heartbeat_timeout, self.log)
         self.cloud = dealer(
             self.context,
             plant_name,
@@ -150,6 +149,7 @@ class EdgeNode:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         endpoint, cloud = self.devices_socket.LAST_ENDPOINT.decode(), self.topology.cloud.address
         self.log.info("serving %d devices on %s; cloud at %s", len(self.devices), endpoint, cloud)
+        self.watch = ConnectionWatch(self.devices_socket, self.runtime.heartbeat_timeout, self.log)
         self.cloud.connect(cloud)
         self._send_cloud(protocol.HELLO)
         poller = zmq.Poller()

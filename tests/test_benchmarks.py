@@ -130,3 +130,17 @@ def test_dashboard_benchmark_reads_process_figures_and_the_files_it_compares_wit
     (tmp_path / "status" / "cloud.json").write_text('{"round": 3}')
     assert dashboard.read_like_a_script(tmp_path) == 4
     assert dashboard.rounds_recorded(tmp_path) == 2
+
+
+def test_a_short_chaos_run_records_every_round_once(bench):
+    """benchmarks/chaos.py in small: random kill -9 of devices, hosts, edges and the cloud,
+    each restarted with --resume; every round is recorded exactly once and the run ends."""
+    result = bench("chaos").chaos(
+        rounds=40, seed=1, every=2.5, pause=1.0, timeout=400.0, keep=False
+    )
+    print({k: result[k] for k in ("kills_by_kind", "seconds", "accuracy", "clean_accuracy")})
+    assert result["failure"] is None and not result["timed_out"]
+    assert len(result["kills"]) >= 3
+    assert result["rounds_recorded_twice"] == [] and result["rounds_missing"] == []
+    assert result["rounds_completed"] == 40
+    assert result["accuracy"] > result["clean_accuracy"] - 0.1

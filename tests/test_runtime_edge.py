@@ -339,23 +339,29 @@ def test_hostile_headers_and_overflowing_numbers_are_refused_and_the_edge_lives(
         assert dev1.status()["rejected"].get(reason, 0) == before.get(reason, 0) + 1
 
 
-def test_a_connection_held_back_under_a_live_devices_name_is_logged_with_its_address():
+def test_a_connection_held_back_under_a_live_devices_name_is_logged_and_closed():
     """ZeroMQ drops every message of a second connection under a connected device's name before
-    the edge sees it; the edge logs that connection once it has been silent for heartbeat_timeout."""
+    the edge sees it, and keeps dropping them after the first one is gone. The edge logs that
+    connection once it has been silent for heartbeat_timeout and shuts it down, so a device
+    that restarted before its old connection was gone dials again and is admitted."""
     with running_edge(
-        TOPOLOGY.replace("heartbeat_timeout = 600.0", "heartbeat_timeout = 2.0")
+        TOPOLOGY.replace("heartbeat_timeout = 600.0", "heartbeat_timeout = 3.0")
     ) as edge:
         for device in edge["devices"].values():
             assert device.status()["phase"]  # connected, and heard
-        impostor = Peer(edge["context"], edge["address"], DEV1)
+        restarted = Peer(edge["context"], edge["address"], DEV1)  # while the old one is live
         try:
-            impostor.send_kind(protocol.STATUS)
-            deadline = time.monotonic() + 15
+            restarted.send_kind(protocol.STATUS)
+            assert not restarted.socket.poll(1000), "a second connection under a live name answered"
+            edge["devices"][DEV1].socket.close()  # the old connection goes
+            deadline = time.monotonic() + 20
             while "has delivered no message" not in edge["log"].read_text():
                 assert time.monotonic() < deadline, edge["log"].read_text()
                 time.sleep(0.2)
+            assert restarted.status()["phase"]  # dialed again by itself, admitted now
+            edge["devices"][DEV1] = restarted
         finally:
-            impostor.socket.close()
+            restarted.socket.close()
         held_back = [
             line for line in edge["log"].read_text().splitlines() if "delivered no message" in line
         ]

@@ -66,12 +66,12 @@ def resident_mb(pid: int) -> float:
     return 0.0
 
 
-def wait_until(condition, what: str, timeout: float) -> None:
+def wait_until(condition, what: str, timeout: float, every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def answers(url: str) -> bool:
@@ -129,10 +129,8 @@ def page_loads(url: str, devices: int, loads: int) -> dict[str, float]:
                 load_ms.append(
                     page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
                 )
-                page.wait_for_function(
-                    f"document.querySelectorAll('[data-device]').length >= {devices}",
-                    timeout=60_000,
-                )
+                shown = "document.querySelectorAll('[data-device]').length"
+                wait_until(lambda: page.evaluate(shown) >= devices, "the whole tree", 60, 0.02)
                 tree_ms.append((time.perf_counter() - started) * 1e3)
                 page.close()
         finally:

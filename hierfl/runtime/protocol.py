@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -629,34 +629,26 @@ def _check_summary_statistics(header: dict[str, Any]) -> None:
                 MALFORMED,
                 f"header field {name!r} must be a count (int >= 0), got {_short(header[name])}",
             )
-    rejected = header.get("rejected", {})
-    if not isinstance(rejected, dict) or not all(
-        isinstance(k, str) and len(k) <= 64 and _is_count(v) for k, v in rejected.items()
-    ):
-        raise MessageRejected(
-            MALFORMED,
-            f"header field 'rejected' must map reason codes to counts, got {_short(rejected)}",
-        )
-    out = header.get("out", {})
-    if not isinstance(out, dict) or not all(
-        isinstance(k, str) and len(k) <= 255 and _is_reason(v) for k, v in out.items()
-    ):
-        raise MessageRejected(
-            MALFORMED,
-            f"header field 'out' must map device ids to reasons, got {_short(out)}",
-        )
-    dropped = header.get("rows_dropped", {})
-    if not isinstance(dropped, dict) or not all(
-        isinstance(k, str) and len(k) <= 255 and _is_count(v) for k, v in dropped.items()
-    ):
-        raise MessageRejected(
-            MALFORMED,
-            f"header field 'rows_dropped' must map device ids to counts, got {_short(dropped)}",
-        )
+    _check_map(header, "rejected", 64, _is_count, "reason codes to counts")
+    _check_map(header, "out", 255, _is_reason, "device ids to reasons")
+    _check_map(header, "rows_dropped", 255, _is_count, "device ids to counts")
     if not isinstance(header.get("stale", False), bool):
         raise MessageRejected(
             MALFORMED,
             f"header field 'stale' must be true or false, got {_short(header.get('stale'))}",
+        )
+
+
+def _check_map(
+    header: dict[str, Any], name: str, key_length: int, is_value: Callable[[Any], bool], what: str
+) -> None:
+    """An optional map field of string keys of at most `key_length` characters to values."""
+    found = header.get(name, {})
+    if not isinstance(found, dict) or not all(
+        isinstance(k, str) and len(k) <= key_length and is_value(v) for k, v in found.items()
+    ):
+        raise MessageRejected(
+            MALFORMED, f"header field {name!r} must map {what}, got {_short(found)}"
         )
 
 

@@ -16,7 +16,8 @@ seconds later, started again with its own command plus
 The run ends when the cloud exits after its last round (or at `--timeout`).
 
 Printed: kills by kind, rounds completed, rounds recorded twice (must be 0) and rounds
-missing in the cloud's `metrics.jsonl`, the final accuracy against a clean
+missing in the cloud's `metrics.jsonl`, the accuracy of the last evaluated round (a round
+whose edges were all down when the model came is recorded without one) against a clean
 `hierfl.simulate` run of the same topology and seed measured in the same run, wall time
 and the machine's load. `--json PATH` writes the result; the last stdout line is the
 same JSON.
@@ -106,7 +107,13 @@ def node_kind(command: list[str]) -> str:
 
 
 def chaos(
-    rounds: int, seed: int, every: float, pause: float, timeout: float, keep: bool
+    rounds: int,
+    seed: int,
+    every: float,
+    pause: float,
+    timeout: float,
+    keep: bool,
+    max_kills: int | None = None,
 ) -> dict[str, Any]:
     """Runs the clean reference, then the launch under kills; see the module docstring."""
     folder = pathlib.Path(tempfile.mkdtemp(prefix="hfl-chaos-", dir="/tmp"))  # short ipc:// paths
@@ -130,14 +137,15 @@ def chaos(
         launch.start()
         try:
             failure, timed_out = drive(
-                launch, commands, by_kind, draw, kills, every, pause, timeout
+                launch, commands, by_kind, draw, kills, every, pause, timeout, max_kills
             )
         finally:
             launch.stop(grace=0 if failure else GRACE_SECONDS)
         seconds, load_after = time.perf_counter() - started, load_average()
         records = read_new_records(run / "metrics.jsonl", 0)
         counts = round_counts(records, rounds)
-        final = records[-1]["accuracy"] if records else None
+        evaluated = [r for r in records if r["accuracy"] == r["accuracy"]]  # not NaN
+        final = evaluated[-1]["accuracy"] if evaluated else None
         return {
             "rounds": rounds,
             "seed": seed,
@@ -149,6 +157,7 @@ def chaos(
             "rounds_recorded_twice": counts["duplicated"],
             "rounds_missing": counts["missing"],
             "accuracy": final,
+            "accuracy_round": evaluated[-1]["round"] if evaluated else None,
             "clean_accuracy": clean,
             "accuracy_difference": None if final is None else final - clean,
             "clean_seconds": clean_seconds,
@@ -174,6 +183,7 @@ def drive(
     every: float,
     pause: float,
     timeout: float,
+    max_kills: int | None = None,
 ) -> tuple[str | None, bool]:
     """Kills and restarts nodes until the cloud exits on its own or `timeout` s pass.
 
@@ -202,7 +212,14 @@ def drive(
         records = read_new_records(run / "metrics.jsonl", 0)
         if next_kill is None and records:
             next_kill = now + every / 2  # the first kill half a period into training
-        if next_kill is not None and down is None and now >= next_kill and cloud.poll() is None:
+        more = max_kills is None or len(kills) < max_kills
+        if (
+            next_kill is not None
+            and down is None
+            and now >= next_kill
+            and cloud.poll() is None
+            and more
+        ):
             kind = draw.choice([k for k in KINDS if by_kind[k]])
             name = draw.choice(by_kind[kind])
             process = launch.processes[name]
@@ -236,7 +253,10 @@ def chaos_table(result: dict[str, Any]) -> Table:
     table.add_row("rounds recorded twice (must be 0)", f"{len(twice)} {twice or ''}")
     table.add_row("rounds missing", f"{len(result['rounds_missing'])}")
     if result["accuracy"] is not None:
-        table.add_row("final accuracy", f"{result['accuracy']:.4f}")
+        table.add_row(
+            f"accuracy (last evaluated round, {result['accuracy_round']})",
+            f"{result['accuracy']:.4f}",
+        )
     table.add_row(
         "clean simulate accuracy (baseline)",
         f"{result['clean_accuracy']:.4f} ({result['clean_seconds']:.0f} s)",

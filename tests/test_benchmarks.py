@@ -133,14 +133,15 @@ def test_dashboard_benchmark_reads_process_figures_and_the_files_it_compares_wit
 
 
 def test_a_short_chaos_run_records_every_round_once(bench):
-    """benchmarks/chaos.py in small: random kill -9 of devices, hosts, edges and the cloud,
-    each restarted with --resume; every round is recorded exactly once and the run ends."""
+    """benchmarks/chaos.py in small: 8 random kill -9s of devices, hosts, edges and the cloud,
+    each restarted with --resume 1 s later; every round is recorded exactly once, the run
+    ends, and the last evaluated round's accuracy is near a clean run's."""
     result = bench("chaos").chaos(
-        rounds=40, seed=1, every=2.5, pause=1.0, timeout=400.0, keep=False
+        rounds=30, seed=1, every=2.5, pause=1.0, timeout=400.0, keep=False, max_kills=8
     )
     print({k: result[k] for k in ("kills_by_kind", "seconds", "accuracy", "clean_accuracy")})
     assert result["failure"] is None and not result["timed_out"]
-    assert len(result["kills"]) >= 3
+    assert 3 <= len(result["kills"]) <= 8
     assert result["rounds_recorded_twice"] == [] and result["rounds_missing"] == []
-    assert result["rounds_completed"] == 40
+    assert result["rounds_completed"] == 30
     assert result["accuracy"] > result["clean_accuracy"] - 0.1

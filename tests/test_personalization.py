@@ -5,6 +5,7 @@ refusals, the core's mask steps, the simulator's per-plant models, records and e
 from __future__ import annotations
 
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +14,17 @@ import pytest
 
 from conftest import write_topology
 from hierfl.core import personal
-from hierfl.data.loading import load_topology
+from hierfl.data.evaluation import empty_sums
+from hierfl.data.loading import load_topology, topology_task
 from hierfl.data.plan import make_plan
 from hierfl.inference.export import export_run
-from hierfl.kernels import flat_spec
+from hierfl.kernels import flat_spec, ravel
 from hierfl.runs.checkpoint import load_params
 from hierfl.runs.report import write_report
+from hierfl.runtime import protocol
+from hierfl.runtime.edge_uplink import edge_uplink
+from hierfl.runtime.evaluations import PendingScores, release_evaluation
+from hierfl.runtime.node import node_model
 from hierfl.sim.engine import init_global_model, simulate
 from hierfl.topology import TopologyError
 
@@ -123,3 +129,50 @@ def test_personalization_absent_trains_as_before(folder):
     for x, y in zip(jax.tree.leaves(plain.params), jax.tree.leaves(none.params), strict=True):
         np.testing.assert_array_equal(x, y)
     assert "personal_accuracy" not in plain.history[-1]
+
+
+def test_an_edge_sends_the_shared_change_and_keeps_its_layers(folder):
+    topology = load_topology(write_topology(folder, codecs=PLANT_LAYERS))
+    net = node_model(topology)
+    test = make_plan(topology).test
+
+    def uplink():
+        plant = topology.plants[0]
+        log = logging.getLogger("test")
+        return edge_uplink(topology, plant, net, lambda: test, log, he_context=None, model_out=None)
+
+    edge = uplink()
+    mask = personal.topology_mask(topology, net.spec)
+    base = np.asarray(ravel(net.spec, net.initial_params))
+    _, fields = edge.summary(base + 1, base, 3.0, 1, 0, [])
+    sent = np.asarray(fields["arrays"][0])
+    assert sent.shape == base.shape  # the summary's layout is the plain one
+    assert np.all(sent[mask] == 0) and np.all(sent[~mask] != 0)
+    state = edge.state()
+    np.testing.assert_array_equal(state["personal"][mask], (base + 1)[mask])
+    resumed = uplink()
+    resumed.restore(state)
+    np.testing.assert_array_equal(resumed.personal, state["personal"])
+    with pytest.raises(ValueError, match="no personal layers"):
+        uplink().restore({"residual": state["residual"]})
+
+
+def test_the_cloud_waits_for_both_evaluations_of_a_plant(folder):
+    task = topology_task(load_topology(write_topology(folder)))
+    written = []
+    scores = PendingScores(task, ["plant-a"], lambda r, v, who: written.append(r), personal=True)
+    scores.add(1, {"round": 1})
+    sums = {**release_evaluation(empty_sums(task)), "count": 0}
+
+    def evaluation(**extra):
+        return protocol.Message(protocol.EVALUATION, "plant-a", 1, 0, {**sums, **extra})
+
+    scores.take(evaluation(), round=2)
+    assert not scores.complete({"plant-a"}) and not written
+    scores.take(evaluation(personal=True), round=2)
+    assert scores.complete({"plant-a"})
+    assert set(written[0]) >= {"accuracy", "personal_accuracy", "plant_personal_accuracy"}
+    plain = PendingScores(task, ["plant-a"], lambda r, v, who: None)
+    plain.add(1, {"round": 1})
+    with pytest.raises(protocol.MessageRejected, match="no \\[personalization\\]"):
+        plain.take(evaluation(personal=True), round=2)

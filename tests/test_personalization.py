@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +120,13 @@ def test_simulator_keeps_a_model_per_plant(folder):
     assert artifact.meta.run["plant"] == "plant-b"
     with pytest.raises(Exception, match="model-plant-c.npz: no such file"):
         export_run(folder / "run", platforms=("cpu",), plant="plant-c")
+    command = [sys.executable, "-m", "hierfl", "export", str(folder / "run"), "--plant", "plant-a"]
+    done = subprocess.run(
+        [*command, "--platforms", "cpu"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "plant-a personal accuracy" in done.stdout
+    assert (folder / "run" / "model-plant-a.hfl").exists()
 
 
 def test_personalization_absent_trains_as_before(folder):

@@ -24,11 +24,12 @@ import zmq
 
 from conftest import kill9, wait_for_record, write_topology
 from hierfl.data.loading import load_topology
+from hierfl.data.plan import make_plan
 from hierfl.inference.artifact import decode_artifact
 from hierfl.inference.publisher import decode_publication, subscribe
 from hierfl.runs.checkpoint import load_params
 from hierfl.runtime.launch import Launch, node_name, read_new_records
-from hierfl.sim.engine import simulate
+from hierfl.sim.engine import init_global_model, simulate
 
 HIERFL = Path(sys.executable).parent / "hierfl"
 
@@ -378,3 +379,39 @@ def test_launch_fails_naming_the_edge_that_cannot_bind_its_port(folder):
     edge_log = (out / "logs" / "edge-plant-b.log").read_text()
     assert "Traceback" not in edge_log, edge_log
     assert f"cannot bind tcp://127.0.0.1:{port}: Address already in use" in edge_log
+
+
+PLANT_LAYERS = """
+[personalization]
+method = "plant-layers"
+layers = ["head"]
+
+[compression.edge_to_cloud]
+codec = "topk"
+fraction = 0.1
+"""
+
+
+def test_launch_trains_the_same_personalized_models_as_simulate(folder):
+    """Per-plant layers: the same global model and the same personalized scores per plant,
+    and each edge writes its plant's model (the one the simulator writes) for export."""
+    topology = write_topology(folder, codecs=PLANT_LAYERS, heartbeat_timeout=30.0)
+    out = folder / "run"
+    records = launch_to_the_end(topology, out)
+    reference = simulate(topology, out=folder / "sim")
+    assert max_difference(reference.params, load_params(out / "model.npz")) <= 1e-5
+    for record, expected in zip(records, reference.history, strict=True):
+        assert record["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
+        assert record["personal_accuracy"] == pytest.approx(expected["personal_accuracy"], abs=1e-3)
+        for plant in ("plant-a", "plant-b"):
+            assert record["plant_personal_accuracy"][plant] == pytest.approx(
+                expected["plant_personal_accuracy"][plant], abs=1e-3
+            )
+    for plant in ("plant-a", "plant-b"):
+        launched = load_params(out / f"model-{plant}.npz")
+        assert max_difference(load_params(folder / "sim" / f"model-{plant}.npz"), launched) <= 1e-5
+    # The cloud never moved the personal layers: the global head is the initial one.
+    _, initial = init_global_model(make_plan(load_topology(topology)))
+    launched = load_params(out / "model.npz")
+    assert max_difference(initial["head"], launched["head"]) == 0
+    assert max_difference(launched["head"], load_params(out / "model-plant-a.npz")["head"]) > 0

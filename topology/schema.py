@@ -512,6 +512,30 @@ class Aggregation:
     optimizer: ServerOptimizer = ServerOptimizer()
 
 
+PERSONALIZATION_METHODS = ("none", "plant-layers")
+"""How plants get a model of their own: not at all (one global model), or FedPer-style per-plant
+layers (the named layers stay with each plant's edge; the cloud averages the rest)."""
+
+PERSONALIZATION_FIELDS: Mapping[str, Field] = {
+    "method": Field(str, default="none", options=PERSONALIZATION_METHODS),
+}
+"""The `[personalization]` table's scalar fields (its `layers` list is read beside them)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Personalization:
+    """`[personalization]`: `method` and, for "plant-layers", the `layers` that stay per plant:
+    names or '/'-separated prefixes of the model's parameter paths (e.g. "head" for
+    `head/kernel` and `head/bias`), checked against the model when the task is known."""
+
+    method: str = "none"
+    layers: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
 @dataclasses.dataclass(frozen=True)
 class Attack:
     """Simulated faulty devices: in every plant, `floor(fraction * devices)` of them (chosen by
@@ -725,6 +749,7 @@ class Topology:
     aggregation: Aggregation = Aggregation()
     attack: Attack = Attack()
     privacy: Privacy = Privacy()
+    personalization: Personalization = Personalization()
     source: str = "<string>"
     runtime: Runtime = Runtime()
     on_bad_rows: str = "refuse"
@@ -921,6 +946,7 @@ def combination_problems(topology: Topology) -> list[str]:
             )
     problems += _privacy_problems(topology)
     problems += _crypto_problems(topology)
+    problems += _personalization_problems(topology)
     if federation.algorithm == "fedsgd":
         for i, plant in enumerate(topology.plants):
             for j, line in enumerate(plant.lines):
@@ -1060,6 +1086,49 @@ def _crypto_problems(topology: Topology) -> list[str]:
         problems.append(
             f"privacy.{which}: cannot be combined with algorithm 'scaffold' (its control variates would cross the "
             "protected link in the clear; masking or encrypting them is not built)"
+        )
+    return problems
+
+
+def _personalization_problems(topology: Topology) -> list[str]:
+    """Per-plant layers against the rest of the file: a method needs layers (and "none" takes
+    none), and the options whose guarantee or arithmetic covers one global model refuse them."""
+    personal, privacy = topology.personalization, topology.privacy
+    if not personal.enabled:
+        if personal.layers:
+            return [
+                'personalization.layers: method "none" keeps no layer per plant; '
+                'set method = "plant-layers" or remove layers'
+            ]
+        return []
+    problems = []
+    if not personal.layers:
+        problems.append(
+            'personalization.layers: method "plant-layers" needs the layers that stay per plant, '
+            'e.g. layers = ["head"]'
+        )
+    method = f"personalization.method: {personal.method!r}"
+    if privacy.dp != "none":
+        problems.append(
+            f"{method} cannot be combined with privacy.dp (the per-plant layers never reach the cloud "
+            "and are released to the plant without the noise and accounting that cover the global "
+            "model, so the run's epsilon would not describe the models it deploys)"
+        )
+    if privacy.secure_aggregation:
+        problems.append(
+            f"{method} cannot be combined with privacy.secure_aggregation yet (the masked rounds' "
+            "edge path does not keep per-plant layers; not built in this increment)"
+        )
+    if privacy.homomorphic:
+        problems.append(
+            f"{method} cannot be combined with privacy.homomorphic (under CKKS each edge applies "
+            "the decrypted aggregate to the global model it holds itself, a path that keeps no "
+            "per-plant layers; not built in this increment)"
+        )
+    if topology.federation.algorithm == "scaffold":
+        problems.append(
+            f"{method} cannot be combined with algorithm 'scaffold' (its control variates pull "
+            "every parameter towards the federation's average gradient, per-plant layers included)"
         )
     return problems
 

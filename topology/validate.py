@@ -30,6 +30,7 @@ from .schema import (
     NAME_RULE,
     OPTIMIZER_FIELDS,
     OPTIMIZER_PARAMETERS,
+    PERSONALIZATION_FIELDS,
     PLANT_CLASS,
     PLANT_SHIFT,
     PRIVACY_FIELDS,
@@ -49,6 +50,7 @@ from .schema import (
     Field,
     Line,
     LinkCompression,
+    Personalization,
     Plant,
     Privacy,
     Runtime,
@@ -71,6 +73,7 @@ TOP_KEYS = (
     "aggregation",
     "attack",
     "privacy",
+    "personalization",
     "cloud",
     "plants",
     "runtime",
@@ -153,6 +156,7 @@ def build_topology(
     privacy = Privacy(
         **_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False)
     )
+    personalization = _read_personalization(document.get("personalization", {}), problems)
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(
         cloud.get("address"), "cloud.address", problems, dialled_by=("edges", "cloud", None)
@@ -178,6 +182,7 @@ def build_topology(
         aggregation=aggregation,
         attack=attack,
         privacy=privacy,
+        personalization=personalization,
         source=source,
         runtime=runtime,
     )
@@ -749,6 +754,34 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
     return _PlantDraft(
         values["name"], address, values["shift"], lines, aggregation, classes, values["test_data"]
     )
+
+
+def _read_personalization(table: Any, problems: list[str]) -> Personalization:
+    """`[personalization]`: `method` and `layers`, a list of distinct non-empty names (whether
+    the model has them is checked against the task, `hierfl.data.loading`)."""
+    if not isinstance(table, dict):
+        problems.append(f"personalization: expected a table, got {describe(table)}")
+        return Personalization()
+    values = _read_fields(
+        table, "personalization", PERSONALIZATION_FIELDS, problems, structural=("layers",)
+    )
+    layers = table.get("layers", [])
+    if not isinstance(layers, list) or not all(
+        isinstance(name, str) and name.strip("/") for name in layers
+    ):
+        problems.append(
+            "personalization.layers: expected an array of parameter names or prefixes, "
+            f'e.g. ["head"], got {describe(layers)}'
+        )
+        layers = []
+    problems += [
+        f"{item_path}: duplicate layer {name!r} (also {first})"
+        for item_path, name, first in _repeats(
+            (f"personalization.layers[{i}]", n) for i, n in enumerate(layers)
+        )
+    ]
+    method = values["method"] if values["method"] is not None else "none"
+    return Personalization(method, tuple(name.strip("/") for name in layers))
 
 
 def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:

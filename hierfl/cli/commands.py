@@ -153,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="compile a run's trained model into a versioned .hfl file (jax.export)"
     )
     export.add_argument("run_dir", type=Path)
-    export.add_argument("--out", type=Path, help="model file to write (default: RUN_DIR/model.hfl)")
+    export.add_argument(
+        "--out",
+        type=Path,
+        help="model file to write (default: RUN_DIR/model.hfl, or RUN_DIR/model-PLANT.hfl)",
+    )
+    export.add_argument(
+        "--plant",
+        metavar="NAME",
+        help="export plant NAME's own model (its personalized model with [personalization])",
+    )
     export.add_argument(
         "--platforms",
         type=_platforms,
@@ -430,11 +439,15 @@ def run_export(args: argparse.Namespace) -> int:
     from hierfl.inference.export import export_run
     from hierfl.runs.metrics import read_run_info
 
-    artifact = export_run(args.run_dir, platforms=args.platforms)
-    path = write_artifact(args.out or args.run_dir / "model.hfl", artifact)
+    artifact = export_run(args.run_dir, platforms=args.platforms, plant=args.plant)
+    default = "model.hfl" if args.plant is None else f"model-{args.plant}.hfl"
+    path = write_artifact(args.out or args.run_dir / default, artifact)
     meta = artifact.meta
     metric = run_metric(read_run_info(args.run_dir)).name  # accuracy, or the task's deciding metric
     value = meta.metrics.get(metric)
+    if args.plant is not None:  # the plant's own model, scored on the plant's test data
+        metric = f"{args.plant} personal {metric}"
+        value = meta.metrics.get(f"plant_personal_{metric.rsplit(' ', 1)[-1]}", {}).get(args.plant)
     scored = f" (test {metric} {value:.4f})" if isinstance(value, float) else ""
     print(
         f"exported {meta.task} {meta.model} version {meta.version}{scored} for {', '.join(meta.platforms)} "

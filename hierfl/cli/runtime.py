@@ -109,7 +109,8 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         "--model-out",
         type=Path,
         metavar="FILE",
-        help="with [privacy] homomorphic: where this edge writes the final global model (.npz; the cloud holds none)",
+        help="with [privacy] homomorphic: where this edge writes the final global model (.npz; the cloud "
+        "holds none); with [personalization]: where it writes its plant's personalized model",
     )
     edge.add_argument(
         "--status",

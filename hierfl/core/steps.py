@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierfl.core import rng, rules
+from hierfl.core import personal, rng, rules
 from hierfl.core.algorithms import (
     Algorithm,
     DeviceData,
@@ -328,6 +328,7 @@ def make_cloud_step(
     dp_config: DpConfig | None = None,
     seed: int = 0,
     num_edges: int = 0,
+    personal_mask: np.ndarray | None = None,
 ) -> Callable[..., tuple[Params, Any]]:
     """`cloud_step(params, server_state, deltas [E', P], weights [E'], cloud_round,
     clip_norm) -> (params, server_state)`.
@@ -335,12 +336,15 @@ def make_cloud_step(
     The cloud's rule (`[aggregation.cloud]`) combines the decoded summaries; a trusted
     cloud (`dp = "cloud"`) adds N(0, (z C)^2) to their sum with the key
     `rng.sum_noise_key(seed, round, 0, num_edges)`; the algorithm's server optimizer
-    (FedOpt) applies the result.
+    (FedOpt) applies the result. With per-plant layers (`personal_mask`, `hierfl.core.personal`)
+    the summaries' personal part is zeroed first: the cloud's aggregate leaves those layers be.
     A step whose model or optimizer state would not be finite (summaries whose weighted sum
     overflows) leaves both as they were.
     """
 
     def cloud_step(params, server_state, deltas, weights, cloud_round, clip_norm):
+        if personal_mask is not None:
+            deltas = personal.mask_personal(deltas, personal_mask)
         total = rules.reduce(rule, deltas, weights)
         if dp_config is not None and dp_config.place == "cloud":
             key = dp_config.key(rng.sum_noise_key(seed, cloud_round, 0, num_edges))

@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hierfl.core import personal
 from hierfl.core.algorithms import ALGORITHMS
 from hierfl.data.tasks.base import Task
 from hierfl.data.tasks.imports import TaskImportError, resolve_task, topology_folder
+from hierfl.kernels import flat_spec
 from hierfl.topology import Topology, TopologyError
 from hierfl.topology import load_topology as load_topology_file
 
@@ -49,6 +51,8 @@ def check_names(topology: Topology) -> None:
     except TaskImportError as error:
         raise TopologyError([f"federation.task: {error}"], topology.source) from None
     problems = _model_problems(task, federation.model) + _data_problems(topology, task)
+    if not problems:
+        problems = _personalization_problems(topology, task)
     if problems:
         raise TopologyError(problems, topology.source)
 
@@ -81,6 +85,36 @@ def _model_problems(task: Task, model: str | None) -> list[str]:
             f"per example; the task has {what}, so it must output {want}"
         ]
     return []
+
+
+def parameter_names(task: Task, name: str) -> tuple[str, ...]:
+    """The parameter paths of model `name` (`head/kernel`, ...), traced without computing."""
+    from hierfl.data.tasks.models import build_model  # the models import the task API
+
+    shapes = jax.eval_shape(lambda: build_model(name, task.models[name], jax.random.key(0))[1])
+    return flat_spec(shapes).names
+
+
+def _personalization_problems(topology: Topology, task: Task) -> list[str]:
+    """The per-plant layers the topology names, against the parameters its model has: each
+    must name one, and some parameter must stay shared (else nothing is federated)."""
+    layers = topology.personalization.layers
+    if not topology.personalization.enabled or not layers:
+        return []
+    name = topology.federation.model or task.default_model
+    names = parameter_names(task, name)
+    unknown = personal.unknown_layers(names, layers)
+    problems = [
+        f"personalization.layers: model {name!r} has no parameter {layer!r} (its parameters: "
+        f"{', '.join(names)}; name a layer such as {names[-1].rsplit('/', 1)[0]!r}, or a parameter)"
+        for layer in unknown
+    ]
+    if not unknown and all(any(personal.matches(n, layer) for layer in layers) for n in names):
+        problems.append(
+            f"personalization.layers: {list(layers)} covers every parameter of model {name!r}, "
+            "so nothing would be shared between plants; keep some layers global"
+        )
+    return problems
 
 
 def model_output_shape(task: Task, name: str) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ from hierfl.errors import ArtifactError, RunDirError
 from hierfl.inference.artifact import Artifact, ArtifactMeta
 from hierfl.runs.checkpoint import flatten_params, load_params
 from hierfl.runs.metrics import read_census, read_metrics, read_run_info
+from hierfl.runs.records import plant_model_file
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 BATCH_DIM = "batch"
@@ -150,11 +151,16 @@ def _check_outputs(model: Model, task: Task, output_shape: tuple) -> None:
 
 
 def export_run(
-    run_dir: str | os.PathLike, *, platforms: Sequence[str] = DEFAULT_PLATFORMS
+    run_dir: str | os.PathLike,
+    *,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    plant: str | None = None,
 ) -> Artifact:
     """The artifact of a finished run directory (run.json, metrics.jsonl, model.npz).
 
-    The model version is the last cloud round in `metrics.jsonl` and the artifact's
+    With `plant`, that plant's own model instead (`model-<plant>.npz`: its personalized model
+    under `[personalization]`, written by the simulator or by the plant's edge in a launch;
+    the final global model under homomorphic encryption). The model version is the last cloud round in `metrics.jsonl` and the artifact's
     metrics are that round's record. Raises `RunDirError` if the directory is not a
     complete run, or its parameters do not fit the model `run.json` names.
     """
@@ -176,7 +182,16 @@ def export_run(
             f"{run_dir / 'run.json'}: task {task_name!r} has no model {model_name!r} (known: {', '.join(sorted(task.models))})"
         )
     model_path = run_dir / "model.npz"
-    if not model_path.exists():
+    if plant is not None:
+        model_path = run_dir / plant_model_file(plant)
+        if not model_path.exists():
+            plants = sorted(p.name for p in run_dir.glob("model-*.npz"))
+            held = f"this run has {', '.join(plants)}" if plants else "this run has no plant model"
+            raise RunDirError(
+                f"{model_path}: no such file; {held} (plant models are written by runs with "
+                "[personalization], or with [privacy] homomorphic)"
+            )
+    elif not model_path.exists():
         plants = sorted(p.name for p in run_dir.glob("model-*.npz"))
         if plants:  # a run with homomorphic encryption: the plants hold the model, the cloud none
             raise RunDirError(
@@ -196,6 +211,8 @@ def export_run(
         if key in info
     }
     run["run_dir"] = str(run_dir)
+    if plant is not None:
+        run["plant"] = plant
     described = read_census(run_dir)
     return export_model(
         model,

@@ -70,6 +70,8 @@ def run_info(
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hierfl_version": __version__,
     }
+    if topology.personalization.enabled:
+        info["personalization"] = dataclasses.asdict(topology.personalization)
     if runtime:
         settings = dataclasses.asdict(topology.runtime)
         info["runtime"] = {
@@ -98,6 +100,24 @@ def score_fields(task: Task, scores: Scores, plant_names: Sequence[str]) -> dict
     return {"test_loss": scores.loss, **metric_fields(task, scores, plant_names)}
 
 
+def personal_fields(task: Task, scores: Scores, plant_names: Sequence[str]) -> dict[str, Any]:
+    """With per-plant layers, each plant's test examples scored by its own personalized model:
+    `personal_<metric>` over all plants' examples, `plant_personal_<metric>` per plant."""
+    fields: dict[str, Any] = {}
+    for metric in task.metrics:
+        fields[f"personal_{metric.name}"] = scores.metrics[metric.name]
+        fields[f"plant_personal_{metric.name}"] = dict(
+            zip(plant_names, scores.plant_metrics[metric.name])
+        )
+    return fields
+
+
+def plant_model_file(plant: str) -> str:
+    """The file of plant `plant`'s own final model in a run directory (per-plant layers, or
+    homomorphic encryption where the plants alone hold the model)."""
+    return f"model-{plant}.npz"
+
+
 def unscored(task: Task, num_plants: int) -> Scores:
     """Scores not known yet (NaN everywhere): a record waiting for the plants' evaluations."""
     return combine_plant_sums(task, [None] * num_plants)
@@ -115,18 +135,22 @@ def round_record(
     elapsed_seconds: float,
     devices: int,
     clip_norm: float,
+    personal: Scores | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Round `round`'s record: the fields both engines write, an engine's `extra` fields, then
     the privacy fields (`privacy_record`: epsilon, delta and the clip norm, under DP).
 
     `loss` is the mean training loss, `bytes` each tier's traffic during the round, `devices`
-    how many devices trained, `clip_norm` the clip norm in force after the round.
+    how many devices trained, `clip_norm` the clip norm in force after the round, `personal`
+    the plants' personalized models' scores (`personal_fields`; per-plant layers only).
     """
+    mine = {} if personal is None else personal_fields(task, personal, topology.plant_names)
     return {
         "round": round,
         "loss": loss,
         **score_fields(task, scores, topology.plant_names),
+        **mine,
         "bytes": dict(bytes),
         "round_seconds": round_seconds,
         "elapsed_seconds": elapsed_seconds,

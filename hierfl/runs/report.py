@@ -242,6 +242,24 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
         return format_accuracy(value) if metric.percent else metric.format(value)
 
     plant_rows = [(plant, show(a)) for plant, a in final_plant_accuracy(records, metric).items()]
+    plant_header: tuple[str, ...] = ("plant", f"final {metric.title}")
+    personal = last.get(f"plant_personal_{metric.name}")
+    personal_text = []
+    if personal is not None:  # [personalization]: each plant's own model beside the global one
+        plant_header = (
+            "plant",
+            f"final global {metric.title}",
+            f"final personalized {metric.title}",
+        )
+        plant_rows = [
+            (plant, a, show(float(personal.get(plant, math.nan)))) for plant, a in plant_rows
+        ]
+        layers = ", ".join((info.get("personalization") or {}).get("layers", []))
+        personal_text = [
+            f"Personalized (per-plant layers: {layers}): each plant's test data scored by its own "
+            f"model, {metric.title} **{show(float(last[f'personal_{metric.name}']))}** over all "
+            "plants. The global model keeps the initial per-plant layers."
+        ]
     byte_rows = [
         (TIER_LABELS[tier], format_bytes(totals[tier]), f"{totals[tier]:,}") for tier in BYTE_TIERS
     ]
@@ -258,9 +276,10 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
         f"Final global test {metric.title} **{show(float(last[metric.name]))}** "
         f"after cloud round {last['round']} ({len(records)} rounds recorded{of_planned}). "
         f"Best **{show(best_score)}**, reached in round {best}.",
-        markdown_table(("plant", f"final {metric.title}"), plant_rows)
+        markdown_table(plant_header, plant_rows)
         if plant_rows
         else f"No per-plant {metric.title} recorded.",
+        *personal_text,
         f"![Test {metric.title} per cloud round]({score_plot(metric)})",
         *classification_markdown(last),
         "## Communication",

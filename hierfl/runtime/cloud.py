@@ -406,5 +406,6 @@ class CloudNode:
             elapsed_seconds=self.elapsed_before + now - self.run_started,
             devices=received.devices(),
             clip_norm=clip_norm,
+            personal=scores if self.topology.personalization.enabled else None,
             **received.runtime_fields(self.topology, self.counters.snapshot(), self.late),
         )

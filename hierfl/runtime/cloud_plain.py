@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierfl.core import steps
+from hierfl.core import personal, steps
 from hierfl.core.steps import aligned_zeros
 from hierfl.data.census import Census
 from hierfl.data.plan import make_plan
@@ -62,6 +62,7 @@ class PlainAggregation:
                 self.dp,
                 topology.federation.seed,
                 edges,
+                personal_mask=personal.topology_mask(topology, net.spec),
             )
         )
         self.ravel = jax.jit(lambda params: ravel(net.spec, params))
@@ -73,7 +74,9 @@ class PlainAggregation:
                 evaluation_layout(net.task),
             ),
         }
-        self.scores = PendingScores(net.task, topology.plant_names, self._write)
+        self.scores = PendingScores(
+            net.task, topology.plant_names, self._write, topology.personalization.enabled
+        )
         self.models: dict[int, Any] = {}  # models whose record awaits scores, for the publisher
         self.deltas = aligned_zeros((2 * edges, net.spec.size))
         self.weights = np.zeros(2 * edges, np.float32)

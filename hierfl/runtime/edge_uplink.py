@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierfl.core import steps
+from hierfl.core import personal, steps
 from hierfl.data.census import Census
 from hierfl.data.evaluation import make_plant_evaluator
 from hierfl.data.plan import TestSet, standardized
 from hierfl.errors import HomomorphicError
-from hierfl.kernels import unravel
+from hierfl.kernels import ravel, unravel
+from hierfl.runs.checkpoint import save_params
 from hierfl.runtime import protocol
 from hierfl.runtime.evaluations import release_evaluation
 from hierfl.runtime.node import NodeModel
@@ -93,11 +94,15 @@ def edge_uplink(
             he_context=he_context,
             model_out=model_out,
         )
-    if he_context is not None or model_out is not None:
+    if he_context is not None or (model_out is not None and not topology.personalization.enabled):
         raise HomomorphicError(
-            "--he-context and --model-out are for topologies with [privacy] homomorphic = true"
+            "--he-context and --model-out are for topologies with [privacy] homomorphic = true "
+            "(--model-out also for [personalization])"
         )
-    return PlainUplink(topology, net, index, test())
+    plain = PlainUplink(topology, net, index, test())
+    if topology.personalization.enabled:
+        return PlantLayersUplink(plain, personal.topology_mask(topology, net.spec), model_out)
+    return plain
 
 
 class PlainUplink:
@@ -176,3 +181,71 @@ class PlainUplink:
     def restore(self, state) -> str:
         self.residual = np.array(state["residual"], np.float32)
         return ""
+
+
+class PlantLayersUplink:
+    """`[personalization] plant-layers` around a `PlainUplink`: the edge keeps its plant's
+    personal layers (`hierfl.core.personal`). Each global model it receives is evaluated as
+    it is and merged with the plant's layers (both `evaluation`s go up, the personalized one
+    marked `personal` and sent first), and the merged model is what its devices train from;
+    a summary sends the change of the shared layers only and keeps the personal layers of
+    the edge's model. The personal layers are part of the edge's state (`--resume`), and
+    each personalized model is written to `model_out` when given (`hierfl export --plant`).
+    """
+
+    def __init__(self, plain: PlainUplink, mask: np.ndarray, model_out: Path | None):
+        self.plain, self.mask, self.model_out = plain, mask, model_out
+        self.layouts = plain.layouts
+        self.personal = np.asarray(ravel(plain.net.spec, plain.net.initial_params))
+        self.evaluation: tuple[int, dict[str, Any]] | None = None
+
+    @property
+    def version(self) -> int:
+        return self.plain.version
+
+    def warm_up(self) -> None:
+        self.plain.warm_up()
+
+    def use_census(self, found: Census) -> None:
+        self.plain.use_census(found)
+
+    def receive(self, message: protocol.Message) -> FromCloud:
+        taken = self.plain.receive(message)
+        version = int(message.header["model_version"])
+        merged = np.asarray(personal.merge(message.arrays[0], self.personal, self.mask))
+        replies = taken.replies
+        if version >= 1:
+            replies = (self._evaluation(version, merged), *replies)
+            if self.model_out is not None:
+                save_params(self.model_out, unravel(self.plain.net.spec, merged))
+        model = taken.model
+        if model is not None:
+            model = model._replace(flat=merged)
+        return taken._replace(model=model, replies=replies)
+
+    def _evaluation(self, version: int, merged: np.ndarray) -> tuple[str, dict]:
+        """The `personal` `evaluation` of the plant's model with global model `version`."""
+        if self.evaluation is None or self.evaluation[0] != version:
+            sums = self.plain.evaluate(unravel(self.plain.net.spec, merged))
+            self.evaluation = (version, release_evaluation(sums))
+        return protocol.EVALUATION, {"round": version, "personal": True, **self.evaluation[1]}
+
+    def summary(
+        self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list
+    ) -> tuple[str, dict[str, Any]]:
+        """The plain summary of the shared layers' change; the personal layers stay here."""
+        self.personal = np.asarray(personal.merge(self.personal, edge_flat, self.mask))
+        shared = personal.shared_part(edge_flat, base_flat, self.mask)
+        return self.plain.summary(shared, base_flat, weight, round, key_index, extra)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {**self.plain.state(), "personal": self.personal}
+
+    def restore(self, state) -> str:
+        if "personal" not in state:
+            raise ValueError("no personal layers in it (saved without [personalization])")
+        personal_flat = np.array(state["personal"], np.float32)
+        if personal_flat.shape != self.personal.shape:
+            raise ValueError(f"personal layers of shape {personal_flat.shape}")
+        self.personal = personal_flat
+        return self.plain.restore(state)

@@ -9,6 +9,9 @@ has reported (or the next round closes), then completes it from the plants' sums
 `combine_plant_sums`, the function the simulator's evaluation uses, so both engines
 record the same scores. A plant that does not report in time is NaN in that record.
 
+With per-plant layers (`[personalization]`) each edge also sends the scores of its plant's
+personalized model (an `evaluation` marked `personal`), and a record waits for both.
+
 Under homomorphic encryption the scalars leave rounded (`release_evaluation(..., digits)`):
 the cloud must not get exact functions of decrypted values.
 """
@@ -22,7 +25,7 @@ import numpy as np
 
 from hierfl.data.evaluation import PlantSums, combine_plant_sums, count_shapes
 from hierfl.data.tasks import Task
-from hierfl.runs.records import score_fields
+from hierfl.runs.records import personal_fields, score_fields
 from hierfl.runtime import protocol
 
 
@@ -67,7 +70,8 @@ class PendingScores:
     """The cloud's records waiting for the plants' evaluations, by model version.
 
     `write(record, version, reporters)` is called once a record is complete, in round
-    order, with the plants whose evaluations it holds.
+    order, with the plants whose evaluations it holds. With `personal`, a plant has reported
+    once both its evaluations (global and personalized) are in.
     """
 
     def __init__(
@@ -75,10 +79,13 @@ class PendingScores:
         task: Task,
         plant_names: Sequence[str],
         write: Callable[[dict[str, Any], int, list[str]], None],
+        personal: bool = False,
     ):
         self.task, self.plant_names, self.write = task, tuple(plant_names), write
+        self.personal = personal
         self.records: dict[int, dict[str, Any]] = {}
         self.sums: dict[int, dict[str, PlantSums]] = {}
+        self.personal_sums: dict[int, dict[str, PlantSums]] = {}
 
     def add(self, version: int, record: dict[str, Any]) -> None:
         """Round `version`'s record, its scores to come."""
@@ -93,20 +100,33 @@ class PendingScores:
                 protocol.FUTURE_ROUND,
                 f"evaluation of model version {version}, not made yet (now round {round})",
             )
+        marked = message.header.get("personal", False)
+        if marked and not self.personal:
+            raise protocol.MessageRejected(
+                protocol.UNEXPECTED, "a personal evaluation, but this run has no [personalization]"
+            )
         if version in self.records:
-            self.sums[version][message.sender] = evaluation_sums(message.header)
+            kept = self.personal_sums if marked else self.sums
+            kept.setdefault(version, {})[message.sender] = evaluation_sums(message.header)
 
     def complete(self, alive: set[str], force_before: int = 0) -> bool:
         """Writes, in round order, the records every edge in `alive` has evaluated (all
         before `force_before`, with what came); whether none is left."""
         for version in sorted(self.records):
             reported = self.sums.get(version, {})
+            personal = self.personal_sums.get(version, {})
             waiting = alive - set(reported)
+            if self.personal:
+                waiting |= alive - set(personal)
             if version >= force_before and (waiting or not reported):
                 return False
             record = self.records.pop(version)
             self.sums.pop(version, None)
+            self.personal_sums.pop(version, None)
             scores = combine_plant_sums(self.task, [reported.get(n) for n in self.plant_names])
             record.update(score_fields(self.task, scores, self.plant_names))
+            if self.personal:
+                mine = combine_plant_sums(self.task, [personal.get(n) for n in self.plant_names])
+                record.update(personal_fields(self.task, mine, self.plant_names))
             self.write(record, version, sorted(reported))
         return True

@@ -170,6 +170,8 @@ class Launch:
                 if he
                 else []
             )
+            if self.topology.personalization.enabled:  # the plant's personalized model
+                edge_he = ["--model-out", str(self.final_model(plant.name))]
             commands[f"edge-{plant.name}"] = self.command(
                 "edge",
                 self.source,
@@ -193,7 +195,8 @@ class Launch:
         return self.run_dir / "keys"
 
     def final_model(self, plant: str) -> Path:
-        """Where plant `plant`'s edge writes the final model under homomorphic encryption."""
+        """Where plant `plant`'s edge writes the final model under homomorphic encryption, or
+        its personalized model with per-plant layers."""
         return self.run_dir / f"model-{plant}.npz"
 
     def final_models(self) -> list[Path]:

@@ -41,7 +41,8 @@ no frames; `round` is the model version evaluated) reports the plant's test scor
 global model as plaintext sums: the scalars `count`, `loss_sum`, `metric_sums`, and the
 counts `confusion` (a classifier's `[C, C]` confusion matrix, rows the true class) and
 `histogram` (a two-class task's `[2, B]` histogram of the probability of class 1), each
-a list of rows of ints, `[]` where the task has none. A node that takes evaluations lists
+a list of rows of ints, `[]` where the task has none; `personal: true` marks the scores of
+the plant's personalized model (`[personalization]`), not of the global one. A node that takes evaluations lists
 `EVALUATION` in its layouts with the `EvaluationLayout` of its task.
 
 `parse_message` checks everything a message says about itself before any array is
@@ -459,6 +460,11 @@ def parse_message(
             if kind not in layouts:
                 raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")
             _check_evaluation(header, max(len(senders), 1), layouts[kind][1])
+            if not isinstance(header.get("personal", False), bool):
+                raise MessageRejected(
+                    MALFORMED,
+                    f"header field 'personal' must be a bool, got {_short(header['personal'])}",
+                )
         if kind == CENSUS:
             if kind not in layouts:
                 raise MessageRejected(UNEXPECTED, f"this node takes no {kind} messages")

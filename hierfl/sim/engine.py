@@ -20,15 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl.core import links, rng
+from hierfl.core import links, personal, rng
 from hierfl.core.algorithms import build_algorithm
 from hierfl.core.attack import attacker_mask
 from hierfl.core.links import LinkCodecs
-from hierfl.data.evaluation import make_evaluator
+from hierfl.data.evaluation import (
+    Scores,
+    combine_plant_sums,
+    make_evaluator,
+    make_sums_evaluator,
+)
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import Plan, make_plan
 from hierfl.data.tasks.models import Model, Params, build_model
-from hierfl.kernels import FlatSpec, flat_spec
+from hierfl.kernels import FlatSpec, flat_spec, ravel, unravel
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import checkpoint, records
 from hierfl.runs.metrics import MetricsWriter, write_census, write_run_info
@@ -110,6 +115,15 @@ class Simulation:
     cloud_round: Callable[[TrainState, DeviceChunks, jax.Array], tuple[TrainState, RoundStats]]
     bytes_per_round: dict[str, int]
     trained_devices: int
+    personal_mask: np.ndarray | None = None
+
+    def plant_params(self, state: TrainState) -> list[Params]:
+        """Each plant's personalized model after `state`'s round (`hierfl.core.personal.merge`)."""
+        global_flat = ravel(self.spec, state.params)
+        return [
+            unravel(self.spec, personal.merge(global_flat, row, self.personal_mask))
+            for row in state.personal
+        ]
 
 
 def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simulation:
@@ -123,12 +137,16 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
     mesh = parallel.device_mesh()
     chunks = place_chunks(plan, chunk_size, mesh)
     variate_size = spec.size if algorithm.control_variates else 0
+    personal = None
+    if topology.personalization.enabled:  # every plant starts from the initial model
+        personal = jnp.tile(ravel(spec, params)[None], (plan.num_edges, 1))
     initial = TrainState(
         params,
         algorithm.server_init(params),
         initial_residuals(codecs, chunks, plan.num_edges, mesh),
         initial_variates(variate_size, chunks, mesh),
         jnp.float32(topology.privacy.clip_norm),
+        personal,
     )
     model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     trained_devices = int(np.count_nonzero(plan.shards.counts))
@@ -150,6 +168,7 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         cloud_round=make_cloud_round(round_steps, spec, tree_shape(plan), mesh),
         bytes_per_round=bytes_per_round,
         trained_devices=trained_devices,
+        personal_mask=round_steps.personal_mask,
     )
 
 
@@ -205,7 +224,8 @@ def simulate(
     Args:
       topology: a `Topology`, a path to a topology file, or a preset name.
       rounds: cloud rounds to run (default: the topology's `cloud_rounds`).
-      out: run directory for run.json, metrics.jsonl and model.npz (nothing written if None).
+      out: run directory for run.json, metrics.jsonl and model.npz, and with per-plant layers
+        each plant's personalized model-<plant>.npz (nothing written if None).
       chunk_size: devices trained at once; lower it to bound memory with many devices.
         Each chunk is split over all local JAX devices (see `hierfl.sim.parallel`).
       progress: show a rich progress bar with the latest score (the task's metric).
@@ -220,6 +240,14 @@ def simulate(
     sim = build_simulation(plan, chunk_size)
     model, state = sim.model, sim.initial
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
+    plant_sums = make_sums_evaluator(model, plan.task, plan.test, plan.num_edges)
+
+    def evaluate_personal(state: TrainState) -> Scores | None:
+        """Each plant's test examples scored by its own personalized model."""
+        if sim.personal_mask is None:
+            return None
+        models = sim.plant_params(state)
+        return combine_plant_sums(plan.task, [plant_sums(m)[p] for p, m in enumerate(models)])
 
     budget = rounds_to_run(topology, federation.cloud_rounds)
     run_dir = Path(out) if out is not None else None
@@ -252,6 +280,7 @@ def simulate(
                 devices=sim.trained_devices,
                 clip_norm=float(state.clip_norm),
                 rejected_updates=int(stats.rejected_updates),
+                personal=evaluate_personal(state),
             )
             history.append(record)
             if writer is not None:
@@ -262,6 +291,9 @@ def simulate(
     if writer is not None:
         writer.close()
         checkpoint.save_params(run_dir / "model.npz", state.params)
+        if sim.personal_mask is not None:
+            for name, params in zip(topology.plant_names, sim.plant_params(state)):
+                checkpoint.save_params(run_dir / records.plant_model_file(name), params)
     return SimulationResult(state.params, history, model, plan, run_dir)
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl.core import rules, steps
+from hierfl.core import personal, rules, steps
 from hierfl.core.algorithms import Algorithm, DeviceData, Summary
 from hierfl.core.algorithms.fedavg import Params
 from hierfl.core.links import LinkCodecs
@@ -62,13 +62,16 @@ class Variates(NamedTuple):
 
 class TrainState(NamedTuple):
     """Everything a cloud round updates: global params, server optimizer state, residuals,
-    variates, and the DP clip norm (adaptive clipping moves it; otherwise constant)."""
+    variates, the DP clip norm (adaptive clipping moves it; otherwise constant), and with
+    per-plant layers each edge's model after its last cloud round `[E, P]`, whose personal
+    layers are the plant's (`hierfl.core.personal`; None without personalization)."""
 
     params: Params
     server_state: Any
     residuals: Residuals
     variates: Variates
     clip_norm: jax.Array
+    personal: jax.Array | None = None
 
 
 class RoundStats(NamedTuple):
@@ -113,6 +116,7 @@ class RoundSteps:
     cloud: Callable
     dp: DpConfig | None
     variates: bool
+    personal_mask: np.ndarray | None = None
 
     @classmethod
     def of(
@@ -128,6 +132,7 @@ class RoundSteps:
         num_edges = len(topology.plants)
         cloud_rule = topology.aggregation.cloud
         attack: Attack = topology.attack
+        mask = personal.topology_mask(topology, spec)
         return cls(
             device=steps.make_device_step(
                 algorithm, spec, codecs.device_to_edge, seed, dp, attack, attackers
@@ -137,9 +142,12 @@ class RoundSteps:
             edge_release=steps.make_edge_release(dp, seed),
             edge_upload=steps.make_edge_upload(codecs.edge_to_cloud, seed),
             decode_summary=steps.make_decode(codecs.edge_to_cloud),
-            cloud=steps.make_cloud_step(algorithm, spec, cloud_rule, dp, seed, num_edges),
+            cloud=steps.make_cloud_step(
+                algorithm, spec, cloud_rule, dp, seed, num_edges, personal_mask=mask
+            ),
             dp=dp,
             variates=algorithm.control_variates,
+            personal_mask=mask,
         )
 
 
@@ -169,11 +177,15 @@ def make_cloud_round(
     edge_round = make_edge_round(round_steps, tree)
     num_edges = tree.num_edges
     edge_ids = jnp.arange(num_edges)
+    mask = round_steps.personal_mask
 
     def cloud_round(state: TrainState, chunks: DeviceChunks, cloud_round):
         global_flat = ravel(spec, state.params)
+        edge_models = jnp.broadcast_to(global_flat, (num_edges, global_flat.shape[0]))
+        if mask is not None:
+            edge_models = personal.merge(global_flat[None], state.personal, mask)
         start = Edges(
-            params=jnp.broadcast_to(global_flat, (num_edges, global_flat.shape[0])),
+            params=edge_models,
             weight=jnp.zeros(num_edges, jnp.float32),
             residuals=state.residuals.device,
             variates=state.variates.device,
@@ -183,8 +195,11 @@ def make_cloud_round(
         edges, _ = jax.lax.scan(run_edge_round, start, jnp.arange(tree.edge_rounds))
 
         upload = jax.vmap(round_steps.edge_upload, in_axes=(0, None, 0, 0, None, 0))
+        shared = edges.params
+        if mask is not None:
+            shared = personal.shared_part(edges.params, global_flat[None], mask)
         payload, edge_residuals = upload(
-            edges.params, global_flat, edges.weight, state.residuals.edge, cloud_round, edge_ids
+            shared, global_flat, edges.weight, state.residuals.edge, cloud_round, edge_ids
         )
         deltas = jax.vmap(round_steps.decode_summary)(payload)
         params, server_state = round_steps.cloud(
@@ -209,6 +224,7 @@ def make_cloud_round(
             Residuals(device_residuals, edge_residuals),
             Variates(device_variates, cloud_variate),
             clip_norm,
+            None if mask is None else edges.params,
         )
         stats = RoundStats(
             tally.loss_sum.sum() / jnp.maximum(edges.weight.sum(), 1.0), tally.rejected.sum()

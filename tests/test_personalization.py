@@ -1,0 +1,187 @@
+"""Per-plant layers (`[personalization] method = "plant-layers"`): the topology table and its
+refusals, the core's mask steps, the simulator's per-plant models, records and export.
+(`launch = simulate` with per-plant layers is in test_runtime_launch.py.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import write_topology
+from hierfl.core import personal
+from hierfl.data.evaluation import empty_sums
+from hierfl.data.loading import load_topology, topology_task
+from hierfl.data.plan import make_plan
+from hierfl.inference.export import export_run
+from hierfl.kernels import flat_spec, ravel
+from hierfl.runs.checkpoint import load_params
+from hierfl.runs.report import write_report
+from hierfl.runtime import protocol
+from hierfl.runtime.edge_uplink import edge_uplink
+from hierfl.runtime.evaluations import PendingScores, release_evaluation
+from hierfl.runtime.node import node_model
+from hierfl.sim.engine import init_global_model, simulate
+from hierfl.topology import TopologyError
+
+PLANT_LAYERS = """
+[personalization]
+method = "plant-layers"
+layers = ["head"]
+"""
+
+
+def refusals(folder, text: str) -> str:
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write_topology(folder, codecs=text))
+    return str(caught.value)
+
+
+def test_layers_are_checked_against_the_model(folder):
+    why = refusals(folder, PLANT_LAYERS.replace('["head"]', '["head", "decoder"]'))
+    assert "model 'mlp' has no parameter 'decoder'" in why
+    assert "head/bias, head/kernel, hidden/0/bias, hidden/0/kernel" in why
+    why = refusals(folder, PLANT_LAYERS.replace('["head"]', '["head", "hidden"]'))
+    assert "covers every parameter" in why
+    assert "needs the layers" in refusals(folder, PLANT_LAYERS.replace('["head"]', "[]"))
+    assert 'method "none" keeps no layer' in refusals(
+        folder, PLANT_LAYERS.replace('"plant-layers"', '"none"')
+    )
+    assert "personalization.method" in refusals(folder, PLANT_LAYERS.replace("plant-", "x-"))
+    loaded = load_topology(write_topology(folder, codecs=PLANT_LAYERS))
+    assert loaded.personalization.layers == ("head",)
+    assert not load_topology(write_topology(folder)).personalization.enabled
+
+
+@pytest.mark.parametrize(
+    "other, reason",
+    [
+        ('[privacy]\ndp = "edge"\n', "privacy.dp"),
+        ("[privacy]\nsecure_aggregation = true\n", "privacy.secure_aggregation"),
+        ("[privacy]\nhomomorphic = true\n", "privacy.homomorphic"),
+    ],
+)
+def test_combinations_that_do_not_fit_are_refused(folder, other, reason):
+    why = refusals(folder, PLANT_LAYERS + other)
+    assert f"personalization.method: 'plant-layers' cannot be combined with {reason}" in why
+
+
+def test_scaffold_is_refused(folder):
+    path = write_topology(folder, codecs=PLANT_LAYERS)
+    path.write_text(path.read_text().replace("seed = 7\n", 'seed = 7\nalgorithm = "scaffold"\n'))
+    with pytest.raises(TopologyError, match="cannot be combined with algorithm 'scaffold'"):
+        load_topology(path)
+
+
+def test_mask_steps_on_flat_buffers():
+    params = {"body": jnp.zeros((2, 3)), "head": {"bias": jnp.zeros(2), "kernel": jnp.zeros(4)}}
+    spec = flat_spec(params)  # body (6), head/bias (2), head/kernel (4)
+    mask = personal.layer_mask(spec, ["head"])
+    assert mask.tolist() == [False] * 6 + [True] * 6
+    assert personal.layer_mask(spec, ["head/bias"]).sum() == 2
+    assert personal.unknown_layers(spec.names, ["head", "hea", "body/x"]) == ["hea", "body/x"]
+    g, p = np.arange(12.0), -np.arange(12.0)
+    merged = np.asarray(personal.merge(g, p, mask))
+    assert merged.tolist() == list(range(6)) + [-6.0, -7, -8, -9, -10, -11]
+    edge = g + 1
+    assert (np.asarray(personal.shared_part(edge, merged, mask)) - merged).tolist() == (
+        [1.0] * 6 + [0.0] * 6
+    )
+    deltas = np.ones((3, 12), np.float32)
+    assert np.asarray(personal.mask_personal(deltas, mask)).sum(axis=1).tolist() == [6.0] * 3
+
+
+def test_simulator_keeps_a_model_per_plant(folder):
+    path = write_topology(folder, codecs=PLANT_LAYERS)
+    result = simulate(path, out=folder / "run")
+    _, initial = init_global_model(make_plan(load_topology(path)))
+    # The cloud's aggregate leaves the personal layers be; the shared ones train.
+    np.testing.assert_array_equal(result.params["head"]["kernel"], initial["head"]["kernel"])
+    assert np.abs(result.params["hidden"][0]["kernel"] - initial["hidden"][0]["kernel"]).max() > 0
+    models = {p: load_params(folder / "run" / f"model-{p}.npz") for p in ("plant-a", "plant-b")}
+    a, b = models["plant-a"], models["plant-b"]
+    np.testing.assert_array_equal(a["hidden"][0]["kernel"], result.params["hidden"][0]["kernel"])
+    assert np.abs(a["head"]["kernel"] - b["head"]["kernel"]).max() > 0
+    last = result.history[-1]
+    assert set(last["plant_personal_accuracy"]) == {"plant-a", "plant-b"}
+    assert 0 <= last["personal_accuracy"] <= 1
+    assert "accuracy" in last and "plant_accuracy" in last
+    info = json.loads((folder / "run" / "run.json").read_text())
+    assert info["personalization"] == {"method": "plant-layers", "layers": ["head"]}
+    report = (write_report(folder / "run"), (folder / "run" / "report.md").read_text())[1]
+    assert "final personalized accuracy" in report and "per-plant layers: head" in report
+    artifact = export_run(folder / "run", platforms=("cpu",), plant="plant-b")
+    assert artifact.meta.run["plant"] == "plant-b"
+    with pytest.raises(Exception, match="model-plant-c.npz: no such file"):
+        export_run(folder / "run", platforms=("cpu",), plant="plant-c")
+    command = [sys.executable, "-m", "hierfl", "export", str(folder / "run"), "--plant", "plant-a"]
+    done = subprocess.run(
+        [*command, "--platforms", "cpu"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "plant-a personal accuracy" in done.stdout
+    assert (folder / "run" / "model-plant-a.hfl").exists()
+
+
+def test_personalization_absent_trains_as_before(folder):
+    """Without the table nothing changes: the same model as with `method = "none"`."""
+    plain = simulate(write_topology(folder, name="plain"))
+    none = simulate(
+        write_topology(folder, name="none", codecs='[personalization]\nmethod = "none"\n')
+    )
+    for x, y in zip(jax.tree.leaves(plain.params), jax.tree.leaves(none.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert "personal_accuracy" not in plain.history[-1]
+
+
+def test_an_edge_sends_the_shared_change_and_keeps_its_layers(folder):
+    topology = load_topology(write_topology(folder, codecs=PLANT_LAYERS))
+    net = node_model(topology)
+    test = make_plan(topology).test
+
+    def uplink():
+        plant = topology.plants[0]
+        log = logging.getLogger("test")
+        return edge_uplink(topology, plant, net, lambda: test, log, he_context=None, model_out=None)
+
+    edge = uplink()
+    mask = personal.topology_mask(topology, net.spec)
+    base = np.asarray(ravel(net.spec, net.initial_params))
+    _, fields = edge.summary(base + 1, base, 3.0, 1, 0, [])
+    sent = np.asarray(fields["arrays"][0])
+    assert sent.shape == base.shape  # the summary's layout is the plain one
+    assert np.all(sent[mask] == 0) and np.all(sent[~mask] != 0)
+    state = edge.state()
+    np.testing.assert_array_equal(state["personal"][mask], (base + 1)[mask])
+    resumed = uplink()
+    resumed.restore(state)
+    np.testing.assert_array_equal(resumed.personal, state["personal"])
+    with pytest.raises(ValueError, match="no personal layers"):
+        uplink().restore({"residual": state["residual"]})
+
+
+def test_the_cloud_waits_for_both_evaluations_of_a_plant(folder):
+    task = topology_task(load_topology(write_topology(folder)))
+    written = []
+    scores = PendingScores(task, ["plant-a"], lambda r, v, who: written.append(r), personal=True)
+    scores.add(1, {"round": 1})
+    sums = {**release_evaluation(empty_sums(task)), "count": 0}
+
+    def evaluation(**extra):
+        return protocol.Message(protocol.EVALUATION, "plant-a", 1, 0, {**sums, **extra})
+
+    scores.take(evaluation(), round=2)
+    assert not scores.complete({"plant-a"}) and not written
+    scores.take(evaluation(personal=True), round=2)
+    assert scores.complete({"plant-a"})
+    assert set(written[0]) >= {"accuracy", "personal_accuracy", "plant_personal_accuracy"}
+    plain = PendingScores(task, ["plant-a"], lambda r, v, who: None)
+    plain.add(1, {"round": 1})
+    with pytest.raises(protocol.MessageRejected, match="no \\[personalization\\]"):
+        plain.take(evaluation(personal=True), round=2)

@@ -89,7 +89,7 @@ class DeviceSetup:
         if effective not in self.with_census:
             net = node_model(topology, effective=effective)
             self.with_census[effective] = DeviceSetup(
-                self.data, net, device_step(topology, net), self.dp
+                self.data, net, device_step(topology, net, self.dp), self.dp
             )
         return self.with_census[effective]
 
@@ -99,11 +99,13 @@ def device_setup(topology: Topology, plant: str, data: str | None = None) -> Dev
     on its first call, compiled once). `data` is the `--data` path template given on this
     machine, if any."""
     source = device_data_source(topology, topology_task(topology), plant, data)
-    net = node_model(topology, source.counts)
-    return DeviceSetup(source, net, device_step(topology, net), DpConfig.of(topology))
+    net, dp = node_model(topology, source.counts), DpConfig.of(topology)
+    return DeviceSetup(source, net, device_step(topology, net, dp), dp)
 
 
-def device_step(topology: Topology, net: NodeModel) -> Callable[..., DeviceOutput]:
+def device_step(
+    topology: Topology, net: NodeModel, dp: DpConfig | None
+) -> Callable[..., DeviceOutput]:
     """The jitted `steps.make_device_step` of `net`'s algorithm."""
     return jax.jit(
         make_device_step(
@@ -111,7 +113,7 @@ def device_step(topology: Topology, net: NodeModel) -> Callable[..., DeviceOutpu
             net.spec,
             net.codecs.device_to_edge,
             topology.federation.seed,
-            DpConfig.of(topology),
+            dp,
             topology.attack,
             attacker_mask(topology),
         )

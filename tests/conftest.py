@@ -14,6 +14,7 @@ import pytest
 
 from hierfl.data.loading import load_topology
 from hierfl.runtime.launch import Launch, read_new_records
+from hierfl.runtime.node import CACHE_ENV, enable_compilation_cache
 from hierfl.topology import parse_topology
 
 
@@ -58,6 +59,27 @@ address = "tcp://127.0.0.1:7000"
         for j, devices in enumerate(lines):
             text += f'\n[[plants.lines]]\nname = "line-{j}"\ndevices = {devices}\n'
     return text
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the session and every process it starts.
+
+    The simulator builds its jitted round afresh for each run, so two tests that simulate
+    the same topology compile the same programs twice; with the cache the second loads them
+    (a small launch test's reference simulation drops from about 9 s to 1.5 s). A fresh
+    directory per session keeps runs independent of each other and of the user's own cache
+    (`HIERFL_COMPILATION_CACHE`, inherited by launched nodes, which honour it too); set it
+    to `off` to test without one.
+    """
+    if os.environ.get(CACHE_ENV) != "off":
+        config.hierfl_cache = tempfile.mkdtemp(prefix="hierfl-test-jax-cache-")
+        os.environ[CACHE_ENV] = config.hierfl_cache
+        enable_compilation_cache()
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "hierfl_cache", None):
+        shutil.rmtree(config.hierfl_cache, ignore_errors=True)
 
 
 @pytest.fixture

@@ -316,3 +316,14 @@ def test_stratified_test_split_holds_out_each_class():
     )  # 3, 1.5 -> 2, 0.3 -> at least 1
     assert len(np.intersect1d(train, test)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(16))
+
+
+def test_the_digits_pool_is_scikit_learns_load_digits():
+    # The task reads scikit-learn's file itself (no sklearn import in a device process).
+    from hierfl.data.tasks.digits import load_digits_pool
+
+    x, y = load_digits_pool()
+    bunch = load_digits()
+    assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x.reshape(1797, 64) * 16.0, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)

@@ -26,11 +26,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-
-from dp_accounting import dp_event, pld, rdp
+from typing import TYPE_CHECKING
 
 from hierfl.topology import Privacy, Topology
 from hierfl.topology.schema import quantile_noise
+
+if TYPE_CHECKING:
+    from dp_accounting import dp_event
 
 
 def update_noise_multiplier(privacy: Privacy, topology: Topology) -> float:
@@ -43,6 +45,8 @@ def update_noise_multiplier(privacy: Privacy, topology: Topology) -> float:
 
 def mechanism_events(privacy: Privacy, edge_rounds: int) -> tuple[dp_event.DpEvent, int]:
     """One release's DP event and how many releases one cloud round makes."""
+    from dp_accounting import dp_event  # imported where used: it costs a process ~1 s of CPU
+
     if privacy.dp == "device":
         return dp_event.GaussianDpEvent(privacy.noise_multiplier / 2), edge_rounds
     gaussian = dp_event.GaussianDpEvent(privacy.noise_multiplier)
@@ -63,6 +67,8 @@ def epsilon(privacy: Privacy, edge_rounds: int, rounds: int) -> float:
         return 0.0
     if privacy.noise_multiplier == 0:
         return math.inf
+    from dp_accounting import dp_event, pld, rdp
+
     event, per_round = mechanism_events(privacy, edge_rounds)
     composed = dp_event.SelfComposedDpEvent(event, per_round * rounds)
     accountant = rdp.RdpAccountant() if privacy.accountant == "rdp" else pld.PLDAccountant()

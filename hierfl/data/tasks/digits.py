@@ -11,7 +11,9 @@ plants that have it, and each plant holds out `test_fraction` of its own digits.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -30,13 +32,24 @@ SHAPE = (8, 8, 1)
 CLASSES = tuple(str(d) for d in range(10))
 
 
+def digits_file() -> Path:
+    """scikit-learn's `digits.csv.gz`, found without importing scikit-learn.
+
+    Importing it (and scipy behind it) costs every device process about a second of CPU
+    for one small file: `load_digits` itself only reads these 1,797 rows of 64 pixels and
+    a label.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits task needs scikit-learn installed (it ships the data)")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
 def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits: x float32 `[N, 8, 8, 1]` in [0, 1], y int32 `[N]`."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32).reshape((-1, *SHAPE))
-    return x, bunch.target.astype(np.int32)
+    table = np.loadtxt(digits_file(), delimiter=",", dtype=np.float64)
+    x = (table[:, :-1] / 16.0).astype(np.float32).reshape((-1, *SHAPE))
+    return x, table[:, -1].astype(np.int32)
 
 
 def shift_images(x: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:

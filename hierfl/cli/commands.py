@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.uses_jax:
-        from hierfl.sim.parallel import request_cpu_devices
+        from hierfl.sim.host_devices import request_cpu_devices
 
         request_cpu_devices()  # before JAX starts: the simulator shards devices over all cores
     err = Console(stderr=True)

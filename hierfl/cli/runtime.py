@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from hierfl.errors import HierflError
+
+if TYPE_CHECKING:
+    from hierfl.topology import Topology
 
 
 def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
@@ -303,7 +308,18 @@ def _keys(path: Path | None):
     return load_keys(path)
 
 
+def _check_address(source: str, address: Callable[[Topology], str | None]) -> None:
+    """Fails at once (BindError) if the server's address is held, before JAX is imported."""
+    from hierfl.runtime.ports import check_bindable
+    from hierfl.topology import load_topology
+
+    chosen = address(load_topology(source))
+    if chosen is not None:
+        check_bindable(chosen)
+
+
 def run_cloud(args: argparse.Namespace) -> int:
+    _check_address(args.topology, lambda topology: args.bind or topology.cloud.address)
     from hierfl.runtime.cloud import CloudNode
 
     topology = _node_setup(args.topology)
@@ -323,6 +339,9 @@ def run_cloud(args: argparse.Namespace) -> int:
 
 
 def run_edge(args: argparse.Namespace) -> int:
+    _check_address(
+        args.topology, lambda topology: args.bind or _plant_address(topology, args.plant)
+    )
     from hierfl.runtime.edge import EdgeNode
 
     topology = _node_setup(args.topology)
@@ -346,6 +365,10 @@ def run_edge(args: argparse.Namespace) -> int:
     _stop_on_signals(node)
     node.run()
     return 0
+
+
+def _plant_address(topology: Topology, plant: str) -> str | None:
+    return topology.plant(plant).address if plant in topology.plant_names else None
 
 
 def run_device(args: argparse.Namespace) -> int:

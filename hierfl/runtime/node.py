@@ -30,9 +30,9 @@ from hierfl.core.links import LinkCodecs, build_link_codecs
 from hierfl.data.loading import topology_task
 from hierfl.data.tasks import Task
 from hierfl.data.tasks.models import Model, Params, build_model
-from hierfl.errors import HierflError
 from hierfl.kernels import FlatSpec, flat_spec
 from hierfl.runtime import protocol
+from hierfl.runtime.ports import BindError
 from hierfl.topology import Topology
 
 CACHE_ENV = "HIERFL_COMPILATION_CACHE"
@@ -258,19 +258,6 @@ def bind_router(
         socket.close(linger=0)
         raise BindError(address, err) from None
     return socket
-
-
-class BindError(HierflError):
-    """A server's address cannot be bound: another program (or another run) holds it, or it is invalid."""
-
-    def __init__(self, address: str, error: zmq.ZMQError):
-        hint = (
-            "; another program holds it: stop it, or give this node another address in the topology"
-            if error.errno == zmq.EADDRINUSE
-            else ""
-        )
-        super().__init__(f"cannot bind {address}: {error.strerror}{hint}")
-        self.address = address
 
 
 def _set_heartbeat(socket: zmq.Socket) -> None:

@@ -9,29 +9,16 @@ more before it starts: `request_cpu_devices()` does that, and the CLI calls it f
 
 from __future__ import annotations
 
-import os
 from typing import TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hierfl.sim.host_devices import request_cpu_devices as request_cpu_devices
+
 AXIS = "devices"
-_FLAG = "--xla_force_host_platform_device_count"
 T = TypeVar("T")
-
-
-def request_cpu_devices(count: int | None = None) -> None:
-    """Asks XLA for `count` (default: all cores) host devices; no-op if the flag is already set.
-
-    Only effective before JAX initialises its backend (the first computation), so call it
-    at program start. It changes nothing on GPU machines, whose devices are the GPUs.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if _FLAG in flags:
-        return
-    count = count or len(os.sched_getaffinity(0))
-    os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={count}".strip()
 
 
 def device_mesh() -> Mesh | None:

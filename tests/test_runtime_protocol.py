@@ -60,6 +60,40 @@ def rejected(frames, **kwargs) -> str:
     return info.value.reason
 
 
+def hello(**changes) -> bytes:
+    """A device's valid hello header, packed, with `changes` to its fields."""
+    header = {
+        "protocol": 1,
+        "kind": "hello",
+        "sender": "plant-a/line-1/dev-001",
+        "round": 0,
+        "edge_round": 0,
+        "model_version": 0,
+    }
+    return msgpack.packb({**header, **changes})
+
+
+def parse_encoded(kind: str, layout: protocol.Layout, **fields) -> protocol.Message:
+    """A message of `kind` carrying one zero float32 `[P]` frame, encoded then parsed as
+    a receiver expecting `layout` for it would."""
+    frames = protocol.encode(
+        kind,
+        "plant-a/line-1/dev-001",
+        round=1,
+        spec=SPEC,
+        codec="none",
+        arrays=[np.zeros(SPEC.size, np.float32)],
+        **fields,
+    )
+    return protocol.parse_message(
+        [bytes(f) for f in frames],
+        senders=SENDERS,
+        spec=SPEC,
+        layouts={kind: ("none", layout)},
+        max_bytes=1 << 20,
+    )
+
+
 def test_a_valid_update_round_trips_as_a_view_of_its_frame():
     message = parse(update())
     assert (message.kind, message.sender, message.round) == ("update", "plant-a/line-1/dev-001", 1)
@@ -82,51 +116,9 @@ def test_codec_layouts_match_what_the_codecs_send():
         ([b"\xc1not msgpack"], protocol.MALFORMED),
         ([msgpack.packb([1, 2, 3])], protocol.MALFORMED),
         ([msgpack.packb({"protocol": 1, "kind": "update"})], protocol.MALFORMED),
-        (
-            [
-                msgpack.packb(
-                    {
-                        "protocol": 2,
-                        "kind": "hello",
-                        "sender": "plant-a/line-1/dev-001",
-                        "round": 0,
-                        "edge_round": 0,
-                        "model_version": 0,
-                    }
-                )
-            ],
-            protocol.MALFORMED,
-        ),
-        (
-            [
-                msgpack.packb(
-                    {
-                        "protocol": 1,
-                        "kind": "dance",
-                        "sender": "plant-a/line-1/dev-001",
-                        "round": 0,
-                        "edge_round": 0,
-                        "model_version": 0,
-                    }
-                )
-            ],
-            protocol.MALFORMED,
-        ),
-        (
-            [
-                msgpack.packb(
-                    {
-                        "protocol": 1,
-                        "kind": "hello",
-                        "sender": "plant-a/line-1/dev-001",
-                        "round": True,
-                        "edge_round": 0,
-                        "model_version": 0,
-                    }
-                )
-            ],
-            protocol.MALFORMED,
-        ),
+        ([hello(protocol=2)], protocol.MALFORMED),
+        ([hello(kind="dance")], protocol.MALFORMED),
+        ([hello(round=True)], protocol.MALFORMED),
         ([], protocol.MALFORMED),
     ],
 )
@@ -155,25 +147,9 @@ def test_dp_fields_are_checked_before_use():
     assert protocol.header_flag(parse(update(unclipped=True)).header, "unclipped") is True
     assert protocol.header_flag(parse(update()).header, "unclipped") is False
     assert rejected(update(unclipped=1)) == protocol.MALFORMED
-    model_layouts = {protocol.MODEL: ("none", protocol.model_layout(SPEC))}
 
     def model(**fields):
-        frames = protocol.encode(
-            protocol.MODEL,
-            "plant-a/line-1/dev-001",
-            round=1,
-            spec=SPEC,
-            codec="none",
-            arrays=[np.zeros(SPEC.size, np.float32)],
-            **fields,
-        )
-        return protocol.parse_message(
-            [bytes(f) for f in frames],
-            senders=SENDERS,
-            spec=SPEC,
-            layouts=model_layouts,
-            max_bytes=1 << 20,
-        )
+        return parse_encoded(protocol.MODEL, protocol.model_layout(SPEC), **fields)
 
     assert protocol.header_number(model(clip_norm=0.25).header, "clip_norm", 1.0) == 0.25
     assert protocol.header_number(model().header, "clip_norm", 1.0) == 1.0
@@ -188,27 +164,8 @@ def test_dp_fields_are_checked_before_use():
 
 
 def test_a_summarys_round_statistics_are_checked_before_the_cloud_records_them():
-    layouts = {protocol.SUMMARY: ("none", NONE)}
-
     def summary(**fields):
-        frames = protocol.encode(
-            protocol.SUMMARY,
-            "plant-a/line-1/dev-001",
-            round=1,
-            spec=SPEC,
-            codec="none",
-            arrays=[np.zeros(SPEC.size, np.float32)],
-            weight=4.0,
-            loss=1.0,
-            **fields,
-        )
-        return protocol.parse_message(
-            [bytes(f) for f in frames],
-            senders=SENDERS,
-            spec=SPEC,
-            layouts=layouts,
-            max_bytes=1 << 20,
-        )
+        return parse_encoded(protocol.SUMMARY, NONE, weight=4.0, loss=1.0, **fields)
 
     assert summary(
         answered=[2, 2], expected=2, late=0, rejected={"stale-round": 1}, secagg_failed=0
@@ -377,16 +334,7 @@ def deep(depth: int) -> bytes:
 
 def hello_with(name: str, value: bytes) -> bytes:
     """A hello header whose field `name` is the raw msgpack `value`."""
-    base = msgpack.packb(
-        {
-            "protocol": 1,
-            "kind": "hello",
-            "sender": "plant-a/line-1/dev-001",
-            "round": 0,
-            "edge_round": 0,
-            "model_version": 0,
-        }
-    )
+    base = hello()
     return bytes([base[0] + 1]) + base[1:] + msgpack.packb(name) + value
 
 

@@ -73,12 +73,14 @@ def hello(**changes) -> bytes:
     return msgpack.packb({**header, **changes})
 
 
-def parse_encoded(kind: str, layout: protocol.Layout, **fields) -> protocol.Message:
-    """A message of `kind` carrying one zero float32 `[P]` frame, encoded then parsed as
-    a receiver expecting `layout` for it would."""
+def parse_encoded(
+    kind: str, layout: protocol.Layout, sender: str = "plant-a/line-1/dev-001", **fields
+) -> protocol.Message:
+    """A message of `kind` from `sender` carrying one zero float32 `[P]` frame, encoded
+    then parsed as a receiver expecting `layout` for it would."""
     frames = protocol.encode(
         kind,
-        "plant-a/line-1/dev-001",
+        sender,
         round=1,
         spec=SPEC,
         codec="none",
@@ -87,7 +89,7 @@ def parse_encoded(kind: str, layout: protocol.Layout, **fields) -> protocol.Mess
     )
     return protocol.parse_message(
         [bytes(f) for f in frames],
-        senders=SENDERS,
+        senders=SENDERS | {sender},
         spec=SPEC,
         layouts={kind: ("none", layout)},
         max_bytes=1 << 20,
@@ -419,24 +421,9 @@ def test_int8_updates_are_bounded_by_what_they_decode_to():
 
 
 def test_evaluation_and_summary_numbers_fit_float32():
-    layouts = {protocol.SUMMARY: ("none", NONE)}
-
     def summary(**fields):
-        frames = protocol.encode(
-            protocol.SUMMARY,
-            "plant-a",
-            round=1,
-            spec=SPEC,
-            codec="none",
-            arrays=[np.zeros(SPEC.size, np.float32)],
-            **{"weight": 10.0, "loss": 1.0, **fields},
-        )
-        return protocol.parse_message(
-            [bytes(f) for f in frames],
-            senders={"plant-a"},
-            spec=SPEC,
-            layouts=layouts,
-            max_bytes=1 << 20,
+        return parse_encoded(
+            protocol.SUMMARY, NONE, "plant-a", **{"weight": 10.0, "loss": 1.0, **fields}
         )
 
     assert summary().kind == "summary"

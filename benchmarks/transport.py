@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -261,6 +263,30 @@ def round_seconds(devices_per_plant: int, rounds: int, grouping: str) -> dict[st
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def import_cpu_seconds(module: str, repeat: int = 3) -> float:
+    """CPU seconds (user + system) a fresh Python process spends importing `module`: the
+    least of `repeat` runs, since CPU time, unlike wall time, barely moves with other load."""
+    best = math.inf
+    for _ in range(repeat):
+        process = subprocess.Popen([sys.executable, "-c", f"import {module}"])
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"importing {module} failed")
+        best = min(best, usage.ru_utime + usage.ru_stime)
+    return best
+
+
+def startup_floor(processes: int) -> dict[str, float]:
+    """The least start-up a launch of `processes` nodes can have on this machine: each node
+    imports JAX and the node's modules before it does anything, the cores share that work."""
+    node = import_cpu_seconds("hierfl.runtime.device")
+    return {
+        "jax_import_cpu_s": import_cpu_seconds("jax"),
+        "node_import_cpu_s": node,
+        "startup_floor_s": processes * node / len(os.sched_getaffinity(0)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -314,6 +340,8 @@ def main() -> None:
 
     rounds = round_seconds(args.devices_per_plant, args.rounds, args.devices_per_process)
     result.update(rounds)
+    floor = startup_floor(rounds["launch_processes"])
+    result.update(floor)
     print(
         f"\nseconds per cloud round, digits mlp, 2 plants x {args.devices_per_plant} devices (median of rounds 2..{args.rounds})"
     )
@@ -325,6 +353,12 @@ def main() -> None:
     print(
         f"{launched:<60} {rounds['launch_s_per_round']:>8.3f} {rounds['launch_vs_simulate']:>10.1f}"
         f"   (start-up {rounds['launch_startup_s']:.0f} s)"
+    )
+    print(
+        f"start-up floor: {rounds['launch_processes']} processes x {floor['node_import_cpu_s']:.2f} s of "
+        f"CPU importing a node (JAX alone {floor['jax_import_cpu_s']:.2f} s) / "
+        f"{len(os.sched_getaffinity(0))} cores = {floor['startup_floor_s']:.1f} s; the launch took "
+        f"{rounds['launch_startup_s'] / floor['startup_floor_s']:.1f}x that"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

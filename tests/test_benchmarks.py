@@ -32,6 +32,13 @@ def test_transport_edge_ingest_runs_the_edge_step_on_real_sockets(bench):
     assert transport.edge_throughput(senders=2, messages=2) > 0
 
 
+def test_transport_start_up_floor_times_a_fresh_process_import(bench):
+    transport = bench("transport")
+    assert transport.import_cpu_seconds("json", repeat=1) > 0
+    with pytest.raises(RuntimeError, match="importing no_such_module failed"):
+        transport.import_cpu_seconds("no_such_module", repeat=1)
+
+
 def test_privacy_rounds_run_and_decode_to_the_plain_sums(bench):
     privacy = bench("privacy")
     rng = np.random.default_rng(0)

@@ -49,7 +49,7 @@ from hypothesis import strategies as st
 from hierfl.data.loading import load_topology
 from hierfl.runs.checkpoint import load_params
 from hierfl.runtime import protocol
-from hierfl.runtime.launch import NODE_ENV, Launch
+from hierfl.runtime.launch import Launch, node_env
 from hierfl.runtime.node import node_model
 from hierfl.sim.engine import simulate
 
@@ -143,7 +143,7 @@ def write_topology(folder: Path, *, name: str, rounds: int, edge_rounds: int, mo
 def node_env() -> dict[str, str]:
     """The launcher's node environment, importing this checkout's `hierfl`."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, **NODE_ENV, "PYTHONPATH": path}
+    return {**node_env(os.environ), "PYTHONPATH": path}
 
 
 def start_node(folder: Path, name: str, *args: str) -> subprocess.Popen:

@@ -18,7 +18,7 @@ from hierfl.data.loading import load_topology
 from hierfl.errors import HierflError
 from hierfl.runs.checkpoint import load_params
 from hierfl.runtime.host import hosted_devices
-from hierfl.runtime.launch import Launch, device_groups, device_process
+from hierfl.runtime.launch import Launch, device_groups, device_process, node_env
 from hierfl.sim.engine import simulate
 from hierfl.topology import parse_topology
 
@@ -60,6 +60,19 @@ def grouped(grouping: str, devices_b: int = 1):
 
 def process_names(topology) -> list[str]:
     return [device_process(topology, group)[0] for group in device_groups(topology)]
+
+
+def test_a_node_keeps_the_users_xla_flags_but_its_own_device_count_and_threads():
+    env = node_env(
+        {"HOME": "/h", "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_dump_to=/d"}
+    )
+    assert env["HOME"] == "/h"
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_dump_to=/d",
+        "--xla_force_host_platform_device_count=1",
+        "--xla_cpu_multi_thread_eigen=false",
+    ]
+    assert node_env({})["XLA_FLAGS"].split()[0] == "--xla_force_host_platform_device_count=1"
 
 
 def test_devices_per_process_groups_devices_within_plants():

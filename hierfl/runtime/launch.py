@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,16 @@ SECRET_FILE, PUBLIC_FILE = (
 )  # as `hierfl.runtime.encrypted` (which needs TenSEAL) names them
 
 GRACE_SECONDS = 10.0
-NODE_ENV = {
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false"
-}
+NODE_XLA_FLAGS = ("--xla_force_host_platform_device_count=1", "--xla_cpu_multi_thread_eigen=false")
 """Node processes are many per machine: one XLA CPU device each, no intra-op thread pool."""
+
+
+def node_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a node process: `environ`, its XLA flags kept but for the two a
+    node sets itself (`NODE_XLA_FLAGS`)."""
+    names = {flag.split("=")[0] for flag in NODE_XLA_FLAGS}
+    kept = [f for f in environ.get("XLA_FLAGS", "").split() if f.split("=")[0] not in names]
+    return {**environ, "XLA_FLAGS": " ".join([*kept, *NODE_XLA_FLAGS])}
 
 
 class NodeFailure(HierflError):
@@ -218,7 +224,7 @@ class Launch:
             write_key_files(
                 self.keys, CkksParameters.of(self.topology.privacy), overwrite=True
             )  # a new run, a new key
-        env = {**os.environ, **NODE_ENV}
+        env = node_env(os.environ)
         for name, command in self.node_commands().items():
             self.start_node(name, command, env)
 
@@ -231,7 +237,7 @@ class Launch:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env or {**os.environ, **NODE_ENV},
+                env=env or node_env(os.environ),
             )
         self.processes[name] = process
         return process

@@ -395,6 +395,10 @@ def secagg_threshold(privacy: Privacy, devices: int) -> int:
     return math.ceil(round(privacy.secagg_threshold * devices, 9))
 
 
+PLANT_SPEED_KEYS = ("seconds_per_step", "latency", "bandwidth")
+"""A plant's declared speed (`Plant`): seconds per local step, and its link's latency (seconds)
+and bandwidth (bytes per second) to the cloud; each a positive number when given."""
+
 RUNTIME_FIELDS: Mapping[str, Field] = {
     "device_deadline": Field(float, default=30.0, low=0, low_open=True),
     "secagg_deadline": Field(float, default=None, low=0, low_open=True),
@@ -610,6 +614,10 @@ class Plant:
     develop), None for all of them. `test_data` is where the plant's held-out examples are
     (its own `test_data` or the `[data]` template filled with its name), None for a task
     that generates its data.
+
+    The plant's speed, for the simulator's clock (`hierfl.core.speeds`; None = not
+    simulated): `seconds_per_step` is one local step of its devices, `latency` (seconds)
+    and `bandwidth` (bytes per second) its link to the cloud.
     """
 
     name: str
@@ -619,6 +627,9 @@ class Plant:
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
     test_data: str | None = None
+    seconds_per_step: float | None = None
+    latency: float | None = None
+    bandwidth: float | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:

@@ -33,6 +33,7 @@ from .schema import (
     PERSONALIZATION_FIELDS,
     PLANT_CLASS,
     PLANT_SHIFT,
+    PLANT_SPEED_KEYS,
     PRIVACY_FIELDS,
     REQUIRED,
     RULE_FIELDS,
@@ -85,6 +86,7 @@ PLANT_FIELDS: Mapping[str, Field] = {
     "address": ADDRESS,
     "shift": PLANT_SHIFT,
     "test_data": Field(str, default=None),
+    **{key: Field(float, default=None, low=0, low_open=True) for key in PLANT_SPEED_KEYS},
 }
 LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
@@ -126,6 +128,8 @@ class _PlantDraft(NamedTuple):
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
     test_data: str | None = None
+    speeds: Mapping[str, float | None] = {}
+    """`PLANT_SPEED_KEYS` -> value (None where not declared)."""
 
 
 def build_topology(
@@ -236,6 +240,7 @@ def assemble_plants(
                 aggregation=draft.aggregation,
                 classes=draft.classes,
                 test_data=_plant_test_data(draft, test_data),
+                **draft.speeds,
             )
         )
     return tuple(plants)
@@ -752,7 +757,14 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         )
     ]
     return _PlantDraft(
-        values["name"], address, values["shift"], lines, aggregation, classes, values["test_data"]
+        values["name"],
+        address,
+        values["shift"],
+        lines,
+        aggregation,
+        classes,
+        values["test_data"],
+        {key: values[key] for key in PLANT_SPEED_KEYS},
     )
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl.core import links, personal, rng
+from hierfl.core import links, personal, rng, speeds
 from hierfl.core.algorithms import build_algorithm
 from hierfl.core.attack import attacker_mask
 from hierfl.core.links import LinkCodecs
@@ -104,7 +104,8 @@ class Simulation:
     """The compiled simulator for one plan: its model, the placed devices, the round, the start state.
 
     `cloud_round(state, chunks, round)` runs one cloud round; `bytes_per_round` is what
-    each tier sends in one (see `hierfl.core.links.tier_bytes`).
+    each tier sends in one (see `hierfl.core.links.tier_bytes`); `cycle_seconds` each
+    plant's simulated seconds per cycle.
     """
 
     model: Model
@@ -116,6 +117,9 @@ class Simulation:
     bytes_per_round: dict[str, int]
     trained_devices: int
     personal_mask: np.ndarray | None = None
+    cycle_seconds: np.ndarray | None = None
+    """`[E]` simulated seconds of each plant's cycle (`hierfl.core.speeds`), None if no plant
+    declares a speed."""
 
     def plant_params(self, state: TrainState) -> list[Params]:
         """Each plant's personalized model after `state`'s round (`hierfl.core.personal.merge`)."""
@@ -169,7 +173,23 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         bytes_per_round=bytes_per_round,
         trained_devices=trained_devices,
         personal_mask=round_steps.personal_mask,
+        cycle_seconds=plant_cycle_seconds(
+            topology, codecs, model_bytes, algorithm.control_variates
+        ),
     )
+
+
+def plant_cycle_seconds(
+    topology: Topology, codecs: LinkCodecs, model_bytes: int, variates: bool
+) -> np.ndarray | None:
+    """Each plant's simulated seconds per cycle (`speeds.cycle_seconds`) with the bytes of one
+    model down and one summary up (`links.traffic`), None if no plant declares a speed."""
+    if not speeds.declares_speeds(topology):
+        return None
+    one = links.traffic(
+        codecs, model_bytes, updates=0, summaries=1, models_sent=1, variates=variates
+    )
+    return speeds.cycle_seconds(topology, one["cloud_to_edge"], one["edge_to_cloud"])
 
 
 def tree_shape(plan: Plan) -> TreeShape:
@@ -259,6 +279,7 @@ def simulate(
         writer = _open_run_dir(run_dir, info)
         write_census(run_dir, plan.census.describe())
     history: list[dict[str, Any]] = []
+    clock = SimulatedClock(sim.cycle_seconds)
     started = time.perf_counter()
     with RoundProgress(
         budget, enabled=progress, title=federation.name, metric=plan.task.metric
@@ -281,6 +302,7 @@ def simulate(
                 clip_norm=float(state.clip_norm),
                 rejected_updates=int(stats.rejected_updates),
                 personal=evaluate_personal(state),
+                **clock.sync_round(),
             )
             history.append(record)
             if writer is not None:
@@ -295,6 +317,21 @@ def simulate(
             for name, params in zip(topology.plant_names, sim.plant_params(state)):
                 checkpoint.save_params(run_dir / records.plant_model_file(name), params)
     return SimulationResult(state.params, history, model, plan, run_dir)
+
+
+class SimulatedClock:
+    """The simulated seconds since the start (`hierfl.core.speeds`), as a round record's
+    `sim_seconds` field; no field when no plant declares a speed."""
+
+    def __init__(self, cycle_seconds: np.ndarray | None):
+        self.cycle_seconds, self.seconds = cycle_seconds, 0.0
+
+    def sync_round(self) -> dict[str, float]:
+        """After one synchronous cloud round: it waited for the slowest plant."""
+        if self.cycle_seconds is None:
+            return {}
+        self.seconds += speeds.sync_round_seconds(self.cycle_seconds)
+        return {"sim_seconds": self.seconds}
 
 
 def _open_run_dir(run_dir: Path, info: dict[str, Any]) -> MetricsWriter:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from .schema import (
     ALGORITHM_PARAMETERS,
     ATTACK_FIELDS,
+    BUFFERED_FIELDS,
     CODEC_PARAMETERS,
     CURVE_KEY_PATTERN,
     DATA_FIELDS,
@@ -43,6 +44,7 @@ from .schema import (
     TIERS,
     Aggregation,
     Attack,
+    BufferedAggregation,
     Cloud,
     Compression,
     DataSpec,
@@ -75,6 +77,7 @@ TOP_KEYS = (
     "attack",
     "privacy",
     "personalization",
+    "buffered_aggregation",
     "cloud",
     "plants",
     "runtime",
@@ -161,6 +164,10 @@ def build_topology(
         **_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False)
     )
     personalization = _read_personalization(document.get("personalization", {}), problems)
+    buffered = None
+    if "buffered_aggregation" in document:
+        values = _read_table_fields(document, "buffered_aggregation", BUFFERED_FIELDS, problems)
+        buffered = BufferedAggregation(**values) if values.get("buffer_size") else None
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(
         cloud.get("address"), "cloud.address", problems, dialled_by=("edges", "cloud", None)
@@ -187,6 +194,7 @@ def build_topology(
         attack=attack,
         privacy=privacy,
         personalization=personalization,
+        buffered=buffered,
         source=source,
         runtime=runtime,
     )

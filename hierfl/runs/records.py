@@ -160,6 +160,21 @@ def round_record(
     }
 
 
+def buffered_fields(
+    topology: Topology, summaries: Sequence[tuple[int, int, int]]
+) -> dict[str, Any]:
+    """A buffered application's record fields, written alike by both engines: the summaries it
+    took, in the order it took them, as `{"plant", "cycle", "staleness"}` (`summaries`:
+    (plant index, the plant's cycle from 1, staleness in global versions))."""
+    names = topology.plant_names
+    return {
+        "summaries": [
+            {"plant": names[p], "cycle": int(cycle), "staleness": int(staleness)}
+            for p, cycle, staleness in summaries
+        ]
+    }
+
+
 def reconcile_metrics(path: Path, last_round: int, last_record: dict[str, Any] | None) -> bool:
     """Rewrites `metrics.jsonl` to hold rounds 1..last_round exactly once (the checkpoint's record for the last).
 

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierfl.core import rules
-from hierfl.core.steps import all_finite
 from hierfl.core.algorithms import Algorithm, Summary
 from hierfl.core.algorithms.fedavg import Params
+from hierfl.core.steps import all_finite
 from hierfl.kernels import FlatSpec, unravel
 from hierfl.topology import BufferedAggregation, TierRule
 

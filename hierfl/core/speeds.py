@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hierfl.core import links
+from hierfl.core.links import LinkCodecs
 from hierfl.topology import Plant, Topology
 
 
@@ -60,3 +62,17 @@ def sync_round_seconds(cycles: np.ndarray, answered: np.ndarray | None = None) -
     if answered is not None:
         cycles = cycles[np.asarray(answered, bool)]
     return float(cycles.max(initial=0.0))
+
+
+def topology_cycle_seconds(
+    topology: Topology, codecs: LinkCodecs, model_bytes: int, variates: bool
+) -> np.ndarray | None:
+    """`cycle_seconds` with the bytes of one model down and one summary up as the links carry
+    them (`links.traffic`: the codec in use, SCAFFOLD's variates), None if no plant declares
+    a speed. Both engines' clocks and schedules start here."""
+    if not declares_speeds(topology):
+        return None
+    one = links.traffic(
+        codecs, model_bytes, updates=0, summaries=1, models_sent=1, variates=variates
+    )
+    return cycle_seconds(topology, one["cloud_to_edge"], one["edge_to_cloud"])

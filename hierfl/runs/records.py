@@ -72,6 +72,8 @@ def run_info(
     }
     if topology.personalization.enabled:
         info["personalization"] = dataclasses.asdict(topology.personalization)
+    if topology.buffered is not None:
+        info["buffered_aggregation"] = dataclasses.asdict(topology.buffered)
     if runtime:
         settings = dataclasses.asdict(topology.runtime)
         info["runtime"] = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hierfl.core import buffered, links, speeds
 from hierfl.runs import records
@@ -34,11 +34,13 @@ if TYPE_CHECKING:
     from hierfl.runtime.cloud import CloudNode
 
 
-class Taken:
+class Taken(NamedTuple):
     """A summary in the buffer: its plant index, cycle, staleness and header."""
 
-    def __init__(self, plant: int, cycle: int, staleness: int, header: dict[str, Any]):
-        self.plant, self.cycle, self.staleness, self.header = plant, cycle, staleness, header
+    plant: int
+    cycle: int
+    staleness: int
+    header: dict[str, Any]
 
 
 class BufferedRounds:

@@ -415,3 +415,42 @@ def test_launch_trains_the_same_personalized_models_as_simulate(folder):
     launched = load_params(out / "model.npz")
     assert max_difference(initial["head"], launched["head"]) == 0
     assert max_difference(launched["head"], load_params(out / "model-plant-a.npz")["head"]) > 0
+
+
+BUFFERED = """
+[buffered_aggregation]
+buffer_size = 2
+order = "declared"
+"""
+
+
+def test_launch_buffered_in_declared_order_trains_the_same_model_as_simulate(folder):
+    """FedBuff with plant-b 3x slower: the cloud takes the summaries in the order the declared
+    speeds give (the simulator's), so the model, and which summaries each version took with
+    what staleness, are the simulator's."""
+    topology = write_topology(folder, rounds=3, codecs=BUFFERED, heartbeat_timeout=30.0)
+    text = topology.read_text()
+    for plant, seconds in (("a", 0.125), ("b", 0.375)):  # cycles of 0.75 s and 2.25 s
+        address = f'address = "ipc://{folder}/{plant}.ipc"\n'
+        text = text.replace(address, address + f"seconds_per_step = {seconds}\n")
+    topology.write_text(text)
+    out = folder / "run"
+    records = launch_to_the_end(topology, out)
+    reference = simulate(topology)
+    taken = [
+        [(s["plant"], s["cycle"], s["staleness"]) for s in r["summaries"]]
+        for r in reference.history
+    ]
+    assert taken == [
+        [("plant-a", 1, 0), ("plant-a", 2, 0)],
+        [("plant-a", 3, 0), ("plant-b", 1, 1)],  # at 2.25 s, in plant order
+        [("plant-a", 4, 1), ("plant-a", 5, 0)],
+    ]
+    assert [r["summaries"] for r in records] == [h["summaries"] for h in reference.history]
+    assert [r["sim_seconds"] for r in reference.history] == [1.5, 2.25, 3.75]
+    difference = max_difference(reference.params, load_params(out / "model.npz"))
+    print(f"max |launch - simulate| = {difference:.3g}")
+    assert difference <= 1e-5
+    for record, expected in zip(records, reference.history, strict=True):
+        assert record["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
+    assert all(r["rejected_messages"]["cloud"] == {} for r in records)

@@ -333,8 +333,8 @@ BAD = [
     (("[federation]", "data = 3\n[federation]"), "data: expected a table, got int 3"),
     (
         ("[cloud]", "[extra]\n[cloud]"),
-        "extra: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, "
-        "personalization, plants, privacy, runtime)",
+        "extra: unknown key (allowed: aggregation, attack, buffered_aggregation, cloud, "
+        "compression, data, federation, personalization, plants, privacy, runtime)",
     ),
     (('[cloud]\naddress = "tcp://127.0.0.1:5550"', ""), "cloud: missing required table [cloud]"),
     (('address = "tcp://127.0.0.1:5550"', ""), "cloud.address: missing required key"),
@@ -398,7 +398,8 @@ BAD = [
     ),
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
-        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift, test_data)",
+        "plants[0].colour: unknown key (allowed: address, aggregation, bandwidth, classes, latency, "
+        "lines, name, seconds_per_step, shift, test_data)",
     ),
     (
         ('name = "line-1"', 'name = "line-1"\ncolour = "red"'),
@@ -593,8 +594,8 @@ def test_missing_federation_table_is_one_problem():
     text = MINIMAL.replace("[federation]", "[federatoin]")
     problems = problems_of(text)
     assert problems[0].startswith(
-        "federatoin: unknown key (allowed: aggregation, attack, cloud, compression, data, federation, "
-        "personalization, plants, privacy, runtime); did you mean 'federation'?"
+        "federatoin: unknown key (allowed: aggregation, attack, buffered_aggregation, cloud, "
+        "compression, data, federation, personalization, plants, privacy, runtime); did you mean 'federation'?"
     )
     # the misplaced keys belong to the unknown table: only the missing table itself is reported
     assert problems[1:] == ("federation: missing required table [federation]",)

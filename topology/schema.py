@@ -395,6 +395,10 @@ def secagg_threshold(privacy: Privacy, devices: int) -> int:
     return math.ceil(round(privacy.secagg_threshold * devices, 9))
 
 
+PLANT_SPEED_KEYS = ("seconds_per_step", "latency", "bandwidth")
+"""A plant's declared speed (`Plant`): seconds per local step, and its link's latency (seconds)
+and bandwidth (bytes per second) to the cloud; each a positive number when given."""
+
 RUNTIME_FIELDS: Mapping[str, Field] = {
     "device_deadline": Field(float, default=30.0, low=0, low_open=True),
     "secagg_deadline": Field(float, default=None, low=0, low_open=True),
@@ -536,6 +540,36 @@ class Personalization:
         return self.method != "none"
 
 
+STALENESS_WEIGHTINGS = ("polynomial", "constant")
+"""How a buffered summary's staleness s discounts it: `(1 + s) ** -staleness_exponent`, or not at all."""
+
+ARRIVAL_ORDERS = ("arrival", "declared")
+"""In which order the runtime's cloud takes buffered summaries: as they arrive, or in the order
+the plants' declared speeds give (the simulator's schedule; reproducible, for tests)."""
+
+BUFFERED_FIELDS: Mapping[str, Field] = {
+    "buffer_size": Field(int, low=1),
+    "staleness": Field(str, default="polynomial", options=STALENESS_WEIGHTINGS),
+    "staleness_exponent": Field(float, default=0.5, low=0),
+    "order": Field(str, default="arrival", options=ARRIVAL_ORDERS),
+}
+"""The `[buffered_aggregation]` table (see `BufferedAggregation`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferedAggregation:
+    """`[buffered_aggregation]`: the cloud applies its server step as soon as `buffer_size`
+    summaries are buffered (FedBuff, Nguyen et al. 2022) instead of once per round of every
+    plant; each summary counts `(1 + s) ** -staleness_exponent` (`staleness = "polynomial"`;
+    "constant": 1), s being how many global models were made since the one it was trained
+    from. `order`: `ARRIVAL_ORDERS`. Absent table: synchronous cloud rounds."""
+
+    buffer_size: int
+    staleness: str = "polynomial"
+    staleness_exponent: float = 0.5
+    order: str = "arrival"
+
+
 @dataclasses.dataclass(frozen=True)
 class Attack:
     """Simulated faulty devices: in every plant, `floor(fraction * devices)` of them (chosen by
@@ -610,6 +644,10 @@ class Plant:
     develop), None for all of them. `test_data` is where the plant's held-out examples are
     (its own `test_data` or the `[data]` template filled with its name), None for a task
     that generates its data.
+
+    The plant's speed, for the simulator's clock (`hierfl.core.speeds`; None = not
+    simulated): `seconds_per_step` is one local step of its devices, `latency` (seconds)
+    and `bandwidth` (bytes per second) its link to the cloud.
     """
 
     name: str
@@ -619,6 +657,9 @@ class Plant:
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
     test_data: str | None = None
+    seconds_per_step: float | None = None
+    latency: float | None = None
+    bandwidth: float | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -750,6 +791,8 @@ class Topology:
     attack: Attack = Attack()
     privacy: Privacy = Privacy()
     personalization: Personalization = Personalization()
+    buffered: BufferedAggregation | None = None
+    """`[buffered_aggregation]`, or None for synchronous cloud rounds."""
     source: str = "<string>"
     runtime: Runtime = Runtime()
     on_bad_rows: str = "refuse"
@@ -947,6 +990,7 @@ def combination_problems(topology: Topology) -> list[str]:
     problems += _privacy_problems(topology)
     problems += _crypto_problems(topology)
     problems += _personalization_problems(topology)
+    problems += _buffered_problems(topology)
     if federation.algorithm == "fedsgd":
         for i, plant in enumerate(topology.plants):
             for j, line in enumerate(plant.lines):
@@ -1129,6 +1173,53 @@ def _personalization_problems(topology: Topology) -> list[str]:
         problems.append(
             f"{method} cannot be combined with algorithm 'scaffold' (its control variates pull "
             "every parameter towards the federation's average gradient, per-plant layers included)"
+        )
+    return problems
+
+
+def _buffered_problems(topology: Topology) -> list[str]:
+    """Buffered aggregation weights each summary by its own staleness and applies a few at a
+    time: options whose arithmetic or guarantee assumes one synchronous round of every plant,
+    or a cloud that reads each summary, refuse it."""
+    buffered = topology.buffered
+    if buffered is None:
+        return []
+    what, problems = "buffered_aggregation", []
+    privacy, federation = topology.privacy, topology.federation
+    if privacy.homomorphic:
+        problems.append(
+            f"{what}: cannot be combined with privacy.homomorphic (the cloud holds only ciphertexts "
+            "of the plants' summaries, so it has no plaintext summary to weight by its staleness)"
+        )
+    if privacy.enabled:
+        problems.append(
+            f"{what}: cannot be combined with privacy.dp = {privacy.dp!r} (the accountant counts "
+            "synchronous rounds in which every device takes part at most once; buffered rounds "
+            "release a plant's updates at its own pace, which it does not account for)"
+        )
+    if federation.algorithm == "scaffold":
+        problems.append(
+            f"{what}: cannot be combined with algorithm 'scaffold' (the cloud's control variate "
+            "moves by every device's change once per synchronous round; with summaries of "
+            "different ages it would not be the federation's average gradient)"
+        )
+    if topology.personalization.enabled:
+        problems.append(
+            f"{what}: cannot be combined with personalization.method "
+            f"{topology.personalization.method!r} yet (the buffered schedule does not keep "
+            "per-plant layers; not built in this increment)"
+        )
+    cloud = topology.aggregation.cloud
+    if cloud.robust:
+        problems.append(
+            f"{what}: cannot be combined with aggregation.cloud.rule {cloud.rule!r} (the buffer "
+            "keeps a running weighted sum of its summaries, not each one; use 'mean')"
+        )
+    missing = [i for i, p in enumerate(topology.plants) if p.seconds_per_step is None]
+    if missing:
+        problems.append(
+            f"plants[{missing[0]}].seconds_per_step: buffered aggregation needs every plant's "
+            "speed, from which the simulator's schedule (and order = 'declared') is made"
         )
     return problems
 

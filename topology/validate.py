@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from .schema import (
     ALGORITHM_PARAMETERS,
     ATTACK_FIELDS,
+    BUFFERED_FIELDS,
     CODEC_PARAMETERS,
     CURVE_KEY_PATTERN,
     DATA_FIELDS,
@@ -33,6 +34,7 @@ from .schema import (
     PERSONALIZATION_FIELDS,
     PLANT_CLASS,
     PLANT_SHIFT,
+    PLANT_SPEED_KEYS,
     PRIVACY_FIELDS,
     REQUIRED,
     RULE_FIELDS,
@@ -42,6 +44,7 @@ from .schema import (
     TIERS,
     Aggregation,
     Attack,
+    BufferedAggregation,
     Cloud,
     Compression,
     DataSpec,
@@ -74,6 +77,7 @@ TOP_KEYS = (
     "attack",
     "privacy",
     "personalization",
+    "buffered_aggregation",
     "cloud",
     "plants",
     "runtime",
@@ -85,6 +89,7 @@ PLANT_FIELDS: Mapping[str, Field] = {
     "address": ADDRESS,
     "shift": PLANT_SHIFT,
     "test_data": Field(str, default=None),
+    **{key: Field(float, default=None, low=0, low_open=True) for key in PLANT_SPEED_KEYS},
 }
 LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
@@ -126,6 +131,8 @@ class _PlantDraft(NamedTuple):
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
     test_data: str | None = None
+    speeds: Mapping[str, float | None] = {}
+    """`PLANT_SPEED_KEYS` -> value (None where not declared)."""
 
 
 def build_topology(
@@ -157,6 +164,10 @@ def build_topology(
         **_read_table_fields(document, "privacy", PRIVACY_FIELDS, problems, required=False)
     )
     personalization = _read_personalization(document.get("personalization", {}), problems)
+    buffered = None
+    if "buffered_aggregation" in document:
+        values = _read_table_fields(document, "buffered_aggregation", BUFFERED_FIELDS, problems)
+        buffered = BufferedAggregation(**values) if values.get("buffer_size") else None
     cloud = _read_table_fields(document, "cloud", CLOUD_FIELDS, problems)
     cloud_address = _checked_address(
         cloud.get("address"), "cloud.address", problems, dialled_by=("edges", "cloud", None)
@@ -183,6 +194,7 @@ def build_topology(
         attack=attack,
         privacy=privacy,
         personalization=personalization,
+        buffered=buffered,
         source=source,
         runtime=runtime,
     )
@@ -236,6 +248,7 @@ def assemble_plants(
                 aggregation=draft.aggregation,
                 classes=draft.classes,
                 test_data=_plant_test_data(draft, test_data),
+                **draft.speeds,
             )
         )
     return tuple(plants)
@@ -752,7 +765,14 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         )
     ]
     return _PlantDraft(
-        values["name"], address, values["shift"], lines, aggregation, classes, values["test_data"]
+        values["name"],
+        address,
+        values["shift"],
+        lines,
+        aggregation,
+        classes,
+        values["test_data"],
+        {key: values[key] for key in PLANT_SPEED_KEYS},
     )
 
 

@@ -47,6 +47,12 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         metavar="ADDR",
         help="publish every new global model to inference servers at ADDR (PUB socket)",
     )
+    launch.add_argument(
+        "--emulate-speeds",
+        action="store_true",
+        help="each edge holds its summary until its plant's declared cycle time (seconds_per_step, "
+        "latency, bandwidth) has passed: real wall-clock for plants at different speeds on one machine",
+    )
     launch.add_argument("--quiet", action="store_true", help="no progress bar")
     launch.set_defaults(handler=run_launch)
 
@@ -123,6 +129,11 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write the edge's live status to DIR/edge-PLANT.json for `hierfl dashboard` "
         "(RUN_DIR/status when the cloud's run directory is shared; `hierfl launch` does this)",
+    )
+    edge.add_argument(
+        "--emulate-speeds",
+        action="store_true",
+        help="hold each summary until the plant's declared cycle time has passed (see launch)",
     )
     edge.set_defaults(handler=run_edge)
 
@@ -241,7 +252,13 @@ def run_launch(args: argparse.Namespace) -> int:
         f"(logs in {escape(str(out / 'logs'))})"
     )
     launch = Launch(
-        topology, source, out, rounds=args.rounds, resume=args.resume, publish=args.publish
+        topology,
+        source,
+        out,
+        rounds=args.rounds,
+        resume=args.resume,
+        publish=args.publish,
+        emulate_speeds=args.emulate_speeds,
     )
     metric = topology_task(topology).metric
     launch.start()
@@ -361,6 +378,7 @@ def run_edge(args: argparse.Namespace) -> int:
         he_context=args.he_context,
         model_out=args.model_out,
         status_dir=args.status,
+        emulate_speeds=args.emulate_speeds,
     )
     _stop_on_signals(node)
     node.run()

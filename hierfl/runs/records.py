@@ -72,6 +72,8 @@ def run_info(
     }
     if topology.personalization.enabled:
         info["personalization"] = dataclasses.asdict(topology.personalization)
+    if topology.buffered is not None:
+        info["buffered_aggregation"] = dataclasses.asdict(topology.buffered)
     if runtime:
         settings = dataclasses.asdict(topology.runtime)
         info["runtime"] = {
@@ -157,6 +159,21 @@ def round_record(
         "devices": devices,
         **extra,
         **privacy_record(topology, round, clip_norm),
+    }
+
+
+def buffered_fields(
+    topology: Topology, summaries: Sequence[tuple[int, int, int]]
+) -> dict[str, Any]:
+    """A buffered application's record fields, written alike by both engines: the summaries it
+    took, in the order it took them, as `{"plant", "cycle", "staleness"}` (`summaries`:
+    (plant index, the plant's cycle from 1, staleness in global versions))."""
+    names = topology.plant_names
+    return {
+        "summaries": [
+            {"plant": names[p], "cycle": int(cycle), "staleness": int(staleness)}
+            for p, cycle, staleness in summaries
+        ]
     }
 
 

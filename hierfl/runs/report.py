@@ -293,8 +293,19 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
         f"Wall time **{format_duration(float(last['elapsed_seconds']))}**; "
         f"mean cloud round {format_duration(sum(round_seconds) / len(round_seconds))}, "
         f"slowest {format_duration(max(round_seconds))}.",
+        *simulated_time_text(last),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def simulated_time_text(last: Record) -> list[str]:
+    """The simulated wall-clock (`sim_seconds`, from the plants' declared speeds), if recorded."""
+    if last.get("sim_seconds") is None:
+        return []
+    return [
+        f"Simulated wall-clock from the plants' declared speeds: "
+        f"**{format_duration(float(last['sim_seconds']))}** to cloud round {last['round']}."
+    ]
 
 
 def chance_text(chance: Mapping[str, Any] | None, where: str = "the test set") -> str:

@@ -1,13 +1,12 @@
 """The cloud node: drives cloud rounds for the edges that dial in to its ROUTER.
 
-Each cloud round it sends the global model to every live edge, collects their summaries
-until all live edges answered or `edge_deadline` passed, and hands them to its mode
-(`cloud_modes`: `PlainAggregation` holds the model and applies the server step,
-`EncryptedAggregation` adds CKKS ciphertexts). Fewer answers than `min_edge_participation`
-of the plants leave the model unchanged for that round. The mode checkpoints the round and
-writes its record (`hierfl.runs.records`, plus the runtime's fields added here) to
-`metrics.jsonl`; at the end the final model is written and every edge is told to stop.
-Summaries for a closed round (late, or replayed) are refused and counted.
+Its schedule says when it aggregates (`cloud_sync.SyncRounds`: each cloud round the global
+model goes to every live edge and their summaries are collected until all answered or
+`edge_deadline` passed; `cloud_async.BufferedRounds`: as soon as `buffer_size` summaries are
+in) and its mode how (`cloud_modes`: `PlainAggregation` holds the model and applies the
+server step, `EncryptedAggregation` adds CKKS ciphertexts). The mode checkpoints the round
+and writes its record (`hierfl.runs.records`) to `metrics.jsonl`; at the end the final model
+is written and every edge is told to stop.
 
 `--resume` restarts from the last checkpoint: the record of a round is written after its
 checkpoint, and on resume `metrics.jsonl` is rewritten to hold exactly the checkpointed
@@ -20,7 +19,6 @@ count less the older their model (`cloud_summaries`).
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -29,15 +27,14 @@ from typing import Any
 
 import zmq
 
-from hierfl.data.evaluation import Scores
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import records
 from hierfl.runs.live import STATUS_DIR, live_status
 from hierfl.runs.metrics import METRICS_FILE, MetricsWriter, write_run_info
 from hierfl.runtime import census_pass, protocol
 from hierfl.runtime.census_pass import CloudCensus, needs_census
-from hierfl.runtime.cloud_modes import CLOUD, Closing, cloud_mode
-from hierfl.runtime.cloud_summaries import RoundSummaries, check_round
+from hierfl.runtime.cloud_modes import CLOUD, cloud_mode
+from hierfl.runtime.cloud_sync import SyncRounds
 from hierfl.runtime.connections import ConnectionWatch
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.node import (
@@ -109,9 +106,9 @@ class CloudNode:
             if self.census.result is not None:  # kept by the run this one resumes
                 self.mode.use_census(self.census.result)
         self.phase = STARTING
+        self.schedule = cloud_schedule(self)
         self.publish = publish
         self.live = live_status(self.run_dir / STATUS_DIR, "cloud", self._live_status)
-        self.first_round = True
         self.started = time.monotonic()
         self.context = zmq.Context()
         self.auth = (
@@ -214,17 +211,16 @@ class CloudNode:
             elif start_waiting_over(
                 len(self.alive_edges()),
                 len(self.edges),
-                self._required(),
+                self.schedule.required(),
                 now - self.started,
                 start_timeout=self.runtime.start_timeout,
                 grace=self.runtime.heartbeat_timeout,
                 resumed=self.resumed,
             ):
-                self._open_round()
+                self.phase = COLLECTING
+                self.schedule.open()
         elif self.phase == COLLECTING:
-            waiting = (self.expected & self.members.alive()) - set(self.received.current)
-            if not waiting or now >= self.deadline:
-                self._close_round()
+            self.schedule.advance(now)
 
     def _census_down(self, now: float) -> None:
         """Finishes the census once every plant reported (or waiting is over) and sends it down."""
@@ -251,10 +247,6 @@ class CloudNode:
         fields = census_pass.result_fields(self.census.result)
         self.send(edge, protocol.encode(protocol.CENSUS, CLOUD, **fields))
 
-    def _required(self) -> int:
-        """The edges a round needs to change the model (`min_edge_participation` of the plants)."""
-        return math.ceil(self.runtime.min_edge_participation * len(self.edges))
-
     def _drain(self) -> None:
         drain_router(self.socket, self._receive, self._refuse, self.watch.heard)
         self.watch.check()
@@ -280,8 +272,8 @@ class CloudNode:
         )
         if (joined or restarted) and self.census is not None and self.census.result is not None:
             self._send_census(message.sender)
-        if joined or restarted:
-            self._send_open_round(message.sender)
+        if (joined or restarted) and self.phase == COLLECTING:
+            self.schedule.joined(message.sender)
         self._handle(message)
 
     def _refuse(self, peer: bytes, error: protocol.MessageRejected) -> None:
@@ -303,48 +295,17 @@ class CloudNode:
         elif message.kind == protocol.EVALUATION:
             self.mode.evaluation(message, self.round)
         elif message.kind == self.mode.summary_kind:
-            check_round(message.round, self.round, self.phase == COLLECTING)
-            self.received.admit(message, self.mode.take)
+            self.schedule.summary(message, self.phase == COLLECTING)
         else:
             raise protocol.MessageRejected(
                 protocol.UNEXPECTED, f"edges do not send {message.kind} messages to the cloud"
             )
 
-    def _send_open_round(self, edge: str) -> None:
-        """Gives an edge that joins, or comes back (restarted, or silent too long), the open round's model.
-
-        An edge that already works on the round ignores the repeat; one that restarted needs it.
-        """
-        if self.phase == COLLECTING and edge not in self.received.current:
-            self.expected.add(edge)
-            self.sent_to += 1
-            self.send(edge, self.model_frames)
-
-    def _open_round(self) -> None:
-        self.phase = COLLECTING
-        self.round_started = time.perf_counter()
-        self.expected = self.alive_edges()
-        self.received = RoundSummaries(self.round, self.edges)
-        # In the first round after start-up the edges may still be waiting for their devices (start_timeout).
-        self.deadline = (
-            time.monotonic()
-            + self.runtime.edge_deadline
-            + (self.runtime.start_timeout if self.first_round else 0.0)
-        )
-        self.first_round = False
-        self.model_frames = self.mode.open_round(self.round)
-        # To the edges alive when the round opened (re-asking the live set now could miss them all
-        # if this process was stalled); an edge that joins later gets the model when it does.
-        for edge in sorted(self.expected):
-            self.send(edge, self.model_frames)
-        self.sent_to = len(self.expected)
-        self.live.write()
-
     def _live_status(self) -> dict[str, Any]:
         """What the dashboard shows of the cloud and its edges (`hierfl.runs.live`)."""
         collecting = self.phase == COLLECTING
-        answered = set(self.received.current) if collecting else set()
-        expected = self.expected if collecting else set()
+        round_ = self.schedule.live() if collecting else {}
+        answered, expected = round_.get("answered", set()), round_.get("expected", set())
         silences = self.members.silences()
         edges = {
             edge: {
@@ -360,7 +321,7 @@ class CloudNode:
             "phase": self.phase,
             "round": self.round,
             "rounds": self.rounds,
-            "deadline_in": self.deadline - time.monotonic() if collecting else None,
+            "deadline_in": round_.get("deadline_in"),
             "resumed": self.resumed,
             "heartbeat_timeout": self.runtime.heartbeat_timeout,
             "edges": edges,
@@ -370,42 +331,12 @@ class CloudNode:
             "publish": self.publish,
         }
 
-    def _close_round(self) -> None:
-        answered, total, required = len(self.received.current), len(self.edges), self._required()
-        enough = answered >= required and answered > 0
-        if not enough:
-            self.log.warning(
-                "cloud round %d: %d of %d edges answered (need %d); model unchanged",
-                self.round,
-                answered,
-                total,
-                required,
-            )
-        self.mode.close_round(
-            Closing(self.round, enough, self.received.current, total, self.sent_to, self._record)
-        )
-        self.round += 1
-        self.phase = COLLECTING
-        if self.round <= self.rounds:
-            self._open_round()
 
-    def _record(self, scores: Scores, clip_norm: float) -> dict[str, Any]:
-        """The round's record (`records.round_record`) with the runtime's fields: who answered, what was refused."""
-        now = time.perf_counter()
-        received = self.received
-        return records.round_record(
-            self.topology,
-            self.net.task,
-            round=self.round,
-            loss=received.loss(),
-            scores=scores,
-            bytes=received.traffic(
-                self.net.codecs, self.net.spec.nbytes, self.sent_to, self.net.variates
-            ),
-            round_seconds=now - self.round_started,
-            elapsed_seconds=self.elapsed_before + now - self.run_started,
-            devices=received.devices(),
-            clip_norm=clip_norm,
-            personal=scores if self.topology.personalization.enabled else None,
-            **received.runtime_fields(self.topology, self.counters.snapshot(), self.late),
-        )
+def cloud_schedule(node: CloudNode) -> SyncRounds:
+    """When the cloud aggregates: synchronous rounds, or (`[buffered_aggregation]`) as soon as
+    its buffer is full (`cloud_async.BufferedRounds`). Chosen once, at start-up."""
+    if node.topology.buffered is not None:
+        from hierfl.runtime.cloud_async import BufferedRounds
+
+        return BufferedRounds(node)
+    return SyncRounds(node)

@@ -112,13 +112,18 @@ def cloud_mode(
     publish: str | None,
     he_context: Path | None,
 ) -> CloudMode:
-    """The mode the topology asks for: encrypted under `[privacy] homomorphic`, else plain."""
+    """The mode the topology asks for: encrypted under `[privacy] homomorphic`, a buffer
+    (`[buffered_aggregation]`, `cloud_buffer`), else plain."""
     if topology.privacy.homomorphic:
         from hierfl.runtime.cloud_encrypted import EncryptedAggregation
 
         return EncryptedAggregation(topology, net, run_dir, shell, he_context, publish)
     if he_context is not None:
         raise HomomorphicError("--he-context is for topologies with [privacy] homomorphic = true")
+    if topology.buffered is not None:
+        from hierfl.runtime.cloud_buffer import BufferedAggregation
+
+        return BufferedAggregation(topology, net, run_dir, shell, publish)
     from hierfl.runtime.cloud_plain import PlainAggregation
 
     return PlainAggregation(topology, net, run_dir, shell, publish)

@@ -94,6 +94,7 @@ class PlainAggregation:
         )
         self.checkpoints = CloudCheckpoints(run_dir / "checkpoints" / "cloud")
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
+        self.restored_record: dict[str, Any] = {}  # the checkpoint's record, once restored
 
     def warm_up(self) -> None:
         self.ravel(self.params)
@@ -112,6 +113,7 @@ class PlainAggregation:
         self.server_state = state.server_state
         self.variate = np.asarray(state.variate, np.float32)
         self.clip_norm = np.float32(state.record.get("clip_norm", self.clip_norm))
+        self.restored_record = state.record
         # The checkpoint's record has no scores: they come from the edges' evaluations of
         # its model, which the next round's model message asks for, unless the file has them.
         if not reconcile_metrics(self.run_dir / METRICS_FILE, state.round, None):

@@ -37,6 +37,7 @@ from hierfl.runtime.census_pass import PlantCensus, needs_census
 from hierfl.runtime.connections import ConnectionWatch
 from hierfl.runtime.curve import check_keys, start_authenticator
 from hierfl.runtime.edge_cycle import COLLECTING, IDLE, STARTING, EdgeCycle, Outbox, update_problem
+from hierfl.runtime.edge_pace import edge_pace
 from hierfl.runtime.edge_rounds import edge_rounds
 from hierfl.runtime.edge_tally import edge_variates
 from hierfl.runtime.edge_uplink import FromCloud, edge_uplink
@@ -75,6 +76,7 @@ class EdgeNode:
         he_context: Path | None = None,
         model_out: Path | None = None,
         status_dir: Path | None = None,
+        emulate_speeds: bool = False,
     ):
         self.topology, self.plant = topology, topology.plant(plant_name)
         self.index = topology.plant_names.index(plant_name)
@@ -120,6 +122,7 @@ class EdgeNode:
             topology, self.index, net.spec, self.rounds, self.uplink, variates, self.log, finished
         )
         self.deadline, self.device_bytes = 0.0, [0, 0]  # bytes from / to devices this edge round
+        self.pace = edge_pace(topology, net, self.index, emulate_speeds)
         self.live = live_status(status_dir, f"edge-{plant_name}", self._live_status)
         self.started = self.cloud_seen = time.monotonic()
         self.context = zmq.Context()
@@ -193,6 +196,8 @@ class EdgeNode:
         """Moves the round on when its waiting is over: everyone joined/answered, or time is up."""
         now, runtime, cycle = time.monotonic(), self.runtime, self.cycle
         self._census_up(now)
+        for kind, fields in self.pace.due(now):
+            self._send_cloud(kind, **fields)
         if cycle.may_go_offline() and now - self.cloud_seen > runtime.heartbeat_timeout:
             self._post(cycle.open_offline(self._alive()))
         elif cycle.phase == STARTING:
@@ -254,7 +259,7 @@ class EdgeNode:
 
     def _post(self, outbox: Outbox) -> None:
         """Sends what a step of the cycle produced, and keeps its deadline and checkpoint."""
-        for kind, fields in outbox.cloud:
+        for kind, fields in self.pace.hold(outbox.cloud, time.monotonic()):
             self._send_cloud(kind, **fields)
         if outbox.opened:
             self.device_bytes = [0, 0]
@@ -400,6 +405,7 @@ class EdgeNode:
         for kind, fields in taken.replies:
             self._send_cloud(kind, **fields)
         if taken.model is not None:
+            self.pace.started(time.monotonic())
             self._post(self.cycle.start(taken.model, self._alive()))
 
     # -- plumbing ---------------------------------------------------------------------------------

@@ -67,8 +67,11 @@ class EdgeCycle:
         self.tally = Tally(variates.zeros())
         self.model_version = uplink.version  # what hello tells the cloud
         self.finished_round, self.opened_once = finished_round, False
-        # Under DP no offline rounds: they would release updates the accountant does not count.
-        offline_limit = 0 if DpConfig.of(topology) is not None else self.edge_rounds
+        # Under DP no offline rounds: they would release updates the accountant does not count;
+        # under buffered aggregation none either: the cloud answers each summary with a model.
+        self.buffered = topology.buffered is not None
+        offline = DpConfig.of(topology) is None and not self.buffered
+        offline_limit = self.edge_rounds if offline else 0
         self.offline = OfflineRounds(offline_limit, Tally(variates.zeros()))
 
     def may_go_offline(self) -> bool:
@@ -105,7 +108,7 @@ class EdgeCycle:
         stale = ()
         if self.offline.active:
             stale = self._stale_summary(model.round)
-        elif model.round < self.round or (model.round == self.round and self.phase != IDLE):
+        elif self._ignores(model.round):
             self.log.info(
                 "ignoring the cloud's model for round %d (at round %d, %s)",
                 model.round,
@@ -128,6 +131,15 @@ class EdgeCycle:
             self.phase = STARTING
             return Outbox(cloud=stale)
         return self.open(invited)._replace(cloud=stale)
+
+    def _ignores(self, round: int) -> bool:
+        """Whether a model for cloud round `round` is old news: one before the round in progress
+        or the round itself while it runs. Under buffered aggregation the cloud numbers each
+        edge's cycles and an idle edge takes any model (after a cloud's resume it may number
+        from an earlier cycle), while a busy one finishes its cycle first."""
+        if self.buffered:
+            return self.phase != IDLE and round <= self.round
+        return round < self.round or (round == self.round and self.phase != IDLE)
 
     def open(self, invited: Collection[str]) -> Outbox:
         """Opens an edge round: the model to every device `invited`."""

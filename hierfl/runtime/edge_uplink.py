@@ -138,8 +138,8 @@ class PlainUplink:
         header = message.header
         version = int(header["model_version"])
         replies = self._evaluation(version, message.arrays[0])
-        if header.get("final") is True:
-            return FromCloud(replies=replies)
+        if header.get("final") is True or header.get("evaluate") is True:
+            return FromCloud(replies=replies)  # a model to score, which no round starts from
         model = CloudModel(
             message.round,
             version,

@@ -132,8 +132,10 @@ class Launch:
         rounds: int | None = None,
         resume: bool = False,
         publish: str | None = None,
+        emulate_speeds: bool = False,
     ):
         self.topology = topology
+        self.emulate_speeds = emulate_speeds
         self.source = source
         self.run_dir = Path(run_dir)
         self.rounds = rounds or topology.federation.cloud_rounds
@@ -189,6 +191,7 @@ class Launch:
                 str(self.run_dir / STATUS_DIR),
                 *resume,
                 *edge_he,
+                *(["--emulate-speeds"] if self.emulate_speeds else []),
             )
         for group in device_groups(self.topology):
             name, (command, *args) = device_process(self.topology, group)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hierfl.core import links, personal, rng
+from hierfl.core import links, personal, rng, speeds
 from hierfl.core.algorithms import build_algorithm
 from hierfl.core.attack import attacker_mask
 from hierfl.core.links import LinkCodecs
@@ -39,6 +39,7 @@ from hierfl.runs import checkpoint, records
 from hierfl.runs.metrics import MetricsWriter, write_census, write_run_info
 from hierfl.runs.progress import RoundProgress
 from hierfl.sim import parallel
+from hierfl.sim.buffered import BufferedSchedule
 from hierfl.sim.round import (
     DeviceChunks,
     Residuals,
@@ -104,7 +105,8 @@ class Simulation:
     """The compiled simulator for one plan: its model, the placed devices, the round, the start state.
 
     `cloud_round(state, chunks, round)` runs one cloud round; `bytes_per_round` is what
-    each tier sends in one (see `hierfl.core.links.tier_bytes`).
+    each tier sends in one (see `hierfl.core.links.tier_bytes`); `cycle_seconds` each
+    plant's simulated seconds per cycle.
     """
 
     model: Model
@@ -116,6 +118,12 @@ class Simulation:
     bytes_per_round: dict[str, int]
     trained_devices: int
     personal_mask: np.ndarray | None = None
+    round_steps: RoundSteps | None = None
+    algorithm: Any = None
+    model_bytes: int = 0
+    cycle_seconds: np.ndarray | None = None
+    """`[E]` simulated seconds of each plant's cycle (`hierfl.core.speeds`), None if no plant
+    declares a speed."""
 
     def plant_params(self, state: TrainState) -> list[Params]:
         """Each plant's personalized model after `state`'s round (`hierfl.core.personal.merge`)."""
@@ -169,6 +177,12 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         bytes_per_round=bytes_per_round,
         trained_devices=trained_devices,
         personal_mask=round_steps.personal_mask,
+        round_steps=round_steps,
+        algorithm=algorithm,
+        model_bytes=model_bytes,
+        cycle_seconds=speeds.topology_cycle_seconds(
+            topology, codecs, model_bytes, algorithm.control_variates
+        ),
     )
 
 
@@ -259,28 +273,33 @@ def simulate(
         writer = _open_run_dir(run_dir, info)
         write_census(run_dir, plan.census.describe())
     history: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    outcomes = (
+        buffered_rounds(sim, plan, chunk_size, budget)
+        if topology.buffered is not None
+        else sync_rounds(sim, budget)
+    )
+    started = round_started = time.perf_counter()
     with RoundProgress(
         budget, enabled=progress, title=federation.name, metric=plan.task.metric
     ) as bar:
-        for r in range(1, budget + 1):
-            round_started = time.perf_counter()
-            state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
+        for outcome in outcomes:
+            state = outcome.state
             scores = evaluate(state.params)
             now = time.perf_counter()
             record = records.round_record(
                 topology,
                 plan.task,
-                round=r,
-                loss=float(stats.train_loss),
+                round=outcome.round,
+                loss=outcome.loss,
                 scores=scores,
-                bytes=sim.bytes_per_round,
+                bytes=outcome.bytes,
                 round_seconds=now - round_started,
                 elapsed_seconds=now - started,
-                devices=sim.trained_devices,
+                devices=outcome.devices,
                 clip_norm=float(state.clip_norm),
-                rejected_updates=int(stats.rejected_updates),
+                rejected_updates=outcome.rejected,
                 personal=evaluate_personal(state),
+                **outcome.fields,
             )
             history.append(record)
             if writer is not None:
@@ -288,6 +307,7 @@ def simulate(
             bar.update(record)
             if on_round is not None:
                 on_round(record)
+            round_started = time.perf_counter()
     if writer is not None:
         writer.close()
         checkpoint.save_params(run_dir / "model.npz", state.params)
@@ -295,6 +315,79 @@ def simulate(
             for name, params in zip(topology.plant_names, sim.plant_params(state)):
                 checkpoint.save_params(run_dir / records.plant_model_file(name), params)
     return SimulationResult(state.params, history, model, plan, run_dir)
+
+
+class RoundOutcome(NamedTuple):
+    """What a cloud round (or a buffered application) leaves for its record: the global version
+    it made, the state, the mean training loss, refused updates, each tier's bytes, the
+    devices that trained, and the engine's other record fields."""
+
+    round: int
+    state: TrainState
+    loss: float
+    rejected: int
+    bytes: dict[str, int]
+    devices: int
+    fields: dict[str, Any]
+
+
+def sync_rounds(sim: Simulation, rounds: int) -> Iterator[RoundOutcome]:
+    """Synchronous cloud rounds 1..rounds (HierFAVG): every plant, every round."""
+    state, clock = sim.initial, SimulatedClock(sim.cycle_seconds)
+    for r in range(1, rounds + 1):
+        state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
+        yield RoundOutcome(
+            r,
+            state,
+            float(stats.train_loss),
+            int(stats.rejected_updates),
+            sim.bytes_per_round,
+            sim.trained_devices,
+            clock.sync_round(),
+        )
+
+
+def buffered_rounds(
+    sim: Simulation, plan: Plan, chunk_size: int, applies: int
+) -> Iterator[RoundOutcome]:
+    """`[buffered_aggregation]`: the buffer applied `applies` times (`hierfl.sim.buffered`)."""
+    schedule = BufferedSchedule(
+        plan.topology,
+        plan,
+        sim.round_steps,
+        tree_shape(plan),
+        sim.spec,
+        sim.algorithm,
+        sim.codecs,
+        sim.model_bytes,
+        sim.cycle_seconds,
+        chunk_size,
+    )
+    for applied in schedule.run(sim.initial, applies):
+        yield RoundOutcome(
+            applied.version,
+            applied.state,
+            applied.loss,
+            applied.rejected,
+            applied.bytes,
+            applied.devices,
+            applied.fields,
+        )
+
+
+class SimulatedClock:
+    """The simulated seconds since the start (`hierfl.core.speeds`), as a round record's
+    `sim_seconds` field; no field when no plant declares a speed."""
+
+    def __init__(self, cycle_seconds: np.ndarray | None):
+        self.cycle_seconds, self.seconds = cycle_seconds, 0.0
+
+    def sync_round(self) -> dict[str, float]:
+        """After one synchronous cloud round: it waited for the slowest plant."""
+        if self.cycle_seconds is None:
+            return {}
+        self.seconds += speeds.sync_round_seconds(self.cycle_seconds)
+        return {"sim_seconds": self.seconds}
 
 
 def _open_run_dir(run_dir: Path, info: dict[str, Any]) -> MetricsWriter:

@@ -781,7 +781,8 @@ def _read_personalization(table: Any, problems: list[str]) -> Personalization:
         )
     ]
     method = values["method"] if values["method"] is not None else "none"
-    return Personalization(method, tuple(name.strip("/") for name in layers))
+    rounds = values.get("rounds") or 0
+    return Personalization(method, tuple(name.strip("/") for name in layers), rounds)
 
 
 def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:

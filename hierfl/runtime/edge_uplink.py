@@ -100,7 +100,7 @@ def edge_uplink(
             "(--model-out also for [personalization])"
         )
     plain = PlainUplink(topology, net, index, test())
-    if topology.personalization.enabled:
+    if topology.personalization.keeps_layers:
         return PlantLayersUplink(plain, personal.topology_mask(topology, net.spec), model_out)
     return plain
 

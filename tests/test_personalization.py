@@ -257,3 +257,26 @@ def test_fine_tuning_adapts_the_global_model_per_plant(folder):
     everything = simulate(write_topology(folder, name="all", codecs=FINE_TUNE), out=folder / "all")
     whole = load_params(folder / "all" / "model-plant-a.npz")
     assert np.abs(whole["hidden"][0]["kernel"] - everything.params["hidden"][0]["kernel"]).max() > 0
+
+
+def test_a_plant_publishes_its_own_model_only_with_per_plant_layers(folder):
+    """`plants.publish`: where plant-a's edge publishes plant-a's model (runtime, plant-layers)."""
+
+    def with_publish(codecs: str, address: str) -> str:
+        path = write_topology(folder, codecs=codecs)
+        plant_a = f'address = "ipc://{folder}/a.ipc"\n'
+        path.write_text(path.read_text().replace(plant_a, f'{plant_a}publish = "{address}"\n'))
+        return path
+
+    models = f"ipc://{folder}/models.ipc"
+    loaded = load_topology(with_publish(PLANT_LAYERS, models))
+    assert [plant.publish for plant in loaded.plants] == [models, None]
+    for codecs in ("", FINE_TUNE):
+        with pytest.raises(
+            TopologyError, match="plants\\[0\\].publish: the plant's edge publishes"
+        ):
+            load_topology(with_publish(codecs, models))
+    with pytest.raises(TopologyError, match="plants\\[0\\].publish: .* already used by cloud"):
+        load_topology(with_publish(PLANT_LAYERS, f"ipc://{folder}/cloud.ipc"))
+    with pytest.raises(TopologyError, match="plants\\[0\\].publish: malformed address"):
+        load_topology(with_publish(PLANT_LAYERS, "nowhere"))

@@ -398,7 +398,7 @@ BAD = [
     ),
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
-        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, shift, test_data)",
+        "plants[0].colour: unknown key (allowed: address, aggregation, classes, lines, name, publish, shift, test_data)",
     ),
     (
         ('name = "line-1"', 'name = "line-1"\ncolour = "red"'),

@@ -628,7 +628,8 @@ class Plant:
     the plant's data to some of the task's classes (e.g. the fault types its machines
     develop), None for all of them. `test_data` is where the plant's held-out examples are
     (its own `test_data` or the `[data]` template filled with its name), None for a task
-    that generates its data.
+    that generates its data. `publish` is where the plant's edge publishes the plant's own
+    model (`[personalization]`) to the plant's inference servers, None for nowhere.
     """
 
     name: str
@@ -638,6 +639,7 @@ class Plant:
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
     test_data: str | None = None
+    publish: str | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -966,6 +968,7 @@ def combination_problems(topology: Topology) -> list[str]:
     problems += _privacy_problems(topology)
     problems += _crypto_problems(topology)
     problems += _personalization_problems(topology)
+    problems += _plant_publish_problems(topology)
     if federation.algorithm == "fedsgd":
         for i, plant in enumerate(topology.plants):
             for j, line in enumerate(plant.lines):
@@ -1148,6 +1151,20 @@ def _personalization_problems(topology: Topology) -> list[str]:
             "fine-tuning rounds included)"
         )
     return problems
+
+
+def _plant_publish_problems(topology: Topology) -> list[str]:
+    """A plant's `publish` address serves the plant's own model, which only per-plant layers
+    give an edge (fine-tuning runs in the simulator only; one global model is the cloud's)."""
+    if topology.personalization.keeps_layers:
+        return []
+    return [
+        f"plants[{i}].publish: the plant's edge publishes the plant's own model, which only "
+        '[personalization] method = "plant-layers" makes in the runtime; without it every plant '
+        "serves the global model: publish that from the cloud (hierfl launch/cloud --publish)"
+        for i, plant in enumerate(topology.plants)
+        if plant.publish is not None
+    ]
 
 
 def _method_problems(personal: Personalization, cloud_rounds: int) -> list[str]:

@@ -85,6 +85,7 @@ PLANT_FIELDS: Mapping[str, Field] = {
     "address": ADDRESS,
     "shift": PLANT_SHIFT,
     "test_data": Field(str, default=None),
+    "publish": Field(str, default=None),
 }
 LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
@@ -126,6 +127,7 @@ class _PlantDraft(NamedTuple):
     aggregation: TierRule | None = None
     classes: tuple[str, ...] | None = None
     test_data: str | None = None
+    publish: str | None = None
 
 
 def build_topology(
@@ -168,6 +170,7 @@ def build_topology(
     problems += _address_clashes(
         [("cloud.address", cloud_address)]
         + [(f"plants[{i}].address", draft.address) for i, draft in enumerate(drafts)]
+        + [(f"plants[{i}].publish", draft.publish) for i, draft in enumerate(drafts)]
     )
     if problems:
         raise TopologyError(problems, source)
@@ -236,6 +239,7 @@ def assemble_plants(
                 aggregation=draft.aggregation,
                 classes=draft.classes,
                 test_data=_plant_test_data(draft, test_data),
+                publish=draft.publish,
             )
         )
     return tuple(plants)
@@ -734,6 +738,12 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         problems,
         dialled_by=("devices", "edge", values["name"] or "PLANT"),
     )
+    publish = _checked_address(
+        values["publish"],
+        f"{path}.publish",
+        problems,
+        dialled_by=("plant's inference servers", "edge", values["name"] or "PLANT"),
+    )
     aggregation = (
         _read_rule(table["aggregation"], f"{path}.aggregation", problems)
         if "aggregation" in table
@@ -752,7 +762,14 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         )
     ]
     return _PlantDraft(
-        values["name"], address, values["shift"], lines, aggregation, classes, values["test_data"]
+        values["name"],
+        address,
+        values["shift"],
+        lines,
+        aggregation,
+        classes,
+        values["test_data"],
+        publish,
     )
 
 

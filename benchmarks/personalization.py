@@ -36,7 +36,6 @@ from hierfl.studies.baselines import train_local_only
 from hierfl.topology import Personalization, Topology, preset_path
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +71,11 @@ def plant_scores(record: dict, metric: str, personalized: bool) -> dict[str, flo
     return dict(record[key])
 
 
-def measure(name: str, case: Case, rounds: int, fine_tune: int) -> dict:
+def measure(name: str, case: Case, rounds: int, fine_tune: int, seed: int | None) -> dict:
     """Every method's per-plant score on one task, and the seconds each took."""
     topology: Topology = load_topology(case.source).with_federation(cloud_rounds=rounds)
+    if seed is not None:
+        topology = topology.with_federation(seed=seed)
     plan = make_plan(topology)
     metric = plan.task.metric
     rows: dict[str, dict[str, float]] = {}
@@ -184,12 +185,19 @@ def markdown(results: Sequence[dict], tolerance: float, load: str) -> str:
     return "\n".join(parts)
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    """Replaces what lies between `BEGIN` and `END` in `path` by `text`."""
+def markers(seed: int | None) -> tuple[str, str]:
+    """Where a run's tables go in the page: the topologies' own seed, or another one's."""
+    name = "measured" if seed is None else f"measured, seed {seed}"
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+def write_between_markers(path: Path, text: str, seed: int | None) -> None:
+    """Replaces what lies between the seed's markers in `path` by `text`."""
+    begin, end = markers(seed)
     page = path.read_text()
-    head, rest = page.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    head, rest = page.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -200,15 +208,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--tolerance", type=float, default=0.005, help="ties for the target (metric units)"
     )
+    parser.add_argument("--seed", type=int, help="another seed than the topologies' own (0)")
     parser.add_argument("--write", type=Path, help="page whose measured section to replace")
     args = parser.parse_args(argv)
     results = [
-        measure(name, CASES[name], args.rounds, args.fine_tune) for name in args.tasks.split(",")
+        measure(name, CASES[name], args.rounds, args.fine_tune, args.seed)
+        for name in args.tasks.split(",")
     ]
     text = markdown(results, args.tolerance, Path("/proc/loadavg").read_text().strip())
     print(text)
     if args.write is not None:
-        write_between_markers(args.write, text)
+        write_between_markers(args.write, text, args.seed)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,10 @@ def test_fine_tuning_is_checked(folder):
     assert "model 'mlp' has no parameter 'decoder'" in refusals(
         folder, FINE_TUNE + 'layers = ["decoder"]\n'
     )
+    every = load_topology(
+        write_topology(folder, codecs=FINE_TUNE + 'layers = ["head", "hidden"]\n')
+    )
+    assert every.personalization.layers == ("head", "hidden")  # fine-tuning may adapt all
     loaded = load_topology(write_topology(folder, codecs=FINE_TUNE + 'layers = ["head"]\n'))
     assert (loaded.personalization.rounds, loaded.personalization.layers) == (1, ("head",))
     assert 'personalization.method: "fine-tune" runs in the simulator only' in runtime_problem(

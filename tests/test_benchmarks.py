@@ -152,3 +152,33 @@ def test_a_short_chaos_run_records_every_round_once(bench):
     assert result["rounds_recorded_twice"] == [] and result["rounds_missing"] == []
     assert result["rounds_completed"] == 30
     assert result["accuracy"] > result["clean_accuracy"] - 0.1
+
+
+def test_personalization_tables_judge_the_target_per_plant(bench):
+    """The issue's target: at least local-only and global on every plant (within the
+    tolerance; lower is better for an error), better than global on the most-shifted plant."""
+    personalization = bench("personalization")
+    result = {
+        "metric": "rmse",
+        "higher_is_better": False,
+        "shifts": {"north": 0.0, "east": 1.0},
+        "rows": {
+            "local-only": {"north": 10.0, "east": 30.0},
+            "global": {"north": 12.0, "east": 20.0},
+            "tuned": {"north": 10.004, "east": 19.0},
+            "layers": {"north": 11.0, "east": 20.0},
+        },
+    }
+    verdict = personalization.verdict(result, tolerance=0.005).splitlines()
+    assert verdict == [
+        "- tuned: target met",
+        "- layers: target missed (below local-only or global on north; "
+        "not better than global on east)",
+    ]
+    table = personalization.table(result)
+    assert "| tuned | 10.004 | **19.000** |" in table
+    assert "| local-only | **10.000** | 30.000 |" in table
+    assert personalization.markers(None) == (
+        "<!-- measured: begin -->",
+        "<!-- measured: end -->",
+    )

@@ -229,6 +229,20 @@ def test_a_new_version_must_keep_the_input_signature_and_classes():
     assert "classes ['a', 'c']" in incompatibility(meta(), meta(class_names=("a", "c")))
 
 
+def test_a_plant_server_takes_only_its_plant_models():
+    """A server started with a plant's own model (`run.plant`) takes that plant's later models
+    only; a server of the global model takes no plant's."""
+    a, b = meta(run={"plant": "plant-a"}), meta(version=2, run={"plant": "plant-b"})
+    assert incompatibility(a, meta(version=2, run={"plant": "plant-a", "name": "x"})) is None
+    assert "it is plant 'plant-b''s own model, this server serves plant 'plant-a''s" in (
+        incompatibility(a, b)
+    )
+    assert "it is plant 'plant-a''s own model, this server serves the global model" in (
+        incompatibility(meta(), a)
+    )
+    assert "it is the global model" in incompatibility(a, meta(version=2))
+
+
 def test_publications_are_checked_before_their_artifact_is_read():
     data = b"body" * 10
     checksum = data[-32:].hex()

@@ -1,6 +1,7 @@
-"""Per-plant layers (`[personalization] method = "plant-layers"`): the topology table and its
-refusals, the core's mask steps, the simulator's per-plant models, records and export.
-(`launch = simulate` with per-plant layers is in test_runtime_launch.py.)"""
+"""A model per plant (`[personalization]`): per-plant layers ("plant-layers") and fine-tuning
+("fine-tune"), the topology table and its refusals, the core's mask steps, the simulator's
+per-plant models, records and export. (`launch = simulate` with per-plant layers is in
+test_runtime_launch.py; the runtime refuses fine-tuning.)"""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from hierfl.runs.report import write_report
 from hierfl.runtime import protocol
 from hierfl.runtime.edge_uplink import edge_uplink
 from hierfl.runtime.evaluations import PendingScores, release_evaluation
-from hierfl.runtime.node import node_model
+from hierfl.runtime.node import node_model, runtime_problem
 from hierfl.sim.engine import init_global_model, simulate
 from hierfl.topology import TopologyError
 
@@ -50,7 +51,7 @@ def test_layers_are_checked_against_the_model(folder):
     why = refusals(folder, PLANT_LAYERS.replace('["head"]', '["head", "hidden"]'))
     assert "covers every parameter" in why
     assert "needs the layers" in refusals(folder, PLANT_LAYERS.replace('["head"]', "[]"))
-    assert 'method "none" keeps no layer' in refusals(
+    assert 'method "none" makes no model per plant' in refusals(
         folder, PLANT_LAYERS.replace('"plant-layers"', '"none"')
     )
     assert "personalization.method" in refusals(folder, PLANT_LAYERS.replace("plant-", "x-"))
@@ -185,3 +186,101 @@ def test_the_cloud_waits_for_both_evaluations_of_a_plant(folder):
     plain.add(1, {"round": 1})
     with pytest.raises(protocol.MessageRejected, match="no \\[personalization\\]"):
         plain.take(evaluation(personal=True), round=2)
+
+
+FINE_TUNE = """
+[personalization]
+method = "fine-tune"
+rounds = 1
+"""
+
+
+def test_fine_tuning_is_checked(folder):
+    assert 'personalization.rounds: method "fine-tune" needs the rounds' in refusals(
+        folder, FINE_TUNE.replace("rounds = 1\n", "")
+    )
+    assert "2 fine-tuning rounds leave none of federation.cloud_rounds = 2" in refusals(
+        folder, FINE_TUNE.replace("rounds = 1", "rounds = 2")
+    )
+    assert 'personalization.rounds: method "plant-layers" keeps its layers' in refusals(
+        folder, PLANT_LAYERS + "rounds = 1\n"
+    )
+    assert "model 'mlp' has no parameter 'decoder'" in refusals(
+        folder, FINE_TUNE + 'layers = ["decoder"]\n'
+    )
+    every = load_topology(
+        write_topology(folder, codecs=FINE_TUNE + 'layers = ["head", "hidden"]\n')
+    )
+    assert every.personalization.layers == ("head", "hidden")  # fine-tuning may adapt all
+    loaded = load_topology(write_topology(folder, codecs=FINE_TUNE + 'layers = ["head"]\n'))
+    assert (loaded.personalization.rounds, loaded.personalization.layers) == (1, ("head",))
+    assert 'personalization.method: "fine-tune" runs in the simulator only' in runtime_problem(
+        loaded
+    )
+    assert runtime_problem(load_topology(write_topology(folder, codecs=PLANT_LAYERS))) is None
+
+
+@pytest.mark.parametrize(
+    "other, reason",
+    [
+        ('[privacy]\ndp = "device"\n', "privacy.dp"),
+        ("[privacy]\nsecure_aggregation = true\n", "privacy.secure_aggregation"),
+        ("[privacy]\nhomomorphic = true\n", "privacy.homomorphic"),
+    ],
+)
+def test_fine_tuning_combinations_that_do_not_fit_are_refused(folder, other, reason):
+    why = refusals(folder, FINE_TUNE + other)
+    assert f"personalization.method: 'fine-tune' cannot be combined with {reason}" in why
+
+
+def test_fine_tuning_adapts_the_global_model_per_plant(folder):
+    """The first rounds are plain federated training; in the last each plant trains alone."""
+    plain = simulate(write_topology(folder, name="plain", rounds=1))
+    path = write_topology(folder, name="tuned", codecs=FINE_TUNE + 'layers = ["head"]\n')
+    tuned = simulate(path, out=folder / "run")
+    # The global model is the federated rounds' and stays through the fine-tuning round.
+    for x, y in zip(jax.tree.leaves(plain.params), jax.tree.leaves(tuned.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    first, last = tuned.history
+    assert first["plant_personal_accuracy"] == first["plant_accuracy"]
+    assert last["plant_accuracy"] == plain.history[-1]["plant_accuracy"]
+    assert last["bytes"]["edge_to_cloud"] == last["bytes"]["cloud_to_edge"] == 0
+    assert last["bytes"]["device_to_edge"] == first["bytes"]["device_to_edge"] > 0
+    models = {p: load_params(folder / "run" / f"model-{p}.npz") for p in ("plant-a", "plant-b")}
+    a, b = models["plant-a"], models["plant-b"]
+    for model in (a, b):  # only the head is adapted
+        np.testing.assert_array_equal(
+            model["hidden"][0]["kernel"], tuned.params["hidden"][0]["kernel"]
+        )
+        assert np.abs(model["head"]["kernel"] - tuned.params["head"]["kernel"]).max() > 0
+    assert np.abs(a["head"]["kernel"] - b["head"]["kernel"]).max() > 0
+    info = json.loads((folder / "run" / "run.json").read_text())
+    assert info["personalization"] == {"method": "fine-tune", "layers": ["head"], "rounds": 1}
+    report = (write_report(folder / "run"), (folder / "run" / "report.md").read_text())[1]
+    assert "fine-tuned: the last 1 rounds each plant trains layers head" in report
+    everything = simulate(write_topology(folder, name="all", codecs=FINE_TUNE), out=folder / "all")
+    whole = load_params(folder / "all" / "model-plant-a.npz")
+    assert np.abs(whole["hidden"][0]["kernel"] - everything.params["hidden"][0]["kernel"]).max() > 0
+
+
+def test_a_plant_publishes_its_own_model_only_with_per_plant_layers(folder):
+    """`plants.publish`: where plant-a's edge publishes plant-a's model (runtime, plant-layers)."""
+
+    def with_publish(codecs: str, address: str) -> str:
+        path = write_topology(folder, codecs=codecs)
+        plant_a = f'address = "ipc://{folder}/a.ipc"\n'
+        path.write_text(path.read_text().replace(plant_a, f'{plant_a}publish = "{address}"\n'))
+        return path
+
+    models = f"ipc://{folder}/models.ipc"
+    loaded = load_topology(with_publish(PLANT_LAYERS, models))
+    assert [plant.publish for plant in loaded.plants] == [models, None]
+    for codecs in ("", FINE_TUNE):
+        with pytest.raises(
+            TopologyError, match="plants\\[0\\].publish: the plant's edge publishes"
+        ):
+            load_topology(with_publish(codecs, models))
+    with pytest.raises(TopologyError, match="plants\\[0\\].publish: .* already used by cloud"):
+        load_topology(with_publish(PLANT_LAYERS, f"ipc://{folder}/cloud.ipc"))
+    with pytest.raises(TopologyError, match="plants\\[0\\].publish: malformed address"):
+        load_topology(with_publish(PLANT_LAYERS, "nowhere"))

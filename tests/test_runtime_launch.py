@@ -26,7 +26,9 @@ from conftest import kill9, wait_for_record, write_topology
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import make_plan
 from hierfl.inference.artifact import decode_artifact
+from hierfl.inference.export import export_model
 from hierfl.inference.publisher import decode_publication, subscribe
+from hierfl.inference.server import InferenceServer, ServerConfig
 from hierfl.runs.checkpoint import load_params
 from hierfl.runtime.launch import Launch, node_name, read_new_records
 from hierfl.sim.engine import init_global_model, simulate
@@ -454,3 +456,47 @@ def test_launch_buffered_in_declared_order_trains_the_same_model_as_simulate(fol
     for record, expected in zip(records, reference.history, strict=True):
         assert record["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
     assert all(r["rejected_messages"]["cloud"] == {} for r in records)
+
+
+def test_a_plant_edge_publishes_its_plant_model_to_its_servers_only(folder):
+    """`plants.publish`: plant-a's edge publishes plant-a's personalized model each round. A
+    server started with plant-a's model takes them and ends serving the final one (the
+    file the edge writes); a server of the global model subscribed there refuses them."""
+    address = f"ipc://{folder}/plant-a-models.ipc"
+    topology = write_topology(folder, codecs=PLANT_LAYERS, heartbeat_timeout=30.0)
+    text = topology.read_text()
+    plant_a = f'address = "ipc://{folder}/a.ipc"\n'
+    topology.write_text(text.replace(plant_a, f'{plant_a}publish = "{address}"\n'))
+    plan = make_plan(load_topology(topology))
+    model, initial = init_global_model(plan)
+    run = {"name": "rt", "plant": "plant-a"}
+    own = export_model(model, initial, plan.task, version=0, run=run, platforms=("cpu",))
+    global_model = export_model(model, initial, plan.task, version=0, platforms=("cpu",))
+    servers = [
+        InferenceServer(artifact, ServerConfig(f"ipc://{folder}/serve-{i}.ipc", subscribe=address))
+        for i, artifact in enumerate((own, global_model))
+    ]
+    for server in servers:
+        server.start()
+    try:
+        records = launch_to_the_end(topology, folder / "run")
+        final = records[-1]["round"]
+        plants_server, global_server = servers
+        wait_for(lambda: plants_server.model.meta.version == final, "plant-a's final model")
+        wait_for(lambda: global_server.stats.rejected_artifacts >= 1, "a refusal")
+        x = plan.test.x[:8]
+        expected = model.apply(load_params(folder / "run" / "model-plant-a.npz"), x)
+        np.testing.assert_allclose(plants_server.model.predict(x), expected, atol=1e-5)
+        assert plants_server.info()["plant"] == "plant-a"
+        assert global_server.model.meta.version == 0 and global_server.stats.swaps == 0
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Polls `condition` until it holds (a message published on loopback arrives within it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)

@@ -399,7 +399,7 @@ BAD = [
     (
         ('name = "plant-a"', 'name = "plant-a"\ncolour = "red"'),
         "plants[0].colour: unknown key (allowed: address, aggregation, bandwidth, classes, latency, "
-        "lines, name, seconds_per_step, shift, test_data)",
+        "lines, name, publish, seconds_per_step, shift, test_data)",
     ),
     (
         ('name = "line-1"', 'name = "line-1"\ncolour = "red"'),

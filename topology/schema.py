@@ -516,28 +516,47 @@ class Aggregation:
     optimizer: ServerOptimizer = ServerOptimizer()
 
 
-PERSONALIZATION_METHODS = ("none", "plant-layers")
-"""How plants get a model of their own: not at all (one global model), or FedPer-style per-plant
-layers (the named layers stay with each plant's edge; the cloud averages the rest)."""
+PERSONALIZATION_METHODS = ("none", "plant-layers", "fine-tune")
+"""How plants get a model of their own: not at all (one global model), FedPer-style per-plant
+layers (the named layers stay with each plant's edge; the cloud averages the rest), or
+fine-tuning (the last `rounds` cloud rounds each plant trains the global model on its own)."""
 
 PERSONALIZATION_FIELDS: Mapping[str, Field] = {
     "method": Field(str, default="none", options=PERSONALIZATION_METHODS),
+    "rounds": Field(int, default=None, low=1),
 }
 """The `[personalization]` table's scalar fields (its `layers` list is read beside them)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Personalization:
-    """`[personalization]`: `method` and, for "plant-layers", the `layers` that stay per plant:
-    names or '/'-separated prefixes of the model's parameter paths (e.g. "head" for
+    """`[personalization]`: `method`; for "plant-layers" the `layers` that stay per plant, for
+    "fine-tune" the layers each plant adapts (all when empty) and its `rounds`: the last
+    `rounds` of `cloud_rounds`, in which each plant trains alone from the global model. Layers
+    are names or '/'-separated prefixes of the model's parameter paths (e.g. "head" for
     `head/kernel` and `head/bias`), checked against the model when the task is known."""
 
     method: str = "none"
     layers: tuple[str, ...] = ()
+    rounds: int = 0
 
     @property
     def enabled(self) -> bool:
         return self.method != "none"
+
+    @property
+    def keeps_layers(self) -> bool:
+        """Per-plant layers trained while the shared ones are federated ("plant-layers")."""
+        return self.method == "plant-layers"
+
+    @property
+    def fine_tunes(self) -> bool:
+        """The global model adapted per plant in the last `rounds` rounds ("fine-tune")."""
+        return self.method == "fine-tune"
+
+    def federated_rounds(self, cloud_rounds: int) -> int:
+        """The cloud rounds of `cloud_rounds` in which the cloud aggregates (the rest fine-tune)."""
+        return cloud_rounds - self.rounds if self.fine_tunes else cloud_rounds
 
 
 STALENESS_WEIGHTINGS = ("polynomial", "constant")
@@ -643,7 +662,8 @@ class Plant:
     the plant's data to some of the task's classes (e.g. the fault types its machines
     develop), None for all of them. `test_data` is where the plant's held-out examples are
     (its own `test_data` or the `[data]` template filled with its name), None for a task
-    that generates its data.
+    that generates its data. `publish` is where the plant's edge publishes the plant's own
+    model (`[personalization]`) to the plant's inference servers, None for nowhere.
 
     The plant's speed, for the simulator's clock (`hierfl.core.speeds`; None = not
     simulated): `seconds_per_step` is one local step of its devices, `latency` (seconds)
@@ -660,6 +680,7 @@ class Plant:
     seconds_per_step: float | None = None
     latency: float | None = None
     bandwidth: float | None = None
+    publish: str | None = None
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -991,6 +1012,7 @@ def combination_problems(topology: Topology) -> list[str]:
     problems += _crypto_problems(topology)
     problems += _personalization_problems(topology)
     problems += _buffered_problems(topology)
+    problems += _plant_publish_problems(topology)
     if federation.algorithm == "fedsgd":
         for i, plant in enumerate(topology.plants):
             for j, line in enumerate(plant.lines):
@@ -1139,24 +1161,21 @@ def _personalization_problems(topology: Topology) -> list[str]:
     none), and the options whose guarantee or arithmetic covers one global model refuse them."""
     personal, privacy = topology.personalization, topology.privacy
     if not personal.enabled:
-        if personal.layers:
+        if personal.layers or personal.rounds:
+            field = "layers" if personal.layers else "rounds"
             return [
-                'personalization.layers: method "none" keeps no layer per plant; '
-                'set method = "plant-layers" or remove layers'
+                f'personalization.{field}: method "none" makes no model per plant; '
+                f'set method = "plant-layers" or "fine-tune", or remove {field}'
             ]
         return []
-    problems = []
-    if not personal.layers:
-        problems.append(
-            'personalization.layers: method "plant-layers" needs the layers that stay per plant, '
-            'e.g. layers = ["head"]'
-        )
+    problems = _method_problems(personal, topology.federation.cloud_rounds)
     method = f"personalization.method: {personal.method!r}"
     if privacy.dp != "none":
         problems.append(
-            f"{method} cannot be combined with privacy.dp (the per-plant layers never reach the cloud "
-            "and are released to the plant without the noise and accounting that cover the global "
-            "model, so the run's epsilon would not describe the models it deploys)"
+            f"{method} cannot be combined with privacy.dp (the plants' own models are trained "
+            "from updates that never reach the cloud and are released to the plant without the "
+            "noise and accounting that cover the global model, so the run's epsilon would not "
+            "describe the models it deploys)"
         )
     if privacy.secure_aggregation:
         problems.append(
@@ -1172,7 +1191,8 @@ def _personalization_problems(topology: Topology) -> list[str]:
     if topology.federation.algorithm == "scaffold":
         problems.append(
             f"{method} cannot be combined with algorithm 'scaffold' (its control variates pull "
-            "every parameter towards the federation's average gradient, per-plant layers included)"
+            "every parameter towards the federation's average gradient, per-plant layers and "
+            "fine-tuning rounds included)"
         )
     return problems
 
@@ -1206,8 +1226,8 @@ def _buffered_problems(topology: Topology) -> list[str]:
     if topology.personalization.enabled:
         problems.append(
             f"{what}: cannot be combined with personalization.method "
-            f"{topology.personalization.method!r} yet (the buffered schedule does not keep "
-            "per-plant layers; not built in this increment)"
+            f"{topology.personalization.method!r} yet (the buffered schedule keeps no "
+            "per-plant model; not built yet)"
         )
     cloud = topology.aggregation.cloud
     if cloud.robust:
@@ -1222,6 +1242,50 @@ def _buffered_problems(topology: Topology) -> list[str]:
             "speed, from which the simulator's schedule (and order = 'declared') is made"
         )
     return problems
+
+
+def _plant_publish_problems(topology: Topology) -> list[str]:
+    """A plant's `publish` address serves the plant's own model, which only per-plant layers
+    give an edge (fine-tuning runs in the simulator only; one global model is the cloud's)."""
+    if topology.personalization.keeps_layers:
+        return []
+    return [
+        f"plants[{i}].publish: the plant's edge publishes the plant's own model, which only "
+        '[personalization] method = "plant-layers" makes in the runtime; without it every plant '
+        "serves the global model: publish that from the cloud (hierfl launch/cloud --publish)"
+        for i, plant in enumerate(topology.plants)
+        if plant.publish is not None
+    ]
+
+
+def _method_problems(personal: Personalization, cloud_rounds: int) -> list[str]:
+    """What each method needs: per-plant layers need layers and no rounds; fine-tuning needs
+    rounds that leave at least one federated round."""
+    if personal.keeps_layers:
+        problems = []
+        if not personal.layers:
+            problems.append(
+                'personalization.layers: method "plant-layers" needs the layers that stay per '
+                'plant, e.g. layers = ["head"]'
+            )
+        if personal.rounds:
+            problems.append(
+                'personalization.rounds: method "plant-layers" keeps its layers every round; '
+                'rounds is for method "fine-tune"'
+            )
+        return problems
+    if not personal.rounds:
+        return [
+            'personalization.rounds: method "fine-tune" needs the rounds each plant trains alone '
+            "at the end of cloud_rounds, e.g. rounds = 5"
+        ]
+    if personal.rounds >= cloud_rounds:
+        return [
+            f"personalization.rounds: {personal.rounds} fine-tuning rounds leave none of "
+            f"federation.cloud_rounds = {cloud_rounds} to train the global model (at most "
+            f"{cloud_rounds - 1})"
+        ]
+    return []
 
 
 def quantile_noise(privacy: Privacy, topology: Topology) -> float:

@@ -90,6 +90,7 @@ PLANT_FIELDS: Mapping[str, Field] = {
     "shift": PLANT_SHIFT,
     "test_data": Field(str, default=None),
     **{key: Field(float, default=None, low=0, low_open=True) for key in PLANT_SPEED_KEYS},
+    "publish": Field(str, default=None),
 }
 LINE_FIELDS: Mapping[str, Field] = {"name": NAME, "local_steps": Field(int, default=None, low=1)}
 MAX_DEVICES_PER_LINE = 1_000_000
@@ -133,6 +134,7 @@ class _PlantDraft(NamedTuple):
     test_data: str | None = None
     speeds: Mapping[str, float | None] = {}
     """`PLANT_SPEED_KEYS` -> value (None where not declared)."""
+    publish: str | None = None
 
 
 def build_topology(
@@ -179,6 +181,7 @@ def build_topology(
     problems += _address_clashes(
         [("cloud.address", cloud_address)]
         + [(f"plants[{i}].address", draft.address) for i, draft in enumerate(drafts)]
+        + [(f"plants[{i}].publish", draft.publish) for i, draft in enumerate(drafts)]
     )
     if problems:
         raise TopologyError(problems, source)
@@ -249,6 +252,7 @@ def assemble_plants(
                 classes=draft.classes,
                 test_data=_plant_test_data(draft, test_data),
                 **draft.speeds,
+                publish=draft.publish,
             )
         )
     return tuple(plants)
@@ -747,6 +751,12 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         problems,
         dialled_by=("devices", "edge", values["name"] or "PLANT"),
     )
+    publish = _checked_address(
+        values["publish"],
+        f"{path}.publish",
+        problems,
+        dialled_by=("plant's inference servers", "edge", values["name"] or "PLANT"),
+    )
     aggregation = (
         _read_rule(table["aggregation"], f"{path}.aggregation", problems)
         if "aggregation" in table
@@ -773,6 +783,7 @@ def _read_plant(table: Any, path: str, data: DataSpec, problems: list[str]) -> _
         classes,
         values["test_data"],
         {key: values[key] for key in PLANT_SPEED_KEYS},
+        publish,
     )
 
 
@@ -801,7 +812,8 @@ def _read_personalization(table: Any, problems: list[str]) -> Personalization:
         )
     ]
     method = values["method"] if values["method"] is not None else "none"
-    return Personalization(method, tuple(name.strip("/") for name in layers))
+    rounds = values.get("rounds") or 0
+    return Personalization(method, tuple(name.strip("/") for name in layers), rounds)
 
 
 def _read_plant_classes(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:

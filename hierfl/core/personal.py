@@ -1,5 +1,5 @@
-"""Per-plant layers (FedPer in the hierarchy): which parameters stay with a plant, and the
-three pure steps over flat buffers both engines call.
+"""A model per plant: per-plant layers (FedPer in the hierarchy) and fine-tuning, as masks over
+the flat parameter buffer and the pure steps the engines call.
 
 `[personalization] method = "plant-layers"` names layers (parameter paths or their prefixes,
 `layer_mask`) that each plant keeps for itself. A cloud round then runs as usual except:
@@ -17,17 +17,24 @@ Edges aggregate the whole model over their devices each edge round, as without
 personalization; the summary's weight is unchanged. The global model is therefore the
 shared layers trained by everyone with the *initial* personal layers: the cloud holds no
 trained head, and a plant's deployable model is its personalized one (`merge`).
+
+`method = "fine-tune"` federates as without personalization for `cloud_rounds - rounds`
+rounds; in each of the last `rounds` every plant's devices train from the plant's model and
+its edge aggregates them (edge rounds as usual), with no cloud step. `fine_tune_mask` names
+the layers adapted; `frozen_apply` gives the model through which devices train only those,
+and `adapting_only` wraps the edge's release so a lossy codec cannot move the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierfl.kernels import FlatSpec
+from hierfl.kernels import FlatSpec, unravel
 from hierfl.topology import Topology
 
 
@@ -51,10 +58,21 @@ def layer_mask(spec: FlatSpec, layers: Sequence[str]) -> np.ndarray:
 
 
 def topology_mask(topology: Topology, spec: FlatSpec) -> np.ndarray | None:
-    """The `[P]` mask of the topology's per-plant layers; None without personalization."""
-    if not topology.personalization.enabled:
+    """The `[P]` mask of the topology's per-plant layers; None unless method "plant-layers"."""
+    if not topology.personalization.keeps_layers:
         return None
     return layer_mask(spec, topology.personalization.layers)
+
+
+def fine_tune_mask(topology: Topology, spec: FlatSpec) -> np.ndarray | None:
+    """The `[P]` mask of the layers "fine-tune" adapts (every parameter when `layers` is
+    empty); None unless method "fine-tune"."""
+    personalization = topology.personalization
+    if not personalization.fine_tunes:
+        return None
+    if not personalization.layers:
+        return np.ones(spec.size, bool)
+    return layer_mask(spec, personalization.layers)
 
 
 def merge(global_flat: jax.Array, personal_flat: jax.Array, mask: jax.Array) -> jax.Array:
@@ -71,3 +89,32 @@ def shared_part(edge_flat: jax.Array, base_flat: jax.Array, mask: jax.Array) -> 
 def mask_personal(deltas: jax.Array, mask: jax.Array) -> jax.Array:
     """Summaries `[..., P]` with the personal layers zeroed (the cloud's aggregate excludes them)."""
     return jnp.where(mask, jnp.zeros((), deltas.dtype), deltas)
+
+
+def frozen_apply(
+    apply_fn: Callable[[Any, jax.Array], jax.Array], spec: FlatSpec, adapted: np.ndarray
+) -> Callable[[Any, jax.Array], jax.Array]:
+    """`apply_fn(params, x)` through which only the parameters inside `adapted` `[P]` get a
+    gradient: local SGD from it trains those and leaves the others exactly as they are
+    (fine-tuning some layers; `hierfl.core.algorithms.build_algorithm` takes it as the model)."""
+    trainable = unravel(spec, jnp.asarray(adapted))
+
+    def apply(params, x):
+        held = jax.tree.map(
+            lambda w, t: jnp.where(t, w, jax.lax.stop_gradient(w)), params, trainable
+        )
+        return apply_fn(held, x)
+
+    return apply
+
+
+def adapting_only(edge_release: Callable[..., Any], mask: np.ndarray) -> Callable[..., Any]:
+    """`edge_release` (`hierfl.core.steps.make_edge_release`) applying only the part of an edge
+    round's sum inside `mask`: devices trained through `frozen_apply` send zeros outside it,
+    but a lossy codec's decoded update need not be, and the frozen layers must not move."""
+
+    def release(edge_flat, summary, *rest):
+        kept = summary._replace(delta_sum=jnp.where(mask, summary.delta_sum, 0.0))
+        return edge_release(edge_flat, kept, *rest)
+
+    return release

@@ -96,8 +96,9 @@ def parameter_names(task: Task, name: str) -> tuple[str, ...]:
 
 
 def _personalization_problems(topology: Topology, task: Task) -> list[str]:
-    """The per-plant layers the topology names, against the parameters its model has: each
-    must name one, and some parameter must stay shared (else nothing is federated)."""
+    """The layers the topology names, against the parameters its model has: each must name
+    one, and with per-plant layers some parameter must stay shared (else nothing is
+    federated; fine-tuning every layer is what `layers` absent means)."""
     layers = topology.personalization.layers
     if not topology.personalization.enabled or not layers:
         return []
@@ -109,7 +110,8 @@ def _personalization_problems(topology: Topology, task: Task) -> list[str]:
         f"{', '.join(names)}; name a layer such as {names[-1].rsplit('/', 1)[0]!r}, or a parameter)"
         for layer in unknown
     ]
-    if not unknown and all(any(personal.matches(n, layer) for layer in layers) for n in names):
+    keeps_all = topology.personalization.keeps_layers and not unknown
+    if keeps_all and all(any(personal.matches(n, layer) for layer in layers) for n in names):
         problems.append(
             f"personalization.layers: {list(layers)} covers every parameter of model {name!r}, "
             "so nothing would be shared between plants; keep some layers global"

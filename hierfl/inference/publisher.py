@@ -5,6 +5,7 @@ connects a SUB socket to it. A publication is three frames:
 
     1. topic     b"hierfl.model"  (subscribers filter on it)
     2. header    msgpack map {"kind": "model", "protocol": 1, "version": <cloud round>,
+                 "plant": <plant name, or nil for a global model>,
                  "task": str, "model": str, "nbytes": <len of frame 3>,
                  "checksum": <hex SHA-256 stored at the end of frame 3>}
     3. artifact  the bytes of a `.hfl` file, exactly as `encode_artifact` writes them,
@@ -111,10 +112,12 @@ def publication_header(
 ) -> dict[str, Any]:
     """The header announcing the model file `data` (checked with `read_header`)."""
     meta = read_header(data, source)
+    run = meta.get("run")
     return {
         "kind": "model",
         "protocol": PROTOCOL_VERSION,
         "version": meta.get("version"),
+        "plant": run.get("plant") if isinstance(run, dict) else None,
         "task": meta.get("task"),
         "model": meta.get("model"),
         "nbytes": len(memoryview(data).cast("B")),

@@ -45,7 +45,7 @@ from hierfl.inference.protocol import (
     parse_request,
     split_envelope,
 )
-from hierfl.inference.updates import Update, UpdateLoader
+from hierfl.inference.updates import Update, UpdateLoader, plant_of
 from hierfl.inference.versions import ModelVersions
 
 log = logging.getLogger("hierfl.inference")
@@ -178,6 +178,7 @@ class InferenceServer:
             "task": meta.task,
             "model": meta.model,
             "version": meta.version,
+            "plant": plant_of(meta),
             "versions": self._versions.history,
             "checksum": self.model.checksum,
             "class_names": list(meta.class_names),

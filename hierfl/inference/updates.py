@@ -7,6 +7,9 @@ signature and classes, so clients need not change), compiles and warms it up, an
 then hands the ready `CompiledModel` to the serving thread through `updates`. The serving
 thread swaps it in between two batches; it never waits for a load.
 
+A server started with a plant's own model (`hierfl export --plant`) takes only that plant's
+later models, and a server of the global model only global ones (`incompatibility`).
+
 A watched directory's files present when the server starts are taken as already known:
 the server serves the model it was started with. Later, new or changed `.hfl` files are
 tried newest first, and the first that loads is swapped in. A file that fails its checksum (still being copied in) is tried again when
@@ -70,8 +73,26 @@ def changed_files(before: dict[Path, FileStamp], after: dict[Path, FileStamp]) -
     return sorted(changed, key=lambda path: (after[path][0], str(path)), reverse=True)
 
 
+def plant_of(meta: ArtifactMeta) -> str | None:
+    """The plant whose own model `meta` describes (`hierfl export --plant`, a plant's edge
+    publishing), None for a global model."""
+    plant = meta.run.get("plant")
+    return plant if isinstance(plant, str) else None
+
+
+def describe_owner(plant: str | None) -> str:
+    return "the global model" if plant is None else f"plant {plant!r}'s own model"
+
+
 def incompatibility(served: ArtifactMeta, new: ArtifactMeta) -> str | None:
-    """Why `new` cannot replace `served` under the same clients, or None if it can."""
+    """Why `new` cannot replace `served` under the same clients, or None if it can: other
+    inputs or classes, or another plant's model (a plant's server serves that plant's models
+    only; a server of the global model, global models only)."""
+    if plant_of(new) != plant_of(served):
+        return (
+            f"it is {describe_owner(plant_of(new))}, this server serves "
+            f"{describe_owner(plant_of(served))}"
+        )
     if (new.input_shape, new.input_dtype) != (served.input_shape, served.input_dtype):
         return (
             f"it takes inputs [n, {', '.join(map(str, new.input_shape))}] {new.input_dtype}, "

@@ -26,7 +26,7 @@ from hierfl.data.tasks import Task
 from hierfl.data.tasks.imports import topology_folder
 from hierfl.privacy import privacy_record
 from hierfl.runs.metrics import encode_record, read_run_info, write_run_info
-from hierfl.topology import Topology
+from hierfl.topology import Personalization, Topology
 
 
 def _task_folder(topology: Topology) -> str | None:
@@ -71,7 +71,7 @@ def run_info(
         "hierfl_version": __version__,
     }
     if topology.personalization.enabled:
-        info["personalization"] = dataclasses.asdict(topology.personalization)
+        info["personalization"] = personalization_info(topology.personalization)
     if topology.buffered is not None:
         info["buffered_aggregation"] = dataclasses.asdict(topology.buffered)
     if runtime:
@@ -79,6 +79,17 @@ def run_info(
         info["runtime"] = {
             k: v for k, v in settings.items() if not k.endswith("keys") and k != "cloud_key"
         }
+    return info
+
+
+def personalization_info(personalization: Personalization) -> dict[str, Any]:
+    """`run.json`'s `personalization`: the method and its layers, and fine-tuning's rounds."""
+    info: dict[str, Any] = {
+        "method": personalization.method,
+        "layers": list(personalization.layers),
+    }
+    if personalization.fine_tunes:
+        info["rounds"] = personalization.rounds
     return info
 
 

@@ -254,11 +254,10 @@ def summary_markdown(info: Mapping[str, Any], records: Sequence[Record]) -> str:
         plant_rows = [
             (plant, a, show(float(personal.get(plant, math.nan)))) for plant, a in plant_rows
         ]
-        layers = ", ".join((info.get("personalization") or {}).get("layers", []))
         personal_text = [
-            f"Personalized (per-plant layers: {layers}): each plant's test data scored by its own "
-            f"model, {metric.title} **{show(float(last[f'personal_{metric.name}']))}** over all "
-            "plants. The global model keeps the initial per-plant layers."
+            f"Personalized ({personalization_words(info.get('personalization') or {})}): each "
+            f"plant's test data scored by its own model, {metric.title} "
+            f"**{show(float(last[f'personal_{metric.name}']))}** over all plants."
         ]
     byte_rows = [
         (TIER_LABELS[tier], format_bytes(totals[tier]), f"{totals[tier]:,}") for tier in BYTE_TIERS
@@ -541,3 +540,15 @@ def write_report(run_dir: Path | str) -> list[Path]:
     report.write_text(summary_markdown(info, records), encoding="utf-8")
     written.append(report)
     return written
+
+
+def personalization_words(info: dict[str, Any]) -> str:
+    """run.json's `personalization` in words, for the report."""
+    layers = ", ".join(info.get("layers", []))
+    if info.get("method") == "fine-tune":
+        adapted = f"layers {layers}" if layers else "every layer"
+        return (
+            f"fine-tuned: the last {info.get('rounds')} rounds each plant trains {adapted} of "
+            "the global model alone"
+        )
+    return f"per-plant layers: {layers}; the global model keeps the initial per-plant layers"

@@ -12,7 +12,6 @@ the edges' evaluations of the model it made (`hierfl.runtime.evaluations`), and,
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from hierfl.runtime.checkpoints import CloudCheckpoints
 from hierfl.runtime.cloud_modes import CLOUD, Closing, CloudShell, Resumed
 from hierfl.runtime.evaluations import PendingScores, evaluation_layout
 from hierfl.runtime.node import NodeModel
+from hierfl.runtime.publishing import RoundPublisher
 from hierfl.topology import Topology
 
 
@@ -185,7 +185,9 @@ class PlainAggregation:
         """Round `version`'s record, now scored by the plants in `reporters`."""
         self.shell.write(record)
         if self.publisher is not None:
-            self.publisher.publish(version, self.models.pop(version, self.params), record)
+            metric = self.net.task.metric.name
+            metrics = {metric: record[metric]}
+            self.publisher.publish(version, self.models.pop(version, self.params), metrics)
         metric = self.net.task.metric.name
         self.shell.log.info(
             "cloud round %d: %s %.4f (evaluated by %s)",
@@ -235,47 +237,3 @@ class PlainAggregation:
         self.checkpoints.close()
         if self.publisher is not None:
             self.publisher.close()
-
-
-class RoundPublisher:
-    """Publishes each round's global model as an inference artifact (see `hierfl.inference.publisher`).
-
-    The model's inference function is exported once (`jax.export`; the params are its
-    arguments), so each round only packs new params with a new version number.
-    """
-
-    def __init__(self, address: str, net: NodeModel, topology: Topology):
-        from hierfl.inference.publisher import ModelPublisher
-
-        self.net, self.run = net, {"name": topology.federation.name}
-        self.template = self._export(None)
-        self.metric = net.task.metric.name
-        self.publisher = ModelPublisher(address)
-
-    def _export(self, found: Census | None):
-        from hierfl.inference.export import export_model
-
-        net = self.net
-        return export_model(
-            net.model, net.initial_params, net.task, version=0, run=self.run, census=found
-        )
-
-    def use_census(self, found: Census) -> None:
-        """Exports the function again, standardizing its input with the census."""
-        if found.standardizes:
-            self.template = self._export(found)
-
-    def publish(self, round: int, params: Any, record: Mapping[str, Any]) -> None:
-        from hierfl.runs.checkpoint import flatten_params
-
-        meta = dataclasses.replace(
-            self.template.meta,
-            version=round,
-            metrics={self.metric: record[self.metric], "round": round},
-        )
-        self.publisher.publish(
-            dataclasses.replace(self.template, meta=meta, params=flatten_params(params))
-        )
-
-    def close(self) -> None:
-        self.publisher.close()

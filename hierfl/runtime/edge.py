@@ -181,6 +181,7 @@ class EdgeNode:
         finally:
             self.running = False
             self.live.write()
+            self.uplink.close()
             self.watch.close()
             self.devices_socket.close(linger=500)
             self.cloud.close(linger=500)

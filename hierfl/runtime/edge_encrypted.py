@@ -144,6 +144,9 @@ class EncryptedUplink:
         residual = np.zeros(self.residual_size, np.float32)  # the file's layout in both modes
         return {"residual": residual, "global_flat": self.flat, "global_version": self.version}
 
+    def close(self) -> None:
+        pass
+
     def restore(self, state) -> str:
         if "global_version" in state:
             self.flat = np.array(state["global_flat"], np.float32)

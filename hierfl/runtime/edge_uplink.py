@@ -29,6 +29,7 @@ from hierfl.runs.checkpoint import save_params
 from hierfl.runtime import protocol
 from hierfl.runtime.evaluations import release_evaluation
 from hierfl.runtime.node import NodeModel
+from hierfl.runtime.publishing import RoundPublisher
 from hierfl.topology import Plant, Topology
 
 
@@ -66,6 +67,7 @@ class Uplink(Protocol):
     ) -> tuple[str, dict[str, Any]]: ...
     def state(self) -> dict[str, np.ndarray]: ...
     def restore(self, state) -> str: ...
+    def close(self) -> None: ...
 
 
 def edge_uplink(
@@ -100,8 +102,13 @@ def edge_uplink(
             "(--model-out also for [personalization])"
         )
     plain = PlainUplink(topology, net, index, test())
-    if topology.personalization.enabled:
-        return PlantLayersUplink(plain, personal.topology_mask(topology, net.spec), model_out)
+    if topology.personalization.keeps_layers:
+        publisher = None
+        if plant.publish is not None:
+            publisher = RoundPublisher(plant.publish, net, topology, plant=plant.name)
+            log.info("publishing %s's models on %s", plant.name, plant.publish)
+        mask = personal.topology_mask(topology, net.spec)
+        return PlantLayersUplink(plain, mask, model_out, publisher)
     return plain
 
 
@@ -178,6 +185,9 @@ class PlainUplink:
     def state(self) -> dict[str, np.ndarray]:
         return {"residual": self.residual}
 
+    def close(self) -> None:
+        pass
+
     def restore(self, state) -> str:
         self.residual = np.array(state["residual"], np.float32)
         return ""
@@ -190,11 +200,19 @@ class PlantLayersUplink:
     marked `personal` and sent first), and the merged model is what its devices train from;
     a summary sends the change of the shared layers only and keeps the personal layers of
     the edge's model. The personal layers are part of the edge's state (`--resume`), and
-    each personalized model is written to `model_out` when given (`hierfl export --plant`).
+    each personalized model is written to `model_out` when given (`hierfl export --plant`) and
+    published to the plant's inference servers by `publisher` when given (`plants.publish`).
     """
 
-    def __init__(self, plain: PlainUplink, mask: np.ndarray, model_out: Path | None):
+    def __init__(
+        self,
+        plain: PlainUplink,
+        mask: np.ndarray,
+        model_out: Path | None,
+        publisher: RoundPublisher | None = None,
+    ):
         self.plain, self.mask, self.model_out = plain, mask, model_out
+        self.publisher = publisher
         self.layouts = plain.layouts
         self.personal = np.asarray(ravel(plain.net.spec, plain.net.initial_params))
         self.evaluation: tuple[int, dict[str, Any]] | None = None
@@ -208,6 +226,8 @@ class PlantLayersUplink:
 
     def use_census(self, found: Census) -> None:
         self.plain.use_census(found)
+        if self.publisher is not None:
+            self.publisher.use_census(found)
 
     def receive(self, message: protocol.Message) -> FromCloud:
         taken = self.plain.receive(message)
@@ -216,8 +236,11 @@ class PlantLayersUplink:
         replies = taken.replies
         if version >= 1:
             replies = (self._evaluation(version, merged), *replies)
+            params = unravel(self.plain.net.spec, merged)
             if self.model_out is not None:
-                save_params(self.model_out, unravel(self.plain.net.spec, merged))
+                save_params(self.model_out, params)
+            if self.publisher is not None:
+                self.publisher.publish(version, params, {})
         model = taken.model
         if model is not None:
             model = model._replace(flat=merged)
@@ -240,6 +263,10 @@ class PlantLayersUplink:
 
     def state(self) -> dict[str, np.ndarray]:
         return {**self.plain.state(), "personal": self.personal}
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
 
     def restore(self, state) -> str:
         if "personal" not in state:

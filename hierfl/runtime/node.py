@@ -124,11 +124,20 @@ def node_model(
 def runtime_problem(topology: Topology) -> str | None:
     """Why the runtime cannot run `topology` yet, or None.
 
+    Fine-tuning (`[personalization] method = "fine-tune"`) is built in the simulator only.
+
     A device of a task that reads files holds only its own data. The census before round 1
     gives the cloud the federation's example count (SCAFFOLD's variate) and every device
     FedNova's effective step count, but secure aggregation's weight bound must be known to
     every device of a plant before its first masked update, so the topology declares it.
     """
+    if topology.personalization.fine_tunes:
+        return (
+            f'{topology.source}: personalization.method: "fine-tune" runs in the simulator only '
+            "for now (its last rounds need a cloud that skips its step and edges that train "
+            'from their own model, not built in the runtime yet); use method = "plant-layers" '
+            "to launch, or hierfl simulate"
+        )
     privacy = topology.privacy
     if not (topology_task(topology).reads_files and privacy.secure_aggregation):
         return None

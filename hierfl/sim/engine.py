@@ -49,8 +49,9 @@ from hierfl.sim.round import (
     TreeShape,
     Variates,
     make_cloud_round,
+    make_plant_round,
 )
-from hierfl.topology import Topology
+from hierfl.topology import Topology, TopologyError
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -124,14 +125,32 @@ class Simulation:
     cycle_seconds: np.ndarray | None = None
     """`[E]` simulated seconds of each plant's cycle (`hierfl.core.speeds`), None if no plant
     declares a speed."""
+    num_edges: int = 0
+    plant_round: (
+        Callable[[TrainState, DeviceChunks, jax.Array], tuple[TrainState, RoundStats]] | None
+    ) = None
+
+    @property
+    def plant_mask(self) -> np.ndarray | None:
+        """`[P]`: where a plant's model is its own (`state.personal`'s row) rather than the
+        global model's: the per-plant layers, every parameter when fine-tuning; None
+        without personalization."""
+        if self.plant_round is not None:
+            return np.ones(self.spec.size, bool)
+        return self.personal_mask
 
     def plant_params(self, state: TrainState) -> list[Params]:
         """Each plant's personalized model after `state`'s round (`hierfl.core.personal.merge`)."""
         global_flat = ravel(self.spec, state.params)
         return [
-            unravel(self.spec, personal.merge(global_flat, row, self.personal_mask))
+            unravel(self.spec, personal.merge(global_flat, row, self.plant_mask))
             for row in state.personal
         ]
+
+    def start_fine_tuning(self, state: TrainState) -> TrainState:
+        """`state` with every plant's model set to the global model (fine-tuning's start)."""
+        global_flat = ravel(self.spec, state.params)
+        return state._replace(personal=jnp.tile(global_flat[None], (self.num_edges, 1)))
 
 
 def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simulation:
@@ -145,16 +164,16 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
     mesh = parallel.device_mesh()
     chunks = place_chunks(plan, chunk_size, mesh)
     variate_size = spec.size if algorithm.control_variates else 0
-    personal = None
-    if topology.personalization.enabled:  # every plant starts from the initial model
-        personal = jnp.tile(ravel(spec, params)[None], (plan.num_edges, 1))
+    plant_models = None
+    if topology.personalization.keeps_layers:  # every plant starts from the initial model
+        plant_models = jnp.tile(ravel(spec, params)[None], (plan.num_edges, 1))
     initial = TrainState(
         params,
         algorithm.server_init(params),
         initial_residuals(codecs, chunks, plan.num_edges, mesh),
         initial_variates(variate_size, chunks, mesh),
         jnp.float32(topology.privacy.clip_norm),
-        personal,
+        plant_models,
     )
     model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     trained_devices = int(np.count_nonzero(plan.shards.counts))
@@ -167,13 +186,21 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         federation.edge_rounds,
         variates=algorithm.control_variates,
     )
+    tree = tree_shape(plan)
+    adapted = personal.fine_tune_mask(topology, spec)
+    plant_round = None
+    if adapted is not None:
+        frozen = personal.frozen_apply(model.apply, spec, adapted)
+        tuning = build_algorithm(frozen, plan.task, topology, plan.shards.counts)
+        tune_steps = RoundSteps.of(topology, tuning, spec, codecs, attacker_mask(topology))
+        plant_round = make_plant_round(tune_steps, tree, adapted, mesh)
     return Simulation(
         model=model,
         spec=spec,
         codecs=codecs,
         chunks=chunks,
         initial=initial,
-        cloud_round=make_cloud_round(round_steps, spec, tree_shape(plan), mesh),
+        cloud_round=make_cloud_round(round_steps, spec, tree, mesh),
         bytes_per_round=bytes_per_round,
         trained_devices=trained_devices,
         personal_mask=round_steps.personal_mask,
@@ -183,6 +210,8 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         cycle_seconds=speeds.topology_cycle_seconds(
             topology, codecs, model_bytes, algorithm.control_variates
         ),
+        num_edges=plan.num_edges,
+        plant_round=plant_round,
     )
 
 
@@ -256,14 +285,26 @@ def simulate(
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
     plant_sums = make_sums_evaluator(model, plan.task, plan.test, plan.num_edges)
 
-    def evaluate_personal(state: TrainState) -> Scores | None:
-        """Each plant's test examples scored by its own personalized model."""
-        if sim.personal_mask is None:
+    def evaluate_personal(state: TrainState, scores: Scores) -> Scores | None:
+        """Each plant's test examples scored by its own personalized model (before
+        fine-tuning starts, the global model is every plant's: `scores`)."""
+        if sim.plant_mask is None:
             return None
+        if state.personal is None:
+            return scores
         models = sim.plant_params(state)
         return combine_plant_sums(plan.task, [plant_sums(m)[p] for p, m in enumerate(models)])
 
     budget = rounds_to_run(topology, federation.cloud_rounds)
+    federated_rounds = topology.personalization.federated_rounds(federation.cloud_rounds)
+    if federated_rounds < 1:
+        raise TopologyError(
+            [
+                f"personalization.rounds: {topology.personalization.rounds} fine-tuning rounds "
+                f"leave none of the {federation.cloud_rounds} cloud rounds to run"
+            ],
+            topology.source,
+        )
     run_dir = Path(out) if out is not None else None
     writer = None
     if run_dir is not None:
@@ -276,7 +317,7 @@ def simulate(
     outcomes = (
         buffered_rounds(sim, plan, chunk_size, budget)
         if topology.buffered is not None
-        else sync_rounds(sim, budget)
+        else sync_rounds(sim, budget, federated_rounds)
     )
     started = round_started = time.perf_counter()
     with RoundProgress(
@@ -298,7 +339,7 @@ def simulate(
                 devices=outcome.devices,
                 clip_norm=float(state.clip_norm),
                 rejected_updates=outcome.rejected,
-                personal=evaluate_personal(state),
+                personal=evaluate_personal(state, scores),
                 **outcome.fields,
             )
             history.append(record)
@@ -311,7 +352,7 @@ def simulate(
     if writer is not None:
         writer.close()
         checkpoint.save_params(run_dir / "model.npz", state.params)
-        if sim.personal_mask is not None:
+        if sim.plant_mask is not None:
             for name, params in zip(topology.plant_names, sim.plant_params(state)):
                 checkpoint.save_params(run_dir / records.plant_model_file(name), params)
     return SimulationResult(state.params, history, model, plan, run_dir)
@@ -331,17 +372,22 @@ class RoundOutcome(NamedTuple):
     fields: dict[str, Any]
 
 
-def sync_rounds(sim: Simulation, rounds: int) -> Iterator[RoundOutcome]:
-    """Synchronous cloud rounds 1..rounds (HierFAVG): every plant, every round."""
+def sync_rounds(sim: Simulation, rounds: int, federated_rounds: int) -> Iterator[RoundOutcome]:
+    """Synchronous cloud rounds 1..rounds (HierFAVG): every plant, every round; the rounds
+    after `federated_rounds` fine-tune (each plant trains its own model alone, no cloud step)."""
     state, clock = sim.initial, SimulatedClock(sim.cycle_seconds)
     for r in range(1, rounds + 1):
-        state, stats = sim.cloud_round(state, sim.chunks, jnp.int32(r))
+        federated = r <= federated_rounds
+        if r == federated_rounds + 1:
+            state = sim.start_fine_tuning(state)
+        run_round = sim.cloud_round if federated else sim.plant_round
+        state, stats = run_round(state, sim.chunks, jnp.int32(r))
         yield RoundOutcome(
             r,
             state,
             float(stats.train_loss),
             int(stats.rejected_updates),
-            sim.bytes_per_round,
+            sim.bytes_per_round if federated else plant_round_bytes(sim.bytes_per_round),
             sim.trained_devices,
             clock.sync_round(),
         )
@@ -388,6 +434,12 @@ class SimulatedClock:
             return {}
         self.seconds += speeds.sync_round_seconds(self.cycle_seconds)
         return {"sim_seconds": self.seconds}
+
+
+def plant_round_bytes(bytes_per_round: dict[str, int]) -> dict[str, int]:
+    """A fine-tuning round's traffic: the device tiers' as in a cloud round, none to or from
+    the cloud."""
+    return {tier: 0 if "cloud" in tier else sent for tier, sent in bytes_per_round.items()}
 
 
 def _open_run_dir(run_dir: Path, info: dict[str, Any]) -> MetricsWriter:

@@ -7,7 +7,8 @@ combines its devices' updates (`rules.segment_reduce`, streamed chunk by chunk, 
 `rules.reduce` over the whole stack for a robust rule) and `edge_release` applies it.
 Then every edge's `edge_upload` is decoded and the cloud's `cloud_step`, `next_clip_norm`
 and `next_cloud_variate` close the round. The runtime's nodes call the very same steps,
-one per process.
+one per process. A fine-tuning round (`make_plant_round`) runs the same edge rounds from
+each plant's own model and stops before the upload.
 """
 
 from __future__ import annotations
@@ -184,15 +185,7 @@ def make_cloud_round(
         edge_models = jnp.broadcast_to(global_flat, (num_edges, global_flat.shape[0]))
         if mask is not None:
             edge_models = personal.merge(global_flat[None], state.personal, mask)
-        start = Edges(
-            params=edge_models,
-            weight=jnp.zeros(num_edges, jnp.float32),
-            residuals=state.residuals.device,
-            variates=state.variates.device,
-            tally=empty_tally(num_edges, state.variates.device.shape[-1]),
-        )
-        run_edge_round = lambda edges, e: (edge_round(edges, chunks, state, cloud_round, e), None)  # noqa: E731
-        edges, _ = jax.lax.scan(run_edge_round, start, jnp.arange(tree.edge_rounds))
+        edges = train_edges(edge_round, tree, edge_models, chunks, state, cloud_round)
 
         upload = jax.vmap(round_steps.edge_upload, in_axes=(0, None, 0, 0, None, 0))
         shared = edges.params
@@ -226,12 +219,65 @@ def make_cloud_round(
             clip_norm,
             None if mask is None else edges.params,
         )
-        stats = RoundStats(
-            tally.loss_sum.sum() / jnp.maximum(edges.weight.sum(), 1.0), tally.rejected.sum()
-        )
-        return new_state, stats
+        return new_state, round_stats(edges)
 
     return jax.jit(cloud_round)
+
+
+def make_plant_round(
+    round_steps: RoundSteps, tree: TreeShape, adapted: np.ndarray, mesh: Mesh | None = None
+) -> Callable[[TrainState, DeviceChunks, jax.Array], tuple[TrainState, RoundStats]]:
+    """`plant_round(TrainState, chunks, round) -> (TrainState, RoundStats)`, jitted: a
+    fine-tuning round (`[personalization] method = "fine-tune"`).
+
+    Every edge starts from its plant's model (`state.personal` `[E, P]`) and runs the
+    round's edge rounds as a cloud round does, keeping only the change of the `adapted`
+    layers (`personal.adapting_only`; `round_steps`' devices train through
+    `personal.frozen_apply`); nothing goes to the cloud, the global model and the server
+    state stay. `state.personal` comes back as each plant's new model.
+    """
+    steps_here = dataclasses.replace(
+        round_steps, edge_release=personal.adapting_only(round_steps.edge_release, adapted)
+    )
+    edge_round = make_edge_round(steps_here, tree)
+
+    def plant_round(state: TrainState, chunks: DeviceChunks, cloud_round):
+        edges = train_edges(edge_round, tree, state.personal, chunks, state, cloud_round)
+        residuals = state.residuals._replace(device=keep_sharded(edges.residuals, mesh))
+        new_state = state._replace(residuals=residuals, personal=edges.params)
+        return new_state, round_stats(edges)
+
+    return jax.jit(plant_round)
+
+
+def train_edges(
+    edge_round: Callable[..., Edges],
+    tree: TreeShape,
+    edge_models: jax.Array,
+    chunks: DeviceChunks,
+    state: TrainState,
+    cloud_round,
+) -> Edges:
+    """The `edge_rounds` edge rounds of one cloud round, every edge starting from its row of
+    `edge_models` `[E, P]`."""
+    start = Edges(
+        params=edge_models,
+        weight=jnp.zeros(tree.num_edges, jnp.float32),
+        residuals=state.residuals.device,
+        variates=state.variates.device,
+        tally=empty_tally(tree.num_edges, state.variates.device.shape[-1]),
+    )
+    run_edge_round = lambda edges, e: (edge_round(edges, chunks, state, cloud_round, e), None)  # noqa: E731
+    edges, _ = jax.lax.scan(run_edge_round, start, jnp.arange(tree.edge_rounds))
+    return edges
+
+
+def round_stats(edges: Edges) -> RoundStats:
+    """A round's mean training loss (weighted by what the edges aggregated) and rejections."""
+    tally = edges.tally
+    return RoundStats(
+        tally.loss_sum.sum() / jnp.maximum(edges.weight.sum(), 1.0), tally.rejected.sum()
+    )
 
 
 def make_edge_round(round_steps: RoundSteps, tree: TreeShape) -> Callable[..., Edges]:

@@ -140,7 +140,7 @@ def write_topology(folder: Path, *, name: str, rounds: int, edge_rounds: int, mo
     return path
 
 
-def node_env() -> dict[str, str]:
+def checkout_env() -> dict[str, str]:
     """The launcher's node environment, importing this checkout's `hierfl`."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {**node_env(os.environ), "PYTHONPATH": path}
@@ -154,7 +154,7 @@ def start_node(folder: Path, name: str, *args: str) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=node_env(),
+            env=checkout_env(),
         )
 
 
@@ -812,7 +812,7 @@ def test_a_launch_under_fire_trains_the_model_of_a_clean_run(monkeypatch):
     the one a clean run of the same seed (the simulator, which the launch matches) trains."""
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
     path = write_topology(folder, name="fire", rounds=LAUNCH_ROUNDS, edge_rounds=1, more="")
-    monkeypatch.setenv("PYTHONPATH", node_env()["PYTHONPATH"])  # the nodes import this checkout
+    monkeypatch.setenv("PYTHONPATH", checkout_env()["PYTHONPATH"])  # the nodes import this checkout
     topology, run = load_topology(path), folder / "run"
     launch = Launch(topology, str(path), run)
     context = zmq.Context()

@@ -182,3 +182,18 @@ def test_personalization_tables_judge_the_target_per_plant(bench):
         "<!-- measured: begin -->",
         "<!-- measured: end -->",
     )
+
+
+def test_simulate_throughput_plain_loop_and_flop_count_measure_w1(bench, tmp_path):
+    throughput = bench("simulate_throughput")
+    plain = throughput.child_plain(rounds=2)
+    assert len(plain["round_seconds"]) == 2 and 0.0 <= plain["accuracy"] <= 1.0
+    topology = tmp_path / "w1.toml"
+    topology.write_text(throughput.W1_TOML, encoding="utf-8")
+    flops = throughput.child_flops(topology.read_text(encoding="utf-8"))
+    # One SGD step of the 64-128-10 MLP on 32 examples: 2 x 32 x (64*128 + 128*10) forward,
+    # the weight gradients twice that less the input's, plus the elementwise work.
+    matmuls = 2 * 32 * (64 * 128 + 128 * 10) + 2 * 32 * (64 * 128 + 2 * 128 * 10)
+    assert matmuls <= flops["flops_per_step"] <= 1.2 * matmuls
+    assert flops["flops_per_update"] == 20 * flops["flops_per_step"]
+    assert flops["parameters"] == 64 * 128 + 128 + 128 * 10 + 10

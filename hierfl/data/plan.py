@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -100,14 +101,19 @@ def make_plan(topology: Topology) -> Plan:
     check_plant_classes(topology, task)
     requests = plant_requests(topology, task)
     made = task.make_plant_data(requests, topology.test_fraction, topology.federation.seed)
-    device_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    pools: list[PlantPool] = []
     test_sets: list[tuple[np.ndarray, np.ndarray]] = []
-    # One plant's pool at a time: it is divided into device shards and then released.
+    # One plant at a time is made and divided; its training pool is kept whole (one large
+    # array, not a small copy per device that the allocator would keep after the padding).
     for index, data in enumerate(made):
-        device_parts.extend(plant_devices(topology, task, index, data))
+        rows = divide_plant_rows(
+            topology.plants[index], data.y_train, plant_rng(topology, index), task.strata
+        )
+        pools.append(PlantPool(data.x_train, data.y_train, rows))
         test_sets.append((data.x_test, data.y_test))
         del data
-    plan = Plan(topology, task, device_edge, pad_shards(device_parts), stack_test_sets(test_sets))
+    shards = gather_shards(pools)
+    plan = Plan(topology, task, device_edge, shards, stack_test_sets(test_sets))
     return with_census(plan)
 
 
@@ -136,8 +142,12 @@ def plant_devices(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each device's (x, y) of plant number `index`, from the plant's data, as `make_plan`
     divides it (deterministic in the seed and the plant's index alone)."""
-    rng = np.random.default_rng([topology.federation.seed, 4, index])
-    return divide_plant(topology.plants[index], data, rng, task.strata)
+    return divide_plant(topology.plants[index], data, plant_rng(topology, index), task.strata)
+
+
+def plant_rng(topology: Topology, index: int) -> np.random.Generator:
+    """The generator that divides plant number `index` (deterministic in the seed)."""
+    return np.random.default_rng([topology.federation.seed, 4, index])
 
 
 def one_plant(
@@ -229,13 +239,23 @@ def divide_plant(
     Lines are stratified and lines' partitioners skewed by `strata(y)` (the task's: class
     labels, or bins of a regression target); by default `y` itself (class labels).
     """
-    groups = data.y_train if strata is None else strata(data.y_train)
-    sizes = line_sizes(plant, len(data.y_train))
-    devices = []
+    rows = divide_plant_rows(plant, data.y_train, rng, strata)
+    return [(data.x_train[r], data.y_train[r]) for r in rows]
+
+
+def divide_plant_rows(
+    plant: Plant,
+    y_train: np.ndarray,
+    rng: np.random.Generator,
+    strata: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Each device's rows of the plant's training pool, in device order (`divide_plant`)."""
+    groups = y_train if strata is None else strata(y_train)
+    sizes = line_sizes(plant, len(y_train))
+    rows = []
     for line, pool in zip(plant.lines, partition.split_stratified(groups, sizes, rng)):
-        for shard in divide_line(line, groups[pool], rng):
-            devices.append((data.x_train[pool[shard]], data.y_train[pool[shard]]))
-    return devices
+        rows.extend(pool[shard] for shard in divide_line(line, groups[pool], rng))
+    return rows
 
 
 def line_sizes(plant: Plant, pool: int) -> np.ndarray:
@@ -285,11 +305,42 @@ def pad_shards(devices: list[tuple[np.ndarray, np.ndarray]]) -> DeviceShards:
     return DeviceShards(x, y, counts)
 
 
+class PlantPool(NamedTuple):
+    """A plant's training examples and each of its devices' rows of them."""
+
+    x: np.ndarray
+    y: np.ndarray
+    rows: list[np.ndarray]
+
+
+def gather_shards(pools: list[PlantPool]) -> DeviceShards:
+    """Every plant's devices' rows gathered straight into zero-padded `[D, N_max, ...]`
+    arrays: as `pad_shards` of the devices' (x, y), without a copy per device.
+
+    Empties `pools` as it goes, so each plant's pool is freed once its devices are copied:
+    the examples are held about once, not twice.
+    """
+    counts = np.array([len(r) for pool in pools for r in pool.rows], dtype=np.int32)
+    capacity = int(counts.max())
+    first = pools[0]
+    x = np.zeros((len(counts), capacity, *first.x.shape[1:]), np.float32)
+    y = np.zeros((len(counts), capacity, *first.y.shape[1:]), _target_dtype(first.y))
+    del first
+    d = 0
+    while pools:
+        pool = pools.pop(0)
+        for rows in pool.rows:
+            x[d, : len(rows)] = pool.x[rows]
+            y[d, : len(rows)] = pool.y[rows]
+            d += 1
+    return DeviceShards(x, y, counts)
+
+
 def stack_test_sets(plants: list[tuple[np.ndarray, np.ndarray]]) -> TestSet:
     """All plants' (x_test, y_test) in one set, tagged with their plant index."""
     return TestSet(
-        x=np.concatenate([x for x, _ in plants]).astype(np.float32),
-        y=np.concatenate([y for _, y in plants]).astype(_target_dtype(plants[0][1])),
+        x=np.concatenate([x for x, _ in plants]).astype(np.float32, copy=False),
+        y=np.concatenate([y for _, y in plants]).astype(_target_dtype(plants[0][1]), copy=False),
         plant=np.concatenate([np.full(len(y), i, np.int32) for i, (_, y) in enumerate(plants)]),
     )
 

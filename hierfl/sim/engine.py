@@ -24,6 +24,7 @@ from hierfl.core import links, personal, rng, speeds
 from hierfl.core.algorithms import build_algorithm
 from hierfl.core.attack import attacker_mask
 from hierfl.core.links import LinkCodecs
+from hierfl.core.steps import aligned_zeros
 from hierfl.data.evaluation import (
     Scores,
     combine_plant_sums,
@@ -67,23 +68,32 @@ class SimulationResult:
     run_dir: Path | None
 
 
-def chunk_devices(plan: Plan, chunk_size: int, multiple: int = 1) -> DeviceChunks:
-    """Groups the device axis into equal chunks of about `chunk_size`, padding the last.
+def chunk_shape(num_devices: int, chunk_size: int, multiple: int = 1) -> tuple[int, int]:
+    """(chunks, devices per chunk): the device axis in equal chunks of about `chunk_size`.
 
     The number of chunks is the fewest that respects `chunk_size`; chunks are then as even
     as possible and rounded up to a `multiple` (the number of shards), so little padding
     is trained.
     """
-    shards, num_devices = plan.shards, plan.shards.num_devices
     num_chunks = -(-num_devices // chunk_size)
     chunk = -(-num_devices // num_chunks)
-    chunk = -(-chunk // multiple) * multiple
-    padded = num_chunks * chunk
-    pad = padded - num_devices
+    return num_chunks, -(-chunk // multiple) * multiple
 
-    def group(a: np.ndarray, fill: int = 0) -> np.ndarray:
-        a = np.concatenate([a, np.full((pad, *a.shape[1:]), fill, a.dtype)])
-        return a.reshape(padded // chunk, chunk, *a.shape[1:])
+
+def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks:
+    """The plan's devices grouped `[chunks, chunk, ...]` (the last chunk padded), each chunk
+    split across the mesh's devices.
+
+    Each mesh device's share is laid out once, straight from the plan's rows, in an aligned
+    host buffer that the CPU client adopts without copying (`parallel.assemble`): the
+    training data is held twice at most (the plan's and the simulator's), never more.
+    """
+    shards, num_devices = plan.shards, plan.shards.num_devices
+    num_chunks, chunk = chunk_shape(num_devices, chunk_size, parallel.shard_count(mesh))
+    padded = num_chunks * chunk
+
+    def group(a: np.ndarray, fill: int = 0) -> jax.Array:
+        return parallel.assemble(split_chunks(a, num_chunks, chunk, fill, mesh), mesh, axis=1)
 
     return DeviceChunks(
         x=group(shards.x),
@@ -91,14 +101,26 @@ def chunk_devices(plan: Plan, chunk_size: int, multiple: int = 1) -> DeviceChunk
         count=group(shards.counts),
         steps=group(np.asarray(plan.topology.device_steps, np.int32)),
         edge=group(plan.device_edge, fill=plan.num_edges),
-        index=np.arange(padded, dtype=np.int32).reshape(padded // chunk, chunk),
+        index=group(np.arange(padded, dtype=np.int32)),
     )
 
 
-def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks:
-    """The plan's devices, chunked and placed: each chunk split across the mesh's devices."""
+def split_chunks(
+    rows: np.ndarray, num_chunks: int, chunk: int, fill, mesh: Mesh | None
+) -> list[np.ndarray]:
+    """Each mesh device's share `[num_chunks, chunk / shards, ...]` of `rows` grouped in
+    chunks, rows past the end set to `fill`; 64-byte aligned."""
     shards = parallel.shard_count(mesh)
-    return parallel.put_sharded(chunk_devices(plan, chunk_size, multiple=shards), mesh, axis=1)
+    part = chunk // shards
+    pieces = []
+    for s in range(shards):
+        piece = aligned_zeros((num_chunks, part, *rows.shape[1:]), rows.dtype)
+        for c in range(num_chunks):
+            taken = rows[c * chunk + s * part : c * chunk + (s + 1) * part]
+            piece[c, : len(taken)] = taken
+            piece[c, len(taken) :] = fill
+        pieces.append(piece)
+    return pieces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,12 +189,21 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
     plant_models = None
     if topology.personalization.keeps_layers:  # every plant starts from the initial model
         plant_models = jnp.tile(ravel(spec, params)[None], (plan.num_edges, 1))
+    params, server_state, clip_norm, plant_models = parallel.put_replicated(
+        (
+            params,
+            algorithm.server_init(params),
+            jnp.float32(topology.privacy.clip_norm),
+            plant_models,
+        ),
+        mesh,
+    )
     initial = TrainState(
         params,
-        algorithm.server_init(params),
+        server_state,
         initial_residuals(codecs, chunks, plan.num_edges, mesh),
         initial_variates(variate_size, chunks, mesh),
-        jnp.float32(topology.privacy.clip_norm),
+        clip_norm,
         plant_models,
     )
     model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
@@ -231,19 +262,26 @@ def tree_shape(plan: Plan) -> TreeShape:
 def initial_residuals(
     codecs: LinkCodecs, chunks: DeviceChunks, num_edges: int, mesh: Mesh | None
 ) -> Residuals:
-    """Zero memories for every device (sharded like the chunks, unless empty) and every edge."""
+    """Zero memories for every device (sharded like the chunks, unless empty) and every edge,
+    placed where the cloud round leaves them."""
     device = links.initial_residuals(codecs.device_to_edge, chunks.count.shape)
-    if codecs.device_to_edge.residual_size:
-        device = parallel.put_sharded(device, mesh, axis=1)
-    return Residuals(device, links.initial_residuals(codecs.edge_to_cloud, (num_edges,)))
+    edge = links.initial_residuals(codecs.edge_to_cloud, (num_edges,))
+    return Residuals(place_memory(device, mesh), parallel.put_replicated(edge, mesh))
 
 
 def initial_variates(size: int, chunks: DeviceChunks, mesh: Mesh | None) -> Variates:
     """Zero control variates of `size` for every device (sharded like the chunks) and the cloud."""
     device = jnp.zeros((*chunks.count.shape, size), jnp.float32)
-    if size:
-        device = parallel.put_sharded(device, mesh, axis=1)
-    return Variates(device, jnp.zeros((size,), jnp.float32))
+    cloud = parallel.put_replicated(jnp.zeros((size,), jnp.float32), mesh)
+    return Variates(place_memory(device, mesh), cloud)
+
+
+def place_memory(memory: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """A device memory `[chunks, chunk, M]` split over the mesh like the chunks; an empty one
+    (M = 0) whole on every device, as `round.keep_sharded` leaves it."""
+    if memory.shape[-1]:
+        return parallel.put_sharded(memory, mesh, axis=1)
+    return parallel.put_replicated(memory, mesh)
 
 
 def init_global_model(plan: Plan) -> tuple[Model, Params]:

@@ -1,8 +1,8 @@
 """The simulator's cloud round: the core's steps (`hierfl.core.steps`) over the whole tree.
 
 One cloud round is one jitted call. `edge_rounds` times, every device runs the core's
-`device_step` from its edge's model (vmapped over a chunk of devices, scanned over chunks
-so 10,000 devices fit in memory) and the receiving edge's decode; each edge's rule
+`device_step` from its edge's model (a chunk's devices split over the cores and run in
+turn on each, `parallel.map_devices`; scanned over chunks so 10,000 devices fit in memory) and the receiving edge's decode; each edge's rule
 combines its devices' updates (`rules.segment_reduce`, streamed chunk by chunk, or
 `rules.reduce` over the whole stack for a robust rule) and `edge_release` applies it.
 Then every edge's `edge_upload` is decoded and the cloud's `cloud_step`, `next_clip_norm`
@@ -30,6 +30,9 @@ from hierfl.kernels import FlatSpec, ravel, segment_weighted_sum
 from hierfl.privacy.config import DpConfig
 from hierfl.sim import parallel
 from hierfl.topology import Attack, TierRule, Topology
+
+DEVICE_GROUP = 1
+"""Devices trained side by side (vmapped) within a part of a chunk; the rest run in turn."""
 
 
 class DeviceChunks(NamedTuple):
@@ -175,7 +178,7 @@ def make_cloud_round(
     Edge models and every update travel as flat buffers (`spec`); the device memories
     come back split over `mesh` like the chunks, so round after round reuses one compile.
     """
-    edge_round = make_edge_round(round_steps, tree)
+    edge_round = make_edge_round(round_steps, tree, parallel.shard_count(mesh))
     num_edges = tree.num_edges
     edge_ids = jnp.arange(num_edges)
     mask = round_steps.personal_mask
@@ -239,7 +242,7 @@ def make_plant_round(
     steps_here = dataclasses.replace(
         round_steps, edge_release=personal.adapting_only(round_steps.edge_release, adapted)
     )
-    edge_round = make_edge_round(steps_here, tree)
+    edge_round = make_edge_round(steps_here, tree, parallel.shard_count(mesh))
 
     def plant_round(state: TrainState, chunks: DeviceChunks, cloud_round):
         edges = train_edges(edge_round, tree, state.personal, chunks, state, cloud_round)
@@ -280,10 +283,13 @@ def round_stats(edges: Edges) -> RoundStats:
     )
 
 
-def make_edge_round(round_steps: RoundSteps, tree: TreeShape) -> Callable[..., Edges]:
+def make_edge_round(
+    round_steps: RoundSteps, tree: TreeShape, shards: int = 1
+) -> Callable[..., Edges]:
     """`edge_round(edges, chunks, state, cloud_round, e) -> edges`: every device trains from
-    its edge's model, every edge applies its rule and `edge_release`."""
-    train_chunk = make_chunk_training(round_steps, tree.num_edges)
+    its edge's model, every edge applies its rule and `edge_release`; a chunk's devices are
+    split in `shards` parts (the mesh's size)."""
+    train_chunk = make_chunk_training(round_steps, tree.num_edges, shards)
     robust = tuple(e for e, rule in enumerate(round_steps.edge_rules) if rule.robust)
     release = jax.vmap(round_steps.edge_release, in_axes=(0, 0, 0, 0, None, None, 0, None))
     devices = jnp.asarray(tree.devices, jnp.float32)
@@ -324,15 +330,15 @@ def make_edge_round(round_steps: RoundSteps, tree: TreeShape) -> Callable[..., E
     return edge_round
 
 
-def make_chunk_training(round_steps: RoundSteps, num_edges: int) -> Callable:
+def make_chunk_training(round_steps: RoundSteps, num_edges: int, shards: int = 1) -> Callable:
     """`train_chunk((summary, tally), chunk, residual, variate, edge_params, state,
     cloud_round, e) -> ((summary, tally), (residual, variate, received))`: a chunk of
-    devices trains and sends, the receiving edges decode and add up
+    devices trains and sends (`DEVICE_GROUP` at a time in each of `shards` parts, see
+    `parallel.map_devices`), the receiving edges decode and add up
     (`rules.segment_reduce`); `received` keeps the decoded stack for robust edges (None
     when no edge needs it)."""
-    device = jax.vmap(
-        round_steps.device, in_axes=(0, DeviceData(0, 0, 0, 0), 0, None, None, 0, None, 0, None)
-    )
+    batched = (True, True, True, False, False, True, False, True, False)
+    device = parallel.map_devices(round_steps.device, batched, shards, DEVICE_GROUP)
     decode = jax.vmap(round_steps.decode_update)
     keep_stack = any(rule.robust for rule in round_steps.edge_rules)
 

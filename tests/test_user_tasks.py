@@ -311,6 +311,9 @@ def test_hierfl_task_says_what_is_wrong(kwargs, message):
 
 def test_a_device_process_with_bad_data_stays_out_and_says_why(tmp_path):
     path = write_project(tmp_path)
+    # No edge is listening: the device waits start_timeout (at most a minute) for its
+    # "out" message to leave, then exits.
+    path.write_text(path.read_text() + "\n[runtime]\nstart_timeout = 2.0\n")
     bad = tmp_path / "data" / "plant-a" / "line-1" / "gauge-1.csv"
     bad.write_text("a,b,failure\n1,2,ok\n")
     result = subprocess.run(

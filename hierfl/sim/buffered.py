@@ -15,7 +15,7 @@ compile serves every plant (no mesh: a plant's cycle runs on one JAX device).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from hierfl.runs import records
 from hierfl.sim.round import (
     DeviceChunks,
     Edges,
+    RoundOutcome,
     RoundSteps,
     TrainState,
     TreeShape,
@@ -48,18 +49,6 @@ class PlantCycle(NamedTuple):
     rejected: jax.Array
     device_residuals: jax.Array
     edge_residuals: jax.Array
-
-
-class Applied(NamedTuple):
-    """One application of the buffer: the new global version and what its record reports."""
-
-    version: int
-    state: TrainState
-    loss: float
-    rejected: int
-    bytes: dict[str, int]
-    devices: int
-    fields: dict[str, Any]
 
 
 def plant_chunks(plan: Plan, chunk_size: int) -> DeviceChunks:
@@ -177,7 +166,7 @@ class BufferedSchedule:
         self.device_residuals = jnp.zeros((*self.chunks.count.shape, device_codec.residual_size))
         self.edge_residuals = jnp.zeros((plan.num_edges, edge_codec.residual_size))
 
-    def run(self, state: TrainState, applies: int) -> Iterator[Applied]:
+    def run(self, state: TrainState, applies: int) -> Iterator[RoundOutcome]:
         """Trains until the buffer was applied `applies` times, yielding after each."""
         plants = len(self.topology.plants)
         start = [self.ravel(state.params)] * plants
@@ -212,7 +201,7 @@ class BufferedSchedule:
             start[p], start_version[p] = self.ravel(params), version
             models_sent += 1
 
-    def _applied(self, version, state, held, seconds: float, models_sent: int) -> Applied:
+    def _applied(self, version, state, held, seconds: float, models_sent: int) -> RoundOutcome:
         """The record's parts for an application of the summaries `held`."""
         weight = sum(float(h[3].weight) for h in held)
         loss = sum(float(h[3].loss_sum) for h in held) / max(weight, 1.0)
@@ -229,7 +218,7 @@ class BufferedSchedule:
             "sim_seconds": seconds,
             **records.buffered_fields(self.topology, held_summaries(held)),
         }
-        return Applied(
+        return RoundOutcome(
             version,
             state,
             loss,

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ from hierfl.sim.buffered import BufferedSchedule
 from hierfl.sim.round import (
     DeviceChunks,
     Residuals,
+    RoundOutcome,
     RoundStats,
     RoundSteps,
     TrainState,
@@ -396,20 +397,6 @@ def simulate(
     return SimulationResult(state.params, history, model, plan, run_dir)
 
 
-class RoundOutcome(NamedTuple):
-    """What a cloud round (or a buffered application) leaves for its record: the global version
-    it made, the state, the mean training loss, refused updates, each tier's bytes, the
-    devices that trained, and the engine's other record fields."""
-
-    round: int
-    state: TrainState
-    loss: float
-    rejected: int
-    bytes: dict[str, int]
-    devices: int
-    fields: dict[str, Any]
-
-
 def sync_rounds(sim: Simulation, rounds: int, federated_rounds: int) -> Iterator[RoundOutcome]:
     """Synchronous cloud rounds 1..rounds (HierFAVG): every plant, every round; the rounds
     after `federated_rounds` fine-tune (each plant trains its own model alone, no cloud step)."""
@@ -447,16 +434,7 @@ def buffered_rounds(
         sim.cycle_seconds,
         chunk_size,
     )
-    for applied in schedule.run(sim.initial, applies):
-        yield RoundOutcome(
-            applied.version,
-            applied.state,
-            applied.loss,
-            applied.rejected,
-            applied.bytes,
-            applied.devices,
-            applied.fields,
-        )
+    yield from schedule.run(sim.initial, applies)
 
 
 class SimulatedClock:

@@ -85,6 +85,20 @@ class RoundStats(NamedTuple):
     rejected_updates: jax.Array
 
 
+class RoundOutcome(NamedTuple):
+    """What a cloud round (or a buffered application) leaves for its record: the global version
+    it made, the state, the mean training loss, refused updates, each tier's bytes, the
+    devices that trained, and the engine's other record fields."""
+
+    round: int
+    state: TrainState
+    loss: float
+    rejected: int
+    bytes: dict[str, int]
+    devices: int
+    fields: dict[str, Any]
+
+
 class Tally(NamedTuple):
     """What the edges count over a cloud round, per edge (`[E, ...]`): SCAFFOLD's weighted
     variate changes, the (noised) counts of unclipped updates, the weighted training loss,

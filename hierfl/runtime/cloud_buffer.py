@@ -93,7 +93,10 @@ class BufferedAggregation:
         plain = self.plain
         plain.params, plain.server_state = self.step(plain.params, plain.server_state, self.buffer)
         self.buffer = buffered.empty_buffer(self.net.spec.size)
-        plain.scores.complete(self.shell.alive_edges(), force_before=version)
+        # Not forced: versions can follow faster than the edges' scores of them come back,
+        # and a record written before every live edge's evaluation would score part of the
+        # test set. A record waits (in order) until they all came; `finish` forces the rest.
+        plain.scores.complete(self.shell.alive_edges())
         plain.checkpoints.save(version, plain.params, plain.server_state, record, plain.variate)
         plain.scores.add(version, record)
         if plain.publisher is not None:

@@ -337,7 +337,14 @@ def timed_value(fn) -> tuple[float, Any]:
 
 def run_child(kind: str, timeout_s: float, *args: str) -> dict[str, Any]:
     """`--child kind` in a fresh interpreter; its last stdout line is its JSON result."""
-    command = [sys.executable, __file__, "--child", kind, *args]
+    done = run_command([sys.executable, __file__, "--child", kind, *args], timeout_s)
+    if isinstance(done, dict):
+        return done
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_command(command: list[str], timeout_s: float) -> subprocess.CompletedProcess | dict:
+    """`command`'s completed process, or `{"error": why}` if it timed out or failed."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -345,7 +352,7 @@ def run_child(kind: str, timeout_s: float, *args: str) -> dict[str, Any]:
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         return {"error": lines[-1] if lines else f"exit {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done
 
 
 def run_hierfl_simulate(toml: str, rounds: int, folder: Path, timeout_s: float) -> dict[str, Any]:
@@ -355,13 +362,9 @@ def run_hierfl_simulate(toml: str, rounds: int, folder: Path, timeout_s: float) 
     topology.write_text(toml, encoding="utf-8")
     command = [sys.executable, "-m", "hierfl", "simulate", str(topology), "--rounds", str(rounds)]
     command += ["--out", str(out), "--quiet"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit {done.returncode}"}
+    done = run_command(command, timeout_s)
+    if isinstance(done, dict):
+        return done
     lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     return {

@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,8 @@ from hierfl.kernels import flat_spec, ravel
 from hierfl.runs.checkpoint import load_params
 from hierfl.runs.report import write_report
 from hierfl.runtime import protocol
+from hierfl.runtime.cloud_modes import Closing
+from hierfl.runtime.cloud_plain import PlainAggregation
 from hierfl.runtime.edge_uplink import edge_uplink
 from hierfl.runtime.evaluations import PendingScores, release_evaluation
 from hierfl.runtime.node import node_model, runtime_problem
@@ -163,8 +166,61 @@ def test_an_edge_sends_the_shared_change_and_keeps_its_layers(folder):
     resumed = uplink()
     resumed.restore(state)
     np.testing.assert_array_equal(resumed.personal, state["personal"])
-    with pytest.raises(ValueError, match="no personal layers"):
+    with pytest.raises(ValueError, match="no plant model"):
         uplink().restore({"residual": state["residual"]})
+
+
+def test_a_fine_tuning_edge_keeps_its_plant_model_and_sends_only_statistics(folder):
+    """A federated round's summary as without personalization; from the first model marked
+    `fine_tune` the edge trains from its plant's model and keeps it (`tuned` has no arrays)."""
+    topology = load_topology(write_topology(folder, codecs=FINE_TUNE))
+    net = node_model(topology)
+    test = make_plan(topology).test
+    plant, log = topology.plants[0], logging.getLogger("test")
+
+    def uplink():
+        return edge_uplink(topology, plant, net, lambda: test, log, he_context=None, model_out=None)
+
+    def model(version: int, flat: np.ndarray, **flags) -> protocol.Message:
+        frames = protocol.encode(
+            protocol.MODEL,
+            "cloud",
+            round=version + 1,
+            model_version=version,
+            spec=net.spec,
+            codec="none",
+            arrays=[flat],
+            **flags,
+        )
+        layouts = {protocol.MODEL: ("none", net.model_layout)}
+        return protocol.parse_message(
+            frames, senders={"cloud"}, spec=net.spec, layouts=layouts, max_bytes=1 << 24
+        )
+
+    edge = uplink()
+    base = np.asarray(ravel(net.spec, net.initial_params))
+    taken = edge.receive(model(0, base))
+    assert not taken.model.fine_tune and edge.personal is None
+    assert edge.summary(base + 1, base, 3.0, 1, 0, [])[0] == protocol.SUMMARY
+    glob = base + 0.5
+    taken = edge.receive(model(1, glob, fine_tune=True))
+    assert taken.model.fine_tune
+    np.testing.assert_array_equal(
+        taken.model.flat, glob
+    )  # fine-tuning starts from the global model
+    (kind, mine), (_, theirs) = taken.replies  # the plant's model is the global one so far
+    assert mine["personal"] and mine["loss_sum"] == theirs["loss_sum"]
+    assert edge.summary(glob + 1, glob, 3.0, 2, 0, []) == (protocol.TUNED, {})
+    taken = edge.receive(model(2, glob, fine_tune=True))
+    np.testing.assert_array_equal(taken.model.flat, glob + 1)  # the plant's own model now
+    (_, mine), (_, theirs) = taken.replies
+    assert mine["loss_sum"] != theirs["loss_sum"]
+    resumed = uplink()
+    resumed.restore(edge.state())
+    np.testing.assert_array_equal(resumed.personal, glob + 1)
+    fresh = uplink()
+    fresh.restore(uplink().state())  # saved before fine-tuning: no plant model yet
+    assert fresh.personal is None
 
 
 def test_the_cloud_waits_for_both_evaluations_of_a_plant(folder):
@@ -214,9 +270,7 @@ def test_fine_tuning_is_checked(folder):
     assert every.personalization.layers == ("head", "hidden")  # fine-tuning may adapt all
     loaded = load_topology(write_topology(folder, codecs=FINE_TUNE + 'layers = ["head"]\n'))
     assert (loaded.personalization.rounds, loaded.personalization.layers) == (1, ("head",))
-    assert 'personalization.method: "fine-tune" runs in the simulator only' in runtime_problem(
-        loaded
-    )
+    assert runtime_problem(loaded) is None  # the runtime fine-tunes too
     assert runtime_problem(load_topology(write_topology(folder, codecs=PLANT_LAYERS))) is None
 
 
@@ -244,7 +298,8 @@ def test_fine_tuning_adapts_the_global_model_per_plant(folder):
     first, last = tuned.history
     assert first["plant_personal_accuracy"] == first["plant_accuracy"]
     assert last["plant_accuracy"] == plain.history[-1]["plant_accuracy"]
-    assert last["bytes"]["edge_to_cloud"] == last["bytes"]["cloud_to_edge"] == 0
+    assert last["bytes"]["edge_to_cloud"] == 0 < first["bytes"]["edge_to_cloud"]
+    assert last["bytes"]["cloud_to_edge"] == first["bytes"]["cloud_to_edge"] > 0
     assert last["bytes"]["device_to_edge"] == first["bytes"]["device_to_edge"] > 0
     models = {p: load_params(folder / "run" / f"model-{p}.npz") for p in ("plant-a", "plant-b")}
     a, b = models["plant-a"], models["plant-b"]
@@ -263,8 +318,8 @@ def test_fine_tuning_adapts_the_global_model_per_plant(folder):
     assert np.abs(whole["hidden"][0]["kernel"] - everything.params["hidden"][0]["kernel"]).max() > 0
 
 
-def test_a_plant_publishes_its_own_model_only_with_per_plant_layers(folder):
-    """`plants.publish`: where plant-a's edge publishes plant-a's model (runtime, plant-layers)."""
+def test_a_plant_publishes_its_own_model_only_with_personalization(folder):
+    """`plants.publish`: where plant-a's edge publishes plant-a's model (with personalization)."""
 
     def with_publish(codecs: str, address: str) -> str:
         path = write_topology(folder, codecs=codecs)
@@ -273,14 +328,83 @@ def test_a_plant_publishes_its_own_model_only_with_per_plant_layers(folder):
         return path
 
     models = f"ipc://{folder}/models.ipc"
-    loaded = load_topology(with_publish(PLANT_LAYERS, models))
-    assert [plant.publish for plant in loaded.plants] == [models, None]
-    for codecs in ("", FINE_TUNE):
-        with pytest.raises(
-            TopologyError, match="plants\\[0\\].publish: the plant's edge publishes"
-        ):
-            load_topology(with_publish(codecs, models))
+    for codecs in (PLANT_LAYERS, FINE_TUNE):
+        loaded = load_topology(with_publish(codecs, models))
+        assert [plant.publish for plant in loaded.plants] == [models, None]
+    with pytest.raises(TopologyError, match="plants\\[0\\].publish: the plant's edge publishes"):
+        load_topology(with_publish("", models))
     with pytest.raises(TopologyError, match="plants\\[0\\].publish: .* already used by cloud"):
         load_topology(with_publish(PLANT_LAYERS, f"ipc://{folder}/cloud.ipc"))
     with pytest.raises(TopologyError, match="plants\\[0\\].publish: malformed address"):
         load_topology(with_publish(PLANT_LAYERS, "nowhere"))
+
+
+class Shell(types.SimpleNamespace):
+    """What `PlainAggregation` asks of the cloud's shell, recording what it writes."""
+
+    def send(self, edge, frames):
+        pass
+
+    def alive_edges(self):
+        return {"plant-a", "plant-b"}
+
+    def write(self, record):
+        self.written.append(record)
+
+    def serve(self, done, seconds):
+        pass
+
+
+def test_the_cloud_steps_in_federated_rounds_only_and_takes_the_kind_each_expects(folder):
+    """With 2 cloud rounds and 1 fine-tuning round: round 1 takes summaries and steps,
+    round 2's model is marked `fine_tune`, takes `tuned` only and leaves the model as it is."""
+    topology = load_topology(write_topology(folder, codecs=FINE_TUNE))
+    net = node_model(topology)
+    shell = Shell(log=logging.getLogger("test cloud"), rounds=2, written=[])
+    cloud = PlainAggregation(topology, net, folder / "run", shell, publish=None)
+
+    def message(kind: str, round: int) -> protocol.Message:
+        arrays = [np.full(net.spec.size, 0.01, np.float32)] if kind == protocol.SUMMARY else []
+        frames = protocol.encode(
+            kind,
+            "plant-a",
+            round=round,
+            spec=net.spec,
+            codec="none",
+            arrays=arrays,
+            weight=10.0,
+            loss=5.0,
+            answered=[2],
+            expected=2,
+        )
+        layouts = {protocol.SUMMARY: ("none", net.edge_layout)}
+        return protocol.parse_message(
+            frames, senders={"plant-a"}, spec=net.spec, layouts=layouts, max_bytes=1 << 24
+        )
+
+    def close(round: int) -> None:
+        closing = Closing(round, True, {"plant-a": {}}, 2, 2, lambda scores, clip: {"round": round})
+        cloud.close_round(closing)
+
+    def refused(kind: str, round: int) -> str:
+        with pytest.raises(protocol.MessageRejected) as info:
+            cloud.take(0, message(kind, round), 10.0)
+        assert info.value.reason == protocol.UNEXPECTED
+        return str(info.value)
+
+    def model_header(frames) -> dict:
+        return protocol.parse_header(bytes(frames[0]))
+
+    start = np.asarray(ravel(net.spec, cloud.params))
+    assert "fine_tune" not in model_header(cloud.open_round(1))
+    assert "tuned in cloud round 1, which takes summary messages" in refused(protocol.TUNED, 1)
+    cloud.take(0, message(protocol.SUMMARY, 1), 10.0)
+    close(1)
+    federated = np.asarray(ravel(net.spec, cloud.params))
+    assert np.abs(federated - start).max() > 0
+    assert model_header(cloud.open_round(2))["fine_tune"] is True
+    assert "summary in cloud round 2, which takes tuned messages" in refused(protocol.SUMMARY, 2)
+    cloud.take(0, message(protocol.TUNED, 2), 10.0)
+    close(2)
+    np.testing.assert_array_equal(np.asarray(ravel(net.spec, cloud.params)), federated)
+    cloud.close()

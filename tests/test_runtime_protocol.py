@@ -188,6 +188,37 @@ def test_a_summarys_round_statistics_are_checked_before_the_cloud_records_them()
         assert info.value.reason == protocol.MALFORMED, bad
 
 
+def test_a_fine_tuning_rounds_tuned_message_carries_a_summarys_statistics_and_no_arrays():
+    def tuned(*arrays, **fields):
+        frames = protocol.encode(protocol.TUNED, "plant-a", round=3, arrays=list(arrays), **fields)
+        return protocol.parse_message(
+            [bytes(f) for f in frames],
+            senders={"plant-a"},
+            spec=SPEC,
+            layouts={},
+            max_bytes=1 << 20,
+        )
+
+    message = tuned(weight=4.0, loss=1.0, answered=[2, 2], expected=2)
+    assert (message.kind, message.round, message.arrays) == (protocol.TUNED, 3, ())
+    for bad, reason in (
+        ({"weight": -1.0, "loss": 1.0}, protocol.MALFORMED),
+        ({"weight": float("inf"), "loss": 1.0}, protocol.NON_FINITE),
+        ({"weight": 4.0}, protocol.MALFORMED),
+        ({"weight": 4.0, "loss": 1.0, "answered": [-1]}, protocol.MALFORMED),
+        ({"weight": 4.0, "loss": 1.0, "unclipped": "x"}, protocol.MALFORMED),
+    ):
+        with pytest.raises(protocol.MessageRejected) as info:
+            tuned(**bad)
+        assert info.value.reason == reason, bad
+    with pytest.raises(protocol.MessageRejected, match="a tuned message has 1 frame"):
+        tuned(np.zeros(SPEC.size, np.float32), weight=4.0, loss=1.0)
+    model = parse_encoded(protocol.MODEL, protocol.model_layout(SPEC), fine_tune=True)
+    assert protocol.header_flag(model.header, "fine_tune")
+    with pytest.raises(protocol.MessageRejected, match="'fine_tune' must be true or false"):
+        parse_encoded(protocol.MODEL, protocol.model_layout(SPEC), fine_tune=1)
+
+
 def test_frames_of_the_wrong_length_and_oversized_messages_are_rejected():
     header, frame = update()
     assert rejected([header, bytes(frame) + b"\0" * 4]) == protocol.OVERSIZED

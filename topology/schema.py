@@ -1245,14 +1245,14 @@ def _buffered_problems(topology: Topology) -> list[str]:
 
 
 def _plant_publish_problems(topology: Topology) -> list[str]:
-    """A plant's `publish` address serves the plant's own model, which only per-plant layers
-    give an edge (fine-tuning runs in the simulator only; one global model is the cloud's)."""
-    if topology.personalization.keeps_layers:
+    """A plant's `publish` address serves the plant's own model, which only personalization
+    gives an edge (without it the one global model is the cloud's to publish)."""
+    if topology.personalization.enabled:
         return []
     return [
         f"plants[{i}].publish: the plant's edge publishes the plant's own model, which only "
-        '[personalization] method = "plant-layers" makes in the runtime; without it every plant '
-        "serves the global model: publish that from the cloud (hierfl launch/cloud --publish)"
+        "[personalization] makes; without it every plant serves the global model: publish "
+        "that from the cloud (hierfl launch/cloud --publish)"
         for i, plant in enumerate(topology.plants)
         if plant.publish is not None
     ]

@@ -108,13 +108,18 @@ def frozen_apply(
     return apply
 
 
+def keep_adapted(new_flat: jax.Array, old_flat: jax.Array, adapted: jax.Array) -> jax.Array:
+    """`new_flat` `[P]` inside the `adapted` layers, `old_flat` outside them."""
+    return jnp.where(adapted, new_flat, old_flat)
+
+
 def adapting_only(edge_release: Callable[..., Any], mask: np.ndarray) -> Callable[..., Any]:
-    """`edge_release` (`hierfl.core.steps.make_edge_release`) applying only the part of an edge
-    round's sum inside `mask`: devices trained through `frozen_apply` send zeros outside it,
+    """`edge_release` (`hierfl.core.steps.make_edge_release`) moving only the layers inside
+    `mask` (`keep_adapted`): devices trained through `frozen_apply` send zeros outside it,
     but a lossy codec's decoded update need not be, and the frozen layers must not move."""
 
     def release(edge_flat, summary, *rest):
-        kept = summary._replace(delta_sum=jnp.where(mask, summary.delta_sum, 0.0))
-        return edge_release(edge_flat, kept, *rest)
+        outcome = edge_release(edge_flat, summary, *rest)
+        return outcome._replace(edge_flat=keep_adapted(outcome.edge_flat, edge_flat, mask))
 
     return release

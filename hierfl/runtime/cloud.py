@@ -107,6 +107,9 @@ class CloudNode:
                 self.mode.use_census(self.census.result)
         self.phase = STARTING
         self.schedule = cloud_schedule(self)
+        # A fine-tuning round (`[personalization] method = "fine-tune"`) ends with `tuned`.
+        fine_tunes = topology.personalization.fine_tunes
+        self.summary_kinds = (self.mode.summary_kind, *([protocol.TUNED] if fine_tunes else []))
         self.publish = publish
         self.live = live_status(self.run_dir / STATUS_DIR, "cloud", self._live_status)
         self.started = time.monotonic()
@@ -294,7 +297,7 @@ class CloudNode:
                 self._send_census(message.sender)
         elif message.kind == protocol.EVALUATION:
             self.mode.evaluation(message, self.round)
-        elif message.kind == self.mode.summary_kind:
+        elif message.kind in self.summary_kinds:
             self.schedule.summary(message, self.phase == COLLECTING)
         else:
             raise protocol.MessageRejected(

@@ -53,6 +53,7 @@ class CloudShell(Protocol):
     """What a mode may ask of the cloud's shell."""
 
     log: logging.Logger
+    rounds: int  # the cloud rounds this run trains
 
     def send(self, edge: str, frames: list) -> None: ...
 

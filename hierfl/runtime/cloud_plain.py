@@ -95,6 +95,8 @@ class PlainAggregation:
         self.checkpoints = CloudCheckpoints(run_dir / "checkpoints" / "cloud")
         self.publisher = RoundPublisher(publish, net, topology) if publish else None
         self.restored_record: dict[str, Any] = {}  # the checkpoint's record, once restored
+        # `[personalization] method = "fine-tune"`: the rounds after these run at the edges alone.
+        self.federated_rounds = topology.personalization.federated_rounds(shell.rounds)
 
     def warm_up(self) -> None:
         self.ravel(self.params)
@@ -125,7 +127,12 @@ class PlainAggregation:
     def open_round(self, round: int) -> list:
         self.weights[:] = 0
         self.variate_sums[:] = 0
-        return self._model_frames(round)
+        return self._model_frames(round, **({"fine_tune": True} if self._tunes(round) else {}))
+
+    def _tunes(self, round: int) -> bool:
+        """Whether cloud round `round` is a fine-tuning round: each edge trains its plant's
+        model, sends `tuned` instead of a summary, and the global model stays as it is."""
+        return round > self.federated_rounds
 
     def _model_frames(self, round: int, **fields: Any) -> list:
         """A `model` message of the global model, which cloud round `round` starts from."""
@@ -145,6 +152,15 @@ class PlainAggregation:
         )
 
     def take(self, row: int, message: protocol.Message, weight: float) -> None:
+        tunes = self._tunes(message.round)
+        if (message.kind == protocol.TUNED) != tunes:
+            expected = protocol.TUNED if tunes else protocol.SUMMARY
+            raise protocol.MessageRejected(
+                protocol.UNEXPECTED,
+                f"{message.kind} in cloud round {message.round}, which takes {expected} messages",
+            )
+        if tunes:
+            return  # statistics only: the plant's model stays at its edge
         if self.net.codecs.edge_to_cloud.name == "none":
             self.deltas[row] = message.arrays[0]
         else:
@@ -154,7 +170,7 @@ class PlainAggregation:
         self.weights[row] = weight
 
     def close_round(self, closing: Closing) -> None:
-        if closing.enough:
+        if closing.enough and not self._tunes(closing.round):
             self.params, self.server_state = self.step(
                 self.params,
                 self.server_state,
@@ -178,7 +194,13 @@ class PlainAggregation:
         if self.publisher is not None:
             self.models[closing.round] = self.params
         self.shell.log.info(
-            "cloud round %d: %d/%d edges", closing.round, len(closing.summaries), closing.edges
+            "cloud round %d: %d/%d edges%s",
+            closing.round,
+            len(closing.summaries),
+            closing.edges,
+            " fine-tuned their plants' models (no cloud step)"
+            if self._tunes(closing.round)
+            else "",
         )
 
     def _write(self, record: dict[str, Any], version: int, reporters: list[str]) -> None:

@@ -90,9 +90,10 @@ class RoundSummaries:
         self, codecs: LinkCodecs, model_bytes: int, models_sent: int, variates: bool
     ) -> dict[str, int]:
         """Each tier's payload bytes this round (`links.traffic`): the device updates the
-        edges report, one summary per edge that answered, `models_sent` global models."""
+        edges report, one summary per edge that answered (none for `tuned`: a fine-tuning
+        round's model stays at its edge), `models_sent` global models."""
         updates = sum(sum(a) for a in self.answered().values())
-        summaries = len(self.current)
+        summaries = sum(h["kind"] != protocol.TUNED for h in self.current.values())
         return links.traffic(
             codecs,
             model_bytes,

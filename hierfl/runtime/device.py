@@ -52,6 +52,7 @@ from hierfl.runtime.node import (
     node_logger,
     node_model,
     node_name,
+    tuning_model,
 )
 from hierfl.runtime.secagg_rounds import plant_secure_aggregation
 from hierfl.topology import Topology
@@ -70,37 +71,52 @@ class DeviceSetup:
 
     `data` is where each device's examples come from (its own files, or the plan of a
     task that generates its data), `net` the model and its layouts, `step` the jitted
-    `steps.make_device_step`. A device host builds one and shares it among its devices,
-    so they compile one training step between them.
+    `steps.make_device_step`, and `tune_step` the one of fine-tuning rounds (None unless
+    `[personalization] method = "fine-tune"`). A device host builds one and shares it among
+    its devices, so they compile one training step between them.
     """
 
     data: OwnFiles | PlantShards | PlanShards
     net: NodeModel
     step: Callable[..., DeviceOutput]
     dp: DpConfig | None
+    tune_step: Callable[..., DeviceOutput] | None = None
     with_census: dict[float, DeviceSetup] = dataclasses.field(default_factory=dict, repr=False)
 
     def after_census(self, topology: Topology, found: Census) -> DeviceSetup:
-        """The setup to train with once the census is in: under FedNova, the model and step
+        """The setup to train with once the census is in: under FedNova, the model and steps
         built with the census's effective step count (once for all devices of a host)."""
         effective = found.effective_steps
         if effective is None or topology.federation.algorithm != "fednova":
             return self
         if effective not in self.with_census:
-            net = node_model(topology, effective=effective)
-            self.with_census[effective] = DeviceSetup(
-                self.data, net, device_step(topology, net, self.dp), self.dp
+            self.with_census[effective] = build_setup(
+                topology, self.data, self.dp, effective=effective
             )
         return self.with_census[effective]
 
 
 def device_setup(topology: Topology, plant: str, data: str | None = None) -> DeviceSetup:
-    """Builds the data source of devices of `plant`, the model and the training step (traced
-    on its first call, compiled once). `data` is the `--data` path template given on this
-    machine, if any."""
+    """Builds the data source of devices of `plant`, the model and the training steps (each
+    traced on its first call, compiled once). `data` is the `--data` path template given on
+    this machine, if any."""
     source = device_data_source(topology, topology_task(topology), plant, data)
-    net, dp = node_model(topology, source.counts), DpConfig.of(topology)
-    return DeviceSetup(source, net, device_step(topology, net, dp), dp)
+    return build_setup(topology, source, DpConfig.of(topology), counts=source.counts)
+
+
+def build_setup(
+    topology: Topology,
+    data: OwnFiles | PlantShards | PlanShards,
+    dp: DpConfig | None,
+    *,
+    counts: np.ndarray | None = None,
+    effective: float | None = None,
+) -> DeviceSetup:
+    """The model and steps for `data`, from the plan's `counts` or the census's `effective` steps."""
+    net = node_model(topology, counts, effective)
+    tuning = tuning_model(topology, net, counts, effective)
+    tune_step = None if tuning is None else device_step(topology, tuning, dp)
+    return DeviceSetup(data, net, device_step(topology, net, dp), dp, tune_step)
 
 
 def device_step(
@@ -147,6 +163,7 @@ class DeviceNode:
         self.log = node_logger(device_id)
         self.setup = setup = setup or device_setup(topology, self.device.plant)
         self.net, self.step, self.dp = setup.net, setup.step, setup.dp
+        self.tune_step = setup.tune_step
         x, y, count = setup.data.examples(self.device)
         self.rows_dropped = setup.data.rows_dropped(self.device)
         steps = jnp.int32(topology.device_steps[self.device.index])
@@ -179,9 +196,14 @@ class DeviceNode:
         self.model_version = 0
 
     def warm_up(self) -> None:
-        """Compiles the training step before joining, so the first round is not late."""
+        """Compiles the training steps before joining, so the first round is not late."""
+        for step in (self.step, self.tune_step):
+            if step is not None:
+                self._warm_up(step)
+
+    def _warm_up(self, step: Callable[..., DeviceOutput]) -> None:
         flat = np.zeros(self.net.spec.size, np.float32)
-        self.step(
+        step(
             flat,
             self.data,
             self.residual,
@@ -282,12 +304,16 @@ class DeviceNode:
         self.data = self.data._replace(x=jnp.asarray(found.standardize(self.raw_x)))
         self.raw_x = None
         setup = self.setup.after_census(self.topology, found)
-        self.net, self.step = setup.net, setup.step
+        self.net, self.step, self.tune_step = setup.net, setup.step, setup.tune_step
         self.log.info("census: %d examples in the federation", found.examples)
 
     def _train(self, message: protocol.Message) -> None:
+        """Trains from the message's model (through the fine-tuning step where it is marked
+        `fine_tune` and this topology fine-tunes) and sends the result up."""
         started = time.perf_counter()
-        out = self.step(
+        tuning = protocol.header_flag(message.header, "fine_tune")
+        step = self.tune_step if tuning and self.tune_step is not None else self.step
+        out = step(
             message.arrays[0],
             self.data,
             self.residual,

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from hierfl.core import personal
 from hierfl.kernels import FlatSpec
 from hierfl.privacy.config import DpConfig
 from hierfl.runtime import protocol
@@ -73,10 +74,16 @@ class EdgeCycle:
         offline = DpConfig.of(topology) is None and not self.buffered
         offline_limit = self.edge_rounds if offline else 0
         self.offline = OfflineRounds(offline_limit, Tally(variates.zeros()))
+        # Fine-tuning (`[personalization] method = "fine-tune"`): the layers its rounds adapt.
+        self.adapted = personal.fine_tune_mask(topology, spec)
+        self.tuning = False
 
     def may_go_offline(self) -> bool:
-        """Whether an offline edge round may open now (if the cloud is silent)."""
-        return self.phase == IDLE and self.opened_once and self.offline.may_open()
+        """Whether an offline edge round may open now (if the cloud is silent); never while
+        fine-tuning, whose rounds make the plant's model, not a summary."""
+        return (
+            self.phase == IDLE and self.opened_once and not self.tuning and self.offline.may_open()
+        )
 
     def receive(self, message: protocol.Message) -> None:
         """Takes a checked device message for the edge round in progress; MessageRejected
@@ -123,6 +130,7 @@ class EdgeCycle:
                 self.round,
             )
         self.round, self.edge_round, self.model_version = model.round, 0, model.version
+        self.tuning = model.fine_tune
         self.clip_norm = np.float32(model.clip_norm)
         self.global_flat = self.edge_flat = np.array(model.flat)
         self.variate_frames = list(model.variate_frames)
@@ -155,6 +163,7 @@ class EdgeCycle:
             codec="none",
             arrays=[self.edge_flat, *self.variate_frames],
             clip_norm=float(self.clip_norm),
+            **({"fine_tune": True} if self.tuning else {}),
         )
         devices = {device: frames for device in sorted(invited)}
         return Outbox(devices, wait=self.runtime.device_deadline, opened=True)
@@ -184,7 +193,7 @@ class EdgeCycle:
             result = self.rounds.aggregate(
                 self.edge_flat, self.round, self.edge_round, self.clip_norm
             )
-            self.edge_flat = result.edge_flat
+            self.edge_flat = self._adapted(result.edge_flat)
             tally.add(result)
         else:
             self.log.warning(
@@ -205,6 +214,14 @@ class EdgeCycle:
         if self.edge_round < self.edge_rounds:
             return self.open(invited)
         return self._summary(health)
+
+    def _adapted(self, edge_flat: np.ndarray) -> np.ndarray:
+        """The edge's model after an edge round: in a fine-tuning round only the adapted
+        layers move (`personal.keep_adapted`: a lossy codec's decoded update need not be
+        zero outside them)."""
+        if not self.tuning:
+            return edge_flat
+        return np.asarray(personal.keep_adapted(edge_flat, self.edge_flat, self.adapted))
 
     def required(self) -> int:
         return math.ceil(self.runtime.min_device_participation * self.num_devices)
@@ -246,7 +263,7 @@ class EdgeCycle:
         }
         self.phase, self.finished_round = IDLE, self.round
         self.offline.summarized(self.edge_flat)
-        self.log.info("cloud round %d: summary sent (weight %g)", self.round, tally.weight)
+        self.log.info("cloud round %d: %s sent (weight %g)", self.round, kind, tally.weight)
         return Outbox(cloud=((kind, fields),), checkpoint=True)
 
     def _stale_summary(self, cloud_round: int) -> tuple[tuple[str, dict[str, Any]], ...]:

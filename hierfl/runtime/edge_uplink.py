@@ -34,14 +34,16 @@ from hierfl.topology import Plant, Topology
 
 
 class CloudModel(NamedTuple):
-    """A global model to run cloud round `round` from: its `version`, values `[P]`, the clip
-    norm, and the frames every model an edge sends its devices adds (SCAFFOLD's `c`)."""
+    """A model to run cloud round `round` from: the global model's `version`, values `[P]`
+    (the plant's own model in a fine-tuning round, `fine_tune`), the clip norm, and the
+    frames every model an edge sends its devices adds (SCAFFOLD's `c`)."""
 
     round: int
     version: int
     flat: np.ndarray
     clip_norm: float
     variate_frames: tuple[np.ndarray, ...] = ()
+    fine_tune: bool = False
 
 
 class FromCloud(NamedTuple):
@@ -102,14 +104,16 @@ def edge_uplink(
             "(--model-out also for [personalization])"
         )
     plain = PlainUplink(topology, net, index, test())
-    if topology.personalization.keeps_layers:
-        publisher = None
-        if plant.publish is not None:
-            publisher = RoundPublisher(plant.publish, net, topology, plant=plant.name)
-            log.info("publishing %s's models on %s", plant.name, plant.publish)
-        mask = personal.topology_mask(topology, net.spec)
-        return PlantLayersUplink(plain, mask, model_out, publisher)
-    return plain
+    if not topology.personalization.enabled:
+        return plain
+    publisher = None
+    if plant.publish is not None:
+        publisher = RoundPublisher(plant.publish, net, topology, plant=plant.name)
+        log.info("publishing %s's models on %s", plant.name, plant.publish)
+    plant_models = PlantModels(plain, model_out, publisher)
+    if topology.personalization.fine_tunes:
+        return FineTuneUplink(plain, plant_models)
+    return PlantLayersUplink(plain, personal.topology_mask(topology, net.spec), plant_models)
 
 
 class PlainUplink:
@@ -193,29 +197,53 @@ class PlainUplink:
         return ""
 
 
+class PlantModels:
+    """A plant's own model as each global model version makes it: scored on the plant's
+    test examples (the `evaluation` marked `personal`, once per version), written to
+    `model_out` when given (`hierfl export --plant`) and published to the plant's inference
+    servers by `publisher` when given (`plants.publish`)."""
+
+    def __init__(
+        self, plain: PlainUplink, model_out: Path | None, publisher: RoundPublisher | None
+    ):
+        self.plain, self.model_out, self.publisher = plain, model_out, publisher
+        self.evaluation: tuple[int, dict[str, Any]] | None = None
+
+    def released(self, version: int, flat: np.ndarray) -> tuple[str, dict]:
+        """The plant's model `flat` with global model `version`: saved, published, and its
+        `personal` `evaluation`."""
+        params = unravel(self.plain.net.spec, flat)
+        if self.model_out is not None:
+            save_params(self.model_out, params)
+        if self.publisher is not None:
+            self.publisher.publish(version, params, {})
+        if self.evaluation is None or self.evaluation[0] != version:
+            self.evaluation = (version, release_evaluation(self.plain.evaluate(params)))
+        return protocol.EVALUATION, {"round": version, "personal": True, **self.evaluation[1]}
+
+    def use_census(self, found: Census) -> None:
+        if self.publisher is not None:
+            self.publisher.use_census(found)
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+
+
 class PlantLayersUplink:
     """`[personalization] plant-layers` around a `PlainUplink`: the edge keeps its plant's
     personal layers (`hierfl.core.personal`). Each global model it receives is evaluated as
     it is and merged with the plant's layers (both `evaluation`s go up, the personalized one
-    marked `personal` and sent first), and the merged model is what its devices train from;
-    a summary sends the change of the shared layers only and keeps the personal layers of
-    the edge's model. The personal layers are part of the edge's state (`--resume`), and
-    each personalized model is written to `model_out` when given (`hierfl export --plant`) and
-    published to the plant's inference servers by `publisher` when given (`plants.publish`).
+    marked `personal` and sent first: `PlantModels`), and the merged model is what its
+    devices train from; a summary sends the change of the shared layers only and keeps the
+    personal layers of the edge's model. The personal layers are part of the edge's state
+    (`--resume`).
     """
 
-    def __init__(
-        self,
-        plain: PlainUplink,
-        mask: np.ndarray,
-        model_out: Path | None,
-        publisher: RoundPublisher | None = None,
-    ):
-        self.plain, self.mask, self.model_out = plain, mask, model_out
-        self.publisher = publisher
+    def __init__(self, plain: PlainUplink, mask: np.ndarray, plant_models: PlantModels):
+        self.plain, self.mask, self.plant_models = plain, mask, plant_models
         self.layouts = plain.layouts
         self.personal = np.asarray(ravel(plain.net.spec, plain.net.initial_params))
-        self.evaluation: tuple[int, dict[str, Any]] | None = None
 
     @property
     def version(self) -> int:
@@ -226,8 +254,7 @@ class PlantLayersUplink:
 
     def use_census(self, found: Census) -> None:
         self.plain.use_census(found)
-        if self.publisher is not None:
-            self.publisher.use_census(found)
+        self.plant_models.use_census(found)
 
     def receive(self, message: protocol.Message) -> FromCloud:
         taken = self.plain.receive(message)
@@ -235,23 +262,11 @@ class PlantLayersUplink:
         merged = np.asarray(personal.merge(message.arrays[0], self.personal, self.mask))
         replies = taken.replies
         if version >= 1:
-            replies = (self._evaluation(version, merged), *replies)
-            params = unravel(self.plain.net.spec, merged)
-            if self.model_out is not None:
-                save_params(self.model_out, params)
-            if self.publisher is not None:
-                self.publisher.publish(version, params, {})
+            replies = (self.plant_models.released(version, merged), *replies)
         model = taken.model
         if model is not None:
             model = model._replace(flat=merged)
         return taken._replace(model=model, replies=replies)
-
-    def _evaluation(self, version: int, merged: np.ndarray) -> tuple[str, dict]:
-        """The `personal` `evaluation` of the plant's model with global model `version`."""
-        if self.evaluation is None or self.evaluation[0] != version:
-            sums = self.plain.evaluate(unravel(self.plain.net.spec, merged))
-            self.evaluation = (version, release_evaluation(sums))
-        return protocol.EVALUATION, {"round": version, "personal": True, **self.evaluation[1]}
 
     def summary(
         self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list
@@ -265,14 +280,87 @@ class PlantLayersUplink:
         return {**self.plain.state(), "personal": self.personal}
 
     def close(self) -> None:
-        if self.publisher is not None:
-            self.publisher.close()
+        self.plant_models.close()
 
     def restore(self, state) -> str:
-        if "personal" not in state:
-            raise ValueError("no personal layers in it (saved without [personalization])")
-        personal_flat = np.array(state["personal"], np.float32)
-        if personal_flat.shape != self.personal.shape:
-            raise ValueError(f"personal layers of shape {personal_flat.shape}")
-        self.personal = personal_flat
+        self.personal = _personal_state(state, self.personal.size)
         return self.plain.restore(state)
+
+
+class FineTuneUplink:
+    """`[personalization] fine-tune` around a `PlainUplink`: federated rounds as without
+    it; from the first `model` marked `fine_tune` (the global model after the federated
+    rounds) the edge keeps the plant's own model, its devices train from it, and a round
+    ends with `tuned` (the summary's statistics, no arrays: the model stays here) instead of
+    a summary. Every global model it receives is evaluated, and so is the plant's model
+    (the global one until fine-tuning starts: `PlantModels`). The plant's model is part of
+    the edge's state (`--resume`).
+    """
+
+    def __init__(self, plain: PlainUplink, plant_models: PlantModels):
+        self.plain, self.plant_models = plain, plant_models
+        self.layouts = plain.layouts
+        self.personal: np.ndarray | None = None  # the plant's model, once fine-tuning started
+        self.tuning = False  # whether the round in progress is a fine-tuning round
+
+    @property
+    def version(self) -> int:
+        return self.plain.version
+
+    def warm_up(self) -> None:
+        self.plain.warm_up()
+
+    def use_census(self, found: Census) -> None:
+        self.plain.use_census(found)
+        self.plant_models.use_census(found)
+
+    def receive(self, message: protocol.Message) -> FromCloud:
+        taken = self.plain.receive(message)
+        version = int(message.header["model_version"])
+        tuning = protocol.header_flag(message.header, "fine_tune")
+        if tuning and self.personal is None:
+            self.personal = np.array(message.arrays[0])
+        replies = taken.replies
+        if version >= 1:
+            mine = message.arrays[0] if self.personal is None else self.personal
+            replies = (self.plant_models.released(version, mine), *replies)
+        model = taken.model
+        if model is not None:
+            self.tuning = tuning
+            if tuning:
+                model = model._replace(flat=self.personal, fine_tune=True)
+        return taken._replace(model=model, replies=replies)
+
+    def summary(
+        self, edge_flat, base_flat, weight: float, round: int, key_index: int, extra: list
+    ) -> tuple[str, dict[str, Any]]:
+        """The plain summary of a federated round; after a fine-tuning round, the edge's
+        model becomes the plant's and only `tuned` goes up."""
+        if not self.tuning:
+            return self.plain.summary(edge_flat, base_flat, weight, round, key_index, extra)
+        self.personal = np.array(edge_flat)
+        return protocol.TUNED, {}
+
+    def state(self) -> dict[str, np.ndarray]:
+        mine = np.zeros(0, np.float32) if self.personal is None else self.personal
+        return {**self.plain.state(), "personal": mine}
+
+    def close(self) -> None:
+        self.plant_models.close()
+
+    def restore(self, state) -> str:
+        if "personal" in state and np.asarray(state["personal"]).size == 0:
+            self.personal = None
+        else:
+            self.personal = _personal_state(state, self.plain.net.spec.size)
+        return self.plain.restore(state)
+
+
+def _personal_state(state, size: int) -> np.ndarray:
+    """The plant's model (or personal layers) `[size]` of a saved edge state."""
+    if "personal" not in state:
+        raise ValueError("no plant model in it (saved without [personalization])")
+    personal_flat = np.array(state["personal"], np.float32)
+    if personal_flat.shape != (size,):
+        raise ValueError(f"a plant model of shape {personal_flat.shape}")
+    return personal_flat

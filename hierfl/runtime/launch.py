@@ -205,7 +205,7 @@ class Launch:
 
     def final_model(self, plant: str) -> Path:
         """Where plant `plant`'s edge writes the final model under homomorphic encryption, or
-        its personalized model with per-plant layers."""
+        its personalized model with personalization."""
         return self.run_dir / f"model-{plant}.npz"
 
     def final_models(self) -> list[Path]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hierfl.core import rng
+from hierfl.core import personal, rng
 from hierfl.core.algorithms import Algorithm, build_algorithm
 from hierfl.core.links import LinkCodecs, build_link_codecs
 from hierfl.data.loading import topology_task
@@ -121,23 +121,32 @@ def node_model(
     )
 
 
+def tuning_model(
+    topology: Topology,
+    net: NodeModel,
+    counts: np.ndarray | None = None,
+    effective: float | None = None,
+) -> NodeModel | None:
+    """`net` with the local update of fine-tuning rounds (`[personalization] method =
+    "fine-tune"`): devices train through `personal.frozen_apply`, so only the adapted layers
+    move, as in the simulator's plant rounds. None unless the topology fine-tunes."""
+    adapted = personal.fine_tune_mask(topology, net.spec)
+    if adapted is None:
+        return None
+    frozen = personal.frozen_apply(net.model.apply, net.spec, adapted)
+    counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
+    algorithm = build_algorithm(frozen, net.task, topology, counts, effective)
+    return dataclasses.replace(net, algorithm=algorithm)
+
+
 def runtime_problem(topology: Topology) -> str | None:
     """Why the runtime cannot run `topology` yet, or None.
-
-    Fine-tuning (`[personalization] method = "fine-tune"`) is built in the simulator only.
 
     A device of a task that reads files holds only its own data. The census before round 1
     gives the cloud the federation's example count (SCAFFOLD's variate) and every device
     FedNova's effective step count, but secure aggregation's weight bound must be known to
     every device of a plant before its first masked update, so the topology declares it.
     """
-    if topology.personalization.fine_tunes:
-        return (
-            f'{topology.source}: personalization.method: "fine-tune" runs in the simulator only '
-            "for now (its last rounds need a cloud that skips its step and edges that train "
-            'from their own model, not built in the runtime yet); use method = "plant-layers" '
-            "to launch, or hierfl simulate"
-        )
     privacy = topology.privacy
     if not (topology_task(topology).reads_files and privacy.secure_aggregation):
         return None

@@ -115,6 +115,11 @@ SECAGG_FROM_DEVICE = (SECAGG_KEYS, SECAGG_SHARES, SECAGG_MASKED, SECAGG_REVEAL)
 """The secure-aggregation steps in order, as a device sends them (the edge answers each but the last)."""
 SECAGG_FROM_EDGE = (SECAGG_ROSTER, SECAGG_INBOX, SECAGG_UNMASK)
 HE_SUMMARY, HE_AGGREGATE, EVALUATION = "he_summary", "he_aggregate", "evaluation"
+TUNED = "tuned"
+"""edge -> cloud, no frames: a fine-tuning round (`[personalization] method = "fine-tune"`)
+is done; the fields of a summary (`weight`, `loss`, `answered`, ...) without its arrays,
+since the plant's model stays at its edge. A `model` that starts such a round is marked
+`fine_tune: true` (the cloud's to the edges, and the edge's to its devices)."""
 OUT = "out"
 """device -> edge, no frames: the device stays out of training; `reason` says why (its data)."""
 CENSUS = "census"
@@ -140,6 +145,7 @@ KINDS = (
     EVALUATION,
     OUT,
     CENSUS,
+    TUNED,
 )
 ARRAY_KINDS = (MODEL, UPDATE, SUMMARY, SECAGG_MASKED)
 MASKED_CODEC = "fixed-point"
@@ -474,6 +480,10 @@ def parse_message(
                 MALFORMED,
                 f"header field 'rows_dropped' must be a count, got {_short(header['rows_dropped'])}",
             )
+        if kind == TUNED:
+            _check_weight_and_loss(header, len(senders))
+            _check_optional_fields(kind, header)
+            _check_summary_statistics(header)
         if kind == OUT and not _is_reason(header.get("reason")):
             raise MessageRejected(
                 MALFORMED,
@@ -586,9 +596,9 @@ def _check_weighted_values(arrays: list[np.ndarray], weight: float, senders: int
         )
 
 
-_OPTIONAL_NUMBERS = {MODEL: ("clip_norm",), SUMMARY: ("unclipped",)}
+_OPTIONAL_NUMBERS = {MODEL: ("clip_norm",), SUMMARY: ("unclipped",), TUNED: ("unclipped",)}
 """Numbers some messages carry under differential privacy: the clip norm in force, a noised count."""
-_OPTIONAL_FLAGS = {UPDATE: ("unclipped",)}
+_OPTIONAL_FLAGS = {UPDATE: ("unclipped",), MODEL: ("fine_tune",)}
 
 
 def _check_optional_fields(kind: str, header: dict[str, Any]) -> None:

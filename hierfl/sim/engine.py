@@ -453,9 +453,10 @@ class SimulatedClock:
 
 
 def plant_round_bytes(bytes_per_round: dict[str, int]) -> dict[str, int]:
-    """A fine-tuning round's traffic: the device tiers' as in a cloud round, none to or from
-    the cloud."""
-    return {tier: 0 if "cloud" in tier else sent for tier, sent in bytes_per_round.items()}
+    """A fine-tuning round's traffic: as a cloud round's, but no summary goes up (the plant's
+    model stays at its edge). The global model still goes down: the round starts with it,
+    and each edge scores it."""
+    return {tier: 0 if tier == "edge_to_cloud" else sent for tier, sent in bytes_per_round.items()}
 
 
 def _open_run_dir(run_dir: Path, info: dict[str, Any]) -> MetricsWriter:

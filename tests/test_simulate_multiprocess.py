@@ -36,8 +36,9 @@ def hierfl(*args: str, host_devices: int, out: Path) -> subprocess.Popen:
     return python("-m", "hierfl", "simulate", *args, host_devices=host_devices, out=out)
 
 
-def finish(runs: dict[str, subprocess.Popen], logs: Path) -> None:
-    """Waits for every run; kills them all and fails with their output if one hangs or fails."""
+def finish(runs: dict[str, subprocess.Popen], logs: Path, status: int = 0) -> None:
+    """Waits for every run; kills them all and fails with their output if one hangs or ends
+    with another exit status than `status`."""
     try:
         codes = {name: run.wait(timeout=TIMEOUT_S) for name, run in runs.items()}
     except subprocess.TimeoutExpired:
@@ -47,7 +48,7 @@ def finish(runs: dict[str, subprocess.Popen], logs: Path) -> None:
             if run.poll() is None:
                 run.kill()
                 run.wait()
-    failed = [name for name in runs if codes.get(name) != 0]
+    failed = [name for name in runs if codes.get(name) != status]
     if failed:
         text = "\n".join(f"--- {n}\n{(logs / f'{n}.txt').read_text()[-3000:]}" for n in runs)
         pytest.fail(f"{failed} ended with {codes} (none: hung past {TIMEOUT_S} s)\n{text}")
@@ -138,6 +139,23 @@ def test_each_process_places_only_its_own_share_of_every_chunk(tmp_path):
     assert placed[0]["shape"] == placed[1]["shape"] == [1, 6]  # 5 devices, 1 chunk padded to 6
     assert placed[0]["index"] == [[[0, 1, 2]]] and placed[1]["index"] == [[[3, 4, 5]]]
     assert placed[0]["count"] == [[counts[:3]]] and placed[1]["count"] == [[counts[3:] + [0]]]
+
+
+def test_processes_started_with_other_options_stop_with_status_2_before_training(tmp_path):
+    topology = tmp_path / "plants.toml"
+    topology.write_text(topology_text(plants=[[3], [2]]))
+    group = ("--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2")
+    runs = {
+        f"process-{i}": hierfl(
+            str(topology), "--quiet", "--seed", str(i), *group, "--process-id", str(i),
+            "--out", str(tmp_path / f"p{i}"), host_devices=1, out=tmp_path / f"process-{i}.txt",
+        )
+        for i in (0, 1)
+    }  # fmt: skip
+    finish(runs, tmp_path, status=2)
+    said = (tmp_path / "process-1.txt").read_text()
+    assert "process 1's topology or options differ from those of process 0" in said
+    assert not (tmp_path / "p0").exists()
 
 
 def test_the_three_options_make_a_process_group_only_together():

@@ -332,6 +332,7 @@ def simulate(
             f"plant's cycle on one JAX device), not across the {jax.process_count()} "
             "processes of this run; simulate it without --num-processes"
         )
+    processes.check_same_run(f"{dataclasses.replace(topology, source='')!r} {chunk_size}")
     writes = processes.writes_records()
     plan = make_plan(topology)
     sim = build_simulation(plan, chunk_size)

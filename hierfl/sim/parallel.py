@@ -93,14 +93,20 @@ def put_replicated(tree: T, mesh: Mesh | None) -> T:
     """Places every array of `tree` whole on every device of the mesh: where a jitted
     step's outputs land, so the step's second call finds the inputs of its first.
 
-    Across processes every process passes the same values (JAX checks that they agree)
-    and each places its own devices' copies, from host copies of the leaves.
+    Across processes every process passes the same values (`hierfl.sim.processes.
+    check_same_run` checks they were asked for the same run) and places its own devices'
+    copies. (`jax.device_put` would compare the values across processes, but only when
+    every process has as many devices.)
     """
-    if mesh is None:
-        return jax.device_put(tree)
-    if jax.process_count() > 1:
-        tree = jax.tree.map(np.asarray, tree)
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+    if mesh is None or jax.process_count() == 1:
+        return jax.device_put(tree, replicated)
+
+    def place(leaf):
+        whole = np.asarray(leaf)
+        return jax.make_array_from_callback(whole.shape, replicated, lambda index: whole[index])
+
+    return jax.tree.map(place, tree)
 
 
 def assemble(pieces: Sequence[np.ndarray], mesh: Mesh | None, axis: int) -> jax.Array:

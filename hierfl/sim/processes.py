@@ -13,9 +13,12 @@ JAX starts, and `join` must run before JAX's first computation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import socket
 import time
+
+import numpy as np
 
 from hierfl.errors import HierflError
 
@@ -132,6 +135,37 @@ def wait_for_coordinator(group: ProcessGroup, deadline: float) -> None:
                 "that its port is reachable from here"
             )
         time.sleep(0.2)
+
+
+def check_same_run(description: str) -> None:
+    """Raises HierflError unless every process was asked for the same run: `description`
+    (the topology and options, as text) compared across processes, in a collective that
+    every process calls. Nothing to do in one process.
+
+    Processes started with different files would otherwise train different programs
+    together: hang in a collective, or add up updates of different federations.
+    """
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if jax.process_count() == 1:
+        return
+    mesh = Mesh(np.array(jax.devices()), ("processes",))
+    digest = np.frombuffer(hashlib.sha256(description.encode()).digest(), np.uint32)
+    rows = [jax.device_put(digest[None], device) for device in jax.local_devices()]
+    split = NamedSharding(mesh, PartitionSpec("processes"))
+    digests = jax.make_array_from_single_device_arrays((mesh.size, digest.size), split, rows)
+    gather = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    every = np.asarray(gather(digests).addressable_data(0))
+    differ = sorted(
+        {d.process_index for d, row in zip(mesh.devices.flat, every) if (row != digest).any()}
+    )
+    if differ:
+        raise HierflError(
+            f"the processes were not started alike: process {jax.process_index()}'s topology "
+            f"or options differ from those of process {', '.join(map(str, differ))}; give "
+            "every process the same topology file, --rounds, --seed and --chunk-size"
+        )
 
 
 def writes_records() -> bool:

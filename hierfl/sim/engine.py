@@ -1,6 +1,7 @@
 """The simulator: the whole hierarchy in one process, HierFAVG semantics, compiled once.
 
-`build_simulation` lays a plan's devices out in chunks (split over the local JAX devices)
+`build_simulation` lays a plan's devices out in chunks (split over the JAX devices, those of
+several processes too: `hierfl.sim.processes`)
 and compiles the cloud round of `hierfl.sim.round`, a composition of the core's steps that
 the runtime's nodes run one per process; `simulate` runs it round after round, evaluates
 the global model and writes the run's records.
@@ -316,7 +317,7 @@ def simulate(
         multi-process simulation (`hierfl.sim.processes`) only process 0 writes it; every
         process returns the same result, with `run_dir` None but on process 0.
       chunk_size: devices trained at once; lower it to bound memory with many devices.
-        Each chunk is split over all local JAX devices (see `hierfl.sim.parallel`).
+        Each chunk is split over all JAX devices (see `hierfl.sim.parallel`).
       progress: show a rich progress bar with the latest score (the task's metric); on
         process 0 only across processes.
       on_round: called with each round's metrics record after it is written.

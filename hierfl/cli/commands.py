@@ -32,6 +32,8 @@ examples:
   hierfl new my_plants --template tabular  a starter: your own data and model, per device
   hierfl simulate demo                     train the bundled demo federation (digits, 24 devices)
   hierfl simulate my_plants.toml --rounds 5 --out runs/try1
+  hierfl simulate my_plants.toml --coordinator host0:5710 --num-processes 2 --process-id 0
+                                           one simulation over 2 hosts (process 1 on the other)
   hierfl topology show bearing             print a topology as a tree
   hierfl topology validate my_plants.toml  check a file; every problem is listed
   hierfl report runs/try1                  plots (PNG) and a markdown summary of a run
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(handler=run_new)
 
     sim = commands.add_parser(
-        "simulate", help="train a federation in one process (vectorized simulator)"
+        "simulate",
+        help="train a federation in one process, or one over several hosts (vectorized simulator)",
     )
     sim.add_argument("topology", help="topology file (TOML) or preset name (demo, bearing, large)")
     sim.add_argument(
@@ -105,6 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="devices trained at once (bounds memory; default 512)",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    processes = sim.add_argument_group(
+        "several processes (hosts)",
+        "one simulation over the JAX devices of several processes, one command per host, "
+        "each with all three options and its own --process-id; process 0 serves the "
+        "coordinator and writes the run directory",
+    )
+    processes.add_argument(
+        "--coordinator",
+        type=_coordinator,
+        metavar="HOST:PORT",
+        help="process 0's host and a free port there, the same on every host",
+    )
+    processes.add_argument(
+        "--num-processes", type=_positive_int, metavar="N", help="how many processes in all"
+    )
+    processes.add_argument(
+        "--process-id", type=_non_negative_int, metavar="I", help="this one's number, 0..N-1"
+    )
+    processes.add_argument(
+        "--join-timeout",
+        type=_positive_int,
+        default=300,
+        metavar="S",
+        help="seconds to wait for every process to join before giving up (default 300)",
+    )
     sim.set_defaults(handler=run_simulate)
 
     topo = commands.add_parser("topology", help="inspect and check topology files")
@@ -331,14 +359,24 @@ def run_new(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    from hierfl.sim import processes
+
+    group = processes.process_group(args.coordinator, args.num_processes, args.process_id)
     from hierfl.data.loading import load_topology
     from hierfl.sim.engine import simulate
 
     topology = load_topology(args.topology)
     if args.seed is not None:
         topology = topology.with_federation(seed=args.seed)
-    out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console()
+    if group is not None:
+        processes.join(group, args.join_timeout)
+        console.print(_joined(group))
+        if group.process_id != 0:
+            result = simulate(topology, rounds=args.rounds, chunk_size=args.chunk_size)
+            console.print(f"done: {len(result.history)} rounds; process 0 wrote the run directory")
+            return 0
+    out = args.out or Path("runs") / f"{topology.federation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(
         f"[bold]{escape(topology.federation.name)}[/]: task {topology.federation.task}, "
         f"{len(topology.plants)} plants, {topology.num_devices} devices -> {escape(str(out))}"
@@ -355,6 +393,17 @@ def run_simulate(args: argparse.Namespace) -> int:
         )
     console.print(f"run directory: {escape(str(out))}   (plots: hierfl report {escape(str(out))})")
     return 0
+
+
+def _joined(group) -> str:
+    """What a process of a multi-process simulation says once every process has joined."""
+    import jax
+
+    return (
+        f"process {group.process_id} of {group.num_processes} joined "
+        f"{escape(group.coordinator)}: {jax.local_device_count()} of the run's "
+        f"{jax.device_count()} JAX devices here"
+    )
 
 
 def run_topology_show(args: argparse.Namespace) -> int:
@@ -605,6 +654,15 @@ def _file_name(text: str) -> str:
     if not text or not all(c.isalnum() or c in "._-" for c in text) or text.startswith("."):
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-' only")
     return text
+
+
+def _coordinator(text: str) -> str:
+    from hierfl.sim.processes import coordinator_address
+
+    try:
+        return coordinator_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _platforms(text: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """The simulator: the whole hierarchy in one process, HierFAVG semantics, compiled once.
 
-`build_simulation` lays a plan's devices out in chunks (split over the local JAX devices)
+`build_simulation` lays a plan's devices out in chunks (split over the JAX devices, those of
+several processes too: `hierfl.sim.processes`)
 and compiles the cloud round of `hierfl.sim.round`, a composition of the core's steps that
 the runtime's nodes run one per process; `simulate` runs it round after round, evaluates
 the global model and writes the run's records.
@@ -34,12 +35,13 @@ from hierfl.data.evaluation import (
 from hierfl.data.loading import load_topology
 from hierfl.data.plan import Plan, make_plan
 from hierfl.data.tasks.models import Model, Params, build_model
+from hierfl.errors import HierflError
 from hierfl.kernels import FlatSpec, flat_spec, ravel, unravel
 from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import checkpoint, records
 from hierfl.runs.metrics import MetricsWriter, write_census, write_run_info
 from hierfl.runs.progress import RoundProgress
-from hierfl.sim import parallel
+from hierfl.sim import parallel, processes
 from hierfl.sim.buffered import BufferedSchedule
 from hierfl.sim.round import (
     DeviceChunks,
@@ -88,6 +90,7 @@ def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks
     Each mesh device's share is laid out once, straight from the plan's rows, in an aligned
     host buffer that the CPU client adopts without copying (`parallel.assemble`): the
     training data is held twice at most (the plan's and the simulator's), never more.
+    Across processes each lays out only its own devices' shares.
     """
     shards, num_devices = plan.shards, plan.shards.num_devices
     num_chunks, chunk = chunk_shape(num_devices, chunk_size, parallel.shard_count(mesh))
@@ -109,12 +112,12 @@ def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks
 def split_chunks(
     rows: np.ndarray, num_chunks: int, chunk: int, fill, mesh: Mesh | None
 ) -> list[np.ndarray]:
-    """Each mesh device's share `[num_chunks, chunk / shards, ...]` of `rows` grouped in
-    chunks, rows past the end set to `fill`; 64-byte aligned."""
-    shards = parallel.shard_count(mesh)
-    part = chunk // shards
+    """The share `[num_chunks, chunk / shards, ...]` of `rows` grouped in chunks of each
+    of this process's mesh devices (`parallel.own_shards`: every one in one process), rows
+    past the end set to `fill`; 64-byte aligned. Other processes' shares are not built."""
+    part = chunk // parallel.shard_count(mesh)
     pieces = []
-    for s in range(shards):
+    for s in parallel.own_shards(mesh):
         piece = aligned_zeros((num_chunks, part, *rows.shape[1:]), rows.dtype)
         for c in range(num_chunks):
             taken = rows[c * chunk + s * part : c * chunk + (s + 1) * part]
@@ -164,10 +167,10 @@ class Simulation:
 
     def plant_params(self, state: TrainState) -> list[Params]:
         """Each plant's personalized model after `state`'s round (`hierfl.core.personal.merge`)."""
-        global_flat = ravel(self.spec, state.params)
+        global_flat = ravel(self.spec, parallel.local_copy(state.params))
         return [
             unravel(self.spec, personal.merge(global_flat, row, self.plant_mask))
-            for row in state.personal
+            for row in parallel.local_copy(state.personal)
         ]
 
     def start_fine_tuning(self, state: TrainState) -> TrainState:
@@ -265,24 +268,27 @@ def initial_residuals(
 ) -> Residuals:
     """Zero memories for every device (sharded like the chunks, unless empty) and every edge,
     placed where the cloud round leaves them."""
-    device = links.initial_residuals(codecs.device_to_edge, chunks.count.shape)
+    device = zero_memory(chunks.count.shape, codecs.device_to_edge.residual_size, mesh)
     edge = links.initial_residuals(codecs.edge_to_cloud, (num_edges,))
-    return Residuals(place_memory(device, mesh), parallel.put_replicated(edge, mesh))
+    return Residuals(device, parallel.put_replicated(edge, mesh))
 
 
 def initial_variates(size: int, chunks: DeviceChunks, mesh: Mesh | None) -> Variates:
     """Zero control variates of `size` for every device (sharded like the chunks) and the cloud."""
-    device = jnp.zeros((*chunks.count.shape, size), jnp.float32)
     cloud = parallel.put_replicated(jnp.zeros((size,), jnp.float32), mesh)
-    return Variates(place_memory(device, mesh), cloud)
+    return Variates(zero_memory(chunks.count.shape, size, mesh), cloud)
 
 
-def place_memory(memory: jax.Array, mesh: Mesh | None) -> jax.Array:
-    """A device memory `[chunks, chunk, M]` split over the mesh like the chunks; an empty one
-    (M = 0) whole on every device, as `round.keep_sharded` leaves it."""
-    if memory.shape[-1]:
-        return parallel.put_sharded(memory, mesh, axis=1)
-    return parallel.put_replicated(memory, mesh)
+def zero_memory(leading: tuple[int, int], size: int, mesh: Mesh | None) -> jax.Array:
+    """A zero device memory `[chunks, chunk, size]` split over the mesh like the chunks,
+    each process making only its own devices' shares; an empty one (size = 0) whole on
+    every device, as `round.keep_sharded` leaves it."""
+    if mesh is None or size == 0:
+        return parallel.put_replicated(jnp.zeros((*leading, size), jnp.float32), mesh)
+    num_chunks, chunk = leading
+    share = (num_chunks, chunk // mesh.size, size)
+    pieces = [aligned_zeros(share, np.float32) for _ in parallel.own_shards(mesh)]
+    return parallel.assemble(pieces, mesh, axis=1)
 
 
 def init_global_model(plan: Plan) -> tuple[Model, Params]:
@@ -307,10 +313,13 @@ def simulate(
       topology: a `Topology`, a path to a topology file, or a preset name.
       rounds: cloud rounds to run (default: the topology's `cloud_rounds`).
       out: run directory for run.json, metrics.jsonl and model.npz, and with per-plant layers
-        each plant's personalized model-<plant>.npz (nothing written if None).
+        each plant's personalized model-<plant>.npz (nothing written if None). In a
+        multi-process simulation (`hierfl.sim.processes`) only process 0 writes it; every
+        process returns the same result, with `run_dir` None but on process 0.
       chunk_size: devices trained at once; lower it to bound memory with many devices.
-        Each chunk is split over all local JAX devices (see `hierfl.sim.parallel`).
-      progress: show a rich progress bar with the latest score (the task's metric).
+        Each chunk is split over all JAX devices (see `hierfl.sim.parallel`).
+      progress: show a rich progress bar with the latest score (the task's metric); on
+        process 0 only across processes.
       on_round: called with each round's metrics record after it is written.
     """
     if not isinstance(topology, Topology):
@@ -318,6 +327,14 @@ def simulate(
     if rounds is not None:
         topology = topology.with_federation(cloud_rounds=rounds)
     federation = topology.federation
+    if topology.buffered is not None and jax.process_count() > 1:
+        raise HierflError(
+            f"{topology.source}: [buffered_aggregation] is simulated in one process (each "
+            f"plant's cycle on one JAX device), not across the {jax.process_count()} "
+            "processes of this run; simulate it without --num-processes"
+        )
+    processes.check_same_run(f"{dataclasses.replace(topology, source='')!r} {chunk_size}")
+    writes = processes.writes_records()
     plan = make_plan(topology)
     sim = build_simulation(plan, chunk_size)
     model, state = sim.model, sim.initial
@@ -344,7 +361,7 @@ def simulate(
             ],
             topology.source,
         )
-    run_dir = Path(out) if out is not None else None
+    run_dir = Path(out) if out is not None and writes else None
     writer = None
     if run_dir is not None:
         info = records.run_info(topology, model.name, plan.task.metric, budget)
@@ -360,11 +377,11 @@ def simulate(
     )
     started = round_started = time.perf_counter()
     with RoundProgress(
-        budget, enabled=progress, title=federation.name, metric=plan.task.metric
+        budget, enabled=progress and writes, title=federation.name, metric=plan.task.metric
     ) as bar:
         for outcome in outcomes:
             state = outcome.state
-            scores = evaluate(state.params)
+            scores = evaluate(parallel.local_copy(state.params))
             now = time.perf_counter()
             record = records.round_record(
                 topology,
@@ -390,11 +407,11 @@ def simulate(
             round_started = time.perf_counter()
     if writer is not None:
         writer.close()
-        checkpoint.save_params(run_dir / "model.npz", state.params)
+        checkpoint.save_params(run_dir / "model.npz", parallel.local_copy(state.params))
         if sim.plant_mask is not None:
             for name, params in zip(topology.plant_names, sim.plant_params(state)):
                 checkpoint.save_params(run_dir / records.plant_model_file(name), params)
-    return SimulationResult(state.params, history, model, plan, run_dir)
+    return SimulationResult(parallel.local_copy(state.params), history, model, plan, run_dir)
 
 
 def sync_rounds(sim: Simulation, rounds: int, federated_rounds: int) -> Iterator[RoundOutcome]:

@@ -390,8 +390,11 @@ def _plant_address(topology: Topology, plant: str) -> str | None:
 
 
 def run_device(args: argparse.Namespace) -> int:
+    from hierfl.data.loading import topology_task
     from hierfl.errors import DataError
-    from hierfl.runtime.device import STAYED_OUT, DeviceNode, device_setup, stay_out
+    from hierfl.privacy.config import DpConfig
+    from hierfl.runtime.device import STAYED_OUT, DeviceNode, build_setup, stay_out
+    from hierfl.runtime.device_data import device_data_source
 
     topology = _node_setup(args.topology)
     try:
@@ -400,20 +403,24 @@ def run_device(args: argparse.Namespace) -> int:
         raise HierflError(err.args[0]) from None
     if args.resume and args.state is None:
         raise HierflError("--resume needs --state, the directory holding the device's state")
-    plant = topology.device(args.device_id).plant
-    setup = device_setup(topology, plant, _data_template(topology, args.data))
-    try:
-        node = DeviceNode(
-            topology,
-            args.device_id,
-            keys=_keys(args.key),
-            state_dir=args.state,
-            resume=args.resume,
-            setup=setup,
-        )
+    device = topology.device(args.device_id)
+    source = device_data_source(
+        topology, topology_task(topology), device.plant, _data_template(topology, args.data)
+    )
+    try:  # before the model is built: a device whose data cannot be used says so at once
+        examples = source.examples(device)
     except DataError as error:
         stay_out(topology, args.device_id, str(error), keys=_keys(args.key))
         return STAYED_OUT
+    node = DeviceNode(
+        topology,
+        args.device_id,
+        keys=_keys(args.key),
+        state_dir=args.state,
+        resume=args.resume,
+        setup=build_setup(topology, source, DpConfig.of(topology), counts=source.counts),
+        examples=examples,
+    )
     _stop_on_signals(node)
     node.run()
     return 0

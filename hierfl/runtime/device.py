@@ -141,7 +141,8 @@ class DeviceNode:
 
     `setup` (default: built here) and `context` (default: a context of its own) let a
     device host share both among its devices. `state_dir` holds its SCAFFOLD variate
-    (read back with `resume`).
+    (read back with `resume`). `examples` are the device's `(x, y, count)` when read
+    already (default: read from `setup.data` here; DataError if they cannot be used).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class DeviceNode:
         resume: bool = False,
         setup: DeviceSetup | None = None,
         context: zmq.Context | None = None,
+        examples: tuple[np.ndarray, np.ndarray, int] | None = None,
     ):
         self.topology = topology
         self.device = topology.device(device_id)
@@ -164,7 +166,7 @@ class DeviceNode:
         self.setup = setup = setup or device_setup(topology, self.device.plant)
         self.net, self.step, self.dp = setup.net, setup.step, setup.dp
         self.tune_step = setup.tune_step
-        x, y, count = setup.data.examples(self.device)
+        x, y, count = examples or setup.data.examples(self.device)
         self.rows_dropped = setup.data.rows_dropped(self.device)
         steps = jnp.int32(topology.device_steps[self.device.index])
         self.data = DeviceData(jnp.asarray(x), jnp.asarray(y), jnp.int32(count), steps)

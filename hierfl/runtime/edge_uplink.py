@@ -230,20 +230,13 @@ class PlantModels:
             self.publisher.close()
 
 
-class PlantLayersUplink:
-    """`[personalization] plant-layers` around a `PlainUplink`: the edge keeps its plant's
-    personal layers (`hierfl.core.personal`). Each global model it receives is evaluated as
-    it is and merged with the plant's layers (both `evaluation`s go up, the personalized one
-    marked `personal` and sent first: `PlantModels`), and the merged model is what its
-    devices train from; a summary sends the change of the shared layers only and keeps the
-    personal layers of the edge's model. The personal layers are part of the edge's state
-    (`--resume`).
-    """
+class PlantModelUplink:
+    """What both personalization uplinks do alike around a `PlainUplink`: the cloud link is
+    the plain one, and the plant's own model is scored, saved and published (`PlantModels`)."""
 
-    def __init__(self, plain: PlainUplink, mask: np.ndarray, plant_models: PlantModels):
-        self.plain, self.mask, self.plant_models = plain, mask, plant_models
+    def __init__(self, plain: PlainUplink, plant_models: PlantModels):
+        self.plain, self.plant_models = plain, plant_models
         self.layouts = plain.layouts
-        self.personal = np.asarray(ravel(plain.net.spec, plain.net.initial_params))
 
     @property
     def version(self) -> int:
@@ -255,6 +248,25 @@ class PlantLayersUplink:
     def use_census(self, found: Census) -> None:
         self.plain.use_census(found)
         self.plant_models.use_census(found)
+
+    def close(self) -> None:
+        self.plant_models.close()
+
+
+class PlantLayersUplink(PlantModelUplink):
+    """`[personalization] plant-layers` around a `PlainUplink`: the edge keeps its plant's
+    personal layers (`hierfl.core.personal`). Each global model it receives is evaluated as
+    it is and merged with the plant's layers (both `evaluation`s go up, the personalized one
+    marked `personal` and sent first: `PlantModels`), and the merged model is what its
+    devices train from; a summary sends the change of the shared layers only and keeps the
+    personal layers of the edge's model. The personal layers are part of the edge's state
+    (`--resume`).
+    """
+
+    def __init__(self, plain: PlainUplink, mask: np.ndarray, plant_models: PlantModels):
+        super().__init__(plain, plant_models)
+        self.mask = mask
+        self.personal = np.asarray(ravel(plain.net.spec, plain.net.initial_params))
 
     def receive(self, message: protocol.Message) -> FromCloud:
         taken = self.plain.receive(message)
@@ -279,15 +291,12 @@ class PlantLayersUplink:
     def state(self) -> dict[str, np.ndarray]:
         return {**self.plain.state(), "personal": self.personal}
 
-    def close(self) -> None:
-        self.plant_models.close()
-
     def restore(self, state) -> str:
         self.personal = _personal_state(state, self.personal.size)
         return self.plain.restore(state)
 
 
-class FineTuneUplink:
+class FineTuneUplink(PlantModelUplink):
     """`[personalization] fine-tune` around a `PlainUplink`: federated rounds as without
     it; from the first `model` marked `fine_tune` (the global model after the federated
     rounds) the edge keeps the plant's own model, its devices train from it, and a round
@@ -298,21 +307,9 @@ class FineTuneUplink:
     """
 
     def __init__(self, plain: PlainUplink, plant_models: PlantModels):
-        self.plain, self.plant_models = plain, plant_models
-        self.layouts = plain.layouts
+        super().__init__(plain, plant_models)
         self.personal: np.ndarray | None = None  # the plant's model, once fine-tuning started
         self.tuning = False  # whether the round in progress is a fine-tuning round
-
-    @property
-    def version(self) -> int:
-        return self.plain.version
-
-    def warm_up(self) -> None:
-        self.plain.warm_up()
-
-    def use_census(self, found: Census) -> None:
-        self.plain.use_census(found)
-        self.plant_models.use_census(found)
 
     def receive(self, message: protocol.Message) -> FromCloud:
         taken = self.plain.receive(message)
@@ -344,9 +341,6 @@ class FineTuneUplink:
     def state(self) -> dict[str, np.ndarray]:
         mine = np.zeros(0, np.float32) if self.personal is None else self.personal
         return {**self.plain.state(), "personal": mine}
-
-    def close(self) -> None:
-        self.plant_models.close()
 
     def restore(self, state) -> str:
         if "personal" in state and np.asarray(state["personal"]).size == 0:

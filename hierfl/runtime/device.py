@@ -169,7 +169,8 @@ class DeviceNode:
         x, y, count = examples or setup.data.examples(self.device)
         self.rows_dropped = setup.data.rows_dropped(self.device)
         steps = jnp.int32(topology.device_steps[self.device.index])
-        self.data = DeviceData(jnp.asarray(x), jnp.asarray(y), jnp.int32(count), steps)
+        x_train = self.net.model.features(x)  # once, not at every step
+        self.data = DeviceData(jnp.asarray(x_train), jnp.asarray(y), jnp.int32(count), steps)
         codec = self.net.codecs.device_to_edge
         self.residual = jnp.zeros((codec.residual_size,), jnp.float32)
         self.layouts = {protocol.MODEL: ("none", self.net.model_layout)}
@@ -303,7 +304,8 @@ class DeviceNode:
         if self.raw_x is None:
             return  # had it already (the edge sends it again to devices that rejoin)
         found = census_pass.result_from(message.header)
-        self.data = self.data._replace(x=jnp.asarray(found.standardize(self.raw_x)))
+        x = self.net.model.features(found.standardize(self.raw_x))
+        self.data = self.data._replace(x=jnp.asarray(x))
         self.raw_x = None
         setup = self.setup.after_census(self.topology, found)
         self.net, self.step, self.tune_step = setup.net, setup.step, setup.tune_step

@@ -106,7 +106,7 @@ def node_model(
     spec = flat_spec(params)
     codecs = build_link_codecs(topology.compression, spec.size)
     counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
-    algorithm = build_algorithm(model.apply, task, topology, counts, effective)
+    algorithm = build_algorithm(model.apply_features, task, topology, counts, effective)
     variate = protocol.model_layout(spec) if algorithm.control_variates else protocol.Layout(())
     return NodeModel(
         model,
@@ -133,7 +133,7 @@ def tuning_model(
     adapted = personal.fine_tune_mask(topology, net.spec)
     if adapted is None:
         return None
-    frozen = personal.frozen_apply(net.model.apply, net.spec, adapted)
+    frozen = personal.frozen_apply(net.model.apply_features, net.spec, adapted)
     counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
     algorithm = build_algorithm(frozen, net.task, topology, counts, effective)
     return dataclasses.replace(net, algorithm=algorithm)

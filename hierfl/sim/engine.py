@@ -155,6 +155,9 @@ class Simulation:
     plant_round: (
         Callable[[TrainState, DeviceChunks, jax.Array], tuple[TrainState, RoundStats]] | None
     ) = None
+    plan: Plan | None = None
+    """The plan the devices train on: the given one, its examples through the model's
+    front end (`training_plan`)."""
 
     @property
     def plant_mask(self) -> np.ndarray | None:
@@ -184,7 +187,8 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
     topology = plan.topology
     federation = topology.federation
     model, params = init_global_model(plan)
-    algorithm = build_algorithm(model.apply, plan.task, topology, plan.shards.counts)
+    plan = training_plan(plan, model)
+    algorithm = build_algorithm(model.apply_features, plan.task, topology, plan.shards.counts)
     spec = flat_spec(params)
     codecs = links.build_link_codecs(topology.compression, spec.size)
     mesh = parallel.device_mesh()
@@ -225,7 +229,7 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
     adapted = personal.fine_tune_mask(topology, spec)
     plant_round = None
     if adapted is not None:
-        frozen = personal.frozen_apply(model.apply, spec, adapted)
+        frozen = personal.frozen_apply(model.apply_features, spec, adapted)
         tuning = build_algorithm(frozen, plan.task, topology, plan.shards.counts)
         tune_steps = RoundSteps.of(topology, tuning, spec, codecs, attacker_mask(topology))
         plant_round = make_plant_round(tune_steps, tree, adapted, mesh)
@@ -247,7 +251,20 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
         ),
         num_edges=plan.num_edges,
         plant_round=plant_round,
+        plan=plan,
     )
+
+
+def training_plan(plan: Plan, model: Model) -> Plan:
+    """`plan` with its devices' examples through the model's parameter-free front end
+    (`Model.features`, computed once here rather than at every local step); the test set
+    stays as it is (evaluation applies the whole model). `plan` itself if the model has none."""
+    if model.front_end is None:
+        return plan
+    shards = plan.shards
+    x = model.features(shards.x.reshape(-1, *shards.x.shape[2:]))
+    x = x.reshape(*shards.x.shape[:2], *x.shape[1:])
+    return dataclasses.replace(plan, shards=dataclasses.replace(shards, x=x))
 
 
 def tree_shape(plan: Plan) -> TreeShape:
@@ -337,6 +354,7 @@ def simulate(
     writes = processes.writes_records()
     plan = make_plan(topology)
     sim = build_simulation(plan, chunk_size)
+    plan = sim.plan  # the raw training examples, if the front end replaced them, can go
     model, state = sim.model, sim.initial
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
     plant_sums = make_sums_evaluator(model, plan.task, plan.test, plan.num_edges)

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Params = dict[str, Any]
@@ -163,6 +164,12 @@ class EnvelopeCNN(nnx.Module):
         self.head = nnx.Linear(2 * widths[-1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.body(self.front_end(x))
+
+    def front_end(self, x: jax.Array) -> jax.Array:
+        """The normalized envelope `[B, L / decimation, 1]` of windows `[B, L, 1]`: no
+        parameters, each example on its own, so the engines compute it once per example
+        (`Model.features`) instead of at every training step."""
         batch, length, _ = x.shape
         rectified = jnp.abs(x - x.mean(axis=1, keepdims=True))
         usable = length // self.decimation * self.decimation
@@ -171,23 +178,54 @@ class EnvelopeCNN(nnx.Module):
             .reshape(batch, usable // self.decimation, self.decimation, -1)
             .mean(axis=2)
         )
-        x = envelope / (envelope.mean(axis=1, keepdims=True) + 1e-3) - 1.0
+        return envelope / (envelope.mean(axis=1, keepdims=True) + 1e-3) - 1.0
+
+    def body(self, z: jax.Array) -> jax.Array:
+        """Logits `[B, classes]` from the front end's envelopes `z`."""
         for conv in self.convs:
-            x = jax.nn.relu(conv(x))
-        return self.head(jnp.concatenate([x.mean(axis=1), x.max(axis=1)], axis=-1))
+            z = jax.nn.relu(conv(z))
+        return self.head(jnp.concatenate([z.mean(axis=1), z.max(axis=1)], axis=-1))
+
+
+FEATURE_BATCH = 1024
+"""Examples put through a model's front end at once (`Model.features`): bounds its memory."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A model as data: `apply(params, x) -> logits` over a plain nested-dict params pytree."""
+    """A model as data: `apply(params, x) -> logits` over a plain nested-dict params pytree.
+
+    A module with a parameter-free front end (methods `front_end(x)` and `body(z)`, with
+    `module(x) == module.body(module.front_end(x))`, each example on its own) lets the
+    engines run the front end once per example: devices train `apply_features(params,
+    features(x))`, which is `apply(params, x)` without recomputing `features` at every step.
+    Exported and served models are `apply`, front end included.
+    """
 
     name: str
     graphdef: Any
     state_treedef: Any
+    front_end: Callable[[jax.Array], jax.Array] | None = None
+
+    def module(self, params: Params) -> nnx.Module:
+        state = jax.tree.unflatten(self.state_treedef, jax.tree.leaves(params))
+        return nnx.merge(self.graphdef, state)
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        state = jax.tree.unflatten(self.state_treedef, jax.tree.leaves(params))
-        return nnx.merge(self.graphdef, state)(x)
+        return self.module(params)(x)
+
+    def apply_features(self, params: Params, z: jax.Array) -> jax.Array:
+        """Logits from examples already through `features` (`apply` without the front end)."""
+        module = self.module(params)
+        return module(z) if self.front_end is None else module.body(z)
+
+    def features(self, x: np.ndarray, batch: int = FEATURE_BATCH) -> np.ndarray:
+        """`x` `[N, ...]` through the front end (`x` itself without one), `batch` examples at
+        a time, as float32 numpy."""
+        if self.front_end is None:
+            return x
+        parts = [np.asarray(self.front_end(x[i : i + batch])) for i in range(0, len(x), batch)]
+        return np.concatenate(parts) if parts else np.asarray(self.front_end(x))
 
 
 def build_model(
@@ -201,7 +239,15 @@ def build_model(
     param_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     if state_paths != param_paths:  # flax changed how State flattens: fail loudly, not wrongly
         raise RuntimeError(f"model {name!r}: state and params flatten in different orders")
-    return Model(name, graphdef, jax.tree.structure(state)), params
+    return Model(name, graphdef, jax.tree.structure(state), front_end_of(module)), params
+
+
+def front_end_of(module: nnx.Module) -> Callable[[jax.Array], jax.Array] | None:
+    """The module's parameter-free front end, jitted, if it has one (`front_end` and `body`)."""
+    front_end = getattr(module, "front_end", None)
+    if front_end is None or not hasattr(module, "body"):
+        return None
+    return jax.jit(front_end)
 
 
 class ScaledOutput(nnx.Module):
@@ -217,6 +263,14 @@ class ScaledOutput(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.scale * self.inner(x)
+
+    @property
+    def front_end(self) -> Callable[[jax.Array], jax.Array] | None:
+        """The inner network's parameter-free front end, if it has one (`Model.features`)."""
+        return getattr(self.inner, "front_end", None)
+
+    def body(self, z: jax.Array) -> jax.Array:
+        return self.scale * self.inner.body(z)
 
 
 class SeriesCNN(nnx.Module):

@@ -232,7 +232,7 @@ def child_scaling(name: str, timed_rounds: int, chunk_size: int) -> dict[str, An
 
     from hierfl.data.evaluation import make_evaluator
     from hierfl.data.loading import load_topology
-    from hierfl.data.plan import make_plan
+    from hierfl.data.plan import make_plan, without_training_rows
     from hierfl.sim.engine import build_simulation
 
     topology = (
@@ -245,6 +245,7 @@ def child_scaling(name: str, timed_rounds: int, chunk_size: int) -> dict[str, An
     plan = make_plan(topology)
     plan_s = time.perf_counter() - start
     sim = build_simulation(plan, chunk_size)
+    plan = without_training_rows(plan)  # as `simulate` does: the chunks hold the rows
     start = time.perf_counter()
     cloud_round = sim.cloud_round.lower(sim.initial, sim.chunks, jnp.int32(1)).compile()
     compile_s = time.perf_counter() - start

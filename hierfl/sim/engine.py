@@ -33,7 +33,7 @@ from hierfl.data.evaluation import (
     make_sums_evaluator,
 )
 from hierfl.data.loading import load_topology
-from hierfl.data.plan import Plan, make_plan
+from hierfl.data.plan import Plan, make_plan, without_training_rows
 from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.errors import HierflError
 from hierfl.kernels import FlatSpec, flat_spec, ravel, unravel
@@ -62,7 +62,10 @@ DEFAULT_CHUNK_SIZE = 512
 
 @dataclasses.dataclass
 class SimulationResult:
-    """The trained global model, the metrics of every cloud round, and where they were written."""
+    """The trained global model, the metrics of every cloud round, and where they were written.
+
+    `plan` is the run's plan without its training rows unless the aggregation was buffered
+    (`hierfl.data.plan.without_training_rows`: the simulator's chunks held them)."""
 
     params: Params
     history: list[dict[str, Any]]
@@ -89,7 +92,8 @@ def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks
 
     Each mesh device's share is laid out once, straight from the plan's rows, in an aligned
     host buffer that the CPU client adopts without copying (`parallel.assemble`): the
-    training data is held twice at most (the plan's and the simulator's), never more.
+    training data is held twice while this runs (the plan's and the simulator's), then
+    once where the caller drops the plan's rows (`simulate`: `without_training_rows`).
     Across processes each lays out only its own devices' shares.
     """
     shards, num_devices = plan.shards, plan.shards.num_devices
@@ -337,6 +341,8 @@ def simulate(
     writes = processes.writes_records()
     plan = make_plan(topology)
     sim = build_simulation(plan, chunk_size)
+    if topology.buffered is None:  # sim.chunks hold the rows (the buffered schedule reads them)
+        plan = without_training_rows(plan)
     model, state = sim.model, sim.initial
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
     plant_sums = make_sums_evaluator(model, plan.task, plan.test, plan.num_edges)

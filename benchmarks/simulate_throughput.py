@@ -223,9 +223,11 @@ def child_flops(toml: str) -> dict[str, float]:
 
 def child_scaling(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]:
     """One scaling point: plan, compile, training rounds, one evaluation, peak RSS."""
+    from hierfl.sim.host_memory import release_freed_memory
     from hierfl.sim.parallel import request_cpu_devices
 
     request_cpu_devices()  # as the CLI does, before JAX starts
+    release_freed_memory()  # as `simulate` does
 
     import jax
     import jax.numpy as jnp

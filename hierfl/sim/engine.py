@@ -41,7 +41,7 @@ from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import checkpoint, records
 from hierfl.runs.metrics import MetricsWriter, write_census, write_run_info
 from hierfl.runs.progress import RoundProgress
-from hierfl.sim import parallel, processes
+from hierfl.sim import host_memory, parallel, processes
 from hierfl.sim.buffered import BufferedSchedule
 from hierfl.sim.round import (
     DeviceChunks,
@@ -326,6 +326,7 @@ def simulate(
         process 0 only across processes.
       on_round: called with each round's metrics record after it is written.
     """
+    host_memory.release_freed_memory()  # before JAX's threads start, where they have not
     if not isinstance(topology, Topology):
         topology = load_topology(topology)
     if rounds is not None:

@@ -223,9 +223,11 @@ def child_flops(toml: str) -> dict[str, float]:
 
 def child_scaling(name: str, timed_rounds: int, chunk_size: int) -> dict[str, Any]:
     """One scaling point: plan, compile, training rounds, one evaluation, peak RSS."""
+    from hierfl.sim.host_memory import release_freed_memory
     from hierfl.sim.parallel import request_cpu_devices
 
     request_cpu_devices()  # as the CLI does, before JAX starts
+    release_freed_memory()  # as `simulate` does
 
     import jax
     import jax.numpy as jnp
@@ -233,7 +235,7 @@ def child_scaling(name: str, timed_rounds: int, chunk_size: int) -> dict[str, An
     from hierfl.data.evaluation import make_evaluator
     from hierfl.data.loading import load_topology
     from hierfl.data.plan import make_plan
-    from hierfl.sim.engine import build_simulation
+    from hierfl.sim.engine import build_simulation, rows_held_once
 
     topology = (
         load_topology("large")
@@ -244,7 +246,8 @@ def child_scaling(name: str, timed_rounds: int, chunk_size: int) -> dict[str, An
     start = time.perf_counter()
     plan = make_plan(topology)
     plan_s = time.perf_counter() - start
-    sim = build_simulation(plan, chunk_size)
+    sim = rows_held_once(build_simulation(plan, chunk_size))  # as `simulate` does
+    plan = sim.plan
     start = time.perf_counter()
     cloud_round = sim.cloud_round.lower(sim.initial, sim.chunks, jnp.int32(1)).compile()
     compile_s = time.perf_counter() - start

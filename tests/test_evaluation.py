@@ -21,6 +21,7 @@ from hierfl.data.evaluation import (
     make_evaluator,
     make_plant_evaluator,
     metric_fields,
+    padded_batch,
 )
 from hierfl.data.plan import make_plan
 from hierfl.data.tasks import TASKS, PlantData, bearing_rul, digits
@@ -131,6 +132,17 @@ def test_plant_sums_add_up_to_the_pooled_test_sets_evaluation(fault_plan):
         assert whole.per_plant[p] == sums[p].metric_sums["accuracy"] / sums[p].count
     assert found.chance.majority == 0
     assert found.chance.accuracy == (true == 0).mean()
+
+
+def test_a_batch_is_cut_from_the_test_set_and_only_the_last_one_padded():
+    x, y = np.arange(10.0, dtype=np.float32).reshape(5, 2), np.arange(1, 6, dtype=np.int32)
+    first_x, first_y = padded_batch(x, y, 0, 3)
+    np.testing.assert_array_equal(first_x, x[:3])
+    np.testing.assert_array_equal(first_y, [1, 2, 3])
+    last_x, last_y = padded_batch(x, y, 3, 3)
+    np.testing.assert_array_equal(last_x, [[6, 7], [8, 9], [0, 0]])
+    np.testing.assert_array_equal(last_y, [4, 5, 0])
+    assert last_x.dtype == np.float32 and last_y.dtype == np.int32
 
 
 def test_a_plant_that_did_not_report_has_no_figures(fault_plan):

@@ -11,7 +11,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from hierfl.data.loading import load_topology
-from hierfl.data.plan import make_plan
+from hierfl.data.plan import make_plan, without_training_rows
 from hierfl.errors import DataError
 from hierfl.topology import parse_topology
 
@@ -102,6 +102,15 @@ def test_demo_uses_every_example_once(demo_plan):
     # No samples_per_device: every train and test example of the pool is placed.
     train = sum(np.bincount(device_labels(demo_plan, d), minlength=10) for d in range(24))
     np.testing.assert_array_equal(train + np.bincount(demo_plan.test.y, minlength=10), DIGIT_COUNTS)
+
+
+def test_a_plan_without_training_rows_keeps_counts_test_set_and_census(demo_plan):
+    slim = without_training_rows(demo_plan)
+    assert slim.shards.x.shape == (24, 0, 8, 8, 1) and slim.shards.x.dtype == np.float32
+    assert slim.shards.y.shape == (24, 0) and slim.shards.y.dtype == np.int32
+    assert slim.shards.counts is demo_plan.shards.counts
+    assert slim.test is demo_plan.test and slim.census is demo_plan.census
+    assert demo_plan.shards.x.shape[1] > 0  # the plan given is left as it was
 
 
 def test_padding_rows_are_zero(demo_plan):

@@ -102,14 +102,12 @@ def make_sums_evaluator(
     size = len(test.y)
     batch = max(min(batch, size), 1)
     padded = -(-size // batch) * batch
-    x = np.concatenate([test.x, np.zeros((padded - size, *test.x.shape[1:]), test.x.dtype)])
-    y = np.concatenate([test.y, np.zeros((padded - size, *test.y.shape[1:]), test.y.dtype)])
     plant = np.asarray(test.plant, np.int64)
     counts = np.bincount(plant, minlength=num_plants)
 
     def evaluate(params: Params) -> list[PlantSums]:
         outputs = [
-            per_example(params, jnp.asarray(x[s : s + batch]), jnp.asarray(y[s : s + batch]))
+            per_example(params, *padded_batch(test.x, test.y, s, batch))
             for s in range(0, padded, batch)
         ]
 
@@ -146,6 +144,21 @@ def make_sums_evaluator(
         ]
 
     return evaluate
+
+
+def padded_batch(
+    x: np.ndarray, y: np.ndarray, start: int, batch: int
+) -> tuple[jax.Array, jax.Array]:
+    """Rows `start:start + batch` of `x` and `y` on the JAX device, the last batch padded
+    with zero rows to `batch` (one compiled shape); the test set itself is not copied."""
+
+    def rows(a: np.ndarray) -> jax.Array:
+        part = a[start : start + batch]
+        if len(part) < batch:
+            part = np.concatenate([part, np.zeros((batch - len(part), *a.shape[1:]), a.dtype)])
+        return jnp.asarray(part)
+
+    return rows(x), rows(y)
 
 
 def make_evaluator(

@@ -117,6 +117,21 @@ def make_plan(topology: Topology) -> Plan:
     return with_census(plan)
 
 
+def without_training_rows(plan: Plan) -> Plan:
+    """`plan` without its devices' training rows (`shards.x` and `shards.y` `[D, 0, ...]`);
+    the counts, the test set and the census stay. For a caller that has laid the rows out
+    elsewhere (the simulator's chunks), so that they are not held twice."""
+    shards = plan.shards
+    return dataclasses.replace(
+        plan,
+        shards=DeviceShards(
+            x=np.zeros((shards.num_devices, 0, *shards.x.shape[2:]), shards.x.dtype),
+            y=np.zeros((shards.num_devices, 0, *shards.y.shape[2:]), shards.y.dtype),
+            counts=shards.counts,
+        ),
+    )
+
+
 def with_census(plan: Plan) -> Plan:
     """The plan with its census, and its examples standardized where the task says so (the
     sums the runtime's census adds up the tree, here over every device's rows at once)."""

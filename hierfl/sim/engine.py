@@ -33,7 +33,7 @@ from hierfl.data.evaluation import (
     make_sums_evaluator,
 )
 from hierfl.data.loading import load_topology
-from hierfl.data.plan import Plan, make_plan
+from hierfl.data.plan import Plan, make_plan, without_training_rows
 from hierfl.data.tasks.models import Model, Params, build_model
 from hierfl.errors import HierflError
 from hierfl.kernels import FlatSpec, flat_spec, ravel, unravel
@@ -41,7 +41,7 @@ from hierfl.privacy.config import rounds_to_run
 from hierfl.runs import checkpoint, records
 from hierfl.runs.metrics import MetricsWriter, write_census, write_run_info
 from hierfl.runs.progress import RoundProgress
-from hierfl.sim import parallel, processes
+from hierfl.sim import host_memory, parallel, processes
 from hierfl.sim.buffered import BufferedSchedule
 from hierfl.sim.round import (
     DeviceChunks,
@@ -62,7 +62,11 @@ DEFAULT_CHUNK_SIZE = 512
 
 @dataclasses.dataclass
 class SimulationResult:
-    """The trained global model, the metrics of every cloud round, and where they were written."""
+    """The trained global model, the metrics of every cloud round, and where they were written.
+
+    `plan` is the plan the devices trained on (through the model's front end, if it has one:
+    `training_plan`), without its training rows unless the aggregation was buffered
+    (`hierfl.data.plan.without_training_rows`: the simulator's chunks held them)."""
 
     params: Params
     history: list[dict[str, Any]]
@@ -89,7 +93,8 @@ def place_chunks(plan: Plan, chunk_size: int, mesh: Mesh | None) -> DeviceChunks
 
     Each mesh device's share is laid out once, straight from the plan's rows, in an aligned
     host buffer that the CPU client adopts without copying (`parallel.assemble`): the
-    training data is held twice at most (the plan's and the simulator's), never more.
+    training data is held twice while this runs (the plan's and the simulator's), then
+    once where the caller drops the plan's rows (`simulate`: `rows_held_once`).
     Across processes each lays out only its own devices' shares.
     """
     shards, num_devices = plan.shards, plan.shards.num_devices
@@ -255,6 +260,14 @@ def build_simulation(plan: Plan, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Simula
     )
 
 
+def rows_held_once(sim: Simulation) -> Simulation:
+    """`sim` without its plan's training rows, which its chunks hold now; as it is under
+    `[buffered_aggregation]`, whose schedule lays the rows out again from the plan."""
+    if sim.plan.topology.buffered is not None:
+        return sim
+    return dataclasses.replace(sim, plan=without_training_rows(sim.plan))
+
+
 def training_plan(plan: Plan, model: Model) -> Plan:
     """`plan` with its devices' examples through the model's parameter-free front end
     (`Model.features`, computed once here rather than at every local step); the test set
@@ -339,6 +352,7 @@ def simulate(
         process 0 only across processes.
       on_round: called with each round's metrics record after it is written.
     """
+    host_memory.release_freed_memory()  # before JAX's threads start, where they have not
     if not isinstance(topology, Topology):
         topology = load_topology(topology)
     if rounds is not None:
@@ -353,8 +367,8 @@ def simulate(
     processes.check_same_run(f"{dataclasses.replace(topology, source='')!r} {chunk_size}")
     writes = processes.writes_records()
     plan = make_plan(topology)
-    sim = build_simulation(plan, chunk_size)
-    plan = sim.plan  # the raw training examples, if the front end replaced them, can go
+    sim = rows_held_once(build_simulation(plan, chunk_size))
+    plan = sim.plan  # the raw training rows go with the caller's plan
     model, state = sim.model, sim.initial
     evaluate = make_evaluator(model, plan.task, plan.test, plan.num_edges)
     plant_sums = make_sums_evaluator(model, plan.task, plan.test, plan.num_edges)

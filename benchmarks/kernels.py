@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine import cpu_model
 from rich.console import Console
 from rich.table import Table
 
@@ -104,7 +105,7 @@ def environment() -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_caches": _cpu_caches(),
         "python": platform.python_version(),
         "blas": numpy_blas(),
@@ -156,17 +157,6 @@ def _cpu_caches() -> str:
     except OSError:
         return "unknown"
     return ", ".join(caches) or "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def peak_gbps(device_kind: str, override: float | None) -> tuple[float, str]:

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model
 from rich.console import Console
 from rich.table import Table
 
@@ -444,22 +445,11 @@ def environment() -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_before": os.getloadavg(),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --- output -------------------------------------------------------------------------------

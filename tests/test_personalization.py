@@ -39,6 +39,11 @@ PLANT_LAYERS = """
 method = "plant-layers"
 layers = ["head"]
 """
+FINE_TUNE = """
+[personalization]
+method = "fine-tune"
+rounds = 1
+"""
 
 
 def refusals(folder, text: str) -> str:
@@ -63,17 +68,20 @@ def test_layers_are_checked_against_the_model(folder):
     assert not load_topology(write_topology(folder)).personalization.enabled
 
 
+@pytest.mark.parametrize("method", ["plant-layers", "fine-tune"])
 @pytest.mark.parametrize(
     "other, reason",
     [
         ('[privacy]\ndp = "edge"\n', "privacy.dp"),
+        ('[privacy]\ndp = "device"\n', "privacy.dp"),
         ("[privacy]\nsecure_aggregation = true\n", "privacy.secure_aggregation"),
         ("[privacy]\nhomomorphic = true\n", "privacy.homomorphic"),
     ],
 )
-def test_combinations_that_do_not_fit_are_refused(folder, other, reason):
-    why = refusals(folder, PLANT_LAYERS + other)
-    assert f"personalization.method: 'plant-layers' cannot be combined with {reason}" in why
+def test_combinations_that_do_not_fit_are_refused(folder, method, other, reason):
+    personalization = PLANT_LAYERS if method == "plant-layers" else FINE_TUNE
+    why = refusals(folder, personalization + other)
+    assert f"personalization.method: {method!r} cannot be combined with {reason}" in why
 
 
 def test_scaffold_is_refused(folder):
@@ -244,13 +252,6 @@ def test_the_cloud_waits_for_both_evaluations_of_a_plant(folder):
         plain.take(evaluation(personal=True), round=2)
 
 
-FINE_TUNE = """
-[personalization]
-method = "fine-tune"
-rounds = 1
-"""
-
-
 def test_fine_tuning_is_checked(folder):
     assert 'personalization.rounds: method "fine-tune" needs the rounds' in refusals(
         folder, FINE_TUNE.replace("rounds = 1\n", "")
@@ -272,19 +273,6 @@ def test_fine_tuning_is_checked(folder):
     assert (loaded.personalization.rounds, loaded.personalization.layers) == (1, ("head",))
     assert runtime_problem(loaded) is None  # the runtime fine-tunes too
     assert runtime_problem(load_topology(write_topology(folder, codecs=PLANT_LAYERS))) is None
-
-
-@pytest.mark.parametrize(
-    "other, reason",
-    [
-        ('[privacy]\ndp = "device"\n', "privacy.dp"),
-        ("[privacy]\nsecure_aggregation = true\n", "privacy.secure_aggregation"),
-        ("[privacy]\nhomomorphic = true\n", "privacy.homomorphic"),
-    ],
-)
-def test_fine_tuning_combinations_that_do_not_fit_are_refused(folder, other, reason):
-    why = refusals(folder, FINE_TUNE + other)
-    assert f"personalization.method: 'fine-tune' cannot be combined with {reason}" in why
 
 
 def test_fine_tuning_adapts_the_global_model_per_plant(folder):

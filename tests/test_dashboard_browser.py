@@ -81,7 +81,6 @@ def test_the_dashboard_follows_a_launch_in_a_browser(folder):
     out = folder / "run"
     launch = Launch(load_topology(topology_file), str(topology_file), out)
     dashboard, url = start_dashboard(out)  # before the run exists: it waits for it
-    launch.start()
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
@@ -90,6 +89,7 @@ def test_the_dashboard_follows_a_launch_in_a_browser(folder):
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(url)
             expect(page.locator("#problems")).to_contain_text("run", timeout=10_000)
+            launch.start()
 
             # Every device of the topology is in the tree.
             devices = page.locator("[data-device]")

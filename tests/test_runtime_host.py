@@ -146,6 +146,7 @@ def test_hosted_devices_train_the_same_model_as_simulate(folder):
         "devices-plant-b.log",
         "edge-plant-a.log",
         "edge-plant-b.log",
+        "fork-server.log",
     ]
     assert all(r["devices_answered"] == {"plant-a": [3, 3], "plant-b": [2, 2]} for r in records)
     assert max_difference(simulate(topology).params, load_params(out / "model.npz")) <= 1e-5

@@ -172,7 +172,7 @@ def test_launch_trains_the_same_model_as_simulate(folder, codecs):
         r["rejected_messages"] == {"cloud": {}, "plant-a": {}, "plant-b": {}} for r in records
     )
     assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(
-        ["cloud.log", "edge-plant-a.log", "edge-plant-b.log"]
+        ["cloud.log", "edge-plant-a.log", "edge-plant-b.log", "fork-server.log"]
         + [f"device-plant-{p}.line-1.dev-00{i}.log" for p in "ab" for i in (1, 2)]
     )
 
@@ -342,7 +342,7 @@ def test_the_cloud_publishes_each_model_and_ctrl_c_stops_every_node(folder):
     assert launcher.returncode == 130
     assert "stopping every node" in stderr
     logs = sorted((out / "logs").glob("*.log"))
-    assert len(logs) == 1 + 2 + 3
+    assert len(logs) == 1 + 2 + 3 + 1  # the cloud, edges, devices and the fork server
     for log in logs:
         assert log.read_text().rstrip().endswith("stopped"), log.name
 

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hierfl.errors import HierflError
+from hierfl.runtime.node_start import START_METHODS, default_start_method
 
 if TYPE_CHECKING:
     from hierfl.topology import Topology
@@ -52,6 +53,13 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="each edge holds its summary until its plant's declared cycle time (seconds_per_step, "
         "latency, bandwidth) has passed: real wall-clock for plants at different speeds on one machine",
+    )
+    launch.add_argument(
+        "--start-method",
+        choices=START_METHODS,
+        default=default_start_method(),
+        help="fork: nodes forked from one process that has imported them (Linux, the default "
+        "there); exec: every node a fresh Python that imports them itself",
     )
     launch.add_argument("--quiet", action="store_true", help="no progress bar")
     launch.set_defaults(handler=run_launch)
@@ -259,6 +267,7 @@ def run_launch(args: argparse.Namespace) -> int:
         resume=args.resume,
         publish=args.publish,
         emulate_speeds=args.emulate_speeds,
+        start_method=args.start_method,
     )
     metric = topology_task(topology).metric
     launch.start()

@@ -69,7 +69,7 @@ class EncryptedUplink:
         )
 
     def warm_up(self) -> None:
-        self.evaluate(self.net.initial_params)
+        self.evaluate(self.net.zero_params())
 
     def use_census(self, found: Census) -> None:
         """Evaluates on the plant's test data standardized by the federation's census."""

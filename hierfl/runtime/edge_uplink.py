@@ -141,7 +141,7 @@ class PlainUplink:
     def warm_up(self) -> None:
         flat = jnp.zeros(self.net.spec.size, jnp.float32)
         self.upload(flat, flat, jnp.float32(0), self.residual, jnp.int32(0), jnp.int32(self.index))
-        self.evaluate(self.net.initial_params)
+        self.evaluate(self.net.zero_params())
 
     def receive(self, message: protocol.Message) -> FromCloud:
         """A checked `model`: its scores on the plant's test data sent up (version 1 on),

@@ -7,7 +7,9 @@ round, the task's score, devices answered per plant, late updates. It ends when 
 trained its rounds (the cloud tells the edges to stop, the edges tell the devices); when
 any node exits with an error (`NodeFailure`, naming it and its log's last lines), on
 Ctrl-C or an error it stops every process (SIGTERM, then SIGKILL after a grace period).
-Node processes are the same ones a multi-machine deployment runs by hand.
+Node processes are the same ones a multi-machine deployment runs by hand; on Linux they are
+forked from one process that has imported their modules already (`hierfl.runtime.node_start`,
+`--start-method`), which saves each node about 3 s of CPU and 100 MB.
 
 Devices run one per process (`hierfl device`) or many of a plant per device host
 (`hierfl devices`, see `hierfl.runtime.host`), as `[runtime] devices_per_process` says
@@ -40,6 +42,7 @@ from hierfl.runs.live import STATUS_DIR
 from hierfl.runs.metrics import METRICS_FILE
 from hierfl.runtime.device import STAYED_OUT, STAYS_OUT
 from hierfl.runtime.node import node_name
+from hierfl.runtime.node_start import Process, default_start_method, starter
 from hierfl.topology import Device, Topology
 
 SECRET_FILE, PUBLIC_FILE = (
@@ -133,6 +136,7 @@ class Launch:
         resume: bool = False,
         publish: str | None = None,
         emulate_speeds: bool = False,
+        start_method: str | None = None,
     ):
         self.topology = topology
         self.emulate_speeds = emulate_speeds
@@ -142,7 +146,8 @@ class Launch:
         self.resume = resume
         self.publish = publish
         self.logs = self.run_dir / "logs"
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, Process] = {}
+        self.starter = starter(start_method or default_start_method(), self.logs)
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "hierfl", *args]
@@ -233,15 +238,11 @@ class Launch:
 
     def start_node(
         self, name: str, command: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen:
-        with open(self.logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env or node_env(os.environ),
-            )
+    ) -> Process:
+        """Starts node `name` (its output appended to `logs/<name>.log`) with the launch's start method."""
+        process = self.starter.start(
+            command, env or node_env(os.environ), self.logs / f"{name}.log"
+        )
         self.processes[name] = process
         return process
 
@@ -335,6 +336,7 @@ class Launch:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.starter.close()
 
 
 def read_new_records(path: Path, seen: int) -> list[dict[str, Any]]:

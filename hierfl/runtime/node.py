@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -21,16 +22,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import zmq
+from flax import nnx
 
 from hierfl.core import personal, rng
 from hierfl.core.algorithms import Algorithm, build_algorithm
 from hierfl.core.links import LinkCodecs, build_link_codecs
 from hierfl.data.loading import topology_task
 from hierfl.data.tasks import Task
-from hierfl.data.tasks.models import Model, Params, build_model
-from hierfl.kernels import FlatSpec, flat_spec
+from hierfl.data.tasks.models import Model, Params, build_model, model_shapes
+from hierfl.kernels import FlatSpec, flat_spec, unravel
 from hierfl.runtime import protocol
 from hierfl.runtime.ports import BindError
 from hierfl.topology import Topology
@@ -47,8 +50,6 @@ def enable_compilation_cache() -> Path | None:
     (`off` disables it), else `JAX_COMPILATION_CACHE_DIR` if the user set one, else
     `~/.cache/hierfl/jax`. Returns the directory used, or None.
     """
-    import jax
-
     setting = os.environ.get(CACHE_ENV)
     if setting == "off":
         return None
@@ -71,7 +72,7 @@ class NodeModel:
     """
 
     model: Model
-    initial_params: Params
+    build_initial: Callable[[], Params]
     spec: FlatSpec
     task: Task
     algorithm: Algorithm
@@ -79,6 +80,17 @@ class NodeModel:
     device_layout: protocol.Layout
     edge_layout: protocol.Layout
     model_layout: protocol.Layout
+
+    @functools.cached_property
+    def initial_params(self) -> Params:
+        """The global model's initial parameters, built on first use: devices never need
+        them and edges only in some modes, and building costs every process about a second
+        (each initializer a small XLA program)."""
+        return self.build_initial()
+
+    def zero_params(self) -> Params:
+        """Zeros in the parameters' shapes (to compile a function of them before any arrive)."""
+        return unravel(self.spec, np.zeros(self.spec.size, np.float32))
 
     @property
     def variates(self) -> bool:
@@ -102,15 +114,16 @@ def node_model(
     federation = topology.federation
     task = topology_task(topology)
     name = federation.model or task.default_model
-    model, params = build_model(name, task.models[name], rng.init_key(federation.seed))
-    spec = flat_spec(params)
+    make = task.models[name]
+    model, shapes = model_shapes(name, make)
+    spec = flat_spec(shapes)
     codecs = build_link_codecs(topology.compression, spec.size)
     counts = np.ones(topology.num_devices, np.int32) if counts is None else counts
     algorithm = build_algorithm(model.apply_features, task, topology, counts, effective)
     variate = protocol.model_layout(spec) if algorithm.control_variates else protocol.Layout(())
     return NodeModel(
         model,
-        params,
+        functools.partial(initial_params, name, make, rng.init_key(federation.seed)),
         spec,
         task,
         algorithm,
@@ -119,6 +132,10 @@ def node_model(
         protocol.codec_layout(codecs.edge_to_cloud) + variate,
         protocol.model_layout(spec) + variate,
     )
+
+
+def initial_params(name: str, make: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -> Params:
+    return build_model(name, make, key)[1]
 
 
 def tuning_model(

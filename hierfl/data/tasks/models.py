@@ -232,7 +232,17 @@ def build_model(
     name: str, make: Callable[[nnx.Rngs], nnx.Module], key: jax.Array
 ) -> tuple[Model, Params]:
     """Builds the module with `key`, returns the pure `Model` and its initial params."""
-    module = make(nnx.Rngs(params=key))
+    return model_of(name, make(nnx.Rngs(params=key)))
+
+
+def model_shapes(name: str, make: Callable[[nnx.Rngs], nnx.Module]) -> tuple[Model, Params]:
+    """The pure `Model` and its params' shapes (`jax.ShapeDtypeStruct`s), traced without
+    initializing anything: what a node that receives its parameters needs."""
+    return model_of(name, nnx.eval_shape(lambda: make(nnx.Rngs(params=jax.random.key(0)))))
+
+
+def model_of(name: str, module: nnx.Module) -> tuple[Model, Params]:
+    """The pure `Model` of a built (or abstract) module, and its params."""
     graphdef, state = nnx.split(module)
     params = nnx.to_pure_dict(state)
     state_paths = [path[:-1] for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]

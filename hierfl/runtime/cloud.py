@@ -43,6 +43,7 @@ from hierfl.runtime.node import (
     Membership,
     bind_router,
     check_peer_key,
+    compiling_once,
     drain_router,
     node_logger,
     node_model,
@@ -143,7 +144,8 @@ class CloudNode:
         self.writer = MetricsWriter(self.run_dir)
 
     def run(self) -> None:
-        self.mode.warm_up()
+        with compiling_once("cloud"):
+            self.mode.warm_up()
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.log.info(
             "serving %d edges on %s; rounds %d..%d",

@@ -47,6 +47,7 @@ from hierfl.runtime.device_modes import NoVariate, PlainUpload, SecureUpload, Va
 from hierfl.runtime.node import (
     CurveKeys,
     NodeModel,
+    compiling_once,
     connect_dealer,
     dealer,
     node_logger,
@@ -200,9 +201,10 @@ class DeviceNode:
 
     def warm_up(self) -> None:
         """Compiles the training steps before joining, so the first round is not late."""
-        for step in (self.step, self.tune_step):
-            if step is not None:
-                self._warm_up(step)
+        with compiling_once("device"):
+            for step in (self.step, self.tune_step):
+                if step is not None:
+                    self._warm_up(step)
 
     def _warm_up(self, step: Callable[..., DeviceOutput]) -> None:
         flat = np.zeros(self.net.spec.size, np.float32)

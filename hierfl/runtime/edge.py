@@ -47,6 +47,7 @@ from hierfl.runtime.node import (
     Membership,
     bind_router,
     check_peer_key,
+    compiling_once,
     dealer,
     drain_router,
     node_logger,
@@ -144,8 +145,9 @@ class EdgeNode:
     def warm_up(self) -> None:
         """Compiles aggregation and upload (and CKKS's plant evaluation) before the first round."""
         clip_norm = np.float32(self.topology.privacy.clip_norm)
-        self.rounds.warm_up(jnp.zeros(self.net.spec.size, jnp.float32), clip_norm)
-        self.uplink.warm_up()
+        with compiling_once("edge"):
+            self.rounds.warm_up(jnp.zeros(self.net.spec.size, jnp.float32), clip_norm)
+            self.uplink.warm_up()
 
     def run(self) -> None:
         self.warm_up()

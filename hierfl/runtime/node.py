@@ -12,13 +12,15 @@ the topology lists public keys.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,27 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return directory
+
+
+@contextlib.contextmanager
+def compiling_once(program: str) -> Iterator[None]:
+    """Holds the machine-wide lock `program` of the persistent compilation cache while the
+    caller compiles: nodes on one machine that compile the same programs (every device host
+    its training step, every edge its aggregation and evaluation) then compile them once,
+    and the others read them from the cache instead of compiling side by side. Without the
+    cache (`HIERFL_COMPILATION_CACHE=off`) it holds nothing."""
+    directory = jax.config.jax_compilation_cache_dir
+    if not directory:
+        yield
+        return
+    locks = Path(directory) / "hierfl-locks"  # JAX's cache only reads its own files there
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{program}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclasses.dataclass(frozen=True)

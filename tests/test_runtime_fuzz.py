@@ -812,9 +812,15 @@ def test_a_launch_under_fire_trains_the_model_of_a_clean_run(monkeypatch):
     the one a clean run of the same seed (the simulator, which the launch matches) trains."""
     folder = Path(tempfile.mkdtemp(prefix="hfl-", dir="/tmp"))
     path = write_topology(folder, name="fire", rounds=LAUNCH_ROUNDS, edge_rounds=1, more="")
+    # At least a second per round (the plant's declared pace, kept by its edge), so that
+    # the fire, spread over the rounds, ends before training does however fast nodes start.
+    path.write_text(
+        path.read_text().replace('name = "plant-a"\n', 'name = "plant-a"\nseconds_per_step = 0.5\n')
+    )
     monkeypatch.setenv("PYTHONPATH", checkout_env()["PYTHONPATH"])  # the nodes import this checkout
     topology, run = load_topology(path), folder / "run"
-    launch = Launch(topology, str(path), run)
+    assert topology.plants[0].seconds_per_step == 0.5
+    launch = Launch(topology, str(path), run, emulate_speeds=True)
     context = zmq.Context()
     launch.start()
     try:

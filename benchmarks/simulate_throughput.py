@@ -15,7 +15,9 @@ thread pool or a heap:
    laid out once before timing as `[steps, batch, features]`, one jitted `lax.scan` over
    the steps called per device from Python, and a numpy example-weighted average. The two
    take turns, `--repeats` processes each; the ratio is of the medians of their steady
-   rounds (round 1 compiles and is left out).
+   rounds (round 1 compiles and is left out). The plain loop runs on one core, so one copy
+   per core then runs side by side and their rates are summed: that program's limit on
+   this machine, against which hierfl's rate is shown too.
 2. The limit, measured in the same run: the float32 matmul peak (a jitted 2048^3 matmul,
    best of 7, all cores) and the memory bandwidth of a large copy (`np.copyto` of 512 MB,
    bytes read + written). W1's and the conv models' FLOP rates are shown as a fraction of

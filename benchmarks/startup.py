@@ -9,7 +9,8 @@ taking turns: `fork` (nodes forked from one process that has imported their modu
 default on Linux) and `exec` (every node a fresh `python -m hierfl ...` importing JAX and its
 modules itself: what starting each node by hand gives, the baseline). Each launch gets an
 empty JAX compilation cache of its own (`HIERFL_COMPILATION_CACHE`), so both pay the same
-compiles, as a first launch on a machine does. From the launch's start: the cloud serving,
+compiles, as a first launch on a machine does; with `--warm` one unmeasured launch fills a
+cache they all share, as for a second launch. From the launch's start: the cloud serving,
 every device joined (ready to train: data loaded, training step compiled, connected; the
 last device's `joined` line), the first round's record and the end; every 0.25 s the
 proportional set size (PSS, shared pages counted once) and RSS summed over the launch's
@@ -93,10 +94,11 @@ def log_times(logs: Path, pattern: str, text: str) -> list[float]:
     return times
 
 
-def measure(preset: str, method: str, folder: Path, devices: int) -> dict:
-    """One `hierfl launch PRESET --rounds 1` with `method`, sampled until it ends."""
-    run = folder / f"run-{method}"
-    env = {**os.environ, "HIERFL_COMPILATION_CACHE": str(folder / f"cache-{method}")}
+def measure(preset: str, method: str, folder: Path, devices: int, cache: Path) -> dict:
+    """One `hierfl launch PRESET --rounds 1` with `method` and compilation cache `cache`,
+    sampled until it ends."""
+    run = folder / f"run-{method}-{time.time_ns()}"
+    env = {**os.environ, "HIERFL_COMPILATION_CACHE": str(cache)}
     command = [str(HIERFL), "launch", preset, "--rounds", "1", "--out", str(run), "--quiet"]
     started = time.time()
     launch = subprocess.Popen(
@@ -169,6 +171,12 @@ def main() -> None:
         "--preset", default="large", help="the preset or topology file (default large)"
     )
     parser.add_argument("--methods", nargs="+", default=["fork", "exec"], choices=["fork", "exec"])
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="one launch first (not measured) fills a compilation cache every measured launch "
+        "then shares: a second launch on the machine (default: each an empty cache of its own)",
+    )
     parser.add_argument("--json", type=Path, help="write the result here too")
     args = parser.parse_args()
     from hierfl.data.loading import load_topology
@@ -181,8 +189,12 @@ def main() -> None:
     )
     results = []
     with tempfile.TemporaryDirectory(prefix="hierfl-startup-") as folder:
+        folder = Path(folder)
+        if args.warm:
+            measure(args.preset, "fork", folder, topology.num_devices, folder / "cache")
         for method in args.methods:
-            results.append(measure(args.preset, method, Path(folder), topology.num_devices))
+            cache = folder / "cache" if args.warm else folder / f"cache-{method}"
+            results.append(measure(args.preset, method, folder, topology.num_devices, cache))
             print(json.dumps(results[-1]), flush=True)
     node_import = import_cpu_seconds("hierfl.runtime.host")
     cores = len(os.sched_getaffinity(0))
@@ -195,7 +207,7 @@ def main() -> None:
     }
     print(table(results, limit))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    result = {"preset": args.preset, "results": results, "limit": limit}
+    result = {"preset": args.preset, "warm": args.warm, "results": results, "limit": limit}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

@@ -7,8 +7,10 @@ when central DP came in. The figures they return are checked for sense, not spee
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -197,3 +199,24 @@ def test_simulate_throughput_plain_loop_and_flop_count_measure_w1(bench, tmp_pat
     assert matmuls <= flops["flops_per_step"] <= 1.2 * matmuls
     assert flops["flops_per_update"] == 20 * flops["flops_per_step"]
     assert flops["parameters"] == 64 * 128 + 128 + 128 * 10 + 10
+
+
+def test_startup_reads_a_process_trees_memory_cpu_and_log_times(bench, tmp_path):
+    startup = bench("startup")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = startup.process_tree(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+        pss, rss = startup.memory_kb(child.pid)
+        assert 0 < pss <= rss
+        assert startup.cpu_seconds(os.getpid()) > 0
+    finally:
+        child.kill()
+        child.wait()
+    assert startup.memory_kb(child.pid) == (0, 0) and startup.cpu_seconds(child.pid) == 0.0
+    (tmp_path / "devices-a.log").write_text(
+        "2026-12-07 19:28:05,902 INFO a/l/d1: joined a at ipc://x (16 examples)\n"
+        "2026-12-07 19:28:06,250 INFO a/l/d1: round 1.0: trained in 0.28 s\n"
+    )
+    (joined,) = startup.log_times(tmp_path, "device*.log", "joined")
+    assert joined == datetime.datetime(2026, 12, 7, 19, 28, 5, 902000).timestamp()

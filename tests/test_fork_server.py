@@ -66,7 +66,7 @@ def test_the_server_refuses_to_fork_with_a_foreign_thread_running(tmp_path):
     # pyarrow's jemalloc starts a background thread unless told not to; ForkServer tells it.
     env = {k: v for k, v in node_env(os.environ).items() if k != "JE_ARROW_MALLOC_CONF"}
     done = subprocess.run(
-        [sys.executable, "-m", "hierfl.runtime.fork_server"],
+        [sys.executable, "-m", "hierfl.cli.fork_server"],
         input="",
         capture_output=True,
         text=True,

@@ -3,7 +3,7 @@
 Every node of a launch is a `python -m hierfl cloud|edge|device|devices ...` process, and each
 one used to import JAX, Flax, Optax and the node's modules itself: about 3 s of CPU and 100 MB
 of private memory apiece, 63 s of CPU and 2 GB for the 21 processes of `large` on 2 cores.
-`hierfl launch` now starts one fork server (`python -m hierfl.runtime.fork_server`) that imports
+`hierfl launch` now starts one fork server (`python -m hierfl.cli.fork_server`) that imports
 them once and forks every node from there: the node is still its own OS process with its own
 pid, log, exit status and signals, running the same `hierfl.cli.commands.main(argv)` as one
 started by hand, but its imports cost nothing and their pages are shared until written.
@@ -23,7 +23,6 @@ the launcher's side; `ForkedProcess` has the `subprocess.Popen` methods launch u
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import select
@@ -37,16 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from hierfl.errors import HierflError
-
-PRELOAD = (
-    "hierfl.cli.commands",
-    "hierfl.cli.runtime",
-    "hierfl.runtime.cloud",
-    "hierfl.runtime.edge",
-    "hierfl.runtime.device",
-    "hierfl.runtime.host",
-)
-"""What every node imports first; the server imports these before it forks anyone."""
 
 NO_JEMALLOC_THREAD = {"JE_ARROW_MALLOC_CONF": "background_thread:false"}
 """pyarrow's jemalloc starts a background thread when it loads; a process that forks must not have it."""
@@ -75,7 +64,7 @@ class ForkServer:
         self.env = dict(env)
         with open(log, "ab") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hierfl.runtime.fork_server"],
+                [sys.executable, "-m", "hierfl.cli.fork_server"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -211,7 +200,7 @@ class LineReader:
         return replies
 
 
-# The server's side: `python -m hierfl.runtime.fork_server`.
+# The server's loop (`hierfl.cli.fork_server` runs it, and turns a forked child into its node).
 
 
 def serve(requests: int, replies: int) -> dict[str, Any] | None:
@@ -258,31 +247,6 @@ def reply(fd: int, message: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(message) + "\n").encode())
 
 
-def become_node(request: dict[str, Any], requests: int, replies: int) -> int:
-    """In a forked child: drops the server's pipes, sends stdout and stderr to the node's log,
-    restores the signals the server ignores, and runs `hierfl <argv>`."""
-    os.close(requests)
-    os.close(replies)
-    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    os.close(devnull)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    Path("/proc/self/comm").write_text(
-        f"hierfl-{request['argv'][0]}"[:15]
-    )  # what top and ps -e show
-    sys.argv = [
-        importlib.util.find_spec("hierfl.__main__").origin,
-        *request["argv"],
-    ]  # as `-m` sets it
-    from hierfl.cli.commands import main as hierfl_main
-
-    return hierfl_main(request["argv"])
-
-
 def fork_safety_problems() -> list[str]:
     """Why forking this process now would be unsafe (empty if it is safe)."""
     import jax._src.xla_bridge as xla_bridge
@@ -299,27 +263,3 @@ def fork_safety_problems() -> list[str]:
     if foreign:
         problems.append(f"threads other than Python's and OpenBLAS's are running: {foreign}")
     return problems
-
-
-def main() -> int:
-    # Ctrl-C reaches the nodes too; the server stays to report their exits.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    started = time.perf_counter()
-    for module in PRELOAD:
-        __import__(module)
-    problems = fork_safety_problems()
-    if problems:
-        say("not safe to fork: " + "; ".join(problems))
-        return 1
-    say(f"imported the nodes' modules in {time.perf_counter() - started:.1f} s; forking nodes")
-    requests = os.dup(0)
-    replies = os.dup(1)
-    reply(replies, {"ready": True})
-    request = serve(requests, replies)
-    if request is None:
-        return 0
-    return become_node(request, requests, replies)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -62,20 +62,29 @@ def test_signals_reach_a_forked_node_and_kill_9_reads_as_the_signal(server, fold
     assert cloud.wait(timeout=30) == -signal.SIGKILL
 
 
-def test_the_server_refuses_to_fork_with_a_foreign_thread_running(tmp_path):
-    # pyarrow's jemalloc starts a background thread unless told not to; ForkServer tells it.
-    env = {k: v for k, v in node_env(os.environ).items() if k != "JE_ARROW_MALLOC_CONF"}
+def test_a_native_thread_makes_a_process_unsafe_to_fork():
+    # A thread named as native libraries name theirs (pyarrow's jemalloc: jemalloc_bg_thd,
+    # which ForkServer turns off with JE_ARROW_MALLOC_CONF).
+    code = (
+        "import json, threading, time\n"
+        "from hierfl.runtime.fork_server import fork_safety_problems as f\n"
+        "before = f()\n"
+        "def run():\n"
+        "    open(f'/proc/self/task/{threading.get_native_id()}/comm', 'w').write('bg_worker')\n"
+        "    time.sleep(60)\n"
+        "threading.Thread(target=run, daemon=True).start()\n"
+        "time.sleep(0.5)\n"
+        "print(json.dumps([before, f()]))\n"
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "hierfl.cli.fork_server"],
-        input="",
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env=env,
         timeout=120,
+        env=node_env(os.environ),
     )
-    assert done.returncode == 1
-    assert "not safe to fork" in done.stderr and "jemalloc_bg_thd" in done.stderr
-    assert done.stdout == ""  # never said ready
+    before, after = json.loads(done.stdout.splitlines()[-1])
+    assert before == [] and any("bg_worker" in problem for problem in after)
 
 
 def test_a_process_with_a_jax_backend_is_not_safe_to_fork():

@@ -65,32 +65,28 @@ def test_signals_reach_a_forked_node_and_kill_9_reads_as_the_signal(server, fold
 def test_a_native_thread_makes_a_process_unsafe_to_fork():
     # A thread named as native libraries name theirs (pyarrow's jemalloc: jemalloc_bg_thd,
     # which ForkServer turns off with JE_ARROW_MALLOC_CONF).
-    code = (
-        "import json, threading, time\n"
-        "from hierfl.runtime.fork_server import fork_safety_problems as f\n"
-        "before = f()\n"
+    before, after = safety_before_and_after(
+        "import threading, time\n"
         "def run():\n"
         "    open(f'/proc/self/task/{threading.get_native_id()}/comm', 'w').write('bg_worker')\n"
         "    time.sleep(60)\n"
         "threading.Thread(target=run, daemon=True).start()\n"
         "time.sleep(0.5)\n"
-        "print(json.dumps([before, f()]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=node_env(os.environ),
-    )
-    before, after = json.loads(done.stdout.splitlines()[-1])
     assert before == [] and any("bg_worker" in problem for problem in after)
 
 
 def test_a_process_with_a_jax_backend_is_not_safe_to_fork():
+    before, after = safety_before_and_after("import jax\njax.devices()\n")
+    assert before == [] and any("JAX backend" in problem for problem in after)
+
+
+def safety_before_and_after(setup: str) -> list[list[str]]:
+    """`fork_safety_problems()` in a fresh node process, before and after running `setup`."""
     code = (
-        "import jax; from hierfl.runtime.fork_server import fork_safety_problems as f; "
-        "import json; before = f(); jax.devices(); print(json.dumps([before, f()]))"
+        "import json\n"
+        "from hierfl.runtime.fork_server import fork_safety_problems as problems\n"
+        f"before = problems()\n{setup}print(json.dumps([before, problems()]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -99,8 +95,7 @@ def test_a_process_with_a_jax_backend_is_not_safe_to_fork():
         timeout=120,
         env=node_env(os.environ),
     )
-    before, after = json.loads(done.stdout.splitlines()[-1])
-    assert before == [] and any("JAX backend" in problem for problem in after)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_forked_and_executed_launches_train_the_same_model(folder):

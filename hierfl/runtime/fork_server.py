@@ -104,7 +104,9 @@ class ForkServer:
                 )
 
     def pump(self) -> None:
-        """Records the exits the server has reported so far, without waiting."""
+        """Records the exits the server has reported so far, without waiting (none once closed)."""
+        if self.process.stdout.closed:
+            return
         with self.lock:
             for reply in self.lines.read(0.0):
                 self.record(reply)
